@@ -1,0 +1,252 @@
+"""The Python API: what the CLI's commands call.
+
+``build`` is the headline: load, legalise, compile with TVM, package, verify against
+onnxruntime, and move the finished bundle into place. Each stage is a plain function of
+the modules it names; this file only sequences them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+import hwcomp
+from hwcomp import model as model_io
+from hwcomp.errors import ToolchainError, VerificationError
+from hwcomp.lower import lowering_for
+from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.runner import compile_runner, require_tool
+from hwcomp.lower.runtime_libs import ffi_include_dir
+from hwcomp.lower.tvm import check_supported, import_relax
+from hwcomp.package import file_hashes, staged_output, write_json, check_output
+from hwcomp.resources import kernels_path
+from hwcomp.targets import Target, load_target
+from hwcomp.templates import render_to
+from hwcomp.verify import NOT_RUN, PASSED, Verification, compare_outputs, run_onnxruntime
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-4
+_VERSIONED_PACKAGES = (
+    "apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime", "onnx-ir", "numpy",
+)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``build`` produced."""
+
+    bundle: Path
+    target: Target
+    verification: Verification
+    manifest: dict[str, Any]
+    seconds: float
+
+
+def bundle_path(model_path: Path, target: Target, output_dir: Path) -> Path:
+    """Return ``<output_dir>/<model stem>-<target>``."""
+    return output_dir / f"{model_path.stem}-{target.name}"
+
+
+def build(
+    model_path: Path,
+    target_name: str,
+    output_dir: Path = Path("out"),
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    const_inputs: Mapping[str, np.ndarray] | None = None,
+    calib: Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    seed: int = 0,
+) -> BuildResult:
+    """Compile ``model_path`` for ``target_name`` into a verified bundle.
+
+    Raises:
+        HwcompError: Any user-caused failure; nothing is left at the output path.
+    """
+    started = time.perf_counter()
+    target = load_target(target_name)
+    lowering = lowering_for(target)
+    for program, package in lowering.required_tools(target):
+        require_tool(program, package, f"for target '{target.name}'")
+    model_path = Path(model_path)
+    destination = bundle_path(model_path, target, Path(output_dir))
+    check_output(destination, force)
+
+    model = model_io.load_model(model_path, input_shapes)
+    original = model_io.to_proto(model)
+    input_specs = model_io.graph_inputs(model)
+    inputs = _verification_inputs(input_specs, calib, seed)
+    legal, steps = legalize_for_tvm(model, const_inputs)
+    legal_proto = model_io.to_proto(legal)
+    check_supported(legal_proto)
+    logger.info("importing into TVM Relax")
+    mod = import_relax(legal_proto)
+    logger.info("compiling for %s (%s)", target.name, target.family)
+    executable = lowering.compile(mod, target)
+
+    with staged_output(destination, force) as staging:
+        _write_library(staging, lowering, executable, target)
+        ir.save(legal, staging / "model.optimized.onnx")
+        feeds = {s.name: inputs[s.name] for s in model_io.graph_inputs(legal)}
+        reference = run_onnxruntime(original, inputs)
+        _write_verify_data(staging, feeds, reference)
+        source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
+        verification = _verify(staging, lowering, target, model, feeds, reference, tolerance, source)
+        manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
+        write_json(staging / "manifest.json", manifest)
+        _write_readme(staging, model_path, target, manifest, verification)
+        if verification.status not in (PASSED, NOT_RUN):
+            raise VerificationError(
+                f"{model_path}: compiled outputs differ from onnxruntime for target "
+                f"'{target.name}': {verification.reason} (max scaled error "
+                f"{max(c.max_rel_error for c in verification.outputs):.3g}, tolerance "
+                f"{tolerance:g}); nothing was written"
+            )
+    return BuildResult(
+        bundle=destination, target=target, verification=verification, manifest=manifest,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _verification_inputs(
+    specs: list[model_io.TensorSpec], calib: Path | None, seed: int
+) -> dict[str, np.ndarray]:
+    if calib is None:
+        return model_io.seeded_inputs(specs, seed)
+    data = model_io.load_calibration(Path(calib), specs)
+    # Verification uses the first sample(s): as many rows as the model's batch axis holds.
+    return {s.name: np.ascontiguousarray(data[s.name][: s.shape[0]]) for s in specs}
+
+
+def _write_library(staging: Path, lowering: Any, executable: Any, target: Target) -> None:
+    (staging / "lib").mkdir()
+    lowering.export(executable, target, staging / "lib" / "model.so")
+    libs = lowering.runtime_libs(target)
+    if not libs:
+        return
+    runtime = staging / "runtime"
+    runtime.mkdir()
+    for lib in libs:
+        shutil.copy2(lib, runtime / lib.name)
+    shutil.copytree(ffi_include_dir() / "tvm", staging / "include" / "tvm")
+    shutil.copytree(ffi_include_dir() / "dlpack", staging / "include" / "dlpack")
+    (staging / "runner").mkdir()
+    for name in ("runner.cc", "CMakeLists.txt"):
+        shutil.copy2(kernels_path("runner", name), staging / "runner" / name)
+    render_to(
+        "bundle/CMakeLists.txt.in", staging / "CMakeLists.txt",
+        hwcomp_version=hwcomp.__version__, target=target.name, family=target.family,
+        target_id=target.name.replace("-", "_"),
+    )
+    if lowering.builds_runner:
+        (staging / "bin").mkdir()
+        shutil.copy2(compile_runner(target, runtime), staging / "bin" / "hwcomp_runner")
+
+
+def _write_verify_data(
+    staging: Path, feeds: Mapping[str, np.ndarray], reference: list[np.ndarray]
+) -> None:
+    folder = staging / "verify"
+    folder.mkdir()
+    for index, (name, array) in enumerate(feeds.items()):
+        np.save(folder / f"input_{index:02d}_{_safe(name)}.npy", array)
+    for index, array in enumerate(reference):
+        np.save(folder / f"expected_output_{index:02d}.npy", array)
+
+
+def _verify(
+    staging: Path,
+    lowering: Any,
+    target: Target,
+    model: ir.Model,
+    feeds: Mapping[str, np.ndarray],
+    reference: list[np.ndarray],
+    tolerance: float,
+    source: str,
+) -> Verification:
+    reason = lowering.not_run_reason(target)
+    if reason:
+        logger.warning("verification not run: %s", reason)
+        return Verification(status=NOT_RUN, tolerance=tolerance, inputs=source, reason=reason)
+    try:
+        result = lowering.execute(staging, target, list(feeds.values()))
+    except ToolchainError:
+        raise
+    names = [spec.name for spec in model_io.graph_outputs(model)]
+    verification = compare_outputs(names, reference, result.outputs, tolerance, source)
+    logger.info("verification %s (%s)", verification.status, result.timing)
+    return verification
+
+
+def _manifest(
+    model_path: Path,
+    target: Target,
+    model: ir.Model,
+    legal: ir.Model,
+    steps: list[Any],
+    verification: Verification,
+    staging: Path,
+) -> dict[str, Any]:
+    return {
+        "format": "hwcomp-bundle/1",
+        "hwcomp_version": hwcomp.__version__,
+        "model": {
+            "file": model_path.name,
+            "sha256": model_io.file_sha256(model_path),
+            "opset": model.opset_imports.get("", None),
+        },
+        "target": {
+            "name": target.name,
+            "family": target.family,
+            "tvm_target": dict(target.tvm_target),
+            "runtime": target.runtime,
+        },
+        "inputs": [_spec_dict(s) for s in model_io.graph_inputs(legal)],
+        "outputs": [_spec_dict(s) for s in model_io.graph_outputs(model)],
+        "versions": {p: importlib.metadata.version(p) for p in _VERSIONED_PACKAGES},
+        "passes_applied": [s.name for s in steps if s.modified],
+        "legalization": [
+            {"step": s.name, "modified": s.modified, "nodes_after": s.nodes_after} for s in steps
+        ],
+        "verification": verification.to_dict(),
+        "files": file_hashes(staging),
+    }
+
+
+def _spec_dict(spec: model_io.TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype}
+
+
+def _write_readme(
+    staging: Path, model_path: Path, target: Target, manifest: dict, verification: Verification
+) -> None:
+    if verification.outputs:
+        worst = max(c.max_abs_error for c in verification.outputs)
+        detail = f"(max abs error {worst:.3g}, tolerance {verification.tolerance:g}, inputs {verification.inputs})"
+    else:
+        detail = f"({verification.reason})"
+    runner_inputs = " ".join(
+        f"verify/{p.name}" for p in sorted((staging / "verify").glob("input_*.npy"))
+    )
+    render_to(
+        "bundle/README.md.in", staging / "README.md",
+        model_name=model_path.stem, target=target.name, target_description=target.description,
+        hwcomp_version=hwcomp.__version__, model_file=model_path.name,
+        model_sha256=manifest["model"]["sha256"][:16], verification_status=verification.status,
+        verification_detail=detail, runner_inputs=runner_inputs,
+    )
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]

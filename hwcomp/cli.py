@@ -1,0 +1,142 @@
+"""The ``hwcomp`` command line: parse, call :mod:`hwcomp.api`, print. No logic here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from hwcomp import api
+from hwcomp.errors import HwcompError
+from hwcomp.model import parse_input_shapes
+from hwcomp.targets import PRECISIONS, known_targets, load_target
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hwcomp")
+@click.option("-v", "--verbose", count=True, help="-v: steps, -vv: debug.")
+def cli(verbose: int) -> None:
+    """hwcomp: compile ONNX models into verified, hardware-specific bundles."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="hwcomp: %(message)s")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def targets(ctx: click.Context) -> None:
+    """List target profiles (or `targets show NAME` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = []
+    for name in known_targets():
+        t = load_target(name)
+        rows.append((
+            name, t.family, f"{t.clock_hz / 1e9:.2f}", str(t.cores),
+            *(f"{t.peak_macs_per_s(p) / 1e9:.0f}" for p in PRECISIONS),
+            "yes" if t.int8_dot else "no", "yes" if t.fp16_arith else "no",
+            f"{t.dram_bandwidth_bytes_s / 1e9:.1f}",
+        ))
+    header = ("target", "family", "GHz", "cores", "GMAC/s fp32", "fp16", "int8",
+              "int8-dot", "fp16-arith", "GB/s")
+    _table(header, rows)
+
+
+@targets.command("show")
+@click.argument("name")
+def targets_show(name: str) -> None:
+    """Show one profile with the source of each number."""
+    t = load_target(name)
+    click.echo(f"{t.name}: {t.description}")
+    fields = [
+        ("family", t.family, "family"), ("runtime", t.runtime, "runtime"),
+        ("tvm target", dict(t.tvm_target), "tvm_target.mcpu"),
+        ("cross compiler", t.cross_compiler or "(host)", "cross_compiler"),
+        ("clock (Hz)", f"{t.clock_hz:.4g}", "compute.clock_hz"),
+        ("cores", t.cores, "compute.cores"),
+        ("vector bits", t.vector_bits, "compute.vector_bits"),
+        ("int8 dot product", t.int8_dot, "compute.int8_dot"),
+        ("fp16 arithmetic", t.fp16_arith, "compute.fp16_arith"),
+        *((f"MACs/cycle/core {p}", t.macs_per_cycle[p], f"compute.macs_per_cycle.{p}")
+          for p in PRECISIONS),
+        ("DRAM bandwidth (B/s)", f"{t.dram_bandwidth_bytes_s:.4g}", "memory.dram_bandwidth_bytes_s"),
+        ("L1D bytes", t.l1d_bytes, "memory.l1d_bytes"),
+        ("L2 bytes", t.l2_bytes, "memory.l2_bytes"),
+        ("L3 bytes", t.l3_bytes, "memory.l3_bytes"),
+        ("SRAM bytes", t.sram_bytes, "memory.sram_bytes"),
+        ("flash bytes", t.flash_bytes, "memory.flash_bytes"),
+        *((f"channel multiple {p}", v, f"channel_multiple.{p}")
+          for p, v in t.channel_multiple.items()),
+    ]
+    _table(("field", "value", "source"),
+           [(label, str(value), t.sources.get(key, "")) for label, value, key in fields])
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out"),
+              show_default=True, help="Folder that receives <model>-<target>/.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Bind an input's dynamic dimensions (repeatable).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Inputs for verification: .npz keyed by input name, or a folder of .npy.")
+@click.option("--tolerance", type=float, default=api.DEFAULT_TOLERANCE, show_default=True,
+              help="Largest allowed error relative to max(1, max |onnxruntime output|).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated inputs.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
+          calib: Path | None, tolerance: float, seed: int, force: bool) -> None:
+    """Compile MODEL for a target into a bundle verified against onnxruntime."""
+    result = api.build(
+        model, target_name, output, input_shapes=parse_input_shapes(input_shapes), calib=calib,
+        tolerance=tolerance, force=force, seed=seed,
+    )
+    v = result.verification
+    detail = v.reason or (
+        f"max abs error {max((c.max_abs_error for c in v.outputs), default=0):.3g}, "
+        f"tolerance {v.tolerance:g}"
+    )
+    click.echo(f"bundle: {result.bundle}")
+    click.echo(f"target: {result.target.name} ({result.target.family})")
+    click.echo(f"verification: {v.status} ({detail})")
+    click.echo(f"time: {result.seconds:.1f} s")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except HwcompError as exc:
+        click.echo(f"hwcomp: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("hwcomp: interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("hwcomp: interrupted; nothing was written", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line unless debugging
+        if os.environ.get("HWCOMP_DEBUG"):
+            traceback.print_exc()
+        click.echo(
+            f"hwcomp: internal error: {type(exc).__name__}: {exc} "
+            "(set HWCOMP_DEBUG=1 for the traceback and please report it)", err=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Legalisation: the named steps that make an ONNX model importable by TVM.
+
+The steps run in this order; each is logged with what it changed.
+
+1. ``bind-inputs``: parameter-like inputs (and inputs shadowed by initializers) become
+   constants.
+2. ``inline-local-functions``: model-local functions are inlined (onnx_ir InlinePass).
+3. ``lift-constants``: Constant nodes become initializers, so folding sees them.
+4. ``expand-functions``: ops TVM lacks become their ONNX function bodies.
+5. ``fold-constants``: constant subgraphs are evaluated ahead of time.
+6. ``drop-identities``: Identity nodes are removed.
+7. ``remove-unused``: dead nodes and initializers are removed.
+8. ``toposort``: the graph is put back in topological order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from hwcomp.lower.tvm import supported_ops
+from hwcomp.passes import BindInputsPass, ExpandFunctionsPass, FoldConstantsPass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepLog:
+    """One legalisation step: its name, whether it changed the graph, the node count after."""
+
+    name: str
+    modified: bool
+    nodes_after: int
+
+
+def legalize_for_tvm(
+    model: ir.Model, const_inputs: Mapping[str, np.ndarray] | None = None
+) -> tuple[ir.Model, list[StepLog]]:
+    """Run the legalisation steps on ``model`` and return the new model and the step log."""
+    known = supported_ops()
+    steps: list[tuple[str, ir.passes.PassBase]] = [
+        ("bind-inputs", BindInputsPass(const_inputs)),
+        ("inline-local-functions", common.InlinePass()),
+        ("lift-constants", common.LiftConstantsToInitializersPass(size_limit=0)),
+        ("expand-functions", ExpandFunctionsPass(lambda op: op not in known)),
+        ("lift-constants-again", common.LiftConstantsToInitializersPass(size_limit=0)),
+        ("fold-constants", FoldConstantsPass()),
+        ("drop-identities", common.IdentityEliminationPass()),
+        ("remove-unused", common.RemoveUnusedNodesPass()),
+        ("toposort", common.TopologicalSortPass()),
+    ]
+    log = []
+    for name, step in steps:
+        result = step(model)
+        model = result.model
+        count = sum(1 for _ in model.graph)
+        logger.info("legalize %-24s modified=%s nodes=%d", name, result.modified, count)
+        log.append(StepLog(name=name, modified=result.modified, nodes_after=count))
+    return model, log

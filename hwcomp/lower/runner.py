@@ -1,0 +1,124 @@
+"""Build and run the bundle's C++ runner (``kernels/runner/runner.cc``).
+
+The runner is compiled once per (compiler, source, TVM version) into the user cache and
+copied into each bundle as ``bin/hwcomp_runner``. Verification runs the bundle through
+it: natively for the host's architecture, under the target's emulator (``qemu-aarch64``)
+for others, so what is checked is exactly what ships.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hwcomp.errors import ToolchainError
+from hwcomp.lower.runtime_libs import cache_dir, ffi_include_dir
+from hwcomp.resources import kernels_path
+from hwcomp.targets import Target
+
+logger = logging.getLogger(__name__)
+
+RUNNER_SOURCE = ("runner", "runner.cc")
+EMULATOR_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class RunnerResult:
+    """Outputs and the timing line a runner printed."""
+
+    outputs: list[np.ndarray]
+    timing: str
+
+
+def require_tool(program: str, package: str, purpose: str) -> str:
+    """Return the path of ``program`` or raise a ToolchainError naming the Debian package."""
+    path = shutil.which(program)
+    if path is None:
+        raise ToolchainError(
+            f"{program} is needed {purpose} but is not installed; "
+            f"install it with: apt-get install {package}"
+        )
+    return path
+
+
+def compile_runner(target: Target, runtime_dir: Path) -> Path:
+    """Return a runner binary for ``target``'s architecture, compiling it on first use."""
+    compiler = target.cross_compiler or "g++"
+    require_tool(compiler, target.cross_package or "g++", "to build the bundle runner")
+    source = kernels_path(*RUNNER_SOURCE)
+    key = hashlib.sha256(
+        b"|".join(
+            [compiler.encode(), source.read_bytes(),
+             importlib.metadata.version("apache-tvm").encode()]
+        )
+    ).hexdigest()[:16]
+    binary = cache_dir() / "runner" / f"hwcomp_runner-{key}"
+    if binary.is_file():
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hwcomp-runner-") as scratch:
+        partial = Path(scratch) / "hwcomp_runner"
+        command = [
+            compiler, "-std=c++17", "-O2", str(source), f"-I{ffi_include_dir()}",
+            "-o", str(partial), f"-L{runtime_dir}", "-Wl,--no-as-needed",
+            "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN/../runtime",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ToolchainError(
+                f"{compiler} could not build the bundle runner: "
+                f"{_tail(result.stderr)}"
+            )
+        shutil.move(str(partial), binary)
+    return binary
+
+
+def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: int = 1) -> RunnerResult:
+    """Run ``bundle``'s runner on ``inputs`` (natively or under the target's emulator)."""
+    with tempfile.TemporaryDirectory(prefix="hwcomp-run-") as scratch:
+        work = Path(scratch)
+        paths = []
+        for index, array in enumerate(inputs):
+            path = work / f"input_{index}.npy"
+            np.save(path, np.ascontiguousarray(array))
+            paths.append(str(path))
+        out_dir = work / "out"
+        out_dir.mkdir()
+        command = [
+            str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
+            "--warmup", "0", "--repeat", str(repeat), "--out", str(out_dir), "--inputs", *paths,
+        ]
+        if target.emulator:
+            emulator = require_tool(target.emulator, target.emulator_package, "to verify the bundle")
+            sysroot = ["-L", target.sysroot] if target.sysroot else []
+            command = [emulator, *sysroot, *target.emulator_args, *command]
+        logger.debug("running %s", " ".join(command))
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, check=False, timeout=EMULATOR_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired:
+            raise ToolchainError(
+                f"the bundle runner did not finish within {EMULATOR_TIMEOUT_S} s"
+            ) from None
+        if result.returncode != 0:
+            raise ToolchainError(f"the bundle runner failed: {_tail(result.stderr or result.stdout)}")
+        outputs = [np.load(p) for p in sorted(out_dir.glob("output_*.npy"), key=_index)]
+        return RunnerResult(outputs=outputs, timing=result.stdout.strip())
+
+
+def _index(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[:600] if lines else "no output"

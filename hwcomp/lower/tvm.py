@@ -1,0 +1,88 @@
+"""TVM Relax import and compilation, with TVM's failures turned into hwcomp errors.
+
+TVM raises plain Python exceptions (often with a C++ backtrace) from deep inside its
+frontend. :func:`import_relax` finds the ONNX node that was being converted when one was
+raised, so the user learns which node and op failed, not which C++ file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import TracebackType
+from typing import Any
+
+import onnx
+
+from hwcomp.errors import LoweringError, UnsupportedOpError
+from hwcomp.targets import Target
+
+logger = logging.getLogger(__name__)
+
+
+def supported_ops() -> frozenset[str]:
+    """Default-domain ops TVM's Relax ONNX frontend has converters for."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return frozenset(onnx_frontend._get_convert_map())
+
+
+def check_supported(proto: onnx.ModelProto) -> None:
+    """Raise :class:`UnsupportedOpError` for the first node TVM cannot import."""
+    known = supported_ops()
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+            domain = f" (domain '{node.domain}')" if node.domain else ""
+            raise UnsupportedOpError(
+                f"node '{node.name or node.output[0]}' uses op {node.op_type}{domain}, which "
+                "hwcomp cannot lower (TVM's ONNX frontend has no converter and the ONNX "
+                "standard gives no function body); replace it in the exporter or open an issue"
+            )
+
+
+def import_relax(proto: onnx.ModelProto) -> Any:
+    """Import a legalised model into a Relax ``IRModule`` with weights bound as constants."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    try:
+        return from_onnx(proto, opset=opset, keep_params_in_input=False)
+    except Exception as exc:  # noqa: BLE001 - TVM raises many types; all mean "cannot import"
+        node = _failing_node(sys.exc_info()[2])
+        message = _first_line(exc)
+        if node is not None:
+            raise UnsupportedOpError(
+                f"node '{node.name or node.output[0]}' (op {node.op_type}) could not be "
+                f"imported into TVM: {message}"
+            ) from None
+        raise LoweringError(f"TVM could not import the model: {message}") from None
+
+
+def compile_relax(mod: Any, target: Target, pipeline: Any = "default") -> Any:
+    """Compile a Relax module for ``target`` into a ``tvm.runtime.Executable``."""
+    import tvm
+
+    try:
+        return tvm.compile(mod, target=target.tvm(), relax_pipeline=pipeline)
+    except Exception as exc:  # noqa: BLE001 - any TVM failure is a lowering failure
+        raise LoweringError(
+            f"TVM could not compile the model for target '{target.name}': {_first_line(exc)}"
+        ) from None
+
+
+def _failing_node(tb: TracebackType | None) -> onnx.NodeProto | None:
+    """Return the innermost ONNX node found in the frames of a frontend traceback."""
+    found = None
+    while tb is not None:
+        node = tb.tb_frame.f_locals.get("node")
+        if isinstance(node, onnx.NodeProto):
+            found = node
+        tb = tb.tb_next
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # TVM messages put the real reason after a C++ backtrace; prefer the last line.
+    text = lines[-1] if lines else type(exc).__name__
+    return text[:400]

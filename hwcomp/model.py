@@ -1,0 +1,252 @@
+"""Loading and validating ONNX models, binding input shapes, and input data.
+
+``load_model`` turns a path into an :class:`onnx_ir.Model` whose graph inputs all have
+static shapes: the file is read (with external data), checked by the ONNX checker,
+dynamic dimensions are bound from ``--input-shape`` bindings, and shapes are inferred.
+Every failure is a :class:`~hwcomp.errors.HwcompError` that names the file or input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# onnxruntime 1.31 reads IR versions up to 13; onnx 1.23 writes 14 by default.
+MAX_IR_VERSION = 10
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and numpy dtype of a graph input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def parse_input_shapes(bindings: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``name=1x3x224x224`` strings (``--input-shape``) into a dict.
+
+    Raises:
+        InputShapeError: A binding is not of the form ``name=DxDx...`` with positive dims.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for binding in bindings:
+        name, sep, dims = binding.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise InputShapeError(
+                f"--input-shape '{binding}' is not of the form name=1x3x224x224 "
+                "(positive dimensions separated by 'x')"
+            )
+        shapes[name] = shape
+    return shapes
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_model_proto(path: Path) -> onnx.ModelProto:
+    """Read and check an ONNX file, external data included.
+
+    Raises:
+        ModelLoadError: Missing file, not ONNX, truncated, or rejected by the checker.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model (truncated or not ONNX: {_first_line(exc)})"
+        ) from None
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph found in the file)")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{path}: external data could not be read ({_first_line(exc)}); "
+            "keep the data files next to the model"
+        ) from None
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: the ONNX checker rejects it: {_first_line(exc)}") from None
+    return proto
+
+
+def load_model(
+    path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> ir.Model:
+    """Load ``path`` into onnx_ir with every graph input bound to a static shape.
+
+    Raises:
+        ModelLoadError: See :func:`read_model_proto`.
+        InputShapeError: A dynamic dimension has no binding, a binding names no input, or
+            a binding contradicts a static dimension.
+    """
+    proto = read_model_proto(path)
+    model = ir.serde.deserialize_model(proto)
+    bind_input_shapes(model, dict(input_shapes or {}), path)
+    return infer_shapes(model, path)
+
+
+def bind_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Give every graph input a static shape, in place."""
+    initializer_names = set(model.graph.initializers)
+    inputs = [v for v in model.graph.inputs if v.name not in initializer_names]
+    known = {v.name for v in inputs}
+    unknown = sorted(set(shapes) - known)
+    if unknown:
+        raise InputShapeError(
+            f"{path}: --input-shape names {', '.join(unknown)}, but the model's inputs are "
+            f"{', '.join(sorted(known))}"
+        )
+    for value in inputs:
+        declared = value.shape
+        if value.name in shapes:
+            bound = shapes[value.name]
+            if declared is not None:
+                _check_binding(value.name, declared, bound, path)
+            value.shape = ir.Shape(bound)
+            continue
+        if declared is None or any(not isinstance(d, int) for d in declared):
+            dims = "unknown rank" if declared is None else str(list(declared))
+            raise InputShapeError(
+                f"{path}: input '{value.name}' has a dynamic shape ({dims}); "
+                f"bind it with --input-shape {value.name}=1x3x224x224 (your sizes)"
+            )
+
+
+def _check_binding(name: str, declared: ir.Shape, bound: tuple[int, ...], path: Path) -> None:
+    if len(declared) != len(bound):
+        raise InputShapeError(
+            f"{path}: --input-shape {name} has rank {len(bound)}, the model declares "
+            f"rank {len(declared)} ({list(declared)})"
+        )
+    for axis, (want, got) in enumerate(zip(declared, bound, strict=True)):
+        if isinstance(want, int) and want != got:
+            raise InputShapeError(
+                f"{path}: --input-shape {name} sets axis {axis} to {got}, but the model "
+                f"fixes it to {want}"
+            )
+
+
+def infer_shapes(model: ir.Model, path: Path | str = "model") -> ir.Model:
+    """Run ONNX shape inference (with data propagation) and return a new model."""
+    proto = to_proto(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: shape inference failed: {_first_line(exc)}") from None
+    return ir.serde.deserialize_model(inferred)
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialize to a ModelProto onnxruntime 1.31 accepts."""
+    proto = ir.serde.serialize_model(model)
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    return proto
+
+
+def graph_inputs(model: ir.Model) -> list[TensorSpec]:
+    """Return the graph inputs that are not initializers, with static shapes."""
+    initializer_names = set(model.graph.initializers)
+    return [_spec(v) for v in model.graph.inputs if v.name not in initializer_names]
+
+
+def graph_outputs(model: ir.Model) -> list[TensorSpec]:
+    """Return the graph outputs (shapes as inferred; -1 where still unknown)."""
+    return [_spec(v) for v in model.graph.outputs]
+
+
+def _spec(value: ir.Value) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else -1 for d in (value.shape or ()))
+    dtype = value.dtype.numpy().name if value.dtype is not None else "float32"
+    return TensorSpec(name=value.name or "", shape=shape, dtype=str(np.dtype(dtype)))
+
+
+def seeded_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs: N(0,1) floats, small non-negative integers, random bools."""
+    rng = np.random.default_rng(seed)
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            inputs[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+        elif dtype.kind in "iu":
+            inputs[spec.name] = rng.integers(0, 4, size=spec.shape).astype(dtype)
+        elif dtype.kind == "b":
+            inputs[spec.name] = rng.random(spec.shape) < 0.5
+        else:
+            raise CalibrationDataError(
+                f"input '{spec.name}' has dtype {spec.dtype}; pass data for it with --calib"
+            )
+    return inputs
+
+
+def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Load ``--calib`` data: an ``.npz`` keyed by input name, or a folder of ``<name>.npy``.
+
+    A leading batch of samples is allowed: an array of shape ``(N, *input_shape)`` or
+    ``(N*batch, ...)`` is returned as is and split by the caller.
+
+    Raises:
+        CalibrationDataError: Missing file, unreadable file, missing input or wrong shape.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        if path.is_dir():
+            arrays = {p.stem: np.load(p) for p in sorted(path.glob("*.npy"))}
+        elif path.is_file():
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in data.files}
+        else:
+            raise CalibrationDataError(f"{path}: no such calibration file or folder")
+    except (OSError, ValueError) as exc:
+        raise CalibrationDataError(
+            f"{path}: not an .npz file or a folder of .npy files ({_first_line(exc)})"
+        ) from None
+    for spec in specs:
+        if spec.name not in arrays:
+            raise CalibrationDataError(
+                f"{path}: no array for input '{spec.name}' (found: "
+                f"{', '.join(sorted(arrays)) or 'nothing'}); expected shape {list(spec.shape)}"
+            )
+        array = arrays[spec.name]
+        if tuple(array.shape[-len(spec.shape) + 1 :]) != spec.shape[1:] or (
+            array.ndim != len(spec.shape)
+        ):
+            raise CalibrationDataError(
+                f"{path}: '{spec.name}' has shape {list(array.shape)}, expected "
+                f"{list(spec.shape)} (the first axis may hold more samples)"
+            )
+        arrays[spec.name] = array.astype(spec.dtype, copy=False)
+    return {spec.name: arrays[spec.name] for spec in specs}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,65 @@
+"""Bundle writing: everything goes to a staging folder renamed into place at the end.
+
+An error or Ctrl-C while building leaves nothing at the output path: the staging folder
+is a hidden sibling of the output and is removed on any failure. An existing bundle is
+only replaced with ``force``; it is moved aside, the new one moved in, then the old one
+deleted, so the output path never holds a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hwcomp.errors import OutputExistsError
+
+logger = logging.getLogger(__name__)
+
+
+def check_output(path: Path, force: bool) -> None:
+    """Refuse an existing output path unless ``force``."""
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists; pass --force to replace it")
+
+
+@contextmanager
+def staged_output(path: Path, force: bool) -> Iterator[Path]:
+    """Yield a staging folder that becomes ``path`` when the block finishes without error."""
+    check_output(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    staging.chmod(0o755)
+    try:
+        yield staging
+        check_output(path, force)
+        if path.exists():
+            old = staging.with_suffix(".old")
+            path.rename(old)
+            staging.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, keyed by relative path."""
+    hashes = {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        hashes[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return hashes

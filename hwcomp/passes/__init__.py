@@ -1,0 +1,16 @@
+"""Graph passes, one per file. Each takes and returns an ``onnx_ir`` model.
+
+Legalisation (before TVM import):
+    - :class:`BindInputsPass`: inputs that are parameters become constants.
+    - :class:`ExpandFunctionsPass`: ops the backend lacks become their ONNX function bodies.
+    - :class:`FoldConstantsPass`: constant subgraphs become initializers.
+
+onnx_ir's common passes are reused for identity removal, dead-node removal, lifting
+Constant nodes to initializers and topological sorting.
+"""
+
+from hwcomp.passes.bind_inputs import BindInputsPass
+from hwcomp.passes.expand_functions import ExpandFunctionsPass
+from hwcomp.passes.fold_constants import FoldConstantsPass
+
+__all__ = ["BindInputsPass", "ExpandFunctionsPass", "FoldConstantsPass"]

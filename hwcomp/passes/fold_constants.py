@@ -1,0 +1,94 @@
+"""Fold nodes whose inputs are all constants into initializers.
+
+TVM's ONNX frontend needs many operands to be constants (Reshape shapes, Slice starts,
+Pad pads, Resize scales, Clip bounds). Models exported by frameworks often compute them
+with Shape/Gather/Concat chains; folding those chains here lets them import.
+
+Cases handled:
+    1. A node whose inputs are all initializers (or absent optional inputs): it is run once
+       with onnx's reference evaluator and its outputs become initializers.
+    2. Chains: nodes are visited in topological order, so a folded output makes its
+       consumers foldable in the same sweep.
+
+Not folded, and why:
+    - random ops (RandomNormal, Multinomial, ...): folding would freeze one sample;
+    - nodes with subgraphs (If, Loop, Scan): the reference evaluator would need them whole;
+    - nodes producing a graph output: the output must stay a computed value;
+    - results over ``max_elements``: folding would bloat the model (Expand, Tile, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from onnx.reference import ReferenceEvaluator
+
+logger = logging.getLogger(__name__)
+
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+     "Bernoulli", "Dropout"}
+)
+
+
+class FoldConstantsPass(ir.passes.InPlacePass):
+    """Evaluate constant subgraphs ahead of time.
+
+    Args:
+        max_elements: Largest result (in elements) that is folded.
+    """
+
+    def __init__(self, max_elements: int = 1 << 22) -> None:
+        super().__init__()
+        self.max_elements = max_elements
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Fold every foldable node of the main graph, in order."""
+        graph = model.graph
+        opset = model.opset_imports.get("", 1)
+        graph_outputs = set(map(id, graph.outputs))
+        folded = 0
+        for node in list(graph):
+            if not self._foldable(node, graph_outputs):
+                continue
+            results = self._evaluate(node, opset)
+            if results is None:
+                continue
+            for output, array in zip(node.outputs, results, strict=True):
+                constant = ir.Value(
+                    name=output.name, shape=ir.Shape(array.shape), const_value=ir.tensor(array)
+                )
+                output.name = None
+                ir.convenience.replace_all_uses_with(output, constant)
+                graph.register_initializer(constant)
+            graph.remove(node, safe=True)
+            folded += 1
+        if folded:
+            logger.info("folded %d constant node(s)", folded)
+        return ir.passes.PassResult(model, modified=folded > 0)
+
+    def _foldable(self, node: ir.Node, graph_outputs: set[int]) -> bool:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC:
+            return False
+        if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+               for attr in node.attributes.values()):
+            return False
+        if any(id(out) in graph_outputs for out in node.outputs):
+            return False
+        inputs = [v for v in node.inputs if v is not None]
+        return bool(node.outputs) and all(v.const_value is not None for v in inputs)
+
+    def _evaluate(self, node: ir.Node, opset: int) -> list[np.ndarray] | None:
+        feeds = {v.name: v.const_value.numpy() for v in node.inputs if v is not None}
+        proto = ir.serde.serialize_node(node)
+        try:
+            results = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - an op the evaluator lacks stays unfolded
+            logger.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
+            return None
+        arrays = [np.asarray(r) for r in results]
+        if any(a.size > self.max_elements for a in arrays):
+            return None
+        return arrays

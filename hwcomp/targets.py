@@ -1,0 +1,259 @@
+"""Target profiles: hardware capabilities loaded from ``targets/*.toml``.
+
+A profile describes what a device can do (peak MACs per precision, an int8 dot product,
+fp16 arithmetic, memory bandwidth, sizes, channel alignment) and how TVM reaches it
+(the target dict, the cross compiler). Passes and the planner ask capability questions
+of a :class:`Target`; they never compare names.
+
+Every number in a profile carries its source as a trailing ``# comment``;
+:func:`load_target` keeps those comments in :attr:`Target.sources` so that
+``hwcomp targets show`` can print them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from hwcomp.errors import TargetError
+from hwcomp.resources import data_dir
+
+FAMILIES = ("x86", "arm-a", "cuda", "mcu")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+_KEY_WITH_COMMENT = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=\s*[^#]*#\s*(.+?)\s*$")
+_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A hardware profile, immutable once loaded.
+
+    Attributes:
+        name: Profile name, the TOML file's stem.
+        description: One line for humans.
+        family: One of :data:`FAMILIES`; lowering dispatches on it.
+        runtime: ``so`` (a shared library driven by TVM's runtime) or ``c`` (C sources).
+        tvm_target: The TVM target as a JSON-style dict.
+        tvm_host: The host target dict for device targets (CUDA), else empty.
+        cross_compiler: Compiler for the exported library, empty for the host compiler.
+        cross_package: Debian package that installs ``cross_compiler``.
+        emulator: Program that runs the target's binaries here (``qemu-aarch64``), or empty.
+        emulator_package: Debian package that installs ``emulator``.
+        emulator_args: Extra emulator arguments (``-cpu cortex-a72``, a board).
+        sysroot: Library root the emulator needs (``qemu-aarch64 -L``).
+        cflags: Flags for C/C++ compiled for the target (``-mcpu=...``).
+        clock_hz: Sustained core clock.
+        cores: Cores used for inference (SMs for CUDA).
+        vector_bits: SIMD register width.
+        int8_dot: Whether an int8 dot-product instruction exists (VNNI, SDOT, DP4A).
+        fp16_arith: Whether fp16 arithmetic runs natively (not via conversion).
+        macs_per_cycle: Peak multiply-accumulates per cycle per core, by precision.
+        dram_bandwidth_bytes_s: Sustained main-memory bandwidth.
+        l1d_bytes, l2_bytes, l3_bytes: Cache sizes (0 when absent).
+        sram_bytes, flash_bytes: On-chip memories of microcontrollers (0 elsewhere).
+        channel_multiple: Channel counts that keep kernels dense, by precision.
+        sources: Source of each number, keyed ``section.field``.
+    """
+
+    name: str
+    description: str
+    family: str
+    runtime: str
+    tvm_target: Mapping[str, Any]
+    tvm_host: Mapping[str, Any]
+    cross_compiler: str
+    cross_package: str
+    emulator: str
+    emulator_package: str
+    emulator_args: tuple[str, ...]
+    sysroot: str
+    cflags: tuple[str, ...]
+    clock_hz: float
+    cores: int
+    vector_bits: int
+    int8_dot: bool
+    fp16_arith: bool
+    macs_per_cycle: Mapping[str, float]
+    dram_bandwidth_bytes_s: float
+    l1d_bytes: int = 0
+    l2_bytes: int = 0
+    l3_bytes: int = 0
+    sram_bytes: int = 0
+    flash_bytes: int = 0
+    channel_multiple: Mapping[str, int] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def peak_macs_per_s(self, precision: str) -> float:
+        """Peak MACs per second over all cores for ``precision``."""
+        return self.macs_per_cycle[precision] * self.clock_hz * self.cores
+
+    @property
+    def is_cross(self) -> bool:
+        """Whether artifacts for this target cannot run natively on this machine."""
+        return bool(self.cross_compiler)
+
+    def tvm(self) -> Any:
+        """Return the ``tvm.target.Target`` for this profile (imports TVM lazily)."""
+        import tvm
+
+        if self.tvm_host:
+            return tvm.target.Target(dict(self.tvm_target), host=dict(self.tvm_host))
+        return tvm.target.Target(dict(self.tvm_target))
+
+
+def targets_dir() -> Path:
+    """Return the directory holding the shipped profiles."""
+    return data_dir("targets")
+
+
+def known_targets() -> list[str]:
+    """Return the names of all shipped profiles, sorted."""
+    return sorted(path.stem for path in targets_dir().glob("*.toml"))
+
+
+def load_target(name: str) -> Target:
+    """Load the profile ``name`` (a shipped profile name or a path to a ``.toml``).
+
+    Raises:
+        TargetError: The name is unknown (the message lists the known ones) or the file
+            misses a field.
+    """
+    path = Path(name)
+    if path.suffix != ".toml":
+        path = targets_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise TargetError(
+            f"unknown target '{name}'; known targets: {', '.join(known_targets())} "
+            "(or pass a path to a .toml profile)"
+        )
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"{path}: not valid TOML: {exc}") from None
+    return _target_from_dict(data, _comment_sources(text), path)
+
+
+def _comment_sources(text: str) -> dict[str, str]:
+    """Collect ``section.key -> trailing comment`` from a profile's text."""
+    sources: dict[str, str] = {}
+    section = ""
+    for line in text.splitlines():
+        if match := _SECTION.match(line):
+            section = match.group(1).strip()
+            continue
+        if match := _KEY_WITH_COMMENT.match(line):
+            key = f"{section}.{match.group(1)}" if section else match.group(1)
+            sources[key] = match.group(2)
+    return sources
+
+
+def _require(table: Mapping[str, Any], key: str, path: Path, section: str) -> Any:
+    if key not in table:
+        where = f"[{section}] " if section else ""
+        raise TargetError(f"{path}: {where}field '{key}' is missing")
+    return table[key]
+
+
+def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Path) -> Target:
+    compute = _require(data, "compute", path, "")
+    memory = _require(data, "memory", path, "")
+    tvm_target = dict(_require(data, "tvm_target", path, ""))
+    family = _require(data, "family", path, "")
+    if family not in FAMILIES:
+        raise TargetError(f"{path}: family '{family}' is not one of {', '.join(FAMILIES)}")
+    cores = int(_require(compute, "cores", path, "compute"))
+    if tvm_target.get("mcpu") == "auto":
+        tvm_target["mcpu"] = _detect_llvm_cpu()
+    if cores == 0:
+        cores = _detect_physical_cores()
+    if tvm_target.get("num-cores") == 0:
+        tvm_target["num-cores"] = cores
+    macs = dict(_require(compute, "macs_per_cycle", path, "compute"))
+    missing = [p for p in PRECISIONS if p not in macs]
+    if missing:
+        raise TargetError(f"{path}: [compute.macs_per_cycle] misses {', '.join(missing)}")
+    detected = _detect_host_features() if compute.get("detect_features") else {}
+    return Target(
+        name=path.stem,
+        description=str(data.get("description", "")),
+        family=family,
+        runtime=str(data.get("runtime", "so")),
+        tvm_target=MappingProxyType(tvm_target),
+        tvm_host=MappingProxyType(dict(data.get("tvm_host", {}))),
+        cross_compiler=str(data.get("cross_compiler", "")),
+        cross_package=str(data.get("cross_package", "")),
+        emulator=str(data.get("emulator", "")),
+        emulator_package=str(data.get("emulator_package", "")),
+        emulator_args=tuple(str(a) for a in data.get("emulator_args", ())),
+        sysroot=str(data.get("sysroot", "")),
+        cflags=tuple(str(a) for a in data.get("cflags", ())),
+        clock_hz=float(_require(compute, "clock_hz", path, "compute")),
+        cores=cores,
+        vector_bits=int(detected.get("vector_bits", _require(compute, "vector_bits", path, "compute"))),
+        int8_dot=bool(detected.get("int8_dot", _require(compute, "int8_dot", path, "compute"))),
+        fp16_arith=bool(detected.get("fp16_arith", _require(compute, "fp16_arith", path, "compute"))),
+        macs_per_cycle=MappingProxyType(
+            {p: float(detected.get(f"macs_{p}", v)) for p, v in macs.items()}
+        ),
+        dram_bandwidth_bytes_s=float(_require(memory, "dram_bandwidth_bytes_s", path, "memory")),
+        l1d_bytes=int(memory.get("l1d_bytes", 0)),
+        l2_bytes=int(memory.get("l2_bytes", 0)),
+        l3_bytes=int(memory.get("l3_bytes", 0)),
+        sram_bytes=int(memory.get("sram_bytes", 0)),
+        flash_bytes=int(memory.get("flash_bytes", 0)),
+        channel_multiple=MappingProxyType(dict(data.get("channel_multiple", {}))),
+        sources=MappingProxyType(sources),
+    )
+
+
+def _detect_llvm_cpu() -> str:
+    """Return LLVM's name for this machine's CPU (e.g. ``znver4``)."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def _detect_physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _detect_host_features() -> dict[str, Any]:
+    """Derive vector width, int8-dot and fp16 flags and peak MACs from ``/proc/cpuinfo``.
+
+    Peak MACs assume two FMA pipes per core at the detected vector width, which holds for
+    Zen 4 and for Intel cores since Skylake-SP; int8 with VNNI is 4x fp32 (4 bytes per lane).
+    """
+    flags = _cpu_flags()
+    vector_bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+    fp32_lanes = vector_bits // 32
+    int8_dot = bool(flags & {"avx512_vnni", "avx_vnni"})
+    fp16_arith = "avx512_fp16" in flags
+    return {
+        "vector_bits": vector_bits,
+        "int8_dot": int8_dot,
+        "fp16_arith": fp16_arith,
+        "macs_fp32": 2 * fp32_lanes,
+        "macs_fp16": 2 * fp32_lanes * (2 if fp16_arith else 1),
+        "macs_int8": 2 * fp32_lanes * (4 if int8_dot else 2),
+    }

@@ -1,0 +1,119 @@
+"""Verification: compiled outputs against onnxruntime on the original model.
+
+Float outputs pass when ``max|compiled - reference| <= tolerance * max(1, max|reference|)``
+(an error relative to the output's scale, robust to outputs near zero); integer and bool
+outputs must match exactly. NaNs must sit at the same places in both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from hwcomp.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Comparison of one output."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs_error: float
+    max_rel_error: float
+    reference_max_abs: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The verdict of one build's verification."""
+
+    status: str
+    tolerance: float
+    inputs: str
+    reason: str = ""
+    outputs: list[OutputCheck] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for the manifest."""
+        return asdict(self)
+
+
+def run_onnxruntime(
+    proto: onnx.ModelProto, inputs: Mapping[str, np.ndarray], threads: int = 0
+) -> list[np.ndarray]:
+    """Run ``proto`` on CPU with onnxruntime and return its outputs in graph order."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        return [np.asarray(a) for a in session.run(None, dict(inputs))]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelLoadError(
+            f"onnxruntime cannot run the model, so it cannot be verified: "
+            f"{str(exc).strip().splitlines()[-1][:300]}"
+        ) from None
+
+
+def compare_outputs(
+    names: list[str],
+    reference: list[np.ndarray],
+    actual: list[np.ndarray],
+    tolerance: float,
+    inputs: str,
+) -> Verification:
+    """Compare outputs pairwise and return the verdict."""
+    if len(reference) != len(actual):
+        return Verification(
+            status=FAILED, tolerance=tolerance, inputs=inputs,
+            reason=f"the compiled model returned {len(actual)} outputs, onnxruntime {len(reference)}",
+        )
+    checks = [
+        _check_one(name, ref, got, tolerance)
+        for name, ref, got in zip(names, reference, actual, strict=True)
+    ]
+    failed = [c.name for c in checks if not c.passed]
+    reason = f"outputs beyond tolerance: {', '.join(failed)}" if failed else ""
+    return Verification(
+        status=FAILED if failed else PASSED, tolerance=tolerance, inputs=inputs, reason=reason,
+        outputs=checks,
+    )
+
+
+def _check_one(name: str, ref: np.ndarray, got: np.ndarray, tolerance: float) -> OutputCheck:
+    ref = np.asarray(ref)
+    got = np.asarray(got)
+    if ref.shape != got.shape:
+        return OutputCheck(name, tuple(got.shape), float("inf"), float("inf"), 0.0, False)
+    if ref.size == 0:
+        return OutputCheck(name, tuple(ref.shape), 0.0, 0.0, 0.0, True)
+    if ref.dtype.kind not in "fc":
+        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+        max_abs = float(diff.max())
+        return OutputCheck(name, tuple(ref.shape), max_abs, max_abs, float(np.abs(ref).max()),
+                           max_abs == 0.0)
+    ref64 = ref.astype(np.float64)
+    got64 = got.astype(np.float64)
+    nan_ref, nan_got = np.isnan(ref64), np.isnan(got64)
+    same_nans = bool(np.array_equal(nan_ref, nan_got))
+    finite = ~nan_ref & ~nan_got & np.isfinite(ref64)
+    inf_match = bool(np.array_equal(ref64[np.isinf(ref64)], got64[np.isinf(ref64)]))
+    diff = np.abs(ref64[finite] - got64[finite])
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref64[finite]).max()) if diff.size else 0.0
+    max_rel = max_abs / max(1.0, scale)
+    passed = same_nans and inf_match and max_rel <= tolerance
+    return OutputCheck(name, tuple(ref.shape), max_abs, max_rel, scale, passed)

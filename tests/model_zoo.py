@@ -1,0 +1,109 @@
+"""Small ONNX models built in code with seeded weights (no downloads).
+
+Each builder returns an ``onnx.ModelProto`` at opset 17 / IR 10 that onnxruntime runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+class _Builder:
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def const(self, array: np.ndarray, prefix: str = "w") -> str:
+        name = self.name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+        out = self.name(op.lower() + "_")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1) -> str:
+        fan_in = cin // group * k * k
+        w = self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan_in)
+        b = self.rng.standard_normal(cout) * 0.01
+        pad = k // 2
+        return self.node("Conv", [x, self.const(w.astype(np.float32)), self.const(b.astype(np.float32))],
+                         kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
+
+    def bn(self, x: str, c: int) -> str:
+        params = [
+            1.0 + 0.1 * self.rng.standard_normal(c), 0.1 * self.rng.standard_normal(c),
+            0.1 * self.rng.standard_normal(c), 1.0 + 0.1 * self.rng.random(c),
+        ]
+        return self.node("BatchNormalization", [x, *(self.const(p.astype(np.float32)) for p in params)])
+
+    def conv_bn(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1,
+                act: str | None = "Relu") -> str:
+        y = self.bn(self.conv(x, cin, cout, k, stride, group), cout)
+        if act == "Relu6":
+            return self.node("Clip", [y, self.const(np.float32(0.0), "lo"), self.const(np.float32(6.0), "hi")])
+        return self.node(act, [y]) if act else y
+
+    def head(self, x: str, c: int, classes: int) -> str:
+        pooled = self.node("GlobalAveragePool", [x])
+        flat = self.node("Flatten", [pooled], axis=1)
+        w = (self.rng.standard_normal((classes, c)) / np.sqrt(c)).astype(np.float32)
+        b = (self.rng.standard_normal(classes) * 0.01).astype(np.float32)
+        return self.node("Gemm", [flat, self.const(w), self.const(b)], transB=1)
+
+    def model(self, name: str, x_shape: list, out: str, out_shape: list) -> onnx.ModelProto:
+        self.nodes[-1].output[0] = "logits"
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
+            self.inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  ir_version=10, producer_name="hwcomp-tests")
+        onnx.checker.check_model(model)
+        return model
+
+
+def resnet_like(seed: int = 0, size: int = 32, width: int = 16, classes: int = 10,
+                batch: int | str = 1) -> onnx.ModelProto:
+    """A ResNet-style CNN: stem, two basic residual blocks (one strided), head."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, width, 3)
+    for cin, cout, stride in [(width, width, 1), (width, 2 * width, 2)]:
+        y = b.conv_bn(x, cin, cout, 3, stride)
+        y = b.conv_bn(y, cout, cout, 3, act=None)
+        shortcut = x if (cin == cout and stride == 1) else b.conv_bn(x, cin, cout, 1, stride, act=None)
+        x = b.node("Relu", [b.node("Add", [y, shortcut])])
+    b.head(x, 2 * width, classes)
+    return b.model("resnet_like", [batch, 3, size, size], "logits", [batch, classes])
+
+
+def mobilenet_like(seed: int = 0, size: int = 32, classes: int = 10) -> onnx.ModelProto:
+    """A MobileNetV2-style CNN: inverted residuals with depthwise convs and ReLU6."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 16, 3, 2, act="Relu6")
+    for cin, cout, stride, expand in [(16, 16, 1, 4), (16, 24, 2, 4), (24, 24, 1, 4)]:
+        hidden = cin * expand
+        y = b.conv_bn(x, cin, hidden, 1, act="Relu6")
+        y = b.conv_bn(y, hidden, hidden, 3, stride, group=hidden, act="Relu6")
+        y = b.conv_bn(y, hidden, cout, 1, act=None)
+        x = b.node("Add", [x, y]) if (cin == cout and stride == 1) else y
+    b.head(x, 24, classes)
+    return b.model("mobilenet_like", [1, 3, size, size], "logits", [1, classes])
+
+
+def save(model: onnx.ModelProto, path: str) -> str:
+    onnx.save(model, path)
+    return path
