@@ -126,7 +126,7 @@ def _verification_inputs(
         return model_io.seeded_inputs(specs, seed)
     data = model_io.load_calibration(Path(calib), specs)
     # Verification uses the first sample(s): as many rows as the model's batch axis holds.
-    return {s.name: np.ascontiguousarray(data[s.name][: s.shape[0]]) for s in specs}
+    return {s.name: np.require(data[s.name][: s.shape[0]], requirements="C") for s in specs}
 
 
 def _write_library(staging: Path, lowering: Any, executable: Any, target: Target) -> None:

@@ -7,10 +7,12 @@ The steps run in this order; each is logged with what it changed.
 2. ``inline-local-functions``: model-local functions are inlined (onnx_ir InlinePass).
 3. ``lift-constants``: Constant nodes become initializers, so folding sees them.
 4. ``expand-functions``: ops TVM lacks become their ONNX function bodies.
-5. ``fold-constants``: constant subgraphs are evaluated ahead of time.
-6. ``drop-identities``: Identity nodes are removed.
-7. ``remove-unused``: dead nodes and initializers are removed.
-8. ``toposort``: the graph is put back in topological order.
+5. ``fold-constants``: constant subgraphs (and shapes, now static) are evaluated.
+6. ``resize-to-matmul``: Resize nodes TVM gets wrong become interpolation MatMuls.
+7. ``convtranspose-pads``: ConvTranspose ``output_shape`` becomes explicit pads.
+8. ``drop-identities``: Identity nodes are removed.
+9. ``remove-unused``: dead nodes and initializers are removed.
+10. ``toposort``: the graph is put back in topological order.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+import onnx
+
+from hwcomp.lower.frontend_gaps import EXPAND, gap_for
 from hwcomp.lower.tvm import supported_ops
-from hwcomp.passes import BindInputsPass, ExpandFunctionsPass, FoldConstantsPass
+from hwcomp.passes import (
+    BindInputsPass,
+    ConvTransposePadsPass,
+    ExpandFunctionsPass,
+    FoldConstantsPass,
+    ResizeToMatMulPass,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +54,20 @@ def legalize_for_tvm(
 ) -> tuple[ir.Model, list[StepLog]]:
     """Run the legalisation steps on ``model`` and return the new model and the step log."""
     known = supported_ops()
+
+    def should_expand(node: onnx.NodeProto) -> bool:
+        gap = gap_for(node, {})
+        return node.op_type not in known or (gap is not None and gap.action == EXPAND)
+
     steps: list[tuple[str, ir.passes.PassBase]] = [
         ("bind-inputs", BindInputsPass(const_inputs)),
         ("inline-local-functions", common.InlinePass()),
         ("lift-constants", common.LiftConstantsToInitializersPass(size_limit=0)),
-        ("expand-functions", ExpandFunctionsPass(lambda op: op not in known)),
+        ("expand-functions", ExpandFunctionsPass(should_expand)),
         ("lift-constants-again", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("fold-constants", FoldConstantsPass()),
+        ("resize-to-matmul", ResizeToMatMulPass()),
+        ("convtranspose-pads", ConvTransposePadsPass()),
         ("drop-identities", common.IdentityEliminationPass()),
         ("remove-unused", common.RemoveUnusedNodesPass()),
         ("toposort", common.TopologicalSortPass()),

@@ -88,7 +88,7 @@ def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: i
         paths = []
         for index, array in enumerate(inputs):
             path = work / f"input_{index}.npy"
-            np.save(path, np.ascontiguousarray(array))
+            np.save(path, np.require(array, requirements="C"))
             paths.append(str(path))
         out_dir = work / "out"
         out_dir.mkdir()

@@ -29,8 +29,20 @@ def supported_ops() -> frozenset[str]:
 
 def check_supported(proto: onnx.ModelProto) -> None:
     """Raise :class:`UnsupportedOpError` for the first node TVM cannot import."""
+    from onnx import numpy_helper
+
+    from hwcomp.lower.frontend_gaps import REJECT, gap_for
+
     known = supported_ops()
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
+                 if t.data_type == onnx.TensorProto.INT64}
     for node in proto.graph.node:
+        gap = gap_for(node, constants)
+        if gap is not None and gap.action == REJECT:
+            raise UnsupportedOpError(
+                f"node '{node.name or node.output[0]}' (op {node.op_type}) cannot be lowered: "
+                f"{gap.reason}"
+            )
         if node.domain not in ("", "ai.onnx") or node.op_type not in known:
             domain = f" (domain '{node.domain}')" if node.domain else ""
             raise UnsupportedOpError(

@@ -4,13 +4,23 @@ Legalisation (before TVM import):
     - :class:`BindInputsPass`: inputs that are parameters become constants.
     - :class:`ExpandFunctionsPass`: ops the backend lacks become their ONNX function bodies.
     - :class:`FoldConstantsPass`: constant subgraphs become initializers.
+    - :class:`ResizeToMatMulPass`: Resize nodes TVM mishandles become interpolation MatMuls.
+    - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
 
 onnx_ir's common passes are reused for identity removal, dead-node removal, lifting
 Constant nodes to initializers and topological sorting.
 """
 
 from hwcomp.passes.bind_inputs import BindInputsPass
+from hwcomp.passes.convtranspose_pads import ConvTransposePadsPass
 from hwcomp.passes.expand_functions import ExpandFunctionsPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
+from hwcomp.passes.resize_to_matmul import ResizeToMatMulPass
 
-__all__ = ["BindInputsPass", "ExpandFunctionsPass", "FoldConstantsPass"]
+__all__ = [
+    "BindInputsPass",
+    "ConvTransposePadsPass",
+    "ExpandFunctionsPass",
+    "FoldConstantsPass",
+    "ResizeToMatMulPass",
+]

@@ -37,11 +37,11 @@ class ExpandFunctionsPass(ir.passes.FunctionalPass):
     """Replace nodes the backend cannot take by their ONNX function bodies.
 
     Args:
-        should_expand: ``op_type -> bool`` for default-domain nodes; true means the
-            backend lacks the op and it should be expanded if the standard defines a body.
+        should_expand: ``node -> bool`` for default-domain nodes; true means the backend
+            cannot take the node and it should be expanded if the standard defines a body.
     """
 
-    def __init__(self, should_expand: Callable[[str], bool]) -> None:
+    def __init__(self, should_expand: Callable[[onnx.NodeProto], bool]) -> None:
         super().__init__()
         self.should_expand = should_expand
 
@@ -67,13 +67,15 @@ def _opset(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _attach_bodies(proto: onnx.ModelProto, should_expand: Callable[[str], bool]) -> list[str]:
+def _attach_bodies(
+    proto: onnx.ModelProto, should_expand: Callable[[onnx.NodeProto], bool]
+) -> list[str]:
     """Point expandable nodes at fresh local functions; return the expanded nodes' names."""
     opset = _opset(proto)
     types = _value_types(proto)
     expanded = []
     for index, node in enumerate(proto.graph.node):
-        if node.domain not in ("", "ai.onnx") or not should_expand(node.op_type):
+        if node.domain not in ("", "ai.onnx") or not should_expand(node):
             continue
         body = _function_body(node, opset, types)
         if body is None:

@@ -9,6 +9,8 @@ Cases handled:
        with onnx's reference evaluator and its outputs become initializers.
     2. Chains: nodes are visited in topological order, so a folded output makes its
        consumers foldable in the same sweep.
+    3. ``Shape`` and ``Size`` of a value whose shape is static (every graph input is
+       bound by the loader): they become constants even though their input is not.
 
 Not folded, and why:
     - random ops (RandomNormal, Multinomial, ...): folding would freeze one sample;
@@ -53,7 +55,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         for node in list(graph):
             if not self._foldable(node, graph_outputs):
                 continue
-            results = self._evaluate(node, opset)
+            results = _static_shape_of(node) or self._evaluate(node, opset)
             if results is None:
                 continue
             for output, array in zip(node.outputs, results, strict=True):
@@ -72,10 +74,12 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     def _foldable(self, node: ir.Node, graph_outputs: set[int]) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC:
             return False
+        if any(id(out) in graph_outputs for out in node.outputs):
+            return False
+        if _static_shape_of(node) is not None:
+            return True
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                for attr in node.attributes.values()):
-            return False
-        if any(id(out) in graph_outputs for out in node.outputs):
             return False
         inputs = [v for v in node.inputs if v is not None]
         return bool(node.outputs) and all(v.const_value is not None for v in inputs)
@@ -92,3 +96,21 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         if any(a.size > self.max_elements for a in arrays):
             return None
         return arrays
+
+
+def _static_shape_of(node: ir.Node) -> list[np.ndarray] | None:
+    """Case 3: the value of ``Shape``/``Size`` when the input's shape is fully static."""
+    if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx"):
+        return None
+    source = node.inputs[0] if node.inputs else None
+    shape = source.shape if source is not None else None
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    dims = [int(d) for d in shape]
+    if node.op_type == "Size":
+        return [np.array(int(np.prod(dims)), dtype=np.int64)]
+    rank = len(dims)
+    start = node.attributes.get_int("start", 0)
+    end = node.attributes.get_int("end", rank)
+    start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+    return [np.array(dims[start:end], dtype=np.int64)]

@@ -1,0 +1,68 @@
+"""Where TVM's Relax ONNX frontend is incomplete or wrong, and what hwcomp does instead.
+
+Found by driving ONNX's backend node tests through hwcomp (``tests/conformance.py``).
+Each entry maps an op to a check of one node that returns a :class:`Gap` or None:
+
+- ``expand``: the converter mishandles this node; use the op's ONNX function body;
+- ``reject``: no correct lowering exists yet; fail with a message naming the node.
+
+Rewrites that replace a node by other ops (Resize, ConvTranspose) are passes of their own
+under ``hwcomp/passes/``, each stating which cases it takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+EXPAND, REJECT = "expand", "reject"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """What to do about a node the frontend cannot take as is, and why."""
+
+    action: str
+    reason: str
+
+
+Constants = Mapping[str, np.ndarray]
+
+
+def _layer_norm(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    # The converter returns Mean and InvStdDev with the wrong shapes; Y alone is right.
+    if any(name for name in node.output[1:]):
+        return Gap(EXPAND, "Mean/InvStdDev outputs are used")
+    return None
+
+
+def _max_pool(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    if len(node.output) > 1 and node.output[1]:
+        return Gap(REJECT, "its Indices output is not supported by TVM's MaxPool")
+    return None
+
+
+def _split(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    sizes = constants.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if sizes is None:
+        attr = next((a for a in node.attribute if a.name == "split"), None)
+        sizes = np.array(attr.ints) if attr is not None else None
+    if sizes is not None and (np.asarray(sizes) == 0).any():
+        return Gap(REJECT, "it produces an empty output, which TVM's split cannot compile")
+    return None
+
+
+GAPS: dict[str, Callable[[onnx.NodeProto, Constants], Gap | None]] = {
+    "LayerNormalization": _layer_norm,
+    "MaxPool": _max_pool,
+    "Split": _split,
+}
+
+
+def gap_for(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    """Return the known gap for ``node``, if any."""
+    check = GAPS.get(node.op_type)
+    return check(node, constants) if check and node.domain in ("", "ai.onnx") else None
