@@ -7,6 +7,8 @@ raised, so the user learns which node and op failed, not which C++ file.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 from types import TracebackType
@@ -57,9 +59,14 @@ def import_relax(proto: onnx.ModelProto) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    chatter = io.StringIO()
     try:
-        return from_onnx(proto, opset=opset, keep_params_in_input=False)
+        # The frontend prints "Error converting operator ..." before raising; the
+        # HwcompError below says it once, so its prints are kept for debug logs only.
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            return from_onnx(proto, opset=opset, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - TVM raises many types; all mean "cannot import"
+        logger.debug("TVM frontend output: %s", chatter.getvalue())
         node = _failing_node(sys.exc_info()[2])
         message = _first_line(exc)
         if node is not None:

@@ -6,7 +6,7 @@ pads that ``output_shape`` implies; writing them out gives TVM an equivalent nod
 
 Cases handled:
     1. Non-negative total padding per axis: split between begin and end as the standard
-       says (the extra element at the end for SAME_UPPER or NOTSET, at the begin otherwise).
+       says (the odd element at the end for SAME_UPPER, at the begin otherwise).
     2. Negative total padding smaller than the stride: becomes ``output_padding``.
 
 Left alone: a node without ``output_shape``, or whose input or weight shape is unknown.
@@ -47,7 +47,7 @@ def _explicit_pads(node: ir.Node) -> bool:
     dilations = attrs.get_ints("dilations", [1] * spatial)
     out_padding = list(attrs.get_ints("output_padding", [0] * spatial))
     wanted = attrs.get_ints("output_shape")[-spatial:]
-    upper = attrs.get_string("auto_pad", "NOTSET") in ("SAME_UPPER", "NOTSET")
+    upper = attrs.get_string("auto_pad", "NOTSET") == "SAME_UPPER"
     begins, ends = [], []
     for axis in range(spatial):
         full = strides[axis] * (in_sizes[axis] - 1) + out_padding[axis] + (

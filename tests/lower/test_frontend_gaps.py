@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hwcomp.errors import UnsupportedOpError
+from hwcomp.lower.frontend_gaps import EXPAND, gap_for
+from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.tvm import check_supported, import_relax
+from hwcomp.model import to_proto
+from tests.helpers import make_model, op_types, run_ort, to_ir
+
+
+def test_maxpool_indices_are_rejected_with_the_node_name():
+    model = make_model(
+        [helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], name="pool_3")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 3, 3]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 1, 3, 3])])
+    with pytest.raises(UnsupportedOpError, match="pool_3.*MaxPool.*Indices"):
+        check_supported(model)
+
+
+def test_split_into_empty_outputs_is_rejected():
+    split = numpy_helper.from_array(np.array([3, 0], np.int64), "split")
+    model = make_model(
+        [helper.make_node("Split", ["x", "split"], ["a", "b"], name="split_1")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [0])], [split])
+    with pytest.raises(UnsupportedOpError, match="split_1.*empty output"):
+        check_supported(model)
+
+
+def test_layer_norm_with_statistics_outputs_is_expanded_and_right():
+    rng = np.random.default_rng(0)
+    scale = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "scale")
+    model = make_model(
+        [helper.make_node("LayerNormalization", ["x", "scale"], ["y", "mean"], axis=-1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6]),
+         helper.make_tensor_value_info("mean", TensorProto.FLOAT, [2, 1])], [scale])
+    assert gap_for(model.graph.node[0], {}).action == EXPAND
+    legal, _ = legalize_for_tvm(to_ir(model))
+    assert "LayerNormalization" not in op_types(legal)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    for got, want in zip(run_ort(legal, {"x": x}), run_ort(model, {"x": x}), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_alone_is_left_to_tvm():
+    node = helper.make_node("LayerNormalization", ["x", "scale"], ["y"], axis=1)
+    assert gap_for(node, {}) is None
+    assert gap_for(helper.make_node("MaxPool", ["x"], ["y"]), {}) is None
+
+
+def test_import_failure_names_the_node(capsys):
+    # Reshape with a runtime shape operand: TVM's converter needs it constant.
+    model = make_model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape_runtime")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
+    legal, _ = legalize_for_tvm(to_ir(model))
+    with pytest.raises(UnsupportedOpError, match="'reshape_runtime' \\(op Reshape\\)"):
+        import_relax(to_proto(legal))
+    # TVM's own chatter about the failure is not shown: the error says it once.
+    captured = capsys.readouterr()
+    assert "Error converting" not in captured.out + captured.err

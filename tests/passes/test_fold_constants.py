@@ -1,0 +1,60 @@
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from hwcomp.passes import FoldConstantsPass
+from tests.helpers import make_model, op_types, run_ort, to_ir
+
+
+def _shape_chain_model():
+    # y = Reshape(x, Concat(Shape(x)[0:1], [-1])) : the exporter-style flatten.
+    starts = numpy_helper.from_array(np.array([0], np.int64), "starts")
+    ends = numpy_helper.from_array(np.array([1], np.int64), "ends")
+    minus_one = numpy_helper.from_array(np.array([-1], np.int64), "minus_one")
+    w = numpy_helper.from_array(np.full((3,), 2.0, np.float32), "w")
+    return make_model(
+        [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Slice", ["s", "starts", "ends"], ["batch"]),
+         helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+         helper.make_node("Mul", ["w", "w"], ["w2"]),
+         helper.make_node("Reshape", ["x", "target"], ["flat"]),
+         helper.make_node("Mul", ["flat", "w2"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [starts, ends, minus_one, w],
+    )
+
+
+def test_shape_chains_and_constant_math_fold():
+    model = to_ir(_shape_chain_model())
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected = run_ort(model, {"x": x})
+    result = FoldConstantsPass()(model)
+    assert result.modified
+    assert op_types(result.model) == ["Reshape", "Mul"]
+    target = result.model.graph.node(0).inputs[1]
+    np.testing.assert_array_equal(target.const_value.numpy(), [2, -1])
+    np.testing.assert_array_equal(run_ort(result.model, {"x": x})[0], expected[0])
+
+
+def test_node_with_a_runtime_input_is_not_folded():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    result = FoldConstantsPass()(to_ir(model))
+    assert not result.modified and op_types(result.model) == ["Relu"]
+
+
+def test_large_results_and_graph_outputs_stay_computed():
+    shape = numpy_helper.from_array(np.array([1000, 1000], np.int64), "shape")
+    model = make_model(
+        [helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+         helper.make_node("Add", ["x", "big"], ["y"]),
+         helper.make_node("Shape", ["x"], ["x_shape"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1000, 1000])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1000, 1000]),
+         helper.make_tensor_value_info("x_shape", TensorProto.INT64, [2])],
+        [shape],
+    )
+    result = FoldConstantsPass(max_elements=10_000)(to_ir(model))
+    assert not result.modified
+    assert op_types(result.model) == ["ConstantOfShape", "Add", "Shape"]

@@ -1,0 +1,124 @@
+"""The command line as a user meets it, bad input included (exit 2, one line, no traceback)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.conftest import REPO, run_cli
+from tests.helpers import make_model
+
+
+def _assert_clean_error(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hwcomp: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_targets_table_and_show():
+    proc = run_cli("targets")
+    assert proc.returncode == 0
+    for name in ["host", "x86-avx512", "arm-a72", "cuda-sm90", "cortex-m55"]:
+        assert name in proc.stdout
+    show = run_cli("targets", "show", "arm-a72")
+    assert show.returncode == 0
+    assert "cortex-a72" in show.stdout and "Raspberry Pi 4" in show.stdout
+    assert "SDOT/UDOT are Armv8.2" in show.stdout
+
+
+def test_build_example_for_host(tmp_path):
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target", "host",
+                   "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "verification: passed" in proc.stdout
+    assert (tmp_path / "example_cnn-host" / "lib" / "model.so").is_file()
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_text("hello, I am text\n" * 10)
+    proc = run_cli("build", str(path), "--target", "host", "-o", str(tmp_path / "out"))
+    _assert_clean_error(proc, "model.onnx")
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_file(tmp_path):
+    data = (REPO / "tests" / "data" / "example_cnn.onnx").read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 3])
+    proc = run_cli("build", str(path), "--target", "host", "-o", str(tmp_path / "out"))
+    _assert_clean_error(proc, "cut.onnx")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_target(tmp_path):
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
+                   "arm-a99", "-o", str(tmp_path / "out"))
+    _assert_clean_error(proc, "unknown target 'arm-a99'", "arm-a72")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_op_names_the_node(tmp_path):
+    model = make_model([helper.make_node("Det", ["x"], ["y"], name="determinant_7")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(model, tmp_path / "det.onnx")
+    proc = run_cli("build", str(tmp_path / "det.onnx"), "--target", "host", "-o",
+                   str(tmp_path / "out"))
+    _assert_clean_error(proc, "determinant_7", "Det")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dynamic_dim_without_input_shape(tmp_path):
+    from tests import model_zoo
+
+    onnx.save(model_zoo.resnet_like(batch="N"), tmp_path / "dyn.onnx")
+    proc = run_cli("build", str(tmp_path / "dyn.onnx"), "--target", "host", "-o",
+                   str(tmp_path / "out"))
+    _assert_clean_error(proc, "'input'", "--input-shape")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_dir(tmp_path):
+    existing = tmp_path / "example_cnn-host"
+    existing.mkdir()
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
+                   "host", "-o", str(tmp_path))
+    _assert_clean_error(proc, "exists", "--force")
+    assert list(existing.iterdir()) == []
+
+
+def test_missing_cross_compiler_names_the_package(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # A PATH with Python's folder only: no aarch64 cross compiler on it.
+    python_dir = Path(os.sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}:{python_dir}")
+    if shutil.which("aarch64-linux-gnu-g++", path=env["PATH"]):
+        pytest.skip("the Python folder holds a cross compiler")
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
+                   "arm-a72", "-o", str(tmp_path / "out"), env=env)
+    _assert_clean_error(proc, "aarch64-linux-gnu-g++", "apt-get install g++-aarch64-linux-gnu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_shape_syntax(tmp_path):
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
+                   "host", "--input-shape", "input=1x3xbig", "-o", str(tmp_path / "out"))
+    _assert_clean_error(proc, "input=1x3xbig")
+
+
+def test_bad_calibration_file(tmp_path):
+    np.savez(tmp_path / "calib.npz", image=np.zeros((1, 3, 32, 32), np.float32))
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
+                   "host", "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"))
+    _assert_clean_error(proc, "calib.npz", "'input'")
+    assert not (tmp_path / "out").exists()

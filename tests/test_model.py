@@ -1,0 +1,125 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError
+from hwcomp.model import (
+    graph_inputs,
+    load_calibration,
+    load_model,
+    parse_input_shapes,
+    seeded_inputs,
+)
+from tests import model_zoo
+from tests.helpers import make_model, run_ort
+
+
+def test_parse_input_shapes():
+    assert parse_input_shapes(["input=1x3x224x224", "ids=2X7"]) == {
+        "input": (1, 3, 224, 224), "ids": (2, 7)}
+    for bad in ["input", "input=", "=1x2", "input=1x0", "input=1xa"]:
+        with pytest.raises(InputShapeError, match="name=1x3x224x224"):
+            parse_input_shapes([bad])
+
+
+def test_static_model_loads_with_inferred_shapes(models_dir):
+    model = load_model(models_dir / "resnet_like.onnx")
+    assert [s.shape for s in graph_inputs(model)] == [(1, 3, 32, 32)]
+    shapes = [v.shape for node in model.graph for v in node.outputs]
+    assert all(s is not None and all(isinstance(d, int) for d in s) for s in shapes)
+
+
+def test_dynamic_dim_needs_a_binding(models_dir):
+    with pytest.raises(InputShapeError) as info:
+        load_model(models_dir / "resnet_dynamic.onnx")
+    assert "'input'" in str(info.value) and "--input-shape input=" in str(info.value)
+    model = load_model(models_dir / "resnet_dynamic.onnx", {"input": (4, 3, 32, 32)})
+    assert graph_inputs(model)[0].shape == (4, 3, 32, 32)
+    assert list(model.graph.outputs[0].shape) == [4, 10]
+
+
+def test_binding_must_fit_the_model(models_dir):
+    with pytest.raises(InputShapeError, match="rank 3"):
+        load_model(models_dir / "resnet_dynamic.onnx", {"input": (4, 3, 32)})
+    with pytest.raises(InputShapeError, match="axis 1"):
+        load_model(models_dir / "resnet_dynamic.onnx", {"input": (4, 5, 32, 32)})
+    with pytest.raises(InputShapeError, match="model's inputs are input"):
+        load_model(models_dir / "resnet_dynamic.onnx", {"image": (1, 3, 32, 32)})
+
+
+def test_bad_files_are_named(tmp_path, models_dir):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model(tmp_path / "missing.onnx")
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 20)
+    with pytest.raises(ModelLoadError, match="notes.onnx"):
+        load_model(text)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes((models_dir / "resnet_like.onnx").read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match="truncated.onnx"):
+        load_model(truncated)
+
+
+def test_checker_failures_are_reported(tmp_path):
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    path = tmp_path / "dangling.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelLoadError, match="checker"):
+        load_model(path)
+
+
+def test_external_data_is_loaded(tmp_path):
+    model = model_zoo.resnet_like()
+    path = tmp_path / "external.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="external.data", size_threshold=0)
+    assert (tmp_path / "external.data").stat().st_size > 50_000
+    loaded = load_model(path)
+    feeds = seeded_inputs(graph_inputs(loaded))
+    from hwcomp.model import to_proto
+
+    np.testing.assert_allclose(run_ort(to_proto(loaded), feeds)[0],
+                               run_ort(model_zoo.resnet_like(), feeds)[0],
+                               rtol=1e-6)
+
+
+def test_calibration_files(tmp_path, models_dir):
+    model = load_model(models_dir / "resnet_like.onnx")
+    specs = graph_inputs(model)
+    data = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=data)
+    assert load_calibration(tmp_path / "calib.npz", specs)["input"].shape == (8, 3, 32, 32)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    np.save(folder / "input.npy", data)
+    assert load_calibration(folder, specs)["input"].shape == (8, 3, 32, 32)
+    np.savez(tmp_path / "wrong_name.npz", image=data)
+    with pytest.raises(CalibrationDataError, match="no array for input 'input'"):
+        load_calibration(tmp_path / "wrong_name.npz", specs)
+    np.savez(tmp_path / "wrong_shape.npz", input=data[:, :, :16])
+    with pytest.raises(CalibrationDataError, match=r"expected \[1, 3, 32, 32\]"):
+        load_calibration(tmp_path / "wrong_shape.npz", specs)
+    (tmp_path / "garbage.npz").write_text("nope")
+    with pytest.raises(CalibrationDataError, match="garbage.npz"):
+        load_calibration(tmp_path / "garbage.npz", specs)
+
+
+def test_seeded_inputs_are_deterministic(models_dir):
+    specs = graph_inputs(load_model(models_dir / "resnet_like.onnx"))
+    a, b = seeded_inputs(specs, 3), seeded_inputs(specs, 3)
+    np.testing.assert_array_equal(a["input"], b["input"])
+    assert not np.array_equal(a["input"], seeded_inputs(specs, 4)["input"])
+
+
+def test_int_inputs_are_small_and_valid():
+    model = make_model([helper.make_node("Identity", ["ids"], ["out"])],
+                       [helper.make_tensor_value_info("ids", TensorProto.INT64, [5])],
+                       [helper.make_tensor_value_info("out", TensorProto.INT64, [5])])
+    from tests.helpers import to_ir
+
+    feeds = seeded_inputs(graph_inputs(to_ir(model)))
+    assert feeds["ids"].dtype == np.int64 and feeds["ids"].min() >= 0

@@ -1,0 +1,81 @@
+import dataclasses
+import re
+
+import pytest
+
+from hwcomp.errors import TargetError
+from hwcomp.targets import PRECISIONS, known_targets, load_target, targets_dir
+
+REQUIRED = {"x86-avx2", "x86-avx512", "host", "arm-a53", "arm-a72", "arm-a76", "cuda-sm80",
+            "cuda-sm90", "cortex-m4", "cortex-m7", "cortex-m55"}
+NUMBER_LINE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=\s*(-?[0-9][0-9_.e+\-]*|true|false)\s*(#.*)?$")
+
+
+def test_every_required_profile_ships_and_loads():
+    assert REQUIRED <= set(known_targets())
+    for name in REQUIRED:
+        target = load_target(name)
+        assert target.name == name
+        assert set(PRECISIONS) <= set(target.macs_per_cycle)
+        assert target.peak_macs_per_s("fp32") > 0
+        assert target.dram_bandwidth_bytes_s > 0
+        assert target.tvm_target["kind"] in ("llvm", "cuda", "c")
+
+
+def test_every_number_in_a_profile_cites_a_source():
+    for path in targets_dir().glob("*.toml"):
+        for line in path.read_text().splitlines():
+            match = NUMBER_LINE.match(line)
+            if match and match.group(1) != "detect_features":
+                assert match.group(3), f"{path.name}: '{line.strip()}' has no source comment"
+
+
+def test_capabilities_differ_where_the_hardware_does():
+    a72, a76 = load_target("arm-a72"), load_target("arm-a76")
+    assert not a72.int8_dot and not a72.fp16_arith
+    assert a76.int8_dot and a76.fp16_arith
+    assert "+dotprod" in a76.tvm_target["mattr"]
+    assert load_target("x86-avx512").int8_dot and not load_target("x86-avx2").int8_dot
+
+
+def test_host_profile_detects_this_cpu():
+    from tvm.target import codegen
+
+    host = load_target("host")
+    assert host.tvm_target["mcpu"] == codegen.llvm_get_system_cpu()
+    assert codegen.llvm_is_valid_cpu(host.tvm_target["mcpu"], "x86_64-linux-gnu")
+    assert host.cores >= 1 and host.tvm_target["num-cores"] == host.cores
+    assert host.vector_bits in (128, 256, 512)
+
+
+def test_profiles_are_frozen():
+    target = load_target("arm-a72")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        target.cores = 8  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        target.tvm_target["mcpu"] = "x"  # type: ignore[index]
+
+
+def test_sources_are_kept_for_show():
+    target = load_target("arm-a72")
+    assert "Raspberry Pi 4" in target.sources["compute.clock_hz"]
+
+
+def test_unknown_target_lists_the_known_ones():
+    with pytest.raises(TargetError) as info:
+        load_target("arm-a99")
+    assert "arm-a99" in str(info.value)
+    assert "arm-a72" in str(info.value) and "cortex-m7" in str(info.value)
+
+
+def test_profile_missing_a_field_names_it(tmp_path):
+    text = (targets_dir() / "arm-a72.toml").read_text().replace("clock_hz", "clock_mhz")
+    path = tmp_path / "custom.toml"
+    path.write_text(text)
+    with pytest.raises(TargetError, match="clock_hz"):
+        load_target(str(path))
+
+
+def test_every_profile_builds_a_tvm_target():
+    for name in known_targets():
+        assert load_target(name).tvm() is not None
