@@ -27,7 +27,7 @@ from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runner import compile_runner, require_tool
 from hwcomp.lower.runtime_libs import ffi_include_dir
 from hwcomp.lower.tvm import check_supported, import_relax
-from hwcomp.package import file_hashes, staged_output, write_json, check_output
+from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target, load_target
 from hwcomp.templates import render_to
@@ -73,6 +73,7 @@ def build(
 
     Raises:
         HwcompError: Any user-caused failure; nothing is left at the output path.
+
     """
     started = time.perf_counter()
     target = load_target(target_name)
@@ -233,7 +234,8 @@ def _write_readme(
 ) -> None:
     if verification.outputs:
         worst = max(c.max_abs_error for c in verification.outputs)
-        detail = f"(max abs error {worst:.3g}, tolerance {verification.tolerance:g}, inputs {verification.inputs})"
+        detail = (f"(max abs error {worst:.3g}, tolerance {verification.tolerance:g}, "
+                  f"inputs {verification.inputs})")
     else:
         detail = f"({verification.reason})"
     runner_inputs = " ".join(

@@ -39,6 +39,10 @@ class LoweringError(HwcompError):
     """TVM failed to import or compile the model."""
 
 
+class ExecutionError(HwcompError):
+    """The compiled model failed while running (on the host, a device or an emulator)."""
+
+
 class VerificationError(HwcompError):
     """The compiled model's outputs differ from onnxruntime beyond tolerance."""
 

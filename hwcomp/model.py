@@ -41,6 +41,7 @@ def parse_input_shapes(bindings: tuple[str, ...] | list[str]) -> dict[str, tuple
 
     Raises:
         InputShapeError: A binding is not of the form ``name=DxDx...`` with positive dims.
+
     """
     shapes: dict[str, tuple[int, ...]] = {}
     for binding in bindings:
@@ -72,6 +73,7 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
 
     Raises:
         ModelLoadError: Missing file, not ONNX, truncated, or rejected by the checker.
+
     """
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
@@ -106,18 +108,37 @@ def load_model(
         ModelLoadError: See :func:`read_model_proto`.
         InputShapeError: A dynamic dimension has no binding, a binding names no input, or
             a binding contradicts a static dimension.
+
     """
     proto = read_model_proto(path)
+    check_tensor_interface(proto, path)
     model = ir.serde.deserialize_model(proto)
     bind_input_shapes(model, dict(input_shapes or {}), path)
     return infer_shapes(model, path)
+
+
+def check_tensor_interface(proto: onnx.ModelProto, path: Path | str) -> None:
+    """Reject graph inputs/outputs that are not tensors (sequences, maps, optionals).
+
+    Raises:
+        ModelLoadError: Naming the first such input or output.
+
+    """
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            which = value.type.WhichOneof("value")
+            if which not in (None, "tensor_type"):
+                raise ModelLoadError(
+                    f"{path}: graph {kind} '{value.name}' is a {which.replace('_type', '')}; "
+                    "hwcomp compiles graphs whose inputs and outputs are tensors"
+                )
 
 
 def bind_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
     """Give every graph input a static shape, in place."""
     initializer_names = set(model.graph.initializers)
     inputs = [v for v in model.graph.inputs if v.name not in initializer_names]
-    known = {v.name for v in inputs}
+    known = {v.name or "" for v in inputs}
     unknown = sorted(set(shapes) - known)
     if unknown:
         raise InputShapeError(
@@ -215,6 +236,7 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
 
     Raises:
         CalibrationDataError: Missing file, unreadable file, missing input or wrong shape.
+
     """
     arrays: dict[str, np.ndarray] = {}
     try:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+import tomllib
 
 from hwcomp.errors import TargetError
 from hwcomp.resources import data_dir
@@ -60,6 +61,7 @@ class Target:
         sram_bytes, flash_bytes: On-chip memories of microcontrollers (0 elsewhere).
         channel_multiple: Channel counts that keep kernels dense, by precision.
         sources: Source of each number, keyed ``section.field``.
+
     """
 
     name: str
@@ -124,6 +126,7 @@ def load_target(name: str) -> Target:
     Raises:
         TargetError: The name is unknown (the message lists the known ones) or the file
             misses a field.
+
     """
     path = Path(name)
     if path.suffix != ".toml":
@@ -201,7 +204,7 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
         int8_dot=bool(detected.get("int8_dot", _require(compute, "int8_dot", path, "compute"))),
         fp16_arith=bool(detected.get("fp16_arith", _require(compute, "fp16_arith", path, "compute"))),
         macs_per_cycle=MappingProxyType(
-            {p: float(detected.get(f"macs_{p}", v)) for p, v in macs.items()}
+            {p: float(detected.get(f"macs_{p}") or v) for p, v in macs.items()}
         ),
         dram_bandwidth_bytes_s=float(_require(memory, "dram_bandwidth_bytes_s", path, "memory")),
         l1d_bytes=int(memory.get("l1d_bytes", 0)),

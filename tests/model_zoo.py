@@ -52,7 +52,8 @@ class _Builder:
                 act: str | None = "Relu") -> str:
         y = self.bn(self.conv(x, cin, cout, k, stride, group), cout)
         if act == "Relu6":
-            return self.node("Clip", [y, self.const(np.float32(0.0), "lo"), self.const(np.float32(6.0), "hi")])
+            bounds = [self.const(np.float32(0.0), "lo"), self.const(np.float32(6.0), "hi")]
+            return self.node("Clip", [y, *bounds])
         return self.node(act, [y]) if act else y
 
     def head(self, x: str, c: int, classes: int) -> str:
@@ -107,3 +108,45 @@ def mobilenet_like(seed: int = 0, size: int = 32, classes: int = 10) -> onnx.Mod
 def save(model: onnx.ModelProto, path: str) -> str:
     onnx.save(model, path)
     return path
+
+
+def transformer_block(seed: int = 0, tokens: int = 16, dim: int = 64, heads: int = 4,
+                      hidden: int = 128) -> onnx.ModelProto:
+    """A pre-norm transformer encoder block: LayerNorm, multi-head attention, GELU MLP."""
+    b = _Builder(seed)
+    head_dim = dim // heads
+
+    def linear(x: str, cin: int, cout: int) -> str:
+        w = (b.rng.standard_normal((cin, cout)) / np.sqrt(cin)).astype(np.float32)
+        bias = (b.rng.standard_normal(cout) * 0.01).astype(np.float32)
+        return b.node("Add", [b.node("MatMul", [x, b.const(w)]), b.const(bias)])
+
+    def layer_norm(x: str) -> str:
+        scale = (1 + 0.1 * b.rng.standard_normal(dim)).astype(np.float32)
+        bias = (0.1 * b.rng.standard_normal(dim)).astype(np.float32)
+        return b.node("LayerNormalization", [x, b.const(scale), b.const(bias)], axis=-1)
+
+    def split_heads(x: str) -> str:
+        shape = b.const(np.array([1, tokens, heads, head_dim], np.int64), "shape")
+        return b.node("Transpose", [b.node("Reshape", [x, shape])], perm=[0, 2, 1, 3])
+
+    h = layer_norm("input")
+    q, k, v = (split_heads(linear(h, dim, dim)) for _ in range(3))
+    scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    scaled = b.node("Mul", [scores, b.const(np.float32(1 / np.sqrt(head_dim)), "scale")])
+    attn = b.node("MatMul", [b.node("Softmax", [scaled], axis=-1), v])
+    merged = b.node("Reshape", [b.node("Transpose", [attn], perm=[0, 2, 1, 3]),
+                                b.const(np.array([1, tokens, dim], np.int64), "shape")])
+    x = b.node("Add", ["input", linear(merged, dim, dim)])
+    mlp = linear(b.node("Gelu", [linear(layer_norm(x), dim, hidden)]), hidden, dim)
+    b.node("Add", [x, mlp])
+    b.opset = 20
+    graph = helper.make_graph(
+        b.nodes[:-1] + [helper.make_node("Add", b.nodes[-1].input, ["logits"], name="residual_out")],
+        "transformer_block",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, tokens, dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, tokens, dim])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10,
+                              producer_name="hwcomp-tests")
+    onnx.checker.check_model(model)
+    return model

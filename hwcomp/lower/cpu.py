@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.runner import RunnerResult, run_bundle, require_tool
+from hwcomp.lower.runner import RunnerResult, require_tool, run_bundle
 from hwcomp.lower.runtime_libs import aarch64_runtime_libs, host_runtime_libs
 from hwcomp.lower.tvm import compile_relax
 from hwcomp.targets import Target, _cpu_flags
@@ -61,7 +61,7 @@ class ArmLowering(CpuLowering):
     family = "arm-a"
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
-        """The cross compiler; the emulator is checked when verification runs."""
+        """Return the cross compiler; the emulator is checked when verification runs."""
         return [(target.cross_compiler, target.cross_package)]
 
     def export(self, executable: Any, target: Target, path: Path) -> None:

@@ -23,7 +23,7 @@ class CudaLowering:
     builds_runner = False
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
-        """nvcc compiles the generated CUDA kernels."""
+        """Nvcc compiles the generated CUDA kernels."""
         return [("nvcc", "nvidia-cuda-toolkit")]
 
     def compile(self, mod: Any, target: Target) -> Any:

@@ -22,10 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common
-
-import onnx
 
 from hwcomp.lower.frontend_gaps import EXPAND, gap_for
 from hwcomp.lower.tvm import supported_ops

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwcomp.errors import ToolchainError
+from hwcomp.errors import ExecutionError, ToolchainError
 from hwcomp.lower.runtime_libs import cache_dir, ffi_include_dir
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
@@ -106,11 +106,13 @@ def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: i
                 command, capture_output=True, text=True, check=False, timeout=EMULATOR_TIMEOUT_S
             )
         except subprocess.TimeoutExpired:
-            raise ToolchainError(
-                f"the bundle runner did not finish within {EMULATOR_TIMEOUT_S} s"
+            raise ExecutionError(
+                f"the compiled model did not finish within {EMULATOR_TIMEOUT_S} s"
             ) from None
         if result.returncode != 0:
-            raise ToolchainError(f"the bundle runner failed: {_tail(result.stderr or result.stdout)}")
+            raise ExecutionError(
+                f"the compiled model failed when run: {_tail(result.stderr or result.stdout)}"
+            )
         outputs = [np.load(p) for p in sorted(out_dir.glob("output_*.npy"), key=_index)]
         return RunnerResult(outputs=outputs, timing=result.stdout.strip())
 

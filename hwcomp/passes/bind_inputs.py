@@ -29,6 +29,7 @@ class BindInputsPass(ir.passes.InPlacePass):
 
     Args:
         values: Input name to the array it is fixed to.
+
     """
 
     def __init__(self, values: Mapping[str, np.ndarray] | None = None) -> None:
@@ -38,7 +39,7 @@ class BindInputsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Bind the named inputs and inputs shadowed by initializers."""
         graph = model.graph
-        names = {v.name for v in graph.inputs}
+        names = {v.name or "" for v in graph.inputs}
         unknown = sorted(set(self.values) - names)
         if unknown:
             raise InputShapeError(

@@ -18,6 +18,8 @@ import logging
 
 import onnx_ir as ir
 
+from hwcomp.irutil import static_shape
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,15 +36,13 @@ class ConvTransposePadsPass(ir.passes.InPlacePass):
 
 
 def _explicit_pads(node: ir.Node) -> bool:
-    data, weight = node.inputs[0], node.inputs[1]
-    if data is None or weight is None or data.shape is None or weight.shape is None:
-        return False
-    if not all(isinstance(d, int) for d in [*data.shape, *weight.shape]):
+    data_shape, weight_shape = static_shape(node.inputs[0]), static_shape(node.inputs[1])
+    if data_shape is None or weight_shape is None:
         return False
     attrs = node.attributes
-    spatial = len(data.shape) - 2
-    in_sizes = [int(d) for d in data.shape][2:]
-    kernel = attrs.get_ints("kernel_shape", [int(d) for d in weight.shape][2:])
+    spatial = len(data_shape) - 2
+    in_sizes = data_shape[2:]
+    kernel = attrs.get_ints("kernel_shape", weight_shape[2:])
     strides = attrs.get_ints("strides", [1] * spatial)
     dilations = attrs.get_ints("dilations", [1] * spatial)
     out_padding = list(attrs.get_ints("output_padding", [0] * spatial))

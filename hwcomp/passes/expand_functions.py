@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import onnx
 import onnx.defs
@@ -39,6 +40,7 @@ class ExpandFunctionsPass(ir.passes.FunctionalPass):
     Args:
         should_expand: ``node -> bool`` for default-domain nodes; true means the backend
             cannot take the node and it should be expanded if the standard defines a body.
+
     """
 
     def __init__(self, should_expand: Callable[[onnx.NodeProto], bool]) -> None:
@@ -95,7 +97,7 @@ def _function_body(
     node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]
 ) -> onnx.FunctionProto | None:
     try:
-        schema = onnx.defs.get_schema(node.op_type, opset, "")
+        schema: Any = onnx.defs.get_schema(node.op_type, opset, "")
     except onnx.defs.SchemaError:
         return None
     body = onnx.FunctionProto()

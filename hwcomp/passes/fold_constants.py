@@ -27,6 +27,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
+from hwcomp.irutil import constant_array, node_input, static_shape
+
 logger = logging.getLogger(__name__)
 
 _NONDETERMINISTIC = frozenset(
@@ -40,6 +42,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
 
     Args:
         max_elements: Largest result (in elements) that is folded.
+
     """
 
     def __init__(self, max_elements: int = 1 << 22) -> None:
@@ -85,7 +88,11 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         return bool(node.outputs) and all(v.const_value is not None for v in inputs)
 
     def _evaluate(self, node: ir.Node, opset: int) -> list[np.ndarray] | None:
-        feeds = {v.name: v.const_value.numpy() for v in node.inputs if v is not None}
+        feeds = {}
+        for value in node.inputs:
+            array = constant_array(value)
+            if value is not None and array is not None:
+                feeds[value.name or ""] = array
         proto = ir.serde.serialize_node(node)
         try:
             results = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
@@ -102,11 +109,9 @@ def _static_shape_of(node: ir.Node) -> list[np.ndarray] | None:
     """Case 3: the value of ``Shape``/``Size`` when the input's shape is fully static."""
     if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx"):
         return None
-    source = node.inputs[0] if node.inputs else None
-    shape = source.shape if source is not None else None
-    if shape is None or not all(isinstance(d, int) for d in shape):
+    dims = static_shape(node_input(node, 0))
+    if dims is None:
         return None
-    dims = [int(d) for d in shape]
     if node.op_type == "Size":
         return [np.array(int(np.prod(dims)), dtype=np.int64)]
     rank = len(dims)

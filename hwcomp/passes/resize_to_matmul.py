@@ -32,6 +32,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx.reference.ops import op_resize
 
+from hwcomp.irutil import constant_array, node_input, static_shape
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,15 +65,15 @@ def why_not_rewritten(node: ir.Node) -> str:
     transform = attrs.get_string("coordinate_transformation_mode", "half_pixel")
     if transform == "tf_crop_and_resize":
         return "tf_crop_and_resize extrapolates: not a linear map"
-    data = node.inputs[0]
-    if data is None or data.shape is None or not all(isinstance(d, int) for d in data.shape):
+    shape = static_shape(node_input(node, 0))
+    if shape is None:
         return "input shape is not static"
     scales, sizes = _constant(node, 2), _constant(node, 3)
     if scales is None and sizes is None:
         return "scales/sizes are not constants"
     needs = (
         attrs.get_int("antialias", 0) == 1
-        or (mode in ("linear", "cubic") and _downsamples(data.shape, scales, sizes))
+        or (mode in ("linear", "cubic") and _downsamples(shape, scales, sizes))
         or transform == "half_pixel_symmetric"
         or "axes" in attrs
         or attrs.get_string("keep_aspect_ratio_policy", "stretch") != "stretch"
@@ -86,10 +88,9 @@ def _fold_crop_axes(graph: ir.Graph, node: ir.Node) -> bool:
         "coordinate_transformation_mode", "half_pixel"
     ) != "tf_crop_and_resize":
         return False
-    data = node.inputs[0]
-    if data is None or data.shape is None or not all(isinstance(d, int) for d in data.shape):
+    shape = static_shape(node_input(node, 0))
+    if shape is None:
         return False
-    shape = [int(d) for d in data.shape]
     rank = len(shape)
     axes = [a % rank for a in attrs.get_ints("axes")]
     roi, scales, sizes = _constant(node, 1), _constant(node, 2), _constant(node, 3)
@@ -117,26 +118,23 @@ def _fold_crop_axes(graph: ir.Graph, node: ir.Node) -> bool:
 
 
 def _constant(node: ir.Node, index: int) -> np.ndarray | None:
-    if index >= len(node.inputs) or node.inputs[index] is None:
-        return None
-    tensor = node.inputs[index].const_value
-    if tensor is None:
-        return None
-    array = tensor.numpy()
-    return array if array.size else None
+    """Return a constant operand, reading empty tensors (ONNX's "not given") as absent."""
+    array = constant_array(node_input(node, index))
+    return array if array is not None and array.size else None
 
 
-def _downsamples(shape: ir.Shape, scales: np.ndarray | None, sizes: np.ndarray | None) -> bool:
+def _downsamples(shape: list[int], scales: np.ndarray | None, sizes: np.ndarray | None) -> bool:
     if scales is not None:
         return bool((scales < 1).any())
-    dims = np.array(list(shape))[-len(sizes):] if sizes is not None else np.array([])
-    return bool((sizes < dims).any())
+    if sizes is None:
+        return False
+    return bool((sizes < np.array(shape)[-len(sizes):]).any())
 
 
 def _axis_plan(node: ir.Node) -> tuple[list[float], list[int]]:
     """Per-axis scale and output size, as ONNX's reference implementation derives them."""
     attrs = node.attributes
-    in_shape = [int(d) for d in node.inputs[0].shape]
+    in_shape = static_shape(node_input(node, 0)) or []
     rank = len(in_shape)
     axes = [a % rank for a in attrs.get_ints("axes", list(range(rank)))]
     scales, sizes = _constant(node, 2), _constant(node, 3)
@@ -153,7 +151,7 @@ def _axis_plan(node: ir.Node) -> tuple[list[float], list[int]]:
             for axis in axes:
                 out_scales[axis] = scale
                 out_sizes[axis] = int(scale * in_shape[axis] + 0.5)
-    else:
+    elif scales is not None:
         for axis, scale in zip(axes, scales, strict=True):
             out_scales[axis] = float(scale)
             out_sizes[axis] = int(float(scale) * in_shape[axis])
@@ -175,7 +173,7 @@ def _coefficients(node: ir.Node) -> Callable:
 
 
 def interpolation_matrix(node: ir.Node, size_in: int, scale: float, size_out: int) -> np.ndarray:
-    """The ``size_out x size_in`` matrix that resizes one axis as ``node`` specifies."""
+    """Return the ``size_out x size_in`` matrix that resizes one axis as ``node`` says."""
     attrs = node.attributes
     transposed = op_resize._interpolate_1d_along_axis(
         np.eye(size_in, dtype=np.float64), 1, scale, size_out, _coefficients(node),
@@ -188,10 +186,12 @@ def interpolation_matrix(node: ir.Node, size_in: int, scale: float, size_out: in
 
 def _rewrite(graph: ir.Graph, node: ir.Node) -> None:
     scales, sizes = _axis_plan(node)
-    in_shape = [int(d) for d in node.inputs[0].shape]
+    data = node.inputs[0]
+    in_shape = static_shape(data)
+    assert data is not None and data.dtype is not None and in_shape is not None
     rank = len(in_shape)
-    dtype = node.inputs[0].dtype.numpy()
-    current = node.inputs[0]
+    dtype = data.dtype.numpy()
+    current: ir.Value = data
     new_nodes: list[ir.Node] = []
     for axis in reversed(range(rank)):
         if sizes[axis] == in_shape[axis] and np.isclose(scales[axis], 1.0):

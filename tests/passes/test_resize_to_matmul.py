@@ -27,8 +27,10 @@ def _resize(shape, out_shape, scales=None, sizes=None, **attrs):
 
 CASES = [
     # (case of the pass's docstring, model)
-    ("antialias linear", _resize([1, 2, 8, 8], [1, 2, 5, 3], sizes=[1, 2, 5, 3], mode="linear", antialias=1)),
-    ("antialias cubic", _resize([1, 1, 9, 7], [1, 1, 4, 3], scales=[1, 1, 0.5, 0.5], mode="cubic", antialias=1)),
+    ("antialias linear", _resize([1, 2, 8, 8], [1, 2, 5, 3], sizes=[1, 2, 5, 3], mode="linear",
+                                 antialias=1)),
+    ("antialias cubic", _resize([1, 1, 9, 7], [1, 1, 4, 3], scales=[1, 1, 0.5, 0.5], mode="cubic",
+                                antialias=1)),
     ("linear downsample", _resize([2, 3, 6, 10], [2, 3, 4, 5], sizes=[2, 3, 4, 5], mode="linear")),
     ("cubic downsample exclude", _resize([1, 1, 8, 8], [1, 1, 6, 6], sizes=[1, 1, 6, 6], mode="cubic",
                                          exclude_outside=1, cubic_coeff_a=-0.5)),

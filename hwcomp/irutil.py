@@ -1,0 +1,28 @@
+"""Small typed queries on onnx_ir values shared by the passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+
+def static_shape(value: ir.Value | None) -> list[int] | None:
+    """Return the value's shape as ints, or None when it is unknown or symbolic."""
+    if value is None or value.shape is None:
+        return None
+    dims = list(value.shape)
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return [int(d) for d in dims]  # type: ignore[arg-type]
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """Return the value's constant contents, or None when it is computed at run time."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def node_input(node: ir.Node, index: int) -> ir.Value | None:
+    """Return input ``index`` of ``node``, or None when absent."""
+    return node.inputs[index] if index < len(node.inputs) else None
