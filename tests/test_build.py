@@ -20,6 +20,28 @@ def _elf_machine(path) -> str:
     return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True).stdout
 
 
+def test_transformer_block_builds_for_host(tmp_path):
+    import onnx
+
+    from tests import model_zoo
+
+    onnx.save(model_zoo.transformer_block(), tmp_path / "block.onnx")
+    result = api.build(tmp_path / "block.onnx", "host", tmp_path / "out")
+    assert result.verification.status == "passed"
+    assert result.manifest["outputs"][0]["shape"] == [1, 16, 64]
+
+
+def test_avx512_profile_runs_where_the_cpu_has_it(models_dir, tmp_path):
+    from hwcomp.targets import _cpu_flags
+
+    result = api.build(models_dir / "mobilenet_like.onnx", "x86-avx512", tmp_path)
+    assert result.manifest["target"]["tvm_target"]["mcpu"] == "znver4"
+    if {"avx512f", "avx512_vnni"} <= _cpu_flags():
+        assert result.verification.status == "passed"
+    else:
+        assert result.verification.status == "not run"
+
+
 @pytest.mark.parametrize("model", ["resnet_like", "mobilenet_like"])
 def test_host_build_is_verified(model, models_dir, tmp_path):
     result = api.build(models_dir / f"{model}.onnx", "host", tmp_path)

@@ -122,3 +122,28 @@ def test_bad_calibration_file(tmp_path):
                    "host", "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"))
     _assert_clean_error(proc, "calib.npz", "'input'")
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_leaves_nothing_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hwcomp.cli", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
+         "--target", "host", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Interrupt once the staging folder exists: the bundle is being written.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and any(p.name.endswith(".partial") for p in out.iterdir()):
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the build ended before a staging folder appeared")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; nothing was written" in stderr and "Traceback" not in stderr
+    assert list(out.iterdir()) == []

@@ -10,12 +10,13 @@ Cases handled:
     2. Chains: nodes are visited in topological order, so a folded output makes its
        consumers foldable in the same sweep.
     3. ``Shape`` and ``Size`` of a value whose shape is static (every graph input is
-       bound by the loader): they become constants even though their input is not.
+       bound by the loader): they become constants even though their input is not, and
+       even when they are graph outputs (TVM's Shape converter ignores start/end).
 
 Not folded, and why:
     - random ops (RandomNormal, Multinomial, ...): folding would freeze one sample;
     - nodes with subgraphs (If, Loop, Scan): the reference evaluator would need them whole;
-    - nodes producing a graph output: the output must stay a computed value;
+    - other nodes producing a graph output: the output stays a computed value;
     - results over ``max_elements``: folding would bloat the model (Expand, Tile, ...).
 """
 
@@ -63,10 +64,12 @@ class FoldConstantsPass(ir.passes.InPlacePass):
                 continue
             for output, array in zip(node.outputs, results, strict=True):
                 constant = ir.Value(
-                    name=output.name, shape=ir.Shape(array.shape), const_value=ir.tensor(array)
+                    name=output.name, shape=ir.Shape(array.shape),
+                    type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                    const_value=ir.tensor(array),
                 )
                 output.name = None
-                ir.convenience.replace_all_uses_with(output, constant)
+                ir.convenience.replace_all_uses_with(output, constant, replace_graph_outputs=True)
                 graph.register_initializer(constant)
             graph.remove(node, safe=True)
             folded += 1
@@ -77,10 +80,10 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     def _foldable(self, node: ir.Node, graph_outputs: set[int]) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC:
             return False
-        if any(id(out) in graph_outputs for out in node.outputs):
-            return False
         if _static_shape_of(node) is not None:
             return True
+        if any(id(out) in graph_outputs for out in node.outputs):
+            return False
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                for attr in node.attributes.values()):
             return False
