@@ -11,7 +11,7 @@ import importlib.metadata
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ import onnx_ir as ir
 
 import hwcomp
 from hwcomp import model as model_io
-from hwcomp.errors import ToolchainError, VerificationError
+from hwcomp import report
+from hwcomp.analysis import cost, roofline, sensitivity
+from hwcomp.errors import CalibrationDataError, ToolchainError, VerificationError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runner import compile_runner, require_tool
@@ -39,6 +41,57 @@ DEFAULT_TOLERANCE = 1e-4
 _VERSIONED_PACKAGES = (
     "apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime", "onnx-ir", "numpy",
 )
+
+
+def analyze(
+    model_path: Path,
+    target_name: str,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    calib: Path | None = None,
+    calib_random: int = 0,
+    labels: Path | None = None,
+    actions: tuple[str, ...] = sensitivity.ACTIONS,
+    jobs: int = 1,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> report.Analysis:
+    """Cost, roofline estimate and (with calibration data) sensitivity of every layer.
+
+    Sensitivity runs when ``calib`` or ``calib_random`` is given; ``labels`` adds task
+    accuracy. Nothing is written; the CLI renders the result.
+    """
+    for action in actions:
+        try:
+            sensitivity.parse_action(action)
+        except ValueError as exc:
+            raise CalibrationDataError(f"--actions: {exc}") from None
+    target = load_target(target_name)
+    model_path = Path(model_path)
+    model = model_io.load_model(model_path, input_shapes)
+    graph_cost = cost.graph_cost(model)
+    estimate = roofline.estimate(graph_cost, target)
+    measured = None
+    if calib is not None or calib_random:
+        specs = model_io.graph_inputs(model)
+        if calib is not None:
+            batches = model_io.calibration_batches(specs, model_io.load_calibration(Path(calib), specs))
+        else:
+            logger.warning("random calibration data makes sensitivity unreliable: pass --calib "
+                           "with real samples for decisions")
+            batches = model_io.random_calibration(specs, calib_random, seed)
+        samples = sum(next(iter(b.values())).shape[0] for b in batches)
+        label_array = model_io.load_labels(Path(labels), samples) if labels is not None else None
+        measured = sensitivity.measure_sensitivity(
+            model, batches, label_array, actions, jobs, random_calibration=calib is None,
+            progress=progress,
+        )
+    elif labels is not None:
+        raise CalibrationDataError(f"{labels}: labels need calibration data (--calib)")
+    return report.Analysis(
+        model_file=model_path.name, model_sha256=model_io.file_sha256(model_path),
+        target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
+    )
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
-from hwcomp import api
+from hwcomp import api, report
+from hwcomp.analysis import sensitivity
 from hwcomp.errors import HwcompError
+from hwcomp.package import write_json
 from hwcomp.model import parse_input_shapes
 from hwcomp.targets import PRECISIONS, known_targets, load_target
 
@@ -104,6 +107,97 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
     click.echo(f"target: {result.target.name} ({result.target.family})")
     click.echo(f"verification: {v.status} ({detail})")
     click.echo(f"time: {result.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Bind an input's dynamic dimensions (repeatable).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration samples: .npz keyed by input name, or a folder of .npy.")
+@click.option("--calib-random", type=int, default=0, metavar="N",
+              help="Use N random samples instead (sensitivity is then unreliable).")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help=".npy of class labels, one per calibration sample (adds accuracy).")
+@click.option("--actions", default=",".join(sensitivity.ACTIONS), show_default=True,
+              help="Sensitivity actions: int8, fp16, prune<P>, rank<P>.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--top", type=int, default=0, help="Show only the N layers with the largest estimate.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report.")
+def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib: Path | None,
+            calib_random: int, labels: Path | None, actions: str, jobs: int, top: int,
+            json_path: Path | None, html_path: Path | None) -> None:
+    """Per-layer cost, roofline estimate and compression sensitivity of MODEL."""
+    chosen = tuple(a.strip() for a in actions.split(",") if a.strip())
+    progress = _Progress("sensitivity (layers)")
+    try:
+        result = api.analyze(
+            model, target_name, input_shapes=parse_input_shapes(input_shapes), calib=calib,
+            calib_random=calib_random, labels=labels, actions=chosen, jobs=jobs,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    doc = report.to_json(result)
+    layers = doc["layers"]
+    if top:
+        layers = sorted(layers, key=lambda layer: -layer["estimate"]["time_s"])[:top]
+    sens_actions = doc["sensitivity"]["actions"] if doc["sensitivity"] else []
+    header = ("layer", "op", "output", "MACs", "params", "bytes", "FLOP/B", "est us", "bound",
+              *(f"{a} dB" for a in sens_actions))
+    rows = []
+    for layer in layers:
+        cells = [layer["name"][:40], layer["op"], "x".join(map(str, layer["output_shape"])),
+                 f"{layer['macs']:,}", f"{layer['params']:,}", f"{layer['memory_bytes']:,}",
+                 f"{layer['intensity']:.1f}", f"{layer['estimate']['time_s'] * 1e6:.1f}",
+                 layer["estimate"]["bound"]]
+        for action in sens_actions:
+            entry = (layer["sensitivity"] or {}).get(action)
+            cells.append("" if entry is None else "exact" if entry["exact"]
+                         else f"{entry['sqnr_db']:.1f}")
+        rows.append(tuple(cells))
+    _table(header, rows)
+    totals = doc["totals"]
+    click.echo(
+        f"\ntotal: {totals['macs'] / 1e9:.3f} GMACs, {totals['params'] / 1e6:.2f} M params "
+        f"({totals['weight_bytes'] / 1e6:.2f} MB), peak activations "
+        f"{totals['peak_activation_bytes'] / 1e6:.2f} MB, estimated "
+        f"{totals['estimated_time_s'] * 1e3:.3f} ms on {result.target.name}"
+    )
+    if doc["sensitivity"]:
+        info = doc["sensitivity"]
+        click.echo(f"sensitivity: {info['samples']} samples, {info['seconds']:.1f} s"
+                   + (", RANDOM calibration data (unreliable)" if info["random_calibration"] else "")
+                   + (f", baseline accuracy {info['baseline_accuracy']:.4f}"
+                      if info["baseline_accuracy"] is not None else ""))
+    if json_path:
+        write_json(json_path, doc)
+        click.echo(f"json: {json_path}")
+    if html_path:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(report.to_html(result))
+        click.echo(f"html: {html_path}")
+
+
+class _Progress:
+    """A progress bar on stderr that appears with the first report, not before."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr,
+                                         show_pos=True, show_eta=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
+from onnx_ir.passes import common
 
 from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError
 
@@ -113,6 +114,8 @@ def load_model(
     proto = read_model_proto(path)
     check_tensor_interface(proto, path)
     model = ir.serde.deserialize_model(proto)
+    # IR < 4 lists initializers among the inputs; a deployed model never overrides them.
+    common.RemoveInitializersFromInputsPass()(model)
     bind_input_shapes(model, dict(input_shapes or {}), path)
     return infer_shapes(model, path)
 
@@ -272,3 +275,61 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+def calibration_batches(
+    specs: list[TensorSpec], data: dict[str, np.ndarray]
+) -> list[dict[str, np.ndarray]]:
+    """Split ``(N, ...)`` calibration arrays into feeds of the model's batch size.
+
+    Samples that do not fill a last batch are dropped (and logged).
+
+    Raises:
+        CalibrationDataError: Inputs disagree on the sample count, or hold fewer samples
+            than one batch.
+    """
+    counts = {spec.name: data[spec.name].shape[0] for spec in specs}
+    if len(set(counts.values())) > 1:
+        raise CalibrationDataError(
+            f"calibration inputs hold different sample counts: {counts}; give each input "
+            "the same number of samples along axis 0"
+        )
+    batch = specs[0].shape[0] if specs and specs[0].shape else 1
+    total = next(iter(counts.values()), 0)
+    if total < batch:
+        raise CalibrationDataError(
+            f"calibration data holds {total} samples, fewer than the model's batch of {batch}"
+        )
+    if total % batch:
+        logger.warning("dropping the last %d calibration samples (batch is %d)", total % batch, batch)
+    return [
+        {spec.name: np.require(data[spec.name][start:start + batch], requirements="C")
+         for spec in specs}
+        for start in range(0, total - total % batch, batch)
+    ]
+
+
+def random_calibration(specs: list[TensorSpec], batches: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``batches`` seeded random feeds (for when no calibration data exists)."""
+    return [seeded_inputs(specs, seed + index) for index in range(batches)]
+
+
+def load_labels(path: Path, samples: int) -> np.ndarray:
+    """Load class labels (``.npy``, one integer per calibration sample).
+
+    Raises:
+        CalibrationDataError: Missing or unreadable file, or not ``samples`` integers.
+    """
+    if not path.is_file():
+        raise CalibrationDataError(f"{path}: no such labels file")
+    try:
+        labels = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise CalibrationDataError(f"{path}: not a .npy file ({_first_line(exc)})") from None
+    labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+    if labels.ndim != 1 or labels.shape[0] != samples or labels.dtype.kind not in "iu":
+        raise CalibrationDataError(
+            f"{path}: labels have shape {list(labels.shape)} and dtype {labels.dtype}; "
+            f"expected [{samples}] integers, one class per calibration sample"
+        )
+    return labels.astype(np.int64)

@@ -150,3 +150,53 @@ def transformer_block(seed: int = 0, tokens: int = 16, dim: int = 64, heads: int
                               producer_name="hwcomp-tests")
     onnx.checker.check_model(model)
     return model
+
+
+LIGHT_MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
+                "shufflenet", "squeezenet", "vgg19", "zfnet512")
+
+
+def light_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """One of the graph-only models the ``onnx`` package ships, with seeded weights.
+
+    Their weights are ``ConstantOfShape`` nodes filling a constant; each becomes a seeded
+    initializer (He-normal for weights, positive variances, near-one BN scales), and the
+    inputs that merely shadow initializers (IR 3 style) are dropped.
+    """
+    from pathlib import Path
+
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(seed)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes, seeded, shape_inputs = [], [], set()
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape" or node.input[0] not in inits:
+            nodes.append(node)
+            continue
+        shape = [int(d) for d in inits[node.input[0]]]
+        shape_inputs.add(node.input[0])
+        seeded.append(numpy_helper.from_array(_seed_tensor(node.output[0], shape, rng), node.output[0]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    kept = [t for t in model.graph.initializer if t.name not in shape_inputs]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + seeded)
+    constant_names = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in constant_names | shape_inputs]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.ir_version = 10
+    return model
+
+
+def _seed_tensor(name: str, shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    lowered = name.lower()
+    if len(shape) <= 1:
+        if "var" in lowered or "riv" in lowered:
+            return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        if lowered.endswith(("_s_0", "scale_0", "bn_w_0")) or "_s_" in lowered:
+            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        return (0.01 * rng.standard_normal(shape)).astype(np.float32)
+    fan_in = int(np.prod(shape[1:])) or 1
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)

@@ -1,0 +1,204 @@
+"""Analysis reports: the JSON document and the self-contained HTML page with plots.
+
+JSON schema ``hwcomp-analysis/1`` (stable; new keys may be added, none removed)::
+
+    {
+      "schema": "hwcomp-analysis/1",
+      "model": {"file": str, "sha256": str},
+      "target": {"name": str, "family": str, "peak_flops_s": float,
+                 "dram_bandwidth_bytes_s": float, "ridge_flops_per_byte": float},
+      "totals": {"macs": int, "flops": int, "params": int, "weight_bytes": int,
+                 "params_by_dtype": {dtype: int}, "memory_bytes": int,
+                 "activation_bytes": int, "peak_activation_bytes": int,
+                 "estimated_time_s": float},
+      "layers": [{"name": str, "op": str, "output_shape": [int], "precision": str,
+                  "macs": int, "flops": int, "params": int, "weight_bytes": int,
+                  "input_bytes": int, "output_bytes": int, "memory_bytes": int,
+                  "intensity": float,
+                  "estimate": {"compute_s": float, "memory_s": float, "time_s": float,
+                               "bound": "compute"|"memory"|"none",
+                               "source": "roofline"|"measured"},
+                  "sensitivity": {action: {"sqnr_db": float|null, "cosine": float,
+                                           "top1_agreement": float|null,
+                                           "accuracy": float|null, "exact": bool}}
+                                 | null}],
+      "sensitivity": null | {"actions": [str], "samples": int, "random_calibration": bool,
+                             "baseline_accuracy": float|null, "seconds": float,
+                             "notes": [str]}
+    }
+
+``sqnr_db`` is null when the action leaves the output exactly unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hwcomp.analysis.cost import GraphCost
+from hwcomp.analysis.roofline import RooflineEstimate
+from hwcomp.analysis.sensitivity import SensitivityReport
+from hwcomp.targets import Target
+from hwcomp.templates import render
+
+SCHEMA = "hwcomp-analysis/1"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything ``hwcomp analyze`` computed for one model and target."""
+
+    model_file: str
+    model_sha256: str
+    target: Target
+    cost: GraphCost
+    roofline: RooflineEstimate
+    sensitivity: SensitivityReport | None
+
+
+def to_json(analysis: Analysis) -> dict[str, Any]:
+    """Build the ``hwcomp-analysis/1`` document."""
+    estimates = analysis.roofline.by_name()
+    table = analysis.sensitivity.table() if analysis.sensitivity else {}
+    layers = []
+    for node in analysis.cost.nodes:
+        estimate = estimates[node.name]
+        row = table.get(node.name)
+        layers.append({
+            "name": node.name, "op": node.op_type, "output_shape": list(node.output_shape),
+            "precision": node.precision, "macs": node.macs, "flops": node.flops,
+            "params": node.params, "weight_bytes": node.weight_bytes,
+            "input_bytes": node.input_bytes, "output_bytes": node.output_bytes,
+            "memory_bytes": node.memory_bytes, "intensity": node.intensity,
+            "estimate": {"compute_s": estimate.compute_s, "memory_s": estimate.memory_s,
+                         "time_s": estimate.time_s, "bound": estimate.bound,
+                         "source": estimate.source},
+            "sensitivity": None if row is None else {
+                action: {"sqnr_db": r.sqnr_db, "cosine": r.cosine,
+                         "top1_agreement": r.top1_agreement, "accuracy": r.accuracy,
+                         "exact": r.exact}
+                for action, r in row.items()
+            },
+        })
+    cost, roof, sens = analysis.cost, analysis.roofline, analysis.sensitivity
+    return {
+        "schema": SCHEMA,
+        "model": {"file": analysis.model_file, "sha256": analysis.model_sha256},
+        "target": {"name": analysis.target.name, "family": analysis.target.family,
+                   "peak_flops_s": roof.peak_flops_s,
+                   "dram_bandwidth_bytes_s": roof.bandwidth_bytes_s,
+                   "ridge_flops_per_byte": roof.ridge_flops_per_byte},
+        "totals": {"macs": cost.total_macs, "flops": cost.total_flops,
+                   "params": cost.total_params, "weight_bytes": cost.total_weight_bytes,
+                   "params_by_dtype": cost.params_by_dtype,
+                   "memory_bytes": cost.total_memory_bytes,
+                   "activation_bytes": cost.activation_bytes,
+                   "peak_activation_bytes": cost.peak_activation_bytes,
+                   "estimated_time_s": roof.total_s},
+        "layers": layers,
+        "sensitivity": None if sens is None else {
+            "actions": sens.actions, "samples": sens.samples,
+            "random_calibration": sens.random_calibration,
+            "baseline_accuracy": sens.baseline_accuracy, "seconds": sens.seconds,
+            "notes": sens.notes,
+        },
+    }
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figures(analysis: Analysis) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    cost, roof = analysis.cost, analysis.roofline
+    images = {}
+    # Roofline: attainable performance against arithmetic intensity, one point per layer.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [(n.intensity, n.flops / e.time_s, n.op_type)
+              for n, e in zip(cost.nodes, roof.layers, strict=True) if e.time_s > 0 and n.flops]
+    span = np.logspace(-2, 4, 200)
+    ax.plot(span, np.minimum(roof.peak_flops_s, span * roof.bandwidth_bytes_s), "k-",
+            label="roof (fp32 peak, DRAM bandwidth)")
+    for op in sorted({p[2] for p in points}):
+        xs = [p[0] for p in points if p[2] == op]
+        ys = [p[1] for p in points if p[2] == op]
+        ax.scatter(xs, ys, s=14, label=op)
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)",
+           ylabel="attainable FLOP/s", title=f"Roofline on {analysis.target.name}")
+    ax.legend(fontsize=7, ncol=2)
+    images["roofline"] = _png(fig)
+    plt.close(fig)
+    # Per-layer estimated time and MACs for the costliest layers.
+    ranked = sorted(zip(cost.nodes, roof.layers, strict=True), key=lambda p: -p[1].time_s)[:30]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(3, 0.25 * len(ranked) + 1)),
+                                      sharey=True)
+    labels = [f"{n.name} ({n.op_type})"[:40] for n, _ in ranked]
+    left.barh(labels, [e.time_s * 1e3 for _, e in ranked],
+              color=["tab:red" if e.bound == "memory" else "tab:blue" for _, e in ranked])
+    left.set(xlabel="estimated time (ms); red = memory bound", title="Costliest layers")
+    left.invert_yaxis()
+    right.barh(labels, [n.macs / 1e6 for n, _ in ranked], color="tab:gray")
+    right.set(xlabel="MACs (millions)")
+    images["layers"] = _png(fig)
+    plt.close(fig)
+    sens = analysis.sensitivity
+    if sens is not None and sens.layers:
+        table = sens.table()
+        grid = np.array([[_sqnr_for_plot(table[layer][action].sqnr_db) for action in sens.actions]
+                         for layer in sens.layers])
+        fig, ax = plt.subplots(figsize=(1.2 * len(sens.actions) + 3, 0.22 * len(sens.layers) + 1.5))
+        image = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=60)
+        ax.set_xticks(range(len(sens.actions)), sens.actions)
+        ax.set_yticks(range(len(sens.layers)), [name[:30] for name in sens.layers], fontsize=7)
+        ax.set_title("Output SQNR (dB) per layer and action: red is sensitive")
+        fig.colorbar(image, ax=ax, label="SQNR dB (exact shown as 60+)")
+        images["sensitivity"] = _png(fig)
+        plt.close(fig)
+    return images
+
+
+def _sqnr_for_plot(value: float | None) -> float:
+    return 60.0 if value is None else min(value, 60.0)
+
+
+def to_html(analysis: Analysis) -> str:
+    """Render the self-contained HTML page (plots embedded as PNG data)."""
+    doc = to_json(analysis)
+    images = _figures(analysis)
+    figures = "\n".join(
+        f'<figure id="plot-{name}"><img alt="{name}" src="data:image/png;base64,{data}"></figure>'
+        for name, data in images.items()
+    )
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in _layer_cells(layer)) + "</tr>"
+        for layer in doc["layers"]
+    )
+    totals = doc["totals"]
+    summary = (
+        f"{totals['macs'] / 1e9:.3f} GMACs, {totals['params'] / 1e6:.2f} M parameters, "
+        f"peak activations {totals['peak_activation_bytes'] / 1e6:.2f} MB, "
+        f"estimated {totals['estimated_time_s'] * 1e3:.3f} ms on {doc['target']['name']}"
+    )
+    return render(
+        "report/analysis.html.in", title=html.escape(f"hwcomp analysis: {doc['model']['file']}"),
+        summary=html.escape(summary), figures=figures, rows=rows,
+    )
+
+
+def _layer_cells(layer: dict[str, Any]) -> list[str]:
+    estimate = layer["estimate"]
+    return [layer["name"], layer["op"], "x".join(map(str, layer["output_shape"])),
+            f"{layer['macs']:,}", f"{layer['params']:,}", f"{layer['memory_bytes']:,}",
+            f"{layer['intensity']:.2f}", f"{estimate['time_s'] * 1e6:.1f}", estimate["bound"]]

@@ -1,0 +1,95 @@
+"""hwcomp analyze: the report (terminal, JSON, HTML) and its bad input, through the CLI."""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import pytest
+
+from hwcomp import api
+from tests import model_zoo
+from tests.conftest import REPO, run_cli
+from tests.test_cli import _assert_clean_error
+
+EXAMPLE = str(REPO / "tests" / "data" / "example_cnn.onnx")
+
+
+def test_analyze_table_json_and_html(tmp_path):
+    data = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=data)
+    np.save(tmp_path / "labels.npy", np.arange(6) % 10)
+    proc = run_cli("analyze", EXAMPLE, "--target", "arm-a72", "--calib", str(tmp_path / "calib.npz"),
+                   "--labels", str(tmp_path / "labels.npy"), "--json", str(tmp_path / "a.json"),
+                   "--html", str(tmp_path / "a.html"), "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "Conv16" in proc.stdout and "int8 dB" in proc.stdout and "compute" in proc.stdout
+    assert "GMACs" in proc.stdout and "baseline accuracy" in proc.stdout
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["schema"] == "hwcomp-analysis/1"
+    assert doc["target"]["name"] == "arm-a72"
+    assert doc["totals"]["macs"] == sum(layer["macs"] for layer in doc["layers"])
+    conv = next(layer for layer in doc["layers"] if layer["op"] == "Conv")
+    assert set(conv["sensitivity"]) == {"int8", "fp16", "prune25", "prune50", "rank50", "rank25"}
+    assert conv["estimate"]["source"] == "roofline"
+    assert doc["sensitivity"]["samples"] == 6 and not doc["sensitivity"]["random_calibration"]
+    page = (tmp_path / "a.html").read_text()
+    plots = re.findall(r'id="plot-(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]{1000,})"', page)
+    assert [name for name, _ in plots] == ["roofline", "layers", "sensitivity"]
+    assert "<table>" in page and "Conv16" in page
+
+
+def test_cost_only_without_calibration(tmp_path):
+    proc = run_cli("analyze", EXAMPLE, "--target", "cortex-m7", "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "int8 dB" not in proc.stdout
+    assert len([line for line in proc.stdout.splitlines() if "Conv" in line]) == 3
+    assert "cortex-m7" in proc.stdout
+
+
+def test_random_calibration_warns(tmp_path):
+    proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib-random", "2",
+                   "--actions", "int8,prune30")
+    assert proc.returncode == 0, proc.stderr
+    assert "unreliable" in proc.stderr and "RANDOM" in proc.stdout
+    assert "prune30 dB" in proc.stdout
+
+
+@pytest.mark.parametrize(("make", "fragments"), [
+    (lambda d: d / "missing.npz", ["missing.npz", "no such"]),
+    (lambda d: (d / "bad.npz").write_text("garbage") and d / "bad.npz", ["bad.npz"]),
+    (lambda d: np.savez(d / "name.npz", image=np.zeros((2, 3, 32, 32), np.float32)) or d / "name.npz",
+     ["name.npz", "'input'", "[1, 3, 32, 32]"]),
+    (lambda d: np.savez(d / "shape.npz", input=np.zeros((2, 3, 28, 28), np.float32)) or d / "shape.npz",
+     ["shape.npz", "[2, 3, 28, 28]", "[1, 3, 32, 32]"]),
+])
+def test_bad_calibration_is_named(tmp_path, make, fragments):
+    proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib", str(make(tmp_path)))
+    _assert_clean_error(proc, *fragments)
+
+
+def test_labels_count_mismatch(tmp_path):
+    np.savez(tmp_path / "calib.npz", input=np.zeros((4, 3, 32, 32), np.float32))
+    np.save(tmp_path / "labels.npy", np.arange(3))
+    proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib", str(tmp_path / "calib.npz"),
+                   "--labels", str(tmp_path / "labels.npy"))
+    _assert_clean_error(proc, "labels.npy", "[3]", "expected [4]")
+
+
+def test_unknown_action(tmp_path):
+    proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib-random", "1",
+                   "--actions", "int4")
+    _assert_clean_error(proc, "int4", "prune<P>")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", model_zoo.LIGHT_MODELS)
+def test_analyze_every_light_model(name, tmp_path):
+    onnx.save(model_zoo.light_model(name), tmp_path / f"{name}.onnx")
+    result = api.analyze(tmp_path / f"{name}.onnx", "arm-a72")
+    assert result.cost.total_macs > 1e8 and result.cost.total_params > 1e6
+    assert result.roofline.total_s > 0
+    if name == "squeezenet":
+        with_sens = api.analyze(tmp_path / f"{name}.onnx", "arm-a72", calib_random=1,
+                                actions=("int8",))
+        assert len(with_sens.sensitivity.results) == len(with_sens.sensitivity.layers) == 26
