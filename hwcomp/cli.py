@@ -14,8 +14,8 @@ import click
 from hwcomp import api, report
 from hwcomp.analysis import sensitivity
 from hwcomp.errors import HwcompError
-from hwcomp.package import write_json
 from hwcomp.model import parse_input_shapes
+from hwcomp.package import write_json
 from hwcomp.targets import PRECISIONS, known_targets, load_target
 
 

@@ -34,7 +34,8 @@ def test_analyze_table_json_and_html(tmp_path):
     assert conv["estimate"]["source"] == "roofline"
     assert doc["sensitivity"]["samples"] == 6 and not doc["sensitivity"]["random_calibration"]
     page = (tmp_path / "a.html").read_text()
-    plots = re.findall(r'id="plot-(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]{1000,})"', page)
+    image = r'id="plot-(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]{1000,})"'
+    plots = re.findall(image, page)
     assert [name for name, _ in plots] == ["roofline", "layers", "sensitivity"]
     assert "<table>" in page and "Conv16" in page
 

@@ -1,0 +1,1 @@
+"""Analyses: pure queries over a model and a target (cost, roofline, sensitivity)."""

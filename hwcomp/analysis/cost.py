@@ -17,7 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -98,7 +98,7 @@ class GraphCost:
         return sum(n.memory_bytes for n in self.nodes)
 
 
-def _numel(shape: list[int] | tuple[int, ...] | None) -> int:
+def _numel(shape: Sequence[int] | None) -> int:
     return math.prod(shape) if shape else (1 if shape == [] or shape == () else 0)
 
 
@@ -245,7 +245,7 @@ def node_cost(node: ir.Node) -> NodeCost:
 
 
 def _precision(node: ir.Node) -> str:
-    """What a node computes in: int8 when fed by DequantizeLinear, else its input dtype."""
+    """Return what a node computes in: int8 when fed by DequantizeLinear, else its input dtype."""
     for value in node.inputs:
         if value is None:
             continue

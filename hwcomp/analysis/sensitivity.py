@@ -244,7 +244,7 @@ def instrument(model: ir.Model, layers: Sequence[Layer]) -> onnx.ModelProto:
 
 
 def _at_least_opset_13(model: ir.Model) -> ir.Model:
-    """The switches use opset-13 QuantizeLinear/Cast; convert older models up to it."""
+    """Convert older models to opset 13, which the switches (QuantizeLinear, Cast) need."""
     if model.opset_imports.get("", 1) >= 13:
         return model
     try:
