@@ -7,6 +7,9 @@ Legalisation (before TVM import):
     - :class:`ResizeToMatMulPass`: Resize nodes TVM mishandles become interpolation MatMuls.
     - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
 
+Compression (ONNX to ONNX):
+    - :class:`FoldBatchNormPass`: BatchNormalization merges into the Conv/Gemm/MatMul before it.
+
 onnx_ir's common passes are reused for identity removal, dead-node removal, lifting
 Constant nodes to initializers and topological sorting.
 """
@@ -14,6 +17,7 @@ Constant nodes to initializers and topological sorting.
 from hwcomp.passes.bind_inputs import BindInputsPass
 from hwcomp.passes.convtranspose_pads import ConvTransposePadsPass
 from hwcomp.passes.expand_functions import ExpandFunctionsPass
+from hwcomp.passes.fold_batchnorm import FoldBatchNormPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
 from hwcomp.passes.resize_to_matmul import ResizeToMatMulPass
 
@@ -21,6 +25,7 @@ __all__ = [
     "BindInputsPass",
     "ConvTransposePadsPass",
     "ExpandFunctionsPass",
+    "FoldBatchNormPass",
     "FoldConstantsPass",
     "ResizeToMatMulPass",
 ]

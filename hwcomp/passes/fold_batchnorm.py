@@ -1,0 +1,214 @@
+"""Fold inference-mode BatchNormalization into the Conv, Gemm or MatMul before it.
+
+``BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta`` is an affine map per channel,
+so when ``y`` is a linear layer's output it merges into that layer's weights and bias:
+``W' = W * s`` along the output channel and ``b' = (b - mean) * s + beta`` with
+``s = gamma / sqrt(var + eps)``. The BN node disappears.
+
+Cases handled:
+    1. Conv (any groups) -> BN: scale the filters (axis 0) and the bias.
+    2. ConvTranspose -> BN: scale the output channels (axis 1 of each group's slice).
+    3. Gemm -> BN on a 2-D output: scale the output columns; the bias becomes per column.
+    4. MatMul with a constant 2-D weight -> BN on a 2-D output: scale the weight's columns
+       and add the bias with an Add node.
+
+Not folded, and why (reported per node):
+    - the layer's output has other consumers (they need the unnormalised value);
+    - BN or the layer's weight/bias is not constant;
+    - BN in training mode (it computes statistics);
+    - the output rank does not match the case (e.g. MatMul on 3-D activations).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from hwcomp.irutil import constant_array, node_input
+
+logger = logging.getLogger(__name__)
+
+# A folder returns the value that now carries BN's output, or why it could not fold.
+Folded = ir.Value | str
+
+
+@dataclass
+class FoldReport:
+    """What was folded and what was not, with why."""
+
+    folded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class FoldBatchNormPass(ir.passes.InPlacePass):
+    """Merge BatchNormalization into the preceding linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report = FoldReport()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Fold every foldable BN of the main graph."""
+        self.report = FoldReport()
+        graph = model.graph
+        for bn in list(graph):
+            if bn.op_type != "BatchNormalization":
+                continue
+            reason = _fold(graph, bn)
+            name = bn.name or "BatchNormalization"
+            if reason:
+                self.report.skipped[name] = reason
+            else:
+                self.report.folded.append(name)
+        if self.report.folded:
+            # The unscaled weights are now unused.
+            common.RemoveUnusedNodesPass()(model)
+        if self.report.skipped:
+            logger.info("BN not folded: %s", self.report.skipped)
+        return ir.passes.PassResult(model, modified=bool(self.report.folded))
+
+
+def _bn_scale_shift(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    params = [constant_array(node_input(bn, i)) for i in range(1, 5)]
+    if any(p is None for p in params):
+        return None
+    gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)  # type: ignore[arg-type]
+    eps = bn.attributes.get_float("epsilon", 1e-5)
+    scale = gamma / np.sqrt(var + eps)
+    return scale, beta - mean * scale
+
+
+def _fold(graph: ir.Graph, bn: ir.Node) -> str:
+    if bn.attributes.get_int("training_mode", 0):
+        return "training mode"
+    if len([o for o in bn.outputs if o.uses() or o in graph.outputs]) > 1:
+        return "BN running statistics outputs are used"
+    source = bn.inputs[0]
+    layer = source.producer() if source is not None else None
+    if source is None or layer is None or layer.op_type not in _FOLDERS:
+        return "not preceded by Conv, ConvTranspose, Gemm or MatMul"
+    if len(source.uses()) != 1 or source in graph.outputs:
+        return f"{layer.name}'s output has other consumers"
+    affine = _bn_scale_shift(bn)
+    if affine is None:
+        return "BN parameters are not constant"
+    folded = _FOLDERS[layer.op_type](graph, layer, *affine)
+    if isinstance(folded, str):
+        return folded
+    # The folded layer (or the Add after it) now yields BN's output.
+    output = bn.outputs[0]
+    name = output.name
+    output.name = None
+    graph.remove(bn, safe=False)
+    ir.convenience.replace_all_uses_with(output, folded, replace_graph_outputs=True)
+    folded.name = name
+    folded.shape, folded.type = output.shape, output.type
+    return ""
+
+
+def _set_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> None:
+    value = ir.Value(name=name, shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array))
+    graph.register_initializer(value)
+    if index < len(node.inputs):
+        node.replace_input_with(index, value)
+    else:
+        node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+
+
+def _bias(node: ir.Node, channels: int, dtype: np.dtype) -> np.ndarray | None:
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return np.zeros(channels, dtype)
+    array = constant_array(node.inputs[2])
+    if array is None:
+        return None
+    return np.broadcast_to(array, (channels,)).astype(dtype) if array.size in (1, channels) else None
+
+
+def _fold_conv(graph: ir.Graph, conv: ir.Node, scale: np.ndarray, shift: np.ndarray) -> Folded:
+    # Case 1
+    weight = constant_array(node_input(conv, 1))
+    if weight is None:
+        return f"{conv.name}'s weight is not constant"
+    bias = _bias(conv, weight.shape[0], weight.dtype)
+    if bias is None:
+        return f"{conv.name}'s bias is not constant"
+    new_weight = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
+    _set_constant(graph, conv, 1, new_weight, f"{conv.name}_w_bnfold")
+    _set_constant(graph, conv, 2, (bias * scale + shift).astype(weight.dtype), f"{conv.name}_b_bnfold")
+    return conv.outputs[0]
+
+
+def _fold_conv_transpose(graph: ir.Graph, conv: ir.Node, scale: np.ndarray, shift: np.ndarray
+                         ) -> Folded:
+    # Case 2: weight is (C_in, C_out / groups, *k); output channel o = g * (C_out/g) + j.
+    weight = constant_array(node_input(conv, 1))
+    if weight is None:
+        return f"{conv.name}'s weight is not constant"
+    groups = conv.attributes.get_int("group", 1)
+    per_group = weight.shape[1]
+    bias = _bias(conv, per_group * groups, weight.dtype)
+    if bias is None:
+        return f"{conv.name}'s bias is not constant"
+    grouped = weight.reshape(groups, weight.shape[0] // groups, per_group, *weight.shape[2:])
+    factors = scale.reshape(groups, 1, per_group, *[1] * (weight.ndim - 2))
+    new_weight = (grouped * factors).reshape(weight.shape).astype(weight.dtype)
+    _set_constant(graph, conv, 1, new_weight, f"{conv.name}_w_bnfold")
+    _set_constant(graph, conv, 2, (bias * scale + shift).astype(weight.dtype), f"{conv.name}_b_bnfold")
+    return conv.outputs[0]
+
+
+def _fold_gemm(graph: ir.Graph, gemm: ir.Node, scale: np.ndarray, shift: np.ndarray) -> Folded:
+    # Case 3
+    weight = constant_array(node_input(gemm, 1))
+    if weight is None:
+        return f"{gemm.name}'s weight is not constant"
+    alpha, beta = gemm.attributes.get_float("alpha", 1.0), gemm.attributes.get_float("beta", 1.0)
+    trans_b = gemm.attributes.get_int("transB", 0)
+    columns = weight.shape[0] if trans_b else weight.shape[1]
+    bias = _bias(gemm, columns, weight.dtype)
+    if bias is None:
+        return f"{gemm.name}'s bias is not per column"
+    factors = scale.reshape(-1, 1) if trans_b else scale.reshape(1, -1)
+    _set_constant(graph, gemm, 1, (weight * factors).astype(weight.dtype), f"{gemm.name}_w_bnfold")
+    _set_constant(graph, gemm, 2, (beta * bias * scale + shift).astype(weight.dtype),
+                  f"{gemm.name}_b_bnfold")
+    # alpha scales A @ B only; the folded bias already includes beta.
+    gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+    _ = alpha
+    return gemm.outputs[0]
+
+
+def _fold_matmul(graph: ir.Graph, matmul: ir.Node, scale: np.ndarray, shift: np.ndarray
+                 ) -> Folded:
+    # Case 4
+    weight = constant_array(node_input(matmul, 1))
+    output = matmul.outputs[0]
+    if weight is None or weight.ndim != 2:
+        return f"{matmul.name}'s weight is not a constant matrix"
+    if output.shape is None or len(output.shape) != 2:
+        return f"{matmul.name}'s output is not 2-D, so BN's channel axis is not its columns"
+    _set_constant(graph, matmul, 1, (weight * scale.reshape(1, -1)).astype(weight.dtype),
+                  f"{matmul.name}_w_bnfold")
+    bias = ir.Value(name=f"{matmul.name}_b_bnfold", shape=ir.Shape([scale.shape[0]]),
+                    type=ir.TensorType(ir.DataType.from_numpy(weight.dtype)),
+                    const_value=ir.tensor(shift.astype(weight.dtype)))
+    graph.register_initializer(bias)
+    add = ir.node("Add", [output, bias], name=f"{matmul.name}_bnfold_add")
+    graph.insert_after(matmul, add)
+    return add.outputs[0]
+
+
+_FOLDERS: dict[str, Callable[[ir.Graph, ir.Node, np.ndarray, np.ndarray], Folded]] = {
+    "Conv": _fold_conv,
+    "ConvTranspose": _fold_conv_transpose,
+    "Gemm": _fold_gemm,
+    "MatMul": _fold_matmul,
+}
