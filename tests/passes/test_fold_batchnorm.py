@@ -13,7 +13,9 @@ def _bn_params(c, prefix="bn"):
     arrays = [1 + 0.2 * RNG.standard_normal(c), 0.2 * RNG.standard_normal(c),
               0.2 * RNG.standard_normal(c), RNG.uniform(0.5, 1.5, c)]
     names = [f"{prefix}_{k}" for k in ("g", "b", "m", "v")]
-    return names, [numpy_helper.from_array(a.astype(np.float32), n) for a, n in zip(arrays, names)]
+    tensors = [numpy_helper.from_array(a.astype(np.float32), n)
+               for a, n in zip(arrays, names, strict=True)]
+    return names, tensors
 
 
 def _check(model, feeds, expected_ops):
