@@ -20,10 +20,16 @@ import numpy as np
 import onnx_ir as ir
 
 import hwcomp
+from hwcomp import compress as compression
 from hwcomp import model as model_io
 from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
-from hwcomp.errors import CalibrationDataError, ToolchainError, VerificationError
+from hwcomp.errors import (
+    CalibrationDataError,
+    OutputExistsError,
+    ToolchainError,
+    VerificationError,
+)
 from hwcomp.lower import lowering_for
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runner import compile_runner, require_tool
@@ -91,6 +97,73 @@ def analyze(
     return report.Analysis(
         model_file=model_path.name, model_sha256=model_io.file_sha256(model_path),
         target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
+    )
+
+
+@dataclass(frozen=True)
+class CompressOutcome:
+    """What ``compress`` wrote, how much smaller it is and how close it stays."""
+
+    output: Path
+    result: compression.CompressionResult
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    sqnr_db: float | None
+    cosine: float
+    top1_agreement: float | None
+    samples: int
+
+
+def compress(
+    model_path: Path,
+    output: Path,
+    target_name: str,
+    *,
+    prune: str | float | None = None,
+    importance: str = "l1",
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    calib: Path | None = None,
+    force: bool = False,
+    seed: int = 0,
+) -> CompressOutcome:
+    """Compress ``model_path`` into ``output`` (ONNX), compared with the original.
+
+    Kept channel counts round to the target's fp32 channel alignment. The comparison runs
+    onnxruntime on both models with ``calib`` samples (or 8 seeded ones).
+    """
+    target = load_target(target_name)
+    ratios = compression.parse_ratios(prune)
+    output = Path(output)
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output} exists; pass --force to replace it")
+    model = model_io.load_model(Path(model_path), input_shapes)
+    specs = model_io.graph_inputs(model)
+    if calib is not None:
+        batches = model_io.calibration_batches(specs, model_io.load_calibration(Path(calib), specs))
+    else:
+        batches = model_io.random_calibration(specs, 8, seed)
+    before = cost.graph_cost(model)
+    result = compression.compress(model, ratios, importance,
+                                  alignment=int(target.channel_multiple.get("fp32", 1)))
+    after = cost.graph_cost(result.model)
+    original, compressed = model_io.to_proto(model), model_io.to_proto(result.model)
+    reference = [run_onnxruntime(original, b)[0] for b in batches]
+    actual = [run_onnxruntime(compressed, b)[0] for b in batches]
+    sqnr, cosine, top1, _, _ = sensitivity.metrics(reference, actual, None)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        ir.save(result.model, partial)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return CompressOutcome(
+        output=output, result=result, macs_before=before.total_macs, macs_after=after.total_macs,
+        params_before=before.total_params, params_after=after.total_params, sqnr_db=sqnr,
+        cosine=cosine, top1_agreement=top1,
+        samples=sum(next(iter(b.values())).shape[0] for b in batches),
     )
 
 

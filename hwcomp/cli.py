@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,53 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         click.echo(f"html: {html_path}")
 
 
+@cli.command("compress")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The compressed ONNX file to write.")
+@click.option("-t", "--target", "target_name", required=True,
+              help="Profile whose channel alignment kept counts round to.")
+@click.option("--prune", help="Ratio in [0, 1) for every group, or a JSON file of "
+              "{layer or group: ratio}.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default="l1",
+              show_default=True, help="How channels are ranked.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Bind an input's dynamic dimensions (repeatable).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Samples to compare original and compressed outputs on.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def compress_command(model: Path, output: Path, target_name: str, prune: str | None,
+                     importance: str, input_shapes: tuple[str, ...], calib: Path | None,
+                     force: bool) -> None:
+    """Fold BatchNorm and prune coupled channel groups: ONNX in, smaller ONNX out."""
+    outcome = api.compress(model, output, target_name, prune=prune, importance=importance,
+                           input_shapes=parse_input_shapes(input_shapes), calib=calib,
+                           force=force)
+    result = outcome.result
+    click.echo("steps: " + ", ".join(f"{s.name}{'*' if s.modified else ''}" for s in result.steps)
+               + "   (* changed the model)")
+    click.echo(f"batchnorm: {len(result.batchnorm.folded)} folded, "
+               f"{len(result.batchnorm.skipped)} kept")
+    pruning = result.pruning
+    if pruning is not None:
+        rows = [(g.group[:60], str(g.before), str(g.after), f"{g.ratio:.2f}") for g in pruning.groups]
+        if rows:
+            _table(("channel group (source layers)", "channels", "kept", "ratio"), rows)
+        else:
+            click.echo("nothing prunable: every layer's channels are frozen (see below)")
+        for layer, reason in sorted(pruning.frozen_layers.items()):
+            click.echo(f"frozen: {layer}: {reason}")
+    change = 1 - outcome.macs_after / outcome.macs_before if outcome.macs_before else 0.0
+    click.echo(f"MACs: {outcome.macs_before:,} -> {outcome.macs_after:,} (-{change:.1%}); "
+               f"params: {outcome.params_before:,} -> {outcome.params_after:,}")
+    sqnr = "exact" if outcome.sqnr_db is None else f"{outcome.sqnr_db:.1f} dB"
+    agreement = (f", top-1 agreement {outcome.top1_agreement:.3f}"
+                 if outcome.top1_agreement is not None else "")
+    click.echo(f"vs original on {outcome.samples} samples: SQNR {sqnr}, cosine "
+               f"{outcome.cosine:.4f}{agreement}")
+    click.echo(f"wrote: {outcome.output}")
+
+
 class _Progress:
     """A progress bar on stderr that appears with the first report, not before."""
 
@@ -200,7 +248,7 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

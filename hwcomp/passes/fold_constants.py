@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from hwcomp.irutil import constant_array, node_input, static_shape
@@ -97,8 +98,16 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             if value is not None and array is not None:
                 feeds[value.name or ""] = array
         proto = ir.serde.serialize_node(node)
+        # A one-node model, so the evaluator uses the op version of the model's opset.
+        graph = helper.make_graph(
+            [proto], "fold",
+            [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+             for name, a in feeds.items()],
+            [helper.make_empty_tensor_value_info(name) for name in proto.output],
+        )
+        evaluator_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         try:
-            results = ReferenceEvaluator(proto, opsets={"": opset}).run(None, feeds)
+            results = ReferenceEvaluator(evaluator_model).run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - an op the evaluator lacks stays unfolded
             logger.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
             return None

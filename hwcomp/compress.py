@@ -1,0 +1,144 @@
+"""The ONNX-to-ONNX compression pipeline: cleanup, then pruning (then more to come).
+
+Steps run in this order, each logged with what it changed:
+
+1. ``bind-inputs``: inputs shadowed by initializers become constants;
+2. ``lift-constants`` / ``fold-constants``: Constant nodes and constant subgraphs become
+   initializers, so per-channel operands are visible as constants;
+3. ``drop-identities``, ``remove-unused``: cleanup;
+4. ``fold-batchnorm``: BatchNormalization merges into the layer before it;
+5. ``prune-channels``: structured pruning of coupled channel groups (when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes import common
+
+from hwcomp.analysis.channels import analyze_channels
+from hwcomp.errors import HwcompError
+from hwcomp.passes import BindInputsPass, FoldBatchNormPass, FoldConstantsPass
+from hwcomp.passes.fold_batchnorm import FoldReport
+from hwcomp.passes.prune_channels import IMPORTANCE, PruneChannelsPass, PruneReport
+
+logger = logging.getLogger(__name__)
+
+
+class CompressionError(HwcompError):
+    """A compression option is invalid (ratio, ratio file, importance)."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One pipeline step: its name and whether it changed the model."""
+
+    name: str
+    modified: bool
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """The compressed model and what each step did."""
+
+    model: ir.Model
+    steps: list[StepResult]
+    batchnorm: FoldReport
+    pruning: PruneReport | None
+
+
+def parse_ratios(spec: str | float | None) -> float | dict[str, float] | None:
+    """Read ``--prune``: a ratio in [0, 1), or a JSON file of ``{group or layer: ratio}``.
+
+    Raises:
+        CompressionError: A ratio outside [0, 1), or an unreadable file.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, float | int) or _is_number(str(spec)):
+        ratio = float(spec)
+        _check_ratio(ratio, "--prune")
+        return ratio
+    path = Path(str(spec))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CompressionError(
+            f"--prune {spec}: neither a ratio in [0, 1) nor a readable JSON file ({exc})"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, int | float) for v in data.values()):
+        raise CompressionError(f"{path}: expected a JSON object of layer or group name -> ratio")
+    for name, ratio in data.items():
+        _check_ratio(float(ratio), f"{path}: '{name}'")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ratio(ratio: float, where: str) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise CompressionError(f"{where}: ratio {ratio} is outside [0, 1); 0.3 removes 30 %")
+
+
+def compress(
+    model: ir.Model,
+    prune: float | Mapping[str, float] | None = None,
+    importance: str = "l1",
+    alignment: int = 1,
+    activation_means: Mapping[str, np.ndarray] | None = None,
+) -> CompressionResult:
+    """Run the pipeline on ``model`` and return the compressed copy."""
+    if importance not in IMPORTANCE:
+        raise CompressionError(f"importance '{importance}' is not one of {', '.join(IMPORTANCE)}")
+    steps: list[StepResult] = []
+
+    def run(name: str, step: ir.passes.PassBase) -> None:
+        nonlocal model
+        result = step(model)
+        model = result.model
+        steps.append(StepResult(name, result.modified))
+        logger.info("compress %-16s modified=%s", name, result.modified)
+
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    run("bind-inputs", BindInputsPass())
+    run("lift-constants", common.LiftConstantsToInitializersPass(size_limit=0))
+    run("fold-constants", FoldConstantsPass())
+    run("drop-identities", common.IdentityEliminationPass())
+    run("remove-unused", common.RemoveUnusedNodesPass())
+    fold = FoldBatchNormPass()
+    run("fold-batchnorm", fold)
+    pruning = None
+    if prune is not None:
+        if isinstance(prune, Mapping):
+            _check_names(model, prune)
+        pruner = PruneChannelsPass(prune, importance, alignment, activation_means)
+        run("prune-channels", pruner)
+        pruning = pruner.report
+    return CompressionResult(model=model, steps=steps, batchnorm=fold.report, pruning=pruning)
+
+
+def _check_names(model: ir.Model, ratios: Mapping[str, float]) -> None:
+    analysis = analyze_channels(model)
+    known = {g.name for g in analysis.groups} | {s for g in analysis.groups for s in g.sources}
+    frozen = analysis.frozen_sources
+    unknown = sorted(name for name in ratios if name not in known and name not in frozen)
+    if unknown:
+        raise CompressionError(
+            f"ratio file names {', '.join(unknown)}, which are not prunable layers or groups; "
+            f"prunable: {', '.join(sorted(known)) or 'none'}"
+        )
+    for name in ratios:
+        if name in frozen and name not in known:
+            logger.warning("layer %s cannot be pruned: %s", name, frozen[name])

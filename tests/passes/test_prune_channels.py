@@ -1,0 +1,128 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hwcomp.analysis.cost import graph_cost
+from hwcomp.compress import CompressionError, compress, parse_ratios
+from hwcomp.model import load_model
+from hwcomp.passes.prune_channels import PruneChannelsPass
+from tests import model_zoo
+from tests.helpers import make_model, run_ort, to_ir
+
+RNG = np.random.default_rng(0)
+
+
+def _feeds(model, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return {model.graph.input[0].name: rng.standard_normal(shape).astype(np.float32)}
+
+
+@pytest.mark.parametrize("make", [model_zoo.resnet_like, model_zoo.mobilenet_like])
+def test_prune_zero_reproduces_the_model(make):
+    model = make()
+    pruner = PruneChannelsPass(0.0)
+    result = pruner(to_ir(model))
+    assert not result.modified
+    feeds = _feeds(model)
+    np.testing.assert_allclose(run_ort(result.model, feeds)[0], run_ort(model, feeds)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [model_zoo.resnet_like, model_zoo.mobilenet_like])
+def test_pruning_removes_channels_physically(make):
+    model = to_ir(make())
+    pruner = PruneChannelsPass(0.5)
+    result = pruner(model)
+    report = pruner.report
+    assert result.modified and all(g.after == g.before // 2 for g in report.groups)
+    # Weights and activations shrink; outputs keep their shape; onnxruntime runs it.
+    after = graph_cost(result.model)
+    assert after.total_macs == report.macs_after < 0.4 * report.macs_before
+    assert after.total_params < graph_cost(model).total_params
+    assert after.peak_activation_bytes < graph_cost(model).peak_activation_bytes
+    feeds = _feeds(make())
+    out = run_ort(result.model, feeds)[0]
+    assert out.shape == run_ort(model, feeds)[0].shape and np.isfinite(out).all()
+
+
+def test_importance_removes_the_weakest_channels():
+    # conv_a's channels 1 and 3 have tiny filters: L1 pruning at 50 % removes exactly them,
+    # so the Relu'd output of the kept channels is unchanged.
+    w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w[[1, 3]] *= 1e-3
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["a"], name="conv_a"),
+         helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="conv_b")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(RNG.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")])
+    result = PruneChannelsPass(0.5)(to_ir(model))
+    pruned_w = next(n for n in result.model.graph if n.name == "conv_a").inputs[1].const_value.numpy()
+    np.testing.assert_array_equal(pruned_w, w[[0, 2]])
+    feeds = _feeds(model)
+    np.testing.assert_allclose(run_ort(result.model, feeds)[0], run_ort(model, feeds)[0],
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_alignment_rounds_kept_counts_up():
+    pruner = PruneChannelsPass(0.3, alignment=8)
+    pruner(to_ir(model_zoo.resnet_like()))
+    assert all(g.after % 8 == 0 and g.after >= g.before * 0.7 for g in pruner.report.groups)
+
+
+def test_compress_pipeline_folds_bn_then_prunes():
+    result = compress(to_ir(model_zoo.resnet_like()), 0.3)
+    names = [(s.name, s.modified) for s in result.steps]
+    assert ("fold-batchnorm", True) in names and ("prune-channels", True) in names
+    assert "BatchNormalization" not in [n.op_type for n in result.model.graph]
+    assert result.pruning.macs_after < 0.7 * result.pruning.macs_before
+
+
+def test_per_layer_ratio_file(tmp_path):
+    path = tmp_path / "ratios.json"
+    path.write_text('{"Conv16": 0.5}')
+    ratios = parse_ratios(str(path))
+    result = compress(to_ir(model_zoo.resnet_like()), ratios)
+    changes = {g.group: (g.before, g.after) for g in result.pruning.groups}
+    assert changes["Conv16"] == (16, 8) and changes["Conv42"] == (32, 32)
+
+
+def test_bad_ratios_are_clear_errors(tmp_path):
+    for bad in ["1.0", "-0.1", "1.5"]:
+        with pytest.raises(CompressionError, match=r"outside \[0, 1\)"):
+            parse_ratios(bad)
+    (tmp_path / "r.json").write_text('{"NoSuchLayer": 0.5}')
+    with pytest.raises(CompressionError, match="NoSuchLayer.*prunable: Conv16"):
+        compress(to_ir(model_zoo.resnet_like()), parse_ratios(str(tmp_path / "r.json")))
+    with pytest.raises(CompressionError, match="neither a ratio"):
+        parse_ratios(str(tmp_path / "missing.json"))
+
+
+def test_nothing_prunable_is_reported_not_raised():
+    result = compress(to_ir(model_zoo.transformer_block()), 0.3)
+    assert result.pruning.groups == [] and result.pruning.frozen_layers
+    assert result.pruning.macs_after == result.pruning.macs_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", model_zoo.LIGHT_MODELS)
+def test_light_models_prune_at_30_percent(name, tmp_path):
+    onnx.save(model_zoo.light_model(name), tmp_path / "m.onnx")
+    model = load_model(tmp_path / "m.onnx")
+    result = compress(model, 0.3)
+    report = result.pruning
+    # The reported MACs are the pruned model's MACs.
+    assert graph_cost(result.model).total_macs == report.macs_after
+    feeds = {model.graph.inputs[0].name:
+             np.random.default_rng(0).standard_normal(list(model.graph.inputs[0].shape)).astype(np.float32)}
+    out = run_ort(result.model, feeds)[0]
+    assert np.isfinite(out).all()
+    if name == "shufflenet":  # grouped convs and channel shuffles: frozen, with reasons
+        assert report.groups == [] and any("group" in r for r in report.frozen_layers.values())
+    elif name == "bvlc_alexnet":  # grouped convs freeze most layers; the FC layers prune
+        assert report.macs_after < report.macs_before
+    else:
+        assert report.macs_after < 0.7 * report.macs_before
