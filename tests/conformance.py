@@ -128,7 +128,7 @@ def _run_ort(case, inputs: list, outputs: list) -> str:
         return "error"
 
 
-def _run_hwcomp(case, inputs: list, outputs: list) -> tuple[str, str]:
+def _run_hwcomp(case, inputs: list, outputs: list, frontend_only: bool = False) -> tuple[str, str]:
     import onnx_ir as ir
     import tvm
     from tvm import relax
@@ -151,9 +151,16 @@ def _run_hwcomp(case, inputs: list, outputs: list) -> tuple[str, str]:
     try:
         check_tensor_interface(proto, case.name)
         model = infer_shapes(ir.serde.deserialize_model(proto), case.name)
-        legal, _ = legalize_for_tvm(model, bind)
+        if frontend_only:
+            # Baseline: TVM's frontend with the parameter inputs bound, nothing else.
+            from hwcomp.passes import BindInputsPass
+
+            legal = BindInputsPass(bind)(model).model
+        else:
+            legal, _ = legalize_for_tvm(model, bind)
         legal_proto = to_proto(legal)
-        check_supported(legal_proto)
+        if not frontend_only:
+            check_supported(legal_proto)
         mod = import_relax(legal_proto)
         executable = compile_relax(mod, load_target("host"))
         remaining = [n for n in graph_inputs if n not in bind]
@@ -185,16 +192,17 @@ def _flatten(result) -> list:
     return [a for item in result for a in _flatten(item)]
 
 
-def run_case(case, ops: dict[str, str]) -> dict:
+def run_case(case, ops: dict[str, str], frontend_only: bool = False) -> dict:
     inputs, outputs = ([_array(v) for v in values] for values in case.data_sets[0])
     started = time.perf_counter()
     ort_status = _run_ort(case, inputs, outputs)
-    status, detail = _run_hwcomp(case, inputs, outputs)
+    status, detail = _run_hwcomp(case, inputs, outputs, frontend_only)
     return {"name": case.name, "op": op_of(case.name, ops), "ort": ort_status,
             "hwcomp": status, "detail": detail, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def _worker(names: list[str]) -> None:
+    frontend_only = os.environ.get("HWCOMP_CONFORMANCE_FRONTEND_ONLY") == "1"
     """Run the named cases, one JSON line each, preceded by a START line."""
     import logging
 
@@ -205,7 +213,7 @@ def _worker(names: list[str]) -> None:
         print(f"START {name}", flush=True)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            result = run_case(cases[name], ops)
+            result = run_case(cases[name], ops, frontend_only)
         print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -296,10 +304,14 @@ def main() -> None:
     parser.add_argument("--common", action="store_true", help="only the common inference ops")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--frontend-only", action="store_true",
+                        help="baseline: TVM's frontend with parameter inputs bound, no legalisation")
     args = parser.parse_args()
     if args.worker is not None:
         _worker(args.worker)
         return
+    if args.frontend_only:
+        os.environ["HWCOMP_CONFORMANCE_FRONTEND_ONLY"] = "1"
     cases = load_cases()
     ops = all_op_names()
     names = sorted(cases)

@@ -129,7 +129,7 @@ def _conv(graph: ChannelGraph, node: ir.Node) -> None:
         graph.freeze(out, f"{node.name}: Conv weight is not constant")
         return
     if groups == 1:
-        graph.sources[out.name or ""] = node.name or ""
+        _source_layer(graph, node, "")
         return
     if groups == in_count and out_count % in_count == 0:
         # Depthwise (channel multiplier m): output c*m + j comes from input c alone.
@@ -139,77 +139,68 @@ def _conv(graph: ChannelGraph, node: ir.Node) -> None:
             for c in range(in_count) for j in range(multiplier)
         )
         return
-    reason = f"{node.name}: grouped convolution (group={groups}) needs equal channels per group"
-    graph.freeze(data, reason)
-    graph.freeze(out, reason)
-    graph.frozen_layers[node.name or ""] = reason
+    _source_layer(graph, node,
+                  f"{node.name}: grouped convolution (group={groups}) needs equal channels per group")
 
 
 def _conv_transpose(graph: ChannelGraph, node: ir.Node) -> None:
-    data, weight, out = node.inputs[0], node_input(node, 1), node.outputs[0]
-    graph.add_tensor(data)
-    graph.add_tensor(out)
-    if node.attributes.get_int("group", 1) != 1 or weight is None or weight.const_value is None:
-        reason = f"{node.name}: grouped or runtime-weight ConvTranspose"
-        graph.freeze(data, reason)
-        graph.freeze(out, reason)
-        graph.frozen_layers[node.name or ""] = reason
-        return
-    graph.sources[out.name or ""] = node.name or ""
+    weight = node_input(node, 1)
+    grouped = node.attributes.get_int("group", 1) != 1
+    constant = weight is not None and weight.const_value is not None
+    _source_layer(graph, node, "" if constant and not grouped
+                  else f"{node.name}: grouped or runtime-weight ConvTranspose")
 
 
 def _gemm(graph: ChannelGraph, node: ir.Node) -> None:
-    data, weight, out = node.inputs[0], node_input(node, 1), node.outputs[0]
-    graph.add_tensor(data)
-    graph.add_tensor(out)
-    bias = node_input(node, 2)
+    data, weight, bias = node.inputs[0], node_input(node, 1), node_input(node, 2)
     ok = (weight is not None and weight.const_value is not None
           and not node.attributes.get_int("transA", 0)
           and (bias is None or bias.const_value is not None))
     if node.op_type == "MatMul":
         ok = ok and len(static_shape(data) or []) == 2 and len(static_shape(weight) or []) == 2
-    if not ok:
-        reason = f"{node.name}: {node.op_type} without a constant 2-D weight on 2-D input"
-        graph.freeze(data, reason)
-        graph.freeze(out, reason)
-        graph.frozen_layers[node.name or ""] = reason
-        return
-    graph.sources[out.name or ""] = node.name or ""
+    _source_layer(graph, node, "" if ok else
+                  f"{node.name}: {node.op_type} without a constant 2-D weight on 2-D input")
+
+
+def _source_layer(graph: ChannelGraph, node: ir.Node, problem: str) -> None:
+    """Register a layer's input and output; it is a source unless ``problem`` says why not."""
+    data, out = node.inputs[0], node.outputs[0]
+    graph.add_tensor(data)
+    graph.add_tensor(out)
+    if problem:
+        graph.freeze(data, problem)
+        graph.freeze(out, problem)
+        graph.frozen_layers[node.name or ""] = problem
+    else:
+        graph.sources[out.name or ""] = node.name or ""
 
 
 def _concat(graph: ChannelGraph, node: ir.Node) -> None:
-    out = node.outputs[0]
-    rank = len(static_shape(out) or [])
-    axis = node.attributes.get_int("axis", 0) % max(rank, 1)
-    if axis != CHANNEL_AXIS:
-        for value in node.inputs:
-            graph.couple(value, out)
-        return
-    graph.add_tensor(out)
-    offset = 0
-    for value in node.inputs:
-        count = graph.add_tensor(value)
-        if value is None or value.const_value is not None or not count:
-            graph.freeze(out, f"{node.name}: Concat of a constant along channels")
-            count = (static_shape(value) or [0, 0])[CHANNEL_AXIS] if value is not None else 0
-        else:
-            graph.links.add_edges_from(((value.name, c), (out.name, offset + c)) for c in range(count))
-        offset += count
+    _channel_segments(graph, node, node.outputs[0], list(node.inputs))
 
 
 def _split(graph: ChannelGraph, node: ir.Node) -> None:
-    data = node.inputs[0]
-    rank = len(static_shape(data) or [])
-    axis = node.attributes.get_int("axis", 0) % max(rank, 1)
-    if axis != CHANNEL_AXIS:
-        for out in node.outputs:
-            graph.couple(data, out)
+    _channel_segments(graph, node, node.inputs[0], list(node.outputs))
+
+
+def _channel_segments(graph: ChannelGraph, node: ir.Node, whole: ir.Value | None,
+                      parts: list[ir.Value | None]) -> None:
+    """Concat/Split: along channels, part ``i`` is ``whole``'s channels at its offset."""
+    rank = len(static_shape(whole) or [])
+    if node.attributes.get_int("axis", 0) % max(rank, 1) != CHANNEL_AXIS:
+        for part in parts:
+            graph.couple(part, whole)
         return
-    graph.add_tensor(data)
+    graph.add_tensor(whole)
     offset = 0
-    for out in node.outputs:
-        count = graph.add_tensor(out)
-        graph.links.add_edges_from(((_name(data), offset + c), (_name(out), c)) for c in range(count))
+    for part in parts:
+        count = graph.add_tensor(part)
+        if part is None or not count:
+            graph.freeze(whole, f"{node.name}: {node.op_type} with a constant part along channels")
+            count = (static_shape(part) or [0, 0])[CHANNEL_AXIS] if part is not None else 0
+        else:
+            graph.links.add_edges_from(
+                ((_name(whole), offset + c), (_name(part), c)) for c in range(count))
         offset += count
 
 

@@ -337,7 +337,10 @@ def metrics(reference: list[np.ndarray], actual: list[np.ndarray], labels: np.nd
 
 
 def _measure_layers(job: _Job, indices: list[int]) -> list[ActionResult]:
-    session = _session(job.proto, job.threads)
+    return _measure_with(_session(job.proto, job.threads), job, indices)
+
+
+def _measure_with(session: ort.InferenceSession, job: _Job, indices: list[int]) -> list[ActionResult]:
     results = []
     for index in indices:
         layer = job.layers[index]
@@ -442,20 +445,38 @@ def _run_layers(job: _Job, jobs: int, progress: Callable[[int, int], None] | Non
     total = len(job.layers)
     results: list[ActionResult] = []
     if jobs <= 1 or total <= 1:
+        session = _session(job.proto, job.threads)
         for index in range(total):
-            results.extend(_measure_layers(job, [index]))
+            results.extend(_measure_with(session, job, [index]))
             if progress:
                 progress(index + 1, total)
         return results
-    chunks = [list(range(total))[i::jobs] for i in range(jobs)]
-    # Small chunks keep the progress bar moving; each worker builds its session per chunk.
-    pieces = [chunk[i:i + 4] for chunk in chunks for i in range(0, len(chunk), 4)]
     done = 0
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_measure_layers, job, piece): piece for piece in pieces}
+    # The job (model, weights, samples) goes to each worker once, with its session; then
+    # layers are handed out one by one, which keeps the progress bar moving.
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_start_worker, initargs=(job,)) as pool:
+        futures = [pool.submit(_worker_measure, index) for index in range(total)]
         for future in as_completed(futures):
             results.extend(future.result())
-            done += len(futures[future])
+            done += 1
             if progress:
                 progress(done, total)
     return results
+
+
+class _WorkerState:
+    """The job and session a worker process keeps between layers (one per process)."""
+
+    job: _Job | None = None
+    session: ort.InferenceSession | None = None
+
+
+def _start_worker(job: _Job) -> None:
+    _WorkerState.job = job
+    _WorkerState.session = _session(job.proto, job.threads)
+
+
+def _worker_measure(index: int) -> list[ActionResult]:
+    job, session = _WorkerState.job, _WorkerState.session
+    assert job is not None and session is not None
+    return _measure_with(session, job, [index])
