@@ -125,8 +125,7 @@ def _conv(graph: ChannelGraph, node: ir.Node) -> None:
     in_count, out_count = graph.add_tensor(data), graph.add_tensor(out)
     groups = node.attributes.get_int("group", 1)
     if weight is None or weight.const_value is None:
-        graph.freeze(data, f"{node.name}: Conv weight is not constant")
-        graph.freeze(out, f"{node.name}: Conv weight is not constant")
+        _source_layer(graph, node, f"{node.name}: Conv weight is not constant")
         return
     if groups == 1:
         _source_layer(graph, node, "")
