@@ -192,18 +192,23 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
               "{layer or group: ratio}.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default="l1",
               show_default=True, help="How channels are ranked.")
+@click.option("--lowrank", type=float, metavar="ENERGY",
+              help="Split Gemm/MatMul/Conv by SVD keeping this fraction of energy (0.9).")
+@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+              help="Refit changed layers by least squares on the calibration samples.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Bind an input's dynamic dimensions (repeatable).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Samples to compare original and compressed outputs on.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def compress_command(model: Path, output: Path, target_name: str, prune: str | None,
-                     importance: str, input_shapes: tuple[str, ...], calib: Path | None,
-                     force: bool) -> None:
-    """Fold BatchNorm and prune coupled channel groups: ONNX in, smaller ONNX out."""
+                     importance: str, lowrank: float | None, reconstruct: bool,
+                     input_shapes: tuple[str, ...], calib: Path | None, force: bool) -> None:
+    """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out."""
     outcome = api.compress(model, output, target_name, prune=prune, importance=importance,
-                           input_shapes=parse_input_shapes(input_shapes), calib=calib,
-                           force=force)
+                           lowrank=lowrank, reconstruct=reconstruct,
+                           input_shapes=parse_input_shapes(input_shapes),
+                           calib=calib, force=force)
     result = outcome.result
     click.echo("steps: " + ", ".join(f"{s.name}{'*' if s.modified else ''}" for s in result.steps)
                + "   (* changed the model)")
@@ -218,14 +223,31 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
             click.echo("nothing prunable: every layer's channels are frozen (see below)")
         for layer, reason in sorted(pruning.frozen_layers.items()):
             click.echo(f"frozen: {layer}: {reason}")
+    if result.lowrank is not None:
+        for split in result.lowrank.split:
+            click.echo(f"split: {split.layer}: {split.mode} SVD, rank {split.rank} of "
+                       f"{split.full_rank}, estimated {split.time_before_s * 1e6:.1f} -> "
+                       f"{split.time_after_s * 1e6:.1f} us")
+        for layer, reason in sorted(result.lowrank.skipped.items()):
+            click.echo(f"not split: {layer}: {reason}")
+    if result.reconstruction is not None:
+        for fit in result.reconstruction.fitted:
+            click.echo(f"refit: {fit.layer}: relative error {fit.error_before:.4f} -> "
+                       f"{fit.error_after:.4f}")
+        for layer, reason in sorted(result.reconstruction.skipped.items()):
+            click.echo(f"not refit: {layer}: {reason}")
     change = 1 - outcome.macs_after / outcome.macs_before if outcome.macs_before else 0.0
     click.echo(f"MACs: {outcome.macs_before:,} -> {outcome.macs_after:,} (-{change:.1%}); "
                f"params: {outcome.params_before:,} -> {outcome.params_after:,}")
     sqnr = "exact" if outcome.sqnr_db is None else f"{outcome.sqnr_db:.1f} dB"
     agreement = (f", top-1 agreement {outcome.top1_agreement:.3f}"
                  if outcome.top1_agreement is not None else "")
-    click.echo(f"vs original on {outcome.samples} samples: SQNR {sqnr}, cosine "
-               f"{outcome.cosine:.4f}{agreement}")
+    unfitted = ""
+    if outcome.sqnr_without_reconstruction_db is not None:
+        unfitted = f" (without reconstruction: {outcome.sqnr_without_reconstruction_db:.1f} dB)"
+    click.echo(f"vs original on {outcome.samples} held-out "
+               f"{'calibration' if calib else 'seeded random'} samples: SQNR {sqnr}{unfitted}, "
+               f"cosine {outcome.cosine:.4f}{agreement}")
     click.echo(f"wrote: {outcome.output}")
 
 

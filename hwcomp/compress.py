@@ -7,14 +7,17 @@ Steps run in this order, each logged with what it changed:
    initializers, so per-channel operands are visible as constants;
 3. ``drop-identities``, ``remove-unused``: cleanup;
 4. ``fold-batchnorm``: BatchNormalization merges into the layer before it;
-5. ``prune-channels``: structured pruning of coupled channel groups (when asked).
+5. ``prune-channels``: structured pruning of coupled channel groups (when asked);
+6. ``lowrank``: SVD splitting of Gemm/MatMul/Conv where the target runs it faster (when asked);
+7. ``reconstruct``: least-squares refit of the changed layers on calibration data (when
+   given data).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +27,13 @@ from onnx_ir.passes import common
 
 from hwcomp.analysis.channels import analyze_channels
 from hwcomp.errors import HwcompError
+from hwcomp.model import infer_shapes
 from hwcomp.passes import BindInputsPass, FoldBatchNormPass, FoldConstantsPass
 from hwcomp.passes.fold_batchnorm import FoldReport
+from hwcomp.passes.lowrank import LowRankPass, LowRankReport
 from hwcomp.passes.prune_channels import IMPORTANCE, PruneChannelsPass, PruneReport
+from hwcomp.passes.reconstruct import ReconstructPass, ReconstructReport
+from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,9 @@ class CompressionResult:
     steps: list[StepResult]
     batchnorm: FoldReport
     pruning: PruneReport | None
+    lowrank: LowRankReport | None
+    reconstruction: ReconstructReport | None = None
+    before_reconstruction: ir.Model | None = None
 
 
 def parse_ratios(spec: str | float | None) -> float | dict[str, float] | None:
@@ -98,8 +108,18 @@ def compress(
     importance: str = "l1",
     alignment: int = 1,
     activation_means: Mapping[str, np.ndarray] | None = None,
+    lowrank: float | None = None,
+    target: Target | None = None,
+    reconstruct_with: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> CompressionResult:
-    """Run the pipeline on ``model`` and return the compressed copy."""
+    """Run the pipeline on ``model`` and return the compressed copy.
+
+    ``lowrank`` is the fraction of singular-value energy kept, in (0, 1]; it needs the
+    ``target`` whose roofline decides which splits pay. ``reconstruct_with`` (calibration
+    feeds) refits the changed layers by least squares after pruning and splitting.
+    """
+    if lowrank is not None and not 0.0 < lowrank <= 1.0:
+        raise CompressionError(f"--lowrank: energy {lowrank} is outside (0, 1]; 0.9 keeps 90 %")
     if importance not in IMPORTANCE:
         raise CompressionError(f"importance '{importance}' is not one of {', '.join(IMPORTANCE)}")
     steps: list[StepResult] = []
@@ -119,6 +139,8 @@ def compress(
     run("remove-unused", common.RemoveUnusedNodesPass())
     fold = FoldBatchNormPass()
     run("fold-batchnorm", fold)
+    # Reconstruction matches the layers' outputs before pruning/splitting (BN folded).
+    reference = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if reconstruct_with else model
     pruning = None
     if prune is not None:
         if isinstance(prune, Mapping):
@@ -126,7 +148,23 @@ def compress(
         pruner = PruneChannelsPass(prune, importance, alignment, activation_means)
         run("prune-channels", pruner)
         pruning = pruner.report
-    return CompressionResult(model=model, steps=steps, batchnorm=fold.report, pruning=pruning)
+    split_report = None
+    if lowrank is not None:
+        if target is None:
+            raise CompressionError("low-rank splitting needs a target profile (--target)")
+        splitter = LowRankPass(lowrank, target, alignment)
+        run("lowrank", splitter)
+        split_report = splitter.report
+        model = infer_shapes(model)
+    refit = before = None
+    if reconstruct_with is not None and (prune is not None or lowrank is not None):
+        before = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        reconstruct = ReconstructPass(reference, reconstruct_with, pruning.kept if pruning else None)
+        run("reconstruct", reconstruct)
+        refit = reconstruct.report
+    return CompressionResult(model=model, steps=steps, batchnorm=fold.report, pruning=pruning,
+                             lowrank=split_report, reconstruction=refit,
+                             before_reconstruction=before)
 
 
 def _check_names(model: ir.Model, ratios: Mapping[str, float]) -> None:

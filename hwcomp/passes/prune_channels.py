@@ -65,6 +65,7 @@ class PruneReport:
     macs_after: int = 0
     params_before: int = 0
     params_after: int = 0
+    kept: dict[str, list[int]] = field(default_factory=dict)
 
 
 class PruneChannelsPass(ir.passes.FunctionalPass):
@@ -103,6 +104,9 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
             for index in drop:
                 removed.update(group.components[index])
         outputs = [(v.name, static_shape(v)) for v in model.graph.outputs]
+        for tensor in {t for t, _ in removed}:
+            count = analysis_channels(model, tensor)
+            report.kept[tensor] = [c for c in range(count) if (tensor, c) not in removed]
         if removed:
             _rewrite(model, removed)
             model = infer_shapes(_clear_shapes(model))
@@ -139,6 +143,18 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
             if scores is not None:
                 return scores
         return _norm_scores(model, group, 2 if self.importance == "l2" else 1)
+
+
+def analysis_channels(model: ir.Model, tensor: str) -> int:
+    """Channel count of the named activation (axis 1)."""
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name == tensor:
+                return (static_shape(value) or [0, 0])[1]
+    for value in model.graph.inputs:
+        if value.name == tensor:
+            return (static_shape(value) or [0, 0])[1]
+    return 0
 
 
 def _producers(model: ir.Model) -> dict[str, ir.Node]:

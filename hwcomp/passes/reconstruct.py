@@ -1,0 +1,245 @@
+"""Training-free reconstruction: refit changed layers by least squares.
+
+After pruning or low-rank splitting, a layer's input is no longer what it was trained
+on. For each layer whose weight changed shape, in execution order, this pass takes its
+input in the *compressed* model (so earlier refits are accounted for) and its output in
+the *original* model on calibration data, and solves for the weight and bias that map one
+to the other (ridge-regularised least squares):
+
+    1. Conv (group 1, any kernel, stride, padding, dilation): over image patches (im2col);
+    2. Gemm / MatMul with a constant weight on 2-D input: over rows.
+
+For a pruned layer only its kept output channels are matched; a low-rank split refits
+the second factor (which keeps the layer's name and output). Layers it cannot refit
+(depthwise or grouped convs, runtime weights, missing original output) are reported with
+the reason. The report gives each layer's relative output error before and after.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from hwcomp.irutil import constant_array, node_input
+from hwcomp.model import to_proto
+
+logger = logging.getLogger(__name__)
+
+RIDGE = 1e-4
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """Relative output error of one layer before and after its refit."""
+
+    layer: str
+    error_before: float
+    error_after: float
+
+
+@dataclass
+class ReconstructReport:
+    """Refitted layers and the ones left alone, with why."""
+
+    fitted: list[LayerFit] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+class ReconstructPass(ir.passes.InPlacePass):
+    """Refit the compressed model's changed layers to the original's outputs.
+
+    Args:
+        original: The model before compression (same node and tensor names).
+        batches: Calibration feeds.
+        kept: For pruned tensors, the original channel indices they keep.
+    """
+
+    def __init__(self, original: ir.Model, batches: Sequence[Mapping[str, np.ndarray]],
+                 kept: Mapping[str, list[int]] | None = None) -> None:
+        super().__init__()
+        self.original = original
+        self.batches = list(batches)
+        self.kept = dict(kept or {})
+        self.report = ReconstructReport()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Refit layer by layer, in execution order."""
+        self.report = ReconstructReport()
+        originals = {n.name: n for n in self.original.graph}
+        targets = [n for n in model.graph if _changed(n, originals.get(n.name or ""))]
+        if not targets:
+            return ir.passes.PassResult(model, modified=False)
+        wanted = [n.outputs[0].name or "" for n in targets]
+        reference = _capture(self.original, wanted, self.batches)
+        for node in targets:
+            name = node.name or ""
+            reason = _why_not(node)
+            if reason:
+                self.report.skipped[name] = reason
+                continue
+            source = node.inputs[0]
+            inputs = _capture(model, [source.name or "" if source is not None else ""], self.batches)[0]
+            outputs = reference[wanted.index(node.outputs[0].name or "")]
+            channels = self.kept.get(node.outputs[0].name or "")
+            if channels is not None:
+                outputs = [o[:, channels] for o in outputs]
+            fit = _refit(node, model.graph, inputs, outputs)
+            self.report.fitted.append(fit)
+            logger.info("refit %s: relative error %.4f -> %.4f", name, fit.error_before,
+                        fit.error_after)
+        return ir.passes.PassResult(model, modified=bool(self.report.fitted))
+
+
+def _changed(node: ir.Node, original: ir.Node | None) -> bool:
+    if node.op_type not in ("Conv", "Gemm", "MatMul") or original is None:
+        return False
+    now, before = constant_array(node_input(node, 1)), constant_array(node_input(original, 1))
+    return now is not None and before is not None and now.shape != before.shape
+
+
+def _why_not(node: ir.Node) -> str:
+    if node.op_type == "Conv" and node.attributes.get_int("group", 1) != 1:
+        return "grouped or depthwise convolution"
+    if node.op_type == "Conv" and node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return "auto_pad SAME: padding is implicit"
+    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0) != 0:
+        return "transA is set"
+    if node.op_type in ("Gemm", "MatMul"):
+        weight = constant_array(node_input(node, 1))
+        if weight is None or weight.ndim != 2:
+            return "weight is not a constant matrix"
+    return ""
+
+
+def _capture(model: ir.Model, names: list[str], batches: list[Mapping[str, np.ndarray]]
+             ) -> list[list[np.ndarray]]:
+    """Values of the named tensors for every batch: ``result[name index][batch]``."""
+    proto = to_proto(model)
+    outputs = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in outputs:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    per_batch = [session.run(names, dict(batch)) for batch in batches]
+    return [[values[i] for values in per_batch] for i in range(len(names))]
+
+
+def _patches(x: np.ndarray, node: ir.Node, kernel: tuple[int, int]) -> np.ndarray:
+    """im2col: ``(N * H_out * W_out, C * k_h * k_w)`` rows of the conv's receptive fields."""
+    pads = list(node.attributes.get_ints("pads", [0, 0, 0, 0]))
+    strides = list(node.attributes.get_ints("strides", [1, 1]))
+    dilations = list(node.attributes.get_ints("dilations", [1, 1]))
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    k_h, k_w = kernel
+    span_h, span_w = (k_h - 1) * dilations[0] + 1, (k_w - 1) * dilations[1] + 1
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(2, 3))
+    windows = windows[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+    n, c, h, w = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * h * w, c * k_h * k_w)
+
+
+def _design(node: ir.Node, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    if node.op_type == "Conv":
+        return _patches(x, node, (weight.shape[2], weight.shape[3]))
+    return x.reshape(-1, x.shape[-1])
+
+
+def _targets(node: ir.Node, y: np.ndarray) -> np.ndarray:
+    if node.op_type == "Conv":
+        return y.transpose(0, 2, 3, 1).reshape(-1, y.shape[1])
+    return y.reshape(-1, y.shape[-1])
+
+
+def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: list[np.ndarray]
+           ) -> LayerFit:
+    weight = constant_array(node_input(node, 1))
+    assert weight is not None
+    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 0
+    # Current weight as a (features, outputs) matrix, and the current bias.
+    if node.op_type == "Conv":
+        current = weight.reshape(weight.shape[0], -1).T
+    else:
+        current = weight.T if trans_b else weight
+    bias_now = constant_array(node_input(node, 2))
+    alpha = node.attributes.get_float("alpha", 1.0) if node.op_type == "Gemm" else 1.0
+    beta = node.attributes.get_float("beta", 1.0) if node.op_type == "Gemm" else 1.0
+    bias = (np.zeros(current.shape[1]) if bias_now is None
+            else np.broadcast_to(bias_now * beta, (current.shape[1],)))
+    gram = np.zeros((current.shape[0] + 1, current.shape[0] + 1))
+    cross = np.zeros((current.shape[0] + 1, current.shape[1]))
+    err_before = norm = 0.0
+    for x, y in zip(inputs, outputs, strict=True):
+        design = np.hstack([_design(node, x, weight).astype(np.float64),
+                            np.ones((_design(node, x, weight).shape[0], 1))])
+        target = _targets(node, y).astype(np.float64)
+        gram += design.T @ design
+        cross += design.T @ target
+        predicted = design[:, :-1] @ (alpha * current) + bias
+        err_before += float(((predicted - target) ** 2).sum())
+        norm += float((target**2).sum())
+    ridge = RIDGE * np.trace(gram) / len(gram)
+    solution = np.linalg.solve(gram + ridge * np.eye(len(gram)), cross)
+    new_weight, new_bias = solution[:-1], solution[-1]
+    err_after = 0.0
+    for x, y in zip(inputs, outputs, strict=True):
+        design = _design(node, x, weight).astype(np.float64)
+        err_after += float(((design @ new_weight + new_bias - _targets(node, y)) ** 2).sum())
+    scale = max(norm, 1e-30) ** 0.5
+    if err_after >= err_before:
+        # Already as good as least squares gets (e.g. only output channels were removed).
+        return LayerFit(node.name or "", err_before**0.5 / scale, err_before**0.5 / scale)
+    dtype = weight.dtype
+    if node.op_type == "Conv":
+        shaped = new_weight.T.reshape(weight.shape)
+    else:
+        shaped = (new_weight.T if trans_b else new_weight) / alpha
+    _set(graph, node, 1, shaped.astype(dtype), "refit_w")
+    if node.op_type == "MatMul":
+        _add_bias(graph, node, new_bias.astype(dtype))
+    else:
+        if node.op_type == "Gemm":
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+        _set(graph, node, 2, new_bias.astype(dtype), "refit_b")
+    return LayerFit(node.name or "", err_before**0.5 / scale, err_after**0.5 / scale)
+
+
+def _set(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
+    name = base = f"{node.name}_{suffix}"
+    while name in graph.initializers:
+        name = f"{base}_{len(graph.initializers)}"
+    value = ir.Value(name=name, shape=ir.Shape(array.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(np.ascontiguousarray(array)))
+    graph.register_initializer(value)
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+
+
+def _add_bias(graph: ir.Graph, node: ir.Node, bias: np.ndarray) -> None:
+    """MatMul has no bias input: add one after it (or update the Add that follows)."""
+    output = node.outputs[0]
+    name = f"{node.name}_refit_b"
+    while name in graph.initializers:
+        name = f"{name}_"
+    value = ir.Value(name=name, shape=ir.Shape(bias.shape),
+                     type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
+                     const_value=ir.tensor(bias))
+    graph.register_initializer(value)
+    add = ir.node("Add", [output, value], name=f"{node.name}_refit_add")
+    uses = list(output.uses())
+    graph.insert_after(node, add)
+    for use in uses:
+        use.node.replace_input_with(use.idx, add.outputs[0])
+    if output in graph.outputs:
+        graph.outputs[graph.outputs.index(output)] = add.outputs[0]
+        add.outputs[0].name, output.name = output.name, f"{output.name}_unbiased"
