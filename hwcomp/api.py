@@ -22,7 +22,7 @@ import onnx_ir as ir
 import hwcomp
 from hwcomp import compress as compression
 from hwcomp import model as model_io
-from hwcomp import report
+from hwcomp import plan, report
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.errors import (
     CalibrationDataError,
@@ -115,6 +115,7 @@ class CompressOutcome:
     top1_agreement: float | None
     samples: int
     sqnr_without_reconstruction_db: float | None = None
+    plan: plan.PrunePlan | None = None
 
 
 def compress(
@@ -126,6 +127,8 @@ def compress(
     importance: str = "l1",
     lowrank: float | None = None,
     reconstruct: bool = True,
+    accuracy_budget: str | float | None = None,
+    labels: Path | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     calib: Path | None = None,
     force: bool = False,
@@ -138,6 +141,9 @@ def compress(
     """
     target = load_target(target_name)
     ratios = compression.parse_ratios(prune)
+    budget = compression.parse_budget(accuracy_budget)
+    if prune == "auto" and budget is None:
+        raise compression.CompressionError("--prune auto needs --accuracy-budget (e.g. 1%)")
     output = Path(output)
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; pass --force to replace it")
@@ -151,6 +157,17 @@ def compress(
     # the reported error is measured on samples the fit never saw.
     held_out = max(1, len(batches) // 4) if len(batches) > 1 else 0
     fit_batches, batches = batches[: len(batches) - held_out], batches[len(batches) - held_out:] or batches
+    label_array = None
+    if labels is not None:
+        all_labels = model_io.load_labels(Path(labels), sum(
+            next(iter(b.values())).shape[0] for b in [*fit_batches, *batches]))
+        label_array = all_labels[sum(next(iter(b.values())).shape[0] for b in fit_batches):]
+    pruning_plan = None
+    if prune == "auto":
+        assert budget is not None
+        pruning_plan = plan.plan_pruning(model, budget, fit_batches, batches, label_array,
+                                         alignment=int(target.channel_multiple.get("fp32", 1)))
+        ratios = pruning_plan.ratios
     before = cost.graph_cost(model)
     result = compression.compress(model, ratios, importance,
                                   alignment=int(target.channel_multiple.get("fp32", 1)),
@@ -178,7 +195,7 @@ def compress(
         params_before=before.total_params, params_after=after.total_params, sqnr_db=sqnr,
         cosine=cosine, top1_agreement=top1,
         samples=sum(next(iter(b.values())).shape[0] for b in batches),
-        sqnr_without_reconstruction_db=unfitted,
+        sqnr_without_reconstruction_db=unfitted, plan=pruning_plan,
     )
 
 

@@ -188,14 +188,18 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
               help="The compressed ONNX file to write.")
 @click.option("-t", "--target", "target_name", required=True,
               help="Profile whose channel alignment kept counts round to.")
-@click.option("--prune", help="Ratio in [0, 1) for every group, or a JSON file of "
-              "{layer or group: ratio}.")
+@click.option("--prune", help="Ratio in [0, 1) for every group, a JSON file of "
+              "{layer or group: ratio}, or auto (with --accuracy-budget).")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default="l1",
               show_default=True, help="How channels are ranked.")
 @click.option("--lowrank", type=float, metavar="ENERGY",
               help="Split Gemm/MatMul/Conv by SVD keeping this fraction of energy (0.9).")
 @click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
               help="Refit changed layers by least squares on the calibration samples.")
+@click.option("--accuracy-budget", metavar="1%",
+              help="With --prune auto: the largest accuracy loss allowed.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help=".npy of class labels for the --calib samples (budget in accuracy).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Bind an input's dynamic dimensions (repeatable).")
 @click.option("--calib", type=click.Path(path_type=Path),
@@ -203,10 +207,12 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def compress_command(model: Path, output: Path, target_name: str, prune: str | None,
                      importance: str, lowrank: float | None, reconstruct: bool,
+                     accuracy_budget: str | None, labels: Path | None,
                      input_shapes: tuple[str, ...], calib: Path | None, force: bool) -> None:
     """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out."""
     outcome = api.compress(model, output, target_name, prune=prune, importance=importance,
                            lowrank=lowrank, reconstruct=reconstruct,
+                           accuracy_budget=accuracy_budget, labels=labels,
                            input_shapes=parse_input_shapes(input_shapes),
                            calib=calib, force=force)
     result = outcome.result
@@ -214,6 +220,11 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
                + "   (* changed the model)")
     click.echo(f"batchnorm: {len(result.batchnorm.folded)} folded, "
                f"{len(result.batchnorm.skipped)} kept")
+    if outcome.plan is not None:
+        for decision in outcome.plan.decisions:
+            click.echo(f"plan: {decision}")
+        click.echo(f"plan: {outcome.plan.metric} {outcome.plan.loss:.4f} "
+                   f"(budget {outcome.plan.budget:.4f})")
     pruning = result.pruning
     if pruning is not None:
         rows = [(g.group[:60], str(g.before), str(g.after), f"{g.ratio:.2f}") for g in pruning.groups]

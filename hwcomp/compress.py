@@ -69,7 +69,7 @@ def parse_ratios(spec: str | float | None) -> float | dict[str, float] | None:
     Raises:
         CompressionError: A ratio outside [0, 1), or an unreadable file.
     """
-    if spec is None:
+    if spec is None or spec == "auto":
         return None
     if isinstance(spec, float | int) or _is_number(str(spec)):
         ratio = float(spec)
@@ -87,6 +87,24 @@ def parse_ratios(spec: str | float | None) -> float | dict[str, float] | None:
     for name, ratio in data.items():
         _check_ratio(float(ratio), f"{path}: '{name}'")
     return {str(k): float(v) for k, v in data.items()}
+
+
+def parse_budget(text: str | float | None) -> float | None:
+    """Read ``--accuracy-budget``: ``1%`` or ``0.01``.
+
+    Raises:
+        CompressionError: Not a number, or outside [0, 1).
+    """
+    if text is None:
+        return None
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise CompressionError(f"--accuracy-budget '{text}' is not a number like 1% or 0.01") from None
+    if not 0.0 <= value < 1.0:
+        raise CompressionError(f"--accuracy-budget {text} is outside [0 %, 100 %)")
+    return value
 
 
 def _is_number(text: str) -> bool:

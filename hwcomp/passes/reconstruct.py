@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+from onnx_ir.passes import common
 
 from hwcomp.irutil import constant_array, node_input
 from hwcomp.model import to_proto
@@ -93,6 +94,8 @@ class ReconstructPass(ir.passes.InPlacePass):
             self.report.fitted.append(fit)
             logger.info("refit %s: relative error %.4f -> %.4f", name, fit.error_before,
                         fit.error_after)
+        if self.report.fitted:
+            common.RemoveUnusedNodesPass()(model)  # the replaced weights
         return ir.passes.PassResult(model, modified=bool(self.report.fitted))
 
 

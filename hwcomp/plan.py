@@ -1,0 +1,131 @@
+"""Choosing per-group pruning ratios under an accuracy budget (``--prune auto``).
+
+The budget is a loss of top-1 accuracy (with labels), of top-1 agreement with the
+original model (classifier-shaped outputs, no labels), or of relative output error
+(other outputs), measured with onnxruntime on calibration samples.
+
+Greedy search, chosen over an integer program because each evaluation is an
+onnxruntime run and the search must stay linear in the number of groups:
+
+    1. For every channel group alone, find the largest candidate ratio whose loss (after
+       reconstruction) stays within the budget (the group's sensitivity).
+    2. Apply all of them together, with reconstruction, and measure the whole model on
+       held-out samples.
+    3. While the budget is exceeded, halve the ratio of the group whose own loss was the
+       largest per MAC saved, and measure again (at most one step per group and ratio).
+
+Every choice and rollback is recorded in :class:`PrunePlan` with why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from hwcomp import compress as compression
+from hwcomp.analysis.channels import analyze_channels
+from hwcomp.model import to_proto
+from hwcomp.verify import run_onnxruntime
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES = (0.75, 0.5, 0.25)
+
+
+@dataclass
+class PrunePlan:
+    """Chosen ratio per group, the measured loss, and the decisions that led there."""
+
+    ratios: dict[str, float]
+    loss: float
+    budget: float
+    metric: str
+    decisions: list[str] = field(default_factory=list)
+
+
+Feeds = Sequence[Mapping[str, np.ndarray]]
+
+
+def _loss_function(model: ir.Model, batches: Feeds, labels: np.ndarray | None
+                   ) -> tuple[Callable[[ir.Model], float], str]:
+    """Return a function giving a compressed model's loss against ``model`` on ``batches``."""
+    reference = [run_onnxruntime(to_proto(model), b)[0] for b in batches]
+    flat = np.concatenate([r.reshape(r.shape[0], -1) for r in reference])
+    classes = flat.shape[1] > 1
+    if labels is not None and classes:
+        base = float((flat.argmax(1) == labels[: len(flat)]).mean())
+        metric = "top-1 accuracy drop"
+    elif classes:
+        base, metric = 1.0, "top-1 disagreement with the original"
+    else:
+        base, metric = 0.0, "relative output error"
+
+    def loss(candidate: ir.Model) -> float:
+        proto = to_proto(candidate)
+        outputs = np.concatenate([run_onnxruntime(proto, b)[0].reshape(len(b[next(iter(b))]), -1)
+                                  for b in batches])
+        if labels is not None and classes:
+            return base - float((outputs.argmax(1) == labels[: len(outputs)]).mean())
+        if classes:
+            return 1.0 - float((outputs.argmax(1) == flat.argmax(1)).mean())
+        return float(np.linalg.norm(outputs - flat)) / max(float(np.linalg.norm(flat)), 1e-30)
+
+    return loss, metric
+
+
+def plan_pruning(
+    model: ir.Model,
+    budget: float,
+    fit_batches: Feeds,
+    check_batches: Feeds,
+    labels: np.ndarray | None = None,
+    alignment: int = 1,
+) -> PrunePlan:
+    """Choose per-group ratios whose combined loss stays within ``budget``.
+
+    ``model`` must be cleaned up and BN-folded (as the compress pipeline leaves it).
+    ``labels`` align with ``check_batches``' samples.
+    """
+    model = compression.compress(model).model  # cleanup + BN folding, as pruning sees it
+    loss_of, metric = _loss_function(model, check_batches, labels)
+    groups = analyze_channels(model).groups
+    plan = PrunePlan(ratios={}, loss=0.0, budget=budget, metric=metric)
+    if not groups:
+        plan.decisions.append("nothing prunable: every group is frozen")
+        return plan
+    alone: dict[str, float] = {}
+    for group in groups:
+        for ratio in CANDIDATES:
+            pruned = compression.compress(model, {group.name: ratio}, alignment=alignment,
+                                          reconstruct_with=fit_batches).model
+            loss = loss_of(pruned)
+            if loss <= budget:
+                plan.ratios[group.name] = ratio
+                alone[group.name] = loss
+                plan.decisions.append(f"{group.name}: {ratio:.0%} alone costs {loss:.4f}")
+                break
+        else:
+            plan.decisions.append(f"{group.name}: even {CANDIDATES[-1]:.0%} exceeds the budget")
+    while plan.ratios:
+        combined = compression.compress(model, dict(plan.ratios), alignment=alignment,
+                                        reconstruct_with=fit_batches).model
+        plan.loss = loss_of(combined)
+        if plan.loss <= budget:
+            plan.decisions.append(f"combined: {metric} {plan.loss:.4f} within {budget:.4f}")
+            return plan
+        worst = max(plan.ratios, key=lambda name: alone.get(name, 0.0) / plan.ratios[name])
+        halved = plan.ratios[worst] / 2
+        plan.decisions.append(f"combined {plan.loss:.4f} over budget: {worst} "
+                              f"{plan.ratios[worst]:.0%} -> {halved:.0%}")
+        if halved < 0.1:
+            del plan.ratios[worst]
+        else:
+            plan.ratios[worst] = halved
+            alone[worst] = alone.get(worst, 0.0) / 2
+    plan.loss = 0.0
+    plan.decisions.append("no combination of groups fits the budget: nothing pruned")
+    return plan

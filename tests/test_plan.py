@@ -1,0 +1,66 @@
+"""--prune auto: per-group ratios chosen under an accuracy budget."""
+
+import numpy as np
+import pytest
+
+from hwcomp import api
+from hwcomp.compress import CompressionError, parse_budget
+from hwcomp.plan import plan_pruning
+from tests import model_zoo
+from tests.conftest import REPO, run_cli
+from tests.digits import digits_split
+from tests.helpers import to_ir
+from tests.test_cli import _assert_clean_error
+
+DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    (x_train, y_train), _ = digits_split()
+    folder = tmp_path_factory.mktemp("auto")
+    np.savez(folder / "calib.npz", image=x_train[:192])
+    np.save(folder / "labels.npy", y_train[:192])
+    return folder
+
+
+def test_auto_plan_meets_the_budget_and_cuts_macs(calibration, tmp_path):
+    outcome = api.compress(DIGITS, tmp_path / "auto.onnx", "arm-a72", prune="auto",
+                           accuracy_budget="1%", calib=calibration / "calib.npz",
+                           labels=calibration / "labels.npy", input_shapes={"image": (1, 1, 8, 8)})
+    plan = outcome.plan
+    assert plan is not None and plan.metric == "top-1 accuracy drop"
+    assert plan.loss <= 0.01 and plan.ratios
+    assert outcome.macs_after < 0.7 * outcome.macs_before
+    assert any("alone costs" in d for d in plan.decisions)
+
+
+def test_zero_budget_without_labels_uses_agreement():
+    model = to_ir(model_zoo.resnet_like())
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(6)]
+    plan = plan_pruning(model, 0.0, batches[:4], batches[4:])
+    assert plan.metric == "top-1 disagreement with the original"
+    assert plan.loss == 0.0
+
+
+def test_nothing_prunable_is_a_decision_line():
+    model = to_ir(model_zoo.transformer_block())
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(2)]
+    plan = plan_pruning(model, 0.01, batches[:1], batches[1:])
+    assert plan.ratios == {} and plan.decisions == ["nothing prunable: every group is frozen"]
+    assert plan.metric == "top-1 disagreement with the original"
+
+
+def test_budget_parsing():
+    assert parse_budget("1%") == pytest.approx(0.01) and parse_budget("0.02") == 0.02
+    for bad in ["abc", "150%", "-1%"]:
+        with pytest.raises(CompressionError, match="accuracy-budget"):
+            parse_budget(bad)
+
+
+def test_auto_without_budget_is_an_error(tmp_path):
+    proc = run_cli("compress", str(REPO / "tests" / "data" / "example_cnn.onnx"), "-o",
+                   str(tmp_path / "s.onnx"), "--target", "host", "--prune", "auto")
+    _assert_clean_error(proc, "--prune auto needs --accuracy-budget")
