@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hwcomp import api  # noqa: E402
+from hwcomp.compress import CompressionOptions  # noqa: E402
 from tests.digits import digits_split  # noqa: E402
 
 MODEL = REPO / "tests" / "data" / "digits_cnn.onnx"
@@ -48,9 +49,10 @@ def main() -> None:
             scores = {}
             for reconstruct in (False, True):
                 out = folder / "small.onnx"
-                outcome = api.compress(MODEL, out, target, prune=prune, lowrank=lowrank,
-                                       reconstruct=reconstruct, input_shapes={"image": (1, 1, 8, 8)},
-                                       calib=folder / "calib.npz", force=True)
+                options = CompressionOptions(prune=prune, lowrank=lowrank, reconstruct=reconstruct,
+                                             calib=folder / "calib.npz")
+                outcome = api.compress(MODEL, out, target, options,
+                                       input_shapes={"image": (1, 1, 8, 8)}, force=True)
                 scores[reconstruct] = accuracy(out, x_test, y_test)
             cut = outcome.macs_before / outcome.macs_after
             print(f"| {target} | {prune or '-'} | {lowrank or '-'} | {cut:.2f}x | {scores[False]:.4f} "

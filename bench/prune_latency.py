@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.compare_ort import time_bundle, time_ort  # noqa: E402
 from hwcomp import api  # noqa: E402
+from hwcomp.compress import CompressionOptions  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {
@@ -46,7 +47,7 @@ def main() -> None:
             variants = [(0.0, base, None)]
             for ratio in args.ratios:
                 path = root / f"{base.stem}_p{int(ratio * 100)}.onnx"
-                outcome = api.compress(base, path, "host", prune=ratio)
+                outcome = api.compress(base, path, "host", CompressionOptions(prune=ratio))
                 variants.append((ratio, path, outcome))
             reference = None
             for ratio, path, outcome in variants:

@@ -22,7 +22,7 @@ import onnx_ir as ir
 import hwcomp
 from hwcomp import compress as compression
 from hwcomp import model as model_io
-from hwcomp import plan, report
+from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.errors import (
     CalibrationDataError,
@@ -100,103 +100,35 @@ def analyze(
     )
 
 
-@dataclass(frozen=True)
-class CompressOutcome:
-    """What ``compress`` wrote, how much smaller it is and how close it stays."""
-
-    output: Path
-    result: compression.CompressionResult
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    sqnr_db: float | None
-    cosine: float
-    top1_agreement: float | None
-    samples: int
-    sqnr_without_reconstruction_db: float | None = None
-    plan: plan.PrunePlan | None = None
-
-
 def compress(
     model_path: Path,
     output: Path,
     target_name: str,
+    options: compression.CompressionOptions,
     *,
-    prune: str | float | None = None,
-    importance: str = "l1",
-    lowrank: float | None = None,
-    reconstruct: bool = True,
-    accuracy_budget: str | float | None = None,
-    labels: Path | None = None,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    calib: Path | None = None,
     force: bool = False,
-    seed: int = 0,
-) -> CompressOutcome:
+) -> compression.CompressOutcome:
     """Compress ``model_path`` into ``output`` (ONNX), compared with the original.
 
-    Kept channel counts round to the target's fp32 channel alignment. The comparison runs
-    onnxruntime on both models with ``calib`` samples (or 8 seeded ones).
+    Kept channel counts round to the target's fp32 channel alignment; the comparison runs
+    onnxruntime on both models with held-out ``options.calib`` samples (or seeded ones).
     """
     target = load_target(target_name)
-    ratios = compression.parse_ratios(prune)
-    budget = compression.parse_budget(accuracy_budget)
-    if prune == "auto" and budget is None:
-        raise compression.CompressionError("--prune auto needs --accuracy-budget (e.g. 1%)")
+    options.validate()
     output = Path(output)
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; pass --force to replace it")
     model = model_io.load_model(Path(model_path), input_shapes)
-    specs = model_io.graph_inputs(model)
-    if calib is not None:
-        batches = model_io.calibration_batches(specs, model_io.load_calibration(Path(calib), specs))
-    else:
-        batches = model_io.random_calibration(specs, 16, seed)
-    # Reconstruction fits on the first three quarters; the comparison uses the rest, so
-    # the reported error is measured on samples the fit never saw.
-    held_out = max(1, len(batches) // 4) if len(batches) > 1 else 0
-    fit_batches, batches = batches[: len(batches) - held_out], batches[len(batches) - held_out:] or batches
-    label_array = None
-    if labels is not None:
-        all_labels = model_io.load_labels(Path(labels), sum(
-            next(iter(b.values())).shape[0] for b in [*fit_batches, *batches]))
-        label_array = all_labels[sum(next(iter(b.values())).shape[0] for b in fit_batches):]
-    pruning_plan = None
-    if prune == "auto":
-        assert budget is not None
-        pruning_plan = plan.plan_pruning(model, budget, fit_batches, batches, label_array,
-                                         alignment=int(target.channel_multiple.get("fp32", 1)))
-        ratios = pruning_plan.ratios
-    before = cost.graph_cost(model)
-    result = compression.compress(model, ratios, importance,
-                                  alignment=int(target.channel_multiple.get("fp32", 1)),
-                                  lowrank=lowrank, target=target,
-                                  reconstruct_with=fit_batches if reconstruct else None)
-    after = cost.graph_cost(result.model)
-    original, compressed = model_io.to_proto(model), model_io.to_proto(result.model)
-    reference = [run_onnxruntime(original, b)[0] for b in batches]
-    actual = [run_onnxruntime(compressed, b)[0] for b in batches]
-    sqnr, cosine, top1, _, _ = sensitivity.metrics(reference, actual, None)
-    unfitted = None
-    if result.before_reconstruction is not None:
-        before_proto = model_io.to_proto(result.before_reconstruction)
-        unfitted = sensitivity.metrics(
-            reference, [run_onnxruntime(before_proto, b)[0] for b in batches], None)[0]
+    outcome = compression.compress_with_data(model, target, options)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     try:
-        ir.save(result.model, partial)
+        ir.save(outcome.result.model, partial)
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
-    return CompressOutcome(
-        output=output, result=result, macs_before=before.total_macs, macs_after=after.total_macs,
-        params_before=before.total_params, params_after=after.total_params, sqnr_db=sqnr,
-        cosine=cosine, top1_agreement=top1,
-        samples=sum(next(iter(b.values())).shape[0] for b in batches),
-        sqnr_without_reconstruction_db=unfitted, plan=pruning_plan,
-    )
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -226,8 +158,13 @@ def build(
     tolerance: float = DEFAULT_TOLERANCE,
     force: bool = False,
     seed: int = 0,
+    compression_options: compression.CompressionOptions | None = None,
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
+
+    With ``compression_options`` asking for pruning or low-rank splitting, the model is
+    compressed first (measured against the original on held-out samples, recorded in the
+    manifest) and the compressed model is what gets compiled and verified.
 
     Raises:
         HwcompError: Any user-caused failure; nothing is left at the output path.
@@ -241,8 +178,14 @@ def build(
     model_path = Path(model_path)
     destination = bundle_path(model_path, target, Path(output_dir))
     check_output(destination, force)
+    options = compression_options or compression.CompressionOptions()
+    options.validate()
 
     model = model_io.load_model(model_path, input_shapes)
+    compressed = None
+    if options.requested:
+        compressed = compression.compress_with_data(model, target, options)
+        model = compressed.result.model
     original = model_io.to_proto(model)
     input_specs = model_io.graph_inputs(model)
     inputs = _verification_inputs(input_specs, calib, seed)
@@ -263,6 +206,7 @@ def build(
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
         verification = _verify(staging, lowering, target, model, feeds, reference, tolerance, source)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
+        manifest["compression"] = compressed.summary() if compressed else None
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):

@@ -14,6 +14,7 @@ import click
 
 from hwcomp import api, report
 from hwcomp.analysis import sensitivity
+from hwcomp.compress import CompressionOptions
 from hwcomp.errors import HwcompError
 from hwcomp.model import parse_input_shapes
 from hwcomp.package import write_json
@@ -92,18 +93,38 @@ def targets_show(name: str) -> None:
               help="Largest allowed error relative to max(1, max |onnxruntime output|).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated inputs.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--prune", help="Compress first: a ratio, a JSON ratio file, or auto.")
+@click.option("--lowrank", type=float, metavar="ENERGY", help="Compress first: SVD energy kept.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default="l1",
+              show_default=True, help="Channel ranking for --prune.")
+@click.option("--accuracy-budget", metavar="1%", help="With --prune auto: largest loss allowed.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Labels of the --calib samples.")
+@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+              help="Least-squares refit after --prune/--lowrank.")
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
-          calib: Path | None, tolerance: float, seed: int, force: bool) -> None:
+          calib: Path | None, tolerance: float, seed: int, force: bool, prune: str | None,
+          lowrank: float | None, importance: str, accuracy_budget: str | None,
+          labels: Path | None, reconstruct: bool) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
+    options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
+                                 reconstruct=reconstruct, accuracy_budget=accuracy_budget,
+                                 labels=labels, calib=calib, seed=seed)
     result = api.build(
         model, target_name, output, input_shapes=parse_input_shapes(input_shapes), calib=calib,
-        tolerance=tolerance, force=force, seed=seed,
+        tolerance=tolerance, force=force, seed=seed, compression_options=options,
     )
     v = result.verification
     detail = v.reason or (
         f"max abs error {max((c.max_abs_error for c in v.outputs), default=0):.3g}, "
         f"tolerance {v.tolerance:g}"
     )
+    compression = result.manifest.get("compression")
+    if compression:
+        sqnr = compression["sqnr_db"]
+        click.echo(f"compressed: MACs {compression['macs_before']:,} -> {compression['macs_after']:,}, "
+                   f"output SQNR vs original "
+                   f"{'exact' if sqnr is None else f'{sqnr:.1f} dB'} on "
+                   f"{compression['held_out_samples']} held-out samples")
     click.echo(f"bundle: {result.bundle}")
     click.echo(f"target: {result.target.name} ({result.target.family})")
     click.echo(f"verification: {v.status} ({detail})")
@@ -210,11 +231,11 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
                      accuracy_budget: str | None, labels: Path | None,
                      input_shapes: tuple[str, ...], calib: Path | None, force: bool) -> None:
     """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out."""
-    outcome = api.compress(model, output, target_name, prune=prune, importance=importance,
-                           lowrank=lowrank, reconstruct=reconstruct,
-                           accuracy_budget=accuracy_budget, labels=labels,
-                           input_shapes=parse_input_shapes(input_shapes),
-                           calib=calib, force=force)
+    options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
+                                 reconstruct=reconstruct, accuracy_budget=accuracy_budget,
+                                 labels=labels, calib=calib)
+    outcome = api.compress(model, output, target_name, options,
+                           input_shapes=parse_input_shapes(input_shapes), force=force)
     result = outcome.result
     click.echo("steps: " + ", ".join(f"{s.name}{'*' if s.modified else ''}" for s in result.steps)
                + "   (* changed the model)")
@@ -259,7 +280,7 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
     click.echo(f"vs original on {outcome.samples} held-out "
                f"{'calibration' if calib else 'seeded random'} samples: SQNR {sqnr}{unfitted}, "
                f"cosine {outcome.cosine:.4f}{agreement}")
-    click.echo(f"wrote: {outcome.output}")
+    click.echo(f"wrote: {output}")
 
 
 class _Progress:

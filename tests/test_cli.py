@@ -147,3 +147,17 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted; nothing was written" in stderr and "Traceback" not in stderr
     assert list(out.iterdir()) == []
+
+
+def test_build_with_compression_records_it(tmp_path):
+    import json
+
+    proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target", "host",
+                   "-o", str(tmp_path), "--prune", "0.5", "--lowrank", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    assert "compressed: MACs 8,831,296 ->" in proc.stdout and "verification: passed" in proc.stdout
+    manifest = json.loads((tmp_path / "example_cnn-host" / "manifest.json").read_text())
+    summary = manifest["compression"]
+    assert summary["macs_after"] < 0.9 * summary["macs_before"]  # host aligns to 16 channels
+    assert "prune-channels" in summary["steps"] and "reconstruct" in summary["steps"]
+    assert manifest["verification"]["status"] == "passed"

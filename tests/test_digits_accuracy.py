@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from hwcomp import api
+from hwcomp.compress import CompressionOptions
 from tests.conftest import REPO
 from tests.digits import digits_split
 
@@ -37,9 +38,10 @@ def test_pruning_and_low_rank_keep_accuracy_with_reconstruction(split):
     results = {}
     for reconstruct in (True, False):
         out = folder / f"small_{reconstruct}.onnx"
-        outcome = api.compress(MODEL, out, "arm-a72", prune=0.4, lowrank=0.9,
-                               reconstruct=reconstruct, input_shapes={"image": (1, 1, 8, 8)},
-                               calib=folder / "calib.npz", force=True)
+        options = CompressionOptions(prune=0.4, lowrank=0.9, reconstruct=reconstruct,
+                                     calib=folder / "calib.npz")
+        outcome = api.compress(MODEL, out, "arm-a72", options, input_shapes={"image": (1, 1, 8, 8)},
+                               force=True)
         assert outcome.macs_before / outcome.macs_after >= 2.0
         assert outcome.result.lowrank.split and outcome.result.pruning.groups
         results[reconstruct] = _accuracy(out, x_test, y_test)

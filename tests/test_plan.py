@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hwcomp import api
-from hwcomp.compress import CompressionError, parse_budget
+from hwcomp.compress import CompressionError, CompressionOptions, parse_budget
 from hwcomp.plan import plan_pruning
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
@@ -25,9 +25,10 @@ def calibration(tmp_path_factory):
 
 
 def test_auto_plan_meets_the_budget_and_cuts_macs(calibration, tmp_path):
-    outcome = api.compress(DIGITS, tmp_path / "auto.onnx", "arm-a72", prune="auto",
-                           accuracy_budget="1%", calib=calibration / "calib.npz",
-                           labels=calibration / "labels.npy", input_shapes={"image": (1, 1, 8, 8)})
+    options = CompressionOptions(prune="auto", accuracy_budget="1%", calib=calibration / "calib.npz",
+                                 labels=calibration / "labels.npy")
+    outcome = api.compress(DIGITS, tmp_path / "auto.onnx", "arm-a72", options,
+                           input_shapes={"image": (1, 1, 8, 8)})
     plan = outcome.plan
     assert plan is not None and plan.metric == "top-1 accuracy drop"
     assert plan.loss <= 0.01 and plan.ratios
