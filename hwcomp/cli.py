@@ -95,7 +95,7 @@ def targets_show(name: str) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--prune", help="Compress first: a ratio, a JSON ratio file, or auto.")
 @click.option("--lowrank", type=float, metavar="ENERGY", help="Compress first: SVD energy kept.")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default="l1",
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1",
               show_default=True, help="Channel ranking for --prune.")
 @click.option("--accuracy-budget", metavar="1%", help="With --prune auto: largest loss allowed.")
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels of the --calib samples.")
@@ -211,8 +211,8 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
               help="Profile whose channel alignment kept counts round to.")
 @click.option("--prune", help="Ratio in [0, 1) for every group, a JSON file of "
               "{layer or group: ratio}, or auto (with --accuracy-budget).")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn"]), default="l1",
-              show_default=True, help="How channels are ranked.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1",
+              show_default=True, help="How channels are ranked (activation: on --calib data).")
 @click.option("--lowrank", type=float, metavar="ENERGY",
               help="Split Gemm/MatMul/Conv by SVD keeping this fraction of energy (0.9).")
 @click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,

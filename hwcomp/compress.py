@@ -307,8 +307,9 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         assert budget is not None
         chosen = plan_pruning(model, budget, fit, check, labels, alignment=alignment)
         ratios = chosen.ratios
+    means = _activation_means(model, fit) if options.importance == "activation" else None
     result = compress(model, ratios, options.importance, alignment=alignment,
-                      lowrank=options.lowrank, target=target,
+                      activation_means=means, lowrank=options.lowrank, target=target,
                       reconstruct_with=fit if options.reconstruct else None)
     before, after = graph_cost(model), graph_cost(result.model)
     original, compressed = model_io.to_proto(model), model_io.to_proto(result.model)
@@ -325,3 +326,35 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         samples=sum(next(iter(b.values())).shape[0] for b in check),
         sqnr_without_reconstruction_db=unfitted, plan=chosen,
     )
+
+
+def _activation_means(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
+                      ) -> dict[str, np.ndarray]:
+    """Mean |activation| per channel of every layer output, over the calibration samples.
+
+    Measured after the layer's activation function (a channel a ReLU always zeroes is
+    unimportant however large its weights), on the cleaned, BN-folded model whose tensor
+    names pruning sees; the post-activation tensor is in the same channel group.
+    """
+    from hwcomp.passes.reconstruct import capture
+
+    cleaned = compress(model).model
+    names = [_after_activation(n.outputs[0]).name or "" for n in cleaned.graph
+             if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and n.outputs]
+    values = capture(cleaned, names, list(batches))
+    return {name: np.mean([np.abs(v).mean(axis=tuple(i for i in range(v.ndim) if i != 1))
+                           for v in per_batch], axis=0)
+            for name, per_batch in zip(names, values, strict=True)}
+
+
+_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish",
+                          "Tanh", "Gelu", "Elu", "Selu", "Softplus", "Mish"})
+
+
+def _after_activation(value: ir.Value) -> ir.Value:
+    """Follow a value through the activation functions that alone consume it."""
+    uses = list(value.uses())
+    while len(uses) == 1 and uses[0].node.op_type in _ACTIVATIONS:
+        value = uses[0].node.outputs[0]
+        uses = list(value.uses())
+    return value

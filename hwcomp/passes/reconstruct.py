@@ -77,7 +77,7 @@ class ReconstructPass(ir.passes.InPlacePass):
         if not targets:
             return ir.passes.PassResult(model, modified=False)
         wanted = [n.outputs[0].name or "" for n in targets]
-        reference = _capture(self.original, wanted, self.batches)
+        reference = capture(self.original, wanted, self.batches)
         for node in targets:
             name = node.name or ""
             reason = _why_not(node)
@@ -85,7 +85,7 @@ class ReconstructPass(ir.passes.InPlacePass):
                 self.report.skipped[name] = reason
                 continue
             source = node.inputs[0]
-            inputs = _capture(model, [source.name or "" if source is not None else ""], self.batches)[0]
+            inputs = capture(model, [source.name or "" if source is not None else ""], self.batches)[0]
             outputs = reference[wanted.index(node.outputs[0].name or "")]
             channels = self.kept.get(node.outputs[0].name or "")
             if channels is not None:
@@ -120,7 +120,7 @@ def _why_not(node: ir.Node) -> str:
     return ""
 
 
-def _capture(model: ir.Model, names: list[str], batches: list[Mapping[str, np.ndarray]]
+def capture(model: ir.Model, names: list[str], batches: list[Mapping[str, np.ndarray]]
              ) -> list[list[np.ndarray]]:
     """Values of the named tensors for every batch: ``result[name index][batch]``."""
     proto = to_proto(model)

@@ -126,3 +126,29 @@ def test_light_models_prune_at_30_percent(name, tmp_path):
         assert report.macs_after < report.macs_before
     else:
         assert report.macs_after < 0.7 * report.macs_before
+
+
+def test_activation_importance_finds_channels_relu_always_zeroes():
+    from hwcomp.compress import _activation_means
+
+    # Channel 0 has the largest filter, but a bias of -1000 means ReLU always zeroes it.
+    w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w[0] *= 10
+    b = np.array([-1000, 0, 0, 0], np.float32)
+    model = to_ir(make_model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["a"], name="conv_a"),
+         helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="conv_b")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+         numpy_helper.from_array(RNG.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")]))
+    batches = [{"x": RNG.standard_normal((1, 3, 5, 5)).astype(np.float32)} for _ in range(4)]
+    means = _activation_means(model, batches)
+    assert means["r"][0] == 0.0
+    by_activation = compress(model, 0.25, "activation", activation_means=means).model
+    by_norm = compress(model, 0.25, "l1").model
+    kept_bias = [n.inputs[2].const_value.numpy() for n in by_activation.graph if n.name == "conv_a"][0]
+    assert -1000 not in kept_bias  # the dead channel went
+    norm_bias = [n.inputs[2].const_value.numpy() for n in by_norm.graph if n.name == "conv_a"][0]
+    assert -1000 in norm_bias  # L1 kept it for its large weights
