@@ -131,9 +131,11 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     import time
 
     out = tmp_path / "out"
+    # Background jobs (CI) inherit SIGINT ignored; a user's terminal delivers it.
     proc = subprocess.Popen(
         [sys.executable, "-m", "hwcomp.cli", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
-         "--target", "host", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--target", "host", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt once the staging folder exists: the bundle is being written.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -161,3 +163,24 @@ def test_build_with_compression_records_it(tmp_path):
     assert summary["macs_after"] < 0.9 * summary["macs_before"]  # host aligns to 16 channels
     assert "prune-channels" in summary["steps"] and "reconstruct" in summary["steps"]
     assert manifest["verification"]["status"] == "passed"
+
+
+def test_sigterm_also_leaves_nothing_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hwcomp.cli", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
+         "--target", "host", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and any(p.name.endswith(".partial") for p in out.iterdir()):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert list(out.iterdir()) == []
