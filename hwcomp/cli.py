@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hwcomp import api, report
+from hwcomp import api, bench, report
 from hwcomp.analysis import sensitivity
 from hwcomp.compress import CompressionOptions
 from hwcomp.errors import HwcompError
@@ -282,6 +282,38 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
                f"{'calibration' if calib else 'seeded random'} samples: SQNR {sqnr}{unfitted}, "
                f"cosine {outcome.cosine:.4f}{agreement}")
     click.echo(f"wrote: {output}")
+
+
+@cli.command("bench")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--device", default="local", show_default=True,
+              help="Where to run: local (ARM bundles run under qemu, labelled emulated).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
+@click.option("--repeat", type=int, default=50, show_default=True, help="Timed measurements.")
+@click.option("--number", type=int, default=1, show_default=True,
+              help="Runs per measurement (their mean is one measurement).")
+@click.option("--threads", type=int, default=0, help="Threads for TVM and onnxruntime (0: all).")
+@click.option("--compare-ort", is_flag=True, help="Time onnxruntime on the same model and inputs.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result.")
+def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: int, threads: int,
+                  compare_ort: bool, json_path: Path | None) -> None:
+    """Measure a bundle's latency (min, mean, median, p90, p99, std)."""
+    result = bench.bench(bundle, device, warmup, repeat, number, threads, compare_ort)
+    click.echo(f"bundle: {result.bundle} ({result.target}) on {result.device}")
+    if result.emulated:
+        click.echo("EMULATED: these times measure qemu, not the device's latency")
+    rows = [("hwcomp", result.hwcomp)]
+    if result.onnxruntime is not None:
+        rows.append(("onnxruntime", result.onnxruntime))
+    _table(("runtime", "runs", "min ms", "mean ms", "median ms", "p90 ms", "p99 ms", "std ms"),
+           [(name, str(s.runs), f"{s.min_ms:.4f}", f"{s.mean_ms:.4f}", f"{s.median_ms:.4f}",
+             f"{s.p90_ms:.4f}", f"{s.p99_ms:.4f}", f"{s.std_ms:.4f}") for name, s in rows])
+    if result.ratio is not None:
+        click.echo(f"hwcomp / onnxruntime (median): {result.ratio:.2f}x"
+                   + (" (emulated hwcomp: not comparable)" if result.emulated else ""))
+    if json_path:
+        json_path.write_text(result.to_json() + "\n")
+        click.echo(f"json: {json_path}")
 
 
 class _Progress:

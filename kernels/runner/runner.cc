@@ -2,6 +2,10 @@
 // inputs, writes .npy outputs and prints latency statistics.
 //
 //   hwcomp_runner model.so [--inputs a.npy b.npy ...] [--out DIR] [--warmup N] [--repeat N]
+//                 [--number N] [--times FILE]
+//
+// Each of the --repeat measurements times --number back-to-back runs and records their
+// mean; --times writes the measurements (milliseconds, one per line).
 //
 // Inputs are given in the model's input order. Without --inputs the runner feeds zeros of
 // the shapes recorded in the executable's first call (not supported: pass inputs).
@@ -145,7 +149,7 @@ double Percentile(std::vector<double> v, double q) {
 int Run(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << "usage: hwcomp_runner model.so [--inputs a.npy ...] [--out DIR] "
-                 "[--warmup N] [--repeat N]\n";
+                 "[--warmup N] [--repeat N] [--number N] [--times FILE]\n";
     return 2;
   }
   std::string model_path = argv[1];
@@ -153,7 +157,8 @@ int Run(int argc, char** argv) {
   if (model_path.find('/') == std::string::npos) model_path = "./" + model_path;
   std::vector<std::string> input_paths;
   std::string out_dir;
-  int warmup = 1, repeat = 10;
+  int warmup = 1, repeat = 10, number = 1;
+  std::string times_path;
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--out" && i + 1 < argc) {
@@ -162,6 +167,10 @@ int Run(int argc, char** argv) {
       warmup = std::atoi(argv[++i]);
     } else if (arg == "--repeat" && i + 1 < argc) {
       repeat = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--number" && i + 1 < argc) {
+      number = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--times" && i + 1 < argc) {
+      times_path = argv[++i];
     } else if (arg == "--inputs") {
       while (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) input_paths.push_back(argv[++i]);
     } else {
@@ -190,9 +199,14 @@ int Run(int argc, char** argv) {
   std::vector<double> ms;
   for (int i = 0; i < repeat; ++i) {
     auto start = std::chrono::steady_clock::now();
-    invoke_stateful("main");
+    for (int j = 0; j < number; ++j) invoke_stateful("main");
     auto stop = std::chrono::steady_clock::now();
-    ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
+    ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count() / number);
+  }
+  if (!times_path.empty()) {
+    std::ofstream times(times_path);
+    for (double t : ms) times << t << "\n";
+    if (!times) throw std::runtime_error("cannot write " + times_path);
   }
   std::vector<ffi::Tensor> outputs;
   CollectOutputs(get_output("main"), &outputs);

@@ -1,0 +1,154 @@
+"""Latency of a bundle, measured by its own runner, optionally beside onnxruntime.
+
+``--device local`` runs the bundle's prebuilt runner on this machine: natively when the
+bundle's architecture is this machine's, under the target's emulator (``qemu-aarch64``)
+otherwise — and then the figures are labelled *emulated*: they count emulation, not the
+device's latency. ``--compare-ort`` times onnxruntime on the bundle's
+``model.optimized.onnx`` with the same inputs in the same run and reports the ratio.
+Remote devices (TVM RPC, trackers) are not supported yet and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
+from hwcomp.lower import lowering_for
+from hwcomp.lower.runner import require_tool
+from hwcomp.targets import Target, load_target
+
+
+class BenchError(HwcompError):
+    """The bundle or the device cannot be benchmarked as asked."""
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of per-run latencies, in milliseconds."""
+
+    runs: int
+    min_ms: float
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> LatencyStats:
+        """Summarise ``samples`` (milliseconds)."""
+        array = np.asarray(samples, dtype=np.float64)
+        return cls(runs=len(array), min_ms=float(array.min()), mean_ms=float(array.mean()),
+                   median_ms=float(np.median(array)), p90_ms=float(np.percentile(array, 90)),
+                   p99_ms=float(np.percentile(array, 99)), std_ms=float(array.std()))
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One benchmark: where it ran, the bundle's latency and, if asked, onnxruntime's."""
+
+    bundle: str
+    target: str
+    device: str
+    emulated: bool
+    threads: int
+    hwcomp: LatencyStats
+    onnxruntime: LatencyStats | None
+
+    @property
+    def ratio(self) -> float | None:
+        """Hwcomp median over onnxruntime median (below 1: hwcomp is faster)."""
+        if self.onnxruntime is None:
+            return None
+        return self.hwcomp.median_ms / self.onnxruntime.median_ms
+
+    def to_json(self) -> str:
+        """JSON text of the result."""
+        return json.dumps({**asdict(self), "ratio": self.ratio}, indent=2)
+
+
+def load_bundle(bundle: Path) -> tuple[dict, Target]:
+    """Read a bundle's manifest and target.
+
+    Raises:
+        BenchError: Not a bundle, or one without a runner.
+    """
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise BenchError(f"{bundle}: not an hwcomp bundle (no manifest.json); build one with hwcomp build")
+    manifest = json.loads(manifest_path.read_text())
+    target = load_target(manifest["target"]["name"])
+    if not (bundle / "bin" / "hwcomp_runner").is_file():
+        raise BenchError(f"{bundle}: the bundle has no runner (bin/hwcomp_runner); "
+                         f"target family {target.family} bundles are run from Python for now")
+    return manifest, target
+
+
+def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50, number: int = 1,
+          threads: int = 0, compare_ort: bool = False) -> BenchResult:
+    """Time ``bundle`` on ``device`` (only ``local`` for now)."""
+    if device != "local":
+        scheme = device.split("://", 1)[0]
+        raise BenchError(f"--device {device}: {scheme} devices are not supported yet; "
+                         "use --device local (ARM bundles then run under qemu, labelled emulated)")
+    bundle = Path(bundle)
+    manifest, target = load_bundle(bundle)
+    inputs = sorted((bundle / "verify").glob("input_*.npy"))
+    emulated = bool(target.emulator)
+    command = [str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
+               "--warmup", str(warmup), "--repeat", str(repeat), "--number", str(number)]
+    if emulated:
+        emulator = require_tool(target.emulator, target.emulator_package, "to run Arm bundles here")
+        command = [emulator, *(["-L", target.sysroot] if target.sysroot else []),
+                   *target.emulator_args, *command]
+    elif lowering_for(target).not_run_reason(target):
+        raise BenchError(f"{bundle}: {lowering_for(target).not_run_reason(target)}")
+    env = dict(os.environ)
+    if threads:
+        env["TVM_NUM_THREADS"] = str(threads)
+    with tempfile.TemporaryDirectory(prefix="hwcomp-bench-") as scratch:
+        times = Path(scratch) / "times.txt"
+        proc = subprocess.run([*command, "--times", str(times), "--inputs", *map(str, inputs)],
+                              capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise ExecutionError(f"{bundle}: the runner failed: {proc.stderr.strip()[-400:]}")
+        samples = [float(line) for line in times.read_text().split()]
+    reference = None
+    if compare_ort:
+        feeds = {spec["name"]: np.load(path) for spec, path in zip(manifest["inputs"], inputs, strict=True)}
+        reference = time_onnxruntime(bundle / "model.optimized.onnx", feeds, warmup, repeat, number,
+                                     threads)
+    return BenchResult(bundle=str(bundle), target=target.name,
+                       device=f"local ({'emulated: ' + target.emulator if emulated else 'native'})",
+                       emulated=emulated, threads=threads, hwcomp=LatencyStats.of(samples),
+                       onnxruntime=reference)
+
+
+def time_onnxruntime(model: Path, feeds: dict[str, np.ndarray], warmup: int, repeat: int,
+                     number: int, threads: int) -> LatencyStats:
+    """Onnxruntime's latency on ``model`` with ``feeds`` (CPU provider)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        raise ModelLoadError(f"{model}: onnxruntime cannot load it: {str(exc)[:200]}") from None
+    for _ in range(warmup):
+        session.run(None, feeds)
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            session.run(None, feeds)
+        samples.append((time.perf_counter() - start) * 1e3 / number)
+    return LatencyStats.of(samples)

@@ -1,0 +1,56 @@
+"""hwcomp bench: latency statistics of a bundle, beside onnxruntime, native or emulated."""
+
+import json
+
+import pytest
+
+from hwcomp import api
+from hwcomp.bench import BenchError, LatencyStats, bench
+from tests.conftest import REPO, require_tools, run_cli
+from tests.test_cli import _assert_clean_error
+
+EXAMPLE = REPO / "tests" / "data" / "example_cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def host_bundle(tmp_path_factory):
+    return api.build(EXAMPLE, "host", tmp_path_factory.mktemp("bench")).bundle
+
+
+def test_local_bench_with_onnxruntime(host_bundle, tmp_path):
+    result = bench(host_bundle, repeat=7, number=2, warmup=1, compare_ort=True)
+    stats = result.hwcomp
+    assert stats.runs == 7 and not result.emulated
+    assert stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.p99_ms
+    assert result.onnxruntime is not None and result.onnxruntime.runs == 7
+    assert result.ratio == pytest.approx(stats.median_ms / result.onnxruntime.median_ms)
+    proc = run_cli("bench", str(host_bundle), "--repeat", "5", "--compare-ort", "--json",
+                   str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "hwcomp / onnxruntime (median)" in proc.stdout and "EMULATED" not in proc.stdout
+    doc = json.loads((tmp_path / "b.json").read_text())
+    assert doc["hwcomp"]["runs"] == 5 and doc["ratio"] > 0
+
+
+@pytest.mark.cross
+def test_arm_bundle_is_labelled_emulated(tmp_path):
+    require_tools("aarch64-linux-gnu-g++", "qemu-aarch64")
+    bundle = api.build(EXAMPLE, "arm-a72", tmp_path).bundle
+    proc = run_cli("bench", str(bundle), "--repeat", "2", "--warmup", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "emulated: qemu-aarch64" in proc.stdout
+    assert "EMULATED: these times measure qemu, not the device's latency" in proc.stdout
+
+
+def test_remote_devices_and_non_bundles_fail_clearly(host_bundle, tmp_path):
+    _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "rpc://pi4:9090"),
+                        "rpc devices are not supported yet")
+    _assert_clean_error(run_cli("bench", str(tmp_path)), "not an hwcomp bundle")
+    with pytest.raises(BenchError, match="tracker"):
+        bench(host_bundle, device="tracker://host:9190/pi4")
+
+
+def test_statistics():
+    stats = LatencyStats.of([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert stats.min_ms == 1.0 and stats.median_ms == 3.0 and stats.mean_ms == 22.0
+    assert stats.p99_ms > stats.p90_ms > stats.median_ms
