@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from hwcomp.irutil import constant_array, node_input
+from hwcomp.irutil import add_constant, constant_array, node_input, set_constant_input
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +111,6 @@ def _fold(graph: ir.Graph, bn: ir.Node) -> str:
     return ""
 
 
-def _set_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> None:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array))
-    graph.register_initializer(value)
-    if index < len(node.inputs):
-        node.replace_input_with(index, value)
-    else:
-        node.resize_inputs(index + 1)
-        node.replace_input_with(index, value)
-
-
 def _bias(node: ir.Node, channels: int, dtype: np.dtype) -> np.ndarray | None:
     if len(node.inputs) < 3 or node.inputs[2] is None:
         return np.zeros(channels, dtype)
@@ -141,8 +129,8 @@ def _fold_conv(graph: ir.Graph, conv: ir.Node, scale: np.ndarray, shift: np.ndar
     if bias is None:
         return f"{conv.name}'s bias is not constant"
     new_weight = (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(weight.dtype)
-    _set_constant(graph, conv, 1, new_weight, f"{conv.name}_w_bnfold")
-    _set_constant(graph, conv, 2, (bias * scale + shift).astype(weight.dtype), f"{conv.name}_b_bnfold")
+    set_constant_input(graph, conv, 1, new_weight, f"{conv.name}_w_bnfold")
+    set_constant_input(graph, conv, 2, (bias * scale + shift).astype(weight.dtype), f"{conv.name}_b_bnfold")
     return conv.outputs[0]
 
 
@@ -160,8 +148,8 @@ def _fold_conv_transpose(graph: ir.Graph, conv: ir.Node, scale: np.ndarray, shif
     grouped = weight.reshape(groups, weight.shape[0] // groups, per_group, *weight.shape[2:])
     factors = scale.reshape(groups, 1, per_group, *[1] * (weight.ndim - 2))
     new_weight = (grouped * factors).reshape(weight.shape).astype(weight.dtype)
-    _set_constant(graph, conv, 1, new_weight, f"{conv.name}_w_bnfold")
-    _set_constant(graph, conv, 2, (bias * scale + shift).astype(weight.dtype), f"{conv.name}_b_bnfold")
+    set_constant_input(graph, conv, 1, new_weight, f"{conv.name}_w_bnfold")
+    set_constant_input(graph, conv, 2, (bias * scale + shift).astype(weight.dtype), f"{conv.name}_b_bnfold")
     return conv.outputs[0]
 
 
@@ -177,8 +165,8 @@ def _fold_gemm(graph: ir.Graph, gemm: ir.Node, scale: np.ndarray, shift: np.ndar
     if bias is None:
         return f"{gemm.name}'s bias is not per column"
     factors = scale.reshape(-1, 1) if trans_b else scale.reshape(1, -1)
-    _set_constant(graph, gemm, 1, (weight * factors).astype(weight.dtype), f"{gemm.name}_w_bnfold")
-    _set_constant(graph, gemm, 2, (beta * bias * scale + shift).astype(weight.dtype),
+    set_constant_input(graph, gemm, 1, (weight * factors).astype(weight.dtype), f"{gemm.name}_w_bnfold")
+    set_constant_input(graph, gemm, 2, (beta * bias * scale + shift).astype(weight.dtype),
                   f"{gemm.name}_b_bnfold")
     # alpha scales A @ B only; the folded bias already includes beta.
     gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
@@ -195,12 +183,9 @@ def _fold_matmul(graph: ir.Graph, matmul: ir.Node, scale: np.ndarray, shift: np.
         return f"{matmul.name}'s weight is not a constant matrix"
     if output.shape is None or len(output.shape) != 2:
         return f"{matmul.name}'s output is not 2-D, so BN's channel axis is not its columns"
-    _set_constant(graph, matmul, 1, (weight * scale.reshape(1, -1)).astype(weight.dtype),
+    set_constant_input(graph, matmul, 1, (weight * scale.reshape(1, -1)).astype(weight.dtype),
                   f"{matmul.name}_w_bnfold")
-    bias = ir.Value(name=f"{matmul.name}_b_bnfold", shape=ir.Shape([scale.shape[0]]),
-                    type=ir.TensorType(ir.DataType.from_numpy(weight.dtype)),
-                    const_value=ir.tensor(shift.astype(weight.dtype)))
-    graph.register_initializer(bias)
+    bias = add_constant(graph, f"{matmul.name}_b_bnfold", shift.astype(weight.dtype))
     add = ir.node("Add", [output, bias], name=f"{matmul.name}_bnfold_add")
     graph.insert_after(matmul, add)
     return add.outputs[0]

@@ -28,7 +28,7 @@ from onnx_ir.passes import common
 
 from hwcomp.analysis.cost import NodeCost
 from hwcomp.analysis.roofline import layer_estimate
-from hwcomp.irutil import constant_array, node_input, static_shape
+from hwcomp.irutil import add_constant, constant_array, node_input, static_shape
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -215,25 +215,17 @@ def _factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return u[:, :rank] * root, root[:, None] * vt[:rank]
 
 
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(np.ascontiguousarray(array)))
-    graph.register_initializer(value)
-    return value
-
-
 def _split_matrix(graph: ir.Graph, node: ir.Node, rank: int) -> None:
     # Case 1
     weight = _weight(node)
     assert weight is not None
     dtype = weight.dtype
     a, b = _factors((weight.T if _trans_b(node) else weight).astype(np.float64), rank)
-    first_weight = _constant(graph, f"{node.name}_lr_a", a.astype(dtype))
+    first_weight = add_constant(graph, f"{node.name}_lr_a", a.astype(dtype))
     first = ir.node("MatMul", [node.inputs[0], first_weight], name=f"{node.name}_lr_first")
     graph.insert_before(node, first)
     node.replace_input_with(0, first.outputs[0])
-    node.replace_input_with(1, _constant(graph, f"{node.name}_lr_b", b.astype(dtype)))
+    node.replace_input_with(1, add_constant(graph, f"{node.name}_lr_b", b.astype(dtype)))
     if node.op_type == "Gemm":
         node.attributes["transB"] = ir.AttrInt64("transB", 0)
 
@@ -246,11 +238,11 @@ def _split_channel(graph: ir.Graph, node: ir.Node, rank: int) -> None:
     left, right = _factors(weight.reshape(c_out, -1).astype(np.float64), rank)
     first_weight = right.reshape(rank, *weight.shape[1:]).astype(weight.dtype)
     second_weight = left.reshape(c_out, rank, 1, 1).astype(weight.dtype)
-    first = ir.node("Conv", [node.inputs[0], _constant(graph, f"{node.name}_lr_k", first_weight)],
+    first = ir.node("Conv", [node.inputs[0], add_constant(graph, f"{node.name}_lr_k", first_weight)],
                     attributes=_conv_attributes(node), name=f"{node.name}_lr_first")
     graph.insert_before(node, first)
     node.replace_input_with(0, first.outputs[0])
-    node.replace_input_with(1, _constant(graph, f"{node.name}_lr_1x1", second_weight))
+    node.replace_input_with(1, add_constant(graph, f"{node.name}_lr_1x1", second_weight))
     for key in ("pads", "strides", "dilations", "auto_pad", "kernel_shape"):
         node.attributes.pop(key, None)
 
@@ -269,14 +261,14 @@ def _split_spatial(graph: ir.Graph, node: ir.Node, rank: int) -> None:
     strides = list(attrs.get_ints("strides", [1, 1]))
     dilations = list(attrs.get_ints("dilations", [1, 1]))
     first = ir.node(
-        "Conv", [node.inputs[0], _constant(graph, f"{node.name}_lr_col", first_weight)],
+        "Conv", [node.inputs[0], add_constant(graph, f"{node.name}_lr_col", first_weight)],
         attributes={"pads": [pads[0], 0, pads[2], 0], "strides": [strides[0], 1],
                     "dilations": [dilations[0], 1], "kernel_shape": [k_h, 1]},
         name=f"{node.name}_lr_first",
     )
     graph.insert_before(node, first)
     node.replace_input_with(0, first.outputs[0])
-    node.replace_input_with(1, _constant(graph, f"{node.name}_lr_row", second_weight))
+    node.replace_input_with(1, add_constant(graph, f"{node.name}_lr_row", second_weight))
     attrs["pads"] = ir.AttrInt64s("pads", [0, pads[1], 0, pads[3]])
     attrs["strides"] = ir.AttrInt64s("strides", [1, strides[1]])
     attrs["dilations"] = ir.AttrInt64s("dilations", [1, dilations[1]])

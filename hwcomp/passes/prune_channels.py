@@ -36,7 +36,7 @@ from onnx_ir.passes import common
 from hwcomp.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.errors import HwcompError
-from hwcomp.irutil import constant_array, node_input, static_shape
+from hwcomp.irutil import constant_array, node_input, set_constant_input, static_shape
 from hwcomp.model import infer_shapes
 
 logger = logging.getLogger(__name__)
@@ -221,14 +221,7 @@ def _kept(value: ir.Value | None, removed: set[tuple[str, int]]) -> list[int] | 
 
 
 def _replace_constant(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray) -> None:
-    name = base = f"{node.name}_in{index}_pruned"
-    while name in graph.initializers:
-        name = f"{base}_{len(graph.initializers)}"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(np.ascontiguousarray(array)))
-    graph.register_initializer(value)
-    node.replace_input_with(index, value)
+    set_constant_input(graph, node, index, array, f"{node.name}_in{index}_pruned")
 
 
 def _take(graph: ir.Graph, node: ir.Node, index: int, keep: list[int] | None, axis: int) -> None:

@@ -27,7 +27,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx_ir.passes import common
 
-from hwcomp.irutil import constant_array, node_input
+from hwcomp.irutil import add_constant, constant_array, node_input, set_constant_input
 from hwcomp.model import to_proto
 
 logger = logging.getLogger(__name__)
@@ -205,39 +205,20 @@ def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: li
         shaped = new_weight.T.reshape(weight.shape)
     else:
         shaped = (new_weight.T if trans_b else new_weight) / alpha
-    _set(graph, node, 1, shaped.astype(dtype), "refit_w")
+    set_constant_input(graph, node, 1, shaped.astype(dtype), f"{node.name}_refit_w")
     if node.op_type == "MatMul":
         _add_bias(graph, node, new_bias.astype(dtype))
     else:
         if node.op_type == "Gemm":
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-        _set(graph, node, 2, new_bias.astype(dtype), "refit_b")
+        set_constant_input(graph, node, 2, new_bias.astype(dtype), f"{node.name}_refit_b")
     return LayerFit(node.name or "", err_before**0.5 / scale, err_after**0.5 / scale)
-
-
-def _set(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
-    name = base = f"{node.name}_{suffix}"
-    while name in graph.initializers:
-        name = f"{base}_{len(graph.initializers)}"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(np.ascontiguousarray(array)))
-    graph.register_initializer(value)
-    if index >= len(node.inputs):
-        node.resize_inputs(index + 1)
-    node.replace_input_with(index, value)
 
 
 def _add_bias(graph: ir.Graph, node: ir.Node, bias: np.ndarray) -> None:
     """MatMul has no bias input: add one after it (or update the Add that follows)."""
     output = node.outputs[0]
-    name = f"{node.name}_refit_b"
-    while name in graph.initializers:
-        name = f"{name}_"
-    value = ir.Value(name=name, shape=ir.Shape(bias.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(bias.dtype)),
-                     const_value=ir.tensor(bias))
-    graph.register_initializer(value)
+    value = add_constant(graph, f"{node.name}_refit_b", bias)
     add = ir.node("Add", [output, value], name=f"{node.name}_refit_add")
     uses = list(output.uses())
     graph.insert_after(node, add)

@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx.reference.ops import op_resize
 
-from hwcomp.irutil import constant_array, node_input, static_shape
+from hwcomp.irutil import add_constant, constant_array, node_input, set_constant_input, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,7 @@ def _fold_crop_axes(graph: ir.Graph, node: ir.Node) -> bool:
         full[axes] = sizes
         replacements[3] = full
     for index, array in replacements.items():
-        value = ir.Value(name=f"{node.name}_full_{index}", shape=ir.Shape(array.shape),
-                         const_value=ir.tensor(array))
-        graph.register_initializer(value)
-        node.replace_input_with(index, value)
+        set_constant_input(graph, node, index, array, f"{node.name}_full_{index}")
     del attrs["axes"]
     return True
 
@@ -219,9 +216,7 @@ def _apply_along_axis(graph: ir.Graph, nodes: list[ir.Node], value: ir.Value,
         # Last axis: X @ M^T. Second to last: M @ X (MatMul broadcasts M over batch axes).
         last = axis == rank - 1
         weight = np.ascontiguousarray(matrix.T if last else matrix)
-        constant = ir.Value(name=f"{name}_matrix", shape=ir.Shape(weight.shape),
-                            const_value=ir.tensor(weight))
-        graph.register_initializer(constant)
+        constant = add_constant(graph, f"{name}_matrix", weight)
         operands = [value, constant] if last else [constant, value]
         nodes.append(ir.node("MatMul", operands, name=f"{name}_matmul"))
         return nodes[-1].outputs[0]
