@@ -5,7 +5,10 @@ bundle's architecture is this machine's, under the target's emulator (``qemu-aar
 otherwise — and then the figures are labelled *emulated*: they count emulation, not the
 device's latency. ``--compare-ort`` times onnxruntime on the bundle's
 ``model.optimized.onnx`` with the same inputs in the same run and reports the ratio.
-Remote devices (TVM RPC, trackers) are not supported yet and say so.
+
+``rpc://host:port`` and ``tracker://host:port/key`` upload the library to a device running
+``hwcomp device-server`` (TVM's RPC server) and time it there with TVM's time evaluator;
+the bundle's architecture must be the device's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from hwcomp import remote
 from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.runner import require_tool
@@ -76,7 +80,7 @@ class BenchResult:
         return json.dumps({**asdict(self), "ratio": self.ratio}, indent=2)
 
 
-def load_bundle(bundle: Path) -> tuple[dict, Target]:
+def load_bundle(bundle: Path, need_runner: bool = True) -> tuple[dict, Target]:
     """Read a bundle's manifest and target.
 
     Raises:
@@ -87,7 +91,7 @@ def load_bundle(bundle: Path) -> tuple[dict, Target]:
         raise BenchError(f"{bundle}: not an hwcomp bundle (no manifest.json); build one with hwcomp build")
     manifest = json.loads(manifest_path.read_text())
     target = load_target(manifest["target"]["name"])
-    if not (bundle / "bin" / "hwcomp_runner").is_file():
+    if need_runner and not (bundle / "bin" / "hwcomp_runner").is_file():
         raise BenchError(f"{bundle}: the bundle has no runner (bin/hwcomp_runner); "
                          f"target family {target.family} bundles are run from Python for now")
     return manifest, target
@@ -95,12 +99,15 @@ def load_bundle(bundle: Path) -> tuple[dict, Target]:
 
 def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50, number: int = 1,
           threads: int = 0, compare_ort: bool = False) -> BenchResult:
-    """Time ``bundle`` on ``device`` (only ``local`` for now)."""
-    if device != "local":
-        scheme = device.split("://", 1)[0]
-        raise BenchError(f"--device {device}: {scheme} devices are not supported yet; "
-                         "use --device local (ARM bundles then run under qemu, labelled emulated)")
+    """Time ``bundle`` on ``device``: ``local``, ``rpc://host:port`` or ``tracker://host:port/key``."""
     bundle = Path(bundle)
+    if device != "local":
+        address = remote.parse_device(device)
+        if compare_ort:
+            raise BenchError("--compare-ort times onnxruntime on this machine, not on the device; "
+                             "run hwcomp bench on the device with --device local to compare")
+        manifest, target = load_bundle(bundle, need_runner=False)
+        return _bench_remote(bundle, target, address, warmup, repeat, number)
     manifest, target = load_bundle(bundle)
     inputs = sorted((bundle / "verify").glob("input_*.npy"))
     emulated = bool(target.emulator)
@@ -152,3 +159,30 @@ def time_onnxruntime(model: Path, feeds: dict[str, np.ndarray], warmup: int, rep
             session.run(None, feeds)
         samples.append((time.perf_counter() - start) * 1e3 / number)
     return LatencyStats.of(samples)
+
+
+def _bench_remote(bundle: Path, target: Target, address: remote.DeviceAddress, warmup: int,
+                  repeat: int, number: int) -> BenchResult:
+    import tvm
+    from tvm import relax
+
+    session = remote.connect(address)
+    try:
+        session.upload(str(bundle / "lib" / "model.so"), "hwcomp_model.so")
+        library = session.load_module("hwcomp_model.so")
+        device = session.cpu()
+        vm = relax.VirtualMachine(library, device)
+        inputs = [tvm.runtime.tensor(np.load(p), device)
+                  for p in sorted((bundle / "verify").glob("input_*.npy"))]
+        vm.set_input("main", *inputs)
+        for _ in range(warmup):
+            vm.invoke_stateful("main")
+        timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat)
+        seconds = timer("main").results
+    except remote.DeviceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - errors raised on the device come back as TVM errors
+        raise ExecutionError(f"{address}: running the bundle failed: {str(exc).splitlines()[-1][:300]} "
+                             f"(is the device's architecture the bundle's, {target.name}?)") from None
+    return BenchResult(bundle=str(bundle), target=target.name, device=str(address), emulated=False,
+                       threads=0, hwcomp=LatencyStats.of([1e3 * t for t in seconds]), onnxruntime=None)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hwcomp import api, bench, report
+from hwcomp import api, bench, remote, report
 from hwcomp.analysis import sensitivity
 from hwcomp.compress import CompressionOptions
 from hwcomp.errors import HwcompError
@@ -287,7 +287,8 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
 @cli.command("bench")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--device", default="local", show_default=True,
-              help="Where to run: local (ARM bundles run under qemu, labelled emulated).")
+              help="local (ARM bundles run under qemu, labelled emulated), rpc://HOST:PORT "
+              "or tracker://HOST:PORT/KEY.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
 @click.option("--repeat", type=int, default=50, show_default=True, help="Timed measurements.")
 @click.option("--number", type=int, default=1, show_default=True,
@@ -314,6 +315,22 @@ def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: i
     if json_path:
         json_path.write_text(result.to_json() + "\n")
         click.echo(f"json: {json_path}")
+
+
+@cli.command("device-server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 serves the network.")
+@click.option("--port", type=int, default=9090, show_default=True, help="First port to try.")
+@click.option("--port-end", type=int, default=9199, show_default=True, help="Last port to try.")
+@click.option("--tracker", metavar="HOST:PORT", help="Register with this RPC tracker.")
+@click.option("--key", default="", help="Device key to register under (with --tracker).")
+def device_server(host: str, port: int, port_end: int, tracker: str | None, key: str) -> None:
+    """Serve this machine to hwcomp bench/tune over TVM RPC (runs uploaded code)."""
+    if tracker and not key:
+        raise click.UsageError("--tracker needs --key (the device type, e.g. pi4)")
+    click.echo(remote.TRUST_NOTE.format(host=host), err=True)
+    command = remote.server_command(host, port, port_end, tracker, key)
+    os.execv(command[0], command)
 
 
 class _Progress:

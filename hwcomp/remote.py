@@ -1,0 +1,108 @@
+"""Remote devices over TVM RPC, directly or through a tracker.
+
+A device is a server (``rpc://host:port``) or one of the devices a tracker hands out by key
+(``tracker://host:port/key``), the scale-out path for a farm.
+
+Every failure a user can cause is bounded in time and named: an unreachable address
+fails after ``timeout`` seconds, a key the tracker does not know lists the keys it does.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from hwcomp.errors import HwcompError
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+SESSION_TIMEOUT_S = 600.0
+
+
+class DeviceError(HwcompError):
+    """A remote device is unreachable, unknown to the tracker, or misaddressed."""
+
+
+@dataclass(frozen=True)
+class DeviceAddress:
+    """Where a device is: ``rpc`` (a server) or ``tracker`` (with the device key)."""
+
+    kind: str
+    host: str
+    port: int
+    key: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}://{self.host}:{self.port}" + (f"/{self.key}" if self.key else "")
+
+
+def parse_device(text: str) -> DeviceAddress:
+    """Parse ``rpc://host:port`` or ``tracker://host:port/key``.
+
+    Raises:
+        DeviceError: Any other form.
+    """
+    kind, sep, rest = text.partition("://")
+    address, _, key = rest.partition("/")
+    host, _, port = address.rpartition(":")
+    if not sep or kind not in ("rpc", "tracker") or not host or not port.isdigit():
+        raise DeviceError(f"--device {text}: use local, rpc://HOST:PORT or tracker://HOST:PORT/KEY")
+    if kind == "tracker" and not key:
+        raise DeviceError(f"--device {text}: a tracker address needs the device key: tracker://{address}/KEY")
+    return DeviceAddress(kind=kind, host=host, port=int(port), key=key)
+
+
+def _reachable(host: str, port: int, timeout: float, what: str) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise DeviceError(
+            f"{what} at {host}:{port} is unreachable ({exc.strerror or exc}); start it there "
+            f"(hwcomp device-server) and check the address and firewall"
+        ) from None
+
+
+def connect(device: DeviceAddress, timeout: float = CONNECT_TIMEOUT_S) -> Any:
+    """Open an RPC session on ``device`` (a ``tvm.rpc.RPCSession``)."""
+    from tvm import rpc
+
+    if device.kind == "rpc":
+        _reachable(device.host, device.port, timeout, "the RPC server")
+        try:
+            return rpc.connect(device.host, device.port, session_timeout=SESSION_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+            raise DeviceError(f"{device}: the RPC handshake failed: {str(exc).splitlines()[-1]}") from None
+    _reachable(device.host, device.port, timeout, "the RPC tracker")
+    try:
+        tracker = rpc.connect_tracker(device.host, device.port)
+        summary = tracker.summary()
+    except Exception as exc:  # noqa: BLE001
+        raise DeviceError(f"{device}: the tracker did not answer: {str(exc).splitlines()[-1]}") from None
+    keys = sorted({key for key in summary.get("queue_info", {})} |
+                  {s.get("key", "").split(":")[-1] for s in summary.get("server_info", [])} - {""})
+    if device.key not in keys:
+        raise DeviceError(f"{device}: the tracker has no device with key '{device.key}'; "
+                          f"keys it knows: {', '.join(keys) or 'none'}")
+    try:
+        return tracker.request(device.key, session_timeout=SESSION_TIMEOUT_S, max_retry=2)
+    except Exception as exc:  # noqa: BLE001
+        raise DeviceError(f"{device}: no device was handed out: {str(exc).splitlines()[-1]}") from None
+
+
+def server_command(host: str, port: int, port_end: int, tracker: str | None, key: str) -> list[str]:
+    """Return the TVM RPC server command ``hwcomp device-server`` runs."""
+    command = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
+               "--port-end", str(port_end)]
+    if tracker:
+        command += ["--tracker", tracker, "--key", key]
+    return command
+
+
+TRUST_NOTE = (
+    "hwcomp device-server runs code that clients upload, with this user's rights: serve only "
+    "networks you trust (it binds {host}; --host 0.0.0.0 exposes it to the network)."
+)

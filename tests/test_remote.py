@@ -1,0 +1,104 @@
+"""Remote devices: a real TVM tracker and RPC server on loopback (subprocesses, bounded time)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hwcomp import api
+from hwcomp.bench import bench
+from hwcomp.remote import DeviceError, connect, parse_device
+from tests.conftest import REPO, run_cli
+from tests.test_cli import _assert_clean_error
+
+EXAMPLE = REPO / "tests" / "data" / "example_cnn.onnx"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"nothing listened on port {port} within {deadline_s} s")
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def devices():
+    """A tracker, a server registered with it under key 'loop', and a direct server."""
+    tracker_port, server_port, direct_port = _free_port(), _free_port(), _free_port()
+    tracker = _start([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                      "--port", str(tracker_port), "--port-end", str(tracker_port + 1)])
+    _wait_for_port(tracker_port)
+    registered = _start([sys.executable, "-m", "hwcomp.cli", "device-server", "--port",
+                         str(server_port), "--port-end", str(server_port + 1), "--tracker",
+                         f"127.0.0.1:{tracker_port}", "--key", "loop"])
+    direct = _start([sys.executable, "-m", "hwcomp.cli", "device-server", "--port",
+                     str(direct_port), "--port-end", str(direct_port + 1)])
+    try:
+        _wait_for_port(server_port)
+        _wait_for_port(direct_port)
+        time.sleep(2)  # the registered server announces itself to the tracker
+        yield {"tracker": tracker_port, "direct": direct_port}
+    finally:
+        for proc in (registered, direct, tracker):
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def host_bundle(tmp_path_factory):
+    return api.build(EXAMPLE, "host", tmp_path_factory.mktemp("remote")).bundle
+
+
+def test_bench_through_a_direct_rpc_server(devices, host_bundle):
+    result = bench(host_bundle, device=f"rpc://127.0.0.1:{devices['direct']}", repeat=4, warmup=1)
+    assert result.hwcomp.runs == 4 and result.hwcomp.min_ms > 0
+    assert result.device.startswith("rpc://127.0.0.1")
+
+
+def test_bench_through_the_tracker_cli(devices, host_bundle, tmp_path):
+    proc = run_cli("bench", str(host_bundle), "--device",
+                   f"tracker://127.0.0.1:{devices['tracker']}/loop", "--repeat", "3",
+                   "--json", str(tmp_path / "b.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"tracker://127.0.0.1:{devices['tracker']}/loop" in proc.stdout
+    assert (tmp_path / "b.json").is_file()
+
+
+def test_wrong_key_and_unreachable_devices_fail_fast(devices, host_bundle):
+    started = time.monotonic()
+    proc = run_cli("bench", str(host_bundle), "--device",
+                   f"tracker://127.0.0.1:{devices['tracker']}/nope")
+    _assert_clean_error(proc, "no device with key 'nope'", "loop")
+    with pytest.raises(DeviceError, match="unreachable"):
+        connect(parse_device(f"rpc://127.0.0.1:{_free_port()}"), timeout=2)
+    assert time.monotonic() - started < 60
+
+
+def test_device_addresses():
+    assert parse_device("tracker://farm:9190/pi4").key == "pi4"
+    for bad in ["rpc://nohost", "tracker://farm:9190", "ssh://pi:22"]:
+        with pytest.raises(DeviceError):
+            parse_device(bad)
