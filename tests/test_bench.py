@@ -42,12 +42,16 @@ def test_arm_bundle_is_labelled_emulated(tmp_path):
     assert "EMULATED: these times measure qemu, not the device's latency" in proc.stdout
 
 
-def test_remote_devices_and_non_bundles_fail_clearly(host_bundle, tmp_path):
-    _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "rpc://pi4:9090"),
-                        "rpc devices are not supported yet")
+def test_bad_devices_and_non_bundles_fail_clearly(host_bundle, tmp_path):
+    _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "rpc://no-such-host.invalid:9090"),
+                        "unreachable", "hwcomp device-server")
+    _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "ssh://pi:22"),
+                        "rpc://HOST:PORT")
+    _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "rpc://pi:9090",
+                                "--compare-ort"), "--compare-ort", "on the device")
     _assert_clean_error(run_cli("bench", str(tmp_path)), "not an hwcomp bundle")
-    with pytest.raises(BenchError, match="tracker"):
-        bench(host_bundle, device="tracker://host:9190/pi4")
+    with pytest.raises(BenchError, match="not an hwcomp bundle"):
+        bench(tmp_path)
 
 
 def test_statistics():
