@@ -38,7 +38,7 @@ from hwcomp.lower.tvm import check_supported, import_relax
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target, load_target
-from hwcomp.templates import render_to
+from hwcomp.templates import render, render_to
 from hwcomp.verify import NOT_RUN, PASSED, Verification, compare_outputs, run_onnxruntime
 
 logger = logging.getLogger(__name__)
@@ -343,13 +343,32 @@ def _write_readme(
     runner_inputs = " ".join(
         f"verify/{p.name}" for p in sorted((staging / "verify").glob("input_*.npy"))
     )
+    files = "\n".join(f"| `{path}` | {what} |" for path, what in _BUNDLE_FILES
+                      if (staging / path.rstrip("/")).exists())
+    if (staging / "bin" / "hwcomp_runner").exists():
+        run = render("bundle/run_runner.md.in", runner_inputs=runner_inputs)
+    else:
+        run = render("bundle/run_python.md.in")
     render_to(
         "bundle/README.md.in", staging / "README.md",
         model_name=model_path.stem, target=target.name, target_description=target.description,
         hwcomp_version=hwcomp.__version__, model_file=model_path.name,
         model_sha256=manifest["model"]["sha256"][:16], verification_status=verification.status,
-        verification_detail=detail, runner_inputs=runner_inputs,
+        verification_detail=detail, files_table=files, run_section=run,
     )
+
+
+_BUNDLE_FILES = (
+    ("manifest.json", "inputs/outputs, target, tool versions, hashes, verification"),
+    ("model.optimized.onnx", "the graph that was compiled (runs in onnxruntime)"),
+    ("lib/model.so", "the compiled model (TVM Relax executable)"),
+    ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, libtvm_ffi.so)"),
+    ("include/", "TVM FFI and DLPack headers for code that loads the model"),
+    ("bin/hwcomp_runner", "prebuilt runner for this architecture"),
+    ("runner/", "the runner's source and CMake"),
+    ("verify/", "the inputs used for verification and onnxruntime's outputs for them"),
+    ("CMakeLists.txt", "add_subdirectory() this folder to link the runtime"),
+)
 
 
 def _safe(name: str) -> str:
