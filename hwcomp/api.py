@@ -27,7 +27,6 @@ from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.errors import (
     CalibrationDataError,
     OutputExistsError,
-    ToolchainError,
     VerificationError,
 )
 from hwcomp.lower import lowering_for
@@ -282,10 +281,7 @@ def _verify(
     if reason:
         logger.warning("verification not run: %s", reason)
         return Verification(status=NOT_RUN, tolerance=tolerance, inputs=source, reason=reason)
-    try:
-        result = lowering.execute(staging, target, list(feeds.values()))
-    except ToolchainError:
-        raise
+    result = lowering.execute(staging, target, list(feeds.values()))
     names = [spec.name for spec in model_io.graph_outputs(model)]
     verification = compare_outputs(names, reference, result.outputs, tolerance, source)
     logger.info("verification %s (%s)", verification.status, result.timing)

@@ -342,6 +342,7 @@ class ChannelAnalysis:
     groups: list[ChannelGroup]
     frozen: dict[str, str]
     frozen_sources: dict[str, str]
+    channels: dict[str, int]
 
 
 def build_channel_graph(model: ir.Model) -> ChannelGraph:
@@ -388,7 +389,8 @@ def analyze_channels(model: ir.Model) -> ChannelAnalysis:
                       if k not in prunable}
     result.sort(key=lambda g: g.name)
     logger.info("channel groups: %d prunable, %d frozen tensors", len(result), len(graph.frozen))
-    return ChannelAnalysis(groups=result, frozen=dict(graph.frozen), frozen_sources=frozen_sources)
+    return ChannelAnalysis(groups=result, frozen=dict(graph.frozen), frozen_sources=frozen_sources,
+                           channels=dict(graph.channels))
 
 
 def _source_order(graph: ChannelGraph) -> Callable[[tuple[tuple[str, int], ...]], tuple]:

@@ -336,10 +336,6 @@ def metrics(reference: list[np.ndarray], actual: list[np.ndarray], labels: np.nd
     return sqnr, cosine, top1, accuracy, exact
 
 
-def _measure_layers(job: _Job, indices: list[int]) -> list[ActionResult]:
-    return _measure_with(_session(job.proto, job.threads), job, indices)
-
-
 def _measure_with(session: ort.InferenceSession, job: _Job, indices: list[int]) -> list[ActionResult]:
     results = []
     for index in indices:

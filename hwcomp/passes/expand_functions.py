@@ -136,7 +136,6 @@ def _add_schema_defaults(
 ) -> None:
     """Give attributes the node leaves unset their schema default, as the inliner needs."""
     given = {a.name for a in node.attribute}
-    declared = set(body.attribute) | {a.name for a in body.attribute_proto}
     for name, attr in schema.attributes.items():
         default = attr.default_value
         if name in given or not default.name:
@@ -145,7 +144,6 @@ def _add_schema_defaults(
             body.attribute.remove(name)
         if name not in {a.name for a in body.attribute_proto}:
             body.attribute_proto.append(default)
-        declared.add(name)
 
 
 def _value_types(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:

@@ -158,7 +158,7 @@ def _fold_gemm(graph: ir.Graph, gemm: ir.Node, scale: np.ndarray, shift: np.ndar
     weight = constant_array(node_input(gemm, 1))
     if weight is None:
         return f"{gemm.name}'s weight is not constant"
-    alpha, beta = gemm.attributes.get_float("alpha", 1.0), gemm.attributes.get_float("beta", 1.0)
+    beta = gemm.attributes.get_float("beta", 1.0)
     trans_b = gemm.attributes.get_int("transB", 0)
     columns = weight.shape[0] if trans_b else weight.shape[1]
     bias = _bias(gemm, columns, weight.dtype)
@@ -168,9 +168,8 @@ def _fold_gemm(graph: ir.Graph, gemm: ir.Node, scale: np.ndarray, shift: np.ndar
     set_constant_input(graph, gemm, 1, (weight * factors).astype(weight.dtype), f"{gemm.name}_w_bnfold")
     set_constant_input(graph, gemm, 2, (beta * bias * scale + shift).astype(weight.dtype),
                   f"{gemm.name}_b_bnfold")
-    # alpha scales A @ B only; the folded bias already includes beta.
+    # alpha scales A @ B only, so it stays; the folded bias already includes beta.
     gemm.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-    _ = alpha
     return gemm.outputs[0]
 
 

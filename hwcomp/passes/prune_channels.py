@@ -105,8 +105,8 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
                 removed.update(group.components[index])
         outputs = [(v.name, static_shape(v)) for v in model.graph.outputs]
         for tensor in {t for t, _ in removed}:
-            count = analysis_channels(model, tensor)
-            report.kept[tensor] = [c for c in range(count) if (tensor, c) not in removed]
+            report.kept[tensor] = [c for c in range(analysis.channels[tensor])
+                                   if (tensor, c) not in removed]
         if removed:
             _rewrite(model, removed)
             model = infer_shapes(_clear_shapes(model))
@@ -145,22 +145,6 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
         return _norm_scores(model, group, 2 if self.importance == "l2" else 1)
 
 
-def analysis_channels(model: ir.Model, tensor: str) -> int:
-    """Channel count of the named activation (axis 1)."""
-    for node in model.graph:
-        for value in node.outputs:
-            if value.name == tensor:
-                return (static_shape(value) or [0, 0])[1]
-    for value in model.graph.inputs:
-        if value.name == tensor:
-            return (static_shape(value) or [0, 0])[1]
-    return 0
-
-
-def _producers(model: ir.Model) -> dict[str, ir.Node]:
-    return {out.name: node for node in model.graph for out in node.outputs if out.name}
-
-
 def _out_axis(node: ir.Node) -> int:
     if node.op_type == "Gemm":
         return 0 if node.attributes.get_int("transB", 0) else 1
@@ -168,7 +152,6 @@ def _out_axis(node: ir.Node) -> int:
 
 
 def _norm_scores(model: ir.Model, group: ChannelGroup, order: int) -> np.ndarray:
-    producers = _producers(model)
     scores = np.zeros(group.size)
     for source in group.sources:
         node = next(n for n in model.graph if n.name == source)
@@ -180,7 +163,6 @@ def _norm_scores(model: ir.Model, group: ChannelGroup, order: int) -> np.ndarray
         tensor = node.outputs[0].name
         for index, component in enumerate(group.components):
             scores[index] += sum(norms[c] for t, c in component if t == tensor)
-    del producers
     return scores
 
 
