@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp import api  # noqa: E402
+from hwcomp import api, bench  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {
@@ -36,25 +33,13 @@ MODELS = {
 
 
 def time_ort(path: Path, feeds: dict, threads: int, repeat: int) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(5):
-        session.run(None, feeds)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(samples))
+    """Median onnxruntime latency (ms), 5 warm-up runs."""
+    return bench.time_onnxruntime(path, feeds, 5, repeat, 1, threads).median_ms
 
 
 def time_bundle(bundle: Path, repeat: int) -> float:
-    inputs = sorted((bundle / "verify").glob("input_*.npy"))
-    proc = subprocess.run(
-        [bundle / "bin" / "hwcomp_runner", bundle / "lib" / "model.so", "--inputs", *inputs,
-         "--warmup", "5", "--repeat", str(repeat)], capture_output=True, text=True, check=True)
-    return float(re.search(r"median_ms=([0-9.]+)", proc.stdout).group(1))
+    """Median latency (ms) of the bundle's own runner, 5 warm-up runs."""
+    return bench.bench(bundle, warmup=5, repeat=repeat).hwcomp.median_ms
 
 
 def main() -> None:

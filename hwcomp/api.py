@@ -85,7 +85,7 @@ def analyze(
             logger.warning("random calibration data makes sensitivity unreliable: pass --calib "
                            "with real samples for decisions")
             batches = model_io.random_calibration(specs, calib_random, seed)
-        samples = sum(next(iter(b.values())).shape[0] for b in batches)
+        samples = model_io.sample_count(batches)
         label_array = model_io.load_labels(Path(labels), samples) if labels is not None else None
         measured = sensitivity.measure_sensitivity(
             model, batches, label_array, actions, jobs, random_calibration=calib is None,

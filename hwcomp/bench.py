@@ -27,7 +27,7 @@ import onnxruntime as ort
 from hwcomp import remote
 from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
 from hwcomp.lower import lowering_for
-from hwcomp.lower.runner import require_tool
+from hwcomp.lower.runner import emulated as emulated_command
 from hwcomp.targets import Target, load_target
 
 
@@ -114,9 +114,7 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
     command = [str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
                "--warmup", str(warmup), "--repeat", str(repeat), "--number", str(number)]
     if emulated:
-        emulator = require_tool(target.emulator, target.emulator_package, "to run Arm bundles here")
-        command = [emulator, *(["-L", target.sysroot] if target.sysroot else []),
-                   *target.emulator_args, *command]
+        command = emulated_command(command, target, "to run Arm bundles here")
     elif lowering_for(target).not_run_reason(target):
         raise BenchError(f"{bundle}: {lowering_for(target).not_run_reason(target)}")
     env = dict(os.environ)

@@ -116,6 +116,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _check_lowrank_and_importance(lowrank: float | None, importance: str) -> None:
+    if lowrank is not None and not 0.0 < lowrank <= 1.0:
+        raise CompressionError(f"--lowrank: energy {lowrank} is outside (0, 1]; 0.9 keeps 90 %")
+    if importance not in IMPORTANCE:
+        raise CompressionError(f"importance '{importance}' is not one of {', '.join(IMPORTANCE)}")
+
+
 def _check_ratio(ratio: float, where: str) -> None:
     if not 0.0 <= ratio < 1.0:
         raise CompressionError(f"{where}: ratio {ratio} is outside [0, 1); 0.3 removes 30 %")
@@ -137,10 +144,7 @@ def compress(
     ``target`` whose roofline decides which splits pay. ``reconstruct_with`` (calibration
     feeds) refits the changed layers by least squares after pruning and splitting.
     """
-    if lowrank is not None and not 0.0 < lowrank <= 1.0:
-        raise CompressionError(f"--lowrank: energy {lowrank} is outside (0, 1]; 0.9 keeps 90 %")
-    if importance not in IMPORTANCE:
-        raise CompressionError(f"importance '{importance}' is not one of {', '.join(IMPORTANCE)}")
+    _check_lowrank_and_importance(lowrank, importance)
     steps: list[StepResult] = []
 
     def run(name: str, step: ir.passes.PassBase) -> None:
@@ -236,10 +240,7 @@ class CompressionOptions:
         if self.prune == "auto" and parse_budget(self.accuracy_budget) is None:
             raise CompressionError("--prune auto needs --accuracy-budget (e.g. 1%)")
         parse_budget(self.accuracy_budget)
-        if self.lowrank is not None and not 0.0 < self.lowrank <= 1.0:
-            raise CompressionError(f"--lowrank: energy {self.lowrank} is outside (0, 1]; 0.9 keeps 90 %")
-        if self.importance not in IMPORTANCE:
-            raise CompressionError(f"importance '{self.importance}' is not one of {', '.join(IMPORTANCE)}")
+        _check_lowrank_and_importance(self.lowrank, self.importance)
 
 
 @dataclass(frozen=True)
@@ -297,9 +298,8 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     fit, check = batches[: len(batches) - held_out], batches[len(batches) - held_out:] or batches
     labels = None
     if options.labels is not None:
-        count = sum(next(iter(b.values())).shape[0] for b in [*fit, *check])
-        labels = model_io.load_labels(Path(options.labels), count)[
-            sum(next(iter(b.values())).shape[0] for b in fit):]
+        count = model_io.sample_count([*fit, *check])
+        labels = model_io.load_labels(Path(options.labels), count)[model_io.sample_count(fit):]
     alignment = int(target.channel_multiple.get("fp32", 1))
     chosen = None
     if options.prune == "auto":
@@ -323,7 +323,7 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         result=result, macs_before=before.total_macs, macs_after=after.total_macs,
         params_before=before.total_params, params_after=after.total_params, sqnr_db=sqnr,
         cosine=cosine, top1_agreement=top1,
-        samples=sum(next(iter(b.values())).shape[0] for b in check),
+        samples=model_io.sample_count(check),
         sqnr_without_reconstruction_db=unfitted, plan=chosen,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,6 +307,11 @@ def calibration_batches(
          for spec in specs}
         for start in range(0, total - total % batch, batch)
     ]
+
+
+def sample_count(batches: Sequence[Mapping[str, np.ndarray]]) -> int:
+    """Count the samples in a list of feeds (axis 0 of their first input)."""
+    return sum(next(iter(batch.values())).shape[0] for batch in batches)
 
 
 def random_calibration(specs: list[TensorSpec], batches: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

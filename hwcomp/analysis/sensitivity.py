@@ -41,7 +41,7 @@ from onnx import TensorProto, helper
 
 from hwcomp.analysis.cost import MAC_OPS
 from hwcomp.errors import ModelLoadError
-from hwcomp.model import to_proto
+from hwcomp.model import sample_count, to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def measure_sensitivity(
     results.sort(key=lambda r: (order[r.layer], list(actions).index(r.action)))
     return SensitivityReport(
         layers=[layer.name for layer in layers], actions=list(actions), results=results,
-        samples=sum(next(iter(b.values())).shape[0] for b in batches),
+        samples=sample_count(batches),
         random_calibration=random_calibration, baseline_accuracy=baseline_accuracy,
         seconds=time.perf_counter() - started, notes=notes,
     )

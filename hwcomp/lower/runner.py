@@ -96,10 +96,7 @@ def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: i
             str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
             "--warmup", "0", "--repeat", str(repeat), "--out", str(out_dir), "--inputs", *paths,
         ]
-        if target.emulator:
-            emulator = require_tool(target.emulator, target.emulator_package, "to verify the bundle")
-            sysroot = ["-L", target.sysroot] if target.sysroot else []
-            command = [emulator, *sysroot, *target.emulator_args, *command]
+        command = emulated(command, target, "to verify the bundle")
         logger.debug("running %s", " ".join(command))
         try:
             result = subprocess.run(
@@ -115,6 +112,15 @@ def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: i
             )
         outputs = [np.load(p) for p in sorted(out_dir.glob("output_*.npy"), key=_index)]
         return RunnerResult(outputs=outputs, timing=result.stdout.strip())
+
+
+def emulated(command: list[str], target: Target, purpose: str) -> list[str]:
+    """Prefix ``command`` with the target's emulator (and its sysroot), if it has one."""
+    if not target.emulator:
+        return command
+    emulator = require_tool(target.emulator, target.emulator_package, purpose)
+    sysroot = ["-L", target.sysroot] if target.sysroot else []
+    return [emulator, *sysroot, *target.emulator_args, *command]
 
 
 def _index(path: Path) -> int:

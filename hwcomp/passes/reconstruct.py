@@ -181,8 +181,8 @@ def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: li
     cross = np.zeros((current.shape[0] + 1, current.shape[1]))
     err_before = norm = 0.0
     for x, y in zip(inputs, outputs, strict=True):
-        design = np.hstack([_design(node, x, weight).astype(np.float64),
-                            np.ones((_design(node, x, weight).shape[0], 1))])
+        features = _design(node, x, weight).astype(np.float64)
+        design = np.hstack([features, np.ones((features.shape[0], 1))])
         target = _targets(node, y).astype(np.float64)
         gram += design.T @ design
         cross += design.T @ target
