@@ -99,7 +99,7 @@ class GraphCost:
 
 
 def _numel(shape: Sequence[int] | None) -> int:
-    return math.prod(shape) if shape else (1 if shape == [] or shape == () else 0)
+    return 0 if shape is None else math.prod(shape)  # a scalar's empty shape holds 1
 
 
 def _nbytes(value: ir.Value | None) -> int:
