@@ -261,9 +261,7 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
                 f"{', '.join(sorted(arrays)) or 'nothing'}); expected shape {list(spec.shape)}"
             )
         array = arrays[spec.name]
-        if tuple(array.shape[-len(spec.shape) + 1 :]) != spec.shape[1:] or (
-            array.ndim != len(spec.shape)
-        ):
+        if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != spec.shape[1:]:
             raise CalibrationDataError(
                 f"{path}: '{spec.name}' has shape {list(array.shape)}, expected "
                 f"{list(spec.shape)} (the first axis may hold more samples)"

@@ -123,3 +123,17 @@ def test_int_inputs_are_small_and_valid():
 
     feeds = seeded_inputs(graph_inputs(to_ir(model)))
     assert feeds["ids"].dtype == np.int64 and feeds["ids"].min() >= 0
+
+
+def test_calibration_for_a_rank_1_input(tmp_path):
+    model = make_model([helper.make_node("Relu", ["v"], ["out"])],
+                       [helper.make_tensor_value_info("v", TensorProto.FLOAT, [4])],
+                       [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4])])
+    from tests.helpers import to_ir
+
+    specs = graph_inputs(to_ir(model))
+    np.savez(tmp_path / "calib.npz", v=np.zeros(12, np.float32))
+    assert load_calibration(tmp_path / "calib.npz", specs)["v"].shape == (12,)
+    np.savez(tmp_path / "bad.npz", v=np.zeros((3, 4), np.float32))
+    with pytest.raises(CalibrationDataError, match=r"expected \[4\]"):
+        load_calibration(tmp_path / "bad.npz", specs)
