@@ -230,7 +230,8 @@ def _detect_physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """Return this CPU's feature flags from ``/proc/cpuinfo`` (empty where unreadable)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -247,7 +248,7 @@ def _detect_host_features() -> dict[str, Any]:
     Peak MACs assume two FMA pipes per core at the detected vector width, which holds for
     Zen 4 and for Intel cores since Skylake-SP; int8 with VNNI is 4x fp32 (4 bytes per lane).
     """
-    flags = _cpu_flags()
+    flags = cpu_flags()
     vector_bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
     fp32_lanes = vector_bits // 32
     int8_dot = bool(flags & {"avx512_vnni", "avx_vnni"})

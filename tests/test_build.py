@@ -32,11 +32,11 @@ def test_transformer_block_builds_for_host(tmp_path):
 
 
 def test_avx512_profile_runs_where_the_cpu_has_it(models_dir, tmp_path):
-    from hwcomp.targets import _cpu_flags
+    from hwcomp.targets import cpu_flags
 
     result = api.build(models_dir / "mobilenet_like.onnx", "x86-avx512", tmp_path)
     assert result.manifest["target"]["tvm_target"]["mcpu"] == "znver4"
-    if {"avx512f", "avx512_vnni"} <= _cpu_flags():
+    if {"avx512f", "avx512_vnni"} <= cpu_flags():
         assert result.verification.status == "passed"
     else:
         assert result.verification.status == "not run"

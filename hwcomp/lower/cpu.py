@@ -16,7 +16,7 @@ import numpy as np
 from hwcomp.lower.runner import RunnerResult, require_tool, run_bundle
 from hwcomp.lower.runtime_libs import aarch64_runtime_libs, host_runtime_libs
 from hwcomp.lower.tvm import compile_relax
-from hwcomp.targets import Target, _cpu_flags
+from hwcomp.targets import Target, cpu_flags
 
 
 class CpuLowering:
@@ -43,7 +43,7 @@ class CpuLowering:
 
     def not_run_reason(self, target: Target) -> str | None:
         """Why the artifact cannot run here (its ISA exceeds this CPU's), else None."""
-        flags = _cpu_flags()
+        flags = cpu_flags()
         if target.vector_bits >= 512 and "avx512f" not in flags:
             return f"target '{target.name}' needs AVX-512, which this CPU lacks"
         if target.int8_dot and not flags & {"avx512_vnni", "avx_vnni"}:
