@@ -22,7 +22,7 @@ import onnx_ir as ir
 import hwcomp
 from hwcomp import compress as compression
 from hwcomp import model as model_io
-from hwcomp import report
+from hwcomp import quantize, report
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.errors import (
     CalibrationDataError,
@@ -30,6 +30,7 @@ from hwcomp.errors import (
     VerificationError,
 )
 from hwcomp.lower import lowering_for
+from hwcomp.lower.int8 import rewrite_integer_kernels
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runner import compile_runner, require_tool
 from hwcomp.lower.runtime_libs import ffi_include_dir
@@ -43,6 +44,9 @@ from hwcomp.verify import NOT_RUN, PASSED, Verification, compare_outputs, run_on
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
+# int8 builds: TVM's and onnxruntime's requantisation may round a value at a .5 boundary to
+# different neighbours; one step of an 8-bit activation is 1/255 of its range.
+QUANTIZED_TOLERANCE = 2e-2
 _VERSIONED_PACKAGES = (
     "apache-tvm", "apache-tvm-ffi", "onnx", "onnxruntime", "onnx-ir", "numpy",
 )
@@ -154,10 +158,11 @@ def build(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     const_inputs: Mapping[str, np.ndarray] | None = None,
     calib: Path | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
     force: bool = False,
     seed: int = 0,
     compression_options: compression.CompressionOptions | None = None,
+    precision_options: quantize.PrecisionOptions | None = None,
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
 
@@ -179,12 +184,19 @@ def build(
     check_output(destination, force)
     options = compression_options or compression.CompressionOptions()
     options.validate()
+    precision = precision_options or quantize.PrecisionOptions()
+    precision.validate()
+    if tolerance is None:
+        tolerance = QUANTIZED_TOLERANCE if precision.requested else DEFAULT_TOLERANCE
 
     model = model_io.load_model(model_path, input_shapes)
     compressed = None
     if options.requested:
         compressed = compression.compress_with_data(model, target, options)
         model = compressed.result.model
+    plan = None
+    if precision.requested:
+        model, plan = _quantize(model, target, precision, calib)
     original = model_io.to_proto(model)
     input_specs = model_io.graph_inputs(model)
     inputs = _verification_inputs(input_specs, calib, seed)
@@ -193,6 +205,7 @@ def build(
     check_supported(legal_proto)
     logger.info("importing into TVM Relax")
     mod = import_relax(legal_proto)
+    mod, integer = rewrite_integer_kernels(mod, target)
     logger.info("compiling for %s (%s)", target.name, target.family)
     executable = lowering.compile(mod, target)
 
@@ -206,6 +219,10 @@ def build(
         verification = _verify(staging, lowering, target, model, feeds, reference, tolerance, source)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
         manifest["compression"] = compressed.summary() if compressed else None
+        manifest["precision"] = plan.to_dict() if plan else None
+        manifest["integer_kernels"] = None if integer is None else {
+            "instruction": integer.instruction, "ops": integer.rewritten,
+            "kept_float": integer.kept_float}
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):
@@ -219,6 +236,20 @@ def build(
         bundle=destination, target=target, verification=verification, manifest=manifest,
         seconds=time.perf_counter() - started,
     )
+
+
+def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOptions,
+              calib: Path | None) -> tuple[ir.Model, quantize.PrecisionPlan]:
+    """Fold batch norms, choose precisions, and return the QDQ model and its plan."""
+    from hwcomp.passes import FoldBatchNormPass
+
+    folded = model_io.infer_shapes(ir.serde.deserialize_model(model_io.to_proto(model)))
+    FoldBatchNormPass()(folded)
+    batches, labels = quantize.calibration_for(folded, calib, options.labels, options.precision)
+    logger.info("choosing precisions (%s) on %d calibration batches", options.precision,
+                len(batches))
+    proto, plan = quantize.plan_precision(folded, target, options, batches, labels)
+    return model_io.infer_shapes(ir.serde.deserialize_model(proto)), plan
 
 
 def _verification_inputs(

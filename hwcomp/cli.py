@@ -15,10 +15,12 @@ import click
 
 from hwcomp import api, bench, remote, report
 from hwcomp.analysis import sensitivity
-from hwcomp.compress import CompressionOptions
+from hwcomp.compress import CompressionOptions, parse_budget
 from hwcomp.errors import HwcompError
 from hwcomp.model import parse_input_shapes
 from hwcomp.package import write_json
+from hwcomp.quantize import CALIBRATION_METHODS, DEFAULT_MIN_SQNR_DB, PrecisionOptions
+from hwcomp.quantize import PRECISIONS as BUILD_PRECISIONS
 from hwcomp.targets import PRECISIONS, known_targets, load_target
 
 
@@ -90,29 +92,45 @@ def targets_show(name: str) -> None:
               help="Bind an input's dynamic dimensions (repeatable).")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Inputs for verification: .npz keyed by input name, or a folder of .npy.")
-@click.option("--tolerance", type=float, default=api.DEFAULT_TOLERANCE, show_default=True,
-              help="Largest allowed error relative to max(1, max |onnxruntime output|).")
+@click.option("--tolerance", type=float, default=None,
+              help="Largest allowed error relative to max(1, max |onnxruntime output|) "
+                   f"[default: {api.DEFAULT_TOLERANCE:g}; {api.QUANTIZED_TOLERANCE:g} with "
+                   "--precision]; quantized builds compare with onnxruntime running the QDQ model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated inputs.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--precision", type=click.Choice(list(BUILD_PRECISIONS)), default="fp32",
+              show_default=True,
+              help="Layer precision: int8/fp16 where the target runs it, or auto (per layer, "
+                   "under --accuracy-budget with --labels, else --min-sqnr).")
+@click.option("--calib-method", type=click.Choice(list(CALIBRATION_METHODS)), default="minmax",
+              show_default=True, help="onnxruntime calibrator for activation ranges.")
+@click.option("--min-sqnr", type=float, default=DEFAULT_MIN_SQNR_DB, show_default=True,
+              metavar="DB", help="--precision without --labels: output SQNR floor vs fp32.")
 @click.option("--prune", help="Compress first: a ratio, a JSON ratio file, or auto.")
 @click.option("--lowrank", type=float, metavar="ENERGY", help="Compress first: SVD energy kept.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1",
               show_default=True, help="Channel ranking for --prune.")
-@click.option("--accuracy-budget", metavar="1%", help="With --prune auto: largest loss allowed.")
+@click.option("--accuracy-budget", metavar="1%",
+              help="With --prune auto / --precision auto: largest top-1 loss allowed (each).")
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels of the --calib samples.")
 @click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
               help="Least-squares refit after --prune/--lowrank.")
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
-          calib: Path | None, tolerance: float, seed: int, force: bool, prune: str | None,
+          calib: Path | None, tolerance: float | None, seed: int, force: bool,
+          precision: str, calib_method: str, min_sqnr: float, prune: str | None,
           lowrank: float | None, importance: str, accuracy_budget: str | None,
           labels: Path | None, reconstruct: bool) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
                                  labels=labels, calib=calib, seed=seed)
+    precision_options = PrecisionOptions(
+        precision=precision, calibration=calib_method, min_sqnr_db=min_sqnr, labels=labels,
+        accuracy_budget=parse_budget(accuracy_budget))
     result = api.build(
         model, target_name, output, input_shapes=parse_input_shapes(input_shapes), calib=calib,
         tolerance=tolerance, force=force, seed=seed, compression_options=options,
+        precision_options=precision_options,
     )
     v = result.verification
     detail = v.reason or (
@@ -126,6 +144,17 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
                    f"output SQNR vs original "
                    f"{'exact' if sqnr is None else f'{sqnr:.1f} dB'} on "
                    f"{compression['held_out_samples']} held-out samples")
+    plan = result.manifest.get("precision")
+    if plan:
+        counts = ", ".join(f"{n} {p}" for p, n in plan["counts"].items() if n)
+        sqnr = "exact" if plan["sqnr_db"] is None else f"{plan['sqnr_db']:.1f} dB"
+        accuracy = (f"top-1 {plan['accuracy']:.2%} vs fp32 {plan['fp32_accuracy']:.2%}"
+                    if plan["accuracy"] is not None else f"SQNR {sqnr}")
+        click.echo(f"precision ({plan['mode']}): {counts}; {accuracy} on "
+                   f"{plan['held_out_samples']} held-out samples")
+    kernels = result.manifest.get("integer_kernels")
+    if kernels:
+        click.echo(f"integer kernels: {len(kernels['ops'])} op(s) on {kernels['instruction']}")
     click.echo(f"bundle: {result.bundle}")
     click.echo(f"target: {result.target.name} ({result.target.family})")
     click.echo(f"verification: {v.status} ({detail})")

@@ -93,11 +93,41 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
             f"{path}: external data could not be read ({_first_line(exc)}); "
             "keep the data files next to the model"
         ) from None
+    # onnxruntime's quantizer writes QDQ models with nodes out of order; order is not meaning.
+    sort_nodes(proto.graph)
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the ONNX checker rejects it: {_first_line(exc)}") from None
     return proto
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Put ``graph``'s nodes in topological order, in place (stable; cycles left as found).
+
+    A node is ready once every input it names is a graph input, an initializer, an outer
+    scope's name or the output of a node already placed; names no node produces count as
+    outer-scope names.
+    """
+    produced = {out for node in graph.node for out in node.output if out}
+    available: set[str] = set()
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending
+                 if all(not i or i not in produced or i in available for i in n.input)]
+        if not ready:  # a cycle: keep the rest as written and let the checker name it
+            ordered.extend(pending)
+            break
+        chosen = {id(n) for n in ready}
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if id(n) not in chosen]
+    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+        del graph.node[:]
+        graph.node.extend(copies)
 
 
 def load_model(

@@ -37,6 +37,9 @@ _NONDETERMINISTIC = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
      "Bernoulli", "Dropout"}
 )
+# A quantized weight is kept as DequantizeLinear(int8 constant): folding it to float would
+# throw away what the integer kernels (hwcomp.lower.int8) need.
+_KEPT = frozenset({"DequantizeLinear"})
 
 
 class FoldConstantsPass(ir.passes.InPlacePass):
@@ -79,7 +82,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=folded > 0)
 
     def _foldable(self, node: ir.Node, graph_outputs: set[int]) -> bool:
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC | _KEPT:
             return False
         if _static_shape_of(node) is not None:
             return True

@@ -1,0 +1,469 @@
+"""Integer kernels: int8 matmul and convolution on the target's dot-product instruction.
+
+The instructions are x86 VNNI ``vpdpbusd`` (u8 x s8) and Arm ``sdot`` (s8 x s8), both
+accumulating into int32.
+
+TVM's Relax frontend imports a QDQ model as float: ``dequantize`` feeding a float conv or
+matmul. :func:`rewrite_integer_kernels` finds those, and where the activation is quantized
+per tensor and the weight is a constant quantized per output channel with zero point 0, it
+replaces the float operation by
+
+    acc = X_q (x) W_q                    (int32, one of the kernels below)
+    y   = float(acc - zp_x * sum_k W_q) * (scale_x * scale_w)
+
+which is the float result onnxruntime's QDQ execution approximates, computed with integer
+multiply-accumulates. The bias add, activation and the next ``quantize`` stay as Relax ops and
+TVM fuses them into one elementwise pass after the kernel.
+
+Each kernel is one TIR function: (for convolution) an im2col stage that pads with the input's
+zero point, then a matmul against weights packed as ``[N/L, K/4, L, 4]``, whose innermost
+``L x 4`` block is one dot-product instruction (``L`` = 16 int32 lanes for AVX-512 VNNI, 4 for
+NEON ``sdot``). The 4-element reduction is contiguous in both operands, which is what the
+instructions read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hwcomp.targets import Target
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DotInstruction:
+    """A dot-product instruction hwcomp tensorizes with.
+
+    Attributes:
+        name: Instruction, for reports (``vpdpbusd``).
+        intrin: Name under which its TIR tensor intrinsic is registered.
+        lanes: int32 accumulators per instruction (output channels per block).
+        activation_dtype: The dtype of activations it multiplies (``uint8`` or ``int8``).
+        llvm: The LLVM intrinsic that emits it.
+
+    """
+
+    name: str
+    intrin: str
+    lanes: int
+    activation_dtype: str
+    llvm: str
+
+
+VNNI = DotInstruction("vpdpbusd", "hwcomp_vnni_u8s8_16x4", 16, "uint8",
+                      "llvm.x86.avx512.vpdpbusd.512")
+SDOT = DotInstruction("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
+                      "llvm.aarch64.neon.sdot.v4i32.v16i8")
+
+# The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
+# the L-lane accumulators in registers without spilling on either ISA.
+_ROW_TILE = 4
+
+
+def dot_instruction(target: Target) -> DotInstruction | None:
+    """Return the instruction hwcomp's int8 kernels use on ``target``, or None (no kernel)."""
+    if not target.int8_dot:
+        return None
+    if target.family == "x86":
+        return VNNI
+    if target.family == "arm-a":
+        return SDOT
+    return None
+
+
+def activation_dtype(target: Target) -> str:
+    """Return the activation dtype quantization should produce for ``target``'s kernels."""
+    instruction = dot_instruction(target)
+    return instruction.activation_dtype if instruction else "uint8"
+
+
+_REGISTERED: set[str] = set()
+
+
+def _register(instruction: DotInstruction) -> None:
+    """Register the instruction's TIR tensor intrinsic (once per process).
+
+    Written here rather than imported: TVM's ``tvm.s_tir.tensor_intrin`` package parses
+    hundreds of intrinsics for every backend on import (40 s or more), and its
+    ``dot_16x4_vnni`` passes i32 vectors where LLVM 20+ declares ``vpdpbusd`` on
+    ``<64 x i8>`` operands, which fails LLVM verification.
+    """
+    if instruction.intrin in _REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes, act = instruction.lanes, instruction.activation_dtype
+    bytes_ = lanes * 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), act, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), act, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            word = T.reinterpret(A.vload([0], f"{act}x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(word, lanes), dtype=f"int8x{bytes_}")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(instruction.llvm),
+                C.vload([0], dtype=f"int32x{lanes}"), a_bytes,
+                B.vload([0, 0], dtype=f"int8x{bytes_}"), dtype=f"int32x{lanes}",
+            )
+
+    TensorIntrin.register(instruction.intrin, desc, impl)
+    _REGISTERED.add(instruction.intrin)
+
+
+def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
+    """Pack an int8 ``[N, K]`` matrix as ``[N/L, K/4, L, 4]``, zero-padding N and K."""
+    n, k = weight.shape
+    n_pad, k_pad = _round_up(n, lanes), _round_up(k, 4)
+    padded = np.zeros((n_pad, k_pad), np.int8)
+    padded[:n, :k] = weight
+    return np.ascontiguousarray(
+        padded.reshape(n_pad // lanes, lanes, k_pad // 4, 4).transpose(0, 2, 1, 3)
+    )
+
+
+def matmul_kernel(rows: int, depth: int, cols: int, instruction: DotInstruction) -> Any:
+    """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), tensorized and parallel."""
+    from tvm import te
+
+    lanes = instruction.lanes
+    depth_pad, cols_pad = _round_up(depth, 4), _round_up(cols, lanes)
+    a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
+    w = te.placeholder((cols_pad // lanes, depth_pad // 4, lanes, 4), "int8", name="W")
+    k = te.reduce_axis((0, depth_pad), "k")
+    c = te.compute(
+        (rows, cols_pad),
+        lambda m, n: te.sum(
+            a[m, k].astype("int32") * w[n // lanes, k // 4, n % lanes, k % 4].astype("int32"),
+            axis=k,
+        ),
+        name="C",
+    )
+    return _schedule(te.create_prim_func([a, w, c]), "C", instruction)
+
+
+def conv_kernel(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
+    strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
+    zero_point: int, instruction: DotInstruction,
+) -> Any:
+    """NCHW int8 convolution (groups 1) as im2col padded with ``zero_point``, then matmul.
+
+    Output: int32 ``[N * OH * OW, OC_pad]``; the K axis is ``(kh, kw, c_pad)``, matching
+    :func:`conv_weight_matrix`.
+    """
+    from tvm import te, tirx
+
+    batch, channels, height, width = data_shape
+    kh_, kw_ = kernel
+    top, left, bottom, right = padding
+    out_h = (height + top + bottom - dilation[0] * (kh_ - 1) - 1) // strides[0] + 1
+    out_w = (width + left + right - dilation[1] * (kw_ - 1) - 1) // strides[1] + 1
+    c_pad = _round_up(channels, 4)
+    depth = kh_ * kw_ * c_pad
+    lanes = instruction.lanes
+    cols_pad = _round_up(out_channels, lanes)
+    dtype = instruction.activation_dtype
+    rows = batch * out_h * out_w
+
+    x = te.placeholder(data_shape, dtype, name="X")
+
+    def im2col(m: Any, kk: Any) -> Any:
+        n, pix = m // (out_h * out_w), m % (out_h * out_w)
+        oh, ow = pix // out_w, pix % out_w
+        tap, ch = kk // c_pad, kk % c_pad
+        ih = oh * strides[0] + (tap // kw_) * dilation[0] - top
+        iw = ow * strides[1] + (tap % kw_) * dilation[1] - left
+        inside = tirx.all(ih >= 0, ih < height, iw >= 0, iw < width)
+        value = x[n, tirx.min(ch, channels - 1), tirx.max(tirx.min(ih, height - 1), 0),
+                  tirx.max(tirx.min(iw, width - 1), 0)]
+        padded = tirx.if_then_else(inside, value, tirx.const(zero_point, dtype))
+        return tirx.if_then_else(ch < channels, padded, tirx.const(0, dtype))
+
+    col = te.compute((rows, depth), im2col, name="col")
+    w = te.placeholder((cols_pad // lanes, depth // 4, lanes, 4), "int8", name="W")
+    k = te.reduce_axis((0, depth), "k")
+    c = te.compute(
+        (rows, cols_pad),
+        lambda m, n: te.sum(
+            col[m, k].astype("int32") * w[n // lanes, k // 4, n % lanes, k % 4].astype("int32"),
+            axis=k,
+        ),
+        name="C",
+    )
+    return _schedule(te.create_prim_func([x, w, c]), "C", instruction, im2col_block="col")
+
+
+def conv_weight_matrix(weight: np.ndarray) -> np.ndarray:
+    """``[OC, C, KH, KW]`` int8 -> ``[OC, KH*KW*C_pad]`` in :func:`conv_kernel`'s K order."""
+    oc, channels, kh, kw = weight.shape
+    c_pad = _round_up(channels, 4)
+    padded = np.zeros((oc, kh, kw, c_pad), np.int8)
+    padded[..., :channels] = weight.transpose(0, 2, 3, 1)
+    return padded.reshape(oc, kh * kw * c_pad)
+
+
+def _schedule(func: Any, block_name: str, instruction: DotInstruction,
+              im2col_block: str | None = None) -> Any:
+    from tvm import s_tir
+
+    _register(instruction)
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock(block_name)
+    m, n, k = sch.get_loops(block)
+    rows = sch.get(m).extent.value
+    row_tile = _ROW_TILE if rows % _ROW_TILE == 0 else 1
+    m_outer, m_inner = sch.split(m, [None, row_tile])
+    n_outer, n_inner = sch.split(n, [None, instruction.lanes])
+    k_outer, k_inner = sch.split(k, [None, 4])
+    sch.reorder(m_outer, n_outer, k_outer, m_inner, n_inner, k_inner)
+    sch.parallel(sch.fuse(m_outer, n_outer))
+    init = sch.decompose_reduction(block, k_outer)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(n_inner, instruction.intrin)
+    if im2col_block is not None:
+        col = sch.get_sblock(im2col_block)
+        row, _ = sch.get_loops(col)
+        sch.parallel(row)
+    return sch.mod["main"]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class IntegerRewrite:
+    """What :func:`rewrite_integer_kernels` did: rewritten ops and the ones left in float."""
+
+    instruction: str
+    rewritten: list[str]
+    kept_float: list[str]
+
+
+def rewrite_integer_kernels(mod: Any, target: Target) -> tuple[Any, IntegerRewrite | None]:
+    """Replace float conv2d/matmul on dequantized int8 operands with integer kernels.
+
+    Returns the module unchanged (and None) when ``target`` has no dot-product kernel or the
+    model has no dequantized operands.
+    """
+    instruction = dot_instruction(target)
+    if instruction is None:
+        return mod, None
+    rewriter = _make_rewriter(mod, instruction)
+    new_mod = rewriter.transform()
+    if not rewriter.rewritten and not rewriter.kept_float:
+        return mod, None
+    from tvm import relax
+
+    new_mod = relax.transform.DeadCodeElimination()(new_mod)
+    summary = IntegerRewrite(instruction.name, rewriter.rewritten, rewriter.kept_float)
+    logger.info("integer kernels (%s): %d op(s); %d quantized op(s) kept in float",
+                instruction.name, len(summary.rewritten), len(summary.kept_float))
+    return new_mod, summary
+
+
+def _make_rewriter(mod: Any, instruction: DotInstruction) -> Any:
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):  # type: ignore[misc, name-defined]
+        def __init__(self, mod: Any) -> None:
+            super().__init__(mod)
+            self.mod = mod
+            self.rewritten: list[str] = []
+            self.kept_float: list[str] = []
+            self.kernels: dict[tuple[Any, ...], Any] = {}
+
+        def transform(self) -> Any:
+            for gvar, func in self.mod.functions_items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gvar, self.visit_expr(func))
+            return self.builder_.get()
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            name = getattr(call.op, "name", "")
+            if name not in ("relax.nn.conv2d", "relax.matmul"):
+                return call
+            operands = _quantized_operands(self, call, instruction)
+            if operands is None:
+                return call
+            if isinstance(operands, str):
+                self.kept_float.append(operands)
+                return call
+            if name == "relax.nn.conv2d":
+                return self._conv(call, *operands)
+            return self._matmul(call, *operands)
+
+        def _kernel(self, key: tuple[Any, ...], make: Any) -> Any:
+            if key not in self.kernels:
+                name = f"hwcomp_int8_{len(self.kernels)}"
+                func = make().with_attr("global_symbol", name)
+                self.kernels[key] = self.builder_.add_func(func, name)
+            return self.kernels[key]
+
+        def _finish(self, acc: Any, correction: np.ndarray, scale: np.ndarray) -> Any:
+            emit = self.builder_.emit
+            acc = emit(relax.op.subtract(acc, relax.const(correction.astype(np.int32))))
+            out = emit(relax.op.astype(acc, "float32"))
+            return relax.op.multiply(out, relax.const(scale.astype(np.float32)))
+
+        def _conv(self, call: Any, x_q: Any, zp_x: int, scale_x: float, w_q: np.ndarray,
+                  scale_w: np.ndarray) -> Any:
+            attrs = call.attrs
+            shape = _shape(x_q)
+            out_channels = w_q.shape[0]
+            kernel = (w_q.shape[2], w_q.shape[3])
+            strides = (int(attrs.strides[0]), int(attrs.strides[1]))
+            top, left, bottom, right = (int(v) for v in attrs.padding)
+            padding = (top, left, bottom, right)
+            dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
+            out_shape = _shape(call)
+            rows = out_shape[0] * out_shape[2] * out_shape[3]
+            cols_pad = _round_up(out_channels, instruction.lanes)
+            key = ("conv", shape, kernel, out_channels, strides, padding, dilation, zp_x)
+            kernel_var = self._kernel(key, lambda: conv_kernel(
+                shape, kernel, out_channels, strides, padding, dilation, zp_x, instruction))
+            packed = relax.const(pack_weight(conv_weight_matrix(w_q), instruction.lanes))
+            emit = self.builder_.emit
+            acc = emit(relax.op.call_tir(kernel_var, [x_q, packed],
+                                         relax.TensorType((rows, cols_pad), "int32")))
+            acc = emit(relax.op.reshape(acc, (out_shape[0], out_shape[2], out_shape[3], cols_pad)))
+            if cols_pad != out_channels:
+                acc = emit(relax.op.strided_slice(acc, [3], [0], [out_channels]))
+            acc = emit(relax.op.permute_dims(acc, [0, 3, 1, 2]))
+            column_sums = w_q.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+            channel = (1, out_channels, 1, 1)
+            self.rewritten.append(f"conv2d {shape}->{out_shape}")
+            return self._finish(acc, (zp_x * column_sums).reshape(channel),
+                                (np.float32(scale_x) * scale_w).reshape(channel))
+
+        def _matmul(self, call: Any, x_q: Any, zp_x: int, scale_x: float, w_q: np.ndarray,
+                    scale_w: np.ndarray) -> Any:
+            # w_q is [N, K] here (output channels first), whatever the model's layout.
+            shape = _shape(x_q)
+            depth, cols = shape[-1], w_q.shape[0]
+            rows = int(np.prod(shape[:-1]))
+            depth_pad, cols_pad = _round_up(depth, 4), _round_up(cols, instruction.lanes)
+            emit = self.builder_.emit
+            flat = emit(relax.op.reshape(x_q, (rows, depth)))
+            if depth_pad != depth:
+                flat = emit(relax.op.nn.pad(flat, [0, 0, 0, depth_pad - depth]))
+            kernel_var = self._kernel(("matmul", rows, depth, cols),
+                                      lambda: matmul_kernel(rows, depth, cols, instruction))
+            packed = relax.const(pack_weight(w_q, instruction.lanes))
+            acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
+                                         relax.TensorType((rows, cols_pad), "int32")))
+            if cols_pad != cols:
+                acc = emit(relax.op.strided_slice(acc, [1], [0], [cols]))
+            acc = emit(relax.op.reshape(acc, (*shape[:-1], cols)))
+            column_sums = w_q.astype(np.int64).sum(axis=1)
+            self.rewritten.append(f"matmul {shape}x{depth}x{cols}")
+            return self._finish(acc, zp_x * column_sums, np.float32(scale_x) * scale_w)
+
+    return Rewriter(mod)
+
+
+def _quantized_operands(
+    mutator: Any, call: Any, instruction: DotInstruction
+) -> tuple[Any, int, float, np.ndarray, np.ndarray] | str | None:
+    """Match ``op(dequantize(x_q), dequantize(W_q))`` with W_q constant.
+
+    For matmul the weight may come through ``permute_dims`` (Gemm with ``transB``).
+    Returns (x_q, zero point, scale, W_q as [N, ...] output-channel first, per-channel scale),
+    a string saying why a quantized op stays in float, or None when it is not quantized.
+    """
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    def bound(expr: Any) -> Any:
+        if isinstance(expr, relax.Var):
+            value = mutator.lookup_binding(expr)
+            return value if value is not None else expr
+        return expr
+
+    def is_op(expr: Any, name: str) -> bool:
+        return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == name
+
+    data, weight = bound(call.args[0]), bound(call.args[1])
+    transposed = False
+    if is_op(weight, "relax.permute_dims"):
+        transposed, weight = True, bound(weight.args[0])
+    if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
+        return None
+    op = call.op.name.split(".")[-1]
+    x_q, scale_x, zp_x = data.args
+    w_q, scale_w, zp_w = (bound(a) for a in weight.args)
+    constants = (scale_x, zp_x, w_q, scale_w, zp_w)
+    if not all(isinstance(c, Constant) for c in constants):
+        return f"{op}: quantization parameters are not constants"
+    if _dtype(x_q) != instruction.activation_dtype or _dtype(w_q) != "int8":
+        return (f"{op}: operands are {_dtype(x_q)} x {_dtype(w_q)}; the {instruction.name} "
+                f"kernel takes {instruction.activation_dtype} x int8")
+    sx, zx = _array(scale_x), _array(zp_x)
+    if sx.size != 1 or zx.size != 1:
+        return f"{op}: activation quantized per channel; the kernel needs one scale"
+    if np.any(_array(zp_w) != 0):
+        return f"{op}: weight zero point is not 0"
+    weights = _array(w_q)
+    axis = int(weight.attrs.axis) % max(weights.ndim, 1)
+    sw = _array(scale_w).astype(np.float32).reshape(-1)
+    if op == "conv2d":
+        attrs = call.attrs
+        if (int(attrs.groups) != 1 or attrs.data_layout != "NCHW"
+                or attrs.kernel_layout != "OIHW" or weights.ndim != 4):
+            return "conv2d: grouped or depthwise convolution has no dot-product kernel"
+        if sw.size not in (1, weights.shape[0]) or (sw.size > 1 and axis != 0):
+            return "conv2d: weight scale is not per output channel"
+        return x_q, int(zx.reshape(())), float(sx.reshape(())), weights, _per_channel(
+            sw, weights.shape[0])
+    if weights.ndim != 2:
+        return "matmul: weight is not a 2-D constant"
+    # matmul(x, W[K, N]) or matmul(x, permute_dims(W[N, K])): bring W to [N, K].
+    matrix = weights if transposed else weights.T
+    channel_axis = 0 if transposed else 1
+    if sw.size > 1 and axis != channel_axis:
+        return "matmul: weight scale is not per output channel"
+    return x_q, int(zx.reshape(())), float(sx.reshape(())), np.ascontiguousarray(matrix), (
+        _per_channel(sw, matrix.shape[0]))
+
+
+def _per_channel(scale: np.ndarray, channels: int) -> np.ndarray:
+    return np.broadcast_to(scale, (channels,)).astype(np.float32)
+
+
+def _array(constant: Any) -> np.ndarray:
+    return constant.value.numpy()
+
+
+def _dtype(expr: Any) -> str:
+    return str(expr.ty.dtype)
+
+
+def _shape(expr: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in expr.ty.shape)

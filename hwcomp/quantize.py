@@ -1,0 +1,496 @@
+"""Mixed precision: calibration, per-layer precision choice under an accuracy budget, QDQ output.
+
+``--precision int8|fp16|auto`` turns the model into a standard QDQ model (what
+``model.optimized.onnx`` holds, and what any onnxruntime user can run as is):
+
+* **Calibration** uses onnxruntime's own calibrators (min-max, percentile, entropy) on the
+  ``--calib`` samples. Inputs and output of a residual ``Add``/``Sub`` or a ``Concat`` get the
+  union of their ranges, so the integer kernels see one scale per shared tensor.
+* **Quantization** is onnxruntime's QDQ quantizer: int8 per-channel symmetric weights, int32
+  biases, activations in the dtype the target's dot product multiplies (u8 for x86 VNNI,
+  s8 for Arm ``sdot``).
+* **fp16** layers read fp16 weights and cast their activation in and out.
+* **Choice** (``auto``): each Conv/MatMul/Gemm gets the candidate precisions its target really
+  runs faster (int8 only where hwcomp has a dot-product kernel for it, fp16 only with fp16
+  arithmetic), starts at the fastest by the roofline estimate, and the whole model is measured
+  in onnxruntime on held-out samples. While the budget fails, the layer whose own quantization
+  costs most (measured alone) falls back one step (int8 -> fp16 -> fp32). A greedy rollback,
+  not an integer program: per-layer losses do not add up (errors compound through the
+  network), so an optimiser over additive costs would need the same whole-model checks anyway;
+  with N layers the rollback costs at most 2N evaluations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from hwcomp import model as model_io
+from hwcomp.analysis.cost import graph_cost
+from hwcomp.errors import CalibrationDataError, HwcompError
+from hwcomp.lower.int8 import activation_dtype, dot_instruction
+from hwcomp.targets import Target
+from hwcomp.verify import run_onnxruntime
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8", "auto")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_MIN_SQNR_DB = 25.0
+QUANTIZED_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+_SHARED_RANGE_OPS = frozenset({"Add", "Sub", "Concat"})
+_ORDER = ("int8", "fp16", "fp32")  # fastest first when the target runs them natively
+
+
+class PrecisionError(HwcompError):
+    """A precision request that cannot be honoured (options, budget)."""
+
+
+@dataclass
+class LayerChoice:
+    """One quantizable layer: the candidates, the estimate per candidate, what was chosen."""
+
+    name: str
+    op: str
+    candidates: dict[str, str]
+    estimated_us: dict[str, float]
+    precision: str = "fp32"
+    reason: str = ""
+    loss_alone: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"name": self.name, "op": self.op, "precision": self.precision,
+                "reason": self.reason, "candidates": self.candidates,
+                "estimated_us": {k: round(v, 3) for k, v in self.estimated_us.items()},
+                "loss_alone": self.loss_alone}
+
+
+@dataclass
+class PrecisionPlan:
+    """The per-layer precisions, how they were found and what they cost in accuracy."""
+
+    mode: str
+    calibration: str
+    activation_dtype: str
+    metric: str
+    budget: float
+    loss: float
+    layers: list[LayerChoice]
+    samples: int
+    decisions: list[str] = field(default_factory=list)
+    fp32_accuracy: float | None = None
+    accuracy: float | None = None
+    sqnr_db: float | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Layers per precision."""
+        return {p: sum(layer.precision == p for layer in self.layers) for p in _ORDER}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the manifest's ``precision`` section)."""
+        return {"mode": self.mode, "calibration": self.calibration,
+                "activation_dtype": self.activation_dtype, "metric": self.metric,
+                "budget": self.budget, "loss": self.loss, "held_out_samples": self.samples,
+                "fp32_accuracy": self.fp32_accuracy, "accuracy": self.accuracy,
+                "sqnr_db": self.sqnr_db, "counts": self.counts(),
+                "decisions": self.decisions, "layers": [x.to_dict() for x in self.layers]}
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    """What the user asked: ``--precision``, ``--calib-method``, budget, SQNR floor."""
+
+    precision: str = "fp32"
+    calibration: str = "minmax"
+    accuracy_budget: float | None = None
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
+    labels: Path | None = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether anything but fp32 was asked for."""
+        return self.precision != "fp32"
+
+    def validate(self) -> None:
+        """Check the options before any work."""
+        if self.precision not in PRECISIONS:
+            raise PrecisionError(
+                f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise PrecisionError(f"--calib-method {self.calibration!r} is not one of "
+                                 f"{', '.join(CALIBRATION_METHODS)}")
+
+
+def layer_candidates(model: ir.Model, target: Target) -> list[LayerChoice]:
+    """Every Conv/MatMul/Gemm with a constant weight, its candidates and roofline estimates."""
+    costs = {c.name: c for c in graph_cost(model).nodes}
+    instruction = dot_instruction(target)
+    layers = []
+    for node in model.graph:
+        if node.op_type not in QUANTIZED_OPS or len(node.inputs) < 2:
+            continue
+        weight = node.inputs[1]
+        if weight is None or weight.const_value is None:
+            continue
+        name = node.name or node.outputs[0].name or ""
+        candidates = {"fp32": "always available"}
+        grouped = node.op_type == "Conv" and int(node.attributes.get_int("group", 1)) != 1
+        if instruction is None:
+            why = ("no int8 dot product on this target: int8 would run as float after "
+                   "dequantize, no faster")
+        elif grouped:
+            why = "grouped/depthwise conv: no dot-product reduction for an int8 kernel"
+        else:
+            why = ""
+            candidates["int8"] = f"{instruction.name} kernel"
+        if target.fp16_arith:
+            candidates["fp16"] = "native fp16 arithmetic"
+        cost = costs.get(name)
+        estimates = {p: _estimate_us(cost, target, p) for p in candidates}
+        choice = LayerChoice(name, node.op_type, candidates, estimates)
+        if why:
+            choice.reason = why
+        layers.append(choice)
+    return layers
+
+
+def _estimate_us(cost: Any, target: Target, precision: str) -> float:
+    """Roofline time of one layer at ``precision`` (bytes shrink with the element size)."""
+    if cost is None:
+        return 0.0
+    size = {"int8": 1, "fp16": 2, "fp32": 4}[precision]
+    compute = cost.macs / target.peak_macs_per_s(precision)
+    traffic = (cost.weight_bytes + cost.input_bytes + cost.output_bytes) * size / 4
+    return 1e6 * max(compute, traffic / target.dram_bandwidth_bytes_s)
+
+
+def calibrate(proto: onnx.ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
+              method: str) -> dict[str, tuple[float, float]]:
+    """Activation ranges of every tensor by onnxruntime's calibrator ``method``."""
+    from onnxruntime.quantization import calibrate as ort_calibrate
+
+    methods = {"minmax": ort_calibrate.CalibrationMethod.MinMax,
+               "percentile": ort_calibrate.CalibrationMethod.Percentile,
+               "entropy": ort_calibrate.CalibrationMethod.Entropy}
+
+    class Reader(ort_calibrate.CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.feeds = iter(list(batches))
+
+        def get_next(self) -> Mapping[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="hwcomp-calib-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(path))
+        calibrator = ort_calibrate.create_calibrator(
+            path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=methods[method], extra_options={"symmetric": False},
+        )
+        calibrator.collect_data(Reader())
+        data = calibrator.compute_data()
+    return {name: (float(np.min(d.range_value[0])), float(np.max(d.range_value[1])))
+            for name, d in data.data.items()}
+
+
+def share_ranges(proto: onnx.ModelProto, ranges: dict[str, tuple[float, float]]) -> list[str]:
+    """Give the inputs and output of each Add/Sub/Concat the union of their ranges.
+
+    Returns the names of the groups that were widened (for the report).
+    """
+    parent = {name: name for name in ranges}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    initializers = {t.name for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type not in _SHARED_RANGE_OPS:
+            continue
+        members = [t for t in [*node.input, *node.output] if t in ranges and t not in initializers]
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+    groups: dict[str, list[str]] = {}
+    for name in ranges:
+        groups.setdefault(find(name), []).append(name)
+    widened = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        low = min(ranges[m][0] for m in members)
+        high = max(ranges[m][1] for m in members)
+        for m in members:
+            ranges[m] = (low, high)
+        widened.append("+".join(sorted(members)))
+    return widened
+
+
+def quantize_model(proto: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]],
+                   precisions: Mapping[str, str], act_dtype: str) -> onnx.ModelProto:
+    """Return the QDQ model: int8 layers through onnxruntime's QDQ quantizer, fp16 by casts."""
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    int8 = [name for name, p in precisions.items() if p == "int8"]
+    fp16 = [name for name, p in precisions.items() if p == "fp16"]
+    result = onnx.ModelProto.FromString(proto.SerializeToString())
+    if int8:
+        tensors = TensorsData(CalibrationMethod.MinMax, {
+            name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+            for name, (lo, hi) in ranges.items()})
+        activation = QuantType.QUInt8 if act_dtype == "uint8" else QuantType.QInt8
+        quantizer = QDQQuantizer(
+            result, True, False, QuantType.QInt8, activation, tensors, int8, [],
+            sorted(QUANTIZED_OPS), {"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        result = quantizer.quantize_model()
+        model_io.sort_nodes(result.graph)
+    if fp16:
+        _cast_layers_to_fp16(result, set(fp16))
+    result.ir_version = min(result.ir_version, 10)
+    return result
+
+
+def _cast_layers_to_fp16(proto: onnx.ModelProto, names: set[str]) -> None:
+    """Make the named layers compute in fp16: fp16 weights, activations cast in and out."""
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    new_nodes = []
+    for node in proto.graph.node:
+        if (node.name or node.output[0]) not in names:
+            new_nodes.append(node)
+            continue
+        for index, name in enumerate(node.input):
+            if not name:
+                continue
+            if name in initializers:
+                half = f"{name}__fp16"
+                if half not in initializers:
+                    array = numpy_helper.to_array(initializers[name]).astype(np.float16)
+                    tensor = numpy_helper.from_array(array, half)
+                    proto.graph.initializer.append(tensor)
+                    initializers[half] = tensor
+                node.input[index] = half
+            else:
+                cast = f"{name}__to_fp16_{node.name}"
+                new_nodes.append(helper.make_node("Cast", [name], [cast], to=onnx.TensorProto.FLOAT16,
+                                                  name=f"{cast}_cast"))
+                node.input[index] = cast
+        output = node.output[0]
+        node.output[0] = f"{output}__fp16"
+        new_nodes.append(node)
+        new_nodes.append(helper.make_node("Cast", [node.output[0]], [output],
+                                          to=onnx.TensorProto.FLOAT, name=f"{output}__to_fp32"))
+    del proto.graph.node[:]
+    proto.graph.node.extend(new_nodes)
+
+
+class _Evaluator:
+    """Whole-model loss of a precision assignment on held-out samples, with onnxruntime."""
+
+    def __init__(self, proto: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]],
+                 act_dtype: str, check: Sequence[Mapping[str, np.ndarray]],
+                 labels: np.ndarray | None, options: PrecisionOptions) -> None:
+        self.proto, self.ranges, self.act_dtype = proto, ranges, act_dtype
+        self.check, self.labels = check, labels
+        self.reference = self._outputs(proto)
+        classes = self.reference.shape[1] > 1
+        self.use_labels = labels is not None and classes
+        if self.use_labels:
+            assert labels is not None
+            self.fp32_accuracy: float | None = float(
+                (self.reference.argmax(1) == labels[: len(self.reference)]).mean())
+            self.metric = "top-1 accuracy drop on held-out samples"
+            self.budget = options.accuracy_budget if options.accuracy_budget is not None else 0.01
+        else:
+            self.fp32_accuracy = None
+            self.metric = f"output SQNR vs fp32 below {options.min_sqnr_db:g} dB"
+            self.budget = 0.0
+        self.min_sqnr = options.min_sqnr_db
+        self.evaluations = 0
+
+    def _outputs(self, proto: onnx.ModelProto) -> np.ndarray:
+        outs = [run_onnxruntime(proto, batch)[0] for batch in self.check]
+        return np.concatenate([o.reshape(o.shape[0], -1) for o in outs]).astype(np.float64)
+
+    def sqnr(self, got: np.ndarray) -> float:
+        noise = float(((self.reference - got) ** 2).sum())
+        signal = float((self.reference ** 2).sum())
+        return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
+
+    def accuracy(self, got: np.ndarray) -> float | None:
+        if not self.use_labels:
+            return None
+        assert self.labels is not None
+        return float((got.argmax(1) == self.labels[: len(got)]).mean())
+
+    def loss(self, precisions: Mapping[str, str]) -> tuple[float, np.ndarray]:
+        """(loss, outputs): accuracy drop with labels, else SQNR shortfall in dB."""
+        self.evaluations += 1
+        got = self._outputs(quantize_model(self.proto, self.ranges, precisions, self.act_dtype))
+        if self.use_labels:
+            assert self.fp32_accuracy is not None
+            return self.fp32_accuracy - float(self.accuracy(got) or 0.0), got
+        return max(0.0, self.min_sqnr - self.sqnr(got)), got
+
+
+def plan_precision(
+    model: ir.Model, target: Target, options: PrecisionOptions,
+    batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray | None,
+) -> tuple[onnx.ModelProto, PrecisionPlan]:
+    """Choose each layer's precision and return the QDQ model with the plan.
+
+    The first three quarters of ``batches`` calibrate, the rest measure (``labels`` are for
+    all samples, in order).
+
+    Raises:
+        PrecisionError: ``--precision int8``/``fp16`` asked of a target or layers that cannot
+            run it, or a budget the forced precision misses (naming the layers that block it).
+    """
+    options.validate()
+    proto = model_io.to_proto(model)
+    held_out = max(1, len(batches) // 4) if len(batches) > 1 else 0
+    fit = list(batches[: len(batches) - held_out])
+    check = list(batches[len(batches) - held_out:]) or fit
+    check_labels = None
+    if labels is not None:
+        check_labels = labels[model_io.sample_count(fit):]
+    act_dtype = activation_dtype(target)
+    layers = layer_candidates(model, target)
+    ranges = calibrate(proto, fit, options.calibration)
+    widened = share_ranges(proto, ranges)
+    evaluator = _Evaluator(proto, ranges, act_dtype, check, check_labels, options)
+    decisions = [f"calibrated with onnxruntime's {options.calibration} calibrator on "
+                 f"{model_io.sample_count(fit)} samples; measured on "
+                 f"{model_io.sample_count(check)} held-out samples"]
+    if widened:
+        decisions.append(f"shared ranges (residual add / concat): {len(widened)} group(s)")
+
+    if options.precision in ("int8", "fp16"):
+        _force(layers, options.precision, target)
+    else:
+        for layer in layers:
+            best = min(layer.candidates, key=lambda p: (layer.estimated_us[p], _ORDER.index(p)))
+            layer.precision = best
+            if best != "fp32":
+                layer.reason = (f"fastest by roofline: {layer.estimated_us[best]:.2f} us vs "
+                                f"{layer.estimated_us['fp32']:.2f} us fp32 "
+                                f"({layer.candidates[best]})")
+            elif not layer.reason:
+                layer.reason = "no faster precision on this target"
+    precisions = {layer.name: layer.precision for layer in layers}
+    loss, got = evaluator.loss(precisions)
+    decisions.append(f"all at chosen precision: loss {loss:.4g} ({evaluator.metric})")
+    if loss > evaluator.budget:
+        _measure_alone(layers, evaluator)
+        if options.precision != "auto":
+            blockers = sorted((x for x in layers if x.loss_alone), key=lambda x: -(x.loss_alone or 0))
+            raise PrecisionError(
+                f"--precision {options.precision} misses the budget: {evaluator.metric} "
+                f"{loss:.4g} > {evaluator.budget:.4g}; layers that cost most alone: "
+                + ", ".join(f"{x.name} ({x.loss_alone:.4g})" for x in blockers[:5])
+                + "; use --precision auto to keep those in a wider precision")
+        loss, got = _roll_back(layers, evaluator, loss, decisions)
+    plan = PrecisionPlan(
+        mode=options.precision, calibration=options.calibration, activation_dtype=act_dtype,
+        metric=evaluator.metric, budget=evaluator.budget, loss=loss, layers=layers,
+        samples=model_io.sample_count(check), decisions=decisions,
+        fp32_accuracy=evaluator.fp32_accuracy, accuracy=evaluator.accuracy(got),
+        sqnr_db=_finite(evaluator.sqnr(got)),
+    )
+    decisions.append(f"{evaluator.evaluations} whole-model evaluations in onnxruntime")
+    quantized = quantize_model(proto, ranges, {x.name: x.precision for x in layers}, act_dtype)
+    return quantized, plan
+
+
+def _force(layers: list[LayerChoice], precision: str, target: Target) -> None:
+    """``--precision int8|fp16``: every layer that can, at that precision; the rest say why."""
+    if precision == "fp16" and not target.fp16_arith:
+        raise PrecisionError(
+            f"--precision fp16: target '{target.name}' has no fp16 arithmetic (it would "
+            "convert to fp32 and gain nothing); use --precision auto or fp32")
+    if precision == "int8" and dot_instruction(target) is None:
+        logger.warning("target '%s' has no int8 dot product: int8 layers will be "
+                       "dequantized and run in float (smaller weights, no speed-up)", target.name)
+    for layer in layers:
+        if precision in layer.candidates or precision == "int8":
+            layer.precision = precision
+            layer.reason = f"--precision {precision}"
+            if precision not in layer.candidates:
+                layer.reason += f" ({layer.reason or 'no integer kernel: runs dequantized'})"
+        else:
+            layer.reason = layer.reason or f"{precision} not available"
+
+
+def _measure_alone(layers: list[LayerChoice], evaluator: _Evaluator) -> None:
+    for layer in layers:
+        if layer.precision == "fp32":
+            continue
+        loss, _ = evaluator.loss({layer.name: layer.precision})
+        layer.loss_alone = loss
+
+
+def _roll_back(layers: list[LayerChoice], evaluator: _Evaluator, loss: float,
+               decisions: list[str]) -> tuple[float, np.ndarray]:
+    """Demote the costliest layers one step at a time until the budget holds."""
+    got = evaluator.reference
+    order = sorted((x for x in layers if x.precision != "fp32"),
+                   key=lambda x: -(x.loss_alone or 0.0))
+    queue = list(order)
+    while loss > evaluator.budget and queue:
+        layer = queue.pop(0)
+        wider = [p for p in _ORDER[_ORDER.index(layer.precision) + 1:] if p in layer.candidates]
+        previous = layer.precision
+        layer.precision = wider[0]
+        layer.reason = (f"rolled back from {previous}: costs {layer.loss_alone:.4g} alone "
+                        f"({evaluator.metric})")
+        if layer.precision != "fp32":
+            queue.append(layer)
+        loss, got = evaluator.loss({x.name: x.precision for x in layers})
+        decisions.append(f"{layer.name}: {previous} -> {layer.precision}, loss now {loss:.4g}")
+    if loss > evaluator.budget:  # every layer fp32 is exact; only reachable through bugs
+        raise PrecisionError(f"budget not met even in fp32 (loss {loss:.4g})")
+    return loss, got
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isinf(value) else value
+
+
+def calibration_for(model: ir.Model, calib: Path | None, labels_path: Path | None,
+                    precision: str) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+    """Load ``--calib`` (required for int8/auto) and ``--labels`` as batches and labels.
+
+    Raises:
+        CalibrationDataError: No calibration data for a precision that needs ranges.
+    """
+    specs = model_io.graph_inputs(model)
+    if calib is None:
+        if precision in ("int8", "auto"):
+            shapes = ", ".join(f"'{s.name}' as (N, {', '.join(map(str, s.shape[1:]))})"
+                               for s in specs)
+            raise CalibrationDataError(
+                f"--precision {precision} needs calibration data for activation ranges: pass "
+                f"--calib FILE.npz with representative samples of {shapes} (random inputs "
+                "give ranges unlike real data, so hwcomp does not guess)")
+        return model_io.random_calibration(specs, 8), None
+    batches = model_io.calibration_batches(specs, model_io.load_calibration(Path(calib), specs))
+    labels = None
+    if labels_path is not None:
+        labels = model_io.load_labels(Path(labels_path), model_io.sample_count(batches))
+    return batches, labels

@@ -1,0 +1,248 @@
+"""Mixed precision: integer kernels against onnxruntime's integer ops, QDQ builds, the plan.
+
+Kernels are compared bit for bit with onnxruntime's ConvInteger / MatMulInteger (int32
+accumulators); whole QDQ models compiled by hwcomp are compared with onnxruntime running
+the same QDQ model (QLinearConv after its QDQ fusion).
+"""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hwcomp import model as model_io
+from hwcomp.lower import int8
+from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.tvm import import_relax
+from hwcomp.quantize import PrecisionOptions, calibrate, share_ranges
+from hwcomp.targets import cpu_flags, load_target
+from tests import model_zoo
+from tests.conftest import REPO, run_cli
+from tests.digits import digits_split
+
+DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
+needs_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="CPU lacks AVX512-VNNI")
+
+
+def _ort(proto: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    proto.ir_version = 10
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)
+
+
+def _compile(func):
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=load_target("host").tvm())
+    return lib, lib.mod.inspect_source("asm")
+
+
+@needs_vnni
+@pytest.mark.parametrize("shape,out_channels,kernel,stride,pad,zp", [
+    ((1, 16, 12, 12), 32, 3, 1, 1, 7),      # common 3x3
+    ((2, 3, 11, 9), 20, 3, 2, 1, 128),      # C and OC not multiples of 4/16, stride 2, batch 2
+    ((1, 24, 7, 7), 16, 1, 1, 0, 0),        # pointwise
+])
+def test_conv_kernel_is_bit_exact_with_convinteger_and_uses_vnni(shape, out_channels, kernel,
+                                                                  stride, pad, zp):
+    import tvm
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    w = rng.integers(-128, 128, (out_channels, shape[1], kernel, kernel)).astype(np.int8)
+    func = int8.conv_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
+                            (pad,) * 4, (1, 1), zp, int8.VNNI)
+    lib, asm = _compile(func)
+    assert "vpdpbusd" in asm
+    out_h = (shape[2] + 2 * pad - kernel) // stride + 1
+    out_w = (shape[3] + 2 * pad - kernel) // stride + 1
+    packed = int8.pack_weight(int8.conv_weight_matrix(w), 16)
+    out = tvm.runtime.tensor(np.zeros((shape[0] * out_h * out_w, packed.shape[0] * 16), np.int32))
+    lib(tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+    acc = out.numpy()[:, :out_channels].reshape(shape[0], out_h, out_w, out_channels)
+    acc = acc.transpose(0, 3, 1, 2) - zp * w.reshape(out_channels, -1).astype(np.int32).sum(1)[
+        None, :, None, None]
+    graph = helper.make_graph(
+        [helper.make_node("ConvInteger", ["x", "w", "zx"], ["y"], pads=[pad] * 4,
+                          strides=[stride, stride])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(zp, np.uint8), "zx")])
+    reference = _ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                     {"x": x})[0]
+    np.testing.assert_array_equal(acc, reference)
+
+
+@needs_vnni
+def test_matmul_kernel_is_bit_exact_with_matmulinteger():
+    import tvm
+
+    rng = np.random.default_rng(3)
+    rows, depth, cols = 10, 37, 21
+    a = rng.integers(0, 256, (rows, depth)).astype(np.uint8)
+    w = rng.integers(-128, 128, (depth, cols)).astype(np.int8)
+    lib, asm = _compile(int8.matmul_kernel(rows, depth, cols, int8.VNNI))
+    assert "vpdpbusd" in asm
+    a_pad = np.zeros((rows, 40), np.uint8)
+    a_pad[:, :depth] = a
+    out = tvm.runtime.tensor(np.zeros((rows, 32), np.int32))
+    lib(tvm.runtime.tensor(a_pad), tvm.runtime.tensor(int8.pack_weight(w.T, 16)), out)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(w, "w")])
+    reference = _ort(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]),
+                     {"a": a})[0]
+    np.testing.assert_array_equal(out.numpy()[:, :cols], reference)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    (x_train, y_train), (x_test, y_test) = digits_split()
+    folder = tmp_path_factory.mktemp("digits-int8")
+    np.savez(folder / "calib.npz", image=x_train[:256])
+    np.save(folder / "labels.npy", y_train[:256])
+    return folder, x_test, y_test
+
+
+def _top1(path, images, labels) -> float:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"image": images})[0]
+    return float((scores.argmax(1) == labels).mean())
+
+
+def _build(folder, target, *extra):
+    return run_cli("build", str(DIGITS), "--target", target, "--input-shape", "image=8x1x8x8",
+                   "--calib", str(folder / "calib.npz"), "-o", str(folder / "out"), "--force",
+                   *extra)
+
+
+def test_digits_auto_precision_keeps_accuracy_and_differs_by_target(digits):
+    folder, x_test, y_test = digits
+    session_fp32 = _top1(DIGITS, x_test, y_test)
+    plans = {}
+    for target in ("x86-avx512", "arm-a76", "arm-a72"):
+        result = _build(folder, target, "--precision", "auto", "--accuracy-budget", "1%",
+                        "--labels", str(folder / "labels.npy"))
+        assert result.returncode == 0, result.stderr
+        bundle = folder / "out" / f"digits_cnn-{target}"
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["verification"]["status"] == "passed"
+        plans[target] = manifest
+        # The QDQ model onnxruntime runs keeps top-1 within 1 % on the 360 held-out images
+        # (bound to batch 8 for the build, so scored 8 at a time).
+        optimized = bundle / "model.optimized.onnx"
+        session = ort.InferenceSession(str(optimized), providers=["CPUExecutionProvider"])
+        usable = len(x_test) // 8 * 8
+        scores = np.concatenate([session.run(None, {"image": x_test[i:i + 8]})[0]
+                                 for i in range(0, usable, 8)])
+        accuracy = float((scores.argmax(1) == y_test[:usable]).mean())
+        assert accuracy >= session_fp32 - 0.01, (target, accuracy, session_fp32)
+    precisions = {t: {x["precision"] for x in m["precision"]["layers"]} for t, m in plans.items()}
+    assert precisions["arm-a72"] == {"fp32"}          # no SDOT: int8 would not be faster
+    assert "int8" in precisions["x86-avx512"] and "int8" in precisions["arm-a76"]
+    assert plans["x86-avx512"]["integer_kernels"]["instruction"] == "vpdpbusd"
+    assert plans["arm-a76"]["integer_kernels"]["instruction"] == "sdot"
+    assert plans["x86-avx512"]["precision"]["activation_dtype"] == "uint8"
+    assert plans["arm-a76"]["precision"]["activation_dtype"] == "int8"
+    assert plans["arm-a72"]["integer_kernels"] is None
+    for layer in plans["arm-a72"]["precision"]["layers"]:
+        assert "no int8 dot product" in layer["reason"]
+
+
+def test_rollback_falls_back_to_fp16_only_where_the_target_has_it(digits):
+    folder, _, _ = digits
+    chosen = {}
+    for target in ("x86-avx512", "arm-a76"):
+        result = _build(folder, target, "--precision", "auto", "--min-sqnr", "45")
+        assert result.returncode == 0, result.stderr
+        manifest = json.loads((folder / "out" / f"digits_cnn-{target}" / "manifest.json").read_text())
+        plan = manifest["precision"]
+        assert plan["sqnr_db"] is None or plan["sqnr_db"] >= 45
+        chosen[target] = {x["precision"] for x in plan["layers"]}
+        assert any("rolled back" in x["reason"] for x in plan["layers"])
+    assert "fp16" not in chosen["x86-avx512"]         # Zen 4: no fp16 arithmetic
+    assert "fp16" in chosen["arm-a76"]                # A76: FEAT_FP16
+
+
+def test_qdq_model_compiled_agrees_with_onnxruntime_qdq(tmp_path):
+    """resnet_like (residual adds) quantized, compiled with integer kernels, vs onnxruntime."""
+    import tvm
+
+    model = model_zoo.resnet_like()
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = model_io.load_model(tmp_path / "m.onnx")
+    specs = model_io.graph_inputs(loaded)
+    batches = model_io.random_calibration(specs, 8)
+    from hwcomp.quantize import plan_precision
+
+    target = load_target("host")
+    proto, plan = plan_precision(loaded, target, PrecisionOptions(precision="int8", min_sqnr_db=0),
+                                 batches, None)
+    assert plan.counts()["int8"] >= 6
+    onnx.save(proto, tmp_path / "q.onnx")
+    legal, _ = legalize_for_tvm(model_io.load_model(tmp_path / "q.onnx"))
+    legal_proto = model_io.to_proto(legal)
+    mod, rewrite = int8.rewrite_integer_kernels(import_relax(legal_proto), target)
+    assert rewrite is not None and len(rewrite.rewritten) == plan.counts()["int8"]
+    executable = tvm.compile(mod, target=target.tvm())
+    vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
+    feeds = model_io.seeded_inputs(specs, 5)
+    (name, x), = feeds.items()
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    expected = _ort(legal_proto, feeds)[0]
+    # The integer path computes what onnxruntime's QLinearConv computes: identical here.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_calibrators_and_shared_ranges():
+    model = model_zoo.resnet_like()
+    model.ir_version = 10
+    loaded = model_io.infer_shapes(model_io.ir.serde.deserialize_model(model))
+    proto = model_io.to_proto(loaded)
+    batches = model_io.random_calibration(model_io.graph_inputs(loaded), 4)
+    minmax = calibrate(proto, batches, "minmax")
+    percentile = calibrate(proto, batches, "percentile")
+    assert set(minmax) == set(percentile)
+    # Percentile clips outliers: never wider than min-max, narrower somewhere.
+    assert all(percentile[t][1] <= minmax[t][1] + 1e-6 for t in minmax)
+    assert any(percentile[t][1] < minmax[t][1] - 1e-6 for t in minmax)
+    adds = [n for n in proto.graph.node if n.op_type == "Add"]
+    assert adds
+    widened = share_ranges(proto, minmax)
+    assert widened
+    for node in adds:
+        members = [t for t in [*node.input, *node.output] if t in minmax]
+        assert len({minmax[t] for t in members}) == 1
+
+
+def test_int8_without_calibration_data_fails_clearly(tmp_path):
+    result = run_cli("build", str(DIGITS), "--target", "x86-avx512", "--input-shape",
+                     "image=1x1x8x8", "--precision", "int8", "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "--calib" in result.stderr and "'image'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_fp16_on_a_target_without_fp16_fails_clearly(digits):
+    folder, _, _ = digits
+    result = _build(folder, "x86-avx512", "--precision", "fp16")
+    assert result.returncode == 2
+    assert "no fp16 arithmetic" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unmeetable_budget_names_the_blocking_layers(digits, tmp_path):
+    folder, _, _ = digits
+    result = run_cli("build", str(DIGITS), "--target", "x86-avx512", "--input-shape",
+                     "image=8x1x8x8", "--calib", str(folder / "calib.npz"), "--precision", "int8",
+                     "--min-sqnr", "90", "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "misses the budget" in result.stderr and "/Conv" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "digits_cnn-x86-avx512").exists()
