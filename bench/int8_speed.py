@@ -43,7 +43,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for label, make in MODELS.items():
-            path = Path(scratch) / f"{label.split()[0]}.onnx"
+            path = Path(scratch) / f"{label.split()[0]}_{len(rows)}.onnx"
             proto = make()
             proto.ir_version = 10
             onnx.save(proto, path)

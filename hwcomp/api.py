@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes import common
 
 import hwcomp
 from hwcomp import compress as compression
@@ -245,6 +246,7 @@ def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOption
 
     folded = model_io.infer_shapes(ir.serde.deserialize_model(model_io.to_proto(model)))
     FoldBatchNormPass()(folded)
+    common.RemoveUnusedNodesPass()(folded)
     batches, labels = quantize.calibration_for(folded, calib, options.labels, options.precision)
     logger.info("choosing precisions (%s) on %d calibration batches", options.precision,
                 len(batches))

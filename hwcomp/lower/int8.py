@@ -63,6 +63,9 @@ SDOT = DotInstruction("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
 # The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
 # the L-lane accumulators in registers without spilling on either ISA.
 _ROW_TILE = 4
+# Lane blocks (of L output channels) per task: 4 rows x 4 blocks = 16 accumulator registers,
+# half of AVX-512's and NEON's 32.
+_LANE_BLOCKS = 4
 
 
 def dot_instruction(target: Target) -> DotInstruction | None:
@@ -105,7 +108,7 @@ def _register(instruction: DotInstruction) -> None:
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), act, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
@@ -119,7 +122,7 @@ def _register(instruction: DotInstruction) -> None:
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), act, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
@@ -191,18 +194,25 @@ def conv_kernel(
     rows = batch * out_h * out_w
 
     x = te.placeholder(data_shape, dtype, name="X")
+    padded_h, padded_w = height + top + bottom, width + left + right
+
+    def to_nhwc(n: Any, h: Any, w_: Any, ch: Any) -> Any:
+        # Spatial padding takes the zero point (it stands for 0.0); padded channels take 0
+        # (their weights are 0 too, and the zero-point correction sums real channels only).
+        inside = tirx.all(h >= top, h < top + height, w_ >= left, w_ < left + width)
+        value = x[n, tirx.min(ch, channels - 1), tirx.max(tirx.min(h - top, height - 1), 0),
+                  tirx.max(tirx.min(w_ - left, width - 1), 0)]
+        padded = tirx.if_then_else(inside, value, tirx.const(zero_point, dtype))
+        return tirx.if_then_else(ch < channels, padded, tirx.const(0, dtype))
+
+    nhwc = te.compute((batch, padded_h, padded_w, c_pad), to_nhwc, name="nhwc")
 
     def im2col(m: Any, kk: Any) -> Any:
         n, pix = m // (out_h * out_w), m % (out_h * out_w)
         oh, ow = pix // out_w, pix % out_w
         tap, ch = kk // c_pad, kk % c_pad
-        ih = oh * strides[0] + (tap // kw_) * dilation[0] - top
-        iw = ow * strides[1] + (tap % kw_) * dilation[1] - left
-        inside = tirx.all(ih >= 0, ih < height, iw >= 0, iw < width)
-        value = x[n, tirx.min(ch, channels - 1), tirx.max(tirx.min(ih, height - 1), 0),
-                  tirx.max(tirx.min(iw, width - 1), 0)]
-        padded = tirx.if_then_else(inside, value, tirx.const(zero_point, dtype))
-        return tirx.if_then_else(ch < channels, padded, tirx.const(0, dtype))
+        return nhwc[n, oh * strides[0] + (tap // kw_) * dilation[0],
+                    ow * strides[1] + (tap % kw_) * dilation[1], ch]
 
     col = te.compute((rows, depth), im2col, name="col")
     w = te.placeholder((cols_pad // lanes, depth // 4, lanes, 4), "int8", name="W")
@@ -215,7 +225,8 @@ def conv_kernel(
         ),
         name="C",
     )
-    return _schedule(te.create_prim_func([x, w, c]), "C", instruction, im2col_block="col")
+    return _schedule(te.create_prim_func([x, w, c]), "C", instruction,
+                     im2col=((batch, out_h, out_w), (kh_ * kw_, c_pad)))
 
 
 def conv_weight_matrix(weight: np.ndarray) -> np.ndarray:
@@ -228,27 +239,50 @@ def conv_weight_matrix(weight: np.ndarray) -> np.ndarray:
 
 
 def _schedule(func: Any, block_name: str, instruction: DotInstruction,
-              im2col_block: str | None = None) -> Any:
+              im2col: tuple[tuple[int, int, int], tuple[int, int]] | None = None) -> Any:
+    """Register-tile the matmul and tensorize its inner block.
+
+    Each parallel task owns ``rows x (blocks * L)`` int32 accumulators (a local buffer LLVM
+    keeps in vector registers) across the whole K loop, so the inner loop is loads of A words
+    and W vectors feeding one dot-product instruction each.
+    """
     from tvm import s_tir
 
     _register(instruction)
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(block_name)
+    local = sch.cache_write(block, 0, "local")
     m, n, k = sch.get_loops(block)
     rows = sch.get(m).extent.value
-    row_tile = _ROW_TILE if rows % _ROW_TILE == 0 else 1
+    lane_blocks = sch.get(n).extent.value // instruction.lanes
+    row_tile = next(t for t in (_ROW_TILE, 2, 1) if rows % t == 0)
+    block_tile = next(t for t in (_LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
     m_outer, m_inner = sch.split(m, [None, row_tile])
-    n_outer, n_inner = sch.split(n, [None, instruction.lanes])
+    n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
     k_outer, k_inner = sch.split(k, [None, 4])
-    sch.reorder(m_outer, n_outer, k_outer, m_inner, n_inner, k_inner)
-    sch.parallel(sch.fuse(m_outer, n_outer))
+    sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane, k_inner)
+    task = sch.fuse(m_outer, n_outer)
+    sch.parallel(task)
+    sch.reverse_compute_at(local, task)
+    sch.vectorize(sch.get_loops(local)[-1])
     init = sch.decompose_reduction(block, k_outer)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(n_inner, instruction.intrin)
-    if im2col_block is not None:
-        col = sch.get_sblock(im2col_block)
-        row, _ = sch.get_loops(col)
-        sch.parallel(row)
+    sch.unroll(m_inner)
+    sch.unroll(n_block)
+    sch.tensorize(n_lane, instruction.intrin)
+    if im2col is not None:
+        # Rows split as (n, oh, ow) and K as (tap, channel) so the index arithmetic folds
+        # away and each tap is a contiguous copy of C_pad bytes.
+        (batch, out_h, out_w), (taps, c_pad) = im2col
+        col = sch.get_sblock("col")
+        row, depth = sch.get_loops(col)
+        n, oh, ow = sch.split(row, [batch, out_h, out_w])
+        _, channel = sch.split(depth, [taps, c_pad])
+        sch.parallel(sch.fuse(n, oh))
+        sch.vectorize(channel)
+        nhwc = sch.get_sblock("nhwc")
+        n, h, *_ = sch.get_loops(nhwc)
+        sch.parallel(sch.fuse(n, h))
     return sch.mod["main"]
 
 
