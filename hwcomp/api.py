@@ -31,7 +31,7 @@ from hwcomp.errors import (
     VerificationError,
 )
 from hwcomp.lower import lowering_for
-from hwcomp.lower.int8 import rewrite_integer_kernels
+from hwcomp.lower.kernels import rewrite_kernels
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runner import compile_runner, require_tool
 from hwcomp.lower.runtime_libs import ffi_include_dir
@@ -206,7 +206,7 @@ def build(
     check_supported(legal_proto)
     logger.info("importing into TVM Relax")
     mod = import_relax(legal_proto)
-    mod, integer = rewrite_integer_kernels(mod, target)
+    mod, kernels = rewrite_kernels(mod, target)
     logger.info("compiling for %s (%s)", target.name, target.family)
     executable = lowering.compile(mod, target)
 
@@ -221,9 +221,10 @@ def build(
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
-        manifest["integer_kernels"] = None if integer is None else {
-            "instruction": integer.instruction, "ops": integer.rewritten,
-            "kept_float": integer.kept_float}
+        manifest["integer_kernels"] = None if kernels is None or not kernels.rewritten else {
+            "instruction": kernels.instruction, "ops": kernels.rewritten,
+            "kept_float": kernels.kept_float}
+        manifest["float_kernels"] = [] if kernels is None else kernels.float_ops
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):

@@ -37,7 +37,7 @@ import onnx_ir as ir
 from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.errors import CalibrationDataError, HwcompError
-from hwcomp.lower.int8 import activation_dtype, dot_instruction
+from hwcomp.lower.kernels import activation_dtype, dot_instruction
 from hwcomp.targets import Target
 from hwcomp.verify import run_onnxruntime
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp import model as model_io
-from hwcomp.lower import int8
+from hwcomp.lower import kernels
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.tvm import import_relax
 from hwcomp.quantize import PrecisionOptions, calibrate, share_ranges
@@ -53,13 +53,13 @@ def test_conv_kernel_is_bit_exact_with_convinteger_and_uses_vnni(shape, out_chan
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(0, 256, shape).astype(np.uint8)
     w = rng.integers(-128, 128, (out_channels, shape[1], kernel, kernel)).astype(np.int8)
-    func = int8.conv_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
-                            (pad,) * 4, (1, 1), zp, int8.VNNI)
+    func = kernels.conv_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
+                               (pad,) * 4, (1, 1), zp, kernels.VNNI)
     lib, asm = _compile(func)
     assert "vpdpbusd" in asm
     out_h = (shape[2] + 2 * pad - kernel) // stride + 1
     out_w = (shape[3] + 2 * pad - kernel) // stride + 1
-    packed = int8.pack_weight(int8.conv_weight_matrix(w), 16)
+    packed = kernels.pack_weight(kernels.conv_weight_matrix(w, kernels.VNNI), kernels.VNNI)
     out = tvm.runtime.tensor(np.zeros((shape[0] * out_h * out_w, packed.shape[0] * 16), np.int32))
     lib(tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
     acc = out.numpy()[:, :out_channels].reshape(shape[0], out_h, out_w, out_channels)
@@ -84,12 +84,12 @@ def test_matmul_kernel_is_bit_exact_with_matmulinteger():
     rows, depth, cols = 10, 37, 21
     a = rng.integers(0, 256, (rows, depth)).astype(np.uint8)
     w = rng.integers(-128, 128, (depth, cols)).astype(np.int8)
-    lib, asm = _compile(int8.matmul_kernel(rows, depth, cols, int8.VNNI))
+    lib, asm = _compile(kernels.matmul_kernel(rows, depth, cols, kernels.VNNI))
     assert "vpdpbusd" in asm
     a_pad = np.zeros((rows, 40), np.uint8)
     a_pad[:, :depth] = a
     out = tvm.runtime.tensor(np.zeros((rows, 32), np.int32))
-    lib(tvm.runtime.tensor(a_pad), tvm.runtime.tensor(int8.pack_weight(w.T, 16)), out)
+    lib(tvm.runtime.tensor(a_pad), tvm.runtime.tensor(kernels.pack_weight(w.T, kernels.VNNI)), out)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)],
@@ -188,7 +188,7 @@ def test_qdq_model_compiled_agrees_with_onnxruntime_qdq(tmp_path):
     onnx.save(proto, tmp_path / "q.onnx")
     legal, _ = legalize_for_tvm(model_io.load_model(tmp_path / "q.onnx"))
     legal_proto = model_io.to_proto(legal)
-    mod, rewrite = int8.rewrite_integer_kernels(import_relax(legal_proto), target)
+    mod, rewrite = kernels.rewrite_kernels(import_relax(legal_proto), target)
     assert rewrite is not None and len(rewrite.rewritten) == plan.counts()["int8"]
     executable = tvm.compile(mod, target=target.tvm())
     vm = tvm.relax.VirtualMachine(executable, tvm.cpu())

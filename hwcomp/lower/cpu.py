@@ -15,6 +15,7 @@ import numpy as np
 
 from hwcomp.lower.runner import RunnerResult, require_tool, run_bundle
 from hwcomp.lower.runtime_libs import aarch64_runtime_libs, host_runtime_libs
+from hwcomp.lower.schedules import cpu_pipeline
 from hwcomp.lower.tvm import compile_relax
 from hwcomp.targets import Target, cpu_flags
 
@@ -30,8 +31,8 @@ class CpuLowering:
         return [("g++", "g++")]
 
     def compile(self, mod: Any, target: Target) -> Any:
-        """Compile with TVM's default CPU pipeline."""
-        return compile_relax(mod, target)
+        """Compile with TVM's CPU pipeline plus hwcomp's default schedules."""
+        return compile_relax(mod, target, cpu_pipeline(target))
 
     def export(self, executable: Any, target: Target, path: Path) -> None:
         """Write the shared library."""

@@ -1,10 +1,11 @@
-"""Integer kernels: int8 matmul and convolution on the target's dot-product instruction.
+"""hwcomp's CPU kernels for convolution and matmul with constant weights, int8 and fp32.
 
-The instructions are x86 VNNI ``vpdpbusd`` (u8 x s8) and Arm ``sdot`` (s8 x s8), both
-accumulating into int32.
+int8 runs on the target's dot-product instruction: x86 VNNI ``vpdpbusd`` (u8 x s8) or Arm
+``sdot`` (s8 x s8), accumulating into int32. fp32 runs as register-tiled FMAs over vector
+lanes. Both replace what TVM's untuned lowering would run (scalar loops, one thread).
 
 TVM's Relax frontend imports a QDQ model as float: ``dequantize`` feeding a float conv or
-matmul. :func:`rewrite_integer_kernels` finds those, and where the activation is quantized
+matmul. :func:`rewrite_kernels` finds those, and where the activation is quantized
 per tensor and the weight is a constant quantized per output channel with zero point 0, it
 replaces the float operation by
 
@@ -15,11 +16,14 @@ which is the float result onnxruntime's QDQ execution approximates, computed wit
 multiply-accumulates. The bias add, activation and the next ``quantize`` stay as Relax ops and
 TVM fuses them into one elementwise pass after the kernel.
 
-Each kernel is one TIR function: (for convolution) an im2col stage that pads with the input's
-zero point, then a matmul against weights packed as ``[N/L, K/4, L, 4]``, whose innermost
-``L x 4`` block is one dot-product instruction (``L`` = 16 int32 lanes for AVX-512 VNNI, 4 for
-NEON ``sdot``). The 4-element reduction is contiguous in both operands, which is what the
-instructions read.
+Float conv2d (groups 1) and matmul whose weight is a constant get the same structure in fp32.
+
+Each kernel is one TIR function: (for convolution) a padded NHWC copy and an im2col stage
+(padding with the input's zero point), then a matmul against weights packed as
+``[N/L, K/G, L, G]``. For int8 the innermost ``L x 4`` block (G = 4) is one dot-product
+instruction (``L`` = 16 int32 lanes for AVX-512 VNNI, 4 for NEON ``sdot``; the 4-element
+reduction is contiguous in both operands, which is what the instructions read). For fp32
+(G = 1) the L lanes are one vector FMA.
 """
 
 from __future__ import annotations
@@ -36,15 +40,18 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DotInstruction:
-    """A dot-product instruction hwcomp tensorizes with.
+class KernelSpec:
+    """The instruction a kernel is built around.
 
     Attributes:
-        name: Instruction, for reports (``vpdpbusd``).
-        intrin: Name under which its TIR tensor intrinsic is registered.
-        lanes: int32 accumulators per instruction (output channels per block).
-        activation_dtype: The dtype of activations it multiplies (``uint8`` or ``int8``).
-        llvm: The LLVM intrinsic that emits it.
+        name: Instruction, for reports (``vpdpbusd``, ``fma``).
+        intrin: Name of its registered TIR tensor intrinsic; empty for plain vector code.
+        lanes: Accumulators per instruction (output channels per block).
+        activation_dtype: The dtype of the activations it multiplies.
+        weight_dtype: The dtype of the weights.
+        accumulator_dtype: The dtype it accumulates in.
+        group: Reduction elements per lane per instruction (4 for the int8 dot products).
+        llvm: The LLVM intrinsic that emits it (int8 only).
 
     """
 
@@ -52,13 +59,27 @@ class DotInstruction:
     intrin: str
     lanes: int
     activation_dtype: str
-    llvm: str
+    weight_dtype: str = "int8"
+    accumulator_dtype: str = "int32"
+    group: int = 4
+    llvm: str = ""
 
 
-VNNI = DotInstruction("vpdpbusd", "hwcomp_vnni_u8s8_16x4", 16, "uint8",
-                      "llvm.x86.avx512.vpdpbusd.512")
-SDOT = DotInstruction("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
-                      "llvm.aarch64.neon.sdot.v4i32.v16i8")
+
+
+VNNI = KernelSpec("vpdpbusd", "hwcomp_vnni_u8s8_16x4", 16, "uint8",
+                  llvm="llvm.x86.avx512.vpdpbusd.512")
+SDOT = KernelSpec("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
+                  llvm="llvm.aarch64.neon.sdot.v4i32.v16i8")
+_KERNEL_FAMILIES = ("x86", "arm-a")
+
+
+def float_spec(target: Target) -> KernelSpec | None:
+    """Return the fp32 kernel spec for ``target``: FMAs over one vector register of lanes."""
+    if target.family not in _KERNEL_FAMILIES:
+        return None
+    return KernelSpec("fma", "", max(1, target.vector_bits // 32), "float32", "float32",
+                      "float32", 1)
 
 # The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
 # the L-lane accumulators in registers without spilling on either ISA.
@@ -68,7 +89,7 @@ _ROW_TILE = 4
 _LANE_BLOCKS = 4
 
 
-def dot_instruction(target: Target) -> DotInstruction | None:
+def dot_instruction(target: Target) -> KernelSpec | None:
     """Return the instruction hwcomp's int8 kernels use on ``target``, or None (no kernel)."""
     if not target.int8_dot:
         return None
@@ -88,7 +109,7 @@ def activation_dtype(target: Target) -> str:
 _REGISTERED: set[str] = set()
 
 
-def _register(instruction: DotInstruction) -> None:
+def _register(instruction: KernelSpec) -> None:
     """Register the instruction's TIR tensor intrinsic (once per process).
 
     Written here rather than imported: TVM's ``tvm.s_tir.tensor_intrin`` package parses
@@ -138,43 +159,53 @@ def _register(instruction: DotInstruction) -> None:
     _REGISTERED.add(instruction.intrin)
 
 
-def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """Pack an int8 ``[N, K]`` matrix as ``[N/L, K/4, L, 4]``, zero-padding N and K."""
+def pack_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
+    """Pack an ``[N, K]`` matrix as ``[N/L, K/G, L, G]``, zero-padding N and K."""
+    lanes, group = spec.lanes, spec.group
     n, k = weight.shape
-    n_pad, k_pad = _round_up(n, lanes), _round_up(k, 4)
-    padded = np.zeros((n_pad, k_pad), np.int8)
+    n_pad, k_pad = _round_up(n, lanes), _round_up(k, group)
+    padded = np.zeros((n_pad, k_pad), spec.weight_dtype)
     padded[:n, :k] = weight
     return np.ascontiguousarray(
-        padded.reshape(n_pad // lanes, lanes, k_pad // 4, 4).transpose(0, 2, 1, 3)
+        padded.reshape(n_pad // lanes, lanes, k_pad // group, group).transpose(0, 2, 1, 3)
     )
 
 
-def matmul_kernel(rows: int, depth: int, cols: int, instruction: DotInstruction) -> Any:
-    """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), tensorized and parallel."""
+def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> Any:
+    """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), register-tiled, parallel."""
     from tvm import te
 
-    lanes = instruction.lanes
-    depth_pad, cols_pad = _round_up(depth, 4), _round_up(cols, lanes)
+
+    depth_pad = _round_up(depth, instruction.group)
     a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
-    w = te.placeholder((cols_pad // lanes, depth_pad // 4, lanes, 4), "int8", name="W")
-    k = te.reduce_axis((0, depth_pad), "k")
-    c = te.compute(
+    c = _matmul_compute(a, rows, depth_pad, cols, instruction)
+    return _schedule(te.create_prim_func([a, c.op.input_tensors[1], c]), "C", instruction)
+
+
+def _matmul_compute(a: Any, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
+    from tvm import te
+
+    lanes, group, acc = spec.lanes, spec.group, spec.accumulator_dtype
+    cols_pad = _round_up(cols, lanes)
+    w = te.placeholder((cols_pad // lanes, depth // group, lanes, group), spec.weight_dtype,
+                       name="W")
+    k = te.reduce_axis((0, depth), "k")
+    return te.compute(
         (rows, cols_pad),
         lambda m, n: te.sum(
-            a[m, k].astype("int32") * w[n // lanes, k // 4, n % lanes, k % 4].astype("int32"),
+            a[m, k].astype(acc) * w[n // lanes, k // group, n % lanes, k % group].astype(acc),
             axis=k,
         ),
         name="C",
     )
-    return _schedule(te.create_prim_func([a, w, c]), "C", instruction)
 
 
 def conv_kernel(
     data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
     strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
-    zero_point: int, instruction: DotInstruction,
+    zero_point: int, instruction: KernelSpec,
 ) -> Any:
-    """NCHW int8 convolution (groups 1) as im2col padded with ``zero_point``, then matmul.
+    """NCHW convolution (groups 1) as im2col padded with ``zero_point``, then matmul.
 
     Output: int32 ``[N * OH * OW, OC_pad]``; the K axis is ``(kh, kw, c_pad)``, matching
     :func:`conv_weight_matrix`.
@@ -186,10 +217,8 @@ def conv_kernel(
     top, left, bottom, right = padding
     out_h = (height + top + bottom - dilation[0] * (kh_ - 1) - 1) // strides[0] + 1
     out_w = (width + left + right - dilation[1] * (kw_ - 1) - 1) // strides[1] + 1
-    c_pad = _round_up(channels, 4)
+    c_pad = _round_up(channels, instruction.group)
     depth = kh_ * kw_ * c_pad
-    lanes = instruction.lanes
-    cols_pad = _round_up(out_channels, lanes)
     dtype = instruction.activation_dtype
     rows = batch * out_h * out_w
 
@@ -215,30 +244,21 @@ def conv_kernel(
                     ow * strides[1] + (tap % kw_) * dilation[1], ch]
 
     col = te.compute((rows, depth), im2col, name="col")
-    w = te.placeholder((cols_pad // lanes, depth // 4, lanes, 4), "int8", name="W")
-    k = te.reduce_axis((0, depth), "k")
-    c = te.compute(
-        (rows, cols_pad),
-        lambda m, n: te.sum(
-            col[m, k].astype("int32") * w[n // lanes, k // 4, n % lanes, k % 4].astype("int32"),
-            axis=k,
-        ),
-        name="C",
-    )
-    return _schedule(te.create_prim_func([x, w, c]), "C", instruction,
+    c = _matmul_compute(col, rows, depth, out_channels, instruction)
+    return _schedule(te.create_prim_func([x, c.op.input_tensors[1], c]), "C", instruction,
                      im2col=((batch, out_h, out_w), (kh_ * kw_, c_pad)))
 
 
-def conv_weight_matrix(weight: np.ndarray) -> np.ndarray:
-    """``[OC, C, KH, KW]`` int8 -> ``[OC, KH*KW*C_pad]`` in :func:`conv_kernel`'s K order."""
+def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
+    """``[OC, C, KH, KW]`` -> ``[OC, KH*KW*C_pad]`` in :func:`conv_kernel`'s K order."""
     oc, channels, kh, kw = weight.shape
-    c_pad = _round_up(channels, 4)
-    padded = np.zeros((oc, kh, kw, c_pad), np.int8)
+    c_pad = _round_up(channels, spec.group)
+    padded = np.zeros((oc, kh, kw, c_pad), spec.weight_dtype)
     padded[..., :channels] = weight.transpose(0, 2, 3, 1)
     return padded.reshape(oc, kh * kw * c_pad)
 
 
-def _schedule(func: Any, block_name: str, instruction: DotInstruction,
+def _schedule(func: Any, block_name: str, instruction: KernelSpec,
               im2col: tuple[tuple[int, int, int], tuple[int, int]] | None = None) -> Any:
     """Register-tile the matmul and tensorize its inner block.
 
@@ -248,7 +268,8 @@ def _schedule(func: Any, block_name: str, instruction: DotInstruction,
     """
     from tvm import s_tir
 
-    _register(instruction)
+    if instruction.intrin:
+        _register(instruction)
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(block_name)
     local = sch.cache_write(block, 0, "local")
@@ -259,17 +280,24 @@ def _schedule(func: Any, block_name: str, instruction: DotInstruction,
     block_tile = next(t for t in (_LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
     m_outer, m_inner = sch.split(m, [None, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
-    k_outer, k_inner = sch.split(k, [None, 4])
-    sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane, k_inner)
+    if instruction.intrin:
+        k_outer, k_inner = sch.split(k, [None, instruction.group])
+        sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane, k_inner)
+    else:
+        k_outer = k
+        sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane)
     task = sch.fuse(m_outer, n_outer)
     sch.parallel(task)
     sch.reverse_compute_at(local, task)
     sch.vectorize(sch.get_loops(local)[-1])
+    if not instruction.intrin:  # before decompose: the update block must still be a reduction
+        sch.vectorize(n_lane)
     init = sch.decompose_reduction(block, k_outer)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(m_inner)
     sch.unroll(n_block)
-    sch.tensorize(n_lane, instruction.intrin)
+    if instruction.intrin:
+        sch.tensorize(n_lane, instruction.intrin)
     if im2col is not None:
         # Rows split as (n, oh, ow) and K as (tap, channel) so the index arithmetic folds
         # away and each tap is a contiguous copy of C_pad bytes.
@@ -291,37 +319,39 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 @dataclass
-class IntegerRewrite:
-    """What :func:`rewrite_integer_kernels` did: rewritten ops and the ones left in float."""
+class KernelRewrite:
+    """What :func:`rewrite_kernels` did: ops on hwcomp's kernels, quantized ops left in float."""
 
-    instruction: str
+    instruction: str | None
     rewritten: list[str]
+    float_ops: list[str]
     kept_float: list[str]
 
 
-def rewrite_integer_kernels(mod: Any, target: Target) -> tuple[Any, IntegerRewrite | None]:
-    """Replace float conv2d/matmul on dequantized int8 operands with integer kernels.
+def rewrite_kernels(mod: Any, target: Target) -> tuple[Any, KernelRewrite | None]:
+    """Replace conv2d/matmul with constant weights by hwcomp's kernels on CPU targets.
 
-    Returns the module unchanged (and None) when ``target`` has no dot-product kernel or the
-    model has no dequantized operands.
+    int8 (dequantized int8 operands) where the target has a dot-product instruction, fp32
+    otherwise. Returns the module unchanged (and None) for other families.
     """
+    floats = float_spec(target)
+    if floats is None:
+        return mod, None
     instruction = dot_instruction(target)
-    if instruction is None:
-        return mod, None
-    rewriter = _make_rewriter(mod, instruction)
+    rewriter = _make_rewriter(mod, instruction, floats)
     new_mod = rewriter.transform()
-    if not rewriter.rewritten and not rewriter.kept_float:
-        return mod, None
     from tvm import relax
 
     new_mod = relax.transform.DeadCodeElimination()(new_mod)
-    summary = IntegerRewrite(instruction.name, rewriter.rewritten, rewriter.kept_float)
-    logger.info("integer kernels (%s): %d op(s); %d quantized op(s) kept in float",
-                instruction.name, len(summary.rewritten), len(summary.kept_float))
+    summary = KernelRewrite(instruction.name if instruction else None, rewriter.rewritten,
+                            rewriter.float_ops, rewriter.kept_float)
+    logger.info("hwcomp kernels: %d int8 op(s)%s, %d fp32 op(s); %d quantized op(s) in float",
+                len(summary.rewritten), f" on {summary.instruction}" if instruction else "",
+                len(summary.float_ops), len(summary.kept_float))
     return new_mod, summary
 
 
-def _make_rewriter(mod: Any, instruction: DotInstruction) -> Any:
+def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec) -> Any:
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -330,6 +360,7 @@ def _make_rewriter(mod: Any, instruction: DotInstruction) -> Any:
             super().__init__(mod)
             self.mod = mod
             self.rewritten: list[str] = []
+            self.float_ops: list[str] = []
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
 
@@ -345,86 +376,134 @@ def _make_rewriter(mod: Any, instruction: DotInstruction) -> Any:
             if name not in ("relax.nn.conv2d", "relax.matmul"):
                 return call
             operands = _quantized_operands(self, call, instruction)
-            if operands is None:
-                return call
             if isinstance(operands, str):
                 self.kept_float.append(operands)
                 return call
-            if name == "relax.nn.conv2d":
-                return self._conv(call, *operands)
-            return self._matmul(call, *operands)
+            if operands is not None and instruction is not None:
+                x_q, zp_x, scale_x, w_q, scale_w = operands
+                acc, column_sums, shape = self._lower(call, x_q, w_q, zp_x, instruction)
+                self.rewritten.append(f"{name.split('.')[-1]} {shape}")
+                correction, scale = zp_x * column_sums, np.float32(scale_x) * scale_w
+                if name == "relax.nn.conv2d":
+                    correction = correction.reshape(1, -1, 1, 1)
+                    scale = scale.reshape(1, -1, 1, 1)
+                emit = self.builder_.emit
+                acc = emit(relax.op.subtract(acc, relax.const(correction.astype(np.int32))))
+                out = emit(relax.op.astype(acc, "float32"))
+                return relax.op.multiply(out, relax.const(scale.astype(np.float32)))
+            weight = _float_weight(self, call)
+            if weight is None:
+                return call
+            out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
+            self.float_ops.append(f"{name.split('.')[-1]} {shape}")
+            return out
 
         def _kernel(self, key: tuple[Any, ...], make: Any) -> Any:
             if key not in self.kernels:
-                name = f"hwcomp_int8_{len(self.kernels)}"
-                func = make().with_attr("global_symbol", name)
+                name = f"hwcomp_kernel_{len(self.kernels)}"
+                # Opaque (op pattern 8): TVM's FuseOps must not merge a scheduled kernel with
+                # its neighbours; the elementwise tail fuses on its own.
+                func = make().with_attrs({"global_symbol": name, "op_pattern": 8,
+                                          "tirx.is_scheduled": True})
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
 
-        def _finish(self, acc: Any, correction: np.ndarray, scale: np.ndarray) -> Any:
-            emit = self.builder_.emit
-            acc = emit(relax.op.subtract(acc, relax.const(correction.astype(np.int32))))
-            out = emit(relax.op.astype(acc, "float32"))
-            return relax.op.multiply(out, relax.const(scale.astype(np.float32)))
+        def _lower(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
+                   spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            """Emit the kernel call; return (output in the op's layout, weight sums, shape)."""
+            if call.op.name == "relax.nn.conv2d":
+                return self._conv(call, data, weight, zero_point, spec)
+            return self._matmul(data, weight, spec)
 
-        def _conv(self, call: Any, x_q: Any, zp_x: int, scale_x: float, w_q: np.ndarray,
-                  scale_w: np.ndarray) -> Any:
+        def _conv(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
+                  spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
             attrs = call.attrs
-            shape = _shape(x_q)
-            out_channels = w_q.shape[0]
-            kernel = (w_q.shape[2], w_q.shape[3])
+            shape = _shape(data)
+            out_channels = weight.shape[0]
+            kernel = (weight.shape[2], weight.shape[3])
             strides = (int(attrs.strides[0]), int(attrs.strides[1]))
             top, left, bottom, right = (int(v) for v in attrs.padding)
             padding = (top, left, bottom, right)
             dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
             out_shape = _shape(call)
             rows = out_shape[0] * out_shape[2] * out_shape[3]
-            cols_pad = _round_up(out_channels, instruction.lanes)
-            key = ("conv", shape, kernel, out_channels, strides, padding, dilation, zp_x)
+            cols_pad = _round_up(out_channels, spec.lanes)
+            key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
+                   zero_point)
             kernel_var = self._kernel(key, lambda: conv_kernel(
-                shape, kernel, out_channels, strides, padding, dilation, zp_x, instruction))
-            packed = relax.const(pack_weight(conv_weight_matrix(w_q), instruction.lanes))
+                shape, kernel, out_channels, strides, padding, dilation, zero_point, spec))
+            packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
             emit = self.builder_.emit
-            acc = emit(relax.op.call_tir(kernel_var, [x_q, packed],
-                                         relax.TensorType((rows, cols_pad), "int32")))
+            acc = emit(relax.op.call_tir(kernel_var, [data, packed],
+                                         relax.TensorType((rows, cols_pad),
+                                                          spec.accumulator_dtype)))
             acc = emit(relax.op.reshape(acc, (out_shape[0], out_shape[2], out_shape[3], cols_pad)))
             if cols_pad != out_channels:
                 acc = emit(relax.op.strided_slice(acc, [3], [0], [out_channels]))
             acc = emit(relax.op.permute_dims(acc, [0, 3, 1, 2]))
-            column_sums = w_q.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
-            channel = (1, out_channels, 1, 1)
-            self.rewritten.append(f"conv2d {shape}->{out_shape}")
-            return self._finish(acc, (zp_x * column_sums).reshape(channel),
-                                (np.float32(scale_x) * scale_w).reshape(channel))
+            sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+            return acc, sums, out_shape
 
-        def _matmul(self, call: Any, x_q: Any, zp_x: int, scale_x: float, w_q: np.ndarray,
-                    scale_w: np.ndarray) -> Any:
-            # w_q is [N, K] here (output channels first), whatever the model's layout.
-            shape = _shape(x_q)
-            depth, cols = shape[-1], w_q.shape[0]
+        def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
+                    ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            # weight is [N, K] here (output channels first), whatever the model's layout.
+            shape = _shape(data)
+            depth, cols = shape[-1], weight.shape[0]
             rows = int(np.prod(shape[:-1]))
-            depth_pad, cols_pad = _round_up(depth, 4), _round_up(cols, instruction.lanes)
+            depth_pad, cols_pad = _round_up(depth, spec.group), _round_up(cols, spec.lanes)
             emit = self.builder_.emit
-            flat = emit(relax.op.reshape(x_q, (rows, depth)))
+            flat = emit(relax.op.reshape(data, (rows, depth)))
             if depth_pad != depth:
                 flat = emit(relax.op.nn.pad(flat, [0, 0, 0, depth_pad - depth]))
-            kernel_var = self._kernel(("matmul", rows, depth, cols),
-                                      lambda: matmul_kernel(rows, depth, cols, instruction))
-            packed = relax.const(pack_weight(w_q, instruction.lanes))
+            kernel_var = self._kernel(("matmul", spec.name, rows, depth, cols),
+                                      lambda: matmul_kernel(rows, depth, cols, spec))
+            packed = relax.const(pack_weight(weight, spec))
             acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
-                                         relax.TensorType((rows, cols_pad), "int32")))
+                                         relax.TensorType((rows, cols_pad),
+                                                          spec.accumulator_dtype)))
             if cols_pad != cols:
                 acc = emit(relax.op.strided_slice(acc, [1], [0], [cols]))
             acc = emit(relax.op.reshape(acc, (*shape[:-1], cols)))
-            column_sums = w_q.astype(np.int64).sum(axis=1)
-            self.rewritten.append(f"matmul {shape}x{depth}x{cols}")
-            return self._finish(acc, zp_x * column_sums, np.float32(scale_x) * scale_w)
+            sums = weight.astype(np.int64).sum(axis=1)
+            return acc, sums, (*shape[:-1], cols)
 
     return Rewriter(mod)
 
 
+def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
+    """Return the fp32 weight of a conv2d or matmul, output channels first, if it fits.
+
+    Fits: conv2d with groups 1 in NCHW/OIHW, or matmul with a constant 2-D weight; None
+    otherwise.
+    """
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    def bound(expr: Any) -> Any:
+        value = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+        return expr if value is None else value
+
+    data, weight = call.args[0], bound(call.args[1])
+    transposed = False
+    if isinstance(weight, relax.Call) and getattr(weight.op, "name", "") == "relax.permute_dims":
+        transposed, weight = True, bound(weight.args[0])
+    if not isinstance(weight, Constant) or _dtype(data) != "float32" or _dtype(weight) != "float32":
+        return None
+    array = _array(weight)
+    if call.op.name == "relax.nn.conv2d":
+        attrs = call.attrs
+        if (transposed or int(attrs.groups) != 1 or attrs.data_layout != "NCHW"
+                or attrs.kernel_layout != "OIHW" or array.ndim != 4 or attrs.out_dtype not in (
+                    "", "float32", None)):
+            return None
+        return array
+    if array.ndim != 2 or len(_shape(data)) < 1:
+        return None
+    return np.ascontiguousarray(array if transposed else array.T)
+
+
 def _quantized_operands(
-    mutator: Any, call: Any, instruction: DotInstruction
+    mutator: Any, call: Any, instruction: KernelSpec | None
 ) -> tuple[Any, int, float, np.ndarray, np.ndarray] | str | None:
     """Match ``op(dequantize(x_q), dequantize(W_q))`` with W_q constant.
 
@@ -456,6 +535,8 @@ def _quantized_operands(
     constants = (scale_x, zp_x, w_q, scale_w, zp_w)
     if not all(isinstance(c, Constant) for c in constants):
         return f"{op}: quantization parameters are not constants"
+    if instruction is None:
+        return f"{op}: no int8 dot product on this target"
     if _dtype(x_q) != instruction.activation_dtype or _dtype(w_q) != "int8":
         return (f"{op}: operands are {_dtype(x_q)} x {_dtype(w_q)}; the {instruction.name} "
                 f"kernel takes {instruction.activation_dtype} x int8")

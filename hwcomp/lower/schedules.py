@@ -1,0 +1,115 @@
+"""Default CPU schedules: what an untuned build runs instead of TVM's naive loops.
+
+TVM's CPU pipeline legalises every Relax op to a TIR function with no schedule: one thread,
+scalar loops. hwcomp's pipeline is TVM's CPU pipeline with one step added after operator
+fusion, :class:`CpuDefault`, applied to every function that has no schedule yet (tuned
+functions from a MetaSchedule database and hwcomp's own kernels carry one):
+
+* blocks that can be inlined into their consumers are (one pass over memory per fused op);
+* each remaining block's spatial loops are fused and split into
+  ``[parallel tasks, vector lanes]`` — tasks across the profile's cores, lanes of the
+  profile's vector width — with the reduction loops (if any) kept innermost and serial;
+* a function whose blocks cannot be analysed is left as TVM made it.
+
+Convolutions and matmuls with constant weights do not reach this rule: hwcomp replaces them
+with its register-tiled kernels first (:mod:`hwcomp.lower.kernels`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hwcomp.targets import Target
+
+logger = logging.getLogger(__name__)
+
+# Below this many iterations a parallel loop costs more in thread wake-ups than it saves.
+_MIN_PARALLEL_WORK = 4096
+
+
+def cpu_pipeline(target: Target) -> Any:
+    """TVM's Relax CPU pipeline with hwcomp's default schedules after fusion."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.s_tir import dlight
+
+    tvm_target = target.tvm()
+    rule = _cpu_default_rule(target)
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: Any, _ctx: Any) -> Any:
+        with tvm_target:
+            passes = [
+                *cpu_generic.library_dispatch_passes(tvm_target),
+                *cpu_generic.legalize_passes(tvm_target),
+                dlight.ApplyDefaultSchedule(rule),
+                *cpu_generic.dataflow_lower_passes(tvm_target),
+                *cpu_generic.finalize_passes(tvm_target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    del relax
+    return pipeline
+
+
+def _cpu_default_rule(target: Target) -> Any:
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+
+    lanes = max(1, target.vector_bits // 32)
+
+    class CpuDefault(ScheduleRule):  # type: ignore[misc]
+        """Inline, then parallel tasks x vector lanes over each block's spatial loops."""
+
+        def apply(self, func: Any, tvm_target: Any, tunable: bool) -> Any:
+            try:
+                return _schedule(func)
+            except Exception as exc:  # noqa: BLE001 - TVM raises many types; keep TVM's loops
+                logger.debug("default schedule not applied: %s", exc)
+                return None
+
+    def _schedule(func: Any) -> Any:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        for info in infos:
+            block = info.block_rv
+            loops = sch.get_loops(block)
+            kinds = info.dom_kind()
+            if not loops or len(kinds) != len(loops) or "O" in kinds:
+                continue
+            spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
+            reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
+            if not spatial:
+                continue
+            sch.reorder(*spatial, *reduction)
+            fused = sch.fuse(*spatial)
+            extent = _extent(sch, fused)
+            work = extent * max(1, _product(sch, reduction))
+            if not reduction and extent % lanes == 0 and extent >= lanes:
+                outer, inner = sch.split(fused, [None, lanes])
+                sch.vectorize(inner)
+                if work >= _MIN_PARALLEL_WORK:
+                    sch.parallel(outer)
+            elif work >= _MIN_PARALLEL_WORK and extent > 1:
+                sch.parallel(fused)
+        return sch
+
+    return CpuDefault()
+
+
+def _extent(sch: Any, loop: Any) -> int:
+    value = sch.get(loop).extent
+    return int(value.value) if hasattr(value, "value") else 1
+
+
+def _product(sch: Any, loops: list[Any]) -> int:
+    total = 1
+    for loop in loops:
+        total *= _extent(sch, loop)
+    return total
