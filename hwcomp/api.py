@@ -23,7 +23,7 @@ from onnx_ir.passes import common
 import hwcomp
 from hwcomp import compress as compression
 from hwcomp import model as model_io
-from hwcomp import quantize, report
+from hwcomp import quantize, report, tuning
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.errors import (
     CalibrationDataError,
@@ -164,6 +164,8 @@ def build(
     seed: int = 0,
     compression_options: compression.CompressionOptions | None = None,
     precision_options: quantize.PrecisionOptions | None = None,
+    tuning_db: Path | None = None,
+    use_tuning_db: bool = True,
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
 
@@ -208,7 +210,11 @@ def build(
     mod = import_relax(legal_proto)
     mod, kernels = rewrite_kernels(mod, target)
     logger.info("compiling for %s (%s)", target.name, target.family)
-    executable = lowering.compile(mod, target)
+    database = None
+    if use_tuning_db:
+        database = Path(tuning_db) if tuning_db else tuning.default_database(target)
+    applied: dict[str, int] = {}
+    executable = lowering.compile(mod, target, database, applied)
 
     with staged_output(destination, force) as staging:
         _write_library(staging, lowering, executable, target)
@@ -225,6 +231,9 @@ def build(
             "instruction": kernels.instruction, "ops": kernels.rewritten,
             "kept_float": kernels.kept_float}
         manifest["float_kernels"] = [] if kernels is None else kernels.float_ops
+        manifest["tuning"] = None if not applied else {
+            "database": str(database), "records": tuning.count_records(database) if database else 0,
+            "functions_tuned": applied.get("tuned", 0)}
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):

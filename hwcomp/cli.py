@@ -106,6 +106,9 @@ def targets_show(name: str) -> None:
               show_default=True, help="onnxruntime calibrator for activation ranges.")
 @click.option("--min-sqnr", type=float, default=DEFAULT_MIN_SQNR_DB, show_default=True,
               metavar="DB", help="--precision without --labels: output SQNR floor vs fp32.")
+@click.option("--db", "tuning_db", type=click.Path(path_type=Path),
+              help="MetaSchedule database from hwcomp tune [default: <cache>/tuning/<target>].")
+@click.option("--no-tuning-db", is_flag=True, help="Ignore tuning records: default schedules only.")
 @click.option("--prune", help="Compress first: a ratio, a JSON ratio file, or auto.")
 @click.option("--lowrank", type=float, metavar="ENERGY", help="Compress first: SVD energy kept.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1",
@@ -117,7 +120,8 @@ def targets_show(name: str) -> None:
               help="Least-squares refit after --prune/--lowrank.")
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
           calib: Path | None, tolerance: float | None, seed: int, force: bool,
-          precision: str, calib_method: str, min_sqnr: float, prune: str | None,
+          precision: str, calib_method: str, min_sqnr: float, tuning_db: Path | None,
+          no_tuning_db: bool, prune: str | None,
           lowrank: float | None, importance: str, accuracy_budget: str | None,
           labels: Path | None, reconstruct: bool) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
@@ -130,7 +134,8 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
     result = api.build(
         model, target_name, output, input_shapes=parse_input_shapes(input_shapes), calib=calib,
         tolerance=tolerance, force=force, seed=seed, compression_options=options,
-        precision_options=precision_options,
+        precision_options=precision_options, tuning_db=tuning_db,
+        use_tuning_db=not no_tuning_db,
     )
     v = result.verification
     detail = v.reason or (
@@ -152,6 +157,10 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
                     if plan["accuracy"] is not None else f"SQNR {sqnr}")
         click.echo(f"precision ({plan['mode']}): {counts}; {accuracy} on "
                    f"{plan['held_out_samples']} held-out samples")
+    tuned = result.manifest.get("tuning")
+    if tuned:
+        click.echo(f"tuning database: {tuned['functions_tuned']} function(s) from "
+                   f"{tuned['records']} record(s) in {tuned['database']}")
     kernels = result.manifest.get("integer_kernels")
     if kernels:
         click.echo(f"integer kernels: {len(kernels['ops'])} op(s) on {kernels['instruction']}")
@@ -311,6 +320,41 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
                f"{'calibration' if calib else 'seeded random'} samples: SQNR {sqnr}{unfitted}, "
                f"cosine {outcome.cosine:.4f}{agreement}")
     click.echo(f"wrote: {output}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
+@click.option("--trials", type=int, default=200, show_default=True, help="Trials in all.")
+@click.option("--per-task", type=int, help="Most trials for one task [default: --trials].")
+@click.option("--db", "database", type=click.Path(path_type=Path),
+              help="Database folder [default: <cache>/tuning/<target>].")
+@click.option("--device", default="local", show_default=True,
+              help="local, or tracker://HOST:PORT/KEY to measure on a device.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Bind an input's dynamic dimensions (repeatable).")
+def tune(model: Path, target_name: str, trials: int, per_task: int | None,
+         database: Path | None, device: str, input_shapes: tuple[str, ...]) -> None:
+    """Tune MODEL's kernels for a target with MetaSchedule; hwcomp build reuses the records."""
+    from hwcomp import tuning
+
+    address = None if device == "local" else remote.parse_device(device)
+
+    def show(task: tuning.TaskProgress, index: int, count: int) -> None:
+        best = "-" if task.best_us is None else f"{task.best_us:.1f} us"
+        click.echo(f"task {index + 1}/{count} {task.name}: {task.trials} trials "
+                   f"({task.errors} failed), best {best}", err=True)
+
+    result = tuning.tune(model, target_name, trials, database=database, per_task=per_task,
+                         input_shapes=parse_input_shapes(input_shapes), device=address,
+                         progress=show)
+    state = "interrupted; kept" if result.interrupted else "done;"
+    click.echo(f"tuning {state} {result.trials} trials over {len(result.tasks)} task(s) in "
+               f"{result.seconds:.0f} s ({len(result.skipped)} on hwcomp kernels, not tuned)")
+    click.echo(f"database: {result.database} ({result.records_before} -> "
+               f"{result.records_after} records)")
+    if result.interrupted:
+        sys.exit(130)
 
 
 @cli.command("bench")

@@ -43,9 +43,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+            cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ``hwcomp`` as a user would, in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "hwcomp.cli", *args], capture_output=True, text=True,
-        env=env, cwd=cwd, timeout=900, check=False,
+        env=env, cwd=cwd, timeout=timeout, check=False,
     )

@@ -25,7 +25,10 @@ class Lowering(Protocol):
     builds_runner: bool
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]: ...  # noqa: D102
-    def compile(self, mod: Any, target: Target) -> Any: ...  # noqa: D102
+    def compile(  # noqa: D102
+        self, mod: Any, target: Target, database: Path | None = None,
+        applied: dict[str, int] | None = None,
+    ) -> Any: ...
     def export(self, executable: Any, target: Target, path: Path) -> None: ...  # noqa: D102
     def runtime_libs(self, target: Target) -> list[Path]: ...  # noqa: D102
     def not_run_reason(self, target: Target) -> str | None: ...  # noqa: D102

@@ -30,9 +30,10 @@ class CpuLowering:
         """Programs (and their Debian packages) needed before any work starts."""
         return [("g++", "g++")]
 
-    def compile(self, mod: Any, target: Target) -> Any:
-        """Compile with TVM's CPU pipeline plus hwcomp's default schedules."""
-        return compile_relax(mod, target, cpu_pipeline(target))
+    def compile(self, mod: Any, target: Target, database: Path | None = None,
+                applied: dict[str, int] | None = None) -> Any:
+        """Compile with TVM's CPU pipeline plus tuned (``database``) and default schedules."""
+        return compile_relax(mod, target, cpu_pipeline(target, database, applied))
 
     def export(self, executable: Any, target: Target, path: Path) -> None:
         """Write the shared library."""

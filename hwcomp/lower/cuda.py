@@ -26,8 +26,12 @@ class CudaLowering:
         """Nvcc compiles the generated CUDA kernels."""
         return [("nvcc", "nvidia-cuda-toolkit")]
 
-    def compile(self, mod: Any, target: Target) -> Any:
-        """Compile with TVM's default CUDA pipeline (DLight schedules bind GPU threads)."""
+    def compile(self, mod: Any, target: Target, database: Path | None = None,
+                applied: dict[str, int] | None = None) -> Any:
+        """Compile with TVM's default CUDA pipeline (DLight schedules bind GPU threads).
+
+        Tuning databases are for CPU targets; ``database`` is not used here.
+        """
         return compile_relax(mod, target)
 
     def export(self, executable: Any, target: Target, path: Path) -> None:

@@ -109,15 +109,19 @@ def activation_dtype(target: Target) -> str:
 _REGISTERED: set[str] = set()
 
 
-def _register(instruction: KernelSpec) -> None:
-    """Register the instruction's TIR tensor intrinsic (once per process).
+def register_intrinsic(instruction: KernelSpec, name: str = "", scope: str = "local") -> None:
+    """Register the instruction's TIR tensor intrinsic (once per process and name).
+
+    ``name`` defaults to the spec's own; ``scope`` is the accumulator buffer's (hwcomp's
+    kernels accumulate in ``local``; MetaSchedule's rules tensorize ``global`` buffers).
 
     Written here rather than imported: TVM's ``tvm.s_tir.tensor_intrin`` package parses
     hundreds of intrinsics for every backend on import (40 s or more), and its
     ``dot_16x4_vnni`` passes i32 vectors where LLVM 20+ declares ``vpdpbusd`` on
     ``<64 x i8>`` operands, which fails LLVM verification.
     """
-    if instruction.intrin in _REGISTERED:
+    name = name or instruction.intrin
+    if name in _REGISTERED:
         return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
@@ -129,7 +133,7 @@ def _register(instruction: KernelSpec) -> None:
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), act, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
@@ -143,7 +147,7 @@ def _register(instruction: KernelSpec) -> None:
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), act, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
@@ -155,8 +159,8 @@ def _register(instruction: KernelSpec) -> None:
                 B.vload([0, 0], dtype=f"int8x{bytes_}"), dtype=f"int32x{lanes}",
             )
 
-    TensorIntrin.register(instruction.intrin, desc, impl)
-    _REGISTERED.add(instruction.intrin)
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
 
 
 def pack_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
@@ -269,7 +273,7 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     from tvm import s_tir
 
     if instruction.intrin:
-        _register(instruction)
+        register_intrinsic(instruction)
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(block_name)
     local = sch.cache_write(block, 0, "local")

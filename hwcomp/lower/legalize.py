@@ -8,11 +8,13 @@ The steps run in this order; each is logged with what it changed.
 3. ``lift-constants``: Constant nodes become initializers, so folding sees them.
 4. ``expand-functions``: ops TVM lacks become their ONNX function bodies.
 5. ``fold-constants``: constant subgraphs (and shapes, now static) are evaluated.
-6. ``resize-to-matmul``: Resize nodes TVM gets wrong become interpolation MatMuls.
-7. ``convtranspose-pads``: ConvTranspose ``output_shape`` becomes explicit pads.
-8. ``drop-identities``: Identity nodes are removed.
-9. ``remove-unused``: dead nodes and initializers are removed.
-10. ``toposort``: the graph is put back in topological order.
+6. ``fold-batchnorm``: inference BatchNormalization merges into the Conv/Gemm/MatMul before
+   it (one kernel instead of two passes over memory; what onnxruntime does too).
+7. ``resize-to-matmul``: Resize nodes TVM gets wrong become interpolation MatMuls.
+8. ``convtranspose-pads``: ConvTranspose ``output_shape`` becomes explicit pads.
+9. ``drop-identities``: Identity nodes are removed.
+10. ``remove-unused``: dead nodes and initializers are removed.
+11. ``toposort``: the graph is put back in topological order.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hwcomp.passes import (
     BindInputsPass,
     ConvTransposePadsPass,
     ExpandFunctionsPass,
+    FoldBatchNormPass,
     FoldConstantsPass,
     ResizeToMatMulPass,
 )
@@ -65,6 +68,7 @@ def legalize_for_tvm(
         ("expand-functions", ExpandFunctionsPass(should_expand)),
         ("lift-constants-again", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("fold-constants", FoldConstantsPass()),
+        ("fold-batchnorm", FoldBatchNormPass()),
         ("resize-to-matmul", ResizeToMatMulPass()),
         ("convtranspose-pads", ConvTransposePadsPass()),
         ("drop-identities", common.IdentityEliminationPass()),

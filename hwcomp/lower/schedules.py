@@ -18,6 +18,7 @@ with its register-tiled kernels first (:mod:`hwcomp.lower.kernels`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hwcomp.targets import Target
@@ -28,8 +29,14 @@ logger = logging.getLogger(__name__)
 _MIN_PARALLEL_WORK = 4096
 
 
-def cpu_pipeline(target: Target) -> Any:
-    """TVM's Relax CPU pipeline with hwcomp's default schedules after fusion."""
+def cpu_pipeline(target: Target, database: Path | None = None,
+                 applied: dict[str, int] | None = None) -> Any:
+    """TVM's Relax CPU pipeline with tuned and default schedules after fusion.
+
+    Functions with a record in the MetaSchedule ``database`` (``hwcomp tune``) get the tuned
+    schedule; the rest get :class:`CpuDefault`. ``applied`` receives the count of tuned
+    functions under ``"tuned"``.
+    """
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
@@ -37,6 +44,14 @@ def cpu_pipeline(target: Target) -> Any:
 
     tvm_target = target.tvm()
     rule = _cpu_default_rule(target)
+    tuned: list[Any] = []
+    if database is not None and (Path(database) / "database_tuning_record.json").is_file():
+        from hwcomp.tuning import light_tensor_intrin, repair_database
+
+        repair_database(Path(database))
+        light_tensor_intrin()
+        with tvm_target:  # the pass reads the target when it is constructed
+            tuned = [relax.transform.MetaScheduleApplyDatabase(str(database)), _count(applied)]
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: Any, _ctx: Any) -> Any:
@@ -44,14 +59,34 @@ def cpu_pipeline(target: Target) -> Any:
             passes = [
                 *cpu_generic.library_dispatch_passes(tvm_target),
                 *cpu_generic.legalize_passes(tvm_target),
+                *tuned,
                 dlight.ApplyDefaultSchedule(rule),
                 *cpu_generic.dataflow_lower_passes(tvm_target),
                 *cpu_generic.finalize_passes(tvm_target),
             ]
             return tvm.transform.Sequential(passes)(mod)
 
-    del relax
     return pipeline
+
+
+def _count(applied: dict[str, int] | None) -> Any:
+    """Return a no-op pass that counts the functions the database scheduled."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0)
+    def count(mod: Any, _ctx: Any) -> Any:
+        total = 0
+        for gvar, func in mod.functions_items():
+            attrs = getattr(func, "attrs", None)
+            if (attrs is not None and "tirx.is_scheduled" in attrs
+                    and not gvar.name_hint.startswith("hwcomp_kernel")):
+                total += 1
+        logger.info("tuning database: %d function(s) scheduled from records", total)
+        if applied is not None:
+            applied["tuned"] = total
+        return mod
+
+    return count
 
 
 def _cpu_default_rule(target: Target) -> Any:

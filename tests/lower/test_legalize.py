@@ -12,7 +12,9 @@ def test_every_step_is_logged_in_order():
     names = [step.name for step in log]
     assert names[0] == "bind-inputs" and names[-1] == "toposort"
     assert {"expand-functions", "fold-constants", "resize-to-matmul", "remove-unused"} <= set(names)
-    assert not any(step.modified for step in log if step.name != "toposort")
+    # resnet_like's batch norms fold into its convs; nothing else has work to do.
+    modified = {step.name for step in log if step.modified}
+    assert "fold-batchnorm" in modified and modified <= {"fold-batchnorm", "toposort"}
 
 
 def test_exporter_style_graph_is_cleaned_up():

@@ -1,0 +1,322 @@
+"""Kernel tuning with MetaSchedule, into a persistent per-target database.
+
+``hwcomp tune MODEL --target T --trials N`` prepares the model exactly as ``hwcomp build``
+does (legalise, import, hwcomp's own kernels, TVM's legalisation and fusion), extracts the
+fused functions that have no schedule yet (hwcomp's conv/matmul kernels are scheduled
+already), and tunes them with MetaSchedule's evolutionary search. Records go to a JSON
+database: ``--db DIR``, or ``<cache>/tuning/<target>/`` by default, which ``hwcomp build``
+applies on every build of that target. A workload is keyed by its structure, so a rebuild
+runs zero trials and a second model (or a pruned variant with the same shapes) reuses what
+the first one found.
+
+Two TVM facts shape this module:
+
+* MetaSchedule imports ``tvm.s_tir.tensor_intrin``, which parses every backend's tensor
+  intrinsics (about 40 s here) — in this process and in every builder worker, whose 30 s
+  default timeout then kills every build ("Total trials: 0"). :func:`light_tensor_intrin`
+  installs that package without its eager imports (x86 and Arm only) and replaces TVM's
+  ``dot_16x4_vnni``, whose i32 operands LLVM 20+ rejects, with hwcomp's.
+* The JSON database appends one record per line as trials finish, so an interrupted run
+  keeps what it measured; :func:`repair_database` drops a torn last line a kill can leave.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwcomp import model as model_io
+from hwcomp.errors import HwcompError
+from hwcomp.lower.kernels import rewrite_kernels
+from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.runtime_libs import cache_dir
+from hwcomp.lower.tvm import check_supported, import_relax
+from hwcomp.targets import Target, load_target
+
+logger = logging.getLogger(__name__)
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+BUILD_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = 60.0
+
+
+class TuningError(HwcompError):
+    """Tuning could not start or its database cannot be used."""
+
+
+@dataclass
+class TaskProgress:
+    """Trials and best latency of one tuning task."""
+
+    name: str
+    trials: int = 0
+    errors: int = 0
+    best_us: float | None = None
+
+
+@dataclass
+class TuneResult:
+    """What a tuning run did."""
+
+    database: Path
+    tasks: list[TaskProgress]
+    trials: int
+    records_before: int
+    records_after: int
+    seconds: float
+    interrupted: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+
+def default_database(target: Target) -> Path:
+    """``<cache>/tuning/<target>``: where tuning records of ``target`` live by default."""
+    return cache_dir() / "tuning" / target.name
+
+
+def light_tensor_intrin() -> None:
+    """Make ``tvm.s_tir.tensor_intrin`` importable without its 40 s of CUDA/ROCm intrinsics."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        import tvm.s_tir
+
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+        sys.modules[name] = package
+        tvm.s_tir.tensor_intrin = package  # type: ignore[attr-defined]
+        for sub in ("x86", "arm_cpu"):
+            setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
+    from hwcomp.lower.kernels import VNNI, register_intrinsic
+
+    register_intrinsic(VNNI, "dot_16x4_vnni", scope="global")
+
+
+def build_candidate(mod: Any, target: Any, params: Any) -> Any:
+    """MetaSchedule builder function: TVM's default build without the slow import."""
+    light_tensor_intrin()
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def count_records(database: Path) -> int:
+    """Tuning records in ``database`` (0 when it does not exist)."""
+    path = Path(database) / RECORDS
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def repair_database(database: Path) -> int:
+    """Drop unparsable lines (a run killed mid-write); return how many were dropped."""
+    dropped = 0
+    for name in (WORKLOADS, RECORDS):
+        path = Path(database) / name
+        if not path.is_file():
+            continue
+        good = []
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            good.append(line)
+        if dropped:
+            path.write_text("".join(f"{line}\n" for line in good))
+    if dropped:
+        logger.warning("%s: dropped %d torn line(s) left by an interrupted run", database, dropped)
+    return dropped
+
+
+def prepare(model_path: Path, target: Target,
+            input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
+    """Return the Relax module ``hwcomp build`` compiles, after TVM's legalisation and fusion."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    model = model_io.load_model(Path(model_path), input_shapes)
+    legal, _ = legalize_for_tvm(model)
+    proto = model_io.to_proto(legal)
+    check_supported(proto)
+    mod, _ = rewrite_kernels(import_relax(proto), target)
+    tvm_target = target.tvm()
+    with tvm_target:
+        return tvm.transform.Sequential(cpu_generic.legalize_passes(tvm_target))(mod)
+
+
+def tune(
+    model_path: Path,
+    target_name: str,
+    trials: int,
+    *,
+    database: Path | None = None,
+    per_task: int | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    device: Any = None,
+    progress: Callable[[TaskProgress, int, int], None] | None = None,
+) -> TuneResult:
+    """Tune ``model_path``'s unscheduled functions for ``target_name`` with ``trials`` trials.
+
+    ``device`` (a :class:`hwcomp.remote.DeviceAddress`) measures on a remote device through
+    its tracker instead of locally. Ctrl-C ends the run early with the records kept.
+    """
+    started = time.perf_counter()
+    target = load_target(target_name)
+    if target.family not in ("x86", "arm-a"):
+        raise TuningError(f"target '{target.name}' ({target.family}): hwcomp tunes CPU "
+                          "targets (x86, arm-a) only")
+    if trials < 1:
+        raise TuningError("--trials must be at least 1")
+    if target.is_cross and device is None:
+        raise TuningError(
+            f"target '{target.name}' is not this machine: tune on the device, through a "
+            "tracker it registered with (hwcomp device-server --tracker HOST:PORT --key KEY; "
+            "hwcomp tune --device tracker://HOST:PORT/KEY)")
+    folder = Path(database) if database else default_database(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    repair_database(folder)
+    before = count_records(folder)
+
+    light_tensor_intrin()
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = prepare(model_path, target, input_shapes)
+    tvm_target = target.tvm()
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    chosen, skipped = [], []
+    for task in tasks:
+        funcs = [f for _, f in task.dispatched[0].functions_items()]
+        if any("tirx.is_scheduled" in f.attrs for f in funcs if f.attrs is not None):
+            skipped.append(task.task_name)
+        else:
+            chosen.append(task)
+    if not chosen:
+        raise TuningError(f"{model_path}: nothing to tune (every function runs on hwcomp's "
+                          "scheduled kernels)")
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted_tasks=chosen, work_dir=str(folder))
+    board = [TaskProgress(task.task_name) for task in chosen]
+    callback = _progress_callback(ms, board, progress)
+    runner = _runner(ms, device)
+    builder = ms.builder.LocalBuilder(
+        f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S, max_workers=1,
+        f_export=_cross_export(target) if target.is_cross else None)
+    stop = _StopSignal()
+    interrupted = False
+    try:
+        stop.install()
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(folder),
+            max_trials_global=trials, max_trials_per_task=per_task or trials,
+            num_trials_per_iter=min(64, max(2, per_task or trials)),
+            builder=builder, runner=runner,
+            database=ms.database.JSONDatabase(
+                path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS)),
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
+        )
+    except (KeyboardInterrupt, RuntimeError):
+        # A signal that arrives while TVM's C++ loop is calling back into Python comes back
+        # out of TVM as a RuntimeError; the flag tells it from a real failure.
+        if not stop.received:
+            raise
+        interrupted = True
+        logger.warning("tuning interrupted: the records measured so far are kept in %s", folder)
+    finally:
+        stop.restore()
+    repair_database(folder)
+    return TuneResult(
+        database=folder, tasks=board, trials=sum(t.trials for t in board),
+        records_before=before, records_after=count_records(folder),
+        seconds=time.perf_counter() - started, interrupted=interrupted, skipped=skipped)
+
+
+class _StopSignal:
+    """SIGINT/SIGTERM during tuning: remember it, then stop like Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def _runner(ms: Any, device: Any) -> Any:
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
+                                          enable_cpu_cache_flush=False)
+    if device is None:
+        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
+    from hwcomp import remote
+
+    if device.kind != "tracker":
+        raise TuningError(f"--device {device}: MetaSchedule measures through a tracker; run "
+                          "hwcomp device-server --tracker HOST:PORT --key KEY on the device "
+                          "and pass --device tracker://HOST:PORT/KEY")
+    remote.connect(device)  # fail fast, with hwcomp's bounded errors
+    config = ms.runner.RPCConfig(tracker_host=device.host, tracker_port=device.port,
+                                 tracker_key=device.key, session_timeout_sec=int(RUN_TIMEOUT_S))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)
+
+
+def _cross_export(target: Target) -> Callable[[Any], str]:
+    compiler = target.cross_compiler
+
+    def export(module: Any) -> str:
+        import tempfile
+
+        from tvm.support import cc
+
+        path = Path(tempfile.mkdtemp()) / "candidate.so"
+        module.export_library(str(path), fcompile=cc.cross_compiler(compiler))
+        return str(path)
+
+    return export
+
+
+def _progress_callback(ms: Any, board: list[TaskProgress],
+                       progress: Callable[[TaskProgress, int, int], None] | None) -> Any:
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class Progress(ms.measure_callback.PyMeasureCallback):  # type: ignore[misc, name-defined]
+        def apply(self, task_scheduler: Any, task_id: int, candidates: Any, builds: Any,
+                  runs: Any) -> None:
+            entry = board[task_id]
+            for build, run in zip(builds, runs, strict=False):
+                entry.trials += 1
+                if build.error_msg or run.error_msg or not run.run_secs:
+                    entry.errors += 1
+                    continue
+                seconds = sum(float(s) for s in run.run_secs) / len(run.run_secs)
+                if entry.best_us is None or seconds * 1e6 < entry.best_us:
+                    entry.best_us = seconds * 1e6
+            if progress is not None:
+                progress(entry, task_id, len(board))
+
+    return Progress()
