@@ -1,18 +1,23 @@
-"""hwcomp (untuned) against onnxruntime on the same machine, same inputs, same run.
+"""The benchmark suite: hwcomp untuned and tuned against onnxruntime, same machine, same run.
 
-For each model: build a host bundle with hwcomp, time it with the bundle's own C++
-runner, and time onnxruntime at 1 and 2 intra-op threads on the same inputs. Prints a
-Markdown table of median latencies and ratios (hwcomp / onnxruntime; below 1 is faster).
+For each model: build a host bundle with hwcomp's default schedules only (no tuning
+database), optionally tune it with MetaSchedule at a fixed trial budget into a fresh database
+and build again with it, time each bundle with its own C++ runner, and time onnxruntime at
+1 and 2 intra-op threads on the same inputs. Prints a Markdown table: median latencies,
+ratios (hwcomp / onnxruntime; below 1 is faster), achieved GFLOP/s against this CPU's peak,
+tuning wall time, and the geometric mean of the ratios against onnxruntime at 2 threads.
 
-    .venv/bin/python bench/compare_ort.py [--repeat 50] [--markdown bench/results_untuned.md]
+    .venv/bin/python bench/compare_ort.py [--repeat 50] [--tune-trials 64] [--models a,b]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,61 +27,80 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp import api, bench  # noqa: E402
+from hwcomp import api, bench, tuning  # noqa: E402
+from hwcomp import model as model_io  # noqa: E402
+from hwcomp.analysis.cost import graph_cost  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {
-    "resnet_like (1x3x64x64, w32)": lambda: model_zoo.resnet_like(size=64, width=32),
-    "mobilenet_like (1x3x96x96)": lambda: model_zoo.mobilenet_like(size=96),
-    "transformer_block (16x64)": lambda: model_zoo.transformer_block(),
+    "resnet_like": ("ResNet-style, 1x3x64x64, width 32",
+                    lambda: model_zoo.resnet_like(size=64, width=32)),
+    "mobilenet_like": ("MobileNetV2-style, 1x3x96x96", lambda: model_zoo.mobilenet_like(size=96)),
+    "transformer_block": ("transformer block, 16 tokens x 64", model_zoo.transformer_block),
+    "resnet50": ("ResNet-50 (onnx light model, seeded), 1x3x224x224",
+                 lambda: model_zoo.light_model("resnet50")),
 }
-
-
-def time_ort(path: Path, feeds: dict, threads: int, repeat: int) -> float:
-    """Median onnxruntime latency (ms), 5 warm-up runs."""
-    return bench.time_onnxruntime(path, feeds, 5, repeat, 1, threads).median_ms
-
-
-def time_bundle(bundle: Path, repeat: int) -> float:
-    """Median latency (ms) of the bundle's own runner, 5 warm-up runs."""
-    return bench.bench(bundle, warmup=5, repeat=repeat).hwcomp.median_ms
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=50)
-    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--tune-trials", type=int, default=0,
+                        help="MetaSchedule trials per model (0: untuned only)")
+    parser.add_argument("--models", default="resnet_like,mobilenet_like,transformer_block")
     args = parser.parse_args()
+    target = api.load_target("host")
+    peak = target.peak_macs_per_s("fp32") * 2 / 1e9
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for label, make in MODELS.items():
-            path = Path(scratch) / f"{label.split()[0]}.onnx"
-            onnx.save(make(), path)
-            built = api.build(path, "host", Path(scratch) / "out")
+        for key in args.models.split(","):
+            label, make = MODELS[key]
+            proto = make()
+            proto.ir_version = min(proto.ir_version, 10)
+            path = Path(scratch) / f"{key}.onnx"
+            onnx.save(proto, path)
+            flops = graph_cost(model_io.load_model(path)).total_flops
+            untuned = api.build(path, "host", Path(scratch) / "untuned", use_tuning_db=False)
             feeds = {p.stem.split("_", 2)[2]: np.load(p)
-                     for p in sorted((built.bundle / "verify").glob("input_*.npy"))}
-            hw = time_bundle(built.bundle, args.repeat)
-            ort1 = time_ort(path, feeds, 1, args.repeat)
-            ort2 = time_ort(path, feeds, 2, args.repeat)
-            rows.append((label, hw, ort1, ort2, built.seconds))
-            print(f"{label}: hwcomp {hw:.3f} ms, ort(1t) {ort1:.3f} ms, ort(2t) {ort2:.3f} ms",
-                  file=sys.stderr)
-    lines = [
-        f"Machine: {platform.processor() or platform.machine()}, "
-        f"target `host` ({api.load_target('host').tvm_target['mcpu']}), "
-        f"onnxruntime {ort.__version__}. Median of {args.repeat} runs each.",
-        "",
-        "| model | hwcomp untuned (ms) | ORT 1 thread (ms) | ORT 2 threads (ms) "
-        "| hwcomp / ORT-1t | hwcomp / ORT-2t | build (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for label, hw, ort1, ort2, seconds in rows:
-        lines.append(f"| {label} | {hw:.3f} | {ort1:.3f} | {ort2:.3f} | {hw / ort1:.1f}x "
-                     f"| {hw / ort2:.1f}x | {seconds:.1f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text + "\n")
+                     for p in sorted((untuned.bundle / "verify").glob("input_*.npy"))}
+            hw = bench.bench(untuned.bundle, warmup=5, repeat=args.repeat).hwcomp.median_ms
+            tuned_ms = tune_s = None
+            if args.tune_trials:
+                db = Path(scratch) / f"db-{key}"
+                started = time.perf_counter()
+                tuning.tune(path, "host", args.tune_trials, database=db)
+                tune_s = time.perf_counter() - started
+                tuned = api.build(path, "host", Path(scratch) / "tuned", tuning_db=db)
+                tuned_ms = bench.bench(tuned.bundle, warmup=5, repeat=args.repeat).hwcomp.median_ms
+            ort1 = bench.time_onnxruntime(path, feeds, 5, args.repeat, 1, 1).median_ms
+            ort2 = bench.time_onnxruntime(path, feeds, 5, args.repeat, 1, 2).median_ms
+            rows.append((label, flops, hw, tuned_ms, ort1, ort2, tune_s))
+            print(rows[-1], file=sys.stderr)
+    print(f"Machine: {platform.processor() or platform.machine()}, target `host` "
+          f"({target.tvm_target['mcpu']}, fp32 peak {peak:.0f} GFLOP/s on {target.cores} cores), "
+          f"onnxruntime {ort.__version__}. Median of {args.repeat} runs each; tuned = "
+          f"{args.tune_trials} MetaSchedule trials per model.\n")
+    print("| model | GFLOP | hwcomp untuned (ms) | hwcomp tuned (ms) | ORT 1t (ms) | ORT 2t (ms) "
+          "| untuned / ORT-2t | tuned / ORT-2t | best GFLOP/s (% peak) | tuning (s) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    untuned_ratios, tuned_ratios = [], []
+    for label, flops, hw, tuned_ms, ort1, ort2, tune_s in rows:
+        best = min(x for x in (hw, tuned_ms) if x is not None)
+        gflops = flops / (best / 1e3) / 1e9
+        untuned_ratios.append(hw / ort2)
+        if tuned_ms is not None:
+            tuned_ratios.append(tuned_ms / ort2)
+        print(f"| {label} | {flops / 1e9:.3f} | {hw:.3f} | "
+              f"{'-' if tuned_ms is None else f'{tuned_ms:.3f}'} | {ort1:.3f} | {ort2:.3f} | "
+              f"{hw / ort2:.2f}x | {'-' if tuned_ms is None else f'{tuned_ms / ort2:.2f}x'} | "
+              f"{gflops:.1f} ({100 * gflops / peak:.0f} %) | "
+              f"{'-' if tune_s is None else f'{tune_s:.0f}'} |")
+    geo = math.exp(sum(math.log(r) for r in untuned_ratios) / len(untuned_ratios))
+    line = f"\nGeometric mean, hwcomp / onnxruntime (2 threads): untuned {geo:.2f}x"
+    if tuned_ratios:
+        geo_t = math.exp(sum(math.log(r) for r in tuned_ratios) / len(tuned_ratios))
+        line += f", tuned {geo_t:.2f}x"
+    print(line)
 
 
 if __name__ == "__main__":

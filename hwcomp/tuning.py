@@ -208,6 +208,7 @@ def tune(
     if not chosen:
         raise TuningError(f"{model_path}: nothing to tune (every function runs on hwcomp's "
                           "scheduled kernels)")
+    _reset_metaschedule_logging()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=chosen, work_dir=str(folder))
     board = [TaskProgress(task.task_name) for task in chosen]
@@ -243,6 +244,18 @@ def tune(
         database=folder, tasks=board, trials=sum(t.trials for t in board),
         records_before=before, records_after=count_records(folder),
         seconds=time.perf_counter() - started, interrupted=interrupted, skipped=skipped)
+
+
+def _reset_metaschedule_logging() -> None:
+    """Drop handlers an earlier run in this process left on MetaSchedule's logger.
+
+    MetaSchedule rebuilds its logging config from that logger's handlers by name on every
+    run and fails on an unnamed one (a second ``tune`` in one process hits this).
+    """
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+    ms_logger.setLevel(logging.INFO)
 
 
 class _StopSignal:
