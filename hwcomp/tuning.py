@@ -211,6 +211,7 @@ def tune(
     _reset_metaschedule_logging()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=chosen, work_dir=str(folder))
+    _quiet_console()
     board = [TaskProgress(task.task_name) for task in chosen]
     callback = _progress_callback(ms, board, progress)
     runner = _runner(ms, device)
@@ -256,6 +257,18 @@ def _reset_metaschedule_logging() -> None:
     for handler in list(ms_logger.handlers):
         ms_logger.removeHandler(handler)
     ms_logger.setLevel(logging.INFO)
+
+
+def _quiet_console() -> None:
+    """Keep MetaSchedule's per-iteration tables out of stdout (they stay in ``<db>/logs``).
+
+    hwcomp prints one progress line per measured batch instead; ``-vv`` shows the tables.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        return
+    for handler in logging.getLogger("tvm.s_tir.meta_schedule").handlers:
+        if (handler.get_name() or "").endswith(".console"):
+            handler.setLevel(logging.WARNING)
 
 
 class _StopSignal:
