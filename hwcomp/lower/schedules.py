@@ -95,6 +95,7 @@ def _cpu_default_rule(target: Target) -> Any:
     from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
     lanes = max(1, target.vector_bits // 32)
+    cores = max(1, target.cores)
 
     class CpuDefault(ScheduleRule):  # type: ignore[misc]
         """Inline, then parallel tasks x vector lanes over each block's spatial loops."""
@@ -123,16 +124,23 @@ def _cpu_default_rule(target: Target) -> Any:
             if not spatial:
                 continue
             sch.reorder(*spatial, *reduction)
-            fused = sch.fuse(*spatial)
-            extent = _extent(sch, fused)
-            work = extent * max(1, _product(sch, reduction))
-            if not reduction and extent % lanes == 0 and extent >= lanes:
-                outer, inner = sch.split(fused, [None, lanes])
-                sch.vectorize(inner)
-                if work >= _MIN_PARALLEL_WORK:
-                    sch.parallel(outer)
-            elif work >= _MIN_PARALLEL_WORK and extent > 1:
-                sch.parallel(fused)
+            work = _product(sch, spatial) * max(1, _product(sch, reduction))
+            # Vector lanes: the innermost spatial loop of an elementwise block, when it
+            # divides into whole vectors (its index stays affine: no div/mod per element).
+            if not reduction and len(spatial) > 0 and _extent(sch, spatial[-1]) % lanes == 0:
+                head, vector = sch.split(spatial[-1], [None, lanes])
+                spatial = [*spatial[:-1], head]
+                sch.vectorize(vector)
+            # Parallel tasks: the fewest leading spatial loops that give every core work.
+            if work >= _MIN_PARALLEL_WORK:
+                leading, count = [], 1
+                for loop in spatial:
+                    leading.append(loop)
+                    count *= _extent(sch, loop)
+                    if count >= 4 * cores:
+                        break
+                if count > 1:
+                    sch.parallel(sch.fuse(*leading) if len(leading) > 1 else leading[0])
         return sch
 
     return CpuDefault()
