@@ -246,3 +246,14 @@ def test_unmeetable_budget_names_the_blocking_layers(digits, tmp_path):
     assert "misses the budget" in result.stderr and "/Conv" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "digits_cnn-x86-avx512").exists()
+
+
+def test_arm_a76_kernels_use_sdot_and_a72_gets_none():
+    import tvm
+
+    a76 = load_target("arm-a76")
+    assert kernels.dot_instruction(a76) is kernels.SDOT
+    assert kernels.dot_instruction(load_target("arm-a72")) is None
+    lib = tvm.compile(tvm.IRModule({"main": kernels.matmul_kernel(8, 64, 16, kernels.SDOT)}),
+                      target=a76.tvm())
+    assert "sdot" in lib.mod.inspect_source("asm")
