@@ -37,7 +37,7 @@ from typing import Any
 
 from hwcomp import model as model_io
 from hwcomp.errors import HwcompError
-from hwcomp.lower.kernels import rewrite_kernels
+from hwcomp.lower.kernels import DOT_INSTRUCTIONS, rewrite_kernels
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runtime_libs import cache_dir
 from hwcomp.lower.tvm import check_supported, import_relax
@@ -177,9 +177,9 @@ def tune(
     """
     started = time.perf_counter()
     target = load_target(target_name)
-    if target.family not in ("x86", "arm-a"):
+    if target.family not in DOT_INSTRUCTIONS:
         raise TuningError(f"target '{target.name}' ({target.family}): hwcomp tunes CPU "
-                          "targets (x86, arm-a) only")
+                          f"targets ({', '.join(DOT_INSTRUCTIONS)}) only")
     if trials < 1:
         raise TuningError("--trials must be at least 1")
     if target.is_cross and device is None:

@@ -65,21 +65,12 @@ class KernelSpec:
     llvm: str = ""
 
 
-
-
 VNNI = KernelSpec("vpdpbusd", "hwcomp_vnni_u8s8_16x4", 16, "uint8",
                   llvm="llvm.x86.avx512.vpdpbusd.512")
 SDOT = KernelSpec("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
                   llvm="llvm.aarch64.neon.sdot.v4i32.v16i8")
-_KERNEL_FAMILIES = ("x86", "arm-a")
-
-
-def float_spec(target: Target) -> KernelSpec | None:
-    """Return the fp32 kernel spec for ``target``: FMAs over one vector register of lanes."""
-    if target.family not in _KERNEL_FAMILIES:
-        return None
-    return KernelSpec("fma", "", max(1, target.vector_bits // 32), "float32", "float32",
-                      "float32", 1)
+# The CPU families hwcomp has kernels for, with their int8 dot-product instruction.
+DOT_INSTRUCTIONS = {"x86": VNNI, "arm-a": SDOT}
 
 # The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
 # the L-lane accumulators in registers without spilling on either ISA.
@@ -89,15 +80,17 @@ _ROW_TILE = 4
 _LANE_BLOCKS = 4
 
 
+def float_spec(target: Target) -> KernelSpec | None:
+    """Return the fp32 kernel spec for ``target``: FMAs over one vector register of lanes."""
+    if target.family not in DOT_INSTRUCTIONS:
+        return None
+    return KernelSpec("fma", "", max(1, target.vector_bits // 32), "float32", "float32",
+                      "float32", 1)
+
+
 def dot_instruction(target: Target) -> KernelSpec | None:
     """Return the instruction hwcomp's int8 kernels use on ``target``, or None (no kernel)."""
-    if not target.int8_dot:
-        return None
-    if target.family == "x86":
-        return VNNI
-    if target.family == "arm-a":
-        return SDOT
-    return None
+    return DOT_INSTRUCTIONS.get(target.family) if target.int8_dot else None
 
 
 def activation_dtype(target: Target) -> str:
@@ -178,7 +171,6 @@ def pack_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
 def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> Any:
     """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), register-tiled, parallel."""
     from tvm import te
-
 
     depth_pad = _round_up(depth, instruction.group)
     a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
@@ -266,9 +258,9 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
               im2col: tuple[tuple[int, int, int], tuple[int, int]] | None = None) -> Any:
     """Register-tile the matmul and tensorize its inner block.
 
-    Each parallel task owns ``rows x (blocks * L)`` int32 accumulators (a local buffer LLVM
-    keeps in vector registers) across the whole K loop, so the inner loop is loads of A words
-    and W vectors feeding one dot-product instruction each.
+    Each parallel task owns ``rows x (blocks * L)`` accumulators (a local buffer LLVM keeps in
+    vector registers) across the whole K loop, so the inner loop is loads of A elements and W
+    vectors feeding one dot-product instruction (int8) or vector FMA (fp32) each.
     """
     from tvm import s_tir
 
@@ -474,31 +466,53 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
     return Rewriter(mod)
 
 
+def _bound(mutator: Any, expr: Any) -> Any:
+    """Return the value a dataflow variable is bound to (the expression itself otherwise)."""
+    from tvm import relax
+
+    value = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    return expr if value is None else value
+
+
+def _is_op(expr: Any, name: str) -> bool:
+    from tvm import relax
+
+    return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == name
+
+
+def _operands(mutator: Any, call: Any) -> tuple[Any, Any, bool]:
+    """Return (data, weight, transposed): the op's operands through their bindings.
+
+    A ``permute_dims`` on a matmul's weight (Gemm ``transB``) is looked through.
+    """
+    data, weight = _bound(mutator, call.args[0]), _bound(mutator, call.args[1])
+    if _is_op(weight, "relax.permute_dims"):
+        return data, _bound(mutator, weight.args[0]), True
+    return data, weight, False
+
+
+def _plain_conv(attrs: Any) -> bool:
+    """Whether a conv2d is the one the kernels implement: groups 1, NCHW data, OIHW weight."""
+    return (int(attrs.groups) == 1 and attrs.data_layout == "NCHW"
+            and attrs.kernel_layout == "OIHW")
+
+
 def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
     """Return the fp32 weight of a conv2d or matmul, output channels first, if it fits.
 
     Fits: conv2d with groups 1 in NCHW/OIHW, or matmul with a constant 2-D weight; None
     otherwise.
     """
-    from tvm import relax
     from tvm.ir.expr import Constant
 
-    def bound(expr: Any) -> Any:
-        value = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-        return expr if value is None else value
-
-    data, weight = call.args[0], bound(call.args[1])
-    transposed = False
-    if isinstance(weight, relax.Call) and getattr(weight.op, "name", "") == "relax.permute_dims":
-        transposed, weight = True, bound(weight.args[0])
+    _, weight, transposed = _operands(mutator, call)
+    data = call.args[0]
     if not isinstance(weight, Constant) or _dtype(data) != "float32" or _dtype(weight) != "float32":
         return None
     array = _array(weight)
     if call.op.name == "relax.nn.conv2d":
-        attrs = call.attrs
-        if (transposed or int(attrs.groups) != 1 or attrs.data_layout != "NCHW"
-                or attrs.kernel_layout != "OIHW" or array.ndim != 4 or attrs.out_dtype not in (
-                    "", "float32", None)):
+        if (transposed or not _plain_conv(call.attrs) or array.ndim != 4
+                or call.attrs.out_dtype not in ("", "float32", None)):
             return None
         return array
     if array.ndim != 2 or len(_shape(data)) < 1:
@@ -511,31 +525,17 @@ def _quantized_operands(
 ) -> tuple[Any, int, float, np.ndarray, np.ndarray] | str | None:
     """Match ``op(dequantize(x_q), dequantize(W_q))`` with W_q constant.
 
-    For matmul the weight may come through ``permute_dims`` (Gemm with ``transB``).
     Returns (x_q, zero point, scale, W_q as [N, ...] output-channel first, per-channel scale),
     a string saying why a quantized op stays in float, or None when it is not quantized.
     """
-    from tvm import relax
     from tvm.ir.expr import Constant
 
-    def bound(expr: Any) -> Any:
-        if isinstance(expr, relax.Var):
-            value = mutator.lookup_binding(expr)
-            return value if value is not None else expr
-        return expr
-
-    def is_op(expr: Any, name: str) -> bool:
-        return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == name
-
-    data, weight = bound(call.args[0]), bound(call.args[1])
-    transposed = False
-    if is_op(weight, "relax.permute_dims"):
-        transposed, weight = True, bound(weight.args[0])
-    if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
+    data, weight, transposed = _operands(mutator, call)
+    if not (_is_op(data, "relax.dequantize") and _is_op(weight, "relax.dequantize")):
         return None
     op = call.op.name.split(".")[-1]
     x_q, scale_x, zp_x = data.args
-    w_q, scale_w, zp_w = (bound(a) for a in weight.args)
+    w_q, scale_w, zp_w = (_bound(mutator, a) for a in weight.args)
     constants = (scale_x, zp_x, w_q, scale_w, zp_w)
     if not all(isinstance(c, Constant) for c in constants):
         return f"{op}: quantization parameters are not constants"
@@ -553,9 +553,7 @@ def _quantized_operands(
     axis = int(weight.attrs.axis) % max(weights.ndim, 1)
     sw = _array(scale_w).astype(np.float32).reshape(-1)
     if op == "conv2d":
-        attrs = call.attrs
-        if (int(attrs.groups) != 1 or attrs.data_layout != "NCHW"
-                or attrs.kernel_layout != "OIHW" or weights.ndim != 4):
+        if not _plain_conv(call.attrs) or weights.ndim != 4:
             return "conv2d: grouped or depthwise convolution has no dot-product kernel"
         if sw.size not in (1, weights.shape[0]) or (sw.size > 1 and axis != 0):
             return "conv2d: weight scale is not per output channel"
