@@ -294,8 +294,7 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
             specs, model_io.load_calibration(Path(options.calib), specs))
     else:
         batches = model_io.random_calibration(specs, 16, options.seed)
-    held_out = max(1, len(batches) // 4) if len(batches) > 1 else 0
-    fit, check = batches[: len(batches) - held_out], batches[len(batches) - held_out:] or batches
+    fit, check = model_io.split_held_out(batches)
     labels = None
     if options.labels is not None:
         count = model_io.sample_count([*fit, *check])

@@ -337,6 +337,18 @@ def calibration_batches(
     ]
 
 
+def split_held_out(
+    batches: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[list[Mapping[str, np.ndarray]], list[Mapping[str, np.ndarray]]]:
+    """Split feeds into (fit, check): the last quarter (at least one batch) is held out.
+
+    With a single batch both are that batch: there is nothing to hold out.
+    """
+    held_out = max(1, len(batches) // 4) if len(batches) > 1 else 0
+    fit = list(batches[: len(batches) - held_out])
+    return fit, list(batches[len(batches) - held_out:]) or fit
+
+
 def sample_count(batches: Sequence[Mapping[str, np.ndarray]]) -> int:
     """Count the samples in a list of feeds (axis 0 of their first input)."""
     return sum(next(iter(batch.values())).shape[0] for batch in batches)

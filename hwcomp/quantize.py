@@ -364,9 +364,7 @@ def plan_precision(
     """
     options.validate()
     proto = model_io.to_proto(model)
-    held_out = max(1, len(batches) // 4) if len(batches) > 1 else 0
-    fit = list(batches[: len(batches) - held_out])
-    check = list(batches[len(batches) - held_out:]) or fit
+    fit, check = model_io.split_held_out(batches)
     check_labels = None
     if labels is not None:
         check_labels = labels[model_io.sample_count(fit):]
