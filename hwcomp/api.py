@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes import common
 
 import hwcomp
 from hwcomp import compress as compression
@@ -254,13 +253,11 @@ def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOption
     """Fold batch norms, choose precisions, and return the QDQ model and its plan."""
     from hwcomp.passes import FoldBatchNormPass
 
-    folded = model_io.infer_shapes(ir.serde.deserialize_model(model_io.to_proto(model)))
-    FoldBatchNormPass()(folded)
-    common.RemoveUnusedNodesPass()(folded)
-    batches, labels = quantize.calibration_for(folded, calib, options.labels, options.precision)
+    FoldBatchNormPass()(model)
+    batches, labels = quantize.calibration_for(model, calib, options.labels, options.precision)
     logger.info("choosing precisions (%s) on %d calibration batches", options.precision,
                 len(batches))
-    proto, plan = quantize.plan_precision(folded, target, options, batches, labels)
+    proto, plan = quantize.plan_precision(model, target, options, batches, labels)
     return model_io.infer_shapes(ir.serde.deserialize_model(proto)), plan
 
 

@@ -36,6 +36,7 @@ import onnx_ir as ir
 
 from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
+from hwcomp.analysis.sensitivity import metrics
 from hwcomp.errors import CalibrationDataError, HwcompError
 from hwcomp.lower.kernels import activation_dtype, dot_instruction
 from hwcomp.targets import Target
@@ -309,12 +310,9 @@ class _Evaluator:
         self.proto, self.ranges, self.act_dtype = proto, ranges, act_dtype
         self.check, self.labels = check, labels
         self.reference = self._outputs(proto)
-        classes = self.reference.shape[1] > 1
-        self.use_labels = labels is not None and classes
+        self.fp32_accuracy = self.measure(self.reference)[1]
+        self.use_labels = self.fp32_accuracy is not None
         if self.use_labels:
-            assert labels is not None
-            self.fp32_accuracy: float | None = float(
-                (self.reference.argmax(1) == labels[: len(self.reference)]).mean())
             self.metric = "top-1 accuracy drop on held-out samples"
             self.budget = options.accuracy_budget if options.accuracy_budget is not None else 0.01
         else:
@@ -328,25 +326,20 @@ class _Evaluator:
         outs = [run_onnxruntime(proto, batch)[0] for batch in self.check]
         return np.concatenate([o.reshape(o.shape[0], -1) for o in outs]).astype(np.float64)
 
-    def sqnr(self, got: np.ndarray) -> float:
-        noise = float(((self.reference - got) ** 2).sum())
-        signal = float((self.reference ** 2).sum())
-        return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-30) / noise)
-
-    def accuracy(self, got: np.ndarray) -> float | None:
-        if not self.use_labels:
-            return None
-        assert self.labels is not None
-        return float((got.argmax(1) == self.labels[: len(got)]).mean())
+    def measure(self, got: np.ndarray) -> tuple[float | None, float | None]:
+        """(SQNR vs fp32 in dB, None when exact; top-1 accuracy with labels, else None)."""
+        sqnr, _, _, accuracy, _ = metrics([self.reference], [got], self.labels)
+        return sqnr, accuracy
 
     def loss(self, precisions: Mapping[str, str]) -> tuple[float, np.ndarray]:
         """(loss, outputs): accuracy drop with labels, else SQNR shortfall in dB."""
         self.evaluations += 1
         got = self._outputs(quantize_model(self.proto, self.ranges, precisions, self.act_dtype))
+        sqnr, accuracy = self.measure(got)
         if self.use_labels:
-            assert self.fp32_accuracy is not None
-            return self.fp32_accuracy - float(self.accuracy(got) or 0.0), got
-        return max(0.0, self.min_sqnr - self.sqnr(got)), got
+            assert self.fp32_accuracy is not None and accuracy is not None
+            return self.fp32_accuracy - accuracy, got
+        return max(0.0, self.min_sqnr - (math.inf if sqnr is None else sqnr)), got
 
 
 def plan_precision(
@@ -404,12 +397,12 @@ def plan_precision(
                 + ", ".join(f"{x.name} ({x.loss_alone:.4g})" for x in blockers[:5])
                 + "; use --precision auto to keep those in a wider precision")
         loss, got = _roll_back(layers, evaluator, loss, decisions)
+    sqnr, accuracy = evaluator.measure(got)
     plan = PrecisionPlan(
         mode=options.precision, calibration=options.calibration, activation_dtype=act_dtype,
         metric=evaluator.metric, budget=evaluator.budget, loss=loss, layers=layers,
         samples=model_io.sample_count(check), decisions=decisions,
-        fp32_accuracy=evaluator.fp32_accuracy, accuracy=evaluator.accuracy(got),
-        sqnr_db=_finite(evaluator.sqnr(got)),
+        fp32_accuracy=evaluator.fp32_accuracy, accuracy=accuracy, sqnr_db=sqnr,
     )
     decisions.append(f"{evaluator.evaluations} whole-model evaluations in onnxruntime")
     quantized = quantize_model(proto, ranges, {x.name: x.precision for x in layers}, act_dtype)
@@ -428,9 +421,9 @@ def _force(layers: list[LayerChoice], precision: str, target: Target) -> None:
     for layer in layers:
         if precision in layer.candidates or precision == "int8":
             layer.precision = precision
-            layer.reason = f"--precision {precision}"
-            if precision not in layer.candidates:
-                layer.reason += f" ({layer.reason or 'no integer kernel: runs dequantized'})"
+            why = "" if precision in layer.candidates else (
+                f" ({layer.reason or 'no integer kernel'}: runs dequantized)")
+            layer.reason = f"--precision {precision}{why}"
         else:
             layer.reason = layer.reason or f"{precision} not available"
 
@@ -447,9 +440,8 @@ def _roll_back(layers: list[LayerChoice], evaluator: _Evaluator, loss: float,
                decisions: list[str]) -> tuple[float, np.ndarray]:
     """Demote the costliest layers one step at a time until the budget holds."""
     got = evaluator.reference
-    order = sorted((x for x in layers if x.precision != "fp32"),
+    queue = sorted((x for x in layers if x.precision != "fp32"),
                    key=lambda x: -(x.loss_alone or 0.0))
-    queue = list(order)
     while loss > evaluator.budget and queue:
         layer = queue.pop(0)
         wider = [p for p in _ORDER[_ORDER.index(layer.precision) + 1:] if p in layer.candidates]
@@ -464,10 +456,6 @@ def _roll_back(layers: list[LayerChoice], evaluator: _Evaluator, loss: float,
     if loss > evaluator.budget:  # every layer fp32 is exact; only reachable through bugs
         raise PrecisionError(f"budget not met even in fp32 (loss {loss:.4g})")
     return loss, got
-
-
-def _finite(value: float) -> float | None:
-    return None if math.isinf(value) else value
 
 
 def calibration_for(model: ir.Model, calib: Path | None, labels_path: Path | None,

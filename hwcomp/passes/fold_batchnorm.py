@@ -103,9 +103,11 @@ def _fold(graph: ir.Graph, bn: ir.Node) -> str:
     # The folded layer (or the Add after it) now yields BN's output.
     output = bn.outputs[0]
     name = output.name
-    output.name = None
-    graph.remove(bn, safe=False)
     ir.convenience.replace_all_uses_with(output, folded, replace_graph_outputs=True)
+    output.name = None
+    # safe=True also detaches BN's inputs: its scale/shift/mean/var initializers lose their
+    # last use, so the unused-node cleanup drops them.
+    graph.remove(bn, safe=True)
     folded.name = name
     folded.shape, folded.type = output.shape, output.type
     return ""
