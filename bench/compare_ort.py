@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -61,8 +60,7 @@ def main() -> None:
             onnx.save(proto, path)
             flops = graph_cost(model_io.load_model(path)).total_flops
             untuned = api.build(path, "host", Path(scratch) / "untuned", use_tuning_db=False)
-            feeds = {p.stem.split("_", 2)[2]: np.load(p)
-                     for p in sorted((untuned.bundle / "verify").glob("input_*.npy"))}
+            feeds = bench.verify_inputs(untuned.bundle)
             hw = bench.bench(untuned.bundle, warmup=5, repeat=args.repeat).hwcomp.median_ms
             tuned_ms = tune_s = None
             if args.tune_trials:

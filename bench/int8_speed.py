@@ -55,8 +55,7 @@ def main() -> None:
             int8 = api.build(path, args.target, Path(scratch) / "int8", calib=calib,
                              precision_options=quantize.PrecisionOptions(precision="int8",
                                                                          min_sqnr_db=0))
-            feeds = {p.stem.split("_", 2)[2]: np.load(p)
-                     for p in sorted((int8.bundle / "verify").glob("input_*.npy"))}
+            feeds = bench.verify_inputs(int8.bundle)
             t_fp32 = bench.bench(fp32.bundle, warmup=5, repeat=args.repeat).hwcomp.median_ms
             t_int8 = bench.bench(int8.bundle, warmup=5, repeat=args.repeat).hwcomp.median_ms
             qdq = int8.bundle / "model.optimized.onnx"

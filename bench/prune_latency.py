@@ -14,14 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.compare_ort import time_bundle, time_ort  # noqa: E402
-from hwcomp import api  # noqa: E402
+from hwcomp import api, bench  # noqa: E402
 from hwcomp.compress import CompressionOptions  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
@@ -52,10 +50,9 @@ def main() -> None:
             reference = None
             for ratio, path, outcome in variants:
                 built = api.build(path, "host", root / "out", force=True)
-                feeds = {p.stem.split("_", 2)[2]: np.load(p)
-                         for p in sorted((built.bundle / "verify").glob("input_*.npy"))}
-                hw = time_bundle(built.bundle, args.repeat)
-                ort1 = time_ort(path, feeds, 1, args.repeat)
+                feeds = bench.verify_inputs(built.bundle)
+                hw = bench.bench(built.bundle, warmup=5, repeat=args.repeat).hwcomp.median_ms
+                ort1 = bench.time_onnxruntime(path, feeds, 5, args.repeat, 1, 1).median_ms
                 macs = outcome.macs_after if outcome else api.cost.graph_cost(
                     api.model_io.load_model(path)).total_macs
                 if reference is None:

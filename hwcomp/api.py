@@ -30,11 +30,10 @@ from hwcomp.errors import (
     VerificationError,
 )
 from hwcomp.lower import lowering_for
-from hwcomp.lower.kernels import rewrite_kernels
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runner import compile_runner, require_tool
 from hwcomp.lower.runtime_libs import ffi_include_dir
-from hwcomp.lower.tvm import check_supported, import_relax
+from hwcomp.lower.tvm import relax_for_target
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target, load_target
@@ -204,10 +203,7 @@ def build(
     inputs = _verification_inputs(input_specs, calib, seed)
     legal, steps = legalize_for_tvm(model, const_inputs)
     legal_proto = model_io.to_proto(legal)
-    check_supported(legal_proto)
-    logger.info("importing into TVM Relax")
-    mod = import_relax(legal_proto)
-    mod, kernels = rewrite_kernels(mod, target)
+    mod, kernels = relax_for_target(legal_proto, target)
     logger.info("compiling for %s (%s)", target.name, target.family)
     database = None
     if use_tuning_db:

@@ -97,6 +97,18 @@ def load_bundle(bundle: Path, need_runner: bool = True) -> tuple[dict, Target]:
     return manifest, target
 
 
+def input_files(bundle: Path) -> list[Path]:
+    """Return the bundle's verification input files (``verify/input_NN_<name>.npy``), in order."""
+    return sorted((Path(bundle) / "verify").glob("input_*.npy"))
+
+
+def verify_inputs(bundle: Path) -> dict[str, np.ndarray]:
+    """Return the bundle's verification inputs as feeds: input name (manifest) -> array."""
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    return {spec["name"]: np.load(path)
+            for spec, path in zip(manifest["inputs"], input_files(bundle), strict=True)}
+
+
 def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50, number: int = 1,
           threads: int = 0, compare_ort: bool = False) -> BenchResult:
     """Time ``bundle`` on ``device``: ``local``, ``rpc://host:port`` or ``tracker://host:port/key``."""
@@ -109,7 +121,7 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
         manifest, target = load_bundle(bundle, need_runner=False)
         return _bench_remote(bundle, target, address, warmup, repeat, number)
     manifest, target = load_bundle(bundle)
-    inputs = sorted((bundle / "verify").glob("input_*.npy"))
+    inputs = input_files(bundle)
     emulated = bool(target.emulator)
     command = [str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
                "--warmup", str(warmup), "--repeat", str(repeat), "--number", str(number)]
@@ -129,8 +141,8 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
         samples = [float(line) for line in times.read_text().split()]
     reference = None
     if compare_ort:
-        feeds = {spec["name"]: np.load(path) for spec, path in zip(manifest["inputs"], inputs, strict=True)}
-        reference = time_onnxruntime(bundle / "model.optimized.onnx", feeds, warmup, repeat, number,
+        reference = time_onnxruntime(bundle / "model.optimized.onnx", verify_inputs(bundle),
+                                     warmup, repeat, number,
                                      threads)
     return BenchResult(bundle=str(bundle), target=target.name,
                        device=f"local ({'emulated: ' + target.emulator if emulated else 'native'})",
@@ -170,8 +182,7 @@ def _bench_remote(bundle: Path, target: Target, address: remote.DeviceAddress, w
         library = session.load_module("hwcomp_model.so")
         device = session.cpu()
         vm = relax.VirtualMachine(library, device)
-        inputs = [tvm.runtime.tensor(np.load(p), device)
-                  for p in sorted((bundle / "verify").glob("input_*.npy"))]
+        inputs = [tvm.runtime.tensor(np.load(p), device) for p in input_files(bundle)]
         vm.set_input("main", *inputs)
         for _ in range(warmup):
             vm.invoke_stateful("main")

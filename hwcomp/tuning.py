@@ -37,10 +37,11 @@ from typing import Any
 
 from hwcomp import model as model_io
 from hwcomp.errors import HwcompError
-from hwcomp.lower.kernels import DOT_INSTRUCTIONS, rewrite_kernels
+from hwcomp.lower.kernels import DOT_INSTRUCTIONS
 from hwcomp.lower.legalize import legalize_for_tvm
 from hwcomp.lower.runtime_libs import cache_dir
-from hwcomp.lower.tvm import check_supported, import_relax
+from hwcomp.lower.schedules import fusion_passes
+from hwcomp.lower.tvm import relax_for_target
 from hwcomp.targets import Target, load_target
 
 logger = logging.getLogger(__name__)
@@ -147,16 +148,13 @@ def prepare(model_path: Path, target: Target,
             input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
     """Return the Relax module ``hwcomp build`` compiles, after TVM's legalisation and fusion."""
     import tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     model = model_io.load_model(Path(model_path), input_shapes)
     legal, _ = legalize_for_tvm(model)
-    proto = model_io.to_proto(legal)
-    check_supported(proto)
-    mod, _ = rewrite_kernels(import_relax(proto), target)
+    mod, _ = relax_for_target(model_io.to_proto(legal), target)
     tvm_target = target.tvm()
     with tvm_target:
-        return tvm.transform.Sequential(cpu_generic.legalize_passes(tvm_target))(mod)
+        return tvm.transform.Sequential(fusion_passes(tvm_target))(mod)
 
 
 def tune(

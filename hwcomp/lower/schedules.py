@@ -57,8 +57,7 @@ def cpu_pipeline(target: Target, database: Path | None = None,
     def pipeline(mod: Any, _ctx: Any) -> Any:
         with tvm_target:
             passes = [
-                *cpu_generic.library_dispatch_passes(tvm_target),
-                *cpu_generic.legalize_passes(tvm_target),
+                *fusion_passes(tvm_target),
                 *tuned,
                 dlight.ApplyDefaultSchedule(rule),
                 *cpu_generic.dataflow_lower_passes(tvm_target),
@@ -67,6 +66,14 @@ def cpu_pipeline(target: Target, database: Path | None = None,
             return tvm.transform.Sequential(passes)(mod)
 
     return pipeline
+
+
+def fusion_passes(tvm_target: Any) -> list[Any]:
+    """TVM's CPU passes up to fused TIR functions: what tuning sees and the schedules apply to."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    return [*cpu_generic.library_dispatch_passes(tvm_target),
+            *cpu_generic.legalize_passes(tvm_target)]
 
 
 def _count(applied: dict[str, int] | None) -> Any:

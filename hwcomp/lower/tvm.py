@@ -77,6 +77,20 @@ def import_relax(proto: onnx.ModelProto) -> Any:
         raise LoweringError(f"TVM could not import the model: {message}") from None
 
 
+def relax_for_target(legal: onnx.ModelProto, target: Target) -> tuple[Any, Any]:
+    """Return the Relax module hwcomp lowers for ``target`` and what its kernels took over.
+
+    Checks support, imports, and replaces conv2d/matmul by hwcomp's kernels
+    (:func:`hwcomp.lower.kernels.rewrite_kernels`); ``hwcomp build`` compiles this module and
+    ``hwcomp tune`` tunes it, so both see the same functions.
+    """
+    from hwcomp.lower.kernels import rewrite_kernels
+
+    check_supported(legal)
+    logger.info("importing into TVM Relax")
+    return rewrite_kernels(import_relax(legal), target)
+
+
 def compile_relax(mod: Any, target: Target, pipeline: Any = "default") -> Any:
     """Compile a Relax module for ``target`` into a ``tvm.runtime.Executable``."""
     import tvm
