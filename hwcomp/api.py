@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,11 +30,10 @@ from hwcomp.errors import (
 )
 from hwcomp.lower import lowering_for
 from hwcomp.lower.legalize import legalize_for_tvm
-from hwcomp.lower.runner import compile_runner, require_tool
-from hwcomp.lower.runtime_libs import ffi_include_dir
+from hwcomp.lower.runner import require_tool
 from hwcomp.lower.tvm import relax_for_target
+from hwcomp.lower.types import BundleInfo
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
-from hwcomp.resources import kernels_path
 from hwcomp.targets import Target, load_target
 from hwcomp.templates import render, render_to
 from hwcomp.verify import NOT_RUN, PASSED, Verification, compare_outputs, run_onnxruntime
@@ -209,17 +207,22 @@ def build(
     if use_tuning_db:
         database = Path(tuning_db) if tuning_db else tuning.default_database(target)
     applied: dict[str, int] = {}
-    executable = lowering.compile(mod, target, database, applied)
+    executable = lowering.compile(mod, target, database, applied, name=model_path.stem)
 
     with staged_output(destination, force) as staging:
-        _write_library(staging, lowering, executable, target)
         ir.save(legal, staging / "model.optimized.onnx")
         feeds = {s.name: inputs[s.name] for s in model_io.graph_inputs(legal)}
         reference = run_onnxruntime(original, inputs)
         _write_verify_data(staging, feeds, reference)
+        info = BundleInfo(
+            model_file=model_path.name, model_name=model_path.stem,
+            inputs=model_io.graph_inputs(legal), outputs=model_io.graph_outputs(model),
+            example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance)
+        extras = lowering.package(executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
         verification = _verify(staging, lowering, target, model, feeds, reference, tolerance, source)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
+        manifest.update(extras)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
         manifest["integer_kernels"] = None if kernels is None or not kernels.rewritten else {
@@ -267,31 +270,6 @@ def _verification_inputs(
     return {s.name: np.require(data[s.name][: s.shape[0]], requirements="C") for s in specs}
 
 
-def _write_library(staging: Path, lowering: Any, executable: Any, target: Target) -> None:
-    (staging / "lib").mkdir()
-    lowering.export(executable, target, staging / "lib" / "model.so")
-    libs = lowering.runtime_libs(target)
-    if not libs:
-        return
-    runtime = staging / "runtime"
-    runtime.mkdir()
-    for lib in libs:
-        shutil.copy2(lib, runtime / lib.name)
-    shutil.copytree(ffi_include_dir() / "tvm", staging / "include" / "tvm")
-    shutil.copytree(ffi_include_dir() / "dlpack", staging / "include" / "dlpack")
-    (staging / "runner").mkdir()
-    for name in ("runner.cc", "CMakeLists.txt"):
-        shutil.copy2(kernels_path("runner", name), staging / "runner" / name)
-    render_to(
-        "bundle/CMakeLists.txt.in", staging / "CMakeLists.txt",
-        hwcomp_version=hwcomp.__version__, target=target.name, family=target.family,
-        target_id=target.name.replace("-", "_"),
-    )
-    if lowering.builds_runner:
-        (staging / "bin").mkdir()
-        shutil.copy2(compile_runner(target, runtime), staging / "bin" / "hwcomp_runner")
-
-
 def _write_verify_data(
     staging: Path, feeds: Mapping[str, np.ndarray], reference: list[np.ndarray]
 ) -> None:
@@ -320,6 +298,9 @@ def _verify(
     result = lowering.execute(staging, target, list(feeds.values()))
     names = [spec.name for spec in model_io.graph_outputs(model)]
     verification = compare_outputs(names, reference, result.outputs, tolerance, source)
+    for label, outputs in result.also.items():
+        verification = verification.with_run(
+            label, compare_outputs(names, reference, outputs, tolerance, source))
     logger.info("verification %s (%s)", verification.status, result.timing)
     return verification
 
@@ -377,7 +358,14 @@ def _write_readme(
     )
     files = "\n".join(f"| `{path}` | {what} |" for path, what in _BUNDLE_FILES
                       if (staging / path.rstrip("/")).exists())
-    if (staging / "bin" / "hwcomp_runner").exists():
+    if "mcu" in manifest:
+        mcu = manifest["mcu"]
+        run = render("bundle/run_mcu.md.in", prefix=mcu["prefix"], target=target.name,
+                     emulator=" ".join([target.emulator, *target.emulator_args]),
+                     arena=mcu["arena"]["arena_bytes"], flash=mcu["library"]["flash"],
+                     ram=mcu["library"]["ram"], flash_budget=target.flash_bytes,
+                     ram_budget=target.sram_bytes)
+    elif (staging / "bin" / "hwcomp_runner").exists():
         run = render("bundle/run_runner.md.in", runner_inputs=runner_inputs)
     else:
         run = render("bundle/run_python.md.in")
@@ -395,11 +383,22 @@ _BUNDLE_FILES = (
     ("model.optimized.onnx", "the graph that was compiled (runs in onnxruntime)"),
     ("lib/model.so", "the compiled model (TVM Relax executable)"),
     ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, libtvm_ffi.so)"),
+    ("lib/model.h", "the C API: run function, input/output and arena sizes"),
+    ("lib/model.c", "the executor: kernel calls in order over one statically planned arena"),
+    ("lib/kernels.c", "the kernels (TVM's C code generator)"),
+    ("lib/weights.c", "weights as const arrays (flash)"),
+    ("lib/hwcomp_runtime.c", "workspace allocator and error hook (no malloc)"),
+    ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, libtvm_ffi.so)"),
     ("include/", "TVM FFI and DLPack headers for code that loads the model"),
+    ("example/", "example main.c running the verification input and checking it"),
+    ("hwcomp.mk", "Makefile fragment: sources, include flags, target flags"),
+    ("cmake/", "CMake toolchain file for arm-none-eabi-gcc with this target's flags"),
+    ("board/", "startup code and linker script of the emulated board the firmware ran on"),
+    ("bin/firmware.elf", "the example firmware for the emulated board (qemu-system-arm)"),
     ("bin/hwcomp_runner", "prebuilt runner for this architecture"),
     ("runner/", "the runner's source and CMake"),
     ("verify/", "the inputs used for verification and onnxruntime's outputs for them"),
-    ("CMakeLists.txt", "add_subdirectory() this folder to link the runtime"),
+    ("CMakeLists.txt", "add_subdirectory() this folder to link the model (or its runtime)"),
 )
 
 

@@ -53,3 +53,7 @@ class OutputExistsError(HwcompError):
 
 class CalibrationDataError(HwcompError):
     """Calibration or input data is missing, malformed or does not match the model."""
+
+
+class MemoryBudgetError(HwcompError):
+    """The compiled model does not fit the target's flash or RAM."""

@@ -26,3 +26,18 @@ def render_to(relative: str, dest: Path, **values: object) -> None:
     """Render a template into ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(render(relative, **values))
+
+
+def render_source(relative: str, **values: object) -> str:
+    """Render the Jinja2 template ``kernels/<relative>`` (C sources that need loops).
+
+    Undefined names are errors; blocks leave no blank lines behind.
+    """
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(kernels_path())),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        trim_blocks=True, lstrip_blocks=True, autoescape=False,
+    )
+    return environment.get_template(relative).render(**values)

@@ -43,6 +43,18 @@ class Verification:
     inputs: str
     reason: str = ""
     outputs: list[OutputCheck] = field(default_factory=list)
+    # Other runs of the same inputs (e.g. "host build"), each compared the same way.
+    runs: dict[str, list[OutputCheck]] = field(default_factory=dict)
+
+    def with_run(self, label: str, other: Verification) -> Verification:
+        """Return the verdict with ``other`` (another run of the same inputs) folded in."""
+        failed = other.status == FAILED
+        reasons = [r for r in (self.reason, f"{label}: {other.reason}" if failed else "") if r]
+        return Verification(
+            status=FAILED if failed else self.status, tolerance=self.tolerance,
+            inputs=self.inputs, reason="; ".join(reasons), outputs=self.outputs,
+            runs={**self.runs, label: other.outputs},
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready form for the manifest."""

@@ -1,6 +1,6 @@
 """Lowering: from a legalised ONNX model to a TVM-compiled library, per target family.
 
-One table maps a profile's ``family`` to the object that compiles, exports, packages and
+One table maps a profile's ``family`` to the object that compiles, packages and
 executes for it. Core code asks this table; it never compares target names.
 """
 
@@ -14,7 +14,9 @@ import numpy as np
 from hwcomp.errors import TargetError
 from hwcomp.lower.cpu import ArmLowering, CpuLowering
 from hwcomp.lower.cuda import CudaLowering
+from hwcomp.lower.mcu import McuLowering
 from hwcomp.lower.runner import RunnerResult
+from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
 
 
@@ -27,9 +29,11 @@ class Lowering(Protocol):
     def required_tools(self, target: Target) -> list[tuple[str, str]]: ...  # noqa: D102
     def compile(  # noqa: D102
         self, mod: Any, target: Target, database: Path | None = None,
-        applied: dict[str, int] | None = None,
+        applied: dict[str, int] | None = None, name: str = "model",
     ) -> Any: ...
-    def export(self, executable: Any, target: Target, path: Path) -> None: ...  # noqa: D102
+    def package(  # noqa: D102
+        self, executable: Any, target: Target, staging: Path, info: BundleInfo
+    ) -> dict[str, Any]: ...
     def runtime_libs(self, target: Target) -> list[Path]: ...  # noqa: D102
     def not_run_reason(self, target: Target) -> str | None: ...  # noqa: D102
     def execute(  # noqa: D102
@@ -41,6 +45,7 @@ LOWERINGS: dict[str, Lowering] = {
     "x86": CpuLowering(),
     "arm-a": ArmLowering(),
     "cuda": CudaLowering(),
+    "mcu": McuLowering(),
 }
 
 

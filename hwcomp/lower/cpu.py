@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from hwcomp.lower.library_bundle import package_library
 from hwcomp.lower.runner import RunnerResult, require_tool, run_bundle
 from hwcomp.lower.runtime_libs import aarch64_runtime_libs, host_runtime_libs
 from hwcomp.lower.schedules import cpu_pipeline
 from hwcomp.lower.tvm import compile_relax
+from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target, cpu_flags
 
 
@@ -31,9 +33,15 @@ class CpuLowering:
         return [("g++", "g++")]
 
     def compile(self, mod: Any, target: Target, database: Path | None = None,
-                applied: dict[str, int] | None = None) -> Any:
+                applied: dict[str, int] | None = None, name: str = "model") -> Any:
         """Compile with TVM's CPU pipeline plus tuned (``database``) and default schedules."""
         return compile_relax(mod, target, cpu_pipeline(target, database, applied))
+
+    def package(self, executable: Any, target: Target, staging: Path,
+                info: BundleInfo) -> dict[str, Any]:
+        """Library, runtime, headers and runner; nothing to add to the manifest."""
+        package_library(self, executable, target, staging)
+        return {}
 
     def export(self, executable: Any, target: Target, path: Path) -> None:
         """Write the shared library."""

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from hwcomp.lower.library_bundle import package_library
 from hwcomp.lower.runner import RunnerResult
 from hwcomp.lower.tvm import compile_relax
+from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
 
 
@@ -27,12 +29,18 @@ class CudaLowering:
         return [("nvcc", "nvidia-cuda-toolkit")]
 
     def compile(self, mod: Any, target: Target, database: Path | None = None,
-                applied: dict[str, int] | None = None) -> Any:
+                applied: dict[str, int] | None = None, name: str = "model") -> Any:
         """Compile with TVM's default CUDA pipeline (DLight schedules bind GPU threads).
 
         Tuning databases are for CPU targets; ``database`` is not used here.
         """
         return compile_relax(mod, target)
+
+    def package(self, executable: Any, target: Target, staging: Path,
+                info: BundleInfo) -> dict[str, Any]:
+        """Write the library alone (loaded with TVM's Python runtime)."""
+        package_library(self, executable, target, staging)
+        return {}
 
     def export(self, executable: Any, target: Target, path: Path) -> None:
         """Write the host library with the device code embedded."""

@@ -14,7 +14,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ class RunnerResult:
 
     outputs: list[np.ndarray]
     timing: str
+    # Further runs of the same inputs to check too (e.g. the host build next to the board's).
+    also: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 def require_tool(program: str, package: str, purpose: str) -> str:

@@ -39,6 +39,13 @@ def ffi_include_dir() -> Path:
     return Path(tvm_ffi.__file__).parent / "include"
 
 
+def tvm_include_dir() -> Path:
+    """Return TVM's C headers (``tvm/runtime/c_backend_api.h``, which C kernels include)."""
+    import tvm
+
+    return Path(tvm.__file__).parent / "include"
+
+
 def host_runtime_libs() -> list[Path]:
     """Return the installed x86-64 runtime libraries."""
     import tvm

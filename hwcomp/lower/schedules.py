@@ -43,7 +43,7 @@ def cpu_pipeline(target: Target, database: Path | None = None,
     from tvm.s_tir import dlight
 
     tvm_target = target.tvm()
-    rule = _cpu_default_rule(target)
+    rule = default_rule(lanes=max(1, target.vector_bits // 32), cores=max(1, target.cores))
     tuned: list[Any] = []
     if database is not None and (Path(database) / "database_tuning_record.json").is_file():
         from hwcomp.tuning import light_tensor_intrin, repair_database
@@ -96,13 +96,15 @@ def _count(applied: dict[str, int] | None) -> Any:
     return count
 
 
-def _cpu_default_rule(target: Target) -> Any:
+def default_rule(lanes: int, cores: int) -> Any:
+    """Hwcomp's default schedule rule for ``lanes`` fp32 vector lanes and ``cores`` cores.
+
+    With one lane and one core (microcontrollers) it only inlines: no vector types, no
+    threads.
+    """
     from tvm import s_tir
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule, try_inline
-
-    lanes = max(1, target.vector_bits // 32)
-    cores = max(1, target.cores)
 
     class CpuDefault(ScheduleRule):  # type: ignore[misc]
         """Inline, then parallel tasks x vector lanes over each block's spatial loops."""
@@ -134,12 +136,12 @@ def _cpu_default_rule(target: Target) -> Any:
             work = _product(sch, spatial) * max(1, _product(sch, reduction))
             # Vector lanes: the innermost spatial loop of an elementwise block, when it
             # divides into whole vectors (its index stays affine: no div/mod per element).
-            if not reduction and len(spatial) > 0 and _extent(sch, spatial[-1]) % lanes == 0:
+            if lanes > 1 and not reduction and _extent(sch, spatial[-1]) % lanes == 0:
                 head, vector = sch.split(spatial[-1], [None, lanes])
                 spatial = [*spatial[:-1], head]
                 sch.vectorize(vector)
             # Parallel tasks: the fewest leading spatial loops that give every core work.
-            if work >= _MIN_PARALLEL_WORK:
+            if cores > 1 and work >= _MIN_PARALLEL_WORK:
                 leading, count = [], 1
                 for loop in spatial:
                     leading.append(loop)

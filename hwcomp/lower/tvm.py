@@ -87,6 +87,10 @@ def relax_for_target(legal: onnx.ModelProto, target: Target) -> tuple[Any, Any]:
     from hwcomp.lower.kernels import rewrite_kernels
 
     check_supported(legal)
+    if target.runtime == "c":
+        from hwcomp.lower.aot import check_mcu_supported
+
+        check_mcu_supported(legal)
     logger.info("importing into TVM Relax")
     return rewrite_kernels(import_relax(legal), target)
 

@@ -1,0 +1,44 @@
+"""Bundle contents for targets that get a TVM library (x86, Arm Cortex-A, CUDA).
+
+``lib/model.so`` (exported by the lowering), the TVM runtime libraries and headers for the
+target's architecture, the runner's source and, where it runs here, the prebuilt runner.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hwcomp
+from hwcomp.lower.runner import compile_runner
+from hwcomp.lower.runtime_libs import ffi_include_dir
+from hwcomp.resources import kernels_path
+from hwcomp.targets import Target
+from hwcomp.templates import render_to
+
+
+def package_library(lowering: Any, executable: Any, target: Target, staging: Path) -> None:
+    """Write the library, runtime, headers, runner and CMake file into ``staging``."""
+    (staging / "lib").mkdir()
+    lowering.export(executable, target, staging / "lib" / "model.so")
+    libs = lowering.runtime_libs(target)
+    if not libs:
+        return
+    runtime = staging / "runtime"
+    runtime.mkdir()
+    for lib in libs:
+        shutil.copy2(lib, runtime / lib.name)
+    shutil.copytree(ffi_include_dir() / "tvm", staging / "include" / "tvm")
+    shutil.copytree(ffi_include_dir() / "dlpack", staging / "include" / "dlpack")
+    (staging / "runner").mkdir()
+    for name in ("runner.cc", "CMakeLists.txt"):
+        shutil.copy2(kernels_path("runner", name), staging / "runner" / name)
+    render_to(
+        "bundle/CMakeLists.txt.in", staging / "CMakeLists.txt",
+        hwcomp_version=hwcomp.__version__, target=target.name, family=target.family,
+        target_id=target.name.replace("-", "_"),
+    )
+    if lowering.builds_runner:
+        (staging / "bin").mkdir()
+        shutil.copy2(compile_runner(target, runtime), staging / "bin" / "hwcomp_runner")

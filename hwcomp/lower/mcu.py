@@ -1,0 +1,131 @@
+"""Lowering for Cortex-M microcontrollers (``family = "mcu"``): C sources, not a library.
+
+``compile`` turns the Relax module into an :class:`~hwcomp.lower.aot.AotProgram` (TVM's
+``c`` kernels, hwcomp's call sequence and arena plan). ``package`` writes the sources,
+compiles the library for the target to measure flash, RAM and stack against the profile's
+budgets, and links the example firmware for the emulated board. ``execute`` runs that
+firmware under ``qemu-system-arm`` and the same C built for this machine; both are compared
+with onnxruntime.
+
+Why C from TVM's ``c`` target rather than object code from LLVM ``thumbv7em``: the bundle is
+source a firmware team builds with its own compiler, flags and linker script (and can
+read); the ``c`` kernels need only two runtime symbols, which the shim provides.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwcomp.errors import MemoryBudgetError
+from hwcomp.lower import firmware
+from hwcomp.lower.aot import AotProgram, build_program
+from hwcomp.lower.mcu_sources import c_prefix, sources_in, write_sources
+from hwcomp.lower.runner import RunnerResult
+from hwcomp.lower.types import BundleInfo
+from hwcomp.targets import Target
+
+logger = logging.getLogger(__name__)
+
+
+class McuLowering:
+    """Arm Cortex-M (``family = "mcu"``)."""
+
+    family = "mcu"
+    builds_runner = False
+
+    def required_tools(self, target: Target) -> list[tuple[str, str]]:
+        """Return the cross compiler (sizes, firmware) and the host compiler (host check)."""
+        return [(target.cross_compiler, target.cross_package), ("gcc", "gcc")]
+
+    def compile(self, mod: Any, target: Target, database: Path | None = None,
+                applied: dict[str, int] | None = None, name: str = "model") -> AotProgram:
+        """Generate C kernels and the call sequence (tuning databases do not apply)."""
+        return build_program(mod, target, c_prefix(name))
+
+    def package(self, executable: AotProgram, target: Target, staging: Path,
+                info: BundleInfo) -> dict[str, Any]:
+        """Write the sources, check the budgets, link the example firmware."""
+        prefix = c_prefix(info.model_name)
+        sources = write_sources(
+            staging, executable, target, prefix=prefix, model_file=info.model_file,
+            inputs=info.inputs, outputs=info.outputs, example_inputs=info.example_inputs,
+            example_outputs=info.example_outputs, tolerance=info.tolerance)
+        with firmware.scratch_dir() as scratch:
+            sizes = firmware.library_sizes(sources, target, Path(scratch))
+        plan = executable.plan
+        report = {
+            "prefix": prefix,
+            "arena": plan.to_dict(),
+            "library": sizes.to_dict(),
+            "budget": {"flash_bytes": target.flash_bytes, "sram_bytes": target.sram_bytes},
+            "weights_bytes": sum(int(a.nbytes) for a in executable.constants.values()),
+            "kernels": len(executable.calls),
+        }
+        _check_budget(info.model_file, target, sizes, plan.arena_bytes)
+        machine = firmware.board_for(target)
+        if machine is not None:
+            elf = firmware.build_firmware(sources, target, staging, machine)
+            report["firmware"] = {"board": machine, "elf": str(elf.relative_to(staging))}
+        logger.info("flash %d bytes, RAM %d bytes (arena %d) of %d / %d", sizes.flash, sizes.ram,
+                    plan.arena_bytes, target.flash_bytes, target.sram_bytes)
+        return {"mcu": report}
+
+    def not_run_reason(self, target: Target) -> str | None:
+        """Verification always runs: on this machine, and on the emulated board if known."""
+        return None
+
+    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray]) -> RunnerResult:
+        """Run the example (it embeds the verification inputs) under qemu and on the host.
+
+        The outputs compared first are the emulated board's when the profile names one; the
+        host build's go in ``also``.
+        """
+        import json
+
+        del inputs  # compiled into example/example_data.h by package()
+        shapes, dtypes = _output_layout(bundle)
+        sources = sources_in(bundle)
+        with firmware.scratch_dir() as scratch:
+            host = firmware.run_on_host(sources, Path(scratch))
+        host_outputs = firmware.parse_outputs(host, dtypes, shapes)
+        elf = bundle / "bin" / "firmware.elf"
+        if not elf.is_file():
+            return RunnerResult(outputs=host_outputs, timing="host build of the C (no board)")
+        emulated = firmware.run_firmware(elf, target)
+        logger.debug("firmware said: %s", json.dumps(emulated[-200:]))
+        return RunnerResult(
+            outputs=firmware.parse_outputs(emulated, dtypes, shapes),
+            timing=f"{target.emulator} {' '.join(target.emulator_args)} (emulated, not a latency)",
+            also={"host build": host_outputs},
+        )
+
+    def runtime_libs(self, target: Target) -> list[Path]:
+        """Nothing to ship: the bundle is sources."""
+        return []
+
+
+def _check_budget(model_file: str, target: Target, sizes: firmware.LibrarySizes,
+                  arena: int) -> None:
+    over = []
+    if sizes.flash > target.flash_bytes:
+        over.append(f"flash {sizes.flash} bytes (code {sizes.text}, constants {sizes.rodata}, "
+                    f"data {sizes.data}) > {target.flash_bytes}")
+    if sizes.ram > target.sram_bytes:
+        over.append(f"RAM {sizes.ram} bytes (arena {arena}, other data+bss "
+                    f"{sizes.data + sizes.bss - arena}, stack {sizes.stack}) > {target.sram_bytes}")
+    if over:
+        raise MemoryBudgetError(
+            f"{model_file} does not fit {target.name}: {'; '.join(over)}. Try --precision int8 "
+            "(4x smaller weights and activations), --prune to cut channels, or a larger part; "
+            "nothing was written")
+
+
+def _output_layout(bundle: Path) -> tuple[list[tuple[int, ...]], list[str]]:
+    """Shapes and dtypes of the outputs, from the expected outputs saved in ``verify/``."""
+    expected = sorted((bundle / "verify").glob("expected_output_*.npy"))
+    arrays = [np.load(path) for path in expected]
+    return [a.shape for a in arrays], [str(a.dtype) for a in arrays]

@@ -1,0 +1,58 @@
+/* hwcomp microcontroller runtime shim (see hwcomp_runtime.h). */
+#include "hwcomp_runtime.h"
+
+#include "tvm/ffi/c_api.h"
+
+static uint8_t* workspace_base;
+static size_t workspace_size;
+static size_t workspace_used;
+
+void hwcomp_workspace_begin(void* base, size_t nbytes) {
+  workspace_base = (uint8_t*)base;
+  workspace_size = nbytes;
+  workspace_used = 0;
+}
+
+/* Bump allocation inside the step's region; TVM frees in reverse order (LIFO). */
+void* TVMBackendAllocWorkspace(int device_type, int device_id, uint64_t nbytes,
+                               int dtype_code_hint, int dtype_bits_hint) {
+  (void)device_type; (void)device_id; (void)dtype_code_hint; (void)dtype_bits_hint;
+  size_t aligned = (size_t)((nbytes + 15u) & ~(uint64_t)15u);
+  if (workspace_base == NULL || workspace_used + aligned > workspace_size) {
+    return NULL;  /* the kernel returns an error; the plan reserved too little */
+  }
+  void* ptr = workspace_base + workspace_used;
+  workspace_used += aligned;
+  return ptr;
+}
+
+int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
+  (void)device_type; (void)device_id;
+  if (ptr != NULL && (uint8_t*)ptr >= workspace_base &&
+      (uint8_t*)ptr < workspace_base + workspace_used) {
+    workspace_used = (size_t)((uint8_t*)ptr - workspace_base);
+  }
+  return 0;
+}
+
+int32_t hwcomp_call(hwcomp_kernel_fn kernel, DLTensor* tensors, int32_t count) {
+  TVMFFIAny args[HWCOMP_MAX_KERNEL_ARGS];
+  TVMFFIAny result;
+  if (count > HWCOMP_MAX_KERNEL_ARGS) {
+    return -2;
+  }
+  for (int32_t i = 0; i < count; ++i) {
+    args[i].type_index = kTVMFFIDLTensorPtr;
+    args[i].zero_padding = 0;
+    args[i].v_ptr = &tensors[i];
+  }
+  result.type_index = kTVMFFINone;
+  result.zero_padding = 0;
+  result.v_int64 = 0;
+  return kernel(NULL, args, count, &result);
+}
+
+__attribute__((weak)) void hwcomp_on_error(const char* model, const char* kernel, int step,
+                                           int32_t status) {
+  (void)model; (void)kernel; (void)step; (void)status;
+}
