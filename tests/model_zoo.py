@@ -105,6 +105,36 @@ def mobilenet_like(seed: int = 0, size: int = 32, classes: int = 10) -> onnx.Mod
     return b.model("mobilenet_like", [1, 3, size, size], "logits", [1, classes])
 
 
+def ds_cnn(seed: int = 0, channels: int = 64, blocks: int = 4, classes: int = 12) -> onnx.ModelProto:
+    """MLPerf Tiny's keyword-spotting DS-CNN shapes: a 49x10 MFCC map, a 10x4 stride-2 stem
+    to 25x5x64, four depthwise-separable blocks, average pool, 12 classes."""
+    b = _Builder(seed)
+    w = (b.rng.standard_normal((channels, 1, 10, 4)) * np.sqrt(2.0 / 40)).astype(np.float32)
+    bias = (b.rng.standard_normal(channels) * 0.01).astype(np.float32)
+    x = b.node("Conv", ["input", b.const(w), b.const(bias)], kernel_shape=[10, 4],
+               strides=[2, 2], pads=[4, 1, 5, 2])
+    x = b.node("Relu", [b.bn(x, channels)])
+    for _ in range(blocks):
+        x = b.conv_bn(x, channels, channels, 3, group=channels)
+        x = b.conv_bn(x, channels, channels, 1)
+    b.head(x, channels, classes)
+    return b.model("ds_cnn", [1, 1, 49, 10], "logits", [1, classes])
+
+
+def resnet8(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
+    """MLPerf Tiny's image-classification ResNet-8 shapes: 32x32x3, a 16-channel stem and
+    three residual stacks of 16, 32 and 64 channels, average pool, 10 classes."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 16, 3)
+    for cin, cout, stride in [(16, 16, 1), (16, 32, 2), (32, 64, 2)]:
+        y = b.conv_bn(x, cin, cout, 3, stride)
+        y = b.conv_bn(y, cout, cout, 3, act=None)
+        shortcut = x if (cin == cout and stride == 1) else b.conv_bn(x, cin, cout, 1, stride, act=None)
+        x = b.node("Relu", [b.node("Add", [y, shortcut])])
+    b.head(x, 64, classes)
+    return b.model("resnet8", [1, 3, 32, 32], "logits", [1, classes])
+
+
 def save(model: onnx.ModelProto, path: str) -> str:
     onnx.save(model, path)
     return path

@@ -122,6 +122,9 @@ def default_rule(lanes: int, cores: int) -> Any:
         if infos is None:
             return None
         infos = try_inline(sch, infos)
+        if cores == 1 and lanes == 1:
+            _fold_into_epilogue(sch, infos)
+            return sch
         for info in infos:
             block = info.block_rv
             loops = sch.get_loops(block)
@@ -153,6 +156,27 @@ def default_rule(lanes: int, cores: int) -> Any:
         return sch
 
     return CpuDefault()
+
+
+def _fold_into_epilogue(sch: Any, infos: list[Any]) -> None:
+    """Compute each reduction inside the loops of its elementwise consumer.
+
+    A conv or matmul followed by bias/activation/residual-add leaves the reduction's whole
+    output as a scratch buffer; computed per output element under the consumer's loops it
+    shrinks to one value on the stack. For single-core targets without vectors, where the
+    scratch would cost arena RAM and nothing is gained from a separate pass.
+    """
+    for info in infos:
+        if not info.is_reduction():
+            continue
+        consumers = sch.get_consumers(info.block_rv)
+        if len(consumers) != 1:
+            continue
+        loops = sch.get_loops(consumers[0])
+        try:
+            sch.compute_at(info.block_rv, loops[-1], preserve_unit_loops=True)
+        except Exception as exc:  # noqa: BLE001 - not every consumer admits it; keep as is
+            logger.debug("reduction kept separate: %s", exc)
 
 
 def _extent(sch: Any, loop: Any) -> int:
