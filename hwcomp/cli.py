@@ -167,6 +167,12 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
     click.echo(f"bundle: {result.bundle}")
     click.echo(f"target: {result.target.name} ({result.target.family})")
     click.echo(f"verification: {v.status} ({detail})")
+    mcu = result.manifest.get("mcu")
+    if mcu:
+        lib, arena = mcu["library"], mcu["arena"]
+        click.echo(f"memory: flash {lib['flash']} of {result.target.flash_bytes} bytes, RAM "
+                   f"{lib['ram']} of {result.target.sram_bytes} (arena {arena['arena_bytes']}, "
+                   f"lower bound {arena['lower_bound_bytes']}, stack {lib['stack']})")
     click.echo(f"time: {result.seconds:.1f} s")
 
 
