@@ -382,7 +382,6 @@ _BUNDLE_FILES = (
     ("manifest.json", "inputs/outputs, target, tool versions, hashes, verification"),
     ("model.optimized.onnx", "the graph that was compiled (runs in onnxruntime)"),
     ("lib/model.so", "the compiled model (TVM Relax executable)"),
-    ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, libtvm_ffi.so)"),
     ("lib/model.h", "the C API: run function, input/output and arena sizes"),
     ("lib/model.c", "the executor: kernel calls in order over one statically planned arena"),
     ("lib/kernels.c", "the kernels (TVM's C code generator)"),

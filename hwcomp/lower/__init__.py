@@ -34,7 +34,6 @@ class Lowering(Protocol):
     def package(  # noqa: D102
         self, executable: Any, target: Target, staging: Path, info: BundleInfo
     ) -> dict[str, Any]: ...
-    def runtime_libs(self, target: Target) -> list[Path]: ...  # noqa: D102
     def not_run_reason(self, target: Target) -> str | None: ...  # noqa: D102
     def execute(  # noqa: D102
         self, bundle: Path, target: Target, inputs: list[np.ndarray]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,9 +70,14 @@ class TensorInfo:
     index: int = 0
 
     @property
+    def count(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
     def nbytes(self) -> int:
         """Size in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(_numpy_dtype(self.dtype)).itemsize
+        return self.count * np.dtype(self.dtype).itemsize
 
     @property
     def ctype(self) -> str:
@@ -117,7 +122,10 @@ class AotProgram:
     outputs: list[str]
     output_copies: list[tuple[str, str]]
     plan: ArenaPlan
-    workspace_offsets: dict[int, int] = field(default_factory=dict)
+
+    def workspace_offset(self, step: int) -> int | None:
+        """Arena offset of step ``step``'s kernel scratch, None if it needs none."""
+        return self.plan.offsets.get(_workspace(step))
 
 
 def check_mcu_supported(proto: onnx.ModelProto) -> None:
@@ -162,8 +170,6 @@ def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
         kernels_source=source, tensors=walker.tensors, calls=calls,
         constants=walker.constants, inputs=walker.inputs, outputs=walker.outputs,
         output_copies=walker.output_copies, plan=plan,
-        workspace_offsets={i: plan.offsets[_workspace(i)] for i, c in enumerate(calls)
-                           if c.workspace_bytes},
     )
 
 
@@ -362,7 +368,3 @@ def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
     source = source.replace("void* __tvm_ffi__library_ctx = NULL;",
                             "static void* __tvm_ffi__library_ctx = NULL;")
     return source, workspaces
-
-
-def _numpy_dtype(dtype: str) -> str:
-    return "bool" if dtype == "bool" else dtype

@@ -2,11 +2,12 @@
 
 * :func:`run_on_host` compiles the bundle's C (library + example main) with the host's gcc
   and runs it: the same C as on the device, checked on this machine's FPU.
-* :func:`library_sizes` compiles the library alone for the target (the profile's ``cflags``)
-  and reads section sizes and per-function stack use: the flash and RAM the firmware pays.
-* :func:`build_firmware` links the example for the profile's emulated board (startup code
-  and linker script from ``kernels/mcu/boards/``); :func:`run_firmware` runs it under
-  ``qemu-system-arm`` with semihosting.
+* :func:`compile_library` compiles the library for the target (the profile's ``cflags``)
+  once; :func:`library_sizes` reads the objects' section sizes and per-function stack use
+  (the flash and RAM the firmware pays); :func:`build_firmware` links the same objects with
+  the example for the profile's emulated board (startup code and linker script from
+  ``kernels/mcu/boards/``); :func:`run_firmware` runs it under ``qemu-system-arm`` with
+  semihosting.
 
 Both runs print ``hwcomp-output <index> <count>`` followed by one value per line;
 :func:`parse_outputs` reads them back.
@@ -94,15 +95,23 @@ def run_on_host(sources: Sources, workdir: Path) -> str:
     return _run([str(program)], "the host build of the microcontroller C")
 
 
-def library_sizes(sources: Sources, target: Target, workdir: Path) -> LibrarySizes:
-    """Compile the library for ``target`` and measure its sections and stack."""
+def compile_library(sources: Sources, target: Target, workdir: Path) -> list[Path]:
+    """Compile the library's sources for ``target`` into objects (with stack-usage files)."""
     compiler = require_tool(target.cross_compiler, target.cross_package, "to compile for the MCU")
-    sizes = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
-    stack: dict[str, int] = {}
+    objects = []
     for source in sources.library:
         obj = workdir / f"{source.stem}.o"
         _compile([compiler, *target.cflags, *_OPT, "-fstack-usage", *_includes(sources),
                   "-c", str(source), "-o", str(obj)], target.name)
+        objects.append(obj)
+    return objects
+
+
+def library_sizes(objects: list[Path], target: Target) -> LibrarySizes:
+    """Sections and deepest stack of the library's objects (from :func:`compile_library`)."""
+    sizes = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
+    stack: dict[str, int] = {}
+    for obj in objects:
         for section, size in _sections(obj, target):
             for kind in sizes:
                 if section.startswith(f".{kind}"):
@@ -115,8 +124,12 @@ def library_sizes(sources: Sources, target: Target, workdir: Path) -> LibrarySiz
     return LibrarySizes(stack=depth, **sizes)
 
 
-def build_firmware(sources: Sources, target: Target, staging: Path, machine: str) -> Path:
-    """Link the example for the emulated ``machine``; returns ``bin/firmware.elf``."""
+def build_firmware(objects: list[Path], sources: Sources, target: Target, staging: Path,
+                   machine: str) -> Path:
+    """Link the library ``objects`` and the example for the emulated ``machine``.
+
+    Returns ``bin/firmware.elf``.
+    """
     compiler = require_tool(target.cross_compiler, target.cross_package, "to link the firmware")
     board_dir = staging / "board"
     board_dir.mkdir()
@@ -132,7 +145,7 @@ def build_firmware(sources: Sources, target: Target, staging: Path, machine: str
     elf.parent.mkdir(exist_ok=True)
     _compile([compiler, *target.cflags, *_OPT, *_includes(sources), "--specs=rdimon.specs",
               "-nostartfiles", "-T", str(script), "-Wl,--gc-sections",
-              str(board_dir / "startup.c"), *map(str, sources.library), str(sources.example),
+              str(board_dir / "startup.c"), str(sources.example), *map(str, objects),
               "-o", str(elf), "-lm"], f"{target.name} firmware")
     return elf
 

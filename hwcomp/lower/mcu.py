@@ -54,22 +54,23 @@ class McuLowering:
             staging, executable, target, prefix=prefix, model_file=info.model_file,
             inputs=info.inputs, outputs=info.outputs, example_inputs=info.example_inputs,
             example_outputs=info.example_outputs, tolerance=info.tolerance)
-        with firmware.scratch_dir() as scratch:
-            sizes = firmware.library_sizes(sources, target, Path(scratch))
         plan = executable.plan
-        report = {
-            "prefix": prefix,
-            "arena": plan.to_dict(),
-            "library": sizes.to_dict(),
-            "budget": {"flash_bytes": target.flash_bytes, "sram_bytes": target.sram_bytes},
-            "weights_bytes": sum(int(a.nbytes) for a in executable.constants.values()),
-            "kernels": len(executable.calls),
-        }
-        _check_budget(info.model_file, target, sizes, plan.arena_bytes)
-        machine = firmware.board_for(target)
-        if machine is not None:
-            elf = firmware.build_firmware(sources, target, staging, machine)
-            report["firmware"] = {"board": machine, "elf": str(elf.relative_to(staging))}
+        with firmware.scratch_dir() as scratch:
+            objects = firmware.compile_library(sources, target, Path(scratch))
+            sizes = firmware.library_sizes(objects, target)
+            report = {
+                "prefix": prefix,
+                "arena": plan.to_dict(),
+                "library": sizes.to_dict(),
+                "budget": {"flash_bytes": target.flash_bytes, "sram_bytes": target.sram_bytes},
+                "weights_bytes": sum(int(a.nbytes) for a in executable.constants.values()),
+                "kernels": len(executable.calls),
+            }
+            _check_budget(info.model_file, target, sizes, plan.arena_bytes)
+            machine = firmware.board_for(target)
+            if machine is not None:
+                elf = firmware.build_firmware(objects, sources, target, staging, machine)
+                report["firmware"] = {"board": machine, "elf": str(elf.relative_to(staging))}
         logger.info("flash %d bytes, RAM %d bytes (arena %d) of %d / %d", sizes.flash, sizes.ram,
                     plan.arena_bytes, target.flash_bytes, target.sram_bytes)
         return {"mcu": report}
@@ -84,8 +85,6 @@ class McuLowering:
         The outputs compared first are the emulated board's when the profile names one; the
         host build's go in ``also``.
         """
-        import json
-
         del inputs  # compiled into example/example_data.h by package()
         shapes, dtypes = _output_layout(bundle)
         sources = sources_in(bundle)
@@ -96,16 +95,11 @@ class McuLowering:
         if not elf.is_file():
             return RunnerResult(outputs=host_outputs, timing="host build of the C (no board)")
         emulated = firmware.run_firmware(elf, target)
-        logger.debug("firmware said: %s", json.dumps(emulated[-200:]))
         return RunnerResult(
             outputs=firmware.parse_outputs(emulated, dtypes, shapes),
             timing=f"{target.emulator} {' '.join(target.emulator_args)} (emulated, not a latency)",
             also={"host build": host_outputs},
         )
-
-    def runtime_libs(self, target: Target) -> list[Path]:
-        """Nothing to ship: the bundle is sources."""
-        return []
 
 
 def _check_budget(model_file: str, target: Target, sizes: firmware.LibrarySizes,

@@ -113,9 +113,8 @@ def write_sources(
 
 
 def _api_tensor(info: TensorInfo, onnx_name: str) -> dict[str, Any]:
-    count = int(np.prod(info.shape, dtype=np.int64))
     return {"c_name": info.name, "onnx_name": onnx_name, "ctype": info.ctype, "dtype": info.dtype,
-            "shape": info.shape, "count": count, "nbytes": info.nbytes,
+            "shape": info.shape, "count": info.count, "nbytes": info.nbytes,
             "is_float": info.dtype.startswith("float")}
 
 
@@ -178,7 +177,7 @@ def _calls(program: AotProgram, prefix: str) -> list[dict[str, Any]]:
             code, bits = info.dl_dtype
             tensors.append({"data": _data(program, name, prefix), "ndim": len(info.shape),
                             "code": code, "bits": bits, "shape": f"(int64_t*)shape_{name}"})
-        offset = program.workspace_offsets.get(index)
+        offset = program.workspace_offset(index)
         calls.append({
             "index": index, "kernel": call.kernel, "symbol": call.symbol, "args": call.args,
             "tensors": tensors, "workspace_bytes": call.workspace_bytes,
