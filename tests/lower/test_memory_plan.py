@@ -44,3 +44,25 @@ def test_check_plan_catches_an_overlap():
     with pytest.raises(AssertionError, match="overlap"):
         check_plan(buffers, broken)
     assert plan.offsets["a"] != plan.offsets["b"]
+
+
+def test_elementwise_outputs_written_in_place_share_their_input_bytes():
+    # x -> relu(x) -> quantize: each elementwise step overwrites the input that dies there.
+    buffers = [Buffer("x", 800, 0, 1), Buffer("r", 800, 1, 2), Buffer("q", 800, 2, 3),
+               Buffer("other", 800, 0, 3)]
+    in_place = {"r": "x", "q": "r"}
+    plan = plan_arena(buffers, [("x", "r"), ("r", "q")], in_place)
+    check_plan(buffers, plan, in_place)
+    assert plan.offsets["x"] == plan.offsets["r"] == plan.offsets["q"] != plan.offsets["other"]
+    assert plan.arena_bytes == 2 * 800 and plan.in_place == 2
+    assert plan.total_bytes == 4 * 800  # the sum of activations counts every tensor
+    # Without the pairs the chain needs two slots besides "other".
+    assert plan_arena(buffers).arena_bytes == 3 * 800
+    with pytest.raises(AssertionError):  # the checker does not accept an undeclared share
+        check_plan(buffers, plan)
+
+
+def test_in_place_needs_the_input_to_die_where_the_output_is_born():
+    buffers = [Buffer("x", 800, 0, 2), Buffer("r", 800, 1, 2)]
+    with pytest.raises(ValueError, match="r cannot be written over x"):
+        plan_arena(buffers, in_place={"r": "x"})
