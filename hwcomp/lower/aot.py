@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from hwcomp.errors import LoweringError, UnsupportedOpError
+from hwcomp.lower.c_literals import exact_float_literals, float32_constants
 from hwcomp.lower.memory_plan import ArenaPlan, Buffer, plan_arena
 from hwcomp.targets import Target
 
@@ -165,7 +166,11 @@ def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
                         outputs=c.outputs, workspace_bytes=workspaces[c.kernel])
              for c in walker.calls]
     buffers = _buffers(walker, calls)
-    plan = plan_arena(buffers, [call.args for call in calls])
+    elementwise = {gv.name_hint for gv, func in mod.functions_items()
+                   if isinstance(func, tvm.tirx.PrimFunc)
+                   and int(func.attrs.get("op_pattern", _OPAQUE)) <= _BROADCAST}
+    plan = plan_arena(buffers, [call.args for call in calls],
+                      _in_place(walker, calls, buffers, elementwise))
     return AotProgram(
         kernels_source=source, tensors=walker.tensors, calls=calls,
         constants=walker.constants, inputs=walker.inputs, outputs=walker.outputs,
@@ -181,13 +186,54 @@ def mcu_passes(target: Target) -> list[Any]:
     from hwcomp.lower.schedules import default_rule, fusion_passes
 
     return [
+        mean_as_sum_divide(),
         *fusion_passes(target.tvm()),
+        # Fused functions carry no pattern; the planner's in-place reuse needs to know which
+        # ones are elementwise.
+        relax.transform.AnnotateTIROpPattern(),
         # One core, no SIMD types in C: the rule only inlines producers (pads, bias adds) into
         # their consumers, which keeps kernels' scratch buffers small.
         dlight.ApplyDefaultSchedule(default_rule(lanes=1, cores=1)),
         relax.transform.RewriteDataflowReshape(),
         relax.transform.DeadCodeElimination(),
     ]
+
+
+def mean_as_sum_divide() -> Any:
+    """Relax pass: ``mean(x)`` becomes ``sum(x) / n``, the arithmetic TVM's mean lowers to.
+
+    TVM marks its mean kernel "out-elementwise fusable", so FuseOps will not fuse producers
+    into it: a global average pool after ``dequantize -> relu`` would materialise that float
+    tensor (four times the int8 one) in the arena. A plain ``sum`` takes them in.
+    """
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class MeanRewriter(relax.PyExprMutator):  # type: ignore[misc, name-defined]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", "") != "relax.mean" or call.attrs.axis is None:
+                return call
+            data = call.args[0]
+            shape = [int(v) for v in data.ty.shape]
+            count = int(np.prod([shape[int(a)] for a in call.attrs.axis]))
+            total = self.builder_.emit(relax.op.sum(data, call.attrs.axis, call.attrs.keepdims))
+            return relax.op.divide(total, relax.const(count, str(data.ty.dtype)))
+
+    @tvm.transform.module_pass(opt_level=0, name="MeanAsSumDivide")
+    def rewrite(mod: Any, _ctx: Any) -> Any:
+        mutator = MeanRewriter(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return rewrite
+
+
+_BROADCAST = 1  # TVM's op patterns: 0 elementwise, 1 broadcast, ..., 8 opaque
+_OPAQUE = 8
 
 
 @dataclass
@@ -332,6 +378,32 @@ def _buffers(walker: _MainWalker, calls: list[KernelCall]) -> list[Buffer]:
     return buffers
 
 
+def _in_place(walker: _MainWalker, calls: list[KernelCall], buffers: list[Buffer],
+              elementwise: set[str]) -> dict[str, str]:
+    """Pair outputs of elementwise kernels with an input dying at that step to overwrite.
+
+    The input must have the output's shape and dtype: an elementwise or broadcast kernel
+    then reads each of its elements only to write the same element of the output.
+    """
+    spans = {b.name: b for b in buffers}
+    pairs: dict[str, str] = {}
+    for step, call in enumerate(calls):
+        if call.kernel not in elementwise or len(call.outputs) != 1:
+            continue
+        out = walker.tensors[call.outputs[0]]
+        if out.storage not in spans:
+            continue
+        for name in call.inputs:
+            source = walker.tensors[name]
+            span = spans.get(source.storage)
+            if (span is not None and span.last == step and source.shape == out.shape
+                    and source.dtype == out.dtype and source.storage not in pairs.values()
+                    and span.nbytes == spans[out.storage].nbytes):
+                pairs[out.storage] = source.storage
+                break
+    return pairs
+
+
 def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
                   ) -> tuple[str, dict[str, int]]:
     """C source of ``kernels`` and each one's scratch bytes (``TVMBackendAllocWorkspace``)."""
@@ -360,6 +432,7 @@ def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
         lowered = finalize_host()(flat)
         with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
             source = codegen_build(lowered, target).inspect_source()
+        source = exact_float_literals(source, float32_constants(lowered.functions.values()))
     except Exception as exc:  # noqa: BLE001 - any TVM failure is a lowering failure
         lines = [line for line in str(exc).splitlines() if line.strip()]
         raise LoweringError(f"TVM could not generate C kernels: {lines[-1][:300] if lines else exc}"
