@@ -1,8 +1,9 @@
 """Microcontroller bundles: memory plan, flash, and instructions per inference.
 
 For MLPerf Tiny-shaped models (DS-CNN keyword spotting, ResNet-8; seeded weights) built for a
-Cortex-M target in fp32: the arena next to its lower bounds and the sum of all buffers,
-library flash next to the weight bytes, and instructions per inference counted two ways:
+Cortex-M target in fp32 and in int8 (calibrated on 16 seeded normal samples): the arena next
+to its lower bounds and the sum of all buffers, library flash next to the weight bytes, and
+instructions per inference counted two ways:
 
 * ``callgrind``: x86-64 instructions of ``hwcomp_<model>_run`` alone in the host build of the
   same C (repeatable: valgrind counts, it does not time);
@@ -10,9 +11,10 @@ library flash next to the weight bytes, and instructions per inference counted t
   (``-singlestep -d exec``; includes startup and printing the outputs, ~1 % here). Slow
   (about a minute per model), so only with ``--qemu``.
 
-MACs per instruction = the model's MACs (hwcomp's cost analysis) / instructions.
+MACs per instruction = the model's MACs (hwcomp's cost analysis) / instructions. The last
+column is the build's verification: the emulated board's outputs against onnxruntime's.
 
-    .venv/bin/python bench/mcu_size.py [--target cortex-m7] [--qemu]
+    .venv/bin/python bench/mcu_size.py [--target cortex-m7] [--precisions fp32,int8] [--qemu]
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp import api  # noqa: E402
+from hwcomp import api, quantize  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis import cost  # noqa: E402
 from hwcomp.lower.mcu_sources import sources_in  # noqa: E402
@@ -64,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="cortex-m7")
     parser.add_argument("--qemu", action="store_true", help="also count Thumb-2 instructions")
+    parser.add_argument("--precisions", default="fp32,int8")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,26 +76,36 @@ def main() -> None:
         for name, builder in MODELS.items():
             path = folder / f"{name}.onnx"
             model_zoo.save(builder(), str(path))
-            macs = cost.graph_cost(model_io.load_model(path)).total_macs
-            result = api.build(path, args.target, folder / "out")
-            mcu = result.manifest["mcu"]
-            x86 = callgrind_instructions(result.bundle, mcu["prefix"], folder)
-            emulator = [result.target.emulator, *result.target.emulator_args]
-            thumb = qemu_instructions(result.bundle, emulator) if args.qemu else None
-            rows.append((name, macs, mcu, x86, thumb))
-            print(json.dumps({"model": name, "macs": macs, "x86_instructions": x86,
-                              "thumb_instructions": thumb, **mcu}), flush=True)
-    print(f"\n| model ({args.target}, fp32) | MACs | arena | lower bound | largest two live | "
+            loaded = model_io.load_model(path)
+            macs = cost.graph_cost(loaded).total_macs
+            shape = [int(d) for d in loaded.graph.inputs[0].shape]
+            calib = folder / f"{name}_calib.npz"
+            samples = np.random.default_rng(7).standard_normal((16, *shape[1:]))
+            np.savez(calib, input=samples.astype(np.float32))
+            for precision in args.precisions.split(","):
+                result = api.build(
+                    path, args.target, folder / precision, calib=calib,
+                    precision_options=quantize.PrecisionOptions(precision=precision))
+                mcu = result.manifest["mcu"]
+                error = result.manifest["verification"]["outputs"][0]["max_abs_error"]
+                x86 = callgrind_instructions(result.bundle, mcu["prefix"], folder)
+                emulator = [result.target.emulator, *result.target.emulator_args]
+                thumb = qemu_instructions(result.bundle, emulator) if args.qemu else None
+                rows.append((name, precision, macs, mcu, x86, thumb, error))
+                print(json.dumps({"model": name, "precision": precision, "macs": macs,
+                                  "x86_instructions": x86, "thumb_instructions": thumb,
+                                  "max_abs_error": error, **mcu}), flush=True)
+    print(f"\n| model ({args.target}) | precision | MACs | arena | lower bound | largest two live | "
           "sum of buffers | flash | weights | x86 instr. (callgrind) | MACs/instr. | "
-          "Thumb-2 instr. (qemu) | MACs/instr. |")
-    print("|---" * 12 + "|")
-    for name, macs, mcu, x86, thumb in rows:
+          "Thumb-2 instr. (qemu) | MACs/instr. | max abs error vs onnxruntime |")
+    print("|---" * 14 + "|")
+    for name, precision, macs, mcu, x86, thumb, error in rows:
         arena, lib = mcu["arena"], mcu["library"]
         arm = f"{thumb / 1e6:.1f} M | {macs / thumb:.3f}" if thumb else "- | -"
-        print(f"| {name} | {macs / 1e6:.2f} M | {arena['arena_bytes']} | "
+        print(f"| {name} | {precision} | {macs / 1e6:.2f} M | {arena['arena_bytes']} | "
               f"{arena['lower_bound_bytes']} | {arena['largest_two_live_bytes']} | "
               f"{arena['sum_of_buffers_bytes']} | {lib['flash']} | {mcu['weights_bytes']} | "
-              f"{x86 / 1e6:.1f} M | {macs / x86:.3f} | {arm} |")
+              f"{x86 / 1e6:.1f} M | {macs / x86:.3f} | {arm} | {error:.3g} |")
 
 
 if __name__ == "__main__":

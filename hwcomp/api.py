@@ -225,7 +225,8 @@ def build(
         manifest.update(extras)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
-        manifest["integer_kernels"] = None if kernels is None or not kernels.rewritten else {
+        quantized = kernels is not None and bool(kernels.rewritten or kernels.kept_float)
+        manifest["integer_kernels"] = None if not quantized else {
             "instruction": kernels.instruction, "ops": kernels.rewritten,
             "kept_float": kernels.kept_float}
         manifest["float_kernels"] = [] if kernels is None else kernels.float_ops

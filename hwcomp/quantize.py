@@ -38,7 +38,7 @@ from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.analysis.sensitivity import metrics
 from hwcomp.errors import CalibrationDataError, HwcompError
-from hwcomp.lower.kernels import activation_dtype, dot_instruction
+from hwcomp.lower.kernels import activation_dtype, int8_kernel
 from hwcomp.targets import Target
 from hwcomp.verify import run_onnxruntime
 
@@ -135,7 +135,7 @@ class PrecisionOptions:
 def layer_candidates(model: ir.Model, target: Target) -> list[LayerChoice]:
     """Every Conv/MatMul/Gemm with a constant weight, its candidates and roofline estimates."""
     costs = {c.name: c for c in graph_cost(model).nodes}
-    instruction = dot_instruction(target)
+    instruction = int8_kernel(target)
     layers = []
     for node in model.graph:
         if node.op_type not in QUANTIZED_OPS or len(node.inputs) < 2:
@@ -149,7 +149,7 @@ def layer_candidates(model: ir.Model, target: Target) -> list[LayerChoice]:
         if instruction is None:
             why = ("no int8 dot product on this target: int8 would run as float after "
                    "dequantize, no faster")
-        elif grouped:
+        elif grouped and not instruction.grouped:
             why = "grouped/depthwise conv: no dot-product reduction for an int8 kernel"
         else:
             why = ""
@@ -415,7 +415,7 @@ def _force(layers: list[LayerChoice], precision: str, target: Target) -> None:
         raise PrecisionError(
             f"--precision fp16: target '{target.name}' has no fp16 arithmetic (it would "
             "convert to fp32 and gain nothing); use --precision auto or fp32")
-    if precision == "int8" and dot_instruction(target) is None:
+    if precision == "int8" and int8_kernel(target) is None:
         logger.warning("target '%s' has no int8 dot product: int8 layers will be "
                        "dequantized and run in float (smaller weights, no speed-up)", target.name)
     for layer in layers:

@@ -52,6 +52,7 @@ class KernelSpec:
         accumulator_dtype: The dtype it accumulates in.
         group: Reduction elements per lane per instruction (4 for the int8 dot products).
         llvm: The LLVM intrinsic that emits it (int8 only).
+        grouped: Whether grouped and depthwise convolutions have a kernel too.
 
     """
 
@@ -63,6 +64,7 @@ class KernelSpec:
     accumulator_dtype: str = "int32"
     group: int = 4
     llvm: str = ""
+    grouped: bool = False
 
 
 VNNI = KernelSpec("vpdpbusd", "hwcomp_vnni_u8s8_16x4", 16, "uint8",
@@ -71,6 +73,12 @@ SDOT = KernelSpec("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
                   llvm="llvm.aarch64.neon.sdot.v4i32.v16i8")
 # The CPU families hwcomp has kernels for, with their int8 dot-product instruction.
 DOT_INSTRUCTIONS = {"x86": VNNI, "arm-a": SDOT}
+# Targets that take C (microcontrollers) get u8 x s8 -> s32 kernels in C with the
+# requantization fused (hwcomp/lower/mcu_int8.py), depthwise included. Activations are u8
+# because onnxruntime's x86 kernels, the reference, take u8: it converts s8 activations and
+# leaves a layer in float where a shared tensor blocks that, and a float layer's rounding
+# cannot be matched bit for bit.
+C_INT8 = KernelSpec("int8 C kernel", "", 1, "uint8", group=1, grouped=True)
 
 # The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
 # the L-lane accumulators in registers without spilling on either ISA.
@@ -93,9 +101,16 @@ def dot_instruction(target: Target) -> KernelSpec | None:
     return DOT_INSTRUCTIONS.get(target.family) if target.int8_dot else None
 
 
+def int8_kernel(target: Target) -> KernelSpec | None:
+    """Return hwcomp's int8 kernel for ``target``: a dot-product instruction, C, or None."""
+    if target.runtime == "c":
+        return C_INT8
+    return dot_instruction(target)
+
+
 def activation_dtype(target: Target) -> str:
     """Return the activation dtype quantization should produce for ``target``'s kernels."""
-    instruction = dot_instruction(target)
+    instruction = int8_kernel(target)
     return instruction.activation_dtype if instruction else "uint8"
 
 

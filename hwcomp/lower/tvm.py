@@ -80,19 +80,23 @@ def import_relax(proto: onnx.ModelProto) -> Any:
 def relax_for_target(legal: onnx.ModelProto, target: Target) -> tuple[Any, Any]:
     """Return the Relax module hwcomp lowers for ``target`` and what its kernels took over.
 
-    Checks support, imports, and replaces conv2d/matmul by hwcomp's kernels
-    (:func:`hwcomp.lower.kernels.rewrite_kernels`); ``hwcomp build`` compiles this module and
-    ``hwcomp tune`` tunes it, so both see the same functions.
+    Checks support, imports, and replaces conv2d/matmul by hwcomp's kernels: for CPUs
+    :func:`hwcomp.lower.kernels.rewrite_kernels`, for C (microcontrollers) the int8 layers by
+    :func:`hwcomp.lower.mcu_int8.rewrite_int8_layers`. ``hwcomp build`` compiles this module
+    and ``hwcomp tune`` tunes it, so both see the same functions.
     """
+    from hwcomp.lower.aot import check_mcu_supported
     from hwcomp.lower.kernels import rewrite_kernels
+    from hwcomp.lower.mcu_int8 import rewrite_int8_layers
 
     check_supported(legal)
     if target.runtime == "c":
-        from hwcomp.lower.aot import check_mcu_supported
-
         check_mcu_supported(legal)
     logger.info("importing into TVM Relax")
-    return rewrite_kernels(import_relax(legal), target)
+    mod = import_relax(legal)
+    if target.runtime == "c":
+        return rewrite_int8_layers(mod, target)
+    return rewrite_kernels(mod, target)
 
 
 def compile_relax(mod: Any, target: Target, pipeline: Any = "default") -> Any:

@@ -1,0 +1,143 @@
+"""int8 kernels in C for microcontrollers: bit-exact against onnxruntime on the host build and
+on the emulated Cortex-M7, int8 weights and activations in the size report, and the cases
+that stay in float."""
+
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hwcomp.verify import run_onnxruntime
+from tests import model_zoo
+from tests.conftest import REPO, require_tools, run_cli
+
+pytestmark = pytest.mark.cross
+
+
+def _build_int8(folder, model, name, shape, target="cortex-m7"):
+    path = model_zoo.save(model, str(folder / f"{name}.onnx"))
+    rng = np.random.default_rng(7)
+    np.savez(folder / "calib.npz", input=rng.standard_normal((16, *shape[1:])).astype(np.float32))
+    done = run_cli("build", path, "--target", target, "--precision", "int8",
+                   "--calib", str(folder / "calib.npz"), "-o", str(folder / "out"))
+    assert done.returncode == 0, done.stderr
+    return folder / "out" / f"{name}-{target}"
+
+
+@pytest.fixture(scope="module")
+def kws_int8(tmp_path_factory):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    return _build_int8(tmp_path_factory.mktemp("kws8"), model_zoo.ds_cnn(), "kws", [1, 1, 49, 10])
+
+
+def _run_host_batch(bundle, prefix, samples, tmp_path):
+    """Compile the bundle's C with tests/mcu_batch/main.c for this machine and run ``samples``."""
+    program = tmp_path / "batch"
+    macro = prefix.upper()
+    sources = [str(p) for p in sorted((bundle / "lib").glob("*.c"))]
+    compiled = subprocess.run(
+        ["gcc", "-O2", "-I", str(bundle / "lib"), "-I", str(bundle / "include"),
+         f"-DMODEL_RUN={prefix}_run", f"-DMODEL_IN_COUNT={macro}_IN0_COUNT",
+         f"-DMODEL_OUT_COUNT={macro}_OUT0_COUNT", *sources,
+         str(REPO / "tests" / "mcu_batch" / "main.c"), "-o", str(program), "-lm"],
+        capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    done = subprocess.run([str(program)], input=samples.astype(np.float32).tobytes(),
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return np.frombuffer(done.stdout, np.float32).reshape(len(samples), -1)
+
+
+def _onnxruntime_batch(bundle, samples):
+    model = onnx.load(bundle / "model.optimized.onnx")
+    return np.stack([run_onnxruntime(model, {"input": s[None]})[0].reshape(-1) for s in samples])
+
+
+def test_ds_cnn_int8_is_bit_exact_on_qemu_and_host(kws_int8):
+    manifest = json.loads((kws_int8 / "manifest.json").read_text())
+    verification = manifest["verification"]
+    assert verification["status"] == "passed"
+    assert verification["outputs"][0]["max_abs_error"] == 0  # emulated Cortex-M7 (mps2-an500)
+    assert verification["runs"]["host build"][0]["max_abs_error"] == 0
+    kernels = manifest["integer_kernels"]
+    # The stem, four depthwise and four pointwise convolutions, and the classifier.
+    assert len(kernels["ops"]) == 10 and kernels["kept_float"] == []
+    assert sum("groups 64" in op for op in kernels["ops"]) == 4
+    weights = (kws_int8 / "lib" / "weights.c").read_text()
+    assert "const int8_t" in weights
+
+
+def test_ds_cnn_int8_matches_onnxruntime_bit_for_bit_on_many_inputs(kws_int8, tmp_path):
+    samples = np.random.default_rng(11).standard_normal((32, 1, 49, 10)).astype(np.float32)
+    got = _run_host_batch(kws_int8, "hwcomp_kws", samples, tmp_path)
+    expected = _onnxruntime_batch(kws_int8, samples)
+    assert np.array_equal(got, expected), np.abs(got - expected).max()
+    assert len({tuple(row) for row in got}) > 1  # the outputs depend on the input
+
+
+def test_int8_shrinks_flash_and_arena(kws_int8):
+    mcu = json.loads((kws_int8 / "manifest.json").read_text())["mcu"]
+    arena = mcu["arena"]
+    # Every block reads one 25x5x64 int8 map and writes another: 2 x 8000 bytes, 16-aligned.
+    assert arena["largest_two_live_bytes"] == 16000
+    assert arena["arena_bytes"] == arena["lower_bound_bytes"] <= 16016
+    assert arena["in_place_buffers"] > 0
+    # fp32 DS-CNN weights are 90 KB; int8 weights, int32 biases and float multipliers < 30 KB.
+    assert mcu["weights_bytes"] < 30000
+    assert mcu["library"]["flash"] < 45000
+
+
+def test_resnet8_int8_residual_adds_are_bit_exact(tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    bundle = _build_int8(tmp_path, model_zoo.resnet8(), "resnet8", [1, 3, 32, 32])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["verification"]["outputs"][0]["max_abs_error"] == 0
+    assert manifest["integer_kernels"]["kept_float"] == []
+    samples = np.random.default_rng(12).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    got = _run_host_batch(bundle, "hwcomp_resnet8", samples, tmp_path)
+    assert np.array_equal(got, _onnxruntime_batch(bundle, samples))
+    # The identity shortcut keeps a 16x32x32 int8 map alive across two convolutions.
+    assert manifest["mcu"]["arena"]["arena_bytes"] == 3 * 16384 + 16
+
+
+def test_float_bias_keeps_the_layer_in_float_and_says_why(tmp_path):
+    """Negative case: a bias added in float (not an int32 input of the layer) does not match
+    onnxruntime's fused integer layer, so the layer stays float, and the build still verifies."""
+    require_tools("arm-none-eabi-gcc")
+    rng = np.random.default_rng(3)
+    weight = rng.integers(-127, 128, (8, 4, 3, 3)).astype(np.int8)
+    inits = [
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(np.full(8, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "w_zp"),
+        numpy_helper.from_array(np.float32(0.02), "x_scale"),
+        numpy_helper.from_array(np.int8(3), "x_zp"),
+        numpy_helper.from_array(np.float32(0.05), "y_scale"),
+        numpy_helper.from_array(np.int8(-2), "y_zp"),
+        numpy_helper.from_array(rng.standard_normal((1, 8, 1, 1)).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zp"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_f"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_f"], axis=0),
+        helper.make_node("Conv", ["x_f", "w_f"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Add", ["conv", "bias"], ["biased"]),
+        helper.make_node("QuantizeLinear", ["biased", "y_scale", "y_zp"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "float_bias", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 6, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "float_bias.onnx"
+    onnx.save(model, path)
+    done = run_cli("build", str(path), "--target", "cortex-m4", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out" / "float_bias-cortex-m4" / "manifest.json").read_text())
+    kernels = manifest["integer_kernels"]
+    assert kernels["ops"] == []
+    assert kernels["kept_float"] == ["conv2d: bias is not quantized (int32 with the scale s_x * s_w)"]
+    assert manifest["verification"]["status"] == "passed"
