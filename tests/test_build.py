@@ -11,7 +11,8 @@ from hwcomp.errors import OutputExistsError, VerificationError
 from tests.conftest import require_tools
 
 BUNDLE_FILES = ["manifest.json", "model.optimized.onnx", "README.md", "CMakeLists.txt",
-                "lib/model.so", "runtime/libtvm_runtime.so", "runtime/libtvm_ffi.so",
+                "lib/model.so", "runtime/libtvm_runtime.so", "runtime/libtvm_runtime_extra.so",
+                "runtime/libtvm_ffi.so",
                 "bin/hwcomp_runner", "runner/runner.cc", "runner/CMakeLists.txt",
                 "include/tvm/ffi/c_api.h", "include/dlpack/dlpack.h"]
 
@@ -29,6 +30,29 @@ def test_transformer_block_builds_for_host(tmp_path):
     result = api.build(tmp_path / "block.onnx", "host", tmp_path / "out")
     assert result.verification.status == "passed"
     assert result.manifest["outputs"][0]["shape"] == [1, 16, 64]
+
+
+@pytest.mark.parametrize("target", ["host", pytest.param("arm-a72", marks=pytest.mark.cross)])
+def test_two_outputs_and_topk_run_in_the_bundle(target, tmp_path):
+    """TopK lowers to the runtime's sort (libtvm_runtime_extra.so) and returns a tuple: the
+    runner must load the one and unpack the other."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if target == "arm-a72":
+        require_tools("aarch64-linux-gnu-g++", "qemu-aarch64")
+    graph = helper.make_graph(
+        [helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=-1, name="top3")],
+        "topk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("values", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("indices", TensorProto.INT64, [2, 3])],
+        [numpy_helper.from_array(np.array([3], np.int64), "k")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "topk.onnx")
+    result = api.build(tmp_path / "topk.onnx", target, tmp_path / "out")
+    assert result.verification.status == "passed"
+    assert [o.name for o in result.verification.outputs] == ["values", "indices"]
+    assert all(o.max_abs_error == 0 for o in result.verification.outputs)
 
 
 def test_avx512_profile_runs_where_the_cpu_has_it(models_dir, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hwcomp.errors import ExecutionError, ToolchainError
-from hwcomp.lower.runtime_libs import cache_dir, ffi_include_dir
+from hwcomp.lower.runtime_libs import RUNTIME_LIBS, cache_dir, ffi_include_dir
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 
@@ -58,7 +58,7 @@ def compile_runner(target: Target, runtime_dir: Path) -> Path:
     source = kernels_path(*RUNNER_SOURCE)
     key = hashlib.sha256(
         b"|".join(
-            [compiler.encode(), source.read_bytes(),
+            [compiler.encode(), source.read_bytes(), " ".join(RUNTIME_LIBS).encode(),
              importlib.metadata.version("apache-tvm").encode()]
         )
     ).hexdigest()[:16]
@@ -71,7 +71,8 @@ def compile_runner(target: Target, runtime_dir: Path) -> Path:
         command = [
             compiler, "-std=c++17", "-O2", str(source), f"-I{ffi_include_dir()}",
             "-o", str(partial), f"-L{runtime_dir}", "-Wl,--no-as-needed",
-            "-ltvm_runtime", "-ltvm_ffi", "-Wl,-rpath,$ORIGIN/../runtime",
+            # The extra library registers the contrib functions (sort, TopK) when loaded.
+            *(f"-l{lib[3:-3]}" for lib in RUNTIME_LIBS), "-Wl,-rpath,$ORIGIN/../runtime",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:

@@ -1,7 +1,8 @@
 """The TVM runtime libraries a bundle ships, for the bundle's architecture.
 
 For the host they are the installed ``apache-tvm`` / ``apache-tvm-ffi`` wheels' own
-``libtvm_runtime.so`` and ``libtvm_ffi.so``. For aarch64 they come from the same versions'
+``libtvm_runtime.so``, ``libtvm_runtime_extra.so`` (the runtime's contrib functions, such as the
+sort behind TopK) and ``libtvm_ffi.so``. For aarch64 they come from the same versions'
 aarch64 wheels on PyPI (downloaded once with pip into the user cache, then reused), so a
 bundle runs on a Raspberry Pi and under ``qemu-aarch64`` without building TVM.
 """
@@ -21,8 +22,9 @@ from hwcomp.errors import ToolchainError
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_ffi.so")
-_WHEEL_MEMBERS = {"libtvm_runtime.so": "tvm/lib/", "libtvm_ffi.so": "tvm_ffi/lib/"}
+RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so", "libtvm_ffi.so")
+_WHEEL_MEMBERS = {"libtvm_runtime.so": "tvm/lib/", "libtvm_runtime_extra.so": "tvm/lib/",
+                  "libtvm_ffi.so": "tvm_ffi/lib/"}
 _AARCH64_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 
 
@@ -53,6 +55,7 @@ def host_runtime_libs() -> list[Path]:
 
     return [
         Path(tvm.__file__).parent / "lib" / "libtvm_runtime.so",
+        Path(tvm.__file__).parent / "lib" / "libtvm_runtime_extra.so",
         Path(tvm_ffi.__file__).parent / "lib" / "libtvm_ffi.so",
     ]
 
@@ -95,7 +98,7 @@ def _download_wheels(versions: dict[str, str], dest: Path) -> None:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise ToolchainError(
             f"could not download the aarch64 TVM runtime wheels ({tail}); run the README's "
-            f"setup command with network access, or copy libtvm_runtime.so and libtvm_ffi.so "
+            f"setup command with network access, or copy {', '.join(RUNTIME_LIBS)} "
             f"built for aarch64 into {cache_dir() / 'runtime' / 'aarch64'}"
         )
 

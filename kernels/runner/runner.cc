@@ -209,7 +209,13 @@ int Run(int argc, char** argv) {
     if (!times) throw std::runtime_error("cannot write " + times_path);
   }
   std::vector<ffi::Tensor> outputs;
-  CollectOutputs(get_output("main"), &outputs);
+  // A model with several outputs returns a tuple, which get_output hands out one by one.
+  int64_t arity = vm->GetFunction("get_output_arity").value()("main").cast<int64_t>();
+  if (arity < 0) {
+    CollectOutputs(get_output("main"), &outputs);
+  } else {
+    for (int64_t i = 0; i < arity; ++i) CollectOutputs(get_output("main", i), &outputs);
+  }
   if (!out_dir.empty()) {
     for (size_t i = 0; i < outputs.size(); ++i)
       WriteNpy(out_dir + "/output_" + std::to_string(i) + ".npy", outputs[i].GetDLTensorPtr());
