@@ -47,10 +47,13 @@ class Board:
 
 
 # qemu's MPS2 images (hw/arm/mps2.c): 4 MiB ZBT SSRAM1 at 0 holds code; AN385/AN386 have
-# SSRAM2/3 at 0x20000000, AN500 (Cortex-M7) has 16 MiB PSRAM at 0x60000000.
+# SSRAM2/3 at 0x20000000, AN500 (Cortex-M7) has 16 MiB PSRAM at 0x60000000. The MPS3 AN547
+# image (hw/arm/mps2-tz.c, Cortex-M55) boots from its 512 KiB ITCM at 0 and has a 512 KiB
+# DTCM at 0x20000000.
 BOARDS = {
     "mps2-an386": Board(0x00000000, 4 << 20, 0x20000000, 4 << 20),
     "mps2-an500": Board(0x00000000, 4 << 20, 0x60000000, 16 << 20),
+    "mps3-an547": Board(0x00000000, 512 << 10, 0x20000000, 512 << 10),
 }
 
 
@@ -84,6 +87,19 @@ def board_for(target: Target) -> str | None:
     args = list(target.emulator_args)
     machine = args[args.index("-M") + 1] if "-M" in args else None
     return machine if machine in BOARDS else None
+
+
+def board_too_small(machine: str, sizes: LibrarySizes) -> str | None:
+    """Say why the library does not fit the emulated board's memory, or None when it does.
+
+    The example firmware adds a few KiB (startup, semihosting, printing) to the library.
+    """
+    board, margin = BOARDS[machine], 64 << 10
+    if sizes.flash + margin > board.flash_length:
+        return f"{sizes.flash} bytes of code and weights exceed {machine}'s code memory"
+    if sizes.ram + margin > board.ram_length:
+        return f"{sizes.ram} bytes of RAM exceed {machine}'s data memory"
+    return None
 
 
 def run_on_host(sources: Sources, workdir: Path) -> str:
