@@ -388,7 +388,8 @@ _BUNDLE_FILES = (
     ("lib/kernels.c", "the kernels (TVM's C code generator)"),
     ("lib/weights.c", "weights as const arrays (flash)"),
     ("lib/hwcomp_runtime.c", "workspace allocator and error hook (no malloc)"),
-    ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, libtvm_runtime_extra.so, libtvm_ffi.so)"),
+    ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, "
+                 "libtvm_runtime_extra.so, libtvm_ffi.so)"),
     ("include/", "TVM FFI and DLPack headers for code that loads the model"),
     ("example/", "example main.c running the verification input and checking it"),
     ("hwcomp.mk", "Makefile fragment: sources, include flags, target flags"),

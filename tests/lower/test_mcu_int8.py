@@ -96,7 +96,7 @@ def test_resnet8_int8_residual_adds_are_bit_exact(tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["verification"]["outputs"][0]["max_abs_error"] == 0
     assert manifest["integer_kernels"]["kept_float"] == []
-    samples = np.random.default_rng(12).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    samples = np.random.default_rng(12).standard_normal((32, 3, 32, 32)).astype(np.float32)
     got = _run_host_batch(bundle, "hwcomp_resnet8", samples, tmp_path)
     assert np.array_equal(got, _onnxruntime_batch(bundle, samples))
     # The identity shortcut keeps a 16x32x32 int8 map alive across two convolutions.
