@@ -336,14 +336,28 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
 @click.option("--db", "database", type=click.Path(path_type=Path),
               help="Database folder [default: <cache>/tuning/<target>].")
 @click.option("--device", default="local", show_default=True,
-              help="local, or tracker://HOST:PORT/KEY to measure on a device.")
+              help="local, rpc://HOST:PORT or tracker://HOST:PORT/KEY to measure on a device.")
+@click.option("--rpc", "rpc_server", metavar="HOST:PORT",
+              help="Measure on this device server (same as --device rpc://HOST:PORT).")
+@click.option("--tracker", metavar="HOST:PORT",
+              help="Measure on a device of this tracker (with --key).")
+@click.option("--key", default="", help="Device key at the tracker (with --tracker).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Bind an input's dynamic dimensions (repeatable).")
 def tune(model: Path, target_name: str, trials: int, per_task: int | None,
-         database: Path | None, device: str, input_shapes: tuple[str, ...]) -> None:
+         database: Path | None, device: str, rpc_server: str | None, tracker: str | None,
+         key: str, input_shapes: tuple[str, ...]) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; hwcomp build reuses the records."""
     from hwcomp import tuning
 
+    if sum(bool(x) for x in (device != "local", rpc_server, tracker)) > 1:
+        raise click.UsageError("give one of --device, --rpc and --tracker")
+    if tracker and not key:
+        raise click.UsageError("--tracker needs --key (the device type, e.g. pi4)")
+    if rpc_server:
+        device = f"rpc://{rpc_server}"
+    elif tracker:
+        device = f"tracker://{tracker}/{key}"
     address = None if device == "local" else remote.parse_device(device)
 
     def show(task: tuning.TaskProgress, index: int, count: int) -> None:

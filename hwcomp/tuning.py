@@ -170,8 +170,9 @@ def tune(
 ) -> TuneResult:
     """Tune ``model_path``'s unscheduled functions for ``target_name`` with ``trials`` trials.
 
-    ``device`` (a :class:`hwcomp.remote.DeviceAddress`) measures on a remote device through
-    its tracker instead of locally. Ctrl-C ends the run early with the records kept.
+    ``device`` (a :class:`hwcomp.remote.DeviceAddress`) measures on a remote device, directly
+    (``rpc://``) or through its tracker (``tracker://``), instead of locally. Ctrl-C ends the
+    run early with the records kept.
     """
     started = time.perf_counter()
     target = load_target(target_name)
@@ -182,9 +183,9 @@ def tune(
         raise TuningError("--trials must be at least 1")
     if target.is_cross and device is None:
         raise TuningError(
-            f"target '{target.name}' is not this machine: tune on the device, through a "
-            "tracker it registered with (hwcomp device-server --tracker HOST:PORT --key KEY; "
-            "hwcomp tune --device tracker://HOST:PORT/KEY)")
+            f"target '{target.name}' is not this machine: tune on the device (run hwcomp "
+            "device-server there, then hwcomp tune --rpc HOST:PORT, or --tracker HOST:PORT "
+            "--key KEY for a device registered with a tracker)")
     folder = Path(database) if database else default_database(target)
     folder.mkdir(parents=True, exist_ok=True)
     repair_database(folder)
@@ -298,11 +299,15 @@ def _runner(ms: Any, device: Any) -> Any:
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
     from hwcomp import remote
 
-    if device.kind != "tracker":
-        raise TuningError(f"--device {device}: MetaSchedule measures through a tracker; run "
-                          "hwcomp device-server --tracker HOST:PORT --key KEY on the device "
-                          "and pass --device tracker://HOST:PORT/KEY")
     remote.connect(device)  # fail fast, with hwcomp's bounded errors
+    # One session at a time: a device server serves one client, and parallel measurements
+    # on one board would disturb each other.
+    if device.kind == "rpc":
+        from hwcomp.direct_rpc import create_direct_session, direct_config
+
+        return ms.runner.RPCRunner(
+            rpc_config=direct_config(device.host, device.port, int(RUN_TIMEOUT_S)),
+            evaluator_config=evaluator, max_workers=1, f_create_session=create_direct_session)
     config = ms.runner.RPCConfig(tracker_host=device.host, tracker_port=device.port,
                                  tracker_key=device.key, session_timeout_sec=int(RUN_TIMEOUT_S))
     return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=1)

@@ -43,6 +43,15 @@ def _records(db) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _measured(db) -> bool:
+    """Whether the database holds records and every one carries a real run time.
+
+    MetaSchedule records a failed measurement (no session, a crash) as 1e10 seconds.
+    """
+    records = _records(db)
+    return bool(records) and all(0 < min(r[1][1]) < 1.0 for r in records)
+
+
 def test_tune_fills_the_database_and_build_reuses_it_with_zero_trials(depthwise, tmp_path):
     db = tmp_path / "db"
     result = run_cli("tune", str(depthwise), "--target", "host", "--trials", "4", "--per-task",
@@ -73,7 +82,20 @@ def test_tune_through_a_tracker_measures_on_the_device(depthwise, devices, tmp_p
                      str(db), "--device", f"tracker://127.0.0.1:{devices['tracker']}/loop",
                      timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert _records(db)
+    assert _measured(db)
+
+
+def test_tune_through_a_direct_rpc_server(depthwise, devices, tmp_path):  # noqa: F811
+    """--rpc HOST:PORT: MetaSchedule's runner talks to the device server itself, no tracker."""
+    db = tmp_path / "db"
+    result = run_cli("tune", str(depthwise), "--target", "host", "--trials", "2", "--db",
+                     str(db), "--rpc", f"127.0.0.1:{devices['direct']}", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _measured(db)
+    result = run_cli("tune", str(depthwise), "--target", "host", "--trials", "2", "--db",
+                     str(db), "--rpc", f"127.0.0.1:{devices['direct']}", "--tracker", "x:1",
+                     "--key", "k")
+    assert result.returncode == 2 and "one of --device, --rpc and --tracker" in result.stderr
 
 
 def test_tune_rejects_an_unknown_device_key_fast(depthwise, devices, tmp_path):  # noqa: F811
