@@ -9,6 +9,9 @@ functions from a MetaSchedule database and hwcomp's own kernels carry one):
 * each remaining block's spatial loops are fused and split into
   ``[parallel tasks, vector lanes]`` — tasks across the profile's cores, lanes of the
   profile's vector width — with the reduction loops (if any) kept innermost and serial;
+* a sliding-window reduction (depthwise convolution, pooling) gets
+  :mod:`hwcomp.lower.window_schedule` instead: padding apart, window taps outside, output
+  pixels in vector lanes;
 * a function whose blocks cannot be analysed is left as TVM made it.
 
 Convolutions and matmuls with constant weights do not reach this rule: hwcomp replaces them
@@ -106,6 +109,8 @@ def default_rule(lanes: int, cores: int) -> Any:
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
+    from hwcomp.lower.window_schedule import schedule_window_reduction
+
     class CpuDefault(ScheduleRule):  # type: ignore[misc]
         """Inline, then parallel tasks x vector lanes over each block's spatial loops."""
 
@@ -117,6 +122,10 @@ def default_rule(lanes: int, cores: int) -> Any:
                 return None
 
     def _schedule(func: Any) -> Any:
+        if lanes > 1:
+            window = s_tir.Schedule(func)
+            if schedule_window_reduction(window, lanes, cores):
+                return window
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
