@@ -257,7 +257,30 @@ def conv_kernel(
     col = te.compute((rows, depth), im2col, name="col")
     c = _matmul_compute(col, rows, depth, out_channels, instruction)
     return _schedule(te.create_prim_func([x, c.op.input_tensors[1], c]), "C", instruction,
-                     im2col=((batch, out_h, out_w), (kh_ * kw_, c_pad)))
+                     im2col=(kh_ * kw_, c_pad))
+
+
+def to_nchw_kernel(out_shape: tuple[int, ...], cols_pad: int, dtype: str, lanes: int) -> Any:
+    """``Y[n, c, h, w] = A[(n, h, w), c]``: a conv kernel's pixel-major rows back to NCHW.
+
+    One pass in 16-pixel tiles: every channel of a tile reads the same few rows of A, which
+    stay in L1, and writes a contiguous vector (a transpose scheduled by TVM's default rule
+    walks A a cache line per element).
+    """
+    from tvm import s_tir, te
+
+    batch, channels, height, width = out_shape
+    a = te.placeholder((batch * height * width, cols_pad), dtype, name="A")
+    y = te.compute(out_shape, lambda n, c, h, w: a[(n * height + h) * width + w, c], name="Y")
+    sch = s_tir.Schedule(te.create_prim_func([a, y]))
+    n, c, h, w = sch.get_loops(sch.get_sblock("Y"))
+    tile = next((t for t in (lanes, 8, 4) if width % t == 0), 1)
+    w_outer, w_inner = sch.split(w, [None, tile])
+    sch.reorder(n, h, w_outer, c, w_inner)
+    sch.parallel(sch.fuse(n, h))
+    if tile > 1:
+        sch.vectorize(w_inner)
+    return sch.mod["main"]
 
 
 def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
@@ -270,7 +293,7 @@ def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
 
 
 def _schedule(func: Any, block_name: str, instruction: KernelSpec,
-              im2col: tuple[tuple[int, int, int], tuple[int, int]] | None = None) -> Any:
+              im2col: tuple[int, int] | None = None) -> Any:
     """Register-tile the matmul and tensorize its inner block.
 
     Each parallel task owns ``rows x (blocks * L)`` accumulators (a local buffer LLVM keeps in
@@ -287,8 +310,10 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     m, n, k = sch.get_loops(block)
     rows = sch.get(m).extent.value
     lane_blocks = sch.get(n).extent.value // instruction.lanes
-    row_tile = next(t for t in (_ROW_TILE, 2, 1) if rows % t == 0)
     block_tile = next(t for t in (_LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
+    # Narrow outputs (fewer lane blocks) take more rows, keeping ~16 accumulators busy.
+    widest = _ROW_TILE * _LANE_BLOCKS // block_tile
+    row_tile = next(t for t in (widest, 8, _ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
     m_outer, m_inner = sch.split(m, [None, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
     if instruction.intrin:
@@ -297,8 +322,22 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     else:
         k_outer = k
         sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane)
-    task = sch.fuse(m_outer, n_outer)
-    sch.parallel(task)
+    if im2col is None:
+        task = sch.fuse(m_outer, n_outer)
+        sch.parallel(task)
+    else:
+        # Convolution: parallel over row tiles only, so each task builds its rows of the
+        # im2col matrix once (below) and every column block reuses them from L1.
+        sch.parallel(m_outer)
+        task = n_outer
+        # The im2col rows a task multiplies are computed in that task (a few KiB, in L1)
+        # instead of as one matrix of every output pixel's window (megabytes, through L2 or
+        # memory). K splits as (tap, channel): each tap is a contiguous copy of C_pad values.
+        taps, c_pad = im2col
+        col = sch.get_sblock("col")
+        sch.compute_at(col, m_outer)
+        _, channel = sch.split(sch.get_loops(col)[-1], [taps, c_pad])
+        sch.vectorize(channel)
     sch.reverse_compute_at(local, task)
     sch.vectorize(sch.get_loops(local)[-1])
     if not instruction.intrin:  # before decompose: the update block must still be a reduction
@@ -310,15 +349,6 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     if instruction.intrin:
         sch.tensorize(n_lane, instruction.intrin)
     if im2col is not None:
-        # Rows split as (n, oh, ow) and K as (tap, channel) so the index arithmetic folds
-        # away and each tap is a contiguous copy of C_pad bytes.
-        (batch, out_h, out_w), (taps, c_pad) = im2col
-        col = sch.get_sblock("col")
-        row, depth = sch.get_loops(col)
-        n, oh, ow = sch.split(row, [batch, out_h, out_w])
-        _, channel = sch.split(depth, [taps, c_pad])
-        sch.parallel(sch.fuse(n, oh))
-        sch.vectorize(channel)
         nhwc = sch.get_sblock("nhwc")
         n, h, *_ = sch.get_loops(nhwc)
         sch.parallel(sch.fuse(n, h))
@@ -448,10 +478,12 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             acc = emit(relax.op.call_tir(kernel_var, [data, packed],
                                          relax.TensorType((rows, cols_pad),
                                                           spec.accumulator_dtype)))
-            acc = emit(relax.op.reshape(acc, (out_shape[0], out_shape[2], out_shape[3], cols_pad)))
-            if cols_pad != out_channels:
-                acc = emit(relax.op.strided_slice(acc, [3], [0], [out_channels]))
-            acc = emit(relax.op.permute_dims(acc, [0, 3, 1, 2]))
+            layout = self._kernel(
+                ("to_nchw", spec.accumulator_dtype, out_shape, cols_pad),
+                lambda: to_nchw_kernel(out_shape, cols_pad, spec.accumulator_dtype,
+                                       max(1, spec.lanes)))
+            acc = emit(relax.op.call_tir(layout, [acc], relax.TensorType(
+                out_shape, spec.accumulator_dtype)))
             sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
             return acc, sums, out_shape
 
