@@ -370,7 +370,8 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
                          progress=show)
     state = "interrupted; kept" if result.interrupted else "done;"
     click.echo(f"tuning {state} {result.trials} trials over {len(result.tasks)} task(s) in "
-               f"{result.seconds:.0f} s ({len(result.skipped)} on hwcomp kernels, not tuned)")
+               f"{result.seconds:.0f} s ({len(result.skipped)} on hwcomp kernels, not tuned; "
+               f"hwcomp's default schedule recorded for {len(result.defaults)})")
     click.echo(f"database: {result.database} ({result.records_before} -> "
                f"{result.records_after} records)")
     if result.interrupted:

@@ -43,6 +43,7 @@ from hwcomp.lower.runtime_libs import cache_dir
 from hwcomp.lower.schedules import fusion_passes
 from hwcomp.lower.tvm import relax_for_target
 from hwcomp.targets import Target, load_target
+from hwcomp.tuning_baseline import record_default_schedules
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class TuneResult:
     seconds: float
     interrupted: bool = False
     skipped: list[str] = field(default_factory=list)
+    # Tasks whose default schedule was measured and recorded next to the search's records.
+    defaults: list[str] = field(default_factory=list)
 
 
 def default_database(target: Target) -> Path:
@@ -217,17 +220,19 @@ def tune(
     builder = ms.builder.LocalBuilder(
         f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S, max_workers=1,
         f_export=_cross_export(target) if target.is_cross else None)
+    database = ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
+                                        path_tuning_record=str(folder / RECORDS))
     stop = _StopSignal()
     interrupted = False
+    defaults: list[str] = []
     try:
         stop.install()
+        defaults = record_default_schedules(ms, chosen, target, builder, runner, database)
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(folder),
             max_trials_global=trials, max_trials_per_task=per_task or trials,
             num_trials_per_iter=min(64, max(2, per_task or trials)),
-            builder=builder, runner=runner,
-            database=ms.database.JSONDatabase(
-                path_workload=str(folder / WORKLOADS), path_tuning_record=str(folder / RECORDS)),
+            builder=builder, runner=runner, database=database,
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
         )
     except (KeyboardInterrupt, RuntimeError):
@@ -243,7 +248,8 @@ def tune(
     return TuneResult(
         database=folder, tasks=board, trials=sum(t.trials for t in board),
         records_before=before, records_after=count_records(folder),
-        seconds=time.perf_counter() - started, interrupted=interrupted, skipped=skipped)
+        seconds=time.perf_counter() - started, interrupted=interrupted, skipped=skipped,
+        defaults=defaults)
 
 
 def _reset_metaschedule_logging() -> None:
