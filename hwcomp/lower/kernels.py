@@ -231,7 +231,7 @@ def conv_kernel(
     c_pad = _round_up(channels, instruction.group)
     depth = kh_ * kw_ * c_pad
     dtype = instruction.activation_dtype
-    rows = batch * out_h * out_w
+    rows = conv_rows(batch * out_h * out_w, out_channels, instruction)
 
     x = te.placeholder(data_shape, dtype, name="X")
     padded_h, padded_w = height + top + bottom, width + left + right
@@ -248,6 +248,8 @@ def conv_kernel(
     nhwc = te.compute((batch, padded_h, padded_w, c_pad), to_nhwc, name="nhwc")
 
     def im2col(m: Any, kk: Any) -> Any:
+        # Rows past the last output pixel (padding to whole register tiles) repeat it.
+        m = tirx.min(m, batch * out_h * out_w - 1)
         n, pix = m // (out_h * out_w), m % (out_h * out_w)
         oh, ow = pix // out_w, pix % out_w
         tap, ch = kk // c_pad, kk % c_pad
@@ -260,7 +262,8 @@ def conv_kernel(
                      im2col=(kh_ * kw_, c_pad))
 
 
-def to_nchw_kernel(out_shape: tuple[int, ...], cols_pad: int, dtype: str, lanes: int) -> Any:
+def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: str,
+                   lanes: int) -> Any:
     """``Y[n, c, h, w] = A[(n, h, w), c]``: a conv kernel's pixel-major rows back to NCHW.
 
     One pass in 16-pixel tiles: every channel of a tile reads the same few rows of A, which
@@ -270,7 +273,7 @@ def to_nchw_kernel(out_shape: tuple[int, ...], cols_pad: int, dtype: str, lanes:
     from tvm import s_tir, te
 
     batch, channels, height, width = out_shape
-    a = te.placeholder((batch * height * width, cols_pad), dtype, name="A")
+    a = te.placeholder((rows, cols_pad), dtype, name="A")
     y = te.compute(out_shape, lambda n, c, h, w: a[(n * height + h) * width + w, c], name="Y")
     sch = s_tir.Schedule(te.create_prim_func([a, y]))
     n, c, h, w = sch.get_loops(sch.get_sblock("Y"))
@@ -310,34 +313,37 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     m, n, k = sch.get_loops(block)
     rows = sch.get(m).extent.value
     lane_blocks = sch.get(n).extent.value // instruction.lanes
-    block_tile = next(t for t in (_LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
-    # Narrow outputs (fewer lane blocks) take more rows, keeping ~16 accumulators busy.
-    widest = _ROW_TILE * _LANE_BLOCKS // block_tile
-    row_tile = next(t for t in (widest, 8, _ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
-    m_outer, m_inner = sch.split(m, [None, row_tile])
+    block_tile = _block_tile(lane_blocks)
+    row_tile = next(t for t in (_widest_row_tile(block_tile), 8, _ROW_TILE, 2, 1)
+                    if t <= _widest_row_tile(block_tile) and rows % t == 0)
+    depth = sch.get(k).extent.value
+    tiles = _row_tiles_per_task(rows // row_tile, row_tile * depth * _bytes(
+        instruction.activation_dtype))
+    m_outer, m_tile, m_inner = sch.split(m, [None, tiles, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
+    # A task computes `tiles` row tiles against one column block: that block's weight panel
+    # is read from cache once per tile instead of streaming all weights per 4 rows.
     if instruction.intrin:
         k_outer, k_inner = sch.split(k, [None, instruction.group])
-        sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane, k_inner)
+        sch.reorder(m_outer, n_outer, m_tile, k_outer, m_inner, n_block, n_lane, k_inner)
     else:
         k_outer = k
-        sch.reorder(m_outer, n_outer, k_outer, m_inner, n_block, n_lane)
+        sch.reorder(m_outer, n_outer, m_tile, k_outer, m_inner, n_block, n_lane)
     if im2col is None:
-        task = sch.fuse(m_outer, n_outer)
-        sch.parallel(task)
+        sch.parallel(sch.fuse(m_outer, n_outer))
     else:
-        # Convolution: parallel over row tiles only, so each task builds its rows of the
-        # im2col matrix once (below) and every column block reuses them from L1.
+        # Convolution: parallel over row blocks only, so each task builds its rows of the
+        # im2col matrix once (below) and every column block reuses them from cache.
         sch.parallel(m_outer)
-        task = n_outer
-        # The im2col rows a task multiplies are computed in that task (a few KiB, in L1)
-        # instead of as one matrix of every output pixel's window (megabytes, through L2 or
-        # memory). K splits as (tap, channel): each tap is a contiguous copy of C_pad values.
+        # The im2col rows a task multiplies are computed in that task (tens of KiB) instead
+        # of as one matrix of every output pixel's window (megabytes, through memory). K
+        # splits as (tap, channel): each tap is a contiguous copy of C_pad values.
         taps, c_pad = im2col
         col = sch.get_sblock("col")
         sch.compute_at(col, m_outer)
         _, channel = sch.split(sch.get_loops(col)[-1], [taps, c_pad])
         sch.vectorize(channel)
+    task = m_tile
     sch.reverse_compute_at(local, task)
     sch.vectorize(sch.get_loops(local)[-1])
     if not instruction.intrin:  # before decompose: the update block must still be a reduction
@@ -353,6 +359,44 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
         n, h, *_ = sch.get_loops(nhwc)
         sch.parallel(sch.fuse(n, h))
     return sch.mod["main"]
+
+
+# Parallel tasks wanted at least (a few per core, so uneven tasks balance out), and the most
+# bytes of A rows one task should touch (about half an L2).
+_MIN_TASKS = 8
+_TASK_ROW_BYTES = 256 << 10
+
+
+def _row_tiles_per_task(row_tiles: int, tile_bytes: int) -> int:
+    """Row tiles per parallel task: up to 16, keeping enough tasks and A's rows in cache."""
+    for tiles in (16, 8, 4, 2):
+        if (row_tiles % tiles == 0 and row_tiles // tiles >= _MIN_TASKS
+                and tiles * tile_bytes <= _TASK_ROW_BYTES):
+            return tiles
+    return 1
+
+
+def _bytes(dtype: str) -> int:
+    return max(1, int("".join(ch for ch in dtype if ch.isdigit()) or 32) // 8)
+
+
+def _block_tile(lane_blocks: int) -> int:
+    return next(t for t in (_LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
+
+
+def _widest_row_tile(block_tile: int) -> int:
+    """Narrow outputs (fewer lane blocks) take more rows, keeping ~16 accumulators busy."""
+    return _ROW_TILE * _LANE_BLOCKS // block_tile
+
+
+def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
+    """Rows of a conv kernel's output: its pixels, padded to whole register tiles.
+
+    Without the padding a 7x7 map (49 rows) would run one row per tile, streaming every
+    weight from memory once per output pixel.
+    """
+    block_tile = _block_tile(_round_up(out_channels, spec.lanes) // spec.lanes)
+    return _round_up(pixels, _widest_row_tile(block_tile))
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -467,7 +511,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             padding = (top, left, bottom, right)
             dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
             out_shape = _shape(call)
-            rows = out_shape[0] * out_shape[2] * out_shape[3]
+            rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
             cols_pad = _round_up(out_channels, spec.lanes)
             key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
                    zero_point)
@@ -479,8 +523,8 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                                          relax.TensorType((rows, cols_pad),
                                                           spec.accumulator_dtype)))
             layout = self._kernel(
-                ("to_nchw", spec.accumulator_dtype, out_shape, cols_pad),
-                lambda: to_nchw_kernel(out_shape, cols_pad, spec.accumulator_dtype,
+                ("to_nchw", spec.accumulator_dtype, out_shape, rows, cols_pad),
+                lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype,
                                        max(1, spec.lanes)))
             acc = emit(relax.op.call_tir(layout, [acc], relax.TensorType(
                 out_shape, spec.accumulator_dtype)))
