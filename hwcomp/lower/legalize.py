@@ -12,9 +12,10 @@ The steps run in this order; each is logged with what it changed.
    it (one kernel instead of two passes over memory; what onnxruntime does too).
 7. ``resize-to-matmul``: Resize nodes TVM gets wrong become interpolation MatMuls.
 8. ``convtranspose-pads``: ConvTranspose ``output_shape`` becomes explicit pads.
-9. ``drop-identities``: Identity nodes are removed.
-10. ``remove-unused``: dead nodes and initializers are removed.
-11. ``toposort``: the graph is put back in topological order.
+9. ``sum-to-add``: variadic Sum becomes a chain of Add (one fused pass, not stack + reduce).
+10. ``drop-identities``: Identity nodes are removed.
+11. ``remove-unused``: dead nodes and initializers are removed.
+12. ``toposort``: the graph is put back in topological order.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from hwcomp.passes import (
     FoldBatchNormPass,
     FoldConstantsPass,
     ResizeToMatMulPass,
+    SumToAddPass,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ def legalize_for_tvm(
         ("fold-batchnorm", FoldBatchNormPass()),
         ("resize-to-matmul", ResizeToMatMulPass()),
         ("convtranspose-pads", ConvTransposePadsPass()),
+        ("sum-to-add", SumToAddPass()),
         ("drop-identities", common.IdentityEliminationPass()),
         ("remove-unused", common.RemoveUnusedNodesPass()),
         ("toposort", common.TopologicalSortPass()),

@@ -6,6 +6,7 @@ Legalisation (before TVM import):
     - :class:`FoldConstantsPass`: constant subgraphs become initializers.
     - :class:`ResizeToMatMulPass`: Resize nodes TVM mishandles become interpolation MatMuls.
     - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
+    - :class:`SumToAddPass`: variadic Sum becomes a chain of Add (TVM stacks and reduces it).
 
 Compression (ONNX to ONNX):
     - :class:`FoldBatchNormPass`: BatchNormalization merges into the Conv/Gemm/MatMul before it.
@@ -20,6 +21,7 @@ from hwcomp.passes.expand_functions import ExpandFunctionsPass
 from hwcomp.passes.fold_batchnorm import FoldBatchNormPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
 from hwcomp.passes.resize_to_matmul import ResizeToMatMulPass
+from hwcomp.passes.sum_to_add import SumToAddPass
 
 __all__ = [
     "BindInputsPass",
@@ -28,4 +30,5 @@ __all__ = [
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "ResizeToMatMulPass",
+    "SumToAddPass",
 ]
