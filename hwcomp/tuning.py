@@ -215,19 +215,22 @@ def tune(
         extracted_tasks=chosen, work_dir=str(folder))
     _quiet_console()
     board = [TaskProgress(task.task_name) for task in chosen]
-    callback = _progress_callback(ms, board, progress)
+    stop = _StopSignal()
+    callback = _progress_callback(ms, board, progress, stop)
     runner = _runner(ms, device)
     builder = ms.builder.LocalBuilder(
         f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S, max_workers=1,
         f_export=_cross_export(target) if target.is_cross else None)
     database = ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
                                         path_tuning_record=str(folder / RECORDS))
-    stop = _StopSignal()
     interrupted = False
     defaults: list[str] = []
     try:
         stop.install()
         defaults = record_default_schedules(ms, chosen, target, builder, runner, database)
+        stop.deferred = True
+        if stop.received:
+            raise KeyboardInterrupt
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(folder),
             max_trials_global=trials, max_trials_per_task=per_task or trials,
@@ -277,10 +280,17 @@ def _quiet_console() -> None:
 
 
 class _StopSignal:
-    """SIGINT/SIGTERM during tuning: remember it, then stop like Ctrl-C."""
+    """SIGINT/SIGTERM during tuning: remember it, then stop like Ctrl-C.
+
+    While MetaSchedule's C++ loop runs (``deferred``), the handler only sets the flag: an
+    exception raised in the middle of C++ code that calls back into Python can end in
+    ``std::terminate``. The measure callback raises instead, after the batch's records are
+    in the database.
+    """
 
     def __init__(self) -> None:
         self.received = False
+        self.deferred = False
         self.previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -291,7 +301,8 @@ class _StopSignal:
 
     def _handle(self, number: int, frame: Any) -> None:
         self.received = True
-        raise KeyboardInterrupt
+        if not self.deferred:
+            raise KeyboardInterrupt
 
     def restore(self) -> None:
         for number, handler in self.previous.items():
@@ -335,7 +346,8 @@ def _cross_export(target: Target) -> Callable[[Any], str]:
 
 
 def _progress_callback(ms: Any, board: list[TaskProgress],
-                       progress: Callable[[TaskProgress, int, int], None] | None) -> Any:
+                       progress: Callable[[TaskProgress, int, int], None] | None,
+                       stop: _StopSignal) -> Any:
     from tvm.ir.utils import derived_object
 
     @derived_object
@@ -353,5 +365,7 @@ def _progress_callback(ms: Any, board: list[TaskProgress],
                     entry.best_us = seconds * 1e6
             if progress is not None:
                 progress(entry, task_id, len(board))
+            if stop.received:  # the database callbacks before this one kept the batch
+                raise KeyboardInterrupt
 
     return Progress()
