@@ -145,10 +145,10 @@ def default_rule(lanes: int, cores: int) -> Any:
             if not spatial:
                 continue
             sch.reorder(*spatial, *reduction)
-            work = _product(sch, spatial) * max(1, _product(sch, reduction))
+            work = loops_product(sch, spatial) * max(1, loops_product(sch, reduction))
             # Vector lanes: the innermost spatial loop of an elementwise block, when it
             # divides into whole vectors (its index stays affine: no div/mod per element).
-            if lanes > 1 and not reduction and _extent(sch, spatial[-1]) % lanes == 0:
+            if lanes > 1 and not reduction and loop_extent(sch, spatial[-1]) % lanes == 0:
                 head, vector = sch.split(spatial[-1], [None, lanes])
                 spatial = [*spatial[:-1], head]
                 sch.vectorize(vector)
@@ -157,7 +157,7 @@ def default_rule(lanes: int, cores: int) -> Any:
                 leading, count = [], 1
                 for loop in spatial:
                     leading.append(loop)
-                    count *= _extent(sch, loop)
+                    count *= loop_extent(sch, loop)
                     if count >= 4 * cores:
                         break
                 if count > 1:
@@ -188,13 +188,15 @@ def _fold_into_epilogue(sch: Any, infos: list[Any]) -> None:
             logger.debug("reduction kept separate: %s", exc)
 
 
-def _extent(sch: Any, loop: Any) -> int:
+def loop_extent(sch: Any, loop: Any) -> int:
+    """Return a loop's constant extent (1 when it is not a constant)."""
     value = sch.get(loop).extent
     return int(value.value) if hasattr(value, "value") else 1
 
 
-def _product(sch: Any, loops: list[Any]) -> int:
+def loops_product(sch: Any, loops: list[Any]) -> int:
+    """Return the product of the loops' extents."""
     total = 1
     for loop in loops:
-        total *= _extent(sch, loop)
+        total *= loop_extent(sch, loop)
     return total

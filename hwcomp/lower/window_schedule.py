@@ -31,6 +31,8 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     """Schedule ``sch``'s function as a window reduction if it is one; say whether it was."""
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
+    from hwcomp.lower.schedules import loop_extent, loops_product
+
     infos = normalize_prim_func(sch)
     if infos is None:
         return False
@@ -44,7 +46,7 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
         return False
     spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
     window = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
-    if len(spatial) < 3 or _product(sch, window) > MAX_WINDOW or _extent(sch, spatial[-1]) < lanes:
+    if len(spatial) < 3 or loops_product(sch, window) > MAX_WINDOW or loop_extent(sch, spatial[-1]) < lanes:
         return False
     position = [info.block_rv for info in infos].index(reduction.block_rv)
     epilogue = [info.block_rv for info in infos[position + 1:]]
@@ -54,7 +56,7 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     for block in epilogue[:-1]:
         sch.compute_inline(block)
     row, pixels = spatial[:-1], spatial[-1]
-    head, lane = sch.split(pixels, [None, lanes]) if _extent(sch, pixels) % lanes == 0 else (
+    head, lane = sch.split(pixels, [None, lanes]) if loop_extent(sch, pixels) % lanes == 0 else (
         pixels, None)
     sch.reorder(*row, head, *window, *([lane] if lane is not None else []))
     task = sch.fuse(*row)
@@ -66,7 +68,7 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
         sch.reverse_compute_at(epilogue[-1], task)
         out_loops = sch.get_loops(epilogue[-1])
         last = out_loops[-1]
-        if _extent(sch, last) % lanes == 0 and _extent(sch, last) >= lanes:
+        if loop_extent(sch, last) % lanes == 0 and loop_extent(sch, last) >= lanes:
             sch.vectorize(sch.split(last, [None, lanes])[1])
     init = sch.decompose_reduction(reduction.block_rv, window[0])
     if lane is not None:
@@ -77,15 +79,3 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
         if cores > 1 and len(producer_loops) > 1:
             sch.parallel(sch.fuse(*producer_loops[:-1]))
     return True
-
-
-def _extent(sch: Any, loop: Any) -> int:
-    value = sch.get(loop).extent
-    return int(value.value) if hasattr(value, "value") else 1
-
-
-def _product(sch: Any, loops: list[Any]) -> int:
-    total = 1
-    for loop in loops:
-        total *= _extent(sch, loop)
-    return total
