@@ -29,6 +29,7 @@ import onnx
 
 from hwcomp.errors import LoweringError, UnsupportedOpError
 from hwcomp.lower.c_literals import exact_float_literals, float32_constants
+from hwcomp.lower.kernels import mutate_functions
 from hwcomp.lower.memory_plan import ArenaPlan, Buffer, plan_arena
 from hwcomp.targets import Target
 
@@ -223,11 +224,7 @@ def mean_as_sum_divide() -> Any:
 
     @tvm.transform.module_pass(opt_level=0, name="MeanAsSumDivide")
     def rewrite(mod: Any, _ctx: Any) -> Any:
-        mutator = MeanRewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        return mutate_functions(MeanRewriter(mod), mod)
 
     return rewrite
 

@@ -314,11 +314,11 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     rows = sch.get(m).extent.value
     lane_blocks = sch.get(n).extent.value // instruction.lanes
     block_tile = _block_tile(lane_blocks)
-    row_tile = next(t for t in (_widest_row_tile(block_tile), 8, _ROW_TILE, 2, 1)
-                    if t <= _widest_row_tile(block_tile) and rows % t == 0)
+    widest = _widest_row_tile(block_tile)
+    row_tile = next(t for t in (widest, 8, _ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
     depth = sch.get(k).extent.value
-    tiles = _row_tiles_per_task(rows // row_tile, row_tile * depth * _bytes(
-        instruction.activation_dtype))
+    tiles = _row_tiles_per_task(
+        rows // row_tile, row_tile * depth * np.dtype(instruction.activation_dtype).itemsize)
     m_outer, m_tile, m_inner = sch.split(m, [None, tiles, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
     # A task computes `tiles` row tiles against one column block: that block's weight panel
@@ -343,8 +343,7 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
         sch.compute_at(col, m_outer)
         _, channel = sch.split(sch.get_loops(col)[-1], [taps, c_pad])
         sch.vectorize(channel)
-    task = m_tile
-    sch.reverse_compute_at(local, task)
+    sch.reverse_compute_at(local, m_tile)
     sch.vectorize(sch.get_loops(local)[-1])
     if not instruction.intrin:  # before decompose: the update block must still be a reduction
         sch.vectorize(n_lane)
@@ -374,10 +373,6 @@ def _row_tiles_per_task(row_tiles: int, tile_bytes: int) -> int:
                 and tiles * tile_bytes <= _TASK_ROW_BYTES):
             return tiles
     return 1
-
-
-def _bytes(dtype: str) -> int:
-    return max(1, int("".join(ch for ch in dtype if ch.isdigit()) or 32) // 8)
 
 
 def _block_tile(lane_blocks: int) -> int:
@@ -424,7 +419,7 @@ def rewrite_kernels(mod: Any, target: Target) -> tuple[Any, KernelRewrite | None
         return mod, None
     instruction = dot_instruction(target)
     rewriter = _make_rewriter(mod, instruction, floats)
-    new_mod = rewriter.transform()
+    new_mod = mutate_functions(rewriter, mod)
     from tvm import relax
 
     new_mod = relax.transform.DeadCodeElimination()(new_mod)
@@ -436,6 +431,16 @@ def rewrite_kernels(mod: Any, target: Target) -> tuple[Any, KernelRewrite | None
     return new_mod, summary
 
 
+def mutate_functions(mutator: Any, mod: Any) -> Any:
+    """Run a Relax ``PyExprMutator`` over every Relax function of ``mod``; return the result."""
+    from tvm import relax
+
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
+
+
 def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec) -> Any:
     from tvm import relax
 
@@ -443,17 +448,10 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
     class Rewriter(relax.PyExprMutator):  # type: ignore[misc, name-defined]
         def __init__(self, mod: Any) -> None:
             super().__init__(mod)
-            self.mod = mod
             self.rewritten: list[str] = []
             self.float_ops: list[str] = []
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
-
-        def transform(self) -> Any:
-            for gvar, func in self.mod.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gvar, self.visit_expr(func))
-            return self.builder_.get()
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)

@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernels import KernelRewrite, _array, _bound, _dtype, _is_op, _shape
+from hwcomp.lower.kernels import (
+    KernelRewrite,
+    _array,
+    _bound,
+    _dtype,
+    _is_op,
+    _shape,
+    mutate_functions,
+)
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -71,7 +79,7 @@ def rewrite_int8_layers(mod: Any, target: Target) -> tuple[Any, KernelRewrite]:
     from tvm import relax
 
     rewriter = _make_rewriter(mod)
-    new_mod = relax.transform.DeadCodeElimination()(rewriter.transform())
+    new_mod = relax.transform.DeadCodeElimination()(mutate_functions(rewriter, mod))
     summary = KernelRewrite(KERNEL_NAME, rewriter.rewritten, [], rewriter.kept_float)
     logger.info("int8 kernels for %s: %d layer(s), %d quantized layer(s) left in float",
                 target.name, len(summary.rewritten), len(summary.kept_float))
@@ -180,16 +188,9 @@ def _make_rewriter(mod: Any) -> Any:
     class Rewriter(relax.PyExprMutator):  # type: ignore[misc, name-defined]
         def __init__(self, mod: Any) -> None:
             super().__init__(mod)
-            self.mod = mod
             self.rewritten: list[str] = []
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
-
-        def transform(self) -> Any:
-            for gvar, func in self.mod.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gvar, self.visit_expr(func))
-            return self.builder_.get()
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
