@@ -23,7 +23,7 @@ import numpy as np
 from hwcomp.errors import MemoryBudgetError
 from hwcomp.lower import firmware
 from hwcomp.lower.aot import AotProgram, build_program
-from hwcomp.lower.mcu_sources import c_prefix, sources_in, write_sources
+from hwcomp.lower.mcu_sources import Sources, c_prefix, sources_in, write_sources
 from hwcomp.lower.runner import RunnerResult
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
@@ -68,13 +68,8 @@ class McuLowering:
             }
             _check_budget(info.model_file, target, sizes, plan.arena_bytes)
             machine = firmware.board_for(target)
-            too_small = machine and firmware.board_too_small(machine, sizes)
-            if machine and too_small:
-                logger.warning("no emulated run: %s; the host build is still checked", too_small)
-                report["firmware"] = {"board": machine, "skipped": too_small}
-            elif machine:
-                elf = firmware.build_firmware(objects, sources, target, staging, machine)
-                report["firmware"] = {"board": machine, "elf": str(elf.relative_to(staging))}
+            if machine is not None:
+                report["firmware"] = _firmware(objects, sources, target, staging, machine, sizes)
         logger.info("flash %d bytes, RAM %d bytes (arena %d) of %d / %d", sizes.flash, sizes.ram,
                     plan.arena_bytes, target.flash_bytes, target.sram_bytes)
         return {"mcu": report}
@@ -104,6 +99,17 @@ class McuLowering:
             timing=f"{target.emulator} {' '.join(target.emulator_args)} (emulated, not a latency)",
             also={"host build": host_outputs},
         )
+
+
+def _firmware(objects: list[Path], sources: Sources, target: Target, staging: Path,
+              machine: str, sizes: firmware.LibrarySizes) -> dict[str, str]:
+    """Link the example firmware for the emulated board, unless the model does not fit it."""
+    too_small = firmware.board_too_small(machine, sizes)
+    if too_small:
+        logger.warning("no emulated run: %s; the host build is still checked", too_small)
+        return {"board": machine, "skipped": too_small}
+    elf = firmware.build_firmware(objects, sources, target, staging, machine)
+    return {"board": machine, "elf": str(elf.relative_to(staging))}
 
 
 def _check_budget(model_file: str, target: Target, sizes: firmware.LibrarySizes,
