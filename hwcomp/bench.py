@@ -14,7 +14,6 @@ the bundle's architecture must be the device's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.runner import emulated as emulated_command
 from hwcomp.targets import Target, load_target
+from hwcomp.threads import thread_env
 
 
 class BenchError(HwcompError):
@@ -129,9 +129,7 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
         command = emulated_command(command, target, "to run Arm bundles here")
     elif lowering_for(target).not_run_reason(target):
         raise BenchError(f"{bundle}: {lowering_for(target).not_run_reason(target)}")
-    env = dict(os.environ)
-    if threads:
-        env["TVM_NUM_THREADS"] = str(threads)
+    env = thread_env(threads)
     with tempfile.TemporaryDirectory(prefix="hwcomp-bench-") as scratch:
         times = Path(scratch) / "times.txt"
         proc = subprocess.run([*command, "--times", str(times), "--inputs", *map(str, inputs)],

@@ -22,6 +22,7 @@ from hwcomp.package import write_json
 from hwcomp.quantize import CALIBRATION_METHODS, DEFAULT_MIN_SQNR_DB, PrecisionOptions
 from hwcomp.quantize import PRECISIONS as BUILD_PRECISIONS
 from hwcomp.targets import PRECISIONS, known_targets, load_target
+from hwcomp.threads import use_physical_cores
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +32,8 @@ def cli(verbose: int) -> None:
     """hwcomp: compile ONNX models into verified, hardware-specific bundles."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="hwcomp: %(message)s")
+    # Before any TVM code runs: its default is half the CPUs on x86 (hwcomp/threads.py).
+    use_physical_cores()
 
 
 @cli.group(invoke_without_command=True)

@@ -12,7 +12,6 @@ Every number in a profile carries its source as a trailing ``# comment``;
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import tomllib
 
 from hwcomp.errors import TargetError
 from hwcomp.resources import data_dir
+from hwcomp.threads import physical_cores
 
 FAMILIES = ("x86", "arm-a", "cuda", "mcu")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -176,7 +176,7 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
     if tvm_target.get("mcpu") == "auto":
         tvm_target["mcpu"] = _detect_llvm_cpu()
     if cores == 0:
-        cores = _detect_physical_cores()
+        cores = physical_cores()
     if tvm_target.get("num-cores") == 0:
         tvm_target["num-cores"] = cores
     macs = dict(_require(compute, "macs_per_cycle", path, "compute"))
@@ -222,12 +222,6 @@ def _detect_llvm_cpu() -> str:
     from tvm.target import codegen
 
     return str(codegen.llvm_get_system_cpu())
-
-
-def _detect_physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def cpu_flags() -> set[str]:

@@ -43,6 +43,7 @@ from hwcomp.lower.runtime_libs import cache_dir
 from hwcomp.lower.schedules import fusion_passes
 from hwcomp.lower.tvm import relax_for_target
 from hwcomp.targets import Target, load_target
+from hwcomp.threads import use_physical_cores
 from hwcomp.tuning_baseline import record_default_schedules
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,9 @@ def tune(
     before = count_records(folder)
 
     light_tensor_intrin()
+    # Local measurements run in child processes that read TVM's thread count when they start:
+    # a parallel candidate timed on half the cores would be judged wrongly.
+    use_physical_cores()
     from tvm.s_tir import meta_schedule as ms
 
     mod = prepare(model_path, target, input_shapes)

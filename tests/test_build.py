@@ -1,6 +1,7 @@
 """End-to-end builds through the Python API: bundles verified against onnxruntime."""
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from hwcomp import api
 from hwcomp.errors import OutputExistsError, VerificationError
+from hwcomp.threads import THREAD_VARIABLES, physical_cores
 from tests.conftest import require_tools
 
 BUNDLE_FILES = ["manifest.json", "model.optimized.onnx", "README.md", "CMakeLists.txt",
@@ -91,10 +93,16 @@ def test_bundle_runner_reproduces_onnxruntime(models_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     inputs = sorted((bundle / "verify").glob("input_*.npy"))
-    proc = subprocess.run([bundle / "bin" / "hwcomp_runner", bundle / "lib" / "model.so",
-                           "--inputs", *inputs, "--out", out, "--repeat", "3"],
-                          capture_output=True, text=True, check=True)
+    command = [bundle / "bin" / "hwcomp_runner", bundle / "lib" / "model.so", "--inputs", *inputs,
+               "--out", out, "--repeat", "3"]
+    # Left to itself TVM would run half the logical CPUs on x86; the runner takes every core.
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    proc = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     assert "median_ms=" in proc.stdout
+    assert f"threads={physical_cores()} " in proc.stdout
+    pinned = subprocess.run(command, capture_output=True, text=True, check=True,
+                            env={**env, "TVM_NUM_THREADS": "1"})
+    assert "threads=1 " in pinned.stdout
     got = np.load(out / "output_0.npy")
     want = np.load(bundle / "verify" / "expected_output_00.npy")
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -29,9 +29,12 @@
 #include <fstream>
 #include <iostream>
 #include <numeric>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace ffi = tvm::ffi;
@@ -138,6 +141,38 @@ void CollectOutputs(const ffi::Any& result, std::vector<ffi::Tensor>* outputs) {
   }
 }
 
+// Physical cores: distinct (package, core) pairs of the online CPUs; logical CPUs where the
+// topology cannot be read.
+unsigned PhysicalCores() {
+  unsigned logical = std::max(1u, std::thread::hardware_concurrency());
+  std::set<std::pair<std::string, std::string>> cores;
+  for (unsigned cpu = 0; cpu < logical; ++cpu) {
+    std::string topology = "/sys/devices/system/cpu/cpu" + std::to_string(cpu) + "/topology/";
+    std::ifstream package(topology + "physical_package_id"), core(topology + "core_id");
+    std::string package_id, core_id;
+    if (!(package >> package_id) || !(core >> core_id)) return logical;
+    cores.emplace(package_id, core_id);
+  }
+  return static_cast<unsigned>(cores.size());
+}
+
+// TVM's thread pool takes TVM_NUM_THREADS, else OMP_NUM_THREADS, else (x86) half the logical
+// CPUs, assuming two hyper-threads per core: on a machine without SMT, half the cores. Unless
+// the user chose, run one thread per physical core (as hwcomp does).
+const char* ThreadSetting() {
+  for (const char* name : {"TVM_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    const char* value = std::getenv(name);
+    if (value != nullptr && *value != '\0') return value;
+  }
+  return nullptr;
+}
+
+void DefaultThreadCount() {
+  if (ThreadSetting() == nullptr) {
+    setenv("TVM_NUM_THREADS", std::to_string(PhysicalCores()).c_str(), 1);
+  }
+}
+
 double Percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   double pos = q * (v.size() - 1);
@@ -221,8 +256,9 @@ int Run(int argc, char** argv) {
       WriteNpy(out_dir + "/output_" + std::to_string(i) + ".npy", outputs[i].GetDLTensorPtr());
   }
   double mean = std::accumulate(ms.begin(), ms.end(), 0.0) / ms.size();
-  std::printf("outputs=%zu repeat=%d min_ms=%.4f median_ms=%.4f mean_ms=%.4f p90_ms=%.4f\n",
-              outputs.size(), repeat, *std::min_element(ms.begin(), ms.end()),
+  const char* threads = ThreadSetting();
+  std::printf("threads=%s outputs=%zu repeat=%d min_ms=%.4f median_ms=%.4f mean_ms=%.4f p90_ms=%.4f\n",
+              threads, outputs.size(), repeat, *std::min_element(ms.begin(), ms.end()),
               Percentile(ms, 0.5), mean, Percentile(ms, 0.9));
   return 0;
 }
@@ -230,6 +266,7 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  DefaultThreadCount();
   try {
     return Run(argc, argv);
   } catch (const std::exception& e) {

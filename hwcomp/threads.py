@@ -1,0 +1,50 @@
+"""How many CPU threads TVM's runtime uses: one per physical core unless the user chose.
+
+TVM sizes its thread pool from ``TVM_NUM_THREADS``, else ``OMP_NUM_THREADS``, else, on x86,
+half the logical CPUs: it assumes two hyper-threads per core. On a machine without SMT (most
+cloud VMs, this project's 2-core runners) that is half the cores, so every parallel kernel ran on
+one core of two. hwcomp sets ``TVM_NUM_THREADS`` to the physical core count where neither
+variable is set: in its own process (tuning measures in child processes, which inherit it), in
+the device server it starts, and in the bundle runner it launches (the runner applies the same
+rule itself when run by hand).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+# The variables TVM's runtime reads for its thread count, in its order of precedence.
+THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def physical_cores() -> int:
+    """Return this machine's physical core count (logical CPUs where unknown)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def thread_env(threads: int = 0, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return ``base`` (default: this process's environment) with TVM's thread count set.
+
+    ``threads`` > 0 sets it; 0 keeps the user's ``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` and
+    otherwise sets one thread per physical core.
+    """
+    env = dict(os.environ if base is None else base)
+    if threads > 0:
+        env["TVM_NUM_THREADS"] = str(threads)
+    elif not any(env.get(name) for name in THREAD_VARIABLES):
+        env["TVM_NUM_THREADS"] = str(physical_cores())
+    return env
+
+
+def use_physical_cores() -> None:
+    """Set TVM's thread count for this process and its children (see :func:`thread_env`).
+
+    Call before the process first runs a parallel TVM function: the pool reads it once.
+    """
+    variable = THREAD_VARIABLES[0]
+    value = thread_env().get(variable)
+    if value is not None:
+        os.environ[variable] = value
