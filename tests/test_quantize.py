@@ -45,6 +45,7 @@ def _compile(func):
     ((1, 16, 12, 12), 32, 3, 1, 1, 7),      # common 3x3
     ((2, 3, 11, 9), 20, 3, 2, 1, 128),      # C and OC not multiples of 4/16, stride 2, batch 2
     ((1, 24, 7, 7), 16, 1, 1, 0, 0),        # pointwise
+    ((1, 64, 5, 5), 64, 3, 1, 1, 3),        # weights outweigh the rows: weight panel kept
 ])
 def test_conv_kernel_is_bit_exact_with_convinteger_and_uses_vnni(shape, out_channels, kernel,
                                                                   stride, pad, zp):

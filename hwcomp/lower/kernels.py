@@ -266,9 +266,10 @@ def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: 
                    lanes: int) -> Any:
     """``Y[n, c, h, w] = A[(n, h, w), c]``: a conv kernel's pixel-major rows back to NCHW.
 
-    One pass in 16-pixel tiles: every channel of a tile reads the same few rows of A, which
-    stay in L1, and writes a contiguous vector (a transpose scheduled by TVM's default rule
-    walks A a cache line per element).
+    One pass over tiles of up to ``lanes`` pixels (of the flattened ``h * w`` plane, so a 7x7
+    or 14x14 map tiles as well as a 56x56 one) by ``lanes`` channels: a tile reads one cache
+    line of each of its rows of A, which stays in L1, and writes one contiguous vector per
+    channel (a transpose scheduled by TVM's default rule walks A a cache line per element).
     """
     from tvm import s_tir, te
 
@@ -277,12 +278,15 @@ def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: 
     y = te.compute(out_shape, lambda n, c, h, w: a[(n * height + h) * width + w, c], name="Y")
     sch = s_tir.Schedule(te.create_prim_func([a, y]))
     n, c, h, w = sch.get_loops(sch.get_sblock("Y"))
-    tile = next((t for t in (lanes, 8, 4) if width % t == 0), 1)
-    w_outer, w_inner = sch.split(w, [None, tile])
-    sch.reorder(n, h, w_outer, c, w_inner)
-    sch.parallel(sch.fuse(n, h))
+    pixels = height * width
+    tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
+    block = next((b for b in (lanes, 8, 4, 2) if channels % b == 0), 1)
+    p_outer, p_inner = sch.split(sch.fuse(h, w), [None, tile])
+    c_outer, c_inner = sch.split(c, [None, block])
+    sch.reorder(n, p_outer, c_outer, c_inner, p_inner)
+    sch.parallel(sch.fuse(n, p_outer))
     if tile > 1:
-        sch.vectorize(w_inner)
+        sch.vectorize(p_inner)
     return sch.mod["main"]
 
 
@@ -317,30 +321,39 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     widest = _widest_row_tile(block_tile)
     row_tile = next(t for t in (widest, 8, _ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
     depth = sch.get(k).extent.value
-    tiles = _row_tiles_per_task(
-        rows // row_tile, row_tile * depth * np.dtype(instruction.activation_dtype).itemsize)
+    row_bytes = depth * np.dtype(instruction.activation_dtype).itemsize
+    weight_bytes = (lane_blocks * instruction.lanes * depth
+                    * np.dtype(instruction.weight_dtype).itemsize)
+    # Which operand stays in cache while the other streams past it. Where A outweighs the
+    # weights (early conv layers, long token sequences) a task keeps a group of rows and every
+    # column block's weights stream past them; a convolution then builds its rows of the im2col
+    # matrix in the task (tens of KiB) and runs parallel over row groups only. Otherwise (late
+    # layers: 14x14 and 7x7 maps with 1-9 MiB of weights) consecutive tasks share one column
+    # block's weight panel and rows stream past it: the weights are read from memory once,
+    # not once per row group. Within a task, the panel is reused over `tiles` row tiles.
+    rows_in_cache = rows * row_bytes >= weight_bytes
+    rows_only = im2col is not None and rows_in_cache
+    column_tasks = 1 if rows_only else lane_blocks // block_tile
+    tiles = _row_tiles_per_task(rows // row_tile, row_tile * row_bytes, column_tasks)
     m_outer, m_tile, m_inner = sch.split(m, [None, tiles, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
-    # A task computes `tiles` row tiles against one column block: that block's weight panel
-    # is read from cache once per tile instead of streaming all weights per 4 rows.
+    outer = (m_outer, n_outer) if rows_in_cache else (n_outer, m_outer)
     if instruction.intrin:
         k_outer, k_inner = sch.split(k, [None, instruction.group])
-        sch.reorder(m_outer, n_outer, m_tile, k_outer, m_inner, n_block, n_lane, k_inner)
+        sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane, k_inner)
     else:
         k_outer = k
-        sch.reorder(m_outer, n_outer, m_tile, k_outer, m_inner, n_block, n_lane)
-    if im2col is None:
-        sch.parallel(sch.fuse(m_outer, n_outer))
-    else:
-        # Convolution: parallel over row blocks only, so each task builds its rows of the
-        # im2col matrix once (below) and every column block reuses them from cache.
-        sch.parallel(m_outer)
-        # The im2col rows a task multiplies are computed in that task (tens of KiB) instead
-        # of as one matrix of every output pixel's window (megabytes, through memory). K
-        # splits as (tap, channel): each tap is a contiguous copy of C_pad values.
+        sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane)
+    sch.parallel(m_outer if rows_only else sch.fuse(*outer))
+    if im2col is not None:
+        # K splits as (tap, channel): each tap is a contiguous copy of C_pad values. Where
+        # weights stream, the whole (small) matrix is built once, in parallel.
         taps, c_pad = im2col
         col = sch.get_sblock("col")
-        sch.compute_at(col, m_outer)
+        if rows_only:
+            sch.compute_at(col, m_outer)
+        else:
+            sch.parallel(sch.get_loops(col)[0])
         _, channel = sch.split(sch.get_loops(col)[-1], [taps, c_pad])
         sch.vectorize(channel)
     sch.reverse_compute_at(local, m_tile)
@@ -354,9 +367,19 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     if instruction.intrin:
         sch.tensorize(n_lane, instruction.intrin)
     if im2col is not None:
+        # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
+        # stay in L1 while it writes 16 contiguous channel vectors.
         nhwc = sch.get_sblock("nhwc")
-        n, h, *_ = sch.get_loops(nhwc)
+        n, h, w, c = sch.get_loops(nhwc)
+        width, c_total = sch.get(w).extent.value, sch.get(c).extent.value
+        w_tile = next(t for t in (16, 8, 4, 2, 1) if width % t == 0)
+        c_tile = next(t for t in (16, 8, 4, 2, 1) if c_total % t == 0)
+        w_outer, w_inner = sch.split(w, [None, w_tile])
+        c_outer, c_inner = sch.split(c, [None, c_tile])
+        sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
         sch.parallel(sch.fuse(n, h))
+        if c_tile > 1:
+            sch.vectorize(c_inner)
     return sch.mod["main"]
 
 
@@ -366,10 +389,14 @@ _MIN_TASKS = 8
 _TASK_ROW_BYTES = 256 << 10
 
 
-def _row_tiles_per_task(row_tiles: int, tile_bytes: int) -> int:
-    """Row tiles per parallel task: up to 16, keeping enough tasks and A's rows in cache."""
-    for tiles in (16, 8, 4, 2):
-        if (row_tiles % tiles == 0 and row_tiles // tiles >= _MIN_TASKS
+def _row_tiles_per_task(row_tiles: int, tile_bytes: int, column_tasks: int = 1) -> int:
+    """Row tiles per parallel task: the largest divisor up to 16 that keeps enough tasks.
+
+    Each row group runs against ``column_tasks`` column blocks in tasks of its own; a task's
+    rows of A must stay in cache.
+    """
+    for tiles in range(16, 1, -1):
+        if (row_tiles % tiles == 0 and row_tiles // tiles * column_tasks >= _MIN_TASKS
                 and tiles * tile_bytes <= _TASK_ROW_BYTES):
             return tiles
     return 1
