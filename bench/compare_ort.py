@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from hwcomp import api, bench, tuning  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis.cost import graph_cost  # noqa: E402
+from hwcomp.threads import thread_env  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {
@@ -76,6 +77,7 @@ def main() -> None:
             print(rows[-1], file=sys.stderr)
     print(f"Machine: {platform.processor() or platform.machine()}, target `host` "
           f"({target.tvm_target['mcpu']}, fp32 peak {peak:.0f} GFLOP/s on {target.cores} cores), "
+          f"hwcomp on {thread_env().get('TVM_NUM_THREADS', 'OMP_NUM_THREADS')} threads, "
           f"onnxruntime {ort.__version__}. Median of {args.repeat} runs each; tuned = "
           f"{args.tune_trials} MetaSchedule trials per model.\n")
     print("| model | GFLOP | hwcomp untuned (ms) | hwcomp tuned (ms) | ORT 1t (ms) | ORT 2t (ms) "
