@@ -72,10 +72,16 @@ def cpu_pipeline(target: Target, database: Path | None = None,
 
 
 def fusion_passes(tvm_target: Any) -> list[Any]:
-    """TVM's CPU passes up to fused TIR functions: what tuning sees and the schedules apply to."""
+    """TVM's CPU passes up to fused TIR functions: what tuning sees and the schedules apply to.
+
+    Before legalisation, exp/erf/tanh (and the ops built on them) become vectorisable
+    polynomials (:mod:`hwcomp.lower.fast_math`).
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    return [*cpu_generic.library_dispatch_passes(tvm_target),
+    from hwcomp.lower.fast_math import fast_math_pass
+
+    return [*cpu_generic.library_dispatch_passes(tvm_target), fast_math_pass(),
             *cpu_generic.legalize_passes(tvm_target)]
 
 
