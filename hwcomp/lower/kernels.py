@@ -262,32 +262,53 @@ def conv_kernel(
                      im2col=(kh_ * kw_, c_pad))
 
 
-def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: str,
-                   lanes: int) -> Any:
+# The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
+# add, activation (and, for int8, the rescaling) that follow a convolution join it in one
+# pass. hwcomp's default rule recognises the fused function by this block name and applies
+# :func:`tile_pixels_by_channels` to it.
+LAYOUT_BLOCK = "hwcomp_to_nchw"
+
+
+def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: str) -> Any:
     """``Y[n, c, h, w] = A[(n, h, w), c]``: a conv kernel's pixel-major rows back to NCHW.
 
-    One pass over tiles of up to ``lanes`` pixels (of the flattened ``h * w`` plane, so a 7x7
-    or 14x14 map tiles as well as a 56x56 one) by ``lanes`` channels: a tile reads one cache
-    line of each of its rows of A, which stays in L1, and writes one contiguous vector per
-    channel (a transpose scheduled by TVM's default rule walks A a cache line per element).
+    Unscheduled: an injective function TVM fuses with the elementwise ops after it.
     """
-    from tvm import s_tir, te
+    from tvm import te
 
-    batch, channels, height, width = out_shape
-    a = te.placeholder((rows, cols_pad), dtype, name="A")
-    y = te.compute(out_shape, lambda n, c, h, w: a[(n * height + h) * width + w, c], name="Y")
-    sch = s_tir.Schedule(te.create_prim_func([a, y]))
-    n, c, h, w = sch.get_loops(sch.get_sblock("Y"))
-    pixels = height * width
+    _, _, height, width = int64_shape(out_shape)
+    a = te.placeholder(int64_shape((rows, cols_pad)), dtype, name="A")
+    y = te.compute(int64_shape(out_shape),
+                   lambda n, c, h, w: a[(n * height + h) * width + w, c], name=LAYOUT_BLOCK)
+    return te.create_prim_func([a, y])
+
+
+def int64_shape(dims: tuple[int, ...]) -> tuple[Any, ...]:
+    """Shapes as int64, the index type of the Relax-legalised functions a kernel fuses with."""
+    from tvm import tirx
+
+    return tuple(tirx.IntImm("int64", int(d)) for d in dims)
+
+
+def tile_pixels_by_channels(sch: Any, block: Any, lanes: int) -> None:
+    """Schedule an NCHW block that reads pixel-major rows: tiles of pixels x channels.
+
+    Tiles are up to ``lanes`` pixels of the flattened ``h * w`` plane (a 7x7 or 14x14 map
+    tiles as well as a 56x56 one) by ``lanes`` channels: a tile reads one cache line of each
+    of its rows, which stays in L1, and writes one contiguous vector per channel (TVM's
+    default order walks the rows a cache line per element).
+    """
+    *batch, c, h, w = sch.get_loops(block)  # TVM drops a batch loop of extent 1
+    channels = sch.get(c).extent.value
+    pixels = sch.get(h).extent.value * sch.get(w).extent.value
     tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
-    block = next((b for b in (lanes, 8, 4, 2) if channels % b == 0), 1)
+    group = next((b for b in (lanes, 8, 4, 2) if channels % b == 0), 1)
     p_outer, p_inner = sch.split(sch.fuse(h, w), [None, tile])
-    c_outer, c_inner = sch.split(c, [None, block])
-    sch.reorder(n, p_outer, c_outer, c_inner, p_inner)
-    sch.parallel(sch.fuse(n, p_outer))
+    c_outer, c_inner = sch.split(c, [None, group])
+    sch.reorder(*batch, p_outer, c_outer, c_inner, p_inner)
+    sch.parallel(sch.fuse(*batch, p_outer) if batch else p_outer)
     if tile > 1:
         sch.vectorize(p_inner)
-    return sch.mod["main"]
 
 
 def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
@@ -508,13 +529,19 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             self.float_ops.append(f"{name.split('.')[-1]} {shape}")
             return out
 
-        def _kernel(self, key: tuple[Any, ...], make: Any) -> Any:
+        def _kernel(self, key: tuple[Any, ...], make: Any, fusable: bool = False) -> Any:
             if key not in self.kernels:
                 name = f"hwcomp_kernel_{len(self.kernels)}"
-                # Opaque (op pattern 8): TVM's FuseOps must not merge a scheduled kernel with
-                # its neighbours; the elementwise tail fuses on its own.
-                func = make().with_attrs({"global_symbol": name, "op_pattern": 8,
-                                          "tirx.is_scheduled": True})
+                func = make()
+                if fusable:
+                    # Injective (op pattern 2), private and unscheduled: FuseOps merges it with
+                    # the elementwise tail and the default rule schedules the result.
+                    func = func.without_attr("global_symbol").with_attr("op_pattern", 2)
+                else:
+                    # Opaque (op pattern 8): FuseOps must not merge a scheduled kernel with its
+                    # neighbours.
+                    func = func.with_attrs({"global_symbol": name, "op_pattern": 8,
+                                            "tirx.is_scheduled": True})
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
 
@@ -549,10 +576,12 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                                                           spec.accumulator_dtype)))
             layout = self._kernel(
                 ("to_nchw", spec.accumulator_dtype, out_shape, rows, cols_pad),
-                lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype,
-                                       max(1, spec.lanes)))
-            acc = emit(relax.op.call_tir(layout, [acc], relax.TensorType(
-                out_shape, spec.accumulator_dtype)))
+                lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype),
+                fusable=True)
+            # Not emitted here: bound to the conv's own variable, the call stays adjacent to
+            # its bias/activation and FuseOps can merge them (an alias binding stops it).
+            acc = relax.op.call_tir(layout, [acc], relax.TensorType(
+                out_shape, spec.accumulator_dtype))
             sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
             return acc, sums, out_shape
 

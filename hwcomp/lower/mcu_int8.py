@@ -40,6 +40,7 @@ from hwcomp.lower.kernels import (
     _dtype,
     _is_op,
     _shape,
+    int64_shape,
     mutate_functions,
 )
 from hwcomp.targets import Target
@@ -104,10 +105,10 @@ def conv_kernel(geometry: ConvGeometry, x: QuantParams, y: QuantParams) -> Any:
     out_w = (width + left + right - dw * (kw_ - 1) - 1) // sw + 1
     outs_per_group = out_channels // geometry.groups
 
-    data = te.placeholder(_i64(geometry.data_shape), x.dtype, name="X")
-    weight = te.placeholder(_i64(geometry.weight_shape), "int8", name="W")
-    bias = te.placeholder(_i64((out_channels,)), "int32", name="B")
-    scale = te.placeholder(_i64((out_channels,)), "float32", name="S")
+    data = te.placeholder(int64_shape(geometry.data_shape), x.dtype, name="X")
+    weight = te.placeholder(int64_shape(geometry.weight_shape), "int8", name="W")
+    bias = te.placeholder(int64_shape((out_channels,)), "int32", name="B")
+    scale = te.placeholder(int64_shape((out_channels,)), "float32", name="S")
 
     def padded_value(n: Any, c: Any, h: Any, w_: Any) -> Any:
         # Padding stands for 0.0, which is the zero point in the quantized domain.
@@ -115,13 +116,13 @@ def conv_kernel(geometry: ConvGeometry, x: QuantParams, y: QuantParams) -> Any:
         return tirx.if_then_else(inside, data[n, c, h - top, w_ - left],
                                  tirx.const(x.zero_point, x.dtype))
 
-    padded = te.compute(_i64((batch, channels, height + top + bottom, width + left + right)),
+    padded = te.compute(int64_shape((batch, channels, height + top + bottom, width + left + right)),
                         padded_value, name="pad")
-    ic = te.reduce_axis(_i64((0, group_channels)), "ic")
-    ky = te.reduce_axis(_i64((0, kh_)), "ky")
-    kx = te.reduce_axis(_i64((0, kw_)), "kx")
+    ic = te.reduce_axis(int64_shape((0, group_channels)), "ic")
+    ky = te.reduce_axis(int64_shape((0, kh_)), "ky")
+    kx = te.reduce_axis(int64_shape((0, kw_)), "kx")
     acc = te.compute(
-        _i64((batch, out_channels, out_h, out_w)),
+        int64_shape((batch, out_channels, out_h, out_w)),
         lambda n, o, oy, ox: te.sum(
             padded[n, (o // outs_per_group) * group_channels + ic, oy * sh + ky * dh,
                    ox * sw + kx * dw].astype("int32")
@@ -137,23 +138,16 @@ def matmul_kernel(rows: int, depth: int, cols: int, x: QuantParams, y: QuantPara
     """``Y[rows, cols] = requant(X[rows, depth] x W[cols, depth]^T + B, S)``."""
     from tvm import te
 
-    data = te.placeholder(_i64((rows, depth)), x.dtype, name="X")
-    weight = te.placeholder(_i64((cols, depth)), "int8", name="W")
-    bias = te.placeholder(_i64((cols,)), "int32", name="B")
-    scale = te.placeholder(_i64((cols,)), "float32", name="S")
-    k = te.reduce_axis(_i64((0, depth)), "k")
-    acc = te.compute(_i64((rows, cols)), lambda m, n: te.sum(
+    data = te.placeholder(int64_shape((rows, depth)), x.dtype, name="X")
+    weight = te.placeholder(int64_shape((cols, depth)), "int8", name="W")
+    bias = te.placeholder(int64_shape((cols,)), "int32", name="B")
+    scale = te.placeholder(int64_shape((cols,)), "float32", name="S")
+    k = te.reduce_axis(int64_shape((0, depth)), "k")
+    acc = te.compute(int64_shape((rows, cols)), lambda m, n: te.sum(
         data[m, k].astype("int32") * weight[n, k].astype("int32"), axis=k), name="acc")
-    out = te.compute(_i64((rows, cols)), lambda m, n: _requantize(acc[m, n] + bias[n], scale[n], y),
+    out = te.compute(int64_shape((rows, cols)), lambda m, n: _requantize(acc[m, n] + bias[n], scale[n], y),
                      name="requant")
     return te.create_prim_func([data, weight, bias, scale, out])
-
-
-def _i64(dims: tuple[int, ...]) -> tuple[Any, ...]:
-    """Shapes as int64, the index type of the Relax-legalised functions these fuse with."""
-    from tvm import tirx
-
-    return tuple(tirx.IntImm("int64", int(d)) for d in dims)
 
 
 def _requantize(acc: Any, scale: Any, y: QuantParams) -> Any:

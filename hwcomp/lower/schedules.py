@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hwcomp.lower.kernels import LAYOUT_BLOCK, tile_pixels_by_channels
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,11 @@ def default_rule(lanes: int, cores: int) -> Any:
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
+        layout = lanes > 1 and any(sch.get(info.block_rv).name_hint == LAYOUT_BLOCK
+                                   for info in infos)
         infos = try_inline(sch, infos)
+        if layout and _tile_layout_blocks(sch, infos, lanes):
+            return sch
         if cores == 1 and lanes == 1:
             _fold_into_epilogue(sch, infos)
             return sch
@@ -171,6 +176,22 @@ def default_rule(lanes: int, cores: int) -> Any:
         return sch
 
     return CpuDefault()
+
+
+def _tile_layout_blocks(sch: Any, infos: list[Any], lanes: int) -> bool:
+    """Schedule a conv kernel's return to NCHW and the elementwise ops fused with it.
+
+    Every block left after inlining must be spatial over ([n,] c, h, w); each gets the tiled
+    order of :func:`hwcomp.lower.kernels.tile_pixels_by_channels`. Returns False (nothing
+    changed) otherwise, e.g. when a reduction joined the fused function.
+    """
+    blocks = [info.block_rv for info in infos]
+    if not all(info.dom_kind() in ("SSS", "SSSS")
+               and len(sch.get_loops(info.block_rv)) == len(info.dom_kind()) for info in infos):
+        return False
+    for block in blocks:
+        tile_pixels_by_channels(sch, block, lanes)
+    return True
 
 
 def _fold_into_epilogue(sch: Any, infos: list[Any]) -> None:

@@ -1,6 +1,8 @@
 """hwcomp's fp32 CPU kernels against numpy: both loop orders of the conv kernel and the
 return to NCHW, on map sizes that do and do not divide into 16-wide tiles."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -45,10 +47,43 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
 
 @pytest.mark.parametrize("out_shape", [(1, 48, 7, 7), (2, 20, 14, 14), (1, 16, 56, 56)])
 def test_to_nchw_kernel_transposes_exactly(out_shape):
+    from tvm import s_tir
+
     batch, channels, height, width = out_shape
     rows, cols = batch * height * width + 3, kernels._round_up(channels, 16)
     a = np.random.default_rng(1).standard_normal((rows, cols)).astype(np.float32)
-    got = _run(kernels.to_nchw_kernel(out_shape, rows, cols, "float32", 16), a,
-               out_shape=out_shape)
+    sch = s_tir.Schedule(kernels.to_nchw_kernel(out_shape, rows, cols, "float32"))
+    kernels.tile_pixels_by_channels(sch, sch.get_sblock(kernels.LAYOUT_BLOCK), 16)
+    got = _run(sch.mod["main"], a, out_shape=out_shape)
     want = a[:batch * height * width, :channels].reshape(batch, height, width, channels)
     np.testing.assert_array_equal(got, want.transpose(0, 3, 1, 2))
+
+
+def test_conv_bias_and_activation_join_the_layout_pass():
+    """The return to NCHW fuses with the bias add and ReLU after it into one function, which
+    hwcomp's default rule tiles (pixels x channels, parallel, vector lanes)."""
+    import onnx_ir as ir
+    import tvm
+
+    from hwcomp.lower.legalize import legalize_for_tvm
+    from hwcomp.lower.schedules import default_rule, fusion_passes
+    from hwcomp.lower.tvm import relax_for_target
+    from tests import model_zoo
+
+    target = load_target("host")
+    legal, _ = legalize_for_tvm(ir.from_proto(model_zoo.resnet_like(size=32, width=16)))
+    mod, _ = relax_for_target(ir.to_proto(legal), target)
+    from tvm.s_tir import dlight
+
+    with target.tvm():
+        mod = tvm.transform.Sequential([
+            *fusion_passes(target.tvm()),
+            dlight.ApplyDefaultSchedule(default_rule(lanes=16, cores=2))])(mod)
+    fused = {gv.name_hint: f for gv, f in mod.functions_items()
+             if gv.name_hint.startswith("fused_hwcomp_kernel")}
+    assert any(name.endswith("_add_relu") for name in fused)
+    for func in fused.values():
+        script = func.script()
+        # Vector lanes over the flattened h*w plane, not TVM's loop over w alone.
+        assert "T.parallel(" in script
+        assert re.search(r"for \w+_fused_1 in T.vectorized", script)
