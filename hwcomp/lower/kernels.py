@@ -365,7 +365,11 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     else:
         k_outer = k
         sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane)
-    sch.parallel(m_outer if rows_only else sch.fuse(*outer))
+    # A kernel of a few microseconds runs on one thread: waking the pool costs more.
+    parallel = rows * lane_blocks * instruction.lanes * depth >= _MIN_PARALLEL_MACS
+    fused = m_outer if rows_only else sch.fuse(*outer)
+    if parallel:
+        sch.parallel(fused)
     if im2col is not None:
         # K splits as (tap, channel): each tap is a contiguous copy of C_pad values. Where
         # weights stream, the whole (small) matrix is built once, in parallel.
@@ -373,7 +377,7 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
         col = sch.get_sblock("col")
         if rows_only:
             sch.compute_at(col, m_outer)
-        else:
+        elif parallel:
             sch.parallel(sch.get_loops(col)[0])
         _, channel = sch.split(sch.get_loops(col)[-1], [taps, c_pad])
         sch.vectorize(channel)
@@ -398,7 +402,8 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
         w_outer, w_inner = sch.split(w, [None, w_tile])
         c_outer, c_inner = sch.split(c, [None, c_tile])
         sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
-        sch.parallel(sch.fuse(n, h))
+        if parallel:
+            sch.parallel(sch.fuse(n, h))
         if c_tile > 1:
             sch.vectorize(c_inner)
     return sch.mod["main"]
@@ -408,6 +413,9 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
 # bytes of A rows one task should touch (about half an L2).
 _MIN_TASKS = 8
 _TASK_ROW_BYTES = 256 << 10
+# Multiply-accumulates below which a kernel stays on one thread (~2 us of one core's FMAs;
+# a transformer block of 16 tokens x 64 ran 0.043 ms on one thread, 0.08 ms on two).
+_MIN_PARALLEL_MACS = 1 << 18
 
 
 def _row_tiles_per_task(row_tiles: int, tile_bytes: int, column_tasks: int = 1) -> int:

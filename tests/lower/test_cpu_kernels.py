@@ -87,3 +87,15 @@ def test_conv_bias_and_activation_join_the_layout_pass():
         # Vector lanes over the flattened h*w plane, not TVM's loop over w alone.
         assert "T.parallel(" in script
         assert re.search(r"for \w+_fused_1 in T.vectorized", script)
+
+
+def test_tiny_kernels_stay_on_one_thread_and_large_ones_do_not():
+    spec = kernels.float_spec(load_target("host"))
+    # 16 tokens x 64 x 64: about a microsecond of FMAs, less than waking the thread pool.
+    assert "T.parallel(" not in kernels.matmul_kernel(16, 64, 64, spec).script()
+    assert "T.parallel(" in kernels.matmul_kernel(256, 256, 256, spec).script()
+    a = np.random.default_rng(2).standard_normal((16, 64)).astype(np.float32)
+    w = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    got = _run(kernels.matmul_kernel(16, 64, 64, spec), a, kernels.pack_weight(w, spec),
+               out_shape=(16, 64))
+    np.testing.assert_allclose(got, a @ w.T, rtol=1e-5, atol=1e-4)
