@@ -302,7 +302,7 @@ def tile_pixels_by_channels(sch: Any, block: Any, lanes: int) -> None:
     channels = sch.get(c).extent.value
     pixels = sch.get(h).extent.value * sch.get(w).extent.value
     tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
-    group = next((b for b in (lanes, 8, 4, 2) if channels % b == 0), 1)
+    group = _pow2_tile(channels, lanes)
     p_outer, p_inner = sch.split(sch.fuse(h, w), [None, tile])
     c_outer, c_inner = sch.split(c, [None, group])
     sch.reorder(*batch, p_outer, c_outer, c_inner, p_inner)
@@ -397,8 +397,7 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
         nhwc = sch.get_sblock("nhwc")
         n, h, w, c = sch.get_loops(nhwc)
         width, c_total = sch.get(w).extent.value, sch.get(c).extent.value
-        w_tile = next(t for t in (16, 8, 4, 2, 1) if width % t == 0)
-        c_tile = next(t for t in (16, 8, 4, 2, 1) if c_total % t == 0)
+        w_tile, c_tile = _pow2_tile(width, 16), _pow2_tile(c_total, 16)
         w_outer, w_inner = sch.split(w, [None, w_tile])
         c_outer, c_inner = sch.split(c, [None, c_tile])
         sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
@@ -448,6 +447,14 @@ def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
     """
     block_tile = _block_tile(_round_up(out_channels, spec.lanes) // spec.lanes)
     return _round_up(pixels, _widest_row_tile(block_tile))
+
+
+def _pow2_tile(extent: int, most: int) -> int:
+    """Return the largest power of two up to ``most`` that divides ``extent``."""
+    tile = 1
+    while tile * 2 <= most and extent % (tile * 2) == 0:
+        tile *= 2
+    return tile
 
 
 def _round_up(value: int, multiple: int) -> int:

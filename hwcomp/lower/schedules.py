@@ -185,12 +185,11 @@ def _tile_layout_blocks(sch: Any, infos: list[Any], lanes: int) -> bool:
     order of :func:`hwcomp.lower.kernels.tile_pixels_by_channels`. Returns False (nothing
     changed) otherwise, e.g. when a reduction joined the fused function.
     """
-    blocks = [info.block_rv for info in infos]
     if not all(info.dom_kind() in ("SSS", "SSSS")
                and len(sch.get_loops(info.block_rv)) == len(info.dom_kind()) for info in infos):
         return False
-    for block in blocks:
-        tile_pixels_by_channels(sch, block, lanes)
+    for info in infos:
+        tile_pixels_by_channels(sch, info.block_rv, lanes)
     return True
 
 
