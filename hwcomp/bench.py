@@ -4,7 +4,12 @@
 bundle's architecture is this machine's, under the target's emulator (``qemu-aarch64``)
 otherwise — and then the figures are labelled *emulated*: they count emulation, not the
 device's latency. ``--compare-ort`` times onnxruntime on the bundle's
-``model.optimized.onnx`` with the same inputs in the same run and reports the ratio.
+``model.optimized.onnx`` with the same inputs in the same run and reports the ratio. The two
+alternate: the measurements are split into rounds (bundle, then onnxruntime, then the bundle
+again, ...) and the ratio is the median of the rounds' ratios. On a shared machine the load
+moves within seconds (one bundle's median moved from 0.69 to 1.02 ms between consecutive
+runs here), so a ratio of two medians taken one after the other measures that drift as much
+as the code.
 
 ``rpc://host:port`` and ``tracker://host:port/key`` upload the library to a device running
 ``hwcomp device-server`` (TVM's RPC server) and time it there with TVM's time evaluator;
@@ -17,6 +22,7 @@ import json
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +35,9 @@ from hwcomp.lower import lowering_for
 from hwcomp.lower.runner import emulated as emulated_command
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import thread_env
+
+# Rounds a comparison with onnxruntime alternates in (fewer when --repeat is smaller).
+COMPARE_ROUNDS = 5
 
 
 class BenchError(HwcompError):
@@ -67,13 +76,18 @@ class BenchResult:
     threads: int
     hwcomp: LatencyStats
     onnxruntime: LatencyStats | None
+    # Per round of a comparison: (hwcomp median, onnxruntime median), in milliseconds.
+    rounds: tuple[tuple[float, float], ...] = ()
 
     @property
     def ratio(self) -> float | None:
-        """Hwcomp median over onnxruntime median (below 1: hwcomp is faster)."""
+        """Hwcomp over onnxruntime, below 1 when hwcomp is faster.
+
+        The median of the rounds' ratios of medians (the rounds alternate the two).
+        """
         if self.onnxruntime is None:
             return None
-        return self.hwcomp.median_ms / self.onnxruntime.median_ms
+        return paired_ratio(self.rounds)
 
     def to_json(self) -> str:
         """JSON text of the result."""
@@ -109,6 +123,17 @@ def verify_inputs(bundle: Path) -> dict[str, np.ndarray]:
             for spec, path in zip(manifest["inputs"], input_files(bundle), strict=True)}
 
 
+def paired_ratio(rounds: Sequence[tuple[float, float]]) -> float:
+    """Median over rounds of ``a / b``: each round's pair was measured back to back."""
+    return float(np.median([a / b for a, b in rounds]))
+
+
+def split_rounds(repeat: int, rounds: int = COMPARE_ROUNDS) -> list[int]:
+    """Split ``repeat`` measurements into at most ``rounds`` near-equal rounds."""
+    count = max(1, min(rounds, repeat))
+    return [repeat // count + (1 if i < repeat % count else 0) for i in range(count)]
+
+
 def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50, number: int = 1,
           threads: int = 0, compare_ort: bool = False) -> BenchResult:
     """Time ``bundle`` on ``device``: ``local``, ``rpc://host:port`` or ``tracker://host:port/key``."""
@@ -121,52 +146,86 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
         manifest, target = load_bundle(bundle, need_runner=False)
         return _bench_remote(bundle, target, address, warmup, repeat, number)
     manifest, target = load_bundle(bundle)
-    inputs = input_files(bundle)
     emulated = bool(target.emulator)
+    if not emulated and lowering_for(target).not_run_reason(target):
+        raise BenchError(f"{bundle}: {lowering_for(target).not_run_reason(target)}")
+    device_label = f"local ({'emulated: ' + target.emulator if emulated else 'native'})"
+    if not compare_ort:
+        samples = runner_samples(bundle, warmup, repeat, number, threads)
+        return BenchResult(bundle=str(bundle), target=target.name, device=device_label,
+                           emulated=emulated, threads=threads, hwcomp=LatencyStats.of(samples),
+                           onnxruntime=None)
+    timer = OnnxruntimeTimer(bundle / "model.optimized.onnx", verify_inputs(bundle), threads,
+                             warmup)
+    ours: list[float] = []
+    theirs: list[float] = []
+    rounds = []
+    for size in split_rounds(repeat):
+        mine = runner_samples(bundle, warmup, size, number, threads)
+        reference = timer.samples(size, number)
+        ours += mine
+        theirs += reference
+        rounds.append((float(np.median(mine)), float(np.median(reference))))
+    return BenchResult(bundle=str(bundle), target=target.name, device=device_label,
+                       emulated=emulated, threads=threads, hwcomp=LatencyStats.of(ours),
+                       onnxruntime=LatencyStats.of(theirs), rounds=tuple(rounds))
+
+
+def runner_samples(bundle: Path, warmup: int, repeat: int, number: int,
+                   threads: int) -> list[float]:
+    """Run the bundle's runner once (``warmup`` untimed runs first); its latencies in ms.
+
+    ARM bundles run under the target's emulator.
+    """
+    bundle = Path(bundle)
+    _, target = load_bundle(bundle)
     command = [str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
                "--warmup", str(warmup), "--repeat", str(repeat), "--number", str(number)]
-    if emulated:
+    if target.emulator:
         command = emulated_command(command, target, "to run Arm bundles here")
-    elif lowering_for(target).not_run_reason(target):
-        raise BenchError(f"{bundle}: {lowering_for(target).not_run_reason(target)}")
-    env = thread_env(threads)
     with tempfile.TemporaryDirectory(prefix="hwcomp-bench-") as scratch:
         times = Path(scratch) / "times.txt"
-        proc = subprocess.run([*command, "--times", str(times), "--inputs", *map(str, inputs)],
-                              capture_output=True, text=True, env=env, check=False)
+        proc = subprocess.run([*command, "--times", str(times), "--inputs",
+                               *map(str, input_files(bundle))],
+                              capture_output=True, text=True, env=thread_env(threads),
+                              check=False)
         if proc.returncode != 0:
             raise ExecutionError(f"{bundle}: the runner failed: {proc.stderr.strip()[-400:]}")
-        samples = [float(line) for line in times.read_text().split()]
-    reference = None
-    if compare_ort:
-        reference = time_onnxruntime(bundle / "model.optimized.onnx", verify_inputs(bundle),
-                                     warmup, repeat, number,
-                                     threads)
-    return BenchResult(bundle=str(bundle), target=target.name,
-                       device=f"local ({'emulated: ' + target.emulator if emulated else 'native'})",
-                       emulated=emulated, threads=threads, hwcomp=LatencyStats.of(samples),
-                       onnxruntime=reference)
+        return [float(line) for line in times.read_text().split()]
+
+
+class OnnxruntimeTimer:
+    """An onnxruntime CPU session on ``model``, warmed up, that times runs on ``feeds``."""
+
+    def __init__(self, model: Path, feeds: dict[str, np.ndarray], threads: int,
+                 warmup: int = 5) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(model), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+            raise ModelLoadError(f"{model}: onnxruntime cannot load it: {str(exc)[:200]}") from None
+        self.feeds = feeds
+        for _ in range(warmup):
+            self.session.run(None, feeds)
+
+    def samples(self, repeat: int, number: int = 1) -> list[float]:
+        """``repeat`` measurements, each the mean of ``number`` runs, in ms."""
+        samples = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for _ in range(number):
+                self.session.run(None, self.feeds)
+            samples.append((time.perf_counter() - start) * 1e3 / number)
+        return samples
 
 
 def time_onnxruntime(model: Path, feeds: dict[str, np.ndarray], warmup: int, repeat: int,
                      number: int, threads: int) -> LatencyStats:
     """Onnxruntime's latency on ``model`` with ``feeds`` (CPU provider)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
-        raise ModelLoadError(f"{model}: onnxruntime cannot load it: {str(exc)[:200]}") from None
-    for _ in range(warmup):
-        session.run(None, feeds)
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            session.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1e3 / number)
-    return LatencyStats.of(samples)
+    return LatencyStats.of(OnnxruntimeTimer(model, feeds, threads, warmup).samples(repeat, number))
 
 
 def _bench_remote(bundle: Path, target: Target, address: remote.DeviceAddress, warmup: int,

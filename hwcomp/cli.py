@@ -391,7 +391,9 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
 @click.option("--number", type=int, default=1, show_default=True,
               help="Runs per measurement (their mean is one measurement).")
 @click.option("--threads", type=int, default=0, help="Threads for TVM and onnxruntime (0: all).")
-@click.option("--compare-ort", is_flag=True, help="Time onnxruntime on the same model and inputs.")
+@click.option("--compare-ort", is_flag=True,
+              help="Time onnxruntime on the same model and inputs, alternating with the "
+              "bundle in rounds; the ratio is the median of the rounds' ratios.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result.")
 def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: int, threads: int,
                   compare_ort: bool, json_path: Path | None) -> None:
@@ -407,7 +409,8 @@ def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: i
            [(name, str(s.runs), f"{s.min_ms:.4f}", f"{s.mean_ms:.4f}", f"{s.median_ms:.4f}",
              f"{s.p90_ms:.4f}", f"{s.p99_ms:.4f}", f"{s.std_ms:.4f}") for name, s in rows])
     if result.ratio is not None:
-        click.echo(f"hwcomp / onnxruntime (median): {result.ratio:.2f}x"
+        click.echo(f"hwcomp / onnxruntime (median of {len(result.rounds)} alternating "
+                   f"rounds): {result.ratio:.2f}x"
                    + (" (emulated hwcomp: not comparable)" if result.emulated else ""))
     if json_path:
         json_path.write_text(result.to_json() + "\n")

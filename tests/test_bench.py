@@ -2,10 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from hwcomp import api
-from hwcomp.bench import BenchError, LatencyStats, bench
+from hwcomp.bench import BenchError, LatencyStats, bench, split_rounds
 from tests.conftest import REPO, require_tools, run_cli
 from tests.test_cli import _assert_clean_error
 
@@ -23,11 +24,15 @@ def test_local_bench_with_onnxruntime(host_bundle, tmp_path):
     assert stats.runs == 7 and not result.emulated
     assert stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.p99_ms
     assert result.onnxruntime is not None and result.onnxruntime.runs == 7
-    assert result.ratio == pytest.approx(stats.median_ms / result.onnxruntime.median_ms)
+    # 7 measurements alternate in 5 rounds (2+2+1+1+1); the ratio is the rounds' median.
+    assert len(result.rounds) == 5
+    assert result.ratio == pytest.approx(float(np.median([a / b for a, b in result.rounds])))
+    assert stats.min_ms <= min(a for a, _ in result.rounds) <= stats.p99_ms
     proc = run_cli("bench", str(host_bundle), "--repeat", "5", "--compare-ort", "--json",
                    str(tmp_path / "b.json"))
     assert proc.returncode == 0, proc.stderr
-    assert "hwcomp / onnxruntime (median)" in proc.stdout and "EMULATED" not in proc.stdout
+    assert "hwcomp / onnxruntime (median of 5 alternating rounds)" in proc.stdout
+    assert "EMULATED" not in proc.stdout
     doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["hwcomp"]["runs"] == 5 and doc["ratio"] > 0
 
@@ -58,3 +63,10 @@ def test_statistics():
     stats = LatencyStats.of([1.0, 2.0, 3.0, 4.0, 100.0])
     assert stats.min_ms == 1.0 and stats.median_ms == 3.0 and stats.mean_ms == 22.0
     assert stats.p99_ms > stats.p90_ms > stats.median_ms
+
+
+def test_rounds_split_the_measurements():
+    assert split_rounds(7) == [2, 2, 1, 1, 1]
+    assert split_rounds(50) == [10] * 5
+    assert split_rounds(2) == [1, 1]
+    assert sum(split_rounds(101)) == 101
