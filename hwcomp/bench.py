@@ -38,6 +38,8 @@ from hwcomp.threads import thread_env
 
 # Rounds a comparison with onnxruntime alternates in (fewer when --repeat is smaller).
 COMPARE_ROUNDS = 5
+# Seconds of idle time before each round's measurements (see bench()).
+SETTLE_S = 0.2
 
 
 class BenchError(HwcompError):
@@ -161,8 +163,12 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
     theirs: list[float] = []
     rounds = []
     for size in split_rounds(repeat):
+        # A pause before each: onnxruntime's idle threads spin for a while after its runs and
+        # would take a core from the runner's (a 0.06 ms bundle measured 7.9 ms right after).
+        time.sleep(SETTLE_S)
         mine = runner_samples(bundle, warmup, size, number, threads)
-        reference = timer.samples(size, number)
+        time.sleep(SETTLE_S)
+        reference = timer.samples(size, number, warmup)
         ours += mine
         theirs += reference
         rounds.append((float(np.median(mine)), float(np.median(reference))))
@@ -211,8 +217,14 @@ class OnnxruntimeTimer:
         for _ in range(warmup):
             self.session.run(None, feeds)
 
-    def samples(self, repeat: int, number: int = 1) -> list[float]:
-        """``repeat`` measurements, each the mean of ``number`` runs, in ms."""
+    def samples(self, repeat: int, number: int = 1, warmup: int = 0) -> list[float]:
+        """``repeat`` measurements, each the mean of ``number`` runs, in ms.
+
+        ``warmup`` untimed runs first: after a pause onnxruntime's threads are parked and its
+        first runs pay for waking them (a 0.08 ms model measured 0.3-0.6 ms).
+        """
+        for _ in range(warmup):
+            self.session.run(None, self.feeds)
         samples = []
         for _ in range(repeat):
             start = time.perf_counter()
