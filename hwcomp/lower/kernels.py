@@ -262,6 +262,45 @@ def conv_kernel(
                      im2col=(kh_ * kw_, c_pad))
 
 
+def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int, spec: KernelSpec) -> Any:
+    """fp32 1x1 stride-1 convolution in NCHW, batch 1: ``Y[OC_pad, HW] = W[OC_pad, C] X[C, HW]``.
+
+    No layout change on either side: the input's channel planes are the matmul's K rows, read
+    a vector of pixels at a time, each weight is broadcast to the pixel lanes, and the output
+    is already NCHW (its padded channels aside). The NHWC copy, the im2col copy and the return
+    to NCHW of :func:`conv_kernel` disappear; rows of the register tile are output channels.
+    Needs ``H*W`` to be a whole number of vectors (:func:`pointwise_fits`).
+    """
+    from tvm import te
+
+    _, channels, height, width = data_shape
+    pixels = height * width
+    rows = _round_up(out_channels, _ROW_TILE)
+    x = te.placeholder(data_shape, "float32", name="X")
+    w = te.placeholder((rows, channels), "float32", name="W")
+    k = te.reduce_axis((0, channels), "k")
+    c = te.compute((rows, pixels),
+                   lambda o, p: te.sum(w[o, k] * x[0, k, p // width, p % width], axis=k),
+                   name="C")
+    return _schedule(te.create_prim_func([x, w, c]), "C", spec)
+
+
+def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
+                   strides: tuple[int, int], padding: tuple[int, ...], spec: KernelSpec) -> bool:
+    """Whether :func:`pointwise_kernel` computes this convolution (the caller checks groups)."""
+    batch, _, height, width = data_shape
+    return (not spec.intrin and batch == 1 and kernel == (1, 1) and strides == (1, 1)
+            and not any(padding) and height * width % spec.lanes == 0)
+
+
+def pointwise_weight(weight: np.ndarray) -> np.ndarray:
+    """``[OC, C, 1, 1]`` -> ``[OC_pad, C]``, output channels padded with zero rows."""
+    out_channels, channels = weight.shape[:2]
+    padded = np.zeros((_round_up(out_channels, _ROW_TILE), channels), np.float32)
+    padded[:out_channels] = weight.reshape(out_channels, channels)
+    return padded
+
+
 # The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
 # add, activation (and, for int8, the rescaling) that follow a convolution join it in one
 # pass. hwcomp's default rule recognises the fused function by this block name and applies
@@ -541,7 +580,11 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             if weight is None:
                 return call
             out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
-            self.float_ops.append(f"{name.split('.')[-1]} {shape}")
+            pointwise = name == "relax.nn.conv2d" and pointwise_fits(
+                _shape(call.args[0]), tuple(weight.shape[2:]), tuple(call.attrs.strides),
+                tuple(call.attrs.padding), floats)
+            self.float_ops.append(f"{name.split('.')[-1]} {shape}"
+                                  + (" pointwise (NCHW)" if pointwise else ""))
             return out
 
         def _kernel(self, key: tuple[Any, ...], make: Any, fusable: bool = False) -> Any:
@@ -578,6 +621,8 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             padding = (top, left, bottom, right)
             dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
             out_shape = _shape(call)
+            if pointwise_fits(shape, kernel, strides, padding, spec):
+                return self._pointwise(data, weight, shape, out_shape, spec)
             rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
             cols_pad = _round_up(out_channels, spec.lanes)
             key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
@@ -599,6 +644,22 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                 out_shape, spec.accumulator_dtype))
             sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
             return acc, sums, out_shape
+
+        def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
+                       out_shape: tuple[int, ...], spec: KernelSpec
+                       ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            out_channels = weight.shape[0]
+            packed = pointwise_weight(weight)
+            kernel_var = self._kernel(("pointwise", spec.name, shape, out_channels),
+                                      lambda: pointwise_kernel(shape, out_channels, spec))
+            emit = self.builder_.emit
+            acc = emit(relax.op.call_tir(kernel_var, [data, relax.const(packed)],
+                                         relax.TensorType((packed.shape[0], shape[2] * shape[3]),
+                                                          "float32")))
+            if packed.shape[0] != out_channels:
+                acc = emit(relax.op.strided_slice(acc, [0], [0], [out_channels]))
+            # Not emitted: bound to the conv's own variable (see _conv).
+            return relax.op.reshape(acc, out_shape), np.zeros(0), out_shape
 
         def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
                     ) -> tuple[Any, np.ndarray, tuple[int, ...]]:

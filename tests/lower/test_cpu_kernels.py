@@ -1,5 +1,6 @@
-"""hwcomp's fp32 CPU kernels against numpy: both loop orders of the conv kernel and the
-return to NCHW, on map sizes that do and do not divide into 16-wide tiles."""
+"""hwcomp's fp32 CPU kernels against numpy: both loop orders of the conv kernel, the NCHW
+pointwise kernel and the return to NCHW, on map sizes that do and do not divide into 16-wide
+tiles."""
 
 import re
 
@@ -43,6 +44,58 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
     want = np.einsum("chwij,ocij->hwo", windows, w).reshape(-1, out_channels)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,out_channels", [
+    ((1, 64, 8, 8), 16),     # few output channels: 16-row register tiles, one pixel vector
+    ((1, 24, 12, 12), 10),   # output channels padded to 12 with zero weight rows
+    ((1, 256, 32, 32), 64),  # 1024 pixels x 256 channels: parallel, pixel panels stay in cache
+])
+def test_pointwise_kernel_matches_numpy(shape, out_channels):
+    spec = kernels.float_spec(load_target("host"))
+    assert kernels.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((out_channels, shape[1], 1, 1)).astype(np.float32)
+    packed = kernels.pointwise_weight(w)
+    assert packed.shape == (kernels._round_up(out_channels, 4), shape[1])
+    func = kernels.pointwise_kernel(shape, out_channels, spec)
+    # No layout copies: one block reads the NCHW planes directly.
+    assert [b for b in ("nhwc", "col") if f'T.sblock("{b}")' in func.script()] == []
+    got = _run(func, x, packed, out_shape=(packed.shape[0], shape[2] * shape[3]))
+    want = np.einsum("oc,chw->ohw", w[:, :, 0, 0], x[0]).reshape(out_channels, -1)
+    np.testing.assert_allclose(got[:out_channels], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got[out_channels:], 0)
+
+
+def test_pointwise_kernel_fits_only_its_case():
+    spec = kernels.float_spec(load_target("host"))
+    assert not kernels.pointwise_fits((1, 8, 14, 14), (1, 1), (1, 1), (0,) * 4, spec)  # 196 px
+    assert not kernels.pointwise_fits((1, 8, 16, 16), (1, 1), (2, 2), (0,) * 4, spec)
+    assert not kernels.pointwise_fits((1, 8, 16, 16), (3, 3), (1, 1), (1,) * 4, spec)
+    assert not kernels.pointwise_fits((2, 8, 16, 16), (1, 1), (1, 1), (0,) * 4, spec)
+    assert not kernels.pointwise_fits((1, 8, 16, 16), (1, 1), (1, 1), (0,) * 4,
+                                      kernels.VNNI)  # int8 runs on the dot-product kernel
+
+
+def test_mobilenet_pointwise_convs_build_and_match_onnxruntime(tmp_path):
+    """Every 1x1 conv of a MobileNetV2-style model takes the NCHW kernel; the bundle still
+    matches onnxruntime (build verification, 1e-4)."""
+    import json
+
+    import onnx
+
+    from hwcomp import api
+    from tests import model_zoo
+
+    path = tmp_path / "mb.onnx"
+    onnx.save(model_zoo.mobilenet_like(size=32), path)
+    result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    kinds = manifest["float_kernels"]
+    # 1 stem conv (3x3 s2) + 3 blocks x (expand, project): the six 1x1 convs are pointwise.
+    assert sum(k.endswith("pointwise (NCHW)") for k in kinds) == 6, kinds
+    assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 
 @pytest.mark.parametrize("out_shape", [(1, 48, 7, 7), (2, 20, 14, 14), (1, 16, 56, 56)])
