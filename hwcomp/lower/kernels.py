@@ -262,27 +262,69 @@ def conv_kernel(
                      im2col=(kh_ * kw_, c_pad))
 
 
-def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int, spec: KernelSpec) -> Any:
-    """fp32 1x1 stride-1 convolution in NCHW, batch 1: ``Y[OC_pad, HW] = W[OC_pad, C] X[C, HW]``.
+# hwcomp's default rule recognises a function holding this block (the pointwise kernel and the
+# elementwise ops TVM fused after it) and schedules it with :func:`schedule_pointwise`.
+POINTWISE_BLOCK = "hwcomp_pointwise"
+
+
+def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
+    """fp32 1x1 stride-1 convolution in NCHW, batch 1: ``Y[OC, HW] = W[OC, C] X[C, HW]``.
 
     No layout change on either side: the input's channel planes are the matmul's K rows, read
     a vector of pixels at a time, each weight is broadcast to the pixel lanes, and the output
-    is already NCHW (its padded channels aside). The NHWC copy, the im2col copy and the return
-    to NCHW of :func:`conv_kernel` disappear; rows of the register tile are output channels.
-    Needs ``H*W`` to be a whole number of vectors (:func:`pointwise_fits`).
+    is NCHW; the NHWC copy, the im2col copy and the return to NCHW of :func:`conv_kernel`
+    disappear. Unscheduled and output-elementwise-fusable (op pattern 4, as TVM's own conv2d):
+    TVM fuses the bias, activation and residual add after it into the same function, and
+    :func:`schedule_pointwise` applies them to each register tile as it is stored. Needs
+    ``H*W`` to be a whole number of vectors (:func:`pointwise_fits`).
     """
     from tvm import te
 
     _, channels, height, width = data_shape
-    pixels = height * width
-    rows = _round_up(out_channels, _ROW_TILE)
-    x = te.placeholder(data_shape, "float32", name="X")
-    w = te.placeholder((rows, channels), "float32", name="W")
-    k = te.reduce_axis((0, channels), "k")
-    c = te.compute((rows, pixels),
-                   lambda o, p: te.sum(w[o, k] * x[0, k, p // width, p % width], axis=k),
-                   name="C")
-    return _schedule(te.create_prim_func([x, w, c]), "C", spec)
+    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    w = te.placeholder(int64_shape((out_channels, channels)), "float32", name="W")
+    k = te.reduce_axis((0, te.const(channels, "int64")), "k")
+    c = te.compute(int64_shape((1, out_channels, height, width)),
+                   lambda n, o, h, w_: te.sum(w[o, k] * x[n, k, h, w_], axis=k),
+                   name=POINTWISE_BLOCK)
+    return te.create_prim_func([x, w, c])
+
+
+def schedule_pointwise(sch: Any, instruction: KernelSpec) -> bool:
+    """Schedule a function holding :data:`POINTWISE_BLOCK` and the elementwise ops after it.
+
+    The ops after the kernel collapse into one block, which is inlined into the store of each
+    register tile: bias, activation and residual add cost no pass of their own. Returns False
+    (nothing done) for a function without the block.
+    """
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    infos = normalize_prim_func(sch)
+    names = [sch.get(info.block_rv).name_hint for info in infos or []]
+    if POINTWISE_BLOCK not in names:
+        return False
+    if names.index(POINTWISE_BLOCK) != 0 or any(info.is_reduction() for info in infos[1:]):
+        raise ValueError(f"unexpected blocks fused with the pointwise kernel: {names}")
+    epilogue = [info.block_rv for info in infos[1:]]
+    for block in epilogue[:-1]:
+        sch.compute_inline(block)
+    block = sch.get_sblock(POINTWISE_BLOCK)
+    width = int(sch.get(block).writes[0].source.shape[-1])
+    # Iterate over (o, p = h * W + w): a register tile of pixels is then one rectangle of a 2-D
+    # scratch (reindex) rather than a ragged piece of the NCHW map, and the store of each
+    # tile can take the NCHW output's place (and the epilogue's) exactly.
+    # (TVM drops the batch axis of extent 1 from the block's iterators.)
+    if len(sch.get(block).iter_vars) == 4:
+        sch.transform_block_layout(block, lambda o, h, w, k: (o, h * width + w, k))
+    else:
+        sch.transform_block_layout(block, lambda n, o, h, w, k: (n * 0 + o, h * width + w, k))
+    sch.reindex(block, ("write", 0))
+    copy = sch.get_consumers(block)[0]
+    _tile_matmul(sch, block, instruction)
+    sch.reverse_compute_inline(copy)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])
+    return True
 
 
 def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
@@ -291,14 +333,6 @@ def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
     batch, _, height, width = data_shape
     return (not spec.intrin and batch == 1 and kernel == (1, 1) and strides == (1, 1)
             and not any(padding) and height * width % spec.lanes == 0)
-
-
-def pointwise_weight(weight: np.ndarray) -> np.ndarray:
-    """``[OC, C, 1, 1]`` -> ``[OC_pad, C]``, output channels padded with zero rows."""
-    out_channels, channels = weight.shape[:2]
-    padded = np.zeros((_round_up(out_channels, _ROW_TILE), channels), np.float32)
-    padded[:out_channels] = weight.reshape(out_channels, channels)
-    return padded
 
 
 # The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
@@ -361,18 +395,25 @@ def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
 
 def _schedule(func: Any, block_name: str, instruction: KernelSpec,
               im2col: tuple[int, int] | None = None) -> Any:
-    """Register-tile the matmul and tensorize its inner block.
+    """Return ``func`` with its matmul block ``block_name`` scheduled by :func:`_tile_matmul`."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    _tile_matmul(sch, sch.get_sblock(block_name), instruction, im2col)
+    return sch.mod["main"]
+
+
+def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
+                 im2col: tuple[int, int] | None = None) -> Any:
+    """Register-tile the matmul ``block`` (loops m, n, k) and tensorize its inner block.
 
     Each parallel task owns ``rows x (blocks * L)`` accumulators (a local buffer LLVM keeps in
     vector registers) across the whole K loop, so the inner loop is loads of A elements and W
-    vectors feeding one dot-product instruction (int8) or vector FMA (fp32) each.
+    vectors feeding one dot-product instruction (int8) or vector FMA (fp32) each. Returns the
+    block that stores each tile's accumulators.
     """
-    from tvm import s_tir
-
     if instruction.intrin:
         register_intrinsic(instruction)
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock(block_name)
     local = sch.cache_write(block, 0, "local")
     m, n, k = sch.get_loops(block)
     rows = sch.get(m).extent.value
@@ -444,7 +485,7 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
             sch.parallel(sch.fuse(n, h))
         if c_tile > 1:
             sch.vectorize(c_inner)
-    return sch.mod["main"]
+    return local
 
 
 # Parallel tasks wanted at least (a few per core, so uneven tasks balance out), and the most
@@ -587,14 +628,15 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                                   + (" pointwise (NCHW)" if pointwise else ""))
             return out
 
-        def _kernel(self, key: tuple[Any, ...], make: Any, fusable: bool = False) -> Any:
+        def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
             if key not in self.kernels:
                 name = f"hwcomp_kernel_{len(self.kernels)}"
                 func = make()
-                if fusable:
-                    # Injective (op pattern 2), private and unscheduled: FuseOps merges it with
-                    # the elementwise tail and the default rule schedules the result.
-                    func = func.without_attr("global_symbol").with_attr("op_pattern", 2)
+                if pattern != 8:
+                    # Injective (2) or output-elementwise-fusable (4), private, unscheduled:
+                    # FuseOps merges it with the elementwise ops after it and the default rule
+                    # schedules the result.
+                    func = func.without_attr("global_symbol").with_attr("op_pattern", pattern)
                 else:
                     # Opaque (op pattern 8): FuseOps must not merge a scheduled kernel with its
                     # neighbours.
@@ -637,7 +679,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             layout = self._kernel(
                 ("to_nchw", spec.accumulator_dtype, out_shape, rows, cols_pad),
                 lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype),
-                fusable=True)
+                pattern=2)
             # Not emitted here: bound to the conv's own variable, the call stays adjacent to
             # its bias/activation and FuseOps can merge them (an alias binding stops it).
             acc = relax.op.call_tir(layout, [acc], relax.TensorType(
@@ -649,17 +691,13 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                        out_shape: tuple[int, ...], spec: KernelSpec
                        ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
             out_channels = weight.shape[0]
-            packed = pointwise_weight(weight)
-            kernel_var = self._kernel(("pointwise", spec.name, shape, out_channels),
-                                      lambda: pointwise_kernel(shape, out_channels, spec))
-            emit = self.builder_.emit
-            acc = emit(relax.op.call_tir(kernel_var, [data, relax.const(packed)],
-                                         relax.TensorType((packed.shape[0], shape[2] * shape[3]),
-                                                          "float32")))
-            if packed.shape[0] != out_channels:
-                acc = emit(relax.op.strided_slice(acc, [0], [0], [out_channels]))
-            # Not emitted: bound to the conv's own variable (see _conv).
-            return relax.op.reshape(acc, out_shape), np.zeros(0), out_shape
+            kernel_var = self._kernel(("pointwise", shape, out_channels),
+                                      lambda: pointwise_kernel(shape, out_channels), pattern=4)
+            matrix = relax.const(np.ascontiguousarray(weight.reshape(out_channels, -1)))
+            # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
+            out = relax.op.call_tir(kernel_var, [data, matrix],
+                                    relax.TensorType(out_shape, "float32"))
+            return out, np.zeros(0), out_shape
 
         def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
                     ) -> tuple[Any, np.ndarray, tuple[int, ...]]:

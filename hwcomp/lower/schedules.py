@@ -24,7 +24,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hwcomp.lower.kernels import LAYOUT_BLOCK, tile_pixels_by_channels
+from hwcomp.lower.kernels import (
+    LAYOUT_BLOCK,
+    KernelSpec,
+    schedule_pointwise,
+    tile_pixels_by_channels,
+)
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -130,6 +135,10 @@ def default_rule(lanes: int, cores: int) -> Any:
 
     def _schedule(func: Any) -> Any:
         if lanes > 1:
+            pointwise = s_tir.Schedule(func)
+            if schedule_pointwise(pointwise, KernelSpec("fma", "", lanes, "float32", "float32",
+                                                        "float32", 1)):
+                return pointwise
             window = s_tir.Schedule(func)
             if schedule_window_reduction(window, lanes, cores):
                 return window

@@ -11,6 +11,11 @@ from hwcomp.lower import kernels
 from hwcomp.targets import load_target
 
 
+def _blocks(script):
+    """Blocks of a scheduled function's script, its root block aside."""
+    return script.count('T.sblock("') - script.count('T.sblock("root")')
+
+
 def _run(func, *arrays, out_shape):
     import tvm
 
@@ -47,25 +52,28 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
 
 
 @pytest.mark.parametrize("shape,out_channels", [
-    ((1, 64, 8, 8), 16),     # few output channels: 16-row register tiles, one pixel vector
-    ((1, 24, 12, 12), 10),   # output channels padded to 12 with zero weight rows
-    ((1, 256, 32, 32), 64),  # 1024 pixels x 256 channels: parallel, pixel panels stay in cache
+    ((1, 64, 8, 8), 16),     # few output channels: 16-row register tiles
+    ((1, 24, 12, 12), 10),   # 10 output channels: 2-row tiles; 64-pixel tiles straddle rows
+    ((1, 256, 32, 32), 64),  # 1024 pixels x 256 channels: parallel tasks
 ])
 def test_pointwise_kernel_matches_numpy(shape, out_channels):
+    """The NCHW pointwise kernel as hwcomp's default rule schedules it."""
+    from hwcomp.lower.schedules import default_rule
+
     spec = kernels.float_spec(load_target("host"))
     assert kernels.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
-    w = rng.standard_normal((out_channels, shape[1], 1, 1)).astype(np.float32)
-    packed = kernels.pointwise_weight(w)
-    assert packed.shape == (kernels._round_up(out_channels, 4), shape[1])
-    func = kernels.pointwise_kernel(shape, out_channels, spec)
-    # No layout copies: one block reads the NCHW planes directly.
-    assert [b for b in ("nhwc", "col") if f'T.sblock("{b}")' in func.script()] == []
-    got = _run(func, x, packed, out_shape=(packed.shape[0], shape[2] * shape[3]))
-    want = np.einsum("oc,chw->ohw", w[:, :, 0, 0], x[0]).reshape(out_channels, -1)
-    np.testing.assert_allclose(got[:out_channels], want, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(got[out_channels:], 0)
+    w = rng.standard_normal((out_channels, shape[1])).astype(np.float32)
+    func = kernels.pointwise_kernel(shape, out_channels)
+    sch = default_rule(lanes=spec.lanes, cores=2).apply(func, load_target("host").tvm(), False)
+    script = sch.mod["main"].script()
+    # No layout copies; init, update and the tile's store; parallel unless tiny.
+    assert _blocks(script) == 3, script
+    assert ("T.parallel(" in script) == (shape[1] * x[0, 0].size * out_channels >= 1 << 18)
+    got = _run(sch.mod["main"], x, w, out_shape=(1, out_channels, shape[2], shape[3]))
+    want = np.einsum("oc,chw->ohw", w, x[0])[None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_pointwise_kernel_fits_only_its_case():
@@ -78,23 +86,47 @@ def test_pointwise_kernel_fits_only_its_case():
                                       kernels.VNNI)  # int8 runs on the dot-product kernel
 
 
-def test_mobilenet_pointwise_convs_build_and_match_onnxruntime(tmp_path):
-    """Every 1x1 conv of a MobileNetV2-style model takes the NCHW kernel; the bundle still
-    matches onnxruntime (build verification, 1e-4)."""
+def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
+    """Every 1x1 conv of a MobileNetV2-style model takes the NCHW kernel, TVM fuses its bias,
+    ReLU6 or residual add into it, and each tile's store applies them (no second pass); the
+    bundle matches onnxruntime (build verification, 1e-4)."""
     import json
 
     import onnx
+    import onnx_ir as ir
+    import tvm
+    from tvm.s_tir import dlight
 
     from hwcomp import api
+    from hwcomp.lower.legalize import legalize_for_tvm
+    from hwcomp.lower.schedules import default_rule, fusion_passes
+    from hwcomp.lower.tvm import relax_for_target
     from tests import model_zoo
 
+    model = model_zoo.mobilenet_like(size=32)
+    target = load_target("host")
+    legal, _ = legalize_for_tvm(ir.from_proto(model))
+    mod, _ = relax_for_target(ir.to_proto(legal), target)
+    with target.tvm():
+        mod = tvm.transform.Sequential([
+            *fusion_passes(target.tvm()),
+            dlight.ApplyDefaultSchedule(default_rule(lanes=16, cores=2))])(mod)
+    fused = {gv.name_hint: f.script() for gv, f in mod.functions_items()
+             if kernels.POINTWISE_BLOCK in f.script()}
+    # Expand convs carry bias + ReLU6 (max, min), project convs their bias and, in residual
+    # blocks, the add of the block's input. Same-shaped convs share one function.
+    tails = [re.sub(r"^fused_hwcomp_kernel_\d+_", "", name) for name in fused]
+    assert all(tail.startswith("add") for tail in tails), list(fused)
+    assert sum(tail.endswith("minimum1") or tail.endswith("minimum3") for tail in tails) == 2
+    assert sum(tail.count("add") == 2 for tail in tails) == 2, list(fused)
+    for script in fused.values():
+        assert _blocks(script) == 3  # init, update, the store with the epilogue
+
     path = tmp_path / "mb.onnx"
-    onnx.save(model_zoo.mobilenet_like(size=32), path)
+    onnx.save(model, path)
     result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
     manifest = json.loads((result.bundle / "manifest.json").read_text())
-    kinds = manifest["float_kernels"]
-    # 1 stem conv (3x3 s2) + 3 blocks x (expand, project): the six 1x1 convs are pointwise.
-    assert sum(k.endswith("pointwise (NCHW)") for k in kinds) == 6, kinds
+    assert sum(k.endswith("pointwise (NCHW)") for k in manifest["float_kernels"]) == 6
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 
