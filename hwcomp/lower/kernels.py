@@ -375,7 +375,7 @@ def tile_pixels_by_channels(sch: Any, block: Any, lanes: int) -> None:
     channels = sch.get(c).extent.value
     pixels = sch.get(h).extent.value * sch.get(w).extent.value
     tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
-    group = _pow2_tile(channels, lanes)
+    group = pow2_tile(channels, lanes)
     p_outer, p_inner = sch.split(sch.fuse(h, w), [None, tile])
     c_outer, c_inner = sch.split(c, [None, group])
     sch.reorder(*batch, p_outer, c_outer, c_inner, p_inner)
@@ -477,7 +477,7 @@ def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         nhwc = sch.get_sblock("nhwc")
         n, h, w, c = sch.get_loops(nhwc)
         width, c_total = sch.get(w).extent.value, sch.get(c).extent.value
-        w_tile, c_tile = _pow2_tile(width, 16), _pow2_tile(c_total, 16)
+        w_tile, c_tile = pow2_tile(width, 16), pow2_tile(c_total, 16)
         w_outer, w_inner = sch.split(w, [None, w_tile])
         c_outer, c_inner = sch.split(c, [None, c_tile])
         sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
@@ -529,7 +529,7 @@ def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
     return _round_up(pixels, _widest_row_tile(block_tile))
 
 
-def _pow2_tile(extent: int, most: int) -> int:
+def pow2_tile(extent: int, most: int) -> int:
     """Return the largest power of two up to ``most`` that divides ``extent``."""
     tile = 1
     while tile * 2 <= most and extent % (tile * 2) == 0:

@@ -184,3 +184,38 @@ def test_tiny_kernels_stay_on_one_thread_and_large_ones_do_not():
     got = _run(kernels.matmul_kernel(16, 64, 64, spec), a, kernels.pack_weight(w, spec),
                out_shape=(16, 64))
     np.testing.assert_allclose(got, a @ w.T, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("width,stride", [(48, 1), (24, 1), (7, 1), (48, 2)])
+def test_depthwise_rows_match_numpy(width, stride):
+    """Depthwise 3x3 + bias + ReLU6 under hwcomp's window rule: 16 lanes (48 wide), 8 lanes
+    (24 wide), scalar rows (7 wide, and stride 2, whose reads would be gathers); the epilogue
+    is applied as each row's accumulators are stored (no scratch output)."""
+    from tvm import te, tirx, topi
+
+    from hwcomp.lower.schedules import default_rule
+
+    channels = 8
+    rng = np.random.default_rng(width + stride)
+    x = rng.standard_normal((1, channels, width, width)).astype(np.float32)
+    w = rng.standard_normal((channels, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(channels).astype(np.float32)
+    xt = te.placeholder(x.shape, "float32", name="x")
+    wt = te.placeholder(w.shape, "float32", name="w")
+    bt = te.placeholder(bias.shape, "float32", name="b")
+    conv = topi.nn.depthwise_conv2d_nchw(xt, wt, stride, 1, 1)
+    out = te.compute(conv.shape, lambda n, c, h, w_: tirx.min(tirx.max(
+        conv[n, c, h, w_] + bt[c], tirx.const(0.0, "float32")), tirx.const(6.0, "float32")))
+    func = te.create_prim_func([xt, wt, bt, out])
+    sch = default_rule(lanes=16, cores=2).apply(func, load_target("host").tvm(), False)
+    script = sch.mod["main"].script()
+    vector = {48: 16, 24: 8, 7: 1}[width] if stride == 1 else 1
+    assert (f"T.vectorized({vector})" in script) == (vector > 1)
+    # padding, row init, taps, and the store that applies bias + ReLU6: no full-size scratch
+    assert _blocks(script) == 4, script
+    got = _run(sch.mod["main"], x, w, bias, out_shape=tuple(int(d) for d in out.shape))
+    padded = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
+    want = np.einsum("chwij,cij->chw", windows[:, ::stride, ::stride], w[:, 0])
+    want = np.clip(want + bias[:, None, None], 0.0, 6.0)[None]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
