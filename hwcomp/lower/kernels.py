@@ -295,7 +295,8 @@ def schedule_pointwise(sch: Any, instruction: KernelSpec) -> bool:
 
     The ops after the kernel collapse into one block, which is inlined into the store of each
     register tile: bias, activation and residual add cost no pass of their own. Returns False
-    (nothing done) for a function without the block.
+    (nothing done) for a function without the block, or (with a warning) one whose other
+    blocks are not the elementwise tail FuseOps gives an output-fusable op.
     """
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
@@ -303,21 +304,20 @@ def schedule_pointwise(sch: Any, instruction: KernelSpec) -> bool:
     names = [sch.get(info.block_rv).name_hint for info in infos or []]
     if POINTWISE_BLOCK not in names:
         return False
-    if names.index(POINTWISE_BLOCK) != 0 or any(info.is_reduction() for info in infos[1:]):
-        raise ValueError(f"unexpected blocks fused with the pointwise kernel: {names}")
-    epilogue = [info.block_rv for info in infos[1:]]
-    for block in epilogue[:-1]:
-        sch.compute_inline(block)
     block = sch.get_sblock(POINTWISE_BLOCK)
+    # TVM drops the batch axis (extent 1) from the block's iterators: (o, h, w, k).
+    if (names.index(POINTWISE_BLOCK) != 0 or any(info.is_reduction() for info in infos[1:])
+            or len(sch.get(block).iter_vars) != 4):
+        logger.warning("pointwise kernel left to the generic schedule: blocks %s", names)
+        return False
+    epilogue = [info.block_rv for info in infos[1:]]
+    for tail in epilogue[:-1]:
+        sch.compute_inline(tail)
     width = int(sch.get(block).writes[0].source.shape[-1])
     # Iterate over (o, p = h * W + w): a register tile of pixels is then one rectangle of a 2-D
     # scratch (reindex) rather than a ragged piece of the NCHW map, and the store of each
     # tile can take the NCHW output's place (and the epilogue's) exactly.
-    # (TVM drops the batch axis of extent 1 from the block's iterators.)
-    if len(sch.get(block).iter_vars) == 4:
-        sch.transform_block_layout(block, lambda o, h, w, k: (o, h * width + w, k))
-    else:
-        sch.transform_block_layout(block, lambda n, o, h, w, k: (n * 0 + o, h * width + w, k))
+    sch.transform_block_layout(block, lambda o, h, w, k: (o, h * width + w, k))
     sch.reindex(block, ("write", 0))
     copy = sch.get_consumers(block)[0]
     _tile_matmul(sch, block, instruction)
@@ -595,6 +595,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             self.float_ops: list[str] = []
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
+            self.pointwise: set[Any] = set()  # the pointwise kernels' functions
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
@@ -621,9 +622,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             if weight is None:
                 return call
             out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
-            pointwise = name == "relax.nn.conv2d" and pointwise_fits(
-                _shape(call.args[0]), tuple(weight.shape[2:]), tuple(call.attrs.strides),
-                tuple(call.attrs.padding), floats)
+            pointwise = isinstance(out, relax.Call) and out.args[0] in self.pointwise
             self.float_ops.append(f"{name.split('.')[-1]} {shape}"
                                   + (" pointwise (NCHW)" if pointwise else ""))
             return out
@@ -693,6 +692,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             out_channels = weight.shape[0]
             kernel_var = self._kernel(("pointwise", shape, out_channels),
                                       lambda: pointwise_kernel(shape, out_channels), pattern=4)
+            self.pointwise.add(kernel_var)
             matrix = relax.const(np.ascontiguousarray(weight.reshape(out_channels, -1)))
             # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
             out = relax.op.call_tir(kernel_var, [data, matrix],
