@@ -64,26 +64,12 @@ def measured_peak(vector_bits: int, threads: int) -> float | None:
         return float(run.stdout.strip())
 
 
-Timer = Callable[[int], list[float]]
-
-
-
-def alternate(timers: dict[str, Timer], repeat: int, rounds: int) -> dict[str, list[list[float]]]:
-    """Time each of ``timers`` (name -> n -> n samples) in turn, round after round."""
-    samples: dict[str, list[list[float]]] = {name: [] for name in timers}
-    for size in bench.split_rounds(repeat, rounds):
-        for name, timer in timers.items():
-            time.sleep(bench.SETTLE_S)  # lets the previous timer's threads park
-            samples[name].append(timer(size))
-    return samples
-
-
-def runner(bundle: Path) -> Timer:
+def runner(bundle: Path) -> bench.Timer:
     """A timer of ``bundle``'s runner (5 warm-up runs in each round, all threads)."""
     return lambda n: bench.runner_samples(bundle, 5, n, 1, 0)
 
 
-def onnxruntime(path: Path, feeds: dict, threads: int) -> Timer:
+def onnxruntime(path: Path, feeds: dict, threads: int) -> bench.Timer:
     """A timer of onnxruntime on ``threads`` intra-op threads (5 warm-up runs each round)."""
     session = bench.OnnxruntimeTimer(path, feeds, threads)
     return lambda n: session.samples(n, warmup=5)
@@ -91,8 +77,8 @@ def onnxruntime(path: Path, feeds: dict, threads: int) -> Timer:
 
 def paired(ours: list[list[float]], theirs: list[list[float]]) -> float:
     """The median over rounds of the ratio of the rounds' medians."""
-    return bench.paired_ratio([(float(np.median(a)), float(np.median(b)))
-                               for a, b in zip(ours, theirs, strict=True)])
+    return bench.paired_ratio(list(zip(bench.round_medians(ours), bench.round_medians(theirs),
+                                       strict=True)))
 
 
 def main() -> None:
@@ -131,7 +117,7 @@ def main() -> None:
                 timers["tuned"] = runner(tuned.bundle)
             for threads in (1, 2):
                 timers[f"ort{threads}"] = onnxruntime(path, feeds, threads)
-            samples = alternate(timers, args.repeat, args.rounds)
+            samples = bench.alternate(timers, args.repeat, args.rounds)
             medians = {name: float(np.median(sum(rounds, []))) for name, rounds in samples.items()}
             rows.append((label, flops, medians["untuned"], medians.get("tuned"), medians["ort1"],
                          medians["ort2"], tune_s, paired(samples["untuned"], samples["ort2"]),

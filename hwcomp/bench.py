@@ -22,7 +22,7 @@ import json
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,8 +38,11 @@ from hwcomp.threads import thread_env
 
 # Rounds a comparison with onnxruntime alternates in (fewer when --repeat is smaller).
 COMPARE_ROUNDS = 5
-# Seconds of idle time before each round's measurements (see bench()).
+# Seconds of idle time before each timer's turn in a round (see alternate()).
 SETTLE_S = 0.2
+
+# n -> n latencies in ms (a runner or an onnxruntime session, with its own warm-up).
+Timer = Callable[[int], list[float]]
 
 
 class BenchError(HwcompError):
@@ -130,6 +133,27 @@ def paired_ratio(rounds: Sequence[tuple[float, float]]) -> float:
     return float(np.median([a / b for a, b in rounds]))
 
 
+def alternate(timers: dict[str, Timer], repeat: int,
+              rounds: int = COMPARE_ROUNDS) -> dict[str, list[list[float]]]:
+    """Time each of ``timers`` in turn, round after round: name -> each round's samples.
+
+    A pause comes before each turn: onnxruntime's idle threads spin for a while after its
+    runs and would take a core from the next timer (a 0.06 ms bundle measured 7.9 ms right
+    after).
+    """
+    samples: dict[str, list[list[float]]] = {name: [] for name in timers}
+    for size in split_rounds(repeat, rounds):
+        for name, timer in timers.items():
+            time.sleep(SETTLE_S)
+            samples[name].append(timer(size))
+    return samples
+
+
+def round_medians(samples: list[list[float]]) -> list[float]:
+    """Each round's median."""
+    return [float(np.median(r)) for r in samples]
+
+
 def split_rounds(repeat: int, rounds: int = COMPARE_ROUNDS) -> list[int]:
     """Split ``repeat`` measurements into at most ``rounds`` near-equal rounds."""
     count = max(1, min(rounds, repeat))
@@ -159,22 +183,14 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
                            onnxruntime=None)
     timer = OnnxruntimeTimer(bundle / "model.optimized.onnx", verify_inputs(bundle), threads,
                              warmup)
-    ours: list[float] = []
-    theirs: list[float] = []
-    rounds = []
-    for size in split_rounds(repeat):
-        # A pause before each: onnxruntime's idle threads spin for a while after its runs and
-        # would take a core from the runner's (a 0.06 ms bundle measured 7.9 ms right after).
-        time.sleep(SETTLE_S)
-        mine = runner_samples(bundle, warmup, size, number, threads)
-        time.sleep(SETTLE_S)
-        reference = timer.samples(size, number, warmup)
-        ours += mine
-        theirs += reference
-        rounds.append((float(np.median(mine)), float(np.median(reference))))
+    measured = alternate({
+        "hwcomp": lambda n: runner_samples(bundle, warmup, n, number, threads),
+        "onnxruntime": lambda n: timer.samples(n, number, warmup)}, repeat)
+    ours, theirs = measured["hwcomp"], measured["onnxruntime"]
     return BenchResult(bundle=str(bundle), target=target.name, device=device_label,
-                       emulated=emulated, threads=threads, hwcomp=LatencyStats.of(ours),
-                       onnxruntime=LatencyStats.of(theirs), rounds=tuple(rounds))
+                       emulated=emulated, threads=threads, hwcomp=LatencyStats.of(sum(ours, [])),
+                       onnxruntime=LatencyStats.of(sum(theirs, [])),
+                       rounds=tuple(zip(round_medians(ours), round_medians(theirs), strict=True)))
 
 
 def runner_samples(bundle: Path, warmup: int, repeat: int, number: int,

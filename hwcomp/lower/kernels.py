@@ -92,8 +92,12 @@ def float_spec(target: Target) -> KernelSpec | None:
     """Return the fp32 kernel spec for ``target``: FMAs over one vector register of lanes."""
     if target.family not in DOT_INSTRUCTIONS:
         return None
-    return KernelSpec("fma", "", max(1, target.vector_bits // 32), "float32", "float32",
-                      "float32", 1)
+    return fma_spec(max(1, target.vector_bits // 32))
+
+
+def fma_spec(lanes: int) -> KernelSpec:
+    """Return the fp32 kernel spec for ``lanes`` fp32 vector lanes (one vector FMA)."""
+    return KernelSpec("fma", "", lanes, "float32", "float32", "float32", 1)
 
 
 def dot_instruction(target: Target) -> KernelSpec | None:

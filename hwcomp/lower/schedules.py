@@ -26,7 +26,7 @@ from typing import Any
 
 from hwcomp.lower.kernels import (
     LAYOUT_BLOCK,
-    KernelSpec,
+    fma_spec,
     schedule_pointwise,
     tile_pixels_by_channels,
 )
@@ -136,8 +136,7 @@ def default_rule(lanes: int, cores: int) -> Any:
     def _schedule(func: Any) -> Any:
         if lanes > 1:
             pointwise = s_tir.Schedule(func)
-            if schedule_pointwise(pointwise, KernelSpec("fma", "", lanes, "float32", "float32",
-                                                        "float32", 1)):
+            if schedule_pointwise(pointwise, fma_spec(lanes)):
                 return pointwise
             window = s_tir.Schedule(func)
             if schedule_window_reduction(window, lanes, cores):
