@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hwcomp.lower.kernels import mutate_functions
+from hwcomp.lower.relax_match import mutate_functions
 
 
 def fast_math_pass() -> Any:

@@ -34,6 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from hwcomp.lower.relax_match import (
+    bound,
+    constant_array,
+    dtype_of,
+    is_op,
+    mutate_functions,
+    shape_of,
+)
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -598,16 +606,6 @@ def rewrite_kernels(mod: Any, target: Target) -> tuple[Any, KernelRewrite | None
     return new_mod, summary
 
 
-def mutate_functions(mutator: Any, mod: Any) -> Any:
-    """Run a Relax ``PyExprMutator`` over every Relax function of ``mod``; return the result."""
-    from tvm import relax
-
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
-
-
 def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec) -> Any:
     from tvm import relax
 
@@ -678,14 +676,14 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
         def _conv(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
                   spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
             attrs = call.attrs
-            shape = _shape(data)
+            shape = shape_of(data)
             out_channels = weight.shape[0]
             kernel = (weight.shape[2], weight.shape[3])
             strides = (int(attrs.strides[0]), int(attrs.strides[1]))
             top, left, bottom, right = (int(v) for v in attrs.padding)
             padding = (top, left, bottom, right)
             dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
-            out_shape = _shape(call)
+            out_shape = shape_of(call)
             if pointwise_fits(shape, kernel, strides, padding, spec):
                 return self._pointwise(data, weight, shape, out_shape, spec)
             rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
@@ -726,7 +724,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
         def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
                     ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
             # weight is [N, K] here (output channels first), whatever the model's layout.
-            shape = _shape(data)
+            shape = shape_of(data)
             depth, cols = shape[-1], weight.shape[0]
             rows = int(np.prod(shape[:-1]))
             depth_pad, cols_pad = _round_up(depth, spec.group), _round_up(cols, spec.lanes)
@@ -749,28 +747,14 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
     return Rewriter(mod)
 
 
-def _bound(mutator: Any, expr: Any) -> Any:
-    """Return the value a dataflow variable is bound to (the expression itself otherwise)."""
-    from tvm import relax
-
-    value = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-    return expr if value is None else value
-
-
-def _is_op(expr: Any, name: str) -> bool:
-    from tvm import relax
-
-    return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == name
-
-
 def _operands(mutator: Any, call: Any) -> tuple[Any, Any, bool]:
     """Return (data, weight, transposed): the op's operands through their bindings.
 
     A ``permute_dims`` on a matmul's weight (Gemm ``transB``) is looked through.
     """
-    data, weight = _bound(mutator, call.args[0]), _bound(mutator, call.args[1])
-    if _is_op(weight, "relax.permute_dims"):
-        return data, _bound(mutator, weight.args[0]), True
+    data, weight = bound(mutator, call.args[0]), bound(mutator, call.args[1])
+    if is_op(weight, "relax.permute_dims"):
+        return data, bound(mutator, weight.args[0]), True
     return data, weight, False
 
 
@@ -790,15 +774,15 @@ def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
 
     _, weight, transposed = _operands(mutator, call)
     data = call.args[0]
-    if not isinstance(weight, Constant) or _dtype(data) != "float32" or _dtype(weight) != "float32":
+    if not isinstance(weight, Constant) or dtype_of(data) != "float32" or dtype_of(weight) != "float32":
         return None
-    array = _array(weight)
+    array = constant_array(weight)
     if call.op.name == "relax.nn.conv2d":
         if (transposed or not _plain_conv(call.attrs) or array.ndim != 4
                 or call.attrs.out_dtype not in ("", "float32", None)):
             return None
         return array
-    if array.ndim != 2 or len(_shape(data)) < 1:
+    if array.ndim != 2 or len(shape_of(data)) < 1:
         return None
     return np.ascontiguousarray(array if transposed else array.T)
 
@@ -814,27 +798,27 @@ def _quantized_operands(
     from tvm.ir.expr import Constant
 
     data, weight, transposed = _operands(mutator, call)
-    if not (_is_op(data, "relax.dequantize") and _is_op(weight, "relax.dequantize")):
+    if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
         return None
     op = call.op.name.split(".")[-1]
     x_q, scale_x, zp_x = data.args
-    w_q, scale_w, zp_w = (_bound(mutator, a) for a in weight.args)
+    w_q, scale_w, zp_w = (bound(mutator, a) for a in weight.args)
     constants = (scale_x, zp_x, w_q, scale_w, zp_w)
     if not all(isinstance(c, Constant) for c in constants):
         return f"{op}: quantization parameters are not constants"
     if instruction is None:
         return f"{op}: no int8 dot product on this target"
-    if _dtype(x_q) != instruction.activation_dtype or _dtype(w_q) != "int8":
-        return (f"{op}: operands are {_dtype(x_q)} x {_dtype(w_q)}; the {instruction.name} "
+    if dtype_of(x_q) != instruction.activation_dtype or dtype_of(w_q) != "int8":
+        return (f"{op}: operands are {dtype_of(x_q)} x {dtype_of(w_q)}; the {instruction.name} "
                 f"kernel takes {instruction.activation_dtype} x int8")
-    sx, zx = _array(scale_x), _array(zp_x)
+    sx, zx = constant_array(scale_x), constant_array(zp_x)
     if sx.size != 1 or zx.size != 1:
         return f"{op}: activation quantized per channel; the kernel needs one scale"
-    if np.any(_array(zp_w) != 0):
+    if np.any(constant_array(zp_w) != 0):
         return f"{op}: weight zero point is not 0"
-    weights = _array(w_q)
+    weights = constant_array(w_q)
     axis = int(weight.attrs.axis) % max(weights.ndim, 1)
-    sw = _array(scale_w).astype(np.float32).reshape(-1)
+    sw = constant_array(scale_w).astype(np.float32).reshape(-1)
     if op == "conv2d":
         if not _plain_conv(call.attrs) or weights.ndim != 4:
             return "conv2d: grouped or depthwise convolution has no dot-product kernel"
@@ -855,15 +839,3 @@ def _quantized_operands(
 
 def _per_channel(scale: np.ndarray, channels: int) -> np.ndarray:
     return np.broadcast_to(scale, (channels,)).astype(np.float32)
-
-
-def _array(constant: Any) -> np.ndarray:
-    return constant.value.numpy()
-
-
-def _dtype(expr: Any) -> str:
-    return str(expr.ty.dtype)
-
-
-def _shape(expr: Any) -> tuple[int, ...]:
-    return tuple(int(v) for v in expr.ty.shape)

@@ -35,13 +35,15 @@ import numpy as np
 
 from hwcomp.lower.kernels import (
     KernelRewrite,
-    _array,
-    _bound,
-    _dtype,
-    _is_op,
-    _shape,
     int64_shape,
+)
+from hwcomp.lower.relax_match import (
+    bound,
+    constant_array,
+    dtype_of,
+    is_op,
     mutate_functions,
+    shape_of,
 )
 from hwcomp.targets import Target
 
@@ -188,7 +190,7 @@ def _make_rewriter(mod: Any) -> Any:
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
-            if not _is_op(call, "relax.quantize"):
+            if not is_op(call, "relax.quantize"):
                 return call
             layer = _match_layer(self, call)
             if layer is None:
@@ -221,20 +223,20 @@ def _make_rewriter(mod: Any) -> Any:
         def _conv(self, layer: _Layer, operands: list[Any]) -> Any:
             attrs = layer.op.attrs
             geometry = ConvGeometry(
-                _shape(layer.x_q), layer.weight.shape, int(attrs.groups),
+                shape_of(layer.x_q), layer.weight.shape, int(attrs.groups),
                 (int(attrs.strides[0]), int(attrs.strides[1])),
                 tuple(int(v) for v in attrs.padding),  # type: ignore[arg-type]
                 (int(attrs.dilation[0]), int(attrs.dilation[1])))
             kernel = self._kernel(("conv", geometry, layer.x, layer.y),
                                   lambda: conv_kernel(geometry, layer.x, layer.y))
-            out_shape = _shape(layer.op)
+            out_shape = shape_of(layer.op)
             self.rewritten.append(f"conv2d {out_shape}" + (
                 f" groups {geometry.groups}" if geometry.groups > 1 else ""))
             return relax.op.call_tir(kernel, [layer.x_q, *operands],
                                      relax.TensorType(out_shape, layer.y.dtype))
 
         def _matmul(self, layer: _Layer, operands: list[Any]) -> Any:
-            shape = _shape(layer.x_q)
+            shape = shape_of(layer.x_q)
             cols, depth = layer.weight.shape
             rows = int(np.prod(shape[:-1]))
             flat = self.builder_.emit(relax.op.reshape(layer.x_q, (rows, depth)))
@@ -252,45 +254,45 @@ def _match_layer(mutator: Any, quantize: Any) -> _Layer | str | None:
     """Match ``quantize(op(dq(x_q), dq(W_q)) [+ bias])``; a string says why not, None: no layer."""
     from tvm.ir.expr import Constant
 
-    value = _bound(mutator, quantize.args[0])
+    value = bound(mutator, quantize.args[0])
     bias_expr = None
-    if _is_op(value, "relax.add"):
-        left, right = (_bound(mutator, a) for a in value.args)
+    if is_op(value, "relax.add"):
+        left, right = (bound(mutator, a) for a in value.args)
         value, bias_expr = (left, right) if _is_layer_op(left) else (right, left)
     if not _is_layer_op(value):
         return None
     op = value
     name = _op_name(op)
-    data, weight = _bound(mutator, op.args[0]), _bound(mutator, op.args[1])
-    transposed = _is_op(weight, "relax.permute_dims")
+    data, weight = bound(mutator, op.args[0]), bound(mutator, op.args[1])
+    transposed = is_op(weight, "relax.permute_dims")
     if transposed:
-        weight = _bound(mutator, weight.args[0])
-    if not (_is_op(data, "relax.dequantize") and _is_op(weight, "relax.dequantize")):
+        weight = bound(mutator, weight.args[0])
+    if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
         return None
     x_q, x_scale, x_zp = data.args
-    w_q, w_scale, w_zp = (_bound(mutator, a) for a in weight.args)
+    w_q, w_scale, w_zp = (bound(mutator, a) for a in weight.args)
     _, y_scale, y_zp = quantize.args
     if not all(isinstance(c, Constant) for c in (x_scale, x_zp, w_q, w_scale, w_zp, y_scale, y_zp)):
         return f"{name}: quantization parameters are not constants"
-    if _array(x_scale).size != 1 or _array(y_scale).size != 1:
+    if constant_array(x_scale).size != 1 or constant_array(y_scale).size != 1:
         return f"{name}: activations quantized per channel; the kernel needs one scale"
-    if _dtype(w_q) != "int8" or np.any(_array(w_zp) != 0):
+    if dtype_of(w_q) != "int8" or np.any(constant_array(w_zp) != 0):
         return f"{name}: weights are not symmetric int8"
-    x = QuantParams(float(_array(x_scale).reshape(())), int(_array(x_zp).reshape(())),
-                    _dtype(x_q))
-    y = QuantParams(float(_array(y_scale).reshape(())), int(_array(y_zp).reshape(())),
+    x = QuantParams(float(constant_array(x_scale).reshape(())), int(constant_array(x_zp).reshape(())),
+                    dtype_of(x_q))
+    y = QuantParams(float(constant_array(y_scale).reshape(())), int(constant_array(y_zp).reshape(())),
                     str(quantize.attrs.out_dtype))
     if x.dtype not in _LIMITS or y.dtype not in _LIMITS:
         return f"{name}: activations are {x.dtype} -> {y.dtype}, not 8-bit"
-    weights = _array(w_q)
-    scales = _array(w_scale).astype(np.float32).reshape(-1)
+    weights = constant_array(w_q)
+    scales = constant_array(w_scale).astype(np.float32).reshape(-1)
     if name == "conv2d":
         attrs = op.attrs
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or weights.ndim != 4:
             return "conv2d: not an NCHW/OIHW 2-D convolution"
         matrix = weights
     else:
-        if weights.ndim != 2 or len(_shape(data)) < 1:
+        if weights.ndim != 2 or len(shape_of(data)) < 1:
             return "matmul: weight is not a 2-D constant"
         matrix = np.ascontiguousarray(weights if transposed else weights.T)
     channels = matrix.shape[0]
@@ -309,15 +311,15 @@ def _int32_bias(mutator: Any, expr: Any, scales: np.ndarray, channels: int) -> n
 
     if expr is None:
         return np.zeros(channels, np.int32)
-    if _is_op(expr, "relax.reshape"):
-        expr = _bound(mutator, expr.args[0])
-    if not _is_op(expr, "relax.dequantize"):
+    if is_op(expr, "relax.reshape"):
+        expr = bound(mutator, expr.args[0])
+    if not is_op(expr, "relax.dequantize"):
         return "bias is not quantized (int32 with the scale s_x * s_w)"
-    b_q, b_scale, b_zp = (_bound(mutator, a) for a in expr.args)
-    if not all(isinstance(c, Constant) for c in (b_q, b_scale, b_zp)) or _dtype(b_q) != "int32":
+    b_q, b_scale, b_zp = (bound(mutator, a) for a in expr.args)
+    if not all(isinstance(c, Constant) for c in (b_q, b_scale, b_zp)) or dtype_of(b_q) != "int32":
         return "bias is not a constant int32 tensor"
-    values, b_scales = _array(b_q).reshape(-1), _array(b_scale).astype(np.float32).reshape(-1)
-    if values.size != channels or np.any(_array(b_zp) != 0):
+    values, b_scales = constant_array(b_q).reshape(-1), constant_array(b_scale).astype(np.float32).reshape(-1)
+    if values.size != channels or np.any(constant_array(b_zp) != 0):
         return "bias is not one int32 per output channel with zero point 0"
     if not np.allclose(np.broadcast_to(b_scales, (channels,)), scales, rtol=_BIAS_SCALE_RTOL,
                        atol=0):
@@ -326,7 +328,7 @@ def _int32_bias(mutator: Any, expr: Any, scales: np.ndarray, channels: int) -> n
 
 
 def _is_layer_op(expr: Any) -> bool:
-    return _is_op(expr, "relax.nn.conv2d") or _is_op(expr, "relax.matmul")
+    return is_op(expr, "relax.nn.conv2d") or is_op(expr, "relax.matmul")
 
 
 def _op_name(op: Any) -> str:
