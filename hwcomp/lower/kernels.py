@@ -39,6 +39,7 @@ from hwcomp.lower.relax_match import (
     constant_array,
     dtype_of,
     is_op,
+    layer_operands,
     mutate_functions,
     shape_of,
 )
@@ -747,17 +748,6 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
     return Rewriter(mod)
 
 
-def _operands(mutator: Any, call: Any) -> tuple[Any, Any, bool]:
-    """Return (data, weight, transposed): the op's operands through their bindings.
-
-    A ``permute_dims`` on a matmul's weight (Gemm ``transB``) is looked through.
-    """
-    data, weight = bound(mutator, call.args[0]), bound(mutator, call.args[1])
-    if is_op(weight, "relax.permute_dims"):
-        return data, bound(mutator, weight.args[0]), True
-    return data, weight, False
-
-
 def _plain_conv(attrs: Any) -> bool:
     """Whether a conv2d is the one the kernels implement: groups 1, NCHW data, OIHW weight."""
     return (int(attrs.groups) == 1 and attrs.data_layout == "NCHW"
@@ -772,7 +762,7 @@ def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
     """
     from tvm.ir.expr import Constant
 
-    _, weight, transposed = _operands(mutator, call)
+    _, weight, transposed = layer_operands(mutator, call)
     data = call.args[0]
     if not isinstance(weight, Constant) or dtype_of(data) != "float32" or dtype_of(weight) != "float32":
         return None
@@ -797,7 +787,7 @@ def _quantized_operands(
     """
     from tvm.ir.expr import Constant
 
-    data, weight, transposed = _operands(mutator, call)
+    data, weight, transposed = layer_operands(mutator, call)
     if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
         return None
     op = call.op.name.split(".")[-1]

@@ -42,6 +42,7 @@ from hwcomp.lower.relax_match import (
     constant_array,
     dtype_of,
     is_op,
+    layer_operands,
     mutate_functions,
     shape_of,
 )
@@ -263,10 +264,7 @@ def _match_layer(mutator: Any, quantize: Any) -> _Layer | str | None:
         return None
     op = value
     name = _op_name(op)
-    data, weight = bound(mutator, op.args[0]), bound(mutator, op.args[1])
-    transposed = is_op(weight, "relax.permute_dims")
-    if transposed:
-        weight = bound(mutator, weight.args[0])
+    data, weight, transposed = layer_operands(mutator, op)
     if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
         return None
     x_q, x_scale, x_zp = data.args

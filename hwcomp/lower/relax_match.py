@@ -38,6 +38,17 @@ def is_op(expr: Any, name: str) -> bool:
     return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == name
 
 
+def layer_operands(mutator: Any, call: Any) -> tuple[Any, Any, bool]:
+    """Return (data, weight, transposed): a conv2d's or matmul's operands through their bindings.
+
+    A ``permute_dims`` on a matmul's weight (Gemm ``transB``) is looked through.
+    """
+    data, weight = bound(mutator, call.args[0]), bound(mutator, call.args[1])
+    if is_op(weight, "relax.permute_dims"):
+        return data, bound(mutator, weight.args[0]), True
+    return data, weight, False
+
+
 def constant_array(constant: Any) -> np.ndarray:
     """Return a Relax constant's value."""
     return constant.value.numpy()
