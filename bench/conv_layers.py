@@ -2,13 +2,15 @@
 
     python bench/conv_layers.py [--layers r50_3x3_56,...] [--rounds 7] [--number 20]
 
-Each layer is compiled as hwcomp builds it (:func:`hwcomp.lower.kernels.conv_kernel`, the
-padded NHWC copy and the GEMM, without the return to NCHW) and as a one-Conv ONNX model for
-onnxruntime (2 threads, its NCHWc transformer on). The two alternate in ``--rounds`` rounds
-(a 0.1 s pause before each); every round checks hwcomp's output against onnxruntime's. The
-table gives each side's fastest round and the median of the per-round ratios. Kernel-level
-figures on a shared 2-core VM are noisy (the same compiled kernel has measured 0.34 and
-0.46 ms minimum in two runs); whole-bundle A/Bs are the figures to adopt a change by.
+Each layer is compiled as hwcomp builds it (:func:`hwcomp.lower.kernels.conv_nchw_kernel`:
+the padded NHWC copy and the GEMM storing NCHW, here without a bias or activation; or, for
+maps it does not fit, :func:`hwcomp.lower.kernels.conv_kernel` without the return to NCHW)
+and as a one-Conv ONNX model for onnxruntime (2 threads, its NCHWc transformer on). The two
+alternate in ``--rounds`` rounds (a 0.1 s pause before each); every round checks hwcomp's
+output against onnxruntime's. The table gives each side's fastest round and the median of
+the per-round ratios. Kernel-level figures on a shared 2-core VM are noisy (the same compiled
+kernel has measured 0.34 and 0.46 ms minimum in two runs); whole-bundle A/Bs are the figures
+to adopt a change by.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ LAYERS = {
     "r50_3x3_28": (128, 28, 128, 3, 1, 1),
     "r50_3x3_14": (256, 14, 256, 3, 1, 1),
     "r50_3x3_7": (512, 7, 512, 3, 1, 1),
+    "r50_1x1_28": (512, 28, 256, 1, 1, 0),
     "r50_1x1_14": (1024, 14, 256, 1, 1, 0),
     "resnet_style_3x3_64": (32, 64, 32, 3, 1, 1),
 }
@@ -51,6 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.update(thread_env(args.threads))
     import tvm
+    from tvm import s_tir
 
     target = load_target("host")
     spec = kernels.float_spec(target)
@@ -64,15 +68,25 @@ def main() -> None:
         out = (size + 2 * pad - k) // stride + 1
         x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
         w = (rng.standard_normal((out_channels, channels, k, k)) * 0.05).astype(np.float32)
-        func = kernels.conv_kernel(x.shape, (k, k), out_channels, (stride, stride),
-                                   (pad,) * 4, (1, 1), 0, spec)
+        packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)
+        out_shape = (1, out_channels, out, out)
+        result_shape: tuple[int, ...]
+        if kernels.conv_nchw_fits(x.shape, out_shape, out_channels, spec):
+            # The kernel writing NCHW (as hwcomp builds the layer; no epilogue here).
+            sch = s_tir.Schedule(kernels.conv_nchw_kernel(
+                x.shape, (k, k), out_channels, (stride, stride), (pad,) * 4, (1, 1), spec))
+            assert kernels.schedule_fused_kernel(sch, spec)
+            func, result_shape = sch.mod["main"], out_shape
+        else:
+            # Pixel-major rows padded to whole tiles (hwcomp then returns them to NCHW).
+            func = kernels.conv_kernel(x.shape, (k, k), out_channels, (stride, stride),
+                                       (pad,) * 4, (1, 1), 0, spec)
+            result_shape = (kernels.conv_rows(out * out, out_channels, spec),
+                            -(-out_channels // spec.lanes) * spec.lanes)
         lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                              target=target.tvm())
-        rows = kernels.conv_rows(out * out, out_channels, spec)
-        cols = -(-out_channels // spec.lanes) * spec.lanes
-        packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)
         tensors = [tvm.runtime.tensor(x, dev), tvm.runtime.tensor(packed, dev),
-                   tvm.runtime.tensor(np.zeros((rows, cols), np.float32), dev)]
+                   tvm.runtime.tensor(np.zeros(result_shape, np.float32), dev)]
         graph = helper.make_graph(
             [helper.make_node("Conv", ["x", "w"], ["y"], pads=[pad] * 4, strides=[stride] * 2)],
             name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
@@ -90,7 +104,9 @@ def main() -> None:
         for _ in range(args.rounds):
             time.sleep(0.1)
             ours.append(timer(*tensors).mean * 1e3)
-            got = tensors[-1].numpy()[:out * out, :out_channels].T.reshape(want.shape)
+            got = tensors[-1].numpy()
+            got = (got[0] if got.ndim == 4
+                   else got[:out * out, :out_channels].T.reshape(want.shape))
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
             time.sleep(0.1)
             for _ in range(3):

@@ -92,6 +92,8 @@ C_INT8 = KernelSpec("int8 C kernel", "", 1, "uint8", group=1, grouped=True)
 # The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
 # the L-lane accumulators in registers without spilling on either ISA.
 _ROW_TILE = 4
+# The register tile for maps of 7 x 7 (or 7 x 14) pixels, whose rows no 4-row tile divides.
+_ODD_ROW_TILE = 7
 # Lane blocks (of L output channels) per task: 4 rows x 4 blocks = 16 accumulator registers,
 # half of AVX-512's and NEON's 32.
 _LANE_BLOCKS = 4
@@ -277,7 +279,7 @@ def conv_kernel(
 
 
 # hwcomp's default rule recognises a function holding this block (the pointwise kernel and the
-# elementwise ops TVM fused after it) and schedules it with :func:`schedule_pointwise`.
+# elementwise ops TVM fused after it) and schedules it with :func:`schedule_fused_kernel`.
 POINTWISE_BLOCK = "hwcomp_pointwise"
 
 
@@ -289,7 +291,7 @@ def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
     is NCHW; the NHWC copy, the im2col copy and the return to NCHW of :func:`conv_kernel`
     disappear. Unscheduled and output-elementwise-fusable (op pattern 4, as TVM's own conv2d):
     TVM fuses the bias, activation and residual add after it into the same function, and
-    :func:`schedule_pointwise` applies them to each register tile as it is stored. Needs
+    :func:`schedule_fused_kernel` applies them to each register tile as it is stored. Needs
     ``H*W`` to be a whole number of vectors (:func:`pointwise_fits`).
     """
     from tvm import te
@@ -304,49 +306,136 @@ def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
     return te.create_prim_func([x, w, c])
 
 
-def schedule_pointwise(sch: Any, instruction: KernelSpec) -> bool:
-    """Schedule a function holding :data:`POINTWISE_BLOCK` and the elementwise ops after it.
+def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
+    """Schedule a function holding a kernel that writes NCHW and the elementwise ops after it.
 
-    The ops after the kernel collapse into one block, which is inlined into the store of each
+    The kernel is :data:`POINTWISE_BLOCK` or :data:`CONV_BLOCK` (after its padded NHWC
+    copy). The ops after it collapse into one block, which is inlined into the store of each
     register tile: bias, activation and residual add cost no pass of their own. Returns False
-    (nothing done) for a function without the block, or (with a warning) one whose other
+    (nothing done) for a function without either block, or (with a warning) one whose other
     blocks are not the elementwise tail FuseOps gives an output-fusable op.
     """
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
     infos = normalize_prim_func(sch)
     names = [sch.get(info.block_rv).name_hint for info in infos or []]
-    if POINTWISE_BLOCK not in names:
+    kernel = next((name for name in (POINTWISE_BLOCK, CONV_BLOCK) if name in names), None)
+    if kernel is None:
         return False
-    block = sch.get_sblock(POINTWISE_BLOCK)
-    # TVM drops the batch axis (extent 1) from the block's iterators: (o, h, w, k).
-    if (names.index(POINTWISE_BLOCK) != 0 or any(info.is_reduction() for info in infos[1:])
-            or len(sch.get(block).iter_vars) != 4):
-        logger.warning("pointwise kernel left to the generic schedule: blocks %s", names)
+    block = sch.get_sblock(kernel)
+    first = 0 if kernel == POINTWISE_BLOCK else 1  # the conv's NHWC copy comes first
+    iters = sch.get(block).iter_vars
+    # TVM may drop the batch axis (extent 1) from the block's iterators: ([n,] o, h, w, k).
+    if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
+            or len(iters) not in (4, 5)):
+        logger.warning("%s kernel left to the generic schedule: blocks %s", kernel, names)
         return False
-    epilogue = [info.block_rv for info in infos[1:]]
+    epilogue = [info.block_rv for info in infos[first + 1:]]
     for tail in epilogue[:-1]:
         sch.compute_inline(tail)
     width = int(sch.get(block).writes[0].source.shape[-1])
-    # Iterate over (o, p = h * W + w): a register tile of pixels is then one rectangle of a 2-D
-    # scratch (reindex) rather than a ragged piece of the NCHW map, and the store of each
-    # tile can take the NCHW output's place (and the epilogue's) exactly.
-    sch.transform_block_layout(block, lambda o, h, w, k: (o, h * width + w, k))
+    # Iterate over (o, p = h * W + w): a register tile is then one rectangle of a 2-D scratch
+    # (reindex) rather than a ragged piece of the NCHW map, and the store of each tile can
+    # take the NCHW output's place (and the epilogue's) exactly. The pointwise kernel's rows
+    # are output channels (each weight broadcast over a vector of pixels); the conv's rows are
+    # pixels (each input value broadcast over a vector of output channels).
+    def layout(o: Any, h: Any, w: Any, k: Any) -> tuple[Any, ...]:
+        pixel = h * width + w
+        return (o, pixel, k) if kernel == POINTWISE_BLOCK else (pixel, o, k)
+
+    if len(iters) == 5:
+        sch.transform_block_layout(block, lambda n, o, h, w, k: layout(o, h, w, k))
+    else:
+        sch.transform_block_layout(block, layout)
     sch.reindex(block, ("write", 0))
     copy = sch.get_consumers(block)[0]
-    _tile_matmul(sch, block, instruction)
+    im2col = None
+    if kernel == CONV_BLOCK:
+        channels = int(sch.get(sch.get_sblock("nhwc")).writes[0].source.shape[-1])
+        im2col = (int(sch.get(block).iter_vars[-1].dom.extent) // channels, channels)
+    _tile_matmul(sch, block, instruction, im2col, pixels_inner=im2col is not None)
     sch.reverse_compute_inline(copy)
     if epilogue:
         sch.reverse_compute_inline(epilogue[-1])
     return True
 
 
+# hwcomp's default rule recognises a function holding this block (a fp32 convolution with its
+# NCHW output and the elementwise ops TVM fused after it) and schedules it with
+# :func:`schedule_fused_kernel`.
+CONV_BLOCK = "hwcomp_conv"
+
+
+def conv_nchw_kernel(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
+    strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
+    spec: KernelSpec,
+) -> Any:
+    """fp32 convolution (groups 1, batch 1) writing NCHW, its epilogue fusable.
+
+    The computation of :func:`conv_kernel` (a padded NHWC copy read as an implicit im2col
+    matrix, weights packed ``[OC/L, K, L, 1]``) with the output in the op's own layout:
+    unscheduled and output-elementwise-fusable (op pattern 4), so TVM fuses the bias,
+    activation and residual add after it and :func:`schedule_fused_kernel` applies them as
+    each tile is stored: no return to NCHW as a pass of its own. Needs
+    :func:`conv_nchw_fits`.
+    """
+    from tvm import te, tirx
+
+    _, channels, height, width = data_shape
+    kh_, kw_ = kernel
+    top, left, bottom, right = padding
+    out_h = (height + top + bottom - dilation[0] * (kh_ - 1) - 1) // strides[0] + 1
+    out_w = (width + left + right - dilation[1] * (kw_ - 1) - 1) // strides[1] + 1
+    depth, lanes = kh_ * kw_ * channels, spec.lanes
+    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    w = te.placeholder(int64_shape((out_channels // lanes, depth, lanes, 1)), "float32",
+                       name="W")
+
+    def to_nhwc(n: Any, h: Any, w_: Any, ch: Any) -> Any:
+        inside = tirx.all(h >= top, h < top + height, w_ >= left, w_ < left + width)
+        value = x[n, ch, tirx.max(tirx.min(h - top, height - 1), 0),
+                  tirx.max(tirx.min(w_ - left, width - 1), 0)]
+        return tirx.if_then_else(inside, value, tirx.const(0, "float32"))
+
+    nhwc = te.compute(int64_shape((1, height + top + bottom, width + left + right, channels)),
+                      to_nhwc, name="nhwc")
+    k = te.reduce_axis((0, te.const(depth, "int64")), "k")
+
+    def conv(n: Any, o: Any, oh: Any, ow: Any) -> Any:
+        tap, ch = k // channels, k % channels
+        value = nhwc[n, oh * strides[0] + (tap // kw_) * dilation[0],
+                     ow * strides[1] + (tap % kw_) * dilation[1], ch]
+        return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
+
+    c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK)
+    return te.create_prim_func([x, w, c])
+
+
 def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
                    strides: tuple[int, int], padding: tuple[int, ...], spec: KernelSpec) -> bool:
     """Whether :func:`pointwise_kernel` computes this convolution (the caller checks groups)."""
     batch, _, height, width = data_shape
+    # Whole vectors of pixels, in a number of vectors that makes whole 4-vector register tiles:
+    # with fewer (a 28x28 map is 49 vectors) each tile is one vector wide, and
+    # :func:`conv_nchw_kernel` (pixels as rows) ran such layers 0.66-0.92x the time
+    # (512->256 and 128->512 at 28x28, 256->128 at 36x36, 576->96 at 12x12), where at 56x56 and
+    # 32x32 this kernel took 0.5-0.8x its time.
     return (not spec.intrin and batch == 1 and kernel == (1, 1) and strides == (1, 1)
-            and not any(padding) and height * width % spec.lanes == 0)
+            and not any(padding) and height * width % (spec.lanes * _LANE_BLOCKS) == 0)
+
+
+def conv_nchw_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...], out_channels: int,
+                   spec: KernelSpec) -> bool:
+    """Whether :func:`conv_nchw_kernel` computes this convolution (the caller checks groups).
+
+    It needs fp32, batch 1, whole vectors of output channels and whole register tiles of 4
+    pixels or, for 7x7 and 14x7 maps, 7; other odd maps keep :func:`conv_kernel`'s rows padded
+    to whole tiles.
+    """
+    pixels = out_shape[2] * out_shape[3]
+    return (not spec.intrin and data_shape[0] == 1 and out_channels % spec.lanes == 0
+            and (pixels % _ROW_TILE == 0 or pixels % _ODD_ROW_TILE == 0))
 
 
 # The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
@@ -413,12 +502,14 @@ def _schedule(func: Any, block_name: str, instruction: KernelSpec,
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
+    if im2col is not None:
+        sch.compute_inline(sch.get_sblock("col"))
     _tile_matmul(sch, sch.get_sblock(block_name), instruction, im2col)
     return sch.mod["main"]
 
 
 def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
-                 im2col: tuple[int, int] | None = None) -> Any:
+                 im2col: tuple[int, int] | None = None, pixels_inner: bool = False) -> Any:
     """Register-tile the matmul ``block`` (loops m, n, k) and tensorize its inner block.
 
     Each parallel task owns ``rows x (blocks * L)`` accumulators (a local buffer LLVM keeps in
@@ -435,6 +526,11 @@ def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     block_tile = _block_tile(lane_blocks)
     widest = _widest_row_tile(block_tile)
     row_tile = next(t for t in (widest, 8, _ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
+    if row_tile < _ROW_TILE and rows % _ODD_ROW_TILE == 0:
+        # A 7x7 map (49 rows) the NCHW conv kernel cannot pad: 7 rows x 4 vectors of 16
+        # = 28 accumulators still fit AVX-512's registers; one row per tile would stream
+        # every weight once per pixel.
+        row_tile = _ODD_ROW_TILE
     depth = sch.get(k).extent.value
     row_bytes = depth * np.dtype(instruction.activation_dtype).itemsize
     weight_bytes = (lane_blocks * instruction.lanes * depth
@@ -469,14 +565,14 @@ def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         # Implicit im2col: the matmul reads A straight from the padded NHWC copy, K split as
         # (tap, channel), so an A element is nhwc[oh + dy, ow + dx, c] with the pixel's base
         # address hoisted out of the K loop, instead of building im2col rows (9x the input,
-        # written then read). K is also blocked: for each tap and block of channels every row
-        # tile of the task runs against the same slice of the weight panel, which stays in L1,
+        # written then read; the caller inlined the im2col expression, if any). K is also
+        # blocked: for each tap and block of channels every row tile of the task runs
+        # against the same slice of the weight panel, which stays in L1,
         # where a whole-K pass per row tile streamed the panel (up to 600 KiB) from L2 for
         # every 4 pixels. The accumulators go to the task's tile buffer between blocks: a load
         # and a store per block of channels. Both together: ResNet-style and ResNet-50
         # bundles 0.88x and 0.87x the time of the im2col version (A/B, alternating rounds).
         taps, c_pad = im2col
-        sch.compute_inline(sch.get_sblock("col"))
         steps = c_pad // instruction.group
         k_tap, k_channel = sch.split(k_outer, [taps, steps])
         step_bytes = (block_tile * instruction.lanes * instruction.group
@@ -490,7 +586,18 @@ def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
             store_at = fused
         k_outer = k_tap
     sch.reverse_compute_at(local, store_at)
-    sch.vectorize(sch.get_loops(local)[-1])
+    if pixels_inner:
+        # The caller makes this store write NCHW (pixels x channels transposed): with pixels
+        # innermost a vector of them is one contiguous store per channel, its elements read
+        # across the tile buffer's rows.
+        rows_loop, cols_loop = sch.get_loops(local)[-2:]
+        sch.reorder(cols_loop, rows_loop)
+        extent = sch.get(rows_loop).extent.value
+        vec = pow2_tile(extent, instruction.lanes)
+        if vec > 1:
+            sch.vectorize(sch.split(rows_loop, [None, vec])[1])
+    else:
+        sch.vectorize(sch.get_loops(local)[-1])
     if not instruction.intrin:  # before decompose: the update block must still be a reduction
         sch.vectorize(n_lane)
     init = sch.decompose_reduction(block, k_outer)
@@ -503,14 +610,14 @@ def _tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
         # stay in L1 while it writes 16 contiguous channel vectors.
         nhwc = sch.get_sblock("nhwc")
-        n, h, w, c = sch.get_loops(nhwc)
+        *n, h, w, c = sch.get_loops(nhwc)
         width, c_total = sch.get(w).extent.value, sch.get(c).extent.value
         w_tile, c_tile = pow2_tile(width, 16), pow2_tile(c_total, 16)
         w_outer, w_inner = sch.split(w, [None, w_tile])
         c_outer, c_inner = sch.split(c, [None, c_tile])
-        sch.reorder(n, h, w_outer, c_outer, w_inner, c_inner)
+        sch.reorder(*n, h, w_outer, c_outer, w_inner, c_inner)
         if parallel:
-            sch.parallel(sch.fuse(n, h))
+            sch.parallel(sch.fuse(*n, h) if n else h)
         if c_tile > 1:
             sch.vectorize(c_inner)
     return local
@@ -619,6 +726,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
             self.pointwise: set[Any] = set()  # the pointwise kernels' functions
+            self.nchw: set[Any] = set()  # the other convs writing NCHW, epilogue fused
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
@@ -645,9 +753,10 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             if weight is None:
                 return call
             out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
-            pointwise = isinstance(out, relax.Call) and out.args[0] in self.pointwise
+            kernel = out.args[0] if isinstance(out, relax.Call) else None
             self.float_ops.append(f"{name.split('.')[-1]} {shape}"
-                                  + (" pointwise (NCHW)" if pointwise else ""))
+                                  + (" pointwise (NCHW)" if kernel in self.pointwise else "")
+                                  + (" (NCHW, fused epilogue)" if kernel in self.nchw else ""))
             return out
 
         def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
@@ -687,6 +796,17 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             out_shape = shape_of(call)
             if pointwise_fits(shape, kernel, strides, padding, spec):
                 return self._pointwise(data, weight, shape, out_shape, spec)
+            if conv_nchw_fits(shape, out_shape, out_channels, spec):
+                kernel_var = self._kernel(
+                    ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation),
+                    lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
+                                             dilation, spec), pattern=4)
+                self.nchw.add(kernel_var)
+                packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
+                # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
+                out = relax.op.call_tir(kernel_var, [data, packed],
+                                        relax.TensorType(out_shape, "float32"))
+                return out, np.zeros(0), out_shape
             rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
             cols_pad = _round_up(out_channels, spec.lanes)
             key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,

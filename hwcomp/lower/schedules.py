@@ -27,7 +27,7 @@ from typing import Any
 from hwcomp.lower.kernels import (
     LAYOUT_BLOCK,
     fma_spec,
-    schedule_pointwise,
+    schedule_fused_kernel,
     tile_pixels_by_channels,
 )
 from hwcomp.targets import Target
@@ -136,7 +136,7 @@ def default_rule(lanes: int, cores: int) -> Any:
     def _schedule(func: Any) -> Any:
         if lanes > 1:
             pointwise = s_tir.Schedule(func)
-            if schedule_pointwise(pointwise, fma_spec(lanes)):
+            if schedule_fused_kernel(pointwise, fma_spec(lanes)):
                 return pointwise
             window = s_tir.Schedule(func)
             if schedule_window_reduction(window, lanes, cores):

@@ -56,7 +56,7 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
 
 @pytest.mark.parametrize("shape,out_channels", [
     ((1, 64, 8, 8), 16),     # few output channels: 16-row register tiles
-    ((1, 24, 12, 12), 10),   # 10 output channels: 2-row tiles; 64-pixel tiles straddle rows
+    ((1, 24, 16, 12), 10),   # 10 output channels: 2-row tiles; 64-pixel tiles straddle rows
     ((1, 256, 32, 32), 64),  # 1024 pixels x 256 channels: parallel tasks
 ])
 def test_pointwise_kernel_matches_numpy(shape, out_channels):
@@ -82,11 +82,78 @@ def test_pointwise_kernel_matches_numpy(shape, out_channels):
 def test_pointwise_kernel_fits_only_its_case():
     spec = kernels.float_spec(load_target("host"))
     assert not kernels.pointwise_fits((1, 8, 14, 14), (1, 1), (1, 1), (0,) * 4, spec)  # 196 px
+    # 784 pixels: whole vectors, but 49 of them, no whole 4-vector tiles (the conv kernel's).
+    assert not kernels.pointwise_fits((1, 8, 28, 28), (1, 1), (1, 1), (0,) * 4, spec)
+    assert kernels.pointwise_fits((1, 8, 56, 56), (1, 1), (1, 1), (0,) * 4, spec)
     assert not kernels.pointwise_fits((1, 8, 16, 16), (1, 1), (2, 2), (0,) * 4, spec)
     assert not kernels.pointwise_fits((1, 8, 16, 16), (3, 3), (1, 1), (1,) * 4, spec)
     assert not kernels.pointwise_fits((2, 8, 16, 16), (1, 1), (1, 1), (0,) * 4, spec)
     assert not kernels.pointwise_fits((1, 8, 16, 16), (1, 1), (1, 1), (0,) * 4,
                                       kernels.VNNI)  # int8 runs on the dot-product kernel
+
+
+@pytest.mark.parametrize("shape,out_channels,kernel,stride", [
+    ((1, 8, 20, 20), 32, 3, 1),    # rows outweigh weights; 4-pixel tiles straddle map rows
+    ((1, 64, 7, 7), 64, 3, 1),     # 49 pixels: 7-pixel register tiles
+    ((1, 160, 9, 9), 128, 3, 2),   # stride 2 (5x5 = 25 pixels: not this kernel's, see below)
+    ((1, 160, 10, 10), 128, 3, 2), # stride 2, K blocks of 32 channels, two column tasks
+    ((1, 96, 14, 14), 48, 1, 1),   # 1x1 on a 14x14 map (too few pixel vectors for pointwise)
+])
+def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channels, kernel,
+                                                               stride):
+    """The fp32 conv kernel writing NCHW, with bias, residual add and ReLU after it, fused by
+    TVM and scheduled by hwcomp's default rule: one function whose tile stores apply them."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight
+
+    from hwcomp.lower.schedules import default_rule, fusion_passes
+
+    target = load_target("host")
+    spec = kernels.float_spec(target)
+    pad = kernel // 2
+    out_hw = (shape[2] + 2 * pad - kernel) // stride + 1
+    out_shape = (1, out_channels, out_hw, out_hw)
+    fits = kernels.conv_nchw_fits(shape, out_shape, out_channels, spec)
+    assert fits == (out_hw * out_hw % 4 == 0 or out_hw * out_hw % 7 == 0)
+    if not fits:
+        return
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((out_channels, shape[1], kernel, kernel)).astype(np.float32)
+    bias = rng.standard_normal((1, out_channels, 1, 1)).astype(np.float32)
+    residual = rng.standard_normal(out_shape).astype(np.float32)
+    func = kernels.conv_nchw_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
+                                    (pad,) * 4, (1, 1), spec)
+    bb = relax.BlockBuilder()
+    data = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [data]):
+        with bb.dataflow():
+            conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
+                               "hwcomp_kernel_0")
+            packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)
+            y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
+                                          relax.TensorType(out_shape, "float32")))
+            y = bb.emit(relax.op.add(y, relax.const(bias)))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(residual))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with target.tvm():
+        mod = relax.transform.LegalizeOps()(bb.get())
+        mod = tvm.transform.Sequential([
+            *fusion_passes(target.tvm()),
+            dlight.ApplyDefaultSchedule(default_rule(lanes=spec.lanes, cores=2))])(mod)
+    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # One function: the NHWC copy, init, update, and the store carrying the epilogue.
+    assert len(scripts) == 1 and _blocks(scripts[0]) == 4, scripts
+    assert "T.max(" in scripts[0] and scripts[0].count("T.parallel(") == 2
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm()), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    padded = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
+    conv_out = np.einsum("chwij,ocij->ohw", windows[:, ::stride, ::stride], w)[None]
+    np.testing.assert_allclose(got, np.maximum(conv_out + bias + residual, 0),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
@@ -133,6 +200,26 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 
+def test_resnet_convs_write_nchw_with_their_epilogue_and_match_onnxruntime(tmp_path):
+    """At batch 1 every conv of a ResNet-style model (stem, 3x3, strided 3x3, strided 1x1
+    shortcut) runs on the NCHW conv kernel with its bias, residual add and ReLU in the tile
+    stores: no return to NCHW as a pass of its own; the bundle matches onnxruntime."""
+    import json
+
+    import onnx
+
+    from hwcomp import api
+    from tests import model_zoo
+
+    path = tmp_path / "resnet.onnx"
+    onnx.save(model_zoo.resnet_like(size=32, width=16), path)
+    result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    convs = [k for k in manifest["float_kernels"] if k.startswith("conv2d")]
+    assert len(convs) == 6 and all(k.endswith("(NCHW, fused epilogue)") for k in convs), convs
+    assert manifest["verification"]["status"] == "passed", manifest["verification"]
+
+
 @pytest.mark.parametrize("out_shape", [(1, 48, 7, 7), (2, 20, 14, 14), (1, 16, 56, 56)])
 def test_to_nchw_kernel_transposes_exactly(out_shape):
     from tvm import s_tir
@@ -148,8 +235,9 @@ def test_to_nchw_kernel_transposes_exactly(out_shape):
 
 
 def test_conv_bias_and_activation_join_the_layout_pass():
-    """The return to NCHW fuses with the bias add and ReLU after it into one function, which
-    hwcomp's default rule tiles (pixels x channels, parallel, vector lanes)."""
+    """Where a conv keeps the pixel-major kernel (here: batch 2), the return to NCHW fuses
+    with the bias add and ReLU after it into one function, which hwcomp's default rule tiles
+    (pixels x channels, parallel, vector lanes)."""
     import onnx_ir as ir
     import tvm
 
@@ -159,7 +247,8 @@ def test_conv_bias_and_activation_join_the_layout_pass():
     from tests import model_zoo
 
     target = load_target("host")
-    legal, _ = legalize_for_tvm(ir.from_proto(model_zoo.resnet_like(size=32, width=16)))
+    legal, _ = legalize_for_tvm(ir.from_proto(model_zoo.resnet_like(size=32, width=16,
+                                                                    batch=2)))
     mod, _ = relax_for_target(ir.to_proto(legal), target)
     from tvm.s_tir import dlight
 
