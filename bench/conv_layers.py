@@ -65,7 +65,8 @@ def main() -> None:
           "| hwcomp / ORT |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.layers.split(","):
         channels, size, out_channels, k, stride, pad = LAYERS[name]
-        out = (size + 2 * pad - k) // stride + 1
+        out, _ = kernels.conv_output_size((1, channels, size, size), (k, k), (stride, stride),
+                                          (pad,) * 4, (1, 1))
         x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
         w = (rng.standard_normal((out_channels, channels, k, k)) * 0.05).astype(np.float32)
         packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)

@@ -239,43 +239,68 @@ def conv_kernel(
     """
     from tvm import te, tirx
 
-    batch, channels, height, width = data_shape
-    kh_, kw_ = kernel
-    top, left, bottom, right = padding
-    out_h = (height + top + bottom - dilation[0] * (kh_ - 1) - 1) // strides[0] + 1
-    out_w = (width + left + right - dilation[1] * (kw_ - 1) - 1) // strides[1] + 1
+    batch, channels, _, _ = data_shape
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
     c_pad = _round_up(channels, instruction.group)
-    depth = kh_ * kw_ * c_pad
+    depth = kernel[0] * kernel[1] * c_pad
     dtype = instruction.activation_dtype
     rows = conv_rows(batch * out_h * out_w, out_channels, instruction)
-
     x = te.placeholder(data_shape, dtype, name="X")
-    padded_h, padded_w = height + top + bottom, width + left + right
+    nhwc = _padded_nhwc(x, data_shape, padding, c_pad, zero_point, tuple)
+
+    def im2col(m: Any, kk: Any) -> Any:
+        # Rows past the last output pixel (padding to whole register tiles) repeat it.
+        m = tirx.min(m, batch * out_h * out_w - 1)
+        n, pix = m // (out_h * out_w), m % (out_h * out_w)
+        return _im2col_element(nhwc, n, pix // out_w, pix % out_w, kk, c_pad, kernel, strides,
+                               dilation)
+
+    col = te.compute((rows, depth), im2col, name="col")
+    c = _matmul_compute(col, rows, depth, out_channels, instruction)
+    return _schedule(te.create_prim_func([x, c.op.input_tensors[1], c]), "C", instruction,
+                     im2col=(kernel[0] * kernel[1], c_pad))
+
+
+def conv_output_size(data_shape: tuple[int, ...], kernel: tuple[int, int],
+                     strides: tuple[int, int], padding: tuple[int, int, int, int],
+                     dilation: tuple[int, int]) -> tuple[int, int]:
+    """Return a convolution's output ``(height, width)``."""
+    top, left, bottom, right = padding
+    return ((data_shape[2] + top + bottom - dilation[0] * (kernel[0] - 1) - 1) // strides[0] + 1,
+            (data_shape[3] + left + right - dilation[1] * (kernel[1] - 1) - 1) // strides[1] + 1)
+
+
+def _padded_nhwc(x: Any, data_shape: tuple[int, ...], padding: tuple[int, int, int, int],
+                 c_pad: int, zero_point: int, dims: Any) -> Any:
+    """Return the NCHW input ``x`` as a padded NHWC tensor (``dims`` types its shape).
+
+    Spatial padding takes the zero point (it stands for 0.0); padded channels take 0 (their
+    weights are 0 too, and the zero-point correction sums real channels only).
+    """
+    from tvm import te, tirx
+
+    batch, channels, height, width = data_shape
+    top, left, bottom, right = padding
+    dtype = x.dtype
 
     def to_nhwc(n: Any, h: Any, w_: Any, ch: Any) -> Any:
-        # Spatial padding takes the zero point (it stands for 0.0); padded channels take 0
-        # (their weights are 0 too, and the zero-point correction sums real channels only).
         inside = tirx.all(h >= top, h < top + height, w_ >= left, w_ < left + width)
         value = x[n, tirx.min(ch, channels - 1), tirx.max(tirx.min(h - top, height - 1), 0),
                   tirx.max(tirx.min(w_ - left, width - 1), 0)]
         padded = tirx.if_then_else(inside, value, tirx.const(zero_point, dtype))
         return tirx.if_then_else(ch < channels, padded, tirx.const(0, dtype))
 
-    nhwc = te.compute((batch, padded_h, padded_w, c_pad), to_nhwc, name="nhwc")
+    shape = (batch, height + top + bottom, width + left + right, c_pad)
+    return te.compute(dims(shape), to_nhwc, name="nhwc")
 
-    def im2col(m: Any, kk: Any) -> Any:
-        # Rows past the last output pixel (padding to whole register tiles) repeat it.
-        m = tirx.min(m, batch * out_h * out_w - 1)
-        n, pix = m // (out_h * out_w), m % (out_h * out_w)
-        oh, ow = pix // out_w, pix % out_w
-        tap, ch = kk // c_pad, kk % c_pad
-        return nhwc[n, oh * strides[0] + (tap // kw_) * dilation[0],
-                    ow * strides[1] + (tap % kw_) * dilation[1], ch]
 
-    col = te.compute((rows, depth), im2col, name="col")
-    c = _matmul_compute(col, rows, depth, out_channels, instruction)
-    return _schedule(te.create_prim_func([x, c.op.input_tensors[1], c]), "C", instruction,
-                     im2col=(kh_ * kw_, c_pad))
+def _im2col_element(nhwc: Any, n: Any, oh: Any, ow: Any, k: Any, c_pad: int,
+                    kernel: tuple[int, int], strides: tuple[int, int],
+                    dilation: tuple[int, int]) -> Any:
+    """Element ``k`` (K ordered ``(kh, kw, c_pad)``) of output pixel (oh, ow)'s im2col row."""
+    tap, ch = k // c_pad, k % c_pad
+    return nhwc[n, oh * strides[0] + (tap // kernel[1]) * dilation[0],
+                ow * strides[1] + (tap % kernel[1]) * dilation[1], ch]
 
 
 # hwcomp's default rule recognises a function holding this block (the pointwise kernel and the
@@ -380,32 +405,19 @@ def conv_nchw_kernel(
     each tile is stored: no return to NCHW as a pass of its own. Needs
     :func:`conv_nchw_fits`.
     """
-    from tvm import te, tirx
+    from tvm import te
 
-    _, channels, height, width = data_shape
-    kh_, kw_ = kernel
-    top, left, bottom, right = padding
-    out_h = (height + top + bottom - dilation[0] * (kh_ - 1) - 1) // strides[0] + 1
-    out_w = (width + left + right - dilation[1] * (kw_ - 1) - 1) // strides[1] + 1
-    depth, lanes = kh_ * kw_ * channels, spec.lanes
+    channels = data_shape[1]
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
+    depth, lanes = kernel[0] * kernel[1] * channels, spec.lanes
     x = te.placeholder(int64_shape(data_shape), "float32", name="X")
     w = te.placeholder(int64_shape((out_channels // lanes, depth, lanes, 1)), "float32",
                        name="W")
-
-    def to_nhwc(n: Any, h: Any, w_: Any, ch: Any) -> Any:
-        inside = tirx.all(h >= top, h < top + height, w_ >= left, w_ < left + width)
-        value = x[n, ch, tirx.max(tirx.min(h - top, height - 1), 0),
-                  tirx.max(tirx.min(w_ - left, width - 1), 0)]
-        return tirx.if_then_else(inside, value, tirx.const(0, "float32"))
-
-    nhwc = te.compute(int64_shape((1, height + top + bottom, width + left + right, channels)),
-                      to_nhwc, name="nhwc")
+    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
     k = te.reduce_axis((0, te.const(depth, "int64")), "k")
 
     def conv(n: Any, o: Any, oh: Any, ow: Any) -> Any:
-        tap, ch = k // channels, k % channels
-        value = nhwc[n, oh * strides[0] + (tap // kw_) * dilation[0],
-                     ow * strides[1] + (tap % kw_) * dilation[1], ch]
+        value = _im2col_element(nhwc, n, oh, ow, k, channels, kernel, strides, dilation)
         return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
 
     c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK)
