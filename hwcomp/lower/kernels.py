@@ -442,8 +442,8 @@ def conv_nchw_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...], out_
     """Whether :func:`conv_nchw_kernel` computes this convolution (the caller checks groups).
 
     It needs fp32, batch 1, whole vectors of output channels and whole register tiles of 4
-    pixels or, for 7x7 and 14x7 maps, 7; other odd maps keep :func:`conv_kernel`'s rows padded
-    to whole tiles.
+    pixels or, for pixel counts a multiple of 7 (7x7, 14x7 maps), 7; other odd maps keep
+    :func:`conv_kernel`'s rows padded to whole tiles.
     """
     pixels = out_shape[2] * out_shape[3]
     return (not spec.intrin and data_shape[0] == 1 and out_channels % spec.lanes == 0
@@ -737,8 +737,8 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             self.float_ops: list[str] = []
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
-            self.pointwise: set[Any] = set()  # the pointwise kernels' functions
-            self.nchw: set[Any] = set()  # the other convs writing NCHW, epilogue fused
+            # The kernels writing NCHW with their epilogue fused, and how the report names them.
+            self.fused: dict[Any, str] = {}
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
@@ -766,9 +766,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                 return call
             out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
             kernel = out.args[0] if isinstance(out, relax.Call) else None
-            self.float_ops.append(f"{name.split('.')[-1]} {shape}"
-                                  + (" pointwise (NCHW)" if kernel in self.pointwise else "")
-                                  + (" (NCHW, fused epilogue)" if kernel in self.nchw else ""))
+            self.float_ops.append(f"{name.split('.')[-1]} {shape}{self.fused.get(kernel, '')}")
             return out
 
         def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
@@ -809,16 +807,11 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             if pointwise_fits(shape, kernel, strides, padding, spec):
                 return self._pointwise(data, weight, shape, out_shape, spec)
             if conv_nchw_fits(shape, out_shape, out_channels, spec):
-                kernel_var = self._kernel(
+                return self._fused(
                     ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation),
                     lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
-                                             dilation, spec), pattern=4)
-                self.nchw.add(kernel_var)
-                packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
-                # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
-                out = relax.op.call_tir(kernel_var, [data, packed],
-                                        relax.TensorType(out_shape, "float32"))
-                return out, np.zeros(0), out_shape
+                                             dilation, spec), " (NCHW, fused epilogue)",
+                    data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
             rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
             cols_pad = _round_up(out_channels, spec.lanes)
             key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
@@ -845,12 +838,19 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                        out_shape: tuple[int, ...], spec: KernelSpec
                        ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
             out_channels = weight.shape[0]
-            kernel_var = self._kernel(("pointwise", shape, out_channels),
-                                      lambda: pointwise_kernel(shape, out_channels), pattern=4)
-            self.pointwise.add(kernel_var)
-            matrix = relax.const(np.ascontiguousarray(weight.reshape(out_channels, -1)))
+            return self._fused(("pointwise", shape, out_channels),
+                               lambda: pointwise_kernel(shape, out_channels), " pointwise (NCHW)",
+                               data, np.ascontiguousarray(weight.reshape(out_channels, -1)),
+                               out_shape)
+
+        def _fused(self, key: tuple[Any, ...], make: Any, label: str, data: Any,
+                   weight: np.ndarray, out_shape: tuple[int, ...]
+                   ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            """Call an fp32 kernel that writes NCHW and takes the ops after it (op pattern 4)."""
+            kernel_var = self._kernel(key, make, pattern=4)
+            self.fused[kernel_var] = label
             # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
-            out = relax.op.call_tir(kernel_var, [data, matrix],
+            out = relax.op.call_tir(kernel_var, [data, relax.const(weight)],
                                     relax.TensorType(out_shape, "float32"))
             return out, np.zeros(0), out_shape
 

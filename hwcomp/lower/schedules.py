@@ -135,9 +135,9 @@ def default_rule(lanes: int, cores: int) -> Any:
 
     def _schedule(func: Any) -> Any:
         if lanes > 1:
-            pointwise = s_tir.Schedule(func)
-            if schedule_fused_kernel(pointwise, fma_spec(lanes)):
-                return pointwise
+            fused = s_tir.Schedule(func)
+            if schedule_fused_kernel(fused, fma_spec(lanes)):
+                return fused
             window = s_tir.Schedule(func)
             if schedule_window_reduction(window, lanes, cores):
                 return window
