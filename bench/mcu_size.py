@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from hwcomp import api, quantize  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis import cost  # noqa: E402
-from hwcomp.lower.mcu_sources import sources_in  # noqa: E402
+from hwcomp.lower.mcu.sources import sources_in  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {"ds_cnn_kws": model_zoo.ds_cnn, "resnet8": model_zoo.resnet8}

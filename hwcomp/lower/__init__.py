@@ -14,7 +14,7 @@ import numpy as np
 from hwcomp.errors import TargetError
 from hwcomp.lower.cpu import ArmLowering, CpuLowering
 from hwcomp.lower.cuda import CudaLowering
-from hwcomp.lower.mcu import McuLowering
+from hwcomp.lower.mcu.lowering import McuLowering
 from hwcomp.lower.runner import RunnerResult
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target

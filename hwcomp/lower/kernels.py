@@ -83,7 +83,7 @@ SDOT = KernelSpec("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
 # The CPU families hwcomp has kernels for, with their int8 dot-product instruction.
 DOT_INSTRUCTIONS = {"x86": VNNI, "arm-a": SDOT}
 # Targets that take C (microcontrollers) get u8 x s8 -> s32 kernels in C with the
-# requantization fused (hwcomp/lower/mcu_int8.py), depthwise included. Activations are u8
+# requantization fused (hwcomp/lower/mcu/int8.py), depthwise included. Activations are u8
 # because onnxruntime's x86 kernels, the reference, take u8: it converts s8 activations and
 # leaves a layer in float where a shared tensor blocks that, and a float layer's rounding
 # cannot be matched bit for bit.

@@ -82,12 +82,12 @@ def relax_for_target(legal: onnx.ModelProto, target: Target) -> tuple[Any, Any]:
 
     Checks support, imports, and replaces conv2d/matmul by hwcomp's kernels: for CPUs
     :func:`hwcomp.lower.kernels.rewrite_kernels`, for C (microcontrollers) the int8 layers by
-    :func:`hwcomp.lower.mcu_int8.rewrite_int8_layers`. ``hwcomp build`` compiles this module
+    :func:`hwcomp.lower.mcu.int8.rewrite_int8_layers`. ``hwcomp build`` compiles this module
     and ``hwcomp tune`` tunes it, so both see the same functions.
     """
-    from hwcomp.lower.aot import check_mcu_supported
+    from hwcomp.lower.mcu.aot import check_mcu_supported
     from hwcomp.lower.kernels import rewrite_kernels
-    from hwcomp.lower.mcu_int8 import rewrite_int8_layers
+    from hwcomp.lower.mcu.int8 import rewrite_int8_layers
 
     check_supported(legal)
     if target.runtime == "c":

@@ -1,6 +1,6 @@
 """Lowering for Cortex-M microcontrollers (``family = "mcu"``): C sources, not a library.
 
-``compile`` turns the Relax module into an :class:`~hwcomp.lower.aot.AotProgram` (TVM's
+``compile`` turns the Relax module into an :class:`~hwcomp.lower.mcu.aot.AotProgram` (TVM's
 ``c`` kernels, hwcomp's call sequence and arena plan). ``package`` writes the sources,
 compiles the library for the target to measure flash, RAM and stack against the profile's
 budgets, and links the example firmware for the emulated board. ``execute`` runs that
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from hwcomp.errors import MemoryBudgetError
-from hwcomp.lower import firmware
-from hwcomp.lower.aot import AotProgram, build_program
-from hwcomp.lower.mcu_sources import Sources, c_prefix, sources_in, write_sources
+from hwcomp.lower.mcu import firmware
+from hwcomp.lower.mcu.aot import AotProgram, build_program
+from hwcomp.lower.mcu.sources import Sources, c_prefix, sources_in, write_sources
 from hwcomp.lower.runner import RunnerResult
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target

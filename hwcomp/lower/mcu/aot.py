@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 
 from hwcomp.errors import LoweringError, UnsupportedOpError
-from hwcomp.lower.c_literals import exact_float_literals, float32_constants
-from hwcomp.lower.memory_plan import ArenaPlan, Buffer, plan_arena
+from hwcomp.lower.mcu.c_literals import exact_float_literals, float32_constants
+from hwcomp.lower.mcu.memory_plan import ArenaPlan, Buffer, plan_arena
 from hwcomp.lower.relax_match import mutate_functions
 from hwcomp.targets import Target
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hwcomp.lower.firmware import parse_outputs
+from hwcomp.lower.mcu.firmware import parse_outputs
 from tests import model_zoo
 from tests.conftest import REPO, require_tools, run_cli
 from tests.helpers import make_model

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 import hwcomp
-from hwcomp.lower.aot import ARENA, CONSTANT, INPUT, OUTPUT, AotProgram, TensorInfo
-from hwcomp.lower.memory_plan import ALIGNMENT
+from hwcomp.lower.mcu.aot import ARENA, CONSTANT, INPUT, OUTPUT, AotProgram, TensorInfo
+from hwcomp.lower.mcu.memory_plan import ALIGNMENT
 from hwcomp.model import TensorSpec
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hwcomp.lower.memory_plan import ALIGNMENT, Buffer, check_plan, plan_arena
+from hwcomp.lower.mcu.memory_plan import ALIGNMENT, Buffer, check_plan, plan_arena
 
 
 def test_chain_reuses_dead_buffers():
