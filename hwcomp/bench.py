@@ -32,7 +32,7 @@ import onnxruntime as ort
 from hwcomp import remote
 from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
 from hwcomp.lower import lowering_for
-from hwcomp.lower.runner import emulated as emulated_command
+from hwcomp.lower.library.runner import emulated as emulated_command
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import thread_env
 

@@ -39,7 +39,7 @@ from hwcomp import model as model_io
 from hwcomp.errors import HwcompError
 from hwcomp.lower.kernels import DOT_INSTRUCTIONS
 from hwcomp.lower.legalize import legalize_for_tvm
-from hwcomp.lower.runtime_libs import cache_dir
+from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.lower.schedules import fusion_passes
 from hwcomp.lower.tvm import relax_for_target
 from hwcomp.targets import Target, load_target

@@ -15,7 +15,7 @@ from hwcomp.errors import TargetError
 from hwcomp.lower.cpu import ArmLowering, CpuLowering
 from hwcomp.lower.cuda import CudaLowering
 from hwcomp.lower.mcu.lowering import McuLowering
-from hwcomp.lower.runner import RunnerResult
+from hwcomp.lower.library.runner import RunnerResult
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.library_bundle import package_library
-from hwcomp.lower.runner import RunnerResult, require_tool, run_bundle
-from hwcomp.lower.runtime_libs import aarch64_runtime_libs, host_runtime_libs
+from hwcomp.lower.library.bundle import package_library
+from hwcomp.lower.library.runner import RunnerResult, require_tool, run_bundle
+from hwcomp.lower.library.runtime_libs import aarch64_runtime_libs, host_runtime_libs
 from hwcomp.lower.schedules import cpu_pipeline
 from hwcomp.lower.tvm import compile_relax
 from hwcomp.lower.types import BundleInfo

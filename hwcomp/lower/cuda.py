@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.library_bundle import package_library
-from hwcomp.lower.runner import RunnerResult
+from hwcomp.lower.library.bundle import package_library
+from hwcomp.lower.library.runner import RunnerResult
 from hwcomp.lower.tvm import compile_relax
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target

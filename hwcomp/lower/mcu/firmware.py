@@ -27,7 +27,7 @@ import numpy as np
 import hwcomp
 from hwcomp.errors import ExecutionError, ToolchainError
 from hwcomp.lower.mcu.sources import Sources
-from hwcomp.lower.runner import require_tool
+from hwcomp.lower.library.runner import require_tool
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 from hwcomp.templates import render_source

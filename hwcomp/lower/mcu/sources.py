@@ -193,7 +193,7 @@ def _copies(program: AotProgram, prefix: str) -> list[dict[str, Any]]:
 
 
 def _copy_headers(include: Path) -> Path:
-    from hwcomp.lower.runtime_libs import ffi_include_dir, tvm_include_dir
+    from hwcomp.lower.library.runtime_libs import ffi_include_dir, tvm_include_dir
 
     for root, headers in ((ffi_include_dir(), _FFI_HEADERS), (tvm_include_dir(), _TVM_HEADERS)):
         for header in headers:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import hwcomp
-from hwcomp.lower.runner import compile_runner
-from hwcomp.lower.runtime_libs import ffi_include_dir
+from hwcomp.lower.library.runner import compile_runner
+from hwcomp.lower.library.runtime_libs import ffi_include_dir
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 from hwcomp.templates import render_to

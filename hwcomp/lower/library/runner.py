@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hwcomp.errors import ExecutionError, ToolchainError
-from hwcomp.lower.runtime_libs import RUNTIME_LIBS, cache_dir, ffi_include_dir
+from hwcomp.lower.library.runtime_libs import RUNTIME_LIBS, cache_dir, ffi_include_dir
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 
