@@ -13,7 +13,7 @@ import numpy as np
 
 from hwcomp.errors import TargetError
 from hwcomp.lower.cpu import ArmLowering, CpuLowering
-from hwcomp.lower.cuda import CudaLowering
+from hwcomp.lower.cuda.lowering import CudaLowering
 from hwcomp.lower.mcu.lowering import McuLowering
 from hwcomp.lower.library.runner import RunnerResult
 from hwcomp.lower.types import BundleInfo

@@ -1,0 +1,1 @@
+"""NVIDIA GPUs: TVM's CUDA pipeline with DLight schedules, verified where a device is present."""
