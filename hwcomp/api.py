@@ -29,9 +29,9 @@ from hwcomp.errors import (
     VerificationError,
 )
 from hwcomp.lower import lowering_for
-from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.library.runner import require_tool
-from hwcomp.lower.tvm import relax_for_target
+from hwcomp.lower.frontend.relax_import import relax_for_target
 from hwcomp.lower.types import BundleInfo
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.targets import Target, load_target

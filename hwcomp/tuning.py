@@ -38,10 +38,10 @@ from typing import Any
 from hwcomp import model as model_io
 from hwcomp.errors import HwcompError
 from hwcomp.lower.kernels import DOT_INSTRUCTIONS
-from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.lower.schedules import fusion_passes
-from hwcomp.lower.tvm import relax_for_target
+from hwcomp.lower.frontend.relax_import import relax_for_target
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import use_physical_cores
 from hwcomp.tuning_baseline import record_default_schedules

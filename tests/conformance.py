@@ -134,8 +134,8 @@ def _run_hwcomp(case, inputs: list, outputs: list, frontend_only: bool = False) 
     from tvm import relax
 
     from hwcomp.errors import ExecutionError, HwcompError
-    from hwcomp.lower.legalize import legalize_for_tvm
-    from hwcomp.lower.tvm import check_supported, compile_relax, import_relax
+    from hwcomp.lower.frontend.legalize import legalize_for_tvm
+    from hwcomp.lower.frontend.relax_import import check_supported, compile_relax, import_relax
     from hwcomp.model import check_tensor_interface, infer_shapes, to_proto
     from hwcomp.targets import load_target
 

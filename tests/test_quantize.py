@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp import model as model_io
 from hwcomp.lower import kernels
-from hwcomp.lower.legalize import legalize_for_tvm
-from hwcomp.lower.tvm import import_relax
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
+from hwcomp.lower.frontend.relax_import import import_relax
 from hwcomp.quantize import PrecisionOptions, calibrate, share_ranges
 from hwcomp.targets import cpu_flags, load_target
 from tests import model_zoo

@@ -17,7 +17,7 @@ from hwcomp.lower.library.bundle import package_library
 from hwcomp.lower.library.runner import RunnerResult, require_tool, run_bundle
 from hwcomp.lower.library.runtime_libs import aarch64_runtime_libs, host_runtime_libs
 from hwcomp.lower.schedules import cpu_pipeline
-from hwcomp.lower.tvm import compile_relax
+from hwcomp.lower.frontend.relax_import import compile_relax
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target, cpu_flags
 

@@ -168,9 +168,9 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     from tvm.s_tir import dlight
 
     from hwcomp import api
-    from hwcomp.lower.legalize import legalize_for_tvm
+    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.schedules import default_rule, fusion_passes
-    from hwcomp.lower.tvm import relax_for_target
+    from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
     model = model_zoo.mobilenet_like(size=32)
@@ -241,9 +241,9 @@ def test_conv_bias_and_activation_join_the_layout_pass():
     import onnx_ir as ir
     import tvm
 
-    from hwcomp.lower.legalize import legalize_for_tvm
+    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.schedules import default_rule, fusion_passes
-    from hwcomp.lower.tvm import relax_for_target
+    from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
     target = load_target("host")

@@ -29,8 +29,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from hwcomp.lower.frontend_gaps import EXPAND, gap_for
-from hwcomp.lower.tvm import supported_ops
+from hwcomp.lower.frontend.gaps import EXPAND, gap_for
+from hwcomp.lower.frontend.relax_import import supported_ops
 from hwcomp.passes import (
     BindInputsPass,
     ConvTransposePadsPass,

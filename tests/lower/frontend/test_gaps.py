@@ -3,9 +3,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp.errors import UnsupportedOpError
-from hwcomp.lower.frontend_gaps import EXPAND, gap_for
-from hwcomp.lower.legalize import legalize_for_tvm
-from hwcomp.lower.tvm import check_supported, import_relax
+from hwcomp.lower.frontend.gaps import EXPAND, gap_for
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
+from hwcomp.lower.frontend.relax_import import check_supported, import_relax
 from hwcomp.model import to_proto
 from tests.helpers import make_model, op_types, run_ort, to_ir
 

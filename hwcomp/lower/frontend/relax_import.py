@@ -33,7 +33,7 @@ def check_supported(proto: onnx.ModelProto) -> None:
     """Raise :class:`UnsupportedOpError` for the first node TVM cannot import."""
     from onnx import numpy_helper
 
-    from hwcomp.lower.frontend_gaps import REJECT, gap_for
+    from hwcomp.lower.frontend.gaps import REJECT, gap_for
 
     known = supported_ops()
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer

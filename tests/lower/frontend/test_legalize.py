@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hwcomp.lower.legalize import legalize_for_tvm
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from tests import model_zoo
 from tests.helpers import make_model, op_types, run_ort, to_ir
 
