@@ -40,7 +40,7 @@ from hwcomp.errors import HwcompError
 from hwcomp.lower.kernels import DOT_INSTRUCTIONS
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.library.runtime_libs import cache_dir
-from hwcomp.lower.schedules import fusion_passes
+from hwcomp.lower.cpu.pipeline import fusion_passes
 from hwcomp.lower.frontend.relax_import import relax_for_target
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import use_physical_cores

@@ -1,6 +1,6 @@
 """hwcomp's default schedules as tuning records: tuning starts from them and never loses to them.
 
-An untuned build runs hwcomp's default schedules (:mod:`hwcomp.lower.schedules`), which can
+An untuned build runs hwcomp's default schedules (:mod:`hwcomp.lower.cpu.pipeline`), which can
 beat what MetaSchedule finds in a small trial budget. Before searching, ``hwcomp tune``
 measures each task's default schedule with the same builder and runner and commits it to the
 database as an ordinary record (its trace replays the rule's steps). ``hwcomp build`` applies
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hwcomp.lower.schedules import default_rule
+from hwcomp.lower.cpu.pipeline import default_rule
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)

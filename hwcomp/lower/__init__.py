@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hwcomp.errors import TargetError
-from hwcomp.lower.cpu import ArmLowering, CpuLowering
+from hwcomp.lower.cpu.lowering import ArmLowering, CpuLowering
 from hwcomp.lower.cuda.lowering import CudaLowering
 from hwcomp.lower.mcu.lowering import McuLowering
 from hwcomp.lower.library.runner import RunnerResult

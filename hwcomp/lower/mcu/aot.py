@@ -184,7 +184,7 @@ def mcu_passes(target: Target) -> list[Any]:
     from tvm import relax
     from tvm.s_tir import dlight
 
-    from hwcomp.lower.schedules import default_rule, fusion_passes
+    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
 
     return [
         mean_as_sum_divide(),

@@ -61,7 +61,7 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
 ])
 def test_pointwise_kernel_matches_numpy(shape, out_channels):
     """The NCHW pointwise kernel as hwcomp's default rule schedules it."""
-    from hwcomp.lower.schedules import default_rule
+    from hwcomp.lower.cpu.pipeline import default_rule
 
     spec = kernels.float_spec(load_target("host"))
     assert kernels.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
@@ -107,7 +107,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     from tvm import relax
     from tvm.s_tir import dlight
 
-    from hwcomp.lower.schedules import default_rule, fusion_passes
+    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
 
     target = load_target("host")
     spec = kernels.float_spec(target)
@@ -169,7 +169,7 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
 
     from hwcomp import api
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
-    from hwcomp.lower.schedules import default_rule, fusion_passes
+    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
     from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
@@ -242,7 +242,7 @@ def test_conv_bias_and_activation_join_the_layout_pass():
     import tvm
 
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
-    from hwcomp.lower.schedules import default_rule, fusion_passes
+    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
     from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
@@ -285,7 +285,7 @@ def test_depthwise_rows_match_numpy(width, stride):
     is applied as each row's accumulators are stored (no scratch output)."""
     from tvm import te, tirx, topi
 
-    from hwcomp.lower.schedules import default_rule
+    from hwcomp.lower.cpu.pipeline import default_rule
 
     channels = 8
     rng = np.random.default_rng(width + stride)

@@ -10,7 +10,7 @@ functions from a MetaSchedule database and hwcomp's own kernels carry one):
   ``[parallel tasks, vector lanes]`` — tasks across the profile's cores, lanes of the
   profile's vector width — with the reduction loops (if any) kept innermost and serial;
 * a sliding-window reduction (depthwise convolution, pooling) gets
-  :mod:`hwcomp.lower.window_schedule` instead: padding apart, window taps outside, output
+  :mod:`hwcomp.lower.cpu.rules.window` instead: padding apart, window taps outside, output
   pixels in vector lanes;
 * a function whose blocks cannot be analysed is left as TVM made it.
 
@@ -81,11 +81,11 @@ def fusion_passes(tvm_target: Any) -> list[Any]:
     """TVM's CPU passes up to fused TIR functions: what tuning sees and the schedules apply to.
 
     Before legalisation, exp/erf/tanh (and the ops built on them) become vectorisable
-    polynomials (:mod:`hwcomp.lower.fast_math`).
+    polynomials (:mod:`hwcomp.lower.cpu.fast_math`).
     """
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    from hwcomp.lower.fast_math import fast_math_pass
+    from hwcomp.lower.cpu.fast_math import fast_math_pass
 
     return [*cpu_generic.library_dispatch_passes(tvm_target), fast_math_pass(),
             *cpu_generic.legalize_passes(tvm_target)]
@@ -121,7 +121,7 @@ def default_rule(lanes: int, cores: int) -> Any:
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 
-    from hwcomp.lower.window_schedule import schedule_window_reduction
+    from hwcomp.lower.cpu.rules.window import schedule_window_reduction
 
     class CpuDefault(ScheduleRule):  # type: ignore[misc]
         """Inline, then parallel tasks x vector lanes over each block's spatial loops."""

@@ -40,7 +40,7 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
     from hwcomp.lower.kernels import pow2_tile
-    from hwcomp.lower.schedules import loop_extent, loops_product
+    from hwcomp.lower.cpu.pipeline import loop_extent, loops_product
 
     infos = normalize_prim_func(sch)
     if infos is None:
@@ -120,7 +120,7 @@ def _reduction_axes(sch: Any, block: Any) -> int:
 
 def _vectorize_row(sch: Any, head: Any, lane: Any, vector: int) -> None:
     """Vector lanes on a row's ``lane`` loop; its vectors (``head``) unrolled when few."""
-    from hwcomp.lower.schedules import loop_extent
+    from hwcomp.lower.cpu.pipeline import loop_extent
 
     if vector > 1:
         sch.vectorize(lane)

@@ -1,0 +1,1 @@
+"""Default schedule rules for functions no tuning record covers, one rule per file."""
