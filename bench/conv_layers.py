@@ -2,9 +2,9 @@
 
     python bench/conv_layers.py [--layers r50_3x3_56,...] [--rounds 7] [--number 20]
 
-Each layer is compiled as hwcomp builds it (:func:`hwcomp.lower.kernels.conv_nchw_kernel`:
+Each layer is compiled as hwcomp builds it (:func:`hwcomp.lower.cpu.kernels.compute.conv_nchw_kernel`:
 the padded NHWC copy and the GEMM storing NCHW, here without a bias or activation; or, for
-maps it does not fit, :func:`hwcomp.lower.kernels.conv_kernel` without the return to NCHW)
+maps it does not fit, :func:`hwcomp.lower.cpu.kernels.compute.conv_kernel` without the return to NCHW)
 and as a one-Conv ONNX model for onnxruntime (2 threads, its NCHWc transformer on). The two
 alternate in ``--rounds`` rounds (a 0.1 s pause before each); every round checks hwcomp's
 output against onnxruntime's. The table gives each side's fastest round and the median of
@@ -28,7 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp.lower import kernels  # noqa: E402
+from hwcomp.lower import kernel_spec  # noqa: E402
+from hwcomp.lower.cpu.kernels import compute, tiling  # noqa: E402
+from hwcomp.lower.cpu.kernels import spec as specs  # noqa: E402
 from hwcomp.targets import load_target  # noqa: E402
 from hwcomp.threads import thread_env  # noqa: E402
 
@@ -57,7 +59,7 @@ def main() -> None:
     from tvm import s_tir
 
     target = load_target("host")
-    spec = kernels.float_spec(target)
+    spec = specs.float_spec(target)
     assert spec is not None
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
@@ -65,24 +67,24 @@ def main() -> None:
           "| hwcomp / ORT |\n| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.layers.split(","):
         channels, size, out_channels, k, stride, pad = LAYERS[name]
-        out, _ = kernels.conv_output_size((1, channels, size, size), (k, k), (stride, stride),
+        out, _ = kernel_spec.conv_output_size((1, channels, size, size), (k, k), (stride, stride),
                                           (pad,) * 4, (1, 1))
         x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
         w = (rng.standard_normal((out_channels, channels, k, k)) * 0.05).astype(np.float32)
-        packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)
+        packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
         out_shape = (1, out_channels, out, out)
         result_shape: tuple[int, ...]
-        if kernels.conv_nchw_fits(x.shape, out_shape, out_channels, spec):
+        if compute.conv_nchw_fits(x.shape, out_shape, out_channels, spec):
             # The kernel writing NCHW (as hwcomp builds the layer; no epilogue here).
-            sch = s_tir.Schedule(kernels.conv_nchw_kernel(
+            sch = s_tir.Schedule(compute.conv_nchw_kernel(
                 x.shape, (k, k), out_channels, (stride, stride), (pad,) * 4, (1, 1), spec))
-            assert kernels.schedule_fused_kernel(sch, spec)
+            assert tiling.schedule_fused_kernel(sch, spec)
             func, result_shape = sch.mod["main"], out_shape
         else:
             # Pixel-major rows padded to whole tiles (hwcomp then returns them to NCHW).
-            func = kernels.conv_kernel(x.shape, (k, k), out_channels, (stride, stride),
+            func = compute.conv_kernel(x.shape, (k, k), out_channels, (stride, stride),
                                        (pad,) * 4, (1, 1), 0, spec)
-            result_shape = (kernels.conv_rows(out * out, out_channels, spec),
+            result_shape = (tiling.conv_rows(out * out, out_channels, spec),
                             -(-out_channels // spec.lanes) * spec.lanes)
         lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
                              target=target.tvm())

@@ -30,8 +30,8 @@ from hwcomp.errors import (
 )
 from hwcomp.lower import lowering_for
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
-from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.frontend.relax_import import relax_for_target
+from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.types import BundleInfo
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.targets import Target, load_target

@@ -38,7 +38,7 @@ from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.analysis.sensitivity import metrics
 from hwcomp.errors import CalibrationDataError, HwcompError
-from hwcomp.lower.kernels import activation_dtype, int8_kernel
+from hwcomp.lower.cpu.kernels.spec import activation_dtype, int8_kernel
 from hwcomp.targets import Target
 from hwcomp.verify import run_onnxruntime
 

@@ -37,11 +37,11 @@ from typing import Any
 
 from hwcomp import model as model_io
 from hwcomp.errors import HwcompError
-from hwcomp.lower.kernels import DOT_INSTRUCTIONS
-from hwcomp.lower.frontend.legalize import legalize_for_tvm
-from hwcomp.lower.library.runtime_libs import cache_dir
+from hwcomp.lower.cpu.kernels.spec import DOT_INSTRUCTIONS
 from hwcomp.lower.cpu.pipeline import fusion_passes
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.frontend.relax_import import relax_for_target
+from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import use_physical_cores
 from hwcomp.tuning_baseline import record_default_schedules
@@ -101,7 +101,8 @@ def light_tensor_intrin() -> None:
         tvm.s_tir.tensor_intrin = package  # type: ignore[attr-defined]
         for sub in ("x86", "arm_cpu"):
             setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
-    from hwcomp.lower.kernels import VNNI, register_intrinsic
+    from hwcomp.lower.cpu.kernels.intrinsics import register_intrinsic
+    from hwcomp.lower.cpu.kernels.spec import VNNI
 
     register_intrinsic(VNNI, "dot_16x4_vnni", scope="global")
 

@@ -14,7 +14,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp import model as model_io
-from hwcomp.lower import kernels
+from hwcomp.lower.cpu.kernels import compute, tiling
+from hwcomp.lower.cpu.kernels import rewrite as kernel_rewrite
+from hwcomp.lower.cpu.kernels import spec as kernel_specs
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.frontend.relax_import import import_relax
 from hwcomp.quantize import PrecisionOptions, calibrate, share_ranges
@@ -54,16 +56,16 @@ def test_conv_kernel_is_bit_exact_with_convinteger_and_uses_vnni(shape, out_chan
     rng = np.random.default_rng(sum(shape))
     x = rng.integers(0, 256, shape).astype(np.uint8)
     w = rng.integers(-128, 128, (out_channels, shape[1], kernel, kernel)).astype(np.int8)
-    func = kernels.conv_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
-                               (pad,) * 4, (1, 1), zp, kernels.VNNI)
+    func = compute.conv_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
+                               (pad,) * 4, (1, 1), zp, kernel_specs.VNNI)
     lib, asm = _compile(func)
     assert "vpdpbusd" in asm
     out_h = (shape[2] + 2 * pad - kernel) // stride + 1
     out_w = (shape[3] + 2 * pad - kernel) // stride + 1
-    packed = kernels.pack_weight(kernels.conv_weight_matrix(w, kernels.VNNI), kernels.VNNI)
+    packed = compute.pack_weight(compute.conv_weight_matrix(w, kernel_specs.VNNI), kernel_specs.VNNI)
     pixels = shape[0] * out_h * out_w
     # Rows are padded to whole register tiles (60 -> 64, 49 -> 64 here); the extra are unused.
-    rows = kernels.conv_rows(pixels, out_channels, kernels.VNNI)
+    rows = tiling.conv_rows(pixels, out_channels, kernel_specs.VNNI)
     assert rows % 4 == 0 and rows >= pixels
     out = tvm.runtime.tensor(np.zeros((rows, packed.shape[0] * 16), np.int32))
     lib(tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
@@ -89,12 +91,12 @@ def test_matmul_kernel_is_bit_exact_with_matmulinteger():
     rows, depth, cols = 10, 37, 21
     a = rng.integers(0, 256, (rows, depth)).astype(np.uint8)
     w = rng.integers(-128, 128, (depth, cols)).astype(np.int8)
-    lib, asm = _compile(kernels.matmul_kernel(rows, depth, cols, kernels.VNNI))
+    lib, asm = _compile(compute.matmul_kernel(rows, depth, cols, kernel_specs.VNNI))
     assert "vpdpbusd" in asm
     a_pad = np.zeros((rows, 40), np.uint8)
     a_pad[:, :depth] = a
     out = tvm.runtime.tensor(np.zeros((rows, 32), np.int32))
-    lib(tvm.runtime.tensor(a_pad), tvm.runtime.tensor(kernels.pack_weight(w.T, kernels.VNNI)), out)
+    lib(tvm.runtime.tensor(a_pad), tvm.runtime.tensor(compute.pack_weight(w.T, kernel_specs.VNNI)), out)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "g",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape)],
@@ -193,7 +195,7 @@ def test_qdq_model_compiled_agrees_with_onnxruntime_qdq(tmp_path):
     onnx.save(proto, tmp_path / "q.onnx")
     legal, _ = legalize_for_tvm(model_io.load_model(tmp_path / "q.onnx"))
     legal_proto = model_io.to_proto(legal)
-    mod, rewrite = kernels.rewrite_kernels(import_relax(legal_proto), target)
+    mod, rewrite = kernel_rewrite.rewrite_kernels(import_relax(legal_proto), target)
     assert rewrite is not None and len(rewrite.rewritten) == plan.counts()["int8"]
     executable = tvm.compile(mod, target=target.tvm())
     vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
@@ -257,8 +259,8 @@ def test_arm_a76_kernels_use_sdot_and_a72_gets_none():
     import tvm
 
     a76 = load_target("arm-a76")
-    assert kernels.dot_instruction(a76) is kernels.SDOT
-    assert kernels.dot_instruction(load_target("arm-a72")) is None
-    lib = tvm.compile(tvm.IRModule({"main": kernels.matmul_kernel(8, 64, 16, kernels.SDOT)}),
+    assert kernel_specs.dot_instruction(a76) is kernel_specs.SDOT
+    assert kernel_specs.dot_instruction(load_target("arm-a72")) is None
+    lib = tvm.compile(tvm.IRModule({"main": compute.matmul_kernel(8, 64, 16, kernel_specs.SDOT)}),
                       target=a76.tvm())
     assert "sdot" in lib.mod.inspect_source("asm")

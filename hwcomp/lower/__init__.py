@@ -14,8 +14,8 @@ import numpy as np
 from hwcomp.errors import TargetError
 from hwcomp.lower.cpu.lowering import ArmLowering, CpuLowering
 from hwcomp.lower.cuda.lowering import CudaLowering
-from hwcomp.lower.mcu.lowering import McuLowering
 from hwcomp.lower.library.runner import RunnerResult
+from hwcomp.lower.mcu.lowering import McuLowering
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
 

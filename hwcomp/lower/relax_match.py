@@ -1,6 +1,6 @@
 """Reading and rewriting imported Relax: the helpers hwcomp's Relax rewriters share.
 
-The CPU kernel rewriter (:mod:`hwcomp.lower.kernels`), the int8 microcontroller kernels
+The CPU kernel rewriter (:mod:`hwcomp.lower.cpu.kernels`), the int8 microcontroller kernels
 (:mod:`hwcomp.lower.mcu.int8`), the polynomial transcendentals (:mod:`hwcomp.lower.cpu.fast_math`)
 and the C program builder (:mod:`hwcomp.lower.mcu.aot`) all walk TVM's Relax functions with a
 ``PyExprMutator`` and match ops through dataflow bindings.

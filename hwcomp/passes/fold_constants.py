@@ -38,7 +38,7 @@ _NONDETERMINISTIC = frozenset(
      "Bernoulli", "Dropout"}
 )
 # A quantized weight is kept as DequantizeLinear(int8 constant): folding it to float would
-# throw away what the integer kernels (hwcomp.lower.kernels) need.
+# throw away what the integer kernels (hwcomp.lower.cpu.kernels) need.
 _KEPT = frozenset({"DequantizeLinear"})
 
 

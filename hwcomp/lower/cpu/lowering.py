@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from hwcomp.lower.cpu.pipeline import cpu_pipeline
+from hwcomp.lower.frontend.relax_import import compile_relax
 from hwcomp.lower.library.bundle import package_library
 from hwcomp.lower.library.runner import RunnerResult, require_tool, run_bundle
 from hwcomp.lower.library.runtime_libs import aarch64_runtime_libs, host_runtime_libs
-from hwcomp.lower.cpu.pipeline import cpu_pipeline
-from hwcomp.lower.frontend.relax_import import compile_relax
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target, cpu_flags
 

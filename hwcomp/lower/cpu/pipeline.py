@@ -15,7 +15,7 @@ functions from a MetaSchedule database and hwcomp's own kernels carry one):
 * a function whose blocks cannot be analysed is left as TVM made it.
 
 Convolutions and matmuls with constant weights do not reach this rule: hwcomp replaces them
-with its register-tiled kernels first (:mod:`hwcomp.lower.kernels`).
+with its register-tiled kernels first (:mod:`hwcomp.lower.cpu.kernels`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hwcomp.lower.kernels import (
-    LAYOUT_BLOCK,
-    fma_spec,
-    schedule_fused_kernel,
-    tile_pixels_by_channels,
-)
+from hwcomp.lower.cpu.kernels.blocks import LAYOUT_BLOCK
+from hwcomp.lower.cpu.kernels.spec import fma_spec
+from hwcomp.lower.cpu.kernels.tiling import schedule_fused_kernel, tile_pixels_by_channels
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -190,7 +187,7 @@ def _tile_layout_blocks(sch: Any, infos: list[Any], lanes: int) -> bool:
     """Schedule a conv kernel's return to NCHW and the elementwise ops fused with it.
 
     Every block left after inlining must be spatial over ([n,] c, h, w); each gets the tiled
-    order of :func:`hwcomp.lower.kernels.tile_pixels_by_channels`. Returns False (nothing
+    order of :func:`hwcomp.lower.cpu.kernels.tiling.tile_pixels_by_channels`. Returns False (nothing
     changed) otherwise, e.g. when a reduction joined the fused function.
     """
     if not all(info.dom_kind() in ("SSS", "SSSS")

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from hwcomp.lower.frontend.relax_import import compile_relax
 from hwcomp.lower.library.bundle import package_library
 from hwcomp.lower.library.runner import RunnerResult
-from hwcomp.lower.frontend.relax_import import compile_relax
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
 

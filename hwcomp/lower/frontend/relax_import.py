@@ -81,12 +81,12 @@ def relax_for_target(legal: onnx.ModelProto, target: Target) -> tuple[Any, Any]:
     """Return the Relax module hwcomp lowers for ``target`` and what its kernels took over.
 
     Checks support, imports, and replaces conv2d/matmul by hwcomp's kernels: for CPUs
-    :func:`hwcomp.lower.kernels.rewrite_kernels`, for C (microcontrollers) the int8 layers by
+    :func:`hwcomp.lower.cpu.kernels.rewrite.rewrite_kernels`, for C (microcontrollers) the int8 layers by
     :func:`hwcomp.lower.mcu.int8.rewrite_int8_layers`. ``hwcomp build`` compiles this module
     and ``hwcomp tune`` tunes it, so both see the same functions.
     """
+    from hwcomp.lower.cpu.kernels.rewrite import rewrite_kernels
     from hwcomp.lower.mcu.aot import check_mcu_supported
-    from hwcomp.lower.kernels import rewrite_kernels
     from hwcomp.lower.mcu.int8 import rewrite_int8_layers
 
     check_supported(legal)

@@ -149,7 +149,7 @@ def check_mcu_supported(proto: onnx.ModelProto) -> None:
 
 
 def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
-    """Lower a Relax module (from :func:`hwcomp.lower.frontend.relax_import.relax_for_target`) to an AOT program.
+    """Lower a Relax module (from the MCU lowering's ``prepare``) to an AOT program.
 
     ``prefix`` makes the kernel symbols unique per model, so two models link into one
     firmware.

@@ -26,8 +26,8 @@ import numpy as np
 
 import hwcomp
 from hwcomp.errors import ExecutionError, ToolchainError
-from hwcomp.lower.mcu.sources import Sources
 from hwcomp.lower.library.runner import require_tool
+from hwcomp.lower.mcu.sources import Sources
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 from hwcomp.templates import render_source

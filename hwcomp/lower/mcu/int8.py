@@ -33,10 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernels import (
-    KernelRewrite,
-    int64_shape,
-)
+from hwcomp.lower.kernel_spec import KernelRewrite, int64_shape
 from hwcomp.lower.relax_match import (
     bound,
     constant_array,

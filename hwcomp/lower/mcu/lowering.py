@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from hwcomp.errors import MemoryBudgetError
+from hwcomp.lower.library.runner import RunnerResult
 from hwcomp.lower.mcu import firmware
 from hwcomp.lower.mcu.aot import AotProgram, build_program
 from hwcomp.lower.mcu.sources import Sources, c_prefix, sources_in, write_sources
-from hwcomp.lower.library.runner import RunnerResult
 from hwcomp.lower.types import BundleInfo
 from hwcomp.targets import Target
 

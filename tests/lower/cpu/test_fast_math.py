@@ -30,8 +30,8 @@ def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
     import onnx_ir as ir
     import tvm
 
-    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.cpu.pipeline import fusion_passes
+    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.frontend.relax_import import relax_for_target
     from hwcomp.targets import load_target
 

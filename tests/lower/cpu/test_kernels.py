@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from hwcomp.lower import kernels
+from hwcomp.lower import kernel_spec
+from hwcomp.lower.cpu.kernels import blocks, compute, tiling
+from hwcomp.lower.cpu.kernels import spec as specs
 from hwcomp.targets import load_target
 
 
@@ -32,21 +34,21 @@ def _run(func, *arrays, out_shape):
     ((1, 160, 9, 9), 128, 3),    # K blocks of 32 channels (5 per tap), two column tasks
 ])
 def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kernel):
-    spec = kernels.float_spec(load_target("host"))
+    spec = specs.float_spec(load_target("host"))
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((out_channels, shape[1], kernel, kernel)).astype(np.float32)
     pad = kernel // 2
-    func = kernels.conv_kernel(shape, (kernel, kernel), out_channels, (1, 1), (pad,) * 4,
+    func = compute.conv_kernel(shape, (kernel, kernel), out_channels, (1, 1), (pad,) * 4,
                                (1, 1), 0, spec)
     # Implicit im2col: the padded NHWC copy, then the matmul reading it (init, update, store),
     # each parallel; no im2col buffer.
     script = func.script()
     assert _blocks(script) == 4 and 'T.sblock("col")' not in script, script
     assert script.count("T.parallel(") == 2
-    rows = kernels.conv_rows(shape[2] * shape[3], out_channels, spec)
-    cols = kernels._round_up(out_channels, spec.lanes)
-    packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)
+    rows = tiling.conv_rows(shape[2] * shape[3], out_channels, spec)
+    cols = kernel_spec.round_up(out_channels, spec.lanes)
+    packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
     got = _run(func, x, packed, out_shape=(rows, cols))[:shape[2] * shape[3], :out_channels]
     padded = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
@@ -63,12 +65,12 @@ def test_pointwise_kernel_matches_numpy(shape, out_channels):
     """The NCHW pointwise kernel as hwcomp's default rule schedules it."""
     from hwcomp.lower.cpu.pipeline import default_rule
 
-    spec = kernels.float_spec(load_target("host"))
-    assert kernels.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
+    spec = specs.float_spec(load_target("host"))
+    assert compute.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((out_channels, shape[1])).astype(np.float32)
-    func = kernels.pointwise_kernel(shape, out_channels)
+    func = compute.pointwise_kernel(shape, out_channels)
     sch = default_rule(lanes=spec.lanes, cores=2).apply(func, load_target("host").tvm(), False)
     script = sch.mod["main"].script()
     # No layout copies; init, update and the tile's store; parallel unless tiny.
@@ -80,16 +82,16 @@ def test_pointwise_kernel_matches_numpy(shape, out_channels):
 
 
 def test_pointwise_kernel_fits_only_its_case():
-    spec = kernels.float_spec(load_target("host"))
-    assert not kernels.pointwise_fits((1, 8, 14, 14), (1, 1), (1, 1), (0,) * 4, spec)  # 196 px
+    spec = specs.float_spec(load_target("host"))
+    assert not compute.pointwise_fits((1, 8, 14, 14), (1, 1), (1, 1), (0,) * 4, spec)  # 196 px
     # 784 pixels: whole vectors, but 49 of them, no whole 4-vector tiles (the conv kernel's).
-    assert not kernels.pointwise_fits((1, 8, 28, 28), (1, 1), (1, 1), (0,) * 4, spec)
-    assert kernels.pointwise_fits((1, 8, 56, 56), (1, 1), (1, 1), (0,) * 4, spec)
-    assert not kernels.pointwise_fits((1, 8, 16, 16), (1, 1), (2, 2), (0,) * 4, spec)
-    assert not kernels.pointwise_fits((1, 8, 16, 16), (3, 3), (1, 1), (1,) * 4, spec)
-    assert not kernels.pointwise_fits((2, 8, 16, 16), (1, 1), (1, 1), (0,) * 4, spec)
-    assert not kernels.pointwise_fits((1, 8, 16, 16), (1, 1), (1, 1), (0,) * 4,
-                                      kernels.VNNI)  # int8 runs on the dot-product kernel
+    assert not compute.pointwise_fits((1, 8, 28, 28), (1, 1), (1, 1), (0,) * 4, spec)
+    assert compute.pointwise_fits((1, 8, 56, 56), (1, 1), (1, 1), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 8, 16, 16), (1, 1), (2, 2), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 8, 16, 16), (3, 3), (1, 1), (1,) * 4, spec)
+    assert not compute.pointwise_fits((2, 8, 16, 16), (1, 1), (1, 1), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 8, 16, 16), (1, 1), (1, 1), (0,) * 4,
+                                      specs.VNNI)  # int8 runs on the dot-product kernel
 
 
 @pytest.mark.parametrize("shape,out_channels,kernel,stride", [
@@ -110,11 +112,11 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
 
     target = load_target("host")
-    spec = kernels.float_spec(target)
+    spec = specs.float_spec(target)
     pad = kernel // 2
     out_hw = (shape[2] + 2 * pad - kernel) // stride + 1
     out_shape = (1, out_channels, out_hw, out_hw)
-    fits = kernels.conv_nchw_fits(shape, out_shape, out_channels, spec)
+    fits = compute.conv_nchw_fits(shape, out_shape, out_channels, spec)
     assert fits == (out_hw * out_hw % 4 == 0 or out_hw * out_hw % 7 == 0)
     if not fits:
         return
@@ -123,7 +125,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     w = rng.standard_normal((out_channels, shape[1], kernel, kernel)).astype(np.float32)
     bias = rng.standard_normal((1, out_channels, 1, 1)).astype(np.float32)
     residual = rng.standard_normal(out_shape).astype(np.float32)
-    func = kernels.conv_nchw_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
+    func = compute.conv_nchw_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
                                     (pad,) * 4, (1, 1), spec)
     bb = relax.BlockBuilder()
     data = relax.Var("x", relax.TensorType(shape, "float32"))
@@ -131,7 +133,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
         with bb.dataflow():
             conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
                                "hwcomp_kernel_0")
-            packed = kernels.pack_weight(kernels.conv_weight_matrix(w, spec), spec)
+            packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
             y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
                                           relax.TensorType(out_shape, "float32")))
             y = bb.emit(relax.op.add(y, relax.const(bias)))
@@ -168,8 +170,8 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     from tvm.s_tir import dlight
 
     from hwcomp import api
-    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
+    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
@@ -182,7 +184,7 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
             *fusion_passes(target.tvm()),
             dlight.ApplyDefaultSchedule(default_rule(lanes=16, cores=2))])(mod)
     fused = {gv.name_hint: f.script() for gv, f in mod.functions_items()
-             if kernels.POINTWISE_BLOCK in f.script()}
+             if blocks.POINTWISE_BLOCK in f.script()}
     # Expand convs carry bias + ReLU6 (max, min), project convs their bias and, in residual
     # blocks, the add of the block's input. Same-shaped convs share one function.
     tails = [re.sub(r"^fused_hwcomp_kernel_\d+_", "", name) for name in fused]
@@ -225,10 +227,10 @@ def test_to_nchw_kernel_transposes_exactly(out_shape):
     from tvm import s_tir
 
     batch, channels, height, width = out_shape
-    rows, cols = batch * height * width + 3, kernels._round_up(channels, 16)
+    rows, cols = batch * height * width + 3, kernel_spec.round_up(channels, 16)
     a = np.random.default_rng(1).standard_normal((rows, cols)).astype(np.float32)
-    sch = s_tir.Schedule(kernels.to_nchw_kernel(out_shape, rows, cols, "float32"))
-    kernels.tile_pixels_by_channels(sch, sch.get_sblock(kernels.LAYOUT_BLOCK), 16)
+    sch = s_tir.Schedule(compute.to_nchw_kernel(out_shape, rows, cols, "float32"))
+    tiling.tile_pixels_by_channels(sch, sch.get_sblock(blocks.LAYOUT_BLOCK), 16)
     got = _run(sch.mod["main"], a, out_shape=out_shape)
     want = a[:batch * height * width, :channels].reshape(batch, height, width, channels)
     np.testing.assert_array_equal(got, want.transpose(0, 3, 1, 2))
@@ -241,8 +243,8 @@ def test_conv_bias_and_activation_join_the_layout_pass():
     import onnx_ir as ir
     import tvm
 
-    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
+    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
@@ -267,13 +269,13 @@ def test_conv_bias_and_activation_join_the_layout_pass():
 
 
 def test_tiny_kernels_stay_on_one_thread_and_large_ones_do_not():
-    spec = kernels.float_spec(load_target("host"))
+    spec = specs.float_spec(load_target("host"))
     # 16 tokens x 64 x 64: about a microsecond of FMAs, less than waking the thread pool.
-    assert "T.parallel(" not in kernels.matmul_kernel(16, 64, 64, spec).script()
-    assert "T.parallel(" in kernels.matmul_kernel(256, 256, 256, spec).script()
+    assert "T.parallel(" not in compute.matmul_kernel(16, 64, 64, spec).script()
+    assert "T.parallel(" in compute.matmul_kernel(256, 256, 256, spec).script()
     a = np.random.default_rng(2).standard_normal((16, 64)).astype(np.float32)
     w = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
-    got = _run(kernels.matmul_kernel(16, 64, 64, spec), a, kernels.pack_weight(w, spec),
+    got = _run(compute.matmul_kernel(16, 64, 64, spec), a, compute.pack_weight(w, spec),
                out_shape=(16, 64))
     np.testing.assert_allclose(got, a @ w.T, rtol=1e-5, atol=1e-4)
 

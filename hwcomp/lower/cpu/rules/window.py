@@ -39,7 +39,7 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     """Schedule ``sch``'s function as a window reduction if it is one; say whether it was."""
     from tvm.s_tir.dlight.analysis import normalize_prim_func
 
-    from hwcomp.lower.kernels import pow2_tile
+    from hwcomp.lower.cpu.kernels.tiling import pow2_tile
     from hwcomp.lower.cpu.pipeline import loop_extent, loops_product
 
     infos = normalize_prim_func(sch)

@@ -1,0 +1,24 @@
+"""Names of the blocks hwcomp's kernels define and its default schedule rules recognise.
+
+The compute (:mod:`hwcomp.lower.cpu.kernels.compute`) names its blocks with these; the rules
+(:mod:`hwcomp.lower.cpu.rules`) find a kernel's fused function by them.
+"""
+
+from __future__ import annotations
+
+# hwcomp's default rule recognises a function holding this block (the pointwise kernel and the
+# elementwise ops TVM fused after it) and schedules it with :func:`schedule_fused_kernel`.
+POINTWISE_BLOCK = "hwcomp_pointwise"
+
+
+# hwcomp's default rule recognises a function holding this block (a fp32 convolution with its
+# NCHW output and the elementwise ops TVM fused after it) and schedules it with
+# :func:`schedule_fused_kernel`.
+CONV_BLOCK = "hwcomp_conv"
+
+
+# The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
+# add, activation (and, for int8, the rescaling) that follow a convolution join it in one
+# pass. hwcomp's default rule recognises the fused function by this block name and applies
+# :func:`tile_pixels_by_channels` to it.
+LAYOUT_BLOCK = "hwcomp_to_nchw"

@@ -1,0 +1,238 @@
+"""Compute definitions (TE) of hwcomp's CPU conv and matmul kernels, and their weight packing.
+
+Each kernel is one TIR function: (for convolution) a padded NHWC copy (padding with the
+input's zero point) read as an implicit im2col matrix, then a matmul against weights packed as
+``[N/L, K/G, L, G]``. For int8 the innermost ``L x 4`` block (G = 4) is one dot-product
+instruction; for fp32 (G = 1) the L lanes are one vector FMA. The pointwise and NCHW kernels
+are left unscheduled so TVM fuses their epilogue; the others are tiled here
+(:mod:`hwcomp.lower.cpu.kernels.tiling`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, LAYOUT_BLOCK, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.tiling import (
+    LANE_BLOCKS,
+    ODD_ROW_TILE,
+    ROW_TILE,
+    conv_rows,
+    schedule_matmul,
+)
+from hwcomp.lower.kernel_spec import KernelSpec, conv_output_size, int64_shape, round_up
+
+
+def pack_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
+    """Pack an ``[N, K]`` matrix as ``[N/L, K/G, L, G]``, zero-padding N and K."""
+    lanes, group = spec.lanes, spec.group
+    n, k = weight.shape
+    n_pad, k_pad = round_up(n, lanes), round_up(k, group)
+    padded = np.zeros((n_pad, k_pad), spec.weight_dtype)
+    padded[:n, :k] = weight
+    return np.ascontiguousarray(
+        padded.reshape(n_pad // lanes, lanes, k_pad // group, group).transpose(0, 2, 1, 3)
+    )
+
+
+def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> Any:
+    """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), register-tiled, parallel."""
+    from tvm import te
+
+    depth_pad = round_up(depth, instruction.group)
+    a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
+    c = _matmul_compute(a, rows, depth_pad, cols, instruction)
+    return schedule_matmul(te.create_prim_func([a, c.op.input_tensors[1], c]), "C", instruction)
+
+
+def _matmul_compute(a: Any, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
+    from tvm import te
+
+    lanes, group, acc = spec.lanes, spec.group, spec.accumulator_dtype
+    cols_pad = round_up(cols, lanes)
+    w = te.placeholder((cols_pad // lanes, depth // group, lanes, group), spec.weight_dtype,
+                       name="W")
+    k = te.reduce_axis((0, depth), "k")
+    return te.compute(
+        (rows, cols_pad),
+        lambda m, n: te.sum(
+            a[m, k].astype(acc) * w[n // lanes, k // group, n % lanes, k % group].astype(acc),
+            axis=k,
+        ),
+        name="C",
+    )
+
+
+def conv_kernel(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
+    strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
+    zero_point: int, instruction: KernelSpec,
+) -> Any:
+    """NCHW convolution (groups 1) as a matmul over an im2col matrix padded with ``zero_point``.
+
+    The im2col matrix is an expression, not a buffer: the schedule inlines it, and the matmul
+    reads the padded NHWC copy of the input. Output: ``[N * OH * OW, OC_pad]`` (int32 or
+    fp32); the K axis is ``(kh, kw, c_pad)``, matching :func:`conv_weight_matrix`.
+    """
+    from tvm import te, tirx
+
+    batch, channels, _, _ = data_shape
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
+    c_pad = round_up(channels, instruction.group)
+    depth = kernel[0] * kernel[1] * c_pad
+    dtype = instruction.activation_dtype
+    rows = conv_rows(batch * out_h * out_w, out_channels, instruction)
+    x = te.placeholder(data_shape, dtype, name="X")
+    nhwc = _padded_nhwc(x, data_shape, padding, c_pad, zero_point, tuple)
+
+    def im2col(m: Any, kk: Any) -> Any:
+        # Rows past the last output pixel (padding to whole register tiles) repeat it.
+        m = tirx.min(m, batch * out_h * out_w - 1)
+        n, pix = m // (out_h * out_w), m % (out_h * out_w)
+        return _im2col_element(nhwc, n, pix // out_w, pix % out_w, kk, c_pad, kernel, strides,
+                               dilation)
+
+    col = te.compute((rows, depth), im2col, name="col")
+    c = _matmul_compute(col, rows, depth, out_channels, instruction)
+    return schedule_matmul(te.create_prim_func([x, c.op.input_tensors[1], c]), "C", instruction,
+                     im2col=(kernel[0] * kernel[1], c_pad))
+
+
+def _padded_nhwc(x: Any, data_shape: tuple[int, ...], padding: tuple[int, int, int, int],
+                 c_pad: int, zero_point: int, dims: Any) -> Any:
+    """Return the NCHW input ``x`` as a padded NHWC tensor (``dims`` types its shape).
+
+    Spatial padding takes the zero point (it stands for 0.0); padded channels take 0 (their
+    weights are 0 too, and the zero-point correction sums real channels only).
+    """
+    from tvm import te, tirx
+
+    batch, channels, height, width = data_shape
+    top, left, bottom, right = padding
+    dtype = x.dtype
+
+    def to_nhwc(n: Any, h: Any, w_: Any, ch: Any) -> Any:
+        inside = tirx.all(h >= top, h < top + height, w_ >= left, w_ < left + width)
+        value = x[n, tirx.min(ch, channels - 1), tirx.max(tirx.min(h - top, height - 1), 0),
+                  tirx.max(tirx.min(w_ - left, width - 1), 0)]
+        padded = tirx.if_then_else(inside, value, tirx.const(zero_point, dtype))
+        return tirx.if_then_else(ch < channels, padded, tirx.const(0, dtype))
+
+    shape = (batch, height + top + bottom, width + left + right, c_pad)
+    return te.compute(dims(shape), to_nhwc, name="nhwc")
+
+
+def _im2col_element(nhwc: Any, n: Any, oh: Any, ow: Any, k: Any, c_pad: int,
+                    kernel: tuple[int, int], strides: tuple[int, int],
+                    dilation: tuple[int, int]) -> Any:
+    """Element ``k`` (K ordered ``(kh, kw, c_pad)``) of output pixel (oh, ow)'s im2col row."""
+    tap, ch = k // c_pad, k % c_pad
+    return nhwc[n, oh * strides[0] + (tap // kernel[1]) * dilation[0],
+                ow * strides[1] + (tap % kernel[1]) * dilation[1], ch]
+
+
+def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
+    """fp32 1x1 stride-1 convolution in NCHW, batch 1: ``Y[OC, HW] = W[OC, C] X[C, HW]``.
+
+    No layout change on either side: the input's channel planes are the matmul's K rows, read
+    a vector of pixels at a time, each weight is broadcast to the pixel lanes, and the output
+    is NCHW; the NHWC copy, the im2col copy and the return to NCHW of :func:`conv_kernel`
+    disappear. Unscheduled and output-elementwise-fusable (op pattern 4, as TVM's own conv2d):
+    TVM fuses the bias, activation and residual add after it into the same function, and
+    :func:`schedule_fused_kernel` applies them to each register tile as it is stored. Needs
+    ``H*W`` to be a whole number of vectors (:func:`pointwise_fits`).
+    """
+    from tvm import te
+
+    _, channels, height, width = data_shape
+    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    w = te.placeholder(int64_shape((out_channels, channels)), "float32", name="W")
+    k = te.reduce_axis((0, te.const(channels, "int64")), "k")
+    c = te.compute(int64_shape((1, out_channels, height, width)),
+                   lambda n, o, h, w_: te.sum(w[o, k] * x[n, k, h, w_], axis=k),
+                   name=POINTWISE_BLOCK)
+    return te.create_prim_func([x, w, c])
+
+
+def conv_nchw_kernel(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
+    strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
+    spec: KernelSpec,
+) -> Any:
+    """fp32 convolution (groups 1, batch 1) writing NCHW, its epilogue fusable.
+
+    The computation of :func:`conv_kernel` (a padded NHWC copy read as an implicit im2col
+    matrix, weights packed ``[OC/L, K, L, 1]``) with the output in the op's own layout:
+    unscheduled and output-elementwise-fusable (op pattern 4), so TVM fuses the bias,
+    activation and residual add after it and :func:`schedule_fused_kernel` applies them as
+    each tile is stored: no return to NCHW as a pass of its own. Needs
+    :func:`conv_nchw_fits`.
+    """
+    from tvm import te
+
+    channels = data_shape[1]
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
+    depth, lanes = kernel[0] * kernel[1] * channels, spec.lanes
+    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    w = te.placeholder(int64_shape((out_channels // lanes, depth, lanes, 1)), "float32",
+                       name="W")
+    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
+    k = te.reduce_axis((0, te.const(depth, "int64")), "k")
+
+    def conv(n: Any, o: Any, oh: Any, ow: Any) -> Any:
+        value = _im2col_element(nhwc, n, oh, ow, k, channels, kernel, strides, dilation)
+        return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
+
+    c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK)
+    return te.create_prim_func([x, w, c])
+
+
+def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
+                   strides: tuple[int, int], padding: tuple[int, ...], spec: KernelSpec) -> bool:
+    """Whether :func:`pointwise_kernel` computes this convolution (the caller checks groups)."""
+    batch, _, height, width = data_shape
+    # Whole vectors of pixels, in a number of vectors that makes whole 4-vector register tiles:
+    # with fewer (a 28x28 map is 49 vectors) each tile is one vector wide, and
+    # :func:`conv_nchw_kernel` (pixels as rows) ran such layers 0.66-0.92x the time
+    # (512->256 and 128->512 at 28x28, 256->128 at 36x36, 576->96 at 12x12), where at 56x56 and
+    # 32x32 this kernel took 0.5-0.8x its time.
+    return (not spec.intrin and batch == 1 and kernel == (1, 1) and strides == (1, 1)
+            and not any(padding) and height * width % (spec.lanes * LANE_BLOCKS) == 0)
+
+
+def conv_nchw_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...], out_channels: int,
+                   spec: KernelSpec) -> bool:
+    """Whether :func:`conv_nchw_kernel` computes this convolution (the caller checks groups).
+
+    It needs fp32, batch 1, whole vectors of output channels and whole register tiles of 4
+    pixels or, for pixel counts a multiple of 7 (7x7, 14x7 maps), 7; other odd maps keep
+    :func:`conv_kernel`'s rows padded to whole tiles.
+    """
+    pixels = out_shape[2] * out_shape[3]
+    return (not spec.intrin and data_shape[0] == 1 and out_channels % spec.lanes == 0
+            and (pixels % ROW_TILE == 0 or pixels % ODD_ROW_TILE == 0))
+
+
+def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: str) -> Any:
+    """``Y[n, c, h, w] = A[(n, h, w), c]``: a conv kernel's pixel-major rows back to NCHW.
+
+    Unscheduled: an injective function TVM fuses with the elementwise ops after it.
+    """
+    from tvm import te
+
+    _, _, height, width = int64_shape(out_shape)
+    a = te.placeholder(int64_shape((rows, cols_pad)), dtype, name="A")
+    y = te.compute(int64_shape(out_shape),
+                   lambda n, c, h, w: a[(n * height + h) * width + w, c], name=LAYOUT_BLOCK)
+    return te.create_prim_func([a, y])
+
+
+def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
+    """``[OC, C, KH, KW]`` -> ``[OC, KH*KW*C_pad]`` in :func:`conv_kernel`'s K order."""
+    oc, channels, kh, kw = weight.shape
+    c_pad = round_up(channels, spec.group)
+    padded = np.zeros((oc, kh, kw, c_pad), spec.weight_dtype)
+    padded[..., :channels] = weight.transpose(0, 2, 3, 1)
+    return padded.reshape(oc, kh * kw * c_pad)

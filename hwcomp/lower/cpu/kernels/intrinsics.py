@@ -1,0 +1,61 @@
+"""TIR tensor intrinsics for the int8 dot-product instructions (registered once per process)."""
+
+from __future__ import annotations
+
+from hwcomp.lower.kernel_spec import KernelSpec
+
+_REGISTERED: set[str] = set()
+
+
+def register_intrinsic(instruction: KernelSpec, name: str = "", scope: str = "local") -> None:
+    """Register the instruction's TIR tensor intrinsic (once per process and name).
+
+    ``name`` defaults to the spec's own; ``scope`` is the accumulator buffer's (hwcomp's
+    kernels accumulate in ``local``; MetaSchedule's rules tensorize ``global`` buffers).
+
+    Written here rather than imported: TVM's ``tvm.s_tir.tensor_intrin`` package parses
+    hundreds of intrinsics for every backend on import (40 s or more), and its
+    ``dot_16x4_vnni`` passes i32 vectors where LLVM 20+ declares ``vpdpbusd`` on
+    ``<64 x i8>`` operands, which fails LLVM verification.
+    """
+    name = name or instruction.intrin
+    if name in _REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes, act = instruction.lanes, instruction.activation_dtype
+    bytes_ = lanes * 4
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), act, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), act, offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            word = T.reinterpret(A.vload([0], f"{act}x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(word, lanes), dtype=f"int8x{bytes_}")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(instruction.llvm),
+                C.vload([0], dtype=f"int32x{lanes}"), a_bytes,
+                B.vload([0, 0], dtype=f"int8x{bytes_}"), dtype=f"int32x{lanes}",
+            )
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)

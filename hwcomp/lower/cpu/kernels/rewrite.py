@@ -1,0 +1,322 @@
+"""The Relax rewrite that puts conv2d / matmul with constant weights on hwcomp's CPU kernels.
+
+int8 runs on the target's dot-product instruction: x86 VNNI ``vpdpbusd`` (u8 x s8) or Arm
+``sdot`` (s8 x s8), accumulating into int32. fp32 runs as register-tiled FMAs over vector
+lanes. Both replace what TVM's untuned lowering would run (scalar loops, one thread).
+
+TVM's Relax frontend imports a QDQ model as float: ``dequantize`` feeding a float conv or
+matmul. :func:`rewrite_kernels` finds those, and where the activation is quantized
+per tensor and the weight is a constant quantized per output channel with zero point 0, it
+replaces the float operation by
+
+    acc = X_q (x) W_q                    (int32, one of the kernels below)
+    y   = float(acc - zp_x * sum_k W_q) * (scale_x * scale_w)
+
+which is the float result onnxruntime's QDQ execution approximates, computed with integer
+multiply-accumulates. The bias add, activation and the next ``quantize`` stay as Relax ops and
+TVM fuses them into one elementwise pass after the kernel.
+
+Float conv2d (groups 1) and matmul whose weight is a constant get the same structure in fp32.
+
+Each kernel is one TIR function: (for convolution) a padded NHWC copy (padding with the
+input's zero point) read as an implicit im2col matrix, then a matmul against weights packed as
+``[N/L, K/G, L, G]``. For int8 the innermost ``L x 4`` block (G = 4) is one dot-product
+instruction (``L`` = 16 int32 lanes for AVX-512 VNNI, 4 for NEON ``sdot``; the 4-element
+reduction is contiguous in both operands, which is what the instructions read). For fp32
+(G = 1) the L lanes are one vector FMA.
+"""
+
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from hwcomp.lower.cpu.kernels.compute import (
+    conv_kernel,
+    conv_nchw_fits,
+    conv_nchw_kernel,
+    conv_weight_matrix,
+    matmul_kernel,
+    pack_weight,
+    pointwise_fits,
+    pointwise_kernel,
+    to_nchw_kernel,
+)
+from hwcomp.lower.cpu.kernels.spec import dot_instruction, float_spec
+from hwcomp.lower.cpu.kernels.tiling import conv_rows
+from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, round_up
+from hwcomp.lower.relax_match import (
+    bound,
+    constant_array,
+    dtype_of,
+    is_op,
+    layer_operands,
+    mutate_functions,
+    shape_of,
+)
+from hwcomp.targets import Target
+
+logger = logging.getLogger(__name__)
+
+
+def rewrite_kernels(mod: Any, target: Target) -> tuple[Any, KernelRewrite | None]:
+    """Replace conv2d/matmul with constant weights by hwcomp's kernels on CPU targets.
+
+    int8 (dequantized int8 operands) where the target has a dot-product instruction, fp32
+    otherwise. Returns the module unchanged (and None) for other families.
+    """
+    floats = float_spec(target)
+    if floats is None:
+        return mod, None
+    instruction = dot_instruction(target)
+    rewriter = _make_rewriter(mod, instruction, floats)
+    new_mod = mutate_functions(rewriter, mod)
+    from tvm import relax
+
+    new_mod = relax.transform.DeadCodeElimination()(new_mod)
+    summary = KernelRewrite(instruction.name if instruction else None, rewriter.rewritten,
+                            rewriter.float_ops, rewriter.kept_float)
+    logger.info("hwcomp kernels: %d int8 op(s)%s, %d fp32 op(s); %d quantized op(s) in float",
+                len(summary.rewritten), f" on {summary.instruction}" if instruction else "",
+                len(summary.float_ops), len(summary.kept_float))
+    return new_mod, summary
+
+
+def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec) -> Any:
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):  # type: ignore[misc, name-defined]
+        def __init__(self, mod: Any) -> None:
+            super().__init__(mod)
+            self.rewritten: list[str] = []
+            self.float_ops: list[str] = []
+            self.kept_float: list[str] = []
+            self.kernels: dict[tuple[Any, ...], Any] = {}
+            # The kernels writing NCHW with their epilogue fused, and how the report names them.
+            self.fused: dict[Any, str] = {}
+
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            name = getattr(call.op, "name", "")
+            if name not in ("relax.nn.conv2d", "relax.matmul"):
+                return call
+            operands = _quantized_operands(self, call, instruction)
+            if isinstance(operands, str):
+                self.kept_float.append(operands)
+                return call
+            if operands is not None and instruction is not None:
+                x_q, zp_x, scale_x, w_q, scale_w = operands
+                acc, column_sums, shape = self._lower(call, x_q, w_q, zp_x, instruction)
+                self.rewritten.append(f"{name.split('.')[-1]} {shape}")
+                correction, scale = zp_x * column_sums, np.float32(scale_x) * scale_w
+                if name == "relax.nn.conv2d":
+                    correction = correction.reshape(1, -1, 1, 1)
+                    scale = scale.reshape(1, -1, 1, 1)
+                emit = self.builder_.emit
+                acc = emit(relax.op.subtract(acc, relax.const(correction.astype(np.int32))))
+                out = emit(relax.op.astype(acc, "float32"))
+                return relax.op.multiply(out, relax.const(scale.astype(np.float32)))
+            weight = _float_weight(self, call)
+            if weight is None:
+                return call
+            out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
+            kernel = out.args[0] if isinstance(out, relax.Call) else None
+            self.float_ops.append(f"{name.split('.')[-1]} {shape}{self.fused.get(kernel, '')}")
+            return out
+
+        def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
+            if key not in self.kernels:
+                name = f"hwcomp_kernel_{len(self.kernels)}"
+                func = make()
+                if pattern != 8:
+                    # Injective (2) or output-elementwise-fusable (4), private, unscheduled:
+                    # FuseOps merges it with the elementwise ops after it and the default rule
+                    # schedules the result.
+                    func = func.without_attr("global_symbol").with_attr("op_pattern", pattern)
+                else:
+                    # Opaque (op pattern 8): FuseOps must not merge a scheduled kernel with its
+                    # neighbours.
+                    func = func.with_attrs({"global_symbol": name, "op_pattern": 8,
+                                            "tirx.is_scheduled": True})
+                self.kernels[key] = self.builder_.add_func(func, name)
+            return self.kernels[key]
+
+        def _lower(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
+                   spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            """Emit the kernel call; return (output in the op's layout, weight sums, shape)."""
+            if call.op.name == "relax.nn.conv2d":
+                return self._conv(call, data, weight, zero_point, spec)
+            return self._matmul(data, weight, spec)
+
+        def _conv(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
+                  spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            attrs = call.attrs
+            shape = shape_of(data)
+            out_channels = weight.shape[0]
+            kernel = (weight.shape[2], weight.shape[3])
+            strides = (int(attrs.strides[0]), int(attrs.strides[1]))
+            top, left, bottom, right = (int(v) for v in attrs.padding)
+            padding = (top, left, bottom, right)
+            dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
+            out_shape = shape_of(call)
+            if pointwise_fits(shape, kernel, strides, padding, spec):
+                return self._pointwise(data, weight, shape, out_shape, spec)
+            if conv_nchw_fits(shape, out_shape, out_channels, spec):
+                return self._fused(
+                    ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation),
+                    lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
+                                             dilation, spec), " (NCHW, fused epilogue)",
+                    data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
+            rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
+            cols_pad = round_up(out_channels, spec.lanes)
+            key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
+                   zero_point)
+            kernel_var = self._kernel(key, lambda: conv_kernel(
+                shape, kernel, out_channels, strides, padding, dilation, zero_point, spec))
+            packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
+            emit = self.builder_.emit
+            acc = emit(relax.op.call_tir(kernel_var, [data, packed],
+                                         relax.TensorType((rows, cols_pad),
+                                                          spec.accumulator_dtype)))
+            layout = self._kernel(
+                ("to_nchw", spec.accumulator_dtype, out_shape, rows, cols_pad),
+                lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype),
+                pattern=2)
+            # Not emitted here: bound to the conv's own variable, the call stays adjacent to
+            # its bias/activation and FuseOps can merge them (an alias binding stops it).
+            acc = relax.op.call_tir(layout, [acc], relax.TensorType(
+                out_shape, spec.accumulator_dtype))
+            sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+            return acc, sums, out_shape
+
+        def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
+                       out_shape: tuple[int, ...], spec: KernelSpec
+                       ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            out_channels = weight.shape[0]
+            return self._fused(("pointwise", shape, out_channels),
+                               lambda: pointwise_kernel(shape, out_channels), " pointwise (NCHW)",
+                               data, np.ascontiguousarray(weight.reshape(out_channels, -1)),
+                               out_shape)
+
+        def _fused(self, key: tuple[Any, ...], make: Any, label: str, data: Any,
+                   weight: np.ndarray, out_shape: tuple[int, ...]
+                   ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            """Call an fp32 kernel that writes NCHW and takes the ops after it (op pattern 4)."""
+            kernel_var = self._kernel(key, make, pattern=4)
+            self.fused[kernel_var] = label
+            # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
+            out = relax.op.call_tir(kernel_var, [data, relax.const(weight)],
+                                    relax.TensorType(out_shape, "float32"))
+            return out, np.zeros(0), out_shape
+
+        def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
+                    ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+            # weight is [N, K] here (output channels first), whatever the model's layout.
+            shape = shape_of(data)
+            depth, cols = shape[-1], weight.shape[0]
+            rows = int(np.prod(shape[:-1]))
+            depth_pad, cols_pad = round_up(depth, spec.group), round_up(cols, spec.lanes)
+            emit = self.builder_.emit
+            flat = emit(relax.op.reshape(data, (rows, depth)))
+            if depth_pad != depth:
+                flat = emit(relax.op.nn.pad(flat, [0, 0, 0, depth_pad - depth]))
+            kernel_var = self._kernel(("matmul", spec.name, rows, depth, cols),
+                                      lambda: matmul_kernel(rows, depth, cols, spec))
+            packed = relax.const(pack_weight(weight, spec))
+            acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
+                                         relax.TensorType((rows, cols_pad),
+                                                          spec.accumulator_dtype)))
+            if cols_pad != cols:
+                acc = emit(relax.op.strided_slice(acc, [1], [0], [cols]))
+            acc = emit(relax.op.reshape(acc, (*shape[:-1], cols)))
+            sums = weight.astype(np.int64).sum(axis=1)
+            return acc, sums, (*shape[:-1], cols)
+
+    return Rewriter(mod)
+
+
+def _plain_conv(attrs: Any) -> bool:
+    """Whether a conv2d is the one the kernels implement: groups 1, NCHW data, OIHW weight."""
+    return (int(attrs.groups) == 1 and attrs.data_layout == "NCHW"
+            and attrs.kernel_layout == "OIHW")
+
+
+def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
+    """Return the fp32 weight of a conv2d or matmul, output channels first, if it fits.
+
+    Fits: conv2d with groups 1 in NCHW/OIHW, or matmul with a constant 2-D weight; None
+    otherwise.
+    """
+    from tvm.ir.expr import Constant
+
+    _, weight, transposed = layer_operands(mutator, call)
+    data = call.args[0]
+    if not isinstance(weight, Constant) or dtype_of(data) != "float32" or dtype_of(weight) != "float32":
+        return None
+    array = constant_array(weight)
+    if call.op.name == "relax.nn.conv2d":
+        if (transposed or not _plain_conv(call.attrs) or array.ndim != 4
+                or call.attrs.out_dtype not in ("", "float32", None)):
+            return None
+        return array
+    if array.ndim != 2 or len(shape_of(data)) < 1:
+        return None
+    return np.ascontiguousarray(array if transposed else array.T)
+
+
+def _quantized_operands(
+    mutator: Any, call: Any, instruction: KernelSpec | None
+) -> tuple[Any, int, float, np.ndarray, np.ndarray] | str | None:
+    """Match ``op(dequantize(x_q), dequantize(W_q))`` with W_q constant.
+
+    Returns (x_q, zero point, scale, W_q as [N, ...] output-channel first, per-channel scale),
+    a string saying why a quantized op stays in float, or None when it is not quantized.
+    """
+    from tvm.ir.expr import Constant
+
+    data, weight, transposed = layer_operands(mutator, call)
+    if not (is_op(data, "relax.dequantize") and is_op(weight, "relax.dequantize")):
+        return None
+    op = call.op.name.split(".")[-1]
+    x_q, scale_x, zp_x = data.args
+    w_q, scale_w, zp_w = (bound(mutator, a) for a in weight.args)
+    constants = (scale_x, zp_x, w_q, scale_w, zp_w)
+    if not all(isinstance(c, Constant) for c in constants):
+        return f"{op}: quantization parameters are not constants"
+    if instruction is None:
+        return f"{op}: no int8 dot product on this target"
+    if dtype_of(x_q) != instruction.activation_dtype or dtype_of(w_q) != "int8":
+        return (f"{op}: operands are {dtype_of(x_q)} x {dtype_of(w_q)}; the {instruction.name} "
+                f"kernel takes {instruction.activation_dtype} x int8")
+    sx, zx = constant_array(scale_x), constant_array(zp_x)
+    if sx.size != 1 or zx.size != 1:
+        return f"{op}: activation quantized per channel; the kernel needs one scale"
+    if np.any(constant_array(zp_w) != 0):
+        return f"{op}: weight zero point is not 0"
+    weights = constant_array(w_q)
+    axis = int(weight.attrs.axis) % max(weights.ndim, 1)
+    sw = constant_array(scale_w).astype(np.float32).reshape(-1)
+    if op == "conv2d":
+        if not _plain_conv(call.attrs) or weights.ndim != 4:
+            return "conv2d: grouped or depthwise convolution has no dot-product kernel"
+        if sw.size not in (1, weights.shape[0]) or (sw.size > 1 and axis != 0):
+            return "conv2d: weight scale is not per output channel"
+        return x_q, int(zx.reshape(())), float(sx.reshape(())), weights, _per_channel(
+            sw, weights.shape[0])
+    if weights.ndim != 2:
+        return "matmul: weight is not a 2-D constant"
+    # matmul(x, W[K, N]) or matmul(x, permute_dims(W[N, K])): bring W to [N, K].
+    matrix = weights if transposed else weights.T
+    channel_axis = 0 if transposed else 1
+    if sw.size > 1 and axis != channel_axis:
+        return "matmul: weight scale is not per output channel"
+    return x_q, int(zx.reshape(())), float(sx.reshape(())), np.ascontiguousarray(matrix), (
+        _per_channel(sw, matrix.shape[0]))
+
+
+def _per_channel(scale: np.ndarray, channels: int) -> np.ndarray:
+    return np.broadcast_to(scale, (channels,)).astype(np.float32)

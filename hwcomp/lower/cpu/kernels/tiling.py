@@ -1,0 +1,300 @@
+"""Register tiling of hwcomp's CPU kernels: tiles, parallel tasks, K blocks, tensorization.
+
+Each kernel is a matmul (for a convolution: over an implicit im2col matrix read from a padded
+NHWC copy). :func:`tile_matmul` gives every parallel task ``rows x (blocks * L)`` accumulators
+in registers across the K loop; :func:`schedule_fused_kernel` does the same for the kernels that
+write NCHW with their epilogue fused; :func:`tile_pixels_by_channels` schedules a return to NCHW.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.intrinsics import register_intrinsic
+from hwcomp.lower.kernel_spec import KernelSpec, round_up
+
+logger = logging.getLogger(__name__)
+
+
+# The rows of A (output pixels) each parallel task computes; 4 keeps A's 4-byte groups and
+# the L-lane accumulators in registers without spilling on either ISA.
+ROW_TILE = 4
+
+
+# The register tile for maps of 7 x 7 (or 7 x 14) pixels, whose rows no 4-row tile divides.
+ODD_ROW_TILE = 7
+
+
+# Lane blocks (of L output channels) per task: 4 rows x 4 blocks = 16 accumulator registers,
+# half of AVX-512's and NEON's 32.
+LANE_BLOCKS = 4
+
+
+def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
+    """Schedule a function holding a kernel that writes NCHW and the elementwise ops after it.
+
+    The kernel is :data:`POINTWISE_BLOCK` or :data:`CONV_BLOCK` (after its padded NHWC
+    copy). The ops after it collapse into one block, which is inlined into the store of each
+    register tile: bias, activation and residual add cost no pass of their own. Returns False
+    (nothing done) for a function without either block, or (with a warning) one whose other
+    blocks are not the elementwise tail FuseOps gives an output-fusable op.
+    """
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    infos = normalize_prim_func(sch)
+    names = [sch.get(info.block_rv).name_hint for info in infos or []]
+    kernel = next((name for name in (POINTWISE_BLOCK, CONV_BLOCK) if name in names), None)
+    if kernel is None:
+        return False
+    block = sch.get_sblock(kernel)
+    first = 0 if kernel == POINTWISE_BLOCK else 1  # the conv's NHWC copy comes first
+    iters = sch.get(block).iter_vars
+    # TVM may drop the batch axis (extent 1) from the block's iterators: ([n,] o, h, w, k).
+    if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
+            or len(iters) not in (4, 5)):
+        logger.warning("%s kernel left to the generic schedule: blocks %s", kernel, names)
+        return False
+    epilogue = [info.block_rv for info in infos[first + 1:]]
+    for tail in epilogue[:-1]:
+        sch.compute_inline(tail)
+    width = int(sch.get(block).writes[0].source.shape[-1])
+    # Iterate over (o, p = h * W + w): a register tile is then one rectangle of a 2-D scratch
+    # (reindex) rather than a ragged piece of the NCHW map, and the store of each tile can
+    # take the NCHW output's place (and the epilogue's) exactly. The pointwise kernel's rows
+    # are output channels (each weight broadcast over a vector of pixels); the conv's rows are
+    # pixels (each input value broadcast over a vector of output channels).
+    def layout(o: Any, h: Any, w: Any, k: Any) -> tuple[Any, ...]:
+        pixel = h * width + w
+        return (o, pixel, k) if kernel == POINTWISE_BLOCK else (pixel, o, k)
+
+    if len(iters) == 5:
+        sch.transform_block_layout(block, lambda n, o, h, w, k: layout(o, h, w, k))
+    else:
+        sch.transform_block_layout(block, layout)
+    sch.reindex(block, ("write", 0))
+    copy = sch.get_consumers(block)[0]
+    im2col = None
+    if kernel == CONV_BLOCK:
+        channels = int(sch.get(sch.get_sblock("nhwc")).writes[0].source.shape[-1])
+        im2col = (int(sch.get(block).iter_vars[-1].dom.extent) // channels, channels)
+    tile_matmul(sch, block, instruction, im2col, pixels_inner=im2col is not None)
+    sch.reverse_compute_inline(copy)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1])
+    return True
+
+
+def tile_pixels_by_channels(sch: Any, block: Any, lanes: int) -> None:
+    """Schedule an NCHW block that reads pixel-major rows: tiles of pixels x channels.
+
+    Tiles are up to ``lanes`` pixels of the flattened ``h * w`` plane (a 7x7 or 14x14 map
+    tiles as well as a 56x56 one) by ``lanes`` channels: a tile reads one cache line of each
+    of its rows, which stays in L1, and writes one contiguous vector per channel (TVM's
+    default order walks the rows a cache line per element).
+    """
+    *batch, c, h, w = sch.get_loops(block)  # TVM drops a batch loop of extent 1
+    channels = sch.get(c).extent.value
+    pixels = sch.get(h).extent.value * sch.get(w).extent.value
+    tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
+    group = pow2_tile(channels, lanes)
+    p_outer, p_inner = sch.split(sch.fuse(h, w), [None, tile])
+    c_outer, c_inner = sch.split(c, [None, group])
+    sch.reorder(*batch, p_outer, c_outer, c_inner, p_inner)
+    sch.parallel(sch.fuse(*batch, p_outer) if batch else p_outer)
+    if tile > 1:
+        sch.vectorize(p_inner)
+
+
+def schedule_matmul(func: Any, block_name: str, instruction: KernelSpec,
+              im2col: tuple[int, int] | None = None) -> Any:
+    """Return ``func`` with its matmul block ``block_name`` scheduled by :func:`tile_matmul`."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    if im2col is not None:
+        sch.compute_inline(sch.get_sblock("col"))
+    tile_matmul(sch, sch.get_sblock(block_name), instruction, im2col)
+    return sch.mod["main"]
+
+
+def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
+                 im2col: tuple[int, int] | None = None, pixels_inner: bool = False) -> Any:
+    """Register-tile the matmul ``block`` (loops m, n, k) and tensorize its inner block.
+
+    Each parallel task owns ``rows x (blocks * L)`` accumulators (a local buffer LLVM keeps in
+    vector registers) across the whole K loop, so the inner loop is loads of A elements and W
+    vectors feeding one dot-product instruction (int8) or vector FMA (fp32) each. Returns the
+    block that stores each tile's accumulators.
+    """
+    if instruction.intrin:
+        register_intrinsic(instruction)
+    local = sch.cache_write(block, 0, "local")
+    m, n, k = sch.get_loops(block)
+    rows = sch.get(m).extent.value
+    lane_blocks = sch.get(n).extent.value // instruction.lanes
+    block_tile = _block_tile(lane_blocks)
+    widest = _widest_row_tile(block_tile)
+    row_tile = next(t for t in (widest, 8, ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
+    if row_tile < ROW_TILE and rows % ODD_ROW_TILE == 0:
+        # A 7x7 map (49 rows) the NCHW conv kernel cannot pad: 7 rows x 4 vectors of 16
+        # = 28 accumulators still fit AVX-512's registers; one row per tile would stream
+        # every weight once per pixel.
+        row_tile = ODD_ROW_TILE
+    depth = sch.get(k).extent.value
+    row_bytes = depth * np.dtype(instruction.activation_dtype).itemsize
+    weight_bytes = (lane_blocks * instruction.lanes * depth
+                    * np.dtype(instruction.weight_dtype).itemsize)
+    # Which operand stays in cache while the other streams past it. Where A outweighs the
+    # weights (early conv layers, long token sequences) a task keeps a group of rows and every
+    # column block's weights stream past them; a convolution runs parallel over row groups
+    # only (its rows are read from a window of the padded input). Otherwise (late
+    # layers: 14x14 and 7x7 maps with 1-9 MiB of weights) consecutive tasks share one column
+    # block's weight panel and rows stream past it: the weights are read from memory once,
+    # not once per row group. Within a task, the panel is reused over `tiles` row tiles.
+    rows_in_cache = rows * row_bytes >= weight_bytes
+    rows_only = im2col is not None and rows_in_cache
+    column_tasks = 1 if rows_only else lane_blocks // block_tile
+    tiles = _row_tiles_per_task(rows // row_tile, row_tile * row_bytes, column_tasks)
+    m_outer, m_tile, m_inner = sch.split(m, [None, tiles, row_tile])
+    n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
+    outer = (m_outer, n_outer) if rows_in_cache else (n_outer, m_outer)
+    if instruction.intrin:
+        k_outer, k_inner = sch.split(k, [None, instruction.group])
+        sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane, k_inner)
+    else:
+        k_outer = k
+        sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane)
+    # A kernel of a few microseconds runs on one thread: waking the pool costs more.
+    parallel = rows * lane_blocks * instruction.lanes * depth >= _MIN_PARALLEL_MACS
+    fused = m_outer if rows_only else sch.fuse(*outer)
+    if parallel:
+        sch.parallel(fused)
+    store_at = m_tile
+    if im2col is not None:
+        # Implicit im2col: the matmul reads A straight from the padded NHWC copy, K split as
+        # (tap, channel), so an A element is nhwc[oh + dy, ow + dx, c] with the pixel's base
+        # address hoisted out of the K loop, instead of building im2col rows (9x the input,
+        # written then read; the caller inlined the im2col expression, if any). K is also
+        # blocked: for each tap and block of channels every row tile of the task runs
+        # against the same slice of the weight panel, which stays in L1,
+        # where a whole-K pass per row tile streamed the panel (up to 600 KiB) from L2 for
+        # every 4 pixels. The accumulators go to the task's tile buffer between blocks: a load
+        # and a store per block of channels. Both together: ResNet-style and ResNet-50
+        # bundles 0.88x and 0.87x the time of the im2col version (A/B, alternating rounds).
+        taps, c_pad = im2col
+        steps = c_pad // instruction.group
+        k_tap, k_channel = sch.split(k_outer, [taps, steps])
+        step_bytes = (block_tile * instruction.lanes * instruction.group
+                      * np.dtype(instruction.weight_dtype).itemsize)
+        k_steps = pow2_tile(steps, max(1, _K_BLOCK_BYTES // step_bytes))
+        # A panel that fits L1 needs no blocking, and blocks of a few channels (a 3-channel
+        # stem) would store the accumulators every few FMAs.
+        if k_steps >= _MIN_K_BLOCK and taps * steps * step_bytes > _L1_BYTES:
+            k_block, k_step = sch.split(k_channel, [None, k_steps])
+            sch.reorder(k_tap, k_block, m_tile, k_step)
+            store_at = fused
+        k_outer = k_tap
+    sch.reverse_compute_at(local, store_at)
+    if pixels_inner:
+        # The caller makes this store write NCHW (pixels x channels transposed): with pixels
+        # innermost a vector of them is one contiguous store per channel, its elements read
+        # across the tile buffer's rows.
+        rows_loop, cols_loop = sch.get_loops(local)[-2:]
+        sch.reorder(cols_loop, rows_loop)
+        extent = sch.get(rows_loop).extent.value
+        vec = pow2_tile(extent, instruction.lanes)
+        if vec > 1:
+            sch.vectorize(sch.split(rows_loop, [None, vec])[1])
+    else:
+        sch.vectorize(sch.get_loops(local)[-1])
+    if not instruction.intrin:  # before decompose: the update block must still be a reduction
+        sch.vectorize(n_lane)
+    init = sch.decompose_reduction(block, k_outer)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(m_inner)
+    sch.unroll(n_block)
+    if instruction.intrin:
+        sch.tensorize(n_lane, instruction.intrin)
+    if im2col is not None:
+        # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
+        # stay in L1 while it writes 16 contiguous channel vectors.
+        nhwc = sch.get_sblock("nhwc")
+        *n, h, w, c = sch.get_loops(nhwc)
+        width, c_total = sch.get(w).extent.value, sch.get(c).extent.value
+        w_tile, c_tile = pow2_tile(width, 16), pow2_tile(c_total, 16)
+        w_outer, w_inner = sch.split(w, [None, w_tile])
+        c_outer, c_inner = sch.split(c, [None, c_tile])
+        sch.reorder(*n, h, w_outer, c_outer, w_inner, c_inner)
+        if parallel:
+            sch.parallel(sch.fuse(*n, h) if n else h)
+        if c_tile > 1:
+            sch.vectorize(c_inner)
+    return local
+
+
+# Parallel tasks wanted at least (a few per core, so uneven tasks balance out), and the most
+# bytes of A rows one task should touch (about half an L2).
+_MIN_TASKS = 8
+
+
+_TASK_ROW_BYTES = 256 << 10
+
+
+# Bytes of a weight panel slice a convolution's row tiles share, and the L1 it must stay in
+# (the smallest of the CPU profiles': 32 KiB on Zen 4 and Cortex-A72, 48 KiB on Sapphire Rapids).
+_K_BLOCK_BYTES = 16 << 10
+
+
+_L1_BYTES = 32 << 10
+
+
+_MIN_K_BLOCK = 16
+
+
+# Multiply-accumulates below which a kernel stays on one thread (~2 us of one core's FMAs;
+# a transformer block of 16 tokens x 64 ran 0.043 ms on one thread, 0.08 ms on two).
+_MIN_PARALLEL_MACS = 1 << 18
+
+
+def _row_tiles_per_task(row_tiles: int, tile_bytes: int, column_tasks: int = 1) -> int:
+    """Row tiles per parallel task: the largest divisor up to 16 that keeps enough tasks.
+
+    Each row group runs against ``column_tasks`` column blocks in tasks of its own; a task's
+    rows of A must stay in cache.
+    """
+    for tiles in range(16, 1, -1):
+        if (row_tiles % tiles == 0 and row_tiles // tiles * column_tasks >= _MIN_TASKS
+                and tiles * tile_bytes <= _TASK_ROW_BYTES):
+            return tiles
+    return 1
+
+
+def _block_tile(lane_blocks: int) -> int:
+    return next(t for t in (LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
+
+
+def _widest_row_tile(block_tile: int) -> int:
+    """Narrow outputs (fewer lane blocks) take more rows, keeping ~16 accumulators busy."""
+    return ROW_TILE * LANE_BLOCKS // block_tile
+
+
+def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
+    """Rows of a conv kernel's output: its pixels, padded to whole register tiles.
+
+    Without the padding a 7x7 map (49 rows) would run one row per tile, streaming every
+    weight from memory once per output pixel.
+    """
+    block_tile = _block_tile(round_up(out_channels, spec.lanes) // spec.lanes)
+    return round_up(pixels, _widest_row_tile(block_tile))
+
+
+def pow2_tile(extent: int, most: int) -> int:
+    """Return the largest power of two up to ``most`` that divides ``extent``."""
+    tile = 1
+    while tile * 2 <= most and extent % (tile * 2) == 0:
+        tile *= 2
+    return tile

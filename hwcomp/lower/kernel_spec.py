@@ -1,0 +1,70 @@
+"""What every family's conv/matmul kernels share: the instruction spec, the rewrite summary, shapes.
+
+:class:`KernelSpec` names the instruction a kernel is built around (a CPU's dot product or
+vector FMA, the microcontrollers' C loops); :class:`KernelRewrite` is what a family's Relax
+rewrite reports; the helpers give a convolution's output size and TIR's int64 shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The instruction a kernel is built around.
+
+    Attributes:
+        name: Instruction, for reports (``vpdpbusd``, ``fma``).
+        intrin: Name of its registered TIR tensor intrinsic; empty for plain vector code.
+        lanes: Accumulators per instruction (output channels per block).
+        activation_dtype: The dtype of the activations it multiplies.
+        weight_dtype: The dtype of the weights.
+        accumulator_dtype: The dtype it accumulates in.
+        group: Reduction elements per lane per instruction (4 for the int8 dot products).
+        llvm: The LLVM intrinsic that emits it (int8 only).
+        grouped: Whether grouped and depthwise convolutions have a kernel too.
+
+    """
+
+    name: str
+    intrin: str
+    lanes: int
+    activation_dtype: str
+    weight_dtype: str = "int8"
+    accumulator_dtype: str = "int32"
+    group: int = 4
+    llvm: str = ""
+    grouped: bool = False
+
+
+def conv_output_size(data_shape: tuple[int, ...], kernel: tuple[int, int],
+                     strides: tuple[int, int], padding: tuple[int, int, int, int],
+                     dilation: tuple[int, int]) -> tuple[int, int]:
+    """Return a convolution's output ``(height, width)``."""
+    top, left, bottom, right = padding
+    return ((data_shape[2] + top + bottom - dilation[0] * (kernel[0] - 1) - 1) // strides[0] + 1,
+            (data_shape[3] + left + right - dilation[1] * (kernel[1] - 1) - 1) // strides[1] + 1)
+
+
+def int64_shape(dims: tuple[int, ...]) -> tuple[Any, ...]:
+    """Shapes as int64, the index type of the Relax-legalised functions a kernel fuses with."""
+    from tvm import tirx
+
+    return tuple(tirx.IntImm("int64", int(d)) for d in dims)
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Return ``value`` rounded up to a multiple of ``multiple``."""
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class KernelRewrite:
+    """What :func:`rewrite_kernels` did: ops on hwcomp's kernels, quantized ops left in float."""
+
+    instruction: str | None
+    rewritten: list[str]
+    float_ops: list[str]
+    kept_float: list[str]
