@@ -19,10 +19,11 @@ import numpy as np
 import onnx_ir as ir
 
 import hwcomp
-from hwcomp import compress as compression
 from hwcomp import model as model_io
-from hwcomp import quantize, report, tuning
+from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
+from hwcomp.compress import pipeline as compression
+from hwcomp.compress import precision as quantize
 from hwcomp.errors import (
     CalibrationDataError,
     OutputExistsError,
@@ -36,6 +37,7 @@ from hwcomp.lower.types import BundleInfo
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.targets import Target, load_target
 from hwcomp.templates import render, render_to
+from hwcomp.tune import search as tuning
 from hwcomp.verify import NOT_RUN, PASSED, Verification, compare_outputs, run_onnxruntime
 
 logger = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ import click
 
 from hwcomp import api, bench, remote, report
 from hwcomp.analysis import sensitivity
-from hwcomp.compress import CompressionOptions, parse_budget
+from hwcomp.compress.pipeline import CompressionOptions, parse_budget
+from hwcomp.compress.precision import CALIBRATION_METHODS, DEFAULT_MIN_SQNR_DB, PrecisionOptions
+from hwcomp.compress.precision import PRECISIONS as BUILD_PRECISIONS
 from hwcomp.errors import HwcompError
 from hwcomp.model import parse_input_shapes
 from hwcomp.package import write_json
-from hwcomp.quantize import CALIBRATION_METHODS, DEFAULT_MIN_SQNR_DB, PrecisionOptions
-from hwcomp.quantize import PRECISIONS as BUILD_PRECISIONS
 from hwcomp.targets import PRECISIONS, known_targets, load_target
 from hwcomp.threads import use_physical_cores
 
@@ -351,7 +351,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
          database: Path | None, device: str, rpc_server: str | None, tracker: str | None,
          key: str, input_shapes: tuple[str, ...]) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; hwcomp build reuses the records."""
-    from hwcomp import tuning
+    from hwcomp.tune import search as tuning
 
     if sum(bool(x) for x in (device != "local", rpc_server, tracker)) > 1:
         raise click.UsageError("give one of --device, --rpc and --tracker")

@@ -4,7 +4,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp.analysis.cost import graph_cost
-from hwcomp.compress import CompressionError, compress, parse_ratios
+from hwcomp.compress.pipeline import CompressionError, compress, parse_ratios
 from hwcomp.model import load_model
 from hwcomp.passes.prune_channels import PruneChannelsPass
 from tests import model_zoo
@@ -129,7 +129,7 @@ def test_light_models_prune_at_30_percent(name, tmp_path):
 
 
 def test_activation_importance_finds_channels_relu_always_zeroes():
-    from hwcomp.compress import _activation_means
+    from hwcomp.compress.pipeline import _activation_means
 
     # Channel 0 has the largest filter, but a bias of -1000 means ReLU always zeroes it.
     w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)

@@ -1,7 +1,7 @@
 import numpy as np
 
 from hwcomp.analysis.sensitivity import metrics
-from hwcomp.compress import compress
+from hwcomp.compress.pipeline import compress
 from hwcomp.passes.reconstruct import ReconstructPass
 from hwcomp.targets import load_target
 from tests import model_zoo

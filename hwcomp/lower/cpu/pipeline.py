@@ -52,7 +52,7 @@ def cpu_pipeline(target: Target, database: Path | None = None,
     rule = default_rule(lanes=max(1, target.vector_bits // 32), cores=max(1, target.cores))
     tuned: list[Any] = []
     if database is not None and (Path(database) / "database_tuning_record.json").is_file():
-        from hwcomp.tuning import light_tensor_intrin, repair_database
+        from hwcomp.tune.search import light_tensor_intrin, repair_database
 
         repair_database(Path(database))
         light_tensor_intrin()

@@ -14,12 +14,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp import model as model_io
+from hwcomp.compress.precision import PrecisionOptions, calibrate, share_ranges
 from hwcomp.lower.cpu.kernels import compute, tiling
 from hwcomp.lower.cpu.kernels import rewrite as kernel_rewrite
 from hwcomp.lower.cpu.kernels import spec as kernel_specs
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.frontend.relax_import import import_relax
-from hwcomp.quantize import PrecisionOptions, calibrate, share_ranges
 from hwcomp.targets import cpu_flags, load_target
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
@@ -186,7 +186,7 @@ def test_qdq_model_compiled_agrees_with_onnxruntime_qdq(tmp_path):
     loaded = model_io.load_model(tmp_path / "m.onnx")
     specs = model_io.graph_inputs(loaded)
     batches = model_io.random_calibration(specs, 8)
-    from hwcomp.quantize import plan_precision
+    from hwcomp.compress.precision import plan_precision
 
     target = load_target("host")
     proto, plan = plan_precision(loaded, target, PrecisionOptions(precision="int8", min_sqnr_db=0),

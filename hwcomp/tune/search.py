@@ -44,7 +44,7 @@ from hwcomp.lower.frontend.relax_import import relax_for_target
 from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import use_physical_cores
-from hwcomp.tuning_baseline import record_default_schedules
+from hwcomp.tune.baseline import record_default_schedules
 
 logger = logging.getLogger(__name__)
 

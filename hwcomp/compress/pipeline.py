@@ -283,7 +283,7 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     from hwcomp import model as model_io
     from hwcomp.analysis.cost import graph_cost
     from hwcomp.analysis.sensitivity import metrics
-    from hwcomp.plan import plan_pruning
+    from hwcomp.compress.prune_plan import plan_pruning
     from hwcomp.verify import run_onnxruntime
 
     options.validate()

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from hwcomp import compress as compression
 from hwcomp.analysis.channels import analyze_channels
+from hwcomp.compress import pipeline as compression
 from hwcomp.model import to_proto
 from hwcomp.verify import run_onnxruntime
 

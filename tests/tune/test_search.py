@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hwcomp import tuning
+from hwcomp.tune import search as tuning
 from tests.conftest import REPO, run_cli
 from tests.test_remote import devices  # noqa: F401 - the loopback tracker fixture
 
