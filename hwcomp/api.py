@@ -22,7 +22,7 @@ import hwcomp
 from hwcomp import model as model_io
 from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
-from hwcomp.compress import pipeline as compression
+from hwcomp.compress import driver
 from hwcomp.compress import precision as quantize
 from hwcomp.errors import (
     CalibrationDataError,
@@ -106,11 +106,11 @@ def compress(
     model_path: Path,
     output: Path,
     target_name: str,
-    options: compression.CompressionOptions,
+    options: driver.CompressionOptions,
     *,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     force: bool = False,
-) -> compression.CompressOutcome:
+) -> driver.CompressionOutcome:
     """Compress ``model_path`` into ``output`` (ONNX), compared with the original.
 
     Kept channel counts round to the target's fp32 channel alignment; the comparison runs
@@ -122,7 +122,7 @@ def compress(
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; pass --force to replace it")
     model = model_io.load_model(Path(model_path), input_shapes)
-    outcome = compression.compress_with_data(model, target, options)
+    outcome = driver.compress_with_data(model, target, options)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     try:
@@ -160,7 +160,7 @@ def build(
     tolerance: float | None = None,
     force: bool = False,
     seed: int = 0,
-    compression_options: compression.CompressionOptions | None = None,
+    compression_options: driver.CompressionOptions | None = None,
     precision_options: quantize.PrecisionOptions | None = None,
     tuning_db: Path | None = None,
     use_tuning_db: bool = True,
@@ -183,7 +183,7 @@ def build(
     model_path = Path(model_path)
     destination = bundle_path(model_path, target, Path(output_dir))
     check_output(destination, force)
-    options = compression_options or compression.CompressionOptions()
+    options = compression_options or driver.CompressionOptions()
     options.validate()
     precision = precision_options or quantize.PrecisionOptions()
     precision.validate()
@@ -193,7 +193,7 @@ def build(
     model = model_io.load_model(model_path, input_shapes)
     compressed = None
     if options.requested:
-        compressed = compression.compress_with_data(model, target, options)
+        compressed = driver.compress_with_data(model, target, options)
         model = compressed.result.model
     plan = None
     if precision.requested:

@@ -15,7 +15,8 @@ import click
 
 from hwcomp import api, bench, remote, report
 from hwcomp.analysis import sensitivity
-from hwcomp.compress.pipeline import CompressionOptions, parse_budget
+from hwcomp.compress.driver import CompressionOptions
+from hwcomp.compress.pipeline import parse_budget
 from hwcomp.compress.precision import CALIBRATION_METHODS, DEFAULT_MIN_SQNR_DB, PrecisionOptions
 from hwcomp.compress.precision import PRECISIONS as BUILD_PRECISIONS
 from hwcomp.errors import HwcompError

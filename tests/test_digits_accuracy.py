@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from hwcomp import api
-from hwcomp.compress.pipeline import CompressionOptions
+from hwcomp.compress.driver import CompressionOptions
 from tests.conftest import REPO
 from tests.digits import digits_split
 

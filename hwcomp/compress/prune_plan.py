@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hwcomp.analysis.channels import analyze_channels
-from hwcomp.compress import pipeline as compression
+from hwcomp.compress.pipeline import compress_graph
 from hwcomp.model import to_proto
 from hwcomp.verify import run_onnxruntime
 
@@ -90,7 +90,7 @@ def plan_pruning(
     ``model`` must be cleaned up and BN-folded (as the compress pipeline leaves it).
     ``labels`` align with ``check_batches``' samples.
     """
-    model = compression.compress(model).model  # cleanup + BN folding, as pruning sees it
+    model = compress_graph(model).model  # cleanup + BN folding, as pruning sees it
     loss_of, metric = _loss_function(model, check_batches, labels)
     groups = analyze_channels(model).groups
     plan = PrunePlan(ratios={}, loss=0.0, budget=budget, metric=metric)
@@ -100,7 +100,7 @@ def plan_pruning(
     alone: dict[str, float] = {}
     for group in groups:
         for ratio in CANDIDATES:
-            pruned = compression.compress(model, {group.name: ratio}, alignment=alignment,
+            pruned = compress_graph(model, {group.name: ratio}, alignment=alignment,
                                           reconstruct_with=fit_batches).model
             loss = loss_of(pruned)
             if loss <= budget:
@@ -111,7 +111,7 @@ def plan_pruning(
         else:
             plan.decisions.append(f"{group.name}: even {CANDIDATES[-1]:.0%} exceeds the budget")
     while plan.ratios:
-        combined = compression.compress(model, dict(plan.ratios), alignment=alignment,
+        combined = compress_graph(model, dict(plan.ratios), alignment=alignment,
                                         reconstruct_with=fit_batches).model
         plan.loss = loss_of(combined)
         if plan.loss <= budget:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from hwcomp import api
-from hwcomp.compress.pipeline import CompressionError, CompressionOptions, parse_budget
+from hwcomp.compress.driver import CompressionOptions
+from hwcomp.compress.pipeline import CompressionError, parse_budget
 from hwcomp.compress.prune_plan import plan_pruning
 from tests import model_zoo
 from tests.conftest import REPO, run_cli

@@ -4,7 +4,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp.analysis.cost import graph_cost
-from hwcomp.compress.pipeline import CompressionError, compress, parse_ratios
+from hwcomp.compress.pipeline import CompressionError, compress_graph, parse_ratios
 from hwcomp.model import load_model
 from hwcomp.passes.prune_channels import PruneChannelsPass
 from tests import model_zoo
@@ -74,7 +74,7 @@ def test_alignment_rounds_kept_counts_up():
 
 
 def test_compress_pipeline_folds_bn_then_prunes():
-    result = compress(to_ir(model_zoo.resnet_like()), 0.3)
+    result = compress_graph(to_ir(model_zoo.resnet_like()), 0.3)
     names = [(s.name, s.modified) for s in result.steps]
     assert ("fold-batchnorm", True) in names and ("prune-channels", True) in names
     assert "BatchNormalization" not in [n.op_type for n in result.model.graph]
@@ -85,7 +85,7 @@ def test_per_layer_ratio_file(tmp_path):
     path = tmp_path / "ratios.json"
     path.write_text('{"Conv16": 0.5}')
     ratios = parse_ratios(str(path))
-    result = compress(to_ir(model_zoo.resnet_like()), ratios)
+    result = compress_graph(to_ir(model_zoo.resnet_like()), ratios)
     changes = {g.group: (g.before, g.after) for g in result.pruning.groups}
     assert changes["Conv16"] == (16, 8) and changes["Conv42"] == (32, 32)
 
@@ -96,13 +96,13 @@ def test_bad_ratios_are_clear_errors(tmp_path):
             parse_ratios(bad)
     (tmp_path / "r.json").write_text('{"NoSuchLayer": 0.5}')
     with pytest.raises(CompressionError, match="NoSuchLayer.*prunable: Conv16"):
-        compress(to_ir(model_zoo.resnet_like()), parse_ratios(str(tmp_path / "r.json")))
+        compress_graph(to_ir(model_zoo.resnet_like()), parse_ratios(str(tmp_path / "r.json")))
     with pytest.raises(CompressionError, match="neither a ratio"):
         parse_ratios(str(tmp_path / "missing.json"))
 
 
 def test_nothing_prunable_is_reported_not_raised():
-    result = compress(to_ir(model_zoo.transformer_block()), 0.3)
+    result = compress_graph(to_ir(model_zoo.transformer_block()), 0.3)
     assert result.pruning.groups == [] and result.pruning.frozen_layers
     assert result.pruning.macs_after == result.pruning.macs_before
 
@@ -112,7 +112,7 @@ def test_nothing_prunable_is_reported_not_raised():
 def test_light_models_prune_at_30_percent(name, tmp_path):
     onnx.save(model_zoo.light_model(name), tmp_path / "m.onnx")
     model = load_model(tmp_path / "m.onnx")
-    result = compress(model, 0.3)
+    result = compress_graph(model, 0.3)
     report = result.pruning
     # The reported MACs are the pruned model's MACs.
     assert graph_cost(result.model).total_macs == report.macs_after
@@ -129,7 +129,7 @@ def test_light_models_prune_at_30_percent(name, tmp_path):
 
 
 def test_activation_importance_finds_channels_relu_always_zeroes():
-    from hwcomp.compress.pipeline import _activation_means
+    from hwcomp.compress.driver import _activation_means
 
     # Channel 0 has the largest filter, but a bias of -1000 means ReLU always zeroes it.
     w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
@@ -146,8 +146,8 @@ def test_activation_importance_finds_channels_relu_always_zeroes():
     batches = [{"x": RNG.standard_normal((1, 3, 5, 5)).astype(np.float32)} for _ in range(4)]
     means = _activation_means(model, batches)
     assert means["r"][0] == 0.0
-    by_activation = compress(model, 0.25, "activation", activation_means=means).model
-    by_norm = compress(model, 0.25, "l1").model
+    by_activation = compress_graph(model, 0.25, "activation", activation_means=means).model
+    by_norm = compress_graph(model, 0.25, "l1").model
     kept_bias = [n.inputs[2].const_value.numpy() for n in by_activation.graph if n.name == "conv_a"][0]
     assert -1000 not in kept_bias  # the dead channel went
     norm_bias = [n.inputs[2].const_value.numpy() for n in by_norm.graph if n.name == "conv_a"][0]

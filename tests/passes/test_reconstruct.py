@@ -1,7 +1,7 @@
 import numpy as np
 
 from hwcomp.analysis.sensitivity import metrics
-from hwcomp.compress.pipeline import compress
+from hwcomp.compress.pipeline import compress_graph
 from hwcomp.passes.reconstruct import ReconstructPass
 from hwcomp.targets import load_target
 from tests import model_zoo
@@ -21,8 +21,8 @@ def _sqnr(reference_model, model, batches):
 def test_reconstruction_recovers_pruned_outputs_on_held_out_samples():
     original = to_ir(model_zoo.resnet_like())
     fit, held_out = _batches(12, 1), _batches(4, 99)
-    plain = compress(original, 0.3)
-    refit = compress(original, 0.3, reconstruct_with=fit)
+    plain = compress_graph(original, 0.3)
+    refit = compress_graph(original, 0.3, reconstruct_with=fit)
     report = refit.reconstruction
     assert report is not None and len(report.fitted) >= 6
     assert all(f.error_after <= f.error_before + 1e-6 for f in report.fitted)
@@ -34,7 +34,7 @@ def test_reconstruction_recovers_pruned_outputs_on_held_out_samples():
 
 def test_reconstruction_refits_the_second_low_rank_factor():
     original = to_ir(model_zoo.resnet_like())
-    result = compress(original, lowrank=0.6, target=load_target("arm-a72"),
+    result = compress_graph(original, lowrank=0.6, target=load_target("arm-a72"),
                       reconstruct_with=_batches(12, 1))
     fitted = {f.layer for f in result.reconstruction.fitted}
     split = {s.layer for s in result.lowrank.split}
@@ -48,6 +48,6 @@ def test_unchanged_models_are_not_touched_and_depthwise_is_reported():
     original = to_ir(model_zoo.mobilenet_like())
     untouched = ReconstructPass(original, _batches(2, 1))(to_ir(model_zoo.mobilenet_like()))
     assert not untouched.modified
-    result = compress(original, 0.5, reconstruct_with=_batches(8, 1))
+    result = compress_graph(original, 0.5, reconstruct_with=_batches(8, 1))
     skipped = result.reconstruction.skipped
     assert skipped and all(reason == "grouped or depthwise convolution" for reason in skipped.values())

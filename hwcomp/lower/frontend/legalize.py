@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -40,22 +39,14 @@ from hwcomp.passes import (
     ResizeToMatMulPass,
     SumToAddPass,
 )
+from hwcomp.passes.infra import PassRunner, StepRecord
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StepLog:
-    """One legalisation step: its name, whether it changed the graph, the node count after."""
-
-    name: str
-    modified: bool
-    nodes_after: int
-
-
 def legalize_for_tvm(
     model: ir.Model, const_inputs: Mapping[str, np.ndarray] | None = None
-) -> tuple[ir.Model, list[StepLog]]:
+) -> tuple[ir.Model, list[StepRecord]]:
     """Run the legalisation steps on ``model`` and return the new model and the step log."""
     known = supported_ops()
 
@@ -78,11 +69,5 @@ def legalize_for_tvm(
         ("remove-unused", common.RemoveUnusedNodesPass()),
         ("toposort", common.TopologicalSortPass()),
     ]
-    log = []
-    for name, step in steps:
-        result = step(model)
-        model = result.model
-        count = sum(1 for _ in model.graph)
-        logger.info("legalize %-24s modified=%s nodes=%d", name, result.modified, count)
-        log.append(StepLog(name=name, modified=result.modified, nodes_after=count))
-    return model, log
+    runner = PassRunner("legalize")
+    return runner.run_all(model, steps), runner.steps
