@@ -30,8 +30,8 @@ from hwcomp.errors import (
     VerificationError,
 )
 from hwcomp.lower import lowering_for
+from hwcomp.lower.cpu.database import count_records
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
-from hwcomp.lower.frontend.relax_import import relax_for_target
 from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.types import BundleInfo
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
@@ -203,13 +203,13 @@ def build(
     inputs = _verification_inputs(input_specs, calib, seed)
     legal, steps = legalize_for_tvm(model, const_inputs)
     legal_proto = model_io.to_proto(legal)
-    mod, kernels = relax_for_target(legal_proto, target)
+    prepared = lowering.prepare(legal_proto, target)
+    kernels = prepared.kernels
     logger.info("compiling for %s (%s)", target.name, target.family)
     database = None
     if use_tuning_db:
         database = Path(tuning_db) if tuning_db else tuning.default_database(target)
-    applied: dict[str, int] = {}
-    executable = lowering.compile(mod, target, database, applied, name=model_path.stem)
+    compiled = lowering.compile(prepared.module, target, database, name=model_path.stem)
 
     with staged_output(destination, force) as staging:
         ir.save(legal, staging / "model.optimized.onnx")
@@ -220,7 +220,7 @@ def build(
             model_file=model_path.name, model_name=model_path.stem,
             inputs=model_io.graph_inputs(legal), outputs=model_io.graph_outputs(model),
             example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance)
-        extras = lowering.package(executable, target, staging, info)
+        extras = lowering.package(compiled.executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
         verification = _verify(staging, lowering, target, model, feeds, reference, tolerance, source)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
@@ -232,9 +232,9 @@ def build(
             "instruction": kernels.instruction, "ops": kernels.rewritten,
             "kept_float": kernels.kept_float}
         manifest["float_kernels"] = [] if kernels is None else kernels.float_ops
-        manifest["tuning"] = None if not applied else {
-            "database": str(database), "records": tuning.count_records(database) if database else 0,
-            "functions_tuned": applied.get("tuned", 0)}
+        manifest["tuning"] = None if compiled.tuned_functions is None else {
+            "database": str(database), "records": count_records(database) if database else 0,
+            "functions_tuned": compiled.tuned_functions}
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):

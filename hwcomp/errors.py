@@ -57,3 +57,15 @@ class CalibrationDataError(HwcompError):
 
 class MemoryBudgetError(HwcompError):
     """The compiled model does not fit the target's flash or RAM."""
+
+
+def reason_line(exc: BaseException, *, last: bool = False, limit: int = 300) -> str:
+    """One line of ``exc``'s message to quote in an error: the first, or the ``last``.
+
+    TVM puts the real reason after a C++ backtrace, so its failures are quoted by their last
+    line; other libraries' by their first.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if last else lines[0])[:limit]

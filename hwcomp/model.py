@@ -20,7 +20,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx_ir.passes import common
 
-from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError
+from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError, reason_line
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ModelLoadError(
-            f"{path}: not a readable ONNX model (truncated or not ONNX: {_first_line(exc)})"
+            f"{path}: not a readable ONNX model (truncated or not ONNX: {reason_line(exc)})"
         ) from None
     if not proto.graph.node and not proto.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found in the file)")
@@ -90,7 +90,7 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"{path}: external data could not be read ({_first_line(exc)}); "
+            f"{path}: external data could not be read ({reason_line(exc)}); "
             "keep the data files next to the model"
         ) from None
     # onnxruntime's quantizer writes QDQ models with nodes out of order; order is not meaning.
@@ -98,7 +98,7 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: the ONNX checker rejects it: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: the ONNX checker rejects it: {reason_line(exc)}") from None
     return proto
 
 
@@ -214,7 +214,7 @@ def infer_shapes(model: ir.Model, path: Path | str = "model") -> ir.Model:
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path}: shape inference failed: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path}: shape inference failed: {reason_line(exc)}") from None
     return ir.serde.deserialize_model(inferred)
 
 
@@ -282,7 +282,7 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
             raise CalibrationDataError(f"{path}: no such calibration file or folder")
     except (OSError, ValueError) as exc:
         raise CalibrationDataError(
-            f"{path}: not an .npz file or a folder of .npy files ({_first_line(exc)})"
+            f"{path}: not an .npz file or a folder of .npy files ({reason_line(exc)})"
         ) from None
     for spec in specs:
         if spec.name not in arrays:
@@ -298,11 +298,6 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
             )
         arrays[spec.name] = array.astype(spec.dtype, copy=False)
     return {spec.name: arrays[spec.name] for spec in specs}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def calibration_batches(
@@ -370,7 +365,7 @@ def load_labels(path: Path, samples: int) -> np.ndarray:
     try:
         labels = np.load(path)
     except (OSError, ValueError) as exc:
-        raise CalibrationDataError(f"{path}: not a .npy file ({_first_line(exc)})") from None
+        raise CalibrationDataError(f"{path}: not a .npy file ({reason_line(exc)})") from None
     labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
     if labels.ndim != 1 or labels.shape[0] != samples or labels.dtype.kind not in "iu":
         raise CalibrationDataError(

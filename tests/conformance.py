@@ -135,7 +135,8 @@ def _run_hwcomp(case, inputs: list, outputs: list, frontend_only: bool = False) 
 
     from hwcomp.errors import ExecutionError, HwcompError
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
-    from hwcomp.lower.frontend.relax_import import check_supported, compile_relax, import_relax
+    from hwcomp.lower.frontend.relax_import import check_supported, import_relax
+    from hwcomp.lower.library.base import compile_relax
     from hwcomp.model import check_tensor_interface, infer_shapes, to_proto
     from hwcomp.targets import load_target
 

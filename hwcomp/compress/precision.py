@@ -38,7 +38,7 @@ from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.analysis.sensitivity import metrics
 from hwcomp.errors import CalibrationDataError, HwcompError
-from hwcomp.lower.cpu.kernels.spec import activation_dtype, int8_kernel
+from hwcomp.lower import activation_dtype, lowering_for
 from hwcomp.targets import Target
 from hwcomp.verify import run_onnxruntime
 
@@ -135,7 +135,7 @@ class PrecisionOptions:
 def layer_candidates(model: ir.Model, target: Target) -> list[LayerChoice]:
     """Every Conv/MatMul/Gemm with a constant weight, its candidates and roofline estimates."""
     costs = {c.name: c for c in graph_cost(model).nodes}
-    instruction = int8_kernel(target)
+    instruction = lowering_for(target).int8_kernel(target)
     layers = []
     for node in model.graph:
         if node.op_type not in QUANTIZED_OPS or len(node.inputs) < 2:
@@ -415,7 +415,7 @@ def _force(layers: list[LayerChoice], precision: str, target: Target) -> None:
         raise PrecisionError(
             f"--precision fp16: target '{target.name}' has no fp16 arithmetic (it would "
             "convert to fp32 and gain nothing); use --precision auto or fp32")
-    if precision == "int8" and int8_kernel(target) is None:
+    if precision == "int8" and lowering_for(target).int8_kernel(target) is None:
         logger.warning("target '%s' has no int8 dot product: int8 layers will be "
                        "dequantized and run in float (smaller weights, no speed-up)", target.name)
     for layer in layers:

@@ -1,11 +1,13 @@
-"""What ``hwcomp build`` hands a lowering when it packages a bundle."""
+"""What ``hwcomp build`` and a family's lowering hand each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.model import TensorSpec
 
 
@@ -20,3 +22,42 @@ class BundleInfo:
     example_inputs: list[np.ndarray]
     example_outputs: list[np.ndarray]
     tolerance: float
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The Relax module a family compiles (and tunes), and what its kernel rewrite did.
+
+    Attributes:
+        module: The Relax ``IRModule`` with hwcomp's kernels in place.
+        kernels: The rewrite's summary; None where the family has no kernel rewrite.
+
+    """
+
+    module: Any
+    kernels: KernelRewrite | None
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A family's compiled artifact and how many functions a tuning database scheduled.
+
+    Attributes:
+        executable: What the family's ``package`` writes (a TVM executable, an AOT program).
+        tuned_functions: Functions scheduled from tuning records; None when no database
+            was applied.
+
+    """
+
+    executable: Any
+    tuned_functions: int | None = None
+
+
+@dataclass(frozen=True)
+class RunnerResult:
+    """Outputs of a bundle run for verification, and the timing line its runner printed."""
+
+    outputs: list[np.ndarray]
+    timing: str
+    # Further runs of the same inputs to check too (e.g. the host build next to the board's).
+    also: dict[str, list[np.ndarray]] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hwcomp.lower.cpu.pipeline import default_rule
+from hwcomp.lower.cpu.rules import default_rules, first_schedule
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -27,14 +27,12 @@ def record_default_schedules(ms: Any, tasks: list[Any], target: Target, builder:
     still covers it.
     """
     tvm_target = target.tvm()
-    rule = default_rule(lanes=max(1, target.vector_bits // 32), cores=max(1, target.cores))
+    rules = default_rules(lanes=max(1, target.vector_bits // 32), cores=max(1, target.cores))
     candidates = []
     for task in tasks:
         mod = task.dispatched[0]
         func = mod["main"]
-        schedule = rule.apply(func, tvm_target, False)
-        if isinstance(schedule, list):
-            schedule = schedule[0] if schedule else None
+        schedule = first_schedule(rules, func, tvm_target)
         if schedule is None:
             continue
         args = ms.arg_info.ArgInfo.from_prim_func(func)

@@ -22,14 +22,10 @@ Two TVM facts shape this module:
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import signal
-import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +33,11 @@ from typing import Any
 
 from hwcomp import model as model_io
 from hwcomp.errors import HwcompError
-from hwcomp.lower.cpu.kernels.spec import DOT_INSTRUCTIONS
+from hwcomp.lower import lowering_for, tunable_families
+from hwcomp.lower.cpu.database import RECORDS, WORKLOADS, count_records, repair_database
+from hwcomp.lower.cpu.kernels.intrinsics import light_tensor_intrin
 from hwcomp.lower.cpu.pipeline import fusion_passes
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
-from hwcomp.lower.frontend.relax_import import relax_for_target
 from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import use_physical_cores
@@ -48,8 +45,6 @@ from hwcomp.tune.baseline import record_default_schedules
 
 logger = logging.getLogger(__name__)
 
-WORKLOADS = "database_workload.json"
-RECORDS = "database_tuning_record.json"
 BUILD_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 60.0
 
@@ -89,24 +84,6 @@ def default_database(target: Target) -> Path:
     return cache_dir() / "tuning" / target.name
 
 
-def light_tensor_intrin() -> None:
-    """Make ``tvm.s_tir.tensor_intrin`` importable without its 40 s of CUDA/ROCm intrinsics."""
-    name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
-        import tvm.s_tir
-
-        package = types.ModuleType(name)
-        package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-        sys.modules[name] = package
-        tvm.s_tir.tensor_intrin = package  # type: ignore[attr-defined]
-        for sub in ("x86", "arm_cpu"):
-            setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
-    from hwcomp.lower.cpu.kernels.intrinsics import register_intrinsic
-    from hwcomp.lower.cpu.kernels.spec import VNNI
-
-    register_intrinsic(VNNI, "dot_16x4_vnni", scope="global")
-
-
 def build_candidate(mod: Any, target: Any, params: Any) -> Any:
     """MetaSchedule builder function: TVM's default build without the slow import."""
     light_tensor_intrin()
@@ -117,38 +94,6 @@ def build_candidate(mod: Any, target: Any, params: Any) -> Any:
     return tvm_build(mod, target=target)
 
 
-def count_records(database: Path) -> int:
-    """Tuning records in ``database`` (0 when it does not exist)."""
-    path = Path(database) / RECORDS
-    if not path.is_file():
-        return 0
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
-
-
-def repair_database(database: Path) -> int:
-    """Drop unparsable lines (a run killed mid-write); return how many were dropped."""
-    dropped = 0
-    for name in (WORKLOADS, RECORDS):
-        path = Path(database) / name
-        if not path.is_file():
-            continue
-        good = []
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                dropped += 1
-                continue
-            good.append(line)
-        if dropped:
-            path.write_text("".join(f"{line}\n" for line in good))
-    if dropped:
-        logger.warning("%s: dropped %d torn line(s) left by an interrupted run", database, dropped)
-    return dropped
-
-
 def prepare(model_path: Path, target: Target,
             input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
     """Return the Relax module ``hwcomp build`` compiles, after TVM's legalisation and fusion."""
@@ -156,7 +101,7 @@ def prepare(model_path: Path, target: Target,
 
     model = model_io.load_model(Path(model_path), input_shapes)
     legal, _ = legalize_for_tvm(model)
-    mod, _ = relax_for_target(model_io.to_proto(legal), target)
+    mod = lowering_for(target).prepare(model_io.to_proto(legal), target).module
     tvm_target = target.tvm()
     with tvm_target:
         return tvm.transform.Sequential(fusion_passes(tvm_target))(mod)
@@ -181,9 +126,9 @@ def tune(
     """
     started = time.perf_counter()
     target = load_target(target_name)
-    if target.family not in DOT_INSTRUCTIONS:
+    if not lowering_for(target).tunable:
         raise TuningError(f"target '{target.name}' ({target.family}): hwcomp tunes CPU "
-                          f"targets ({', '.join(DOT_INSTRUCTIONS)}) only")
+                          f"targets ({', '.join(tunable_families())}) only")
     if trials < 1:
         raise TuningError("--trials must be at least 1")
     if target.is_cross and device is None:

@@ -15,11 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp import model as model_io
 from hwcomp.compress.precision import PrecisionOptions, calibrate, share_ranges
+from hwcomp.lower import lowering_for
 from hwcomp.lower.cpu.kernels import compute, tiling
-from hwcomp.lower.cpu.kernels import rewrite as kernel_rewrite
 from hwcomp.lower.cpu.kernels import spec as kernel_specs
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
-from hwcomp.lower.frontend.relax_import import import_relax
 from hwcomp.targets import cpu_flags, load_target
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
@@ -195,7 +194,8 @@ def test_qdq_model_compiled_agrees_with_onnxruntime_qdq(tmp_path):
     onnx.save(proto, tmp_path / "q.onnx")
     legal, _ = legalize_for_tvm(model_io.load_model(tmp_path / "q.onnx"))
     legal_proto = model_io.to_proto(legal)
-    mod, rewrite = kernel_rewrite.rewrite_kernels(import_relax(legal_proto), target)
+    prepared = lowering_for(target).prepare(legal_proto, target)
+    mod, rewrite = prepared.module, prepared.kernels
     assert rewrite is not None and len(rewrite.rewritten) == plan.counts()["int8"]
     executable = tvm.compile(mod, target=target.tvm())
     vm = tvm.relax.VirtualMachine(executable, tvm.cpu())
@@ -259,8 +259,8 @@ def test_arm_a76_kernels_use_sdot_and_a72_gets_none():
     import tvm
 
     a76 = load_target("arm-a76")
-    assert kernel_specs.dot_instruction(a76) is kernel_specs.SDOT
-    assert kernel_specs.dot_instruction(load_target("arm-a72")) is None
+    assert lowering_for(a76).int8_kernel(a76) is kernel_specs.SDOT
+    assert lowering_for(load_target("arm-a72")).int8_kernel(load_target("arm-a72")) is None
     lib = tvm.compile(tvm.IRModule({"main": compute.matmul_kernel(8, 64, 16, kernel_specs.SDOT)}),
                       target=a76.tvm())
     assert "sdot" in lib.mod.inspect_source("asm")

@@ -1,8 +1,10 @@
 """Lowering for CPUs reached through LLVM: x86-64 natively, Arm Cortex-A by cross-compiling.
 
-Both use TVM's default Relax CPU pipeline (legalise, fuse, plan memory, build) with the
-profile's LLVM target; they differ only in who links the library and how it is run for
-verification: the host's g++ and a native run, or ``aarch64-linux-gnu-g++`` and
+Both import the model into Relax, put convolutions and matmuls with constant weights on
+hwcomp's kernels (int8 on the family's dot-product instruction where the profile has one,
+fp32 FMAs otherwise), and compile with hwcomp's CPU pipeline (TVM's, plus tuned and default
+schedules). They differ in their dot-product instruction, who links the library and how it
+runs for verification: the host's g++ and a native run, or ``aarch64-linux-gnu-g++`` and
 ``qemu-aarch64`` with the aarch64 TVM runtime from PyPI.
 """
 
@@ -12,40 +14,48 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
+from hwcomp.lower.cpu.kernels.rewrite import rewrite_kernels
+from hwcomp.lower.cpu.kernels.spec import SDOT, VNNI, float_spec
 from hwcomp.lower.cpu.pipeline import cpu_pipeline
-from hwcomp.lower.frontend.relax_import import compile_relax
-from hwcomp.lower.library.bundle import package_library
-from hwcomp.lower.library.runner import RunnerResult, require_tool, run_bundle
+from hwcomp.lower.frontend.relax_import import import_checked
+from hwcomp.lower.kernel_spec import KernelSpec
+from hwcomp.lower.library.base import LibraryLowering, compile_relax
+from hwcomp.lower.library.runner import require_tool, run_bundle
 from hwcomp.lower.library.runtime_libs import aarch64_runtime_libs, host_runtime_libs
-from hwcomp.lower.types import BundleInfo
+from hwcomp.lower.types import Compiled, Prepared, RunnerResult
 from hwcomp.targets import Target, cpu_flags
 
 
-class CpuLowering:
+class CpuLowering(LibraryLowering):
     """x86-64 (``family = "x86"``): native library, verified natively."""
 
     family = "x86"
     builds_runner = True
+    tunable = True
+    # The int8 dot product of the family, used where the profile says ``int8_dot``.
+    dot_instruction: KernelSpec = VNNI
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Programs (and their Debian packages) needed before any work starts."""
         return [("g++", "g++")]
 
+    def int8_kernel(self, target: Target) -> KernelSpec | None:
+        """Return the dot-product instruction where the profile has one (None: int8 in float)."""
+        return self.dot_instruction if target.int8_dot else None
+
+    def prepare(self, legal: onnx.ModelProto, target: Target) -> Prepared:
+        """Import, then put conv2d / matmul with constant weights on hwcomp's kernels."""
+        module, kernels = rewrite_kernels(import_checked(legal), self.int8_kernel(target),
+                                          float_spec(target))
+        return Prepared(module, kernels)
+
     def compile(self, mod: Any, target: Target, database: Path | None = None,
-                applied: dict[str, int] | None = None, name: str = "model") -> Any:
+                name: str = "model") -> Compiled:
         """Compile with TVM's CPU pipeline plus tuned (``database``) and default schedules."""
-        return compile_relax(mod, target, cpu_pipeline(target, database, applied))
-
-    def package(self, executable: Any, target: Target, staging: Path,
-                info: BundleInfo) -> dict[str, Any]:
-        """Library, runtime, headers and runner; nothing to add to the manifest."""
-        package_library(self, executable, target, staging)
-        return {}
-
-    def export(self, executable: Any, target: Target, path: Path) -> None:
-        """Write the shared library."""
-        executable.export_library(str(path))
+        pipeline, tuned = cpu_pipeline(target, database)
+        return Compiled(compile_relax(mod, target, pipeline), tuned.functions)
 
     def runtime_libs(self, target: Target) -> list[Path]:
         """Runtime libraries the bundle ships."""
@@ -69,6 +79,7 @@ class ArmLowering(CpuLowering):
     """Arm Cortex-A (``family = "arm-a"``): cross-compiled, verified under qemu-aarch64."""
 
     family = "arm-a"
+    dot_instruction = SDOT
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Return the cross compiler; the emulator is checked when verification runs."""

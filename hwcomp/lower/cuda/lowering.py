@@ -10,45 +10,40 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
-from hwcomp.lower.frontend.relax_import import compile_relax
-from hwcomp.lower.library.bundle import package_library
-from hwcomp.lower.library.runner import RunnerResult
-from hwcomp.lower.types import BundleInfo
+from hwcomp.lower.frontend.relax_import import import_checked
+from hwcomp.lower.kernel_spec import KernelSpec
+from hwcomp.lower.library.base import LibraryLowering, compile_relax
+from hwcomp.lower.types import Compiled, Prepared, RunnerResult
 from hwcomp.targets import Target
 
 
-class CudaLowering:
+class CudaLowering(LibraryLowering):
     """CUDA GPUs (``family = "cuda"``)."""
 
     family = "cuda"
-    builds_runner = False
+    tunable = False
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Nvcc compiles the generated CUDA kernels."""
         return [("nvcc", "nvidia-cuda-toolkit")]
 
+    def int8_kernel(self, target: Target) -> KernelSpec | None:
+        """No integer kernels yet: quantized layers run in float."""
+        return None
+
+    def prepare(self, legal: onnx.ModelProto, target: Target) -> Prepared:
+        """Import as is: TVM's CUDA pipeline schedules every op (no kernel rewrite)."""
+        return Prepared(import_checked(legal), None)
+
     def compile(self, mod: Any, target: Target, database: Path | None = None,
-                applied: dict[str, int] | None = None, name: str = "model") -> Any:
+                name: str = "model") -> Compiled:
         """Compile with TVM's default CUDA pipeline (DLight schedules bind GPU threads).
 
         Tuning databases are for CPU targets; ``database`` is not used here.
         """
-        return compile_relax(mod, target)
-
-    def package(self, executable: Any, target: Target, staging: Path,
-                info: BundleInfo) -> dict[str, Any]:
-        """Write the library alone (loaded with TVM's Python runtime)."""
-        package_library(self, executable, target, staging)
-        return {}
-
-    def export(self, executable: Any, target: Target, path: Path) -> None:
-        """Write the host library with the device code embedded."""
-        executable.export_library(str(path))
-
-    def runtime_libs(self, target: Target) -> list[Path]:
-        """CUDA bundles are loaded with the TVM Python runtime; no C++ runner yet."""
-        return []
+        return Compiled(compile_relax(mod, target))
 
     def not_run_reason(self, target: Target) -> str | None:
         """None where a CUDA device is present."""

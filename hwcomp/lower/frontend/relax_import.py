@@ -16,8 +16,8 @@ from typing import Any
 
 import onnx
 
-from hwcomp.errors import LoweringError, UnsupportedOpError
-from hwcomp.targets import Target
+from hwcomp.errors import LoweringError, UnsupportedOpError, reason_line
+from hwcomp.lower.frontend.gaps import REJECT, gap_for
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ def supported_ops() -> frozenset[str]:
 def check_supported(proto: onnx.ModelProto) -> None:
     """Raise :class:`UnsupportedOpError` for the first node TVM cannot import."""
     from onnx import numpy_helper
-
-    from hwcomp.lower.frontend.gaps import REJECT, gap_for
 
     known = supported_ops()
     constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer
@@ -54,6 +52,13 @@ def check_supported(proto: onnx.ModelProto) -> None:
             )
 
 
+def import_checked(legal: onnx.ModelProto) -> Any:
+    """Check that TVM can import every node of a legalised model, then import it."""
+    check_supported(legal)
+    logger.info("importing into TVM Relax")
+    return import_relax(legal)
+
+
 def import_relax(proto: onnx.ModelProto) -> Any:
     """Import a legalised model into a Relax ``IRModule`` with weights bound as constants."""
     from tvm.relax.frontend.onnx import from_onnx
@@ -68,47 +73,13 @@ def import_relax(proto: onnx.ModelProto) -> Any:
     except Exception as exc:  # noqa: BLE001 - TVM raises many types; all mean "cannot import"
         logger.debug("TVM frontend output: %s", chatter.getvalue())
         node = _failing_node(sys.exc_info()[2])
-        message = _first_line(exc)
+        message = reason_line(exc, last=True, limit=400)
         if node is not None:
             raise UnsupportedOpError(
                 f"node '{node.name or node.output[0]}' (op {node.op_type}) could not be "
                 f"imported into TVM: {message}"
             ) from None
         raise LoweringError(f"TVM could not import the model: {message}") from None
-
-
-def relax_for_target(legal: onnx.ModelProto, target: Target) -> tuple[Any, Any]:
-    """Return the Relax module hwcomp lowers for ``target`` and what its kernels took over.
-
-    Checks support, imports, and replaces conv2d/matmul by hwcomp's kernels: for CPUs
-    :func:`hwcomp.lower.cpu.kernels.rewrite.rewrite_kernels`, for C (microcontrollers) the int8 layers by
-    :func:`hwcomp.lower.mcu.int8.rewrite_int8_layers`. ``hwcomp build`` compiles this module
-    and ``hwcomp tune`` tunes it, so both see the same functions.
-    """
-    from hwcomp.lower.cpu.kernels.rewrite import rewrite_kernels
-    from hwcomp.lower.mcu.aot import check_mcu_supported
-    from hwcomp.lower.mcu.int8 import rewrite_int8_layers
-
-    check_supported(legal)
-    if target.runtime == "c":
-        check_mcu_supported(legal)
-    logger.info("importing into TVM Relax")
-    mod = import_relax(legal)
-    if target.runtime == "c":
-        return rewrite_int8_layers(mod, target)
-    return rewrite_kernels(mod, target)
-
-
-def compile_relax(mod: Any, target: Target, pipeline: Any = "default") -> Any:
-    """Compile a Relax module for ``target`` into a ``tvm.runtime.Executable``."""
-    import tvm
-
-    try:
-        return tvm.compile(mod, target=target.tvm(), relax_pipeline=pipeline)
-    except Exception as exc:  # noqa: BLE001 - any TVM failure is a lowering failure
-        raise LoweringError(
-            f"TVM could not compile the model for target '{target.name}': {_first_line(exc)}"
-        ) from None
 
 
 def _failing_node(tb: TracebackType | None) -> onnx.NodeProto | None:
@@ -120,10 +91,3 @@ def _failing_node(tb: TracebackType | None) -> onnx.NodeProto | None:
             found = node
         tb = tb.tb_next
     return found
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # TVM messages put the real reason after a C++ backtrace; prefer the last line.
-    text = lines[-1] if lines else type(exc).__name__
-    return text[:400]

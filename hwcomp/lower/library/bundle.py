@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import hwcomp
 from hwcomp.lower.library.runner import compile_runner
@@ -18,7 +18,22 @@ from hwcomp.targets import Target
 from hwcomp.templates import render_to
 
 
-def package_library(lowering: Any, executable: Any, target: Target, staging: Path) -> None:
+class LibraryExport(Protocol):
+    """What writing a library bundle asks of a family's lowering."""
+
+    builds_runner: bool
+
+    def export(self, executable: Any, target: Target, path: Path) -> None:
+        """Write the shared library to ``path``."""
+        ...
+
+    def runtime_libs(self, target: Target) -> list[Path]:
+        """Return the TVM runtime libraries the bundle ships."""
+        ...
+
+
+def package_library(lowering: LibraryExport, executable: Any, target: Target,
+                    staging: Path) -> None:
     """Write the library, runtime, headers, runner and CMake file into ``staging``."""
     (staging / "lib").mkdir()
     lowering.export(executable, target, staging / "lib" / "model.so")

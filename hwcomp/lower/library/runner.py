@@ -14,13 +14,13 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from hwcomp.errors import ExecutionError, ToolchainError
 from hwcomp.lower.library.runtime_libs import RUNTIME_LIBS, cache_dir, ffi_include_dir
+from hwcomp.lower.types import RunnerResult
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 
@@ -28,16 +28,6 @@ logger = logging.getLogger(__name__)
 
 RUNNER_SOURCE = ("runner", "runner.cc")
 EMULATOR_TIMEOUT_S = 600
-
-
-@dataclass(frozen=True)
-class RunnerResult:
-    """Outputs and the timing line a runner printed."""
-
-    outputs: list[np.ndarray]
-    timing: str
-    # Further runs of the same inputs to check too (e.g. the host build next to the board's).
-    also: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 def require_tool(program: str, package: str, purpose: str) -> str:

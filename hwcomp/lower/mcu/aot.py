@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 
 from hwcomp.errors import LoweringError, UnsupportedOpError
+from hwcomp.lower.cpu.pipeline import fusion_passes
+from hwcomp.lower.cpu.rules import default_rules
 from hwcomp.lower.mcu.c_literals import exact_float_literals, float32_constants
 from hwcomp.lower.mcu.memory_plan import ArenaPlan, Buffer, plan_arena
 from hwcomp.lower.relax_match import mutate_functions
@@ -184,8 +186,6 @@ def mcu_passes(target: Target) -> list[Any]:
     from tvm import relax
     from tvm.s_tir import dlight
 
-    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
-
     return [
         mean_as_sum_divide(),
         *fusion_passes(target.tvm()),
@@ -194,7 +194,7 @@ def mcu_passes(target: Target) -> list[Any]:
         relax.transform.AnnotateTIROpPattern(),
         # One core, no SIMD types in C: the rule only inlines producers (pads, bias adds) into
         # their consumers, which keeps kernels' scratch buffers small.
-        dlight.ApplyDefaultSchedule(default_rule(lanes=1, cores=1)),
+        dlight.ApplyDefaultSchedule(*default_rules(lanes=1, cores=1)),
         relax.transform.RewriteDataflowReshape(),
         relax.transform.DeadCodeElimination(),
     ]

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernel_spec import KernelRewrite, int64_shape
+from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, int64_shape
 from hwcomp.lower.relax_match import (
     bound,
     constant_array,
@@ -48,6 +48,11 @@ from hwcomp.targets import Target
 logger = logging.getLogger(__name__)
 
 KERNEL_NAME = "int8 C kernel"
+# u8 x s8 -> s32 kernels in C with the requantization fused, depthwise included. Activations
+# are u8 because onnxruntime's x86 kernels, the reference, take u8: it converts s8 activations
+# and leaves a layer in float where a shared tensor blocks that, and a float layer's rounding
+# cannot be matched bit for bit.
+C_INT8 = KernelSpec(KERNEL_NAME, "", 1, "uint8", group=1, grouped=True)
 _LIMITS = {"int8": (-128, 127), "uint8": (0, 255)}
 # The bias scale the quantizer wrote must be s_x * s_w: onnxruntime adds the int32 bias to
 # the accumulator as is, so a different scale would mean a different model.

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from hwcomp.errors import MemoryBudgetError
-from hwcomp.lower.library.runner import RunnerResult
+from hwcomp.lower.frontend.relax_import import import_checked
+from hwcomp.lower.kernel_spec import KernelSpec
 from hwcomp.lower.mcu import firmware
-from hwcomp.lower.mcu.aot import AotProgram, build_program
+from hwcomp.lower.mcu.aot import AotProgram, build_program, check_mcu_supported
+from hwcomp.lower.mcu.int8 import C_INT8, rewrite_int8_layers
 from hwcomp.lower.mcu.sources import Sources, c_prefix, sources_in, write_sources
-from hwcomp.lower.types import BundleInfo
+from hwcomp.lower.types import BundleInfo, Compiled, Prepared, RunnerResult
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -36,15 +39,26 @@ class McuLowering:
 
     family = "mcu"
     builds_runner = False
+    tunable = False
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Return the cross compiler (sizes, firmware) and the host compiler (host check)."""
         return [(target.cross_compiler, target.cross_package), ("gcc", "gcc")]
 
+    def int8_kernel(self, target: Target) -> KernelSpec | None:
+        """Hwcomp's int8 C kernels (u8 x s8, requantization fused), on every Cortex-M."""
+        return C_INT8
+
+    def prepare(self, legal: onnx.ModelProto, target: Target) -> Prepared:
+        """Refuse what the C executor cannot run, import, put int8 layers on the C kernels."""
+        check_mcu_supported(legal)
+        module, kernels = rewrite_int8_layers(import_checked(legal), target)
+        return Prepared(module, kernels)
+
     def compile(self, mod: Any, target: Target, database: Path | None = None,
-                applied: dict[str, int] | None = None, name: str = "model") -> AotProgram:
+                name: str = "model") -> Compiled:
         """Generate C kernels and the call sequence (tuning databases do not apply)."""
-        return build_program(mod, target, c_prefix(name))
+        return Compiled(build_program(mod, target, c_prefix(name)))
 
     def package(self, executable: AotProgram, target: Target, staging: Path,
                 info: BundleInfo) -> dict[str, Any]:

@@ -30,15 +30,15 @@ def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
     import onnx_ir as ir
     import tvm
 
+    from hwcomp.lower import lowering_for
     from hwcomp.lower.cpu.pipeline import fusion_passes
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
-    from hwcomp.lower.frontend.relax_import import relax_for_target
     from hwcomp.targets import load_target
 
     model = _model()
     target = load_target("host")
     legal, _ = legalize_for_tvm(ir.from_proto(model))
-    mod, _ = relax_for_target(ir.to_proto(legal), target)
+    mod = lowering_for(target).prepare(ir.to_proto(legal), target).module
     with target.tvm():
         mod = tvm.transform.Sequential(fusion_passes(target.tvm()))(mod)
     tir = "\n".join(func.script() for _, func in mod.functions_items()

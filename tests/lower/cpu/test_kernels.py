@@ -63,7 +63,7 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
 ])
 def test_pointwise_kernel_matches_numpy(shape, out_channels):
     """The NCHW pointwise kernel as hwcomp's default rule schedules it."""
-    from hwcomp.lower.cpu.pipeline import default_rule
+    from hwcomp.lower.cpu.rules import default_rules, first_schedule
 
     spec = specs.float_spec(load_target("host"))
     assert compute.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
@@ -71,7 +71,7 @@ def test_pointwise_kernel_matches_numpy(shape, out_channels):
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((out_channels, shape[1])).astype(np.float32)
     func = compute.pointwise_kernel(shape, out_channels)
-    sch = default_rule(lanes=spec.lanes, cores=2).apply(func, load_target("host").tvm(), False)
+    sch = first_schedule(default_rules(lanes=spec.lanes, cores=2), func, load_target("host").tvm())
     script = sch.mod["main"].script()
     # No layout copies; init, update and the tile's store; parallel unless tiny.
     assert _blocks(script) == 3, script
@@ -109,7 +109,8 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     from tvm import relax
     from tvm.s_tir import dlight
 
-    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
+    from hwcomp.lower.cpu.pipeline import fusion_passes
+    from hwcomp.lower.cpu.rules import default_rules
 
     target = load_target("host")
     spec = specs.float_spec(target)
@@ -144,7 +145,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
         mod = relax.transform.LegalizeOps()(bb.get())
         mod = tvm.transform.Sequential([
             *fusion_passes(target.tvm()),
-            dlight.ApplyDefaultSchedule(default_rule(lanes=spec.lanes, cores=2))])(mod)
+            dlight.ApplyDefaultSchedule(*default_rules(lanes=spec.lanes, cores=2))])(mod)
     scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     # One function: the NHWC copy, init, update, and the store carrying the epilogue.
     assert len(scripts) == 1 and _blocks(scripts[0]) == 4, scripts
@@ -170,19 +171,20 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     from tvm.s_tir import dlight
 
     from hwcomp import api
-    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
+    from hwcomp.lower import lowering_for
+    from hwcomp.lower.cpu.pipeline import fusion_passes
+    from hwcomp.lower.cpu.rules import default_rules
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
-    from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
     model = model_zoo.mobilenet_like(size=32)
     target = load_target("host")
     legal, _ = legalize_for_tvm(ir.from_proto(model))
-    mod, _ = relax_for_target(ir.to_proto(legal), target)
+    mod = lowering_for(target).prepare(ir.to_proto(legal), target).module
     with target.tvm():
         mod = tvm.transform.Sequential([
             *fusion_passes(target.tvm()),
-            dlight.ApplyDefaultSchedule(default_rule(lanes=16, cores=2))])(mod)
+            dlight.ApplyDefaultSchedule(*default_rules(lanes=16, cores=2))])(mod)
     fused = {gv.name_hint: f.script() for gv, f in mod.functions_items()
              if blocks.POINTWISE_BLOCK in f.script()}
     # Expand convs carry bias + ReLU6 (max, min), project convs their bias and, in residual
@@ -243,21 +245,22 @@ def test_conv_bias_and_activation_join_the_layout_pass():
     import onnx_ir as ir
     import tvm
 
-    from hwcomp.lower.cpu.pipeline import default_rule, fusion_passes
+    from hwcomp.lower import lowering_for
+    from hwcomp.lower.cpu.pipeline import fusion_passes
+    from hwcomp.lower.cpu.rules import default_rules
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
-    from hwcomp.lower.frontend.relax_import import relax_for_target
     from tests import model_zoo
 
     target = load_target("host")
     legal, _ = legalize_for_tvm(ir.from_proto(model_zoo.resnet_like(size=32, width=16,
                                                                     batch=2)))
-    mod, _ = relax_for_target(ir.to_proto(legal), target)
+    mod = lowering_for(target).prepare(ir.to_proto(legal), target).module
     from tvm.s_tir import dlight
 
     with target.tvm():
         mod = tvm.transform.Sequential([
             *fusion_passes(target.tvm()),
-            dlight.ApplyDefaultSchedule(default_rule(lanes=16, cores=2))])(mod)
+            dlight.ApplyDefaultSchedule(*default_rules(lanes=16, cores=2))])(mod)
     fused = {gv.name_hint: f for gv, f in mod.functions_items()
              if gv.name_hint.startswith("fused_hwcomp_kernel")}
     assert any(name.endswith("_add_relu") for name in fused)
@@ -287,7 +290,7 @@ def test_depthwise_rows_match_numpy(width, stride):
     is applied as each row's accumulators are stored (no scratch output)."""
     from tvm import te, tirx, topi
 
-    from hwcomp.lower.cpu.pipeline import default_rule
+    from hwcomp.lower.cpu.rules import default_rules, first_schedule
 
     channels = 8
     rng = np.random.default_rng(width + stride)
@@ -301,7 +304,7 @@ def test_depthwise_rows_match_numpy(width, stride):
     out = te.compute(conv.shape, lambda n, c, h, w_: tirx.min(tirx.max(
         conv[n, c, h, w_] + bt[c], tirx.const(0.0, "float32")), tirx.const(6.0, "float32")))
     func = te.create_prim_func([xt, wt, bt, out])
-    sch = default_rule(lanes=16, cores=2).apply(func, load_target("host").tvm(), False)
+    sch = first_schedule(default_rules(lanes=16, cores=2), func, load_target("host").tvm())
     script = sch.mod["main"].script()
     vector = {48: 16, 24: 8, 7: 1}[width] if stride == 1 else 1
     assert (f"T.vectorized({vector})" in script) == (vector > 1)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+from pathlib import Path
+
+from hwcomp.lower.cpu.kernels.spec import VNNI
 from hwcomp.lower.kernel_spec import KernelSpec
 
 _REGISTERED: set[str] = set()
@@ -59,3 +65,18 @@ def register_intrinsic(instruction: KernelSpec, name: str = "", scope: str = "lo
 
     TensorIntrin.register(name, desc, impl, override=True)
     _REGISTERED.add(name)
+
+
+def light_tensor_intrin() -> None:
+    """Make ``tvm.s_tir.tensor_intrin`` importable without its 40 s of CUDA/ROCm intrinsics."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        import tvm.s_tir
+
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
+        sys.modules[name] = package
+        tvm.s_tir.tensor_intrin = package  # type: ignore[attr-defined]
+        for sub in ("x86", "arm_cpu"):
+            setattr(package, sub, importlib.import_module(f"{name}.{sub}"))
+    register_intrinsic(VNNI, "dot_16x4_vnni", scope="global")

@@ -45,7 +45,6 @@ from hwcomp.lower.cpu.kernels.compute import (
     pointwise_kernel,
     to_nchw_kernel,
 )
-from hwcomp.lower.cpu.kernels.spec import dot_instruction, float_spec
 from hwcomp.lower.cpu.kernels.tiling import conv_rows
 from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, round_up
 from hwcomp.lower.relax_match import (
@@ -57,21 +56,17 @@ from hwcomp.lower.relax_match import (
     mutate_functions,
     shape_of,
 )
-from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
 
 
-def rewrite_kernels(mod: Any, target: Target) -> tuple[Any, KernelRewrite | None]:
-    """Replace conv2d/matmul with constant weights by hwcomp's kernels on CPU targets.
+def rewrite_kernels(mod: Any, instruction: KernelSpec | None,
+                    floats: KernelSpec) -> tuple[Any, KernelRewrite]:
+    """Replace conv2d/matmul with constant weights by hwcomp's kernels.
 
-    int8 (dequantized int8 operands) where the target has a dot-product instruction, fp32
-    otherwise. Returns the module unchanged (and None) for other families.
+    int8 (dequantized int8 operands) on ``instruction`` where the target has a dot-product
+    instruction (None: it has none, and quantized layers stay float), fp32 on ``floats``.
     """
-    floats = float_spec(target)
-    if floats is None:
-        return mod, None
-    instruction = dot_instruction(target)
     rewriter = _make_rewriter(mod, instruction, floats)
     new_mod = mutate_functions(rewriter, mod)
     from tvm import relax

@@ -26,6 +26,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hwcomp.lower.cpu.kernels.tiling import pow2_tile
+from hwcomp.lower.cpu.rules.base import SafeRule
+from hwcomp.lower.cpu.rules.loops import loop_extent, loops_product
+
 logger = logging.getLogger(__name__)
 
 # Window elements above which a reduction is not a sliding window (e.g. a global pool or a
@@ -35,12 +39,24 @@ MAX_WINDOW = 64
 MAX_UNROLLED_VECTORS = 8
 
 
+class WindowReduction(SafeRule):
+    """Schedules a sliding-window reduction: taps outside, a row of pixels in vector lanes."""
+
+    def __init__(self, lanes: int, cores: int) -> None:
+        self.lanes = lanes
+        self.cores = cores
+
+    def schedule(self, func: Any) -> Any:
+        """Return the schedule, or None for a function that is not a window reduction."""
+        from tvm import s_tir
+
+        sch = s_tir.Schedule(func)
+        return sch if schedule_window_reduction(sch, self.lanes, self.cores) else None
+
+
 def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     """Schedule ``sch``'s function as a window reduction if it is one; say whether it was."""
     from tvm.s_tir.dlight.analysis import normalize_prim_func
-
-    from hwcomp.lower.cpu.kernels.tiling import pow2_tile
-    from hwcomp.lower.cpu.pipeline import loop_extent, loops_product
 
     infos = normalize_prim_func(sch)
     if infos is None:
@@ -120,8 +136,6 @@ def _reduction_axes(sch: Any, block: Any) -> int:
 
 def _vectorize_row(sch: Any, head: Any, lane: Any, vector: int) -> None:
     """Vector lanes on a row's ``lane`` loop; its vectors (``head``) unrolled when few."""
-    from hwcomp.lower.cpu.pipeline import loop_extent
-
     if vector > 1:
         sch.vectorize(lane)
     if loop_extent(sch, head) <= MAX_UNROLLED_VECTORS:

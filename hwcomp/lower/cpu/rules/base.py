@@ -1,0 +1,34 @@
+"""What every default schedule rule shares: TVM's DLight rule interface, failures kept quiet.
+
+A rule returns a schedule for a function it recognises and None for "not mine"; TVM's
+``dlight.ApplyDefaultSchedule`` tries the rules in order and keeps the first schedule. A rule
+that raises (TVM raises many types for a function it cannot transform) counts as "not mine":
+the next rule, or TVM's own loops, take the function.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class SafeRule:
+    """A DLight rule whose :meth:`schedule` may raise; :meth:`apply` turns that into None.
+
+    It has DLight's ``ScheduleRule.apply`` signature, which is all ``ApplyDefaultSchedule``
+    calls; not subclassing keeps TVM out of hwcomp's import time until a build runs.
+    """
+
+    def apply(self, func: Any, target: Any, tunable: bool) -> Any:
+        """Return ``func`` scheduled by this rule, or None when the rule does not apply."""
+        try:
+            return self.schedule(func)
+        except Exception as exc:  # noqa: BLE001 - TVM raises many types; keep TVM's loops
+            logger.debug("%s not applied: %s", type(self).__name__, exc)
+            return None
+
+    def schedule(self, func: Any) -> Any:
+        """Return a schedule of ``func``, or None for a function this rule does not handle."""
+        raise NotImplementedError
