@@ -35,6 +35,7 @@ from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.types import BundleInfo
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
+from hwcomp.passes import FoldBatchNormPass
 from hwcomp.targets import Target, load_target
 from hwcomp.templates import render, render_to
 from hwcomp.tune import search as tuning
@@ -253,8 +254,6 @@ def build(
 def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOptions,
               calib: Path | None) -> tuple[ir.Model, quantize.PrecisionPlan]:
     """Fold batch norms, choose precisions, and return the QDQ model and its plan."""
-    from hwcomp.passes import FoldBatchNormPass
-
     FoldBatchNormPass()(model)
     batches, labels = quantize.calibration_for(model, calib, options.labels, options.precision)
     logger.info("choosing precisions (%s) on %d calibration batches", options.precision,

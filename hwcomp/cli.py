@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,19 @@ from hwcomp import api, bench, remote, report
 from hwcomp.analysis import sensitivity
 from hwcomp.compress.driver import CompressionOptions
 from hwcomp.compress.pipeline import parse_budget
-from hwcomp.compress.precision import CALIBRATION_METHODS, DEFAULT_MIN_SQNR_DB, PrecisionOptions
-from hwcomp.compress.precision import PRECISIONS as BUILD_PRECISIONS
+from hwcomp.compress.precision import (
+    CALIBRATION_METHODS,
+    DEFAULT_MIN_SQNR_DB,
+    PRECISION_CHOICES,
+    PrecisionOptions,
+)
 from hwcomp.errors import HwcompError
 from hwcomp.model import parse_input_shapes
 from hwcomp.package import write_json
+from hwcomp.passes.prune_channels import IMPORTANCE
 from hwcomp.targets import PRECISIONS, known_targets, load_target
 from hwcomp.threads import use_physical_cores
+from hwcomp.tune import search as tuning
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,6 +93,29 @@ def targets_show(name: str) -> None:
            [(label, str(value), t.sources.get(key, "")) for label, value, key in fields])
 
 
+def compression_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the compression options ``build`` and ``compress`` share (written once) to ``command``."""
+    options = [
+        click.option("--prune", help="Ratio in [0, 1) for every group, a JSON file of "
+                     "{layer or group: ratio}, or auto (with --accuracy-budget)."),
+        click.option("--importance", type=click.Choice(list(IMPORTANCE)), default="l1",
+                     show_default=True,
+                     help="How channels are ranked for --prune (activation: on --calib data)."),
+        click.option("--lowrank", type=float, metavar="ENERGY",
+                     help="Split Gemm/MatMul/Conv by SVD keeping this fraction of energy (0.9)."),
+        click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+                     help="Refit changed layers by least squares on the calibration samples."),
+        click.option("--accuracy-budget", metavar="1%",
+                     help="With --prune auto (and --precision auto): the largest top-1 loss "
+                          "allowed (each)."),
+        click.option("--labels", type=click.Path(path_type=Path),
+                     help=".npy of class labels for the --calib samples (budget in accuracy)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
@@ -102,7 +131,7 @@ def targets_show(name: str) -> None:
                    "--precision]; quantized builds compare with onnxruntime running the QDQ model.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated inputs.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-@click.option("--precision", type=click.Choice(list(BUILD_PRECISIONS)), default="fp32",
+@click.option("--precision", type=click.Choice(list(PRECISION_CHOICES)), default="fp32",
               show_default=True,
               help="Layer precision: int8/fp16 where the target runs it, or auto (per layer, "
                    "under --accuracy-budget with --labels, else --min-sqnr).")
@@ -113,15 +142,7 @@ def targets_show(name: str) -> None:
 @click.option("--db", "tuning_db", type=click.Path(path_type=Path),
               help="MetaSchedule database from hwcomp tune [default: <cache>/tuning/<target>].")
 @click.option("--no-tuning-db", is_flag=True, help="Ignore tuning records: default schedules only.")
-@click.option("--prune", help="Compress first: a ratio, a JSON ratio file, or auto.")
-@click.option("--lowrank", type=float, metavar="ENERGY", help="Compress first: SVD energy kept.")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1",
-              show_default=True, help="Channel ranking for --prune.")
-@click.option("--accuracy-budget", metavar="1%",
-              help="With --prune auto / --precision auto: largest top-1 loss allowed (each).")
-@click.option("--labels", type=click.Path(path_type=Path), help="Labels of the --calib samples.")
-@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
-              help="Least-squares refit after --prune/--lowrank.")
+@compression_options
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
           calib: Path | None, tolerance: float | None, seed: int, force: bool,
           precision: str, calib_method: str, min_sqnr: float, tuning_db: Path | None,
@@ -258,18 +279,7 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
               help="The compressed ONNX file to write.")
 @click.option("-t", "--target", "target_name", required=True,
               help="Profile whose channel alignment kept counts round to.")
-@click.option("--prune", help="Ratio in [0, 1) for every group, a JSON file of "
-              "{layer or group: ratio}, or auto (with --accuracy-budget).")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l1",
-              show_default=True, help="How channels are ranked (activation: on --calib data).")
-@click.option("--lowrank", type=float, metavar="ENERGY",
-              help="Split Gemm/MatMul/Conv by SVD keeping this fraction of energy (0.9).")
-@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
-              help="Refit changed layers by least squares on the calibration samples.")
-@click.option("--accuracy-budget", metavar="1%",
-              help="With --prune auto: the largest accuracy loss allowed.")
-@click.option("--labels", type=click.Path(path_type=Path),
-              help=".npy of class labels for the --calib samples (budget in accuracy).")
+@compression_options
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Bind an input's dynamic dimensions (repeatable).")
 @click.option("--calib", type=click.Path(path_type=Path),
@@ -352,8 +362,6 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
          database: Path | None, device: str, rpc_server: str | None, tracker: str | None,
          key: str, input_shapes: tuple[str, ...]) -> None:
     """Tune MODEL's kernels for a target with MetaSchedule; hwcomp build reuses the records."""
-    from hwcomp.tune import search as tuning
-
     if sum(bool(x) for x in (device != "local", rpc_server, tracker)) > 1:
         raise click.UsageError("give one of --device, --rpc and --tracker")
     if tracker and not key:

@@ -44,7 +44,7 @@ from hwcomp.verify import run_onnxruntime
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8", "auto")
+PRECISION_CHOICES = ("fp32", "fp16", "int8", "auto")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MIN_SQNR_DB = 25.0
 QUANTIZED_OPS = frozenset({"Conv", "MatMul", "Gemm"})
@@ -124,9 +124,9 @@ class PrecisionOptions:
 
     def validate(self) -> None:
         """Check the options before any work."""
-        if self.precision not in PRECISIONS:
+        if self.precision not in PRECISION_CHOICES:
             raise PrecisionError(
-                f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+                f"--precision {self.precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
         if self.calibration not in CALIBRATION_METHODS:
             raise PrecisionError(f"--calib-method {self.calibration!r} is not one of "
                                  f"{', '.join(CALIBRATION_METHODS)}")

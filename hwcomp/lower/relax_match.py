@@ -49,7 +49,7 @@ def layer_operands(mutator: Any, call: Any) -> tuple[Any, Any, bool]:
     return data, weight, False
 
 
-def constant_array(constant: Any) -> np.ndarray:
+def relax_array(constant: Any) -> np.ndarray:
     """Return a Relax constant's value."""
     return constant.value.numpy()
 

@@ -8,11 +8,16 @@ Legalisation (before TVM import):
     - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
     - :class:`SumToAddPass`: variadic Sum becomes a chain of Add (TVM stacks and reduces it).
 
-Compression (ONNX to ONNX):
-    - :class:`FoldBatchNormPass`: BatchNormalization merges into the Conv/Gemm/MatMul before it.
+Compression (ONNX to ONNX, in this order in :mod:`hwcomp.compress.pipeline`):
+    - :class:`FoldBatchNormPass`: BatchNormalization merges into the Conv/Gemm/MatMul before it
+      (legalisation runs it too).
+    - :class:`PruneChannelsPass`: structured pruning of coupled channel groups.
+    - :class:`LowRankPass`: SVD splitting where the target's roofline says it pays.
+    - :class:`ReconstructPass`: least-squares refit of the changed layers on calibration data.
 
 onnx_ir's common passes are reused for identity removal, dead-node removal, lifting
-Constant nodes to initializers and topological sorting.
+Constant nodes to initializers and topological sorting. :mod:`hwcomp.passes.infra` runs a
+list of passes and records each step, for legalisation and compression alike.
 """
 
 from hwcomp.passes.bind_inputs import BindInputsPass
@@ -20,6 +25,9 @@ from hwcomp.passes.convtranspose_pads import ConvTransposePadsPass
 from hwcomp.passes.expand_functions import ExpandFunctionsPass
 from hwcomp.passes.fold_batchnorm import FoldBatchNormPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
+from hwcomp.passes.lowrank import LowRankPass
+from hwcomp.passes.prune_channels import PruneChannelsPass
+from hwcomp.passes.reconstruct import ReconstructPass
 from hwcomp.passes.resize_to_matmul import ResizeToMatMulPass
 from hwcomp.passes.sum_to_add import SumToAddPass
 
@@ -29,6 +37,9 @@ __all__ = [
     "ExpandFunctionsPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
+    "LowRankPass",
+    "PruneChannelsPass",
+    "ReconstructPass",
     "ResizeToMatMulPass",
     "SumToAddPass",
 ]

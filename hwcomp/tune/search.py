@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from hwcomp import model as model_io
+from hwcomp import remote
+from hwcomp.direct_rpc import create_direct_session, direct_config
 from hwcomp.errors import HwcompError
 from hwcomp.lower import lowering_for, tunable_families
 from hwcomp.lower.cpu.database import RECORDS, WORKLOADS, count_records, repair_database
@@ -264,13 +266,11 @@ def _runner(ms: Any, device: Any) -> Any:
                                           enable_cpu_cache_flush=False)
     if device is None:
         return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
-    from hwcomp import remote
 
     remote.connect(device)  # fail fast, with hwcomp's bounded errors
     # One session at a time: a device server serves one client, and parallel measurements
     # on one board would disturb each other.
     if device.kind == "rpc":
-        from hwcomp.direct_rpc import create_direct_session, direct_config
 
         return ms.runner.RPCRunner(
             rpc_config=direct_config(device.host, device.port, int(RUN_TIMEOUT_S)),

@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, int64_shape
+from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, conv_output_size, int64_shape
 from hwcomp.lower.relax_match import (
     bound,
-    constant_array,
     dtype_of,
     is_op,
     layer_operands,
     mutate_functions,
+    relax_array,
     shape_of,
 )
 from hwcomp.targets import Target
@@ -106,8 +106,8 @@ def conv_kernel(geometry: ConvGeometry, x: QuantParams, y: QuantParams) -> Any:
     out_channels, group_channels, kh_, kw_ = geometry.weight_shape
     top, left, bottom, right = geometry.padding
     (sh, sw), (dh, dw) = geometry.strides, geometry.dilation
-    out_h = (height + top + bottom - dh * (kh_ - 1) - 1) // sh + 1
-    out_w = (width + left + right - dw * (kw_ - 1) - 1) // sw + 1
+    out_h, out_w = conv_output_size(geometry.data_shape, (kh_, kw_), geometry.strides,
+                                    geometry.padding, geometry.dilation)
     outs_per_group = out_channels // geometry.groups
 
     data = te.placeholder(int64_shape(geometry.data_shape), x.dtype, name="X")
@@ -216,9 +216,9 @@ def _make_rewriter(mod: Any) -> Any:
         def _kernel(self, key: tuple[Any, ...], make: Any) -> Any:
             if key not in self.kernels:
                 name = f"hwcomp_int8_{key[0]}_{len(self.kernels)}"
-                # "Out-elementwise fusable" (op pattern 4, like TVM's conv2d): FuseOps appends
-                # the dequantize -> relu -> quantize after it, so no int8 tensor is stored
-                # between them; the default schedule inlines padding and requantization.
+                # Opaque (op pattern 8): FuseOps fuses nothing into it. The kernel already
+                # ends in the layer's requantization, so its output is the quantized tensor
+                # the next layer reads; within it the default schedule inlines the padding.
                 func = make().with_attrs({"global_symbol": name, "op_pattern": 8})
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
@@ -274,18 +274,18 @@ def _match_layer(mutator: Any, quantize: Any) -> _Layer | str | None:
     _, y_scale, y_zp = quantize.args
     if not all(isinstance(c, Constant) for c in (x_scale, x_zp, w_q, w_scale, w_zp, y_scale, y_zp)):
         return f"{name}: quantization parameters are not constants"
-    if constant_array(x_scale).size != 1 or constant_array(y_scale).size != 1:
+    if relax_array(x_scale).size != 1 or relax_array(y_scale).size != 1:
         return f"{name}: activations quantized per channel; the kernel needs one scale"
-    if dtype_of(w_q) != "int8" or np.any(constant_array(w_zp) != 0):
+    if dtype_of(w_q) != "int8" or np.any(relax_array(w_zp) != 0):
         return f"{name}: weights are not symmetric int8"
-    x = QuantParams(float(constant_array(x_scale).reshape(())), int(constant_array(x_zp).reshape(())),
+    x = QuantParams(float(relax_array(x_scale).reshape(())), int(relax_array(x_zp).reshape(())),
                     dtype_of(x_q))
-    y = QuantParams(float(constant_array(y_scale).reshape(())), int(constant_array(y_zp).reshape(())),
+    y = QuantParams(float(relax_array(y_scale).reshape(())), int(relax_array(y_zp).reshape(())),
                     str(quantize.attrs.out_dtype))
     if x.dtype not in _LIMITS or y.dtype not in _LIMITS:
         return f"{name}: activations are {x.dtype} -> {y.dtype}, not 8-bit"
-    weights = constant_array(w_q)
-    scales = constant_array(w_scale).astype(np.float32).reshape(-1)
+    weights = relax_array(w_q)
+    scales = relax_array(w_scale).astype(np.float32).reshape(-1)
     if name == "conv2d":
         attrs = op.attrs
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or weights.ndim != 4:
@@ -318,8 +318,8 @@ def _int32_bias(mutator: Any, expr: Any, scales: np.ndarray, channels: int) -> n
     b_q, b_scale, b_zp = (bound(mutator, a) for a in expr.args)
     if not all(isinstance(c, Constant) for c in (b_q, b_scale, b_zp)) or dtype_of(b_q) != "int32":
         return "bias is not a constant int32 tensor"
-    values, b_scales = constant_array(b_q).reshape(-1), constant_array(b_scale).astype(np.float32).reshape(-1)
-    if values.size != channels or np.any(constant_array(b_zp) != 0):
+    values, b_scales = relax_array(b_q).reshape(-1), relax_array(b_scale).astype(np.float32).reshape(-1)
+    if values.size != channels or np.any(relax_array(b_zp) != 0):
         return "bias is not one int32 per output channel with zero point 0"
     if not np.allclose(np.broadcast_to(b_scales, (channels,)), scales, rtol=_BIAS_SCALE_RTOL,
                        atol=0):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 import hwcomp
+from hwcomp.lower.library.runtime_libs import ffi_include_dir, tvm_include_dir
 from hwcomp.lower.mcu.aot import ARENA, CONSTANT, INPUT, OUTPUT, AotProgram, TensorInfo
 from hwcomp.lower.mcu.memory_plan import ALIGNMENT
 from hwcomp.model import TensorSpec
@@ -193,7 +194,6 @@ def _copies(program: AotProgram, prefix: str) -> list[dict[str, Any]]:
 
 
 def _copy_headers(include: Path) -> Path:
-    from hwcomp.lower.library.runtime_libs import ffi_include_dir, tvm_include_dir
 
     for root, headers in ((ffi_include_dir(), _FFI_HEADERS), (tvm_include_dir(), _TVM_HEADERS)):
         for header in headers:

@@ -49,11 +49,11 @@ from hwcomp.lower.cpu.kernels.tiling import conv_rows
 from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, round_up
 from hwcomp.lower.relax_match import (
     bound,
-    constant_array,
     dtype_of,
     is_op,
     layer_operands,
     mutate_functions,
+    relax_array,
     shape_of,
 )
 
@@ -252,7 +252,7 @@ def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
     data = call.args[0]
     if not isinstance(weight, Constant) or dtype_of(data) != "float32" or dtype_of(weight) != "float32":
         return None
-    array = constant_array(weight)
+    array = relax_array(weight)
     if call.op.name == "relax.nn.conv2d":
         if (transposed or not _plain_conv(call.attrs) or array.ndim != 4
                 or call.attrs.out_dtype not in ("", "float32", None)):
@@ -287,14 +287,14 @@ def _quantized_operands(
     if dtype_of(x_q) != instruction.activation_dtype or dtype_of(w_q) != "int8":
         return (f"{op}: operands are {dtype_of(x_q)} x {dtype_of(w_q)}; the {instruction.name} "
                 f"kernel takes {instruction.activation_dtype} x int8")
-    sx, zx = constant_array(scale_x), constant_array(zp_x)
+    sx, zx = relax_array(scale_x), relax_array(zp_x)
     if sx.size != 1 or zx.size != 1:
         return f"{op}: activation quantized per channel; the kernel needs one scale"
-    if np.any(constant_array(zp_w) != 0):
+    if np.any(relax_array(zp_w) != 0):
         return f"{op}: weight zero point is not 0"
-    weights = constant_array(w_q)
+    weights = relax_array(w_q)
     axis = int(weight.attrs.axis) % max(weights.ndim, 1)
-    sw = constant_array(scale_w).astype(np.float32).reshape(-1)
+    sw = relax_array(scale_w).astype(np.float32).reshape(-1)
     if op == "conv2d":
         if not _plain_conv(call.attrs) or weights.ndim != 4:
             return "conv2d: grouped or depthwise convolution has no dot-product kernel"
