@@ -8,6 +8,7 @@ outputs must match exactly. NaNs must sit at the same places in both.
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -16,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from hwcomp.errors import ModelLoadError
+from hwcomp.targets import cpu_flags
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +63,32 @@ class Verification:
         return asdict(self)
 
 
+def integer_kernels_exact() -> bool:
+    """Whether onnxruntime's int8 kernels compute exact int32 sums on this CPU.
+
+    On x86 only with VNNI (``vpdpbusd``); on other architectures its kernels widen exactly.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
+
+
 def run_onnxruntime(
     proto: onnx.ModelProto, inputs: Mapping[str, np.ndarray], threads: int = 0
 ) -> list[np.ndarray]:
-    """Run ``proto`` on CPU with onnxruntime and return its outputs in graph order."""
+    """Run ``proto`` on CPU with onnxruntime and return its outputs in graph order.
+
+    A quantized (QDQ) model runs on onnxruntime's integer kernels where they are exact, and
+    as written (dequantize, float op, quantize) on an x86 CPU without VNNI: there its u8 x s8
+    kernels multiply with ``vpmaddubsw``, whose int16 pair sums saturate, and a reference
+    off by whole quantization steps would fail correct builds (or pass wrong ones).
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if not integer_kernels_exact() and any(
+            node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         session = ort.InferenceSession(
             proto.SerializeToString(), options, providers=["CPUExecutionProvider"]

@@ -137,7 +137,10 @@ def test_digits_auto_precision_keeps_accuracy_and_differs_by_target(digits):
         assert result.returncode == 0, result.stderr
         bundle = folder / "out" / f"digits_cnn-{target}"
         manifest = json.loads((bundle / "manifest.json").read_text())
-        assert manifest["verification"]["status"] == "passed"
+        # x86-avx512 builds everywhere but runs only on an AVX-512 CPU; the manifest says why.
+        loaded_target = load_target(target)
+        not_run = lowering_for(loaded_target).not_run_reason(loaded_target)
+        assert manifest["verification"]["status"] == ("not run" if not_run else "passed")
         plans[target] = manifest
         # The QDQ model onnxruntime runs keeps top-1 within 1 % on the 360 held-out images
         # (bound to batch 8 for the build, so scored 8 at a time).
@@ -175,6 +178,7 @@ def test_rollback_falls_back_to_fp16_only_where_the_target_has_it(digits):
     assert "fp16" in chosen["arm-a76"]                # A76: FEAT_FP16
 
 
+@needs_vnni
 def test_qdq_model_compiled_agrees_with_onnxruntime_qdq(tmp_path):
     """resnet_like (residual adds) quantized, compiled with integer kernels, vs onnxruntime."""
     import tvm

@@ -1,6 +1,13 @@
 """int8 kernels in C for microcontrollers: bit-exact against onnxruntime on the host build and
 on the emulated Cortex-M7, int8 weights and activations in the size report, and the cases
-that stay in float."""
+that stay in float.
+
+onnxruntime is the bit-exact reference where its own u8 x s8 kernels are exact. On an x86
+CPU without VNNI they multiply with ``vpmaddubsw``, whose int16 pair sums saturate, so
+hwcomp's reference there runs the QDQ graph as written (dequantize, float op, quantize;
+:func:`hwcomp.verify.integer_kernels_exact`), whose float rounding can land one step away at
+a quantization boundary: there the comparison allows one output step, and says so.
+"""
 
 import json
 import subprocess
@@ -10,11 +17,38 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hwcomp.verify import run_onnxruntime
+from hwcomp.verify import integer_kernels_exact, run_onnxruntime
 from tests import model_zoo
 from tests.conftest import REPO, require_tools, run_cli
 
 pytestmark = pytest.mark.cross
+
+
+EXACT_REFERENCE = integer_kernels_exact()
+# Output quantization steps the float-run QDQ reference may differ by (measured on an AVX2
+# machine, DS-CNN and ResNet-8 at the seeds below: at most 1; onnxruntime's saturating
+# integer kernels were up to 3 steps off).
+FLOAT_REFERENCE_STEPS = 1
+
+
+def _output_step(bundle) -> float:
+    """The quantization step of the model's output (its last DequantizeLinear's scale)."""
+    model = onnx.load(bundle / "model.optimized.onnx")
+    producer = {out: node for node in model.graph.node for out in node.output}
+    node = producer[model.graph.output[0].name]
+    while node.op_type != "DequantizeLinear":
+        node = producer[node.input[0]]
+    scales = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return float(np.max(scales[node.input[1]]))
+
+
+def _assert_matches_reference(error: float, bundle) -> None:
+    """Bit for bit where onnxruntime is exact, else within :data:`FLOAT_REFERENCE_STEPS`."""
+    if EXACT_REFERENCE:
+        assert error == 0
+    else:
+        steps = error / _output_step(bundle)
+        assert steps <= FLOAT_REFERENCE_STEPS + 1e-6, f"{steps:.2f} output steps from onnxruntime"
 
 
 def _build_int8(folder, model, name, shape, target="cortex-m7"):
@@ -60,8 +94,10 @@ def test_ds_cnn_int8_is_bit_exact_on_qemu_and_host(kws_int8):
     manifest = json.loads((kws_int8 / "manifest.json").read_text())
     verification = manifest["verification"]
     assert verification["status"] == "passed"
-    assert verification["outputs"][0]["max_abs_error"] == 0  # emulated Cortex-M7 (mps2-an500)
-    assert verification["runs"]["host build"][0]["max_abs_error"] == 0
+    emulated = verification["outputs"][0]["max_abs_error"]  # Cortex-M7 (mps2-an500)
+    _assert_matches_reference(emulated, kws_int8)
+    # The emulated board and this machine run the same C: their outputs agree exactly.
+    assert verification["runs"]["host build"][0]["max_abs_error"] == emulated
     kernels = manifest["integer_kernels"]
     # The stem, four depthwise and four pointwise convolutions, and the classifier.
     assert len(kernels["ops"]) == 10 and kernels["kept_float"] == []
@@ -74,7 +110,7 @@ def test_ds_cnn_int8_matches_onnxruntime_bit_for_bit_on_many_inputs(kws_int8, tm
     samples = np.random.default_rng(11).standard_normal((32, 1, 49, 10)).astype(np.float32)
     got = _run_host_batch(kws_int8, "hwcomp_kws", samples, tmp_path)
     expected = _onnxruntime_batch(kws_int8, samples)
-    assert np.array_equal(got, expected), np.abs(got - expected).max()
+    _assert_matches_reference(float(np.abs(got - expected).max()), kws_int8)
     assert len({tuple(row) for row in got}) > 1  # the outputs depend on the input
 
 
@@ -94,11 +130,12 @@ def test_resnet8_int8_residual_adds_are_bit_exact(tmp_path):
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
     bundle = _build_int8(tmp_path, model_zoo.resnet8(), "resnet8", [1, 3, 32, 32])
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["verification"]["outputs"][0]["max_abs_error"] == 0
+    _assert_matches_reference(manifest["verification"]["outputs"][0]["max_abs_error"], bundle)
     assert manifest["integer_kernels"]["kept_float"] == []
     samples = np.random.default_rng(12).standard_normal((32, 3, 32, 32)).astype(np.float32)
     got = _run_host_batch(bundle, "hwcomp_resnet8", samples, tmp_path)
-    assert np.array_equal(got, _onnxruntime_batch(bundle, samples))
+    expected = _onnxruntime_batch(bundle, samples)
+    _assert_matches_reference(float(np.abs(got - expected).max()), bundle)
     # The identity shortcut keeps a 16x32x32 int8 map alive across two convolutions.
     assert manifest["mcu"]["arena"]["arena_bytes"] == 3 * 16384 + 16
 
