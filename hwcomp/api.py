@@ -32,8 +32,9 @@ from hwcomp.errors import (
 from hwcomp.lower import lowering_for
 from hwcomp.lower.cpu.database import count_records
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
+from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.lower.library.runner import require_tool
-from hwcomp.lower.types import BundleInfo
+from hwcomp.lower.types import BundleInfo, Compiled
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.passes import FoldBatchNormPass
 from hwcomp.targets import Target, load_target
@@ -191,21 +192,14 @@ def build(
     if tolerance is None:
         tolerance = QUANTIZED_TOLERANCE if precision.requested else DEFAULT_TOLERANCE
 
-    model = model_io.load_model(model_path, input_shapes)
-    compressed = None
-    if options.requested:
-        compressed = driver.compress_with_data(model, target, options)
-        model = compressed.result.model
-    plan = None
-    if precision.requested:
-        model, plan = _quantize(model, target, precision, calib)
+    model, compressed, plan = _transformed_model(model_path, target, input_shapes, options,
+                                                 precision, calib)
     original = model_io.to_proto(model)
     input_specs = model_io.graph_inputs(model)
     inputs = _verification_inputs(input_specs, calib, seed)
     legal, steps = legalize_for_tvm(model, const_inputs)
     legal_proto = model_io.to_proto(legal)
     prepared = lowering.prepare(legal_proto, target)
-    kernels = prepared.kernels
     logger.info("compiling for %s (%s)", target.name, target.family)
     database = None
     if use_tuning_db:
@@ -228,14 +222,7 @@ def build(
         manifest.update(extras)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
-        quantized = kernels is not None and bool(kernels.rewritten or kernels.kept_float)
-        manifest["integer_kernels"] = None if not quantized else {
-            "instruction": kernels.instruction, "ops": kernels.rewritten,
-            "kept_float": kernels.kept_float}
-        manifest["float_kernels"] = [] if kernels is None else kernels.float_ops
-        manifest["tuning"] = None if compiled.tuned_functions is None else {
-            "database": str(database), "records": count_records(database) if database else 0,
-            "functions_tuned": compiled.tuned_functions}
+        manifest.update(_kernel_records(prepared.kernels, compiled, database))
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):
@@ -249,6 +236,37 @@ def build(
         bundle=destination, target=target, verification=verification, manifest=manifest,
         seconds=time.perf_counter() - started,
     )
+
+
+def _transformed_model(
+    model_path: Path, target: Target, input_shapes: Mapping[str, tuple[int, ...]] | None,
+    options: driver.CompressionOptions, precision: quantize.PrecisionOptions, calib: Path | None,
+) -> tuple[ir.Model, driver.CompressionOutcome | None, quantize.PrecisionPlan | None]:
+    """Load the model, then compress and quantize it as asked; return what each step did."""
+    model = model_io.load_model(model_path, input_shapes)
+    compressed = None
+    if options.requested:
+        compressed = driver.compress_with_data(model, target, options)
+        model = compressed.result.model
+    plan = None
+    if precision.requested:
+        model, plan = _quantize(model, target, precision, calib)
+    return model, compressed, plan
+
+
+def _kernel_records(kernels: KernelRewrite | None, compiled: Compiled,
+                    database: Path | None) -> dict[str, Any]:
+    """Return the manifest's record of hwcomp's kernels and of the tuning database applied."""
+    quantized = kernels is not None and bool(kernels.rewritten or kernels.kept_float)
+    return {
+        "integer_kernels": None if not quantized or kernels is None else {
+            "instruction": kernels.instruction, "ops": kernels.rewritten,
+            "kept_float": kernels.kept_float},
+        "float_kernels": [] if kernels is None else kernels.float_ops,
+        "tuning": None if compiled.tuned_functions is None else {
+            "database": str(database), "records": count_records(database) if database else 0,
+            "functions_tuned": compiled.tuned_functions},
+    }
 
 
 def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOptions,

@@ -167,28 +167,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
         f"max abs error {max((c.max_abs_error for c in v.outputs), default=0):.3g}, "
         f"tolerance {v.tolerance:g}"
     )
-    compression = result.manifest.get("compression")
-    if compression:
-        sqnr = compression["sqnr_db"]
-        click.echo(f"compressed: MACs {compression['macs_before']:,} -> {compression['macs_after']:,}, "
-                   f"output SQNR vs original "
-                   f"{'exact' if sqnr is None else f'{sqnr:.1f} dB'} on "
-                   f"{compression['held_out_samples']} held-out samples")
-    plan = result.manifest.get("precision")
-    if plan:
-        counts = ", ".join(f"{n} {p}" for p, n in plan["counts"].items() if n)
-        sqnr = "exact" if plan["sqnr_db"] is None else f"{plan['sqnr_db']:.1f} dB"
-        accuracy = (f"top-1 {plan['accuracy']:.2%} vs fp32 {plan['fp32_accuracy']:.2%}"
-                    if plan["accuracy"] is not None else f"SQNR {sqnr}")
-        click.echo(f"precision ({plan['mode']}): {counts}; {accuracy} on "
-                   f"{plan['held_out_samples']} held-out samples")
-    tuned = result.manifest.get("tuning")
-    if tuned:
-        click.echo(f"tuning database: {tuned['functions_tuned']} function(s) from "
-                   f"{tuned['records']} record(s) in {tuned['database']}")
-    kernels = result.manifest.get("integer_kernels")
-    if kernels:
-        click.echo(f"integer kernels: {len(kernels['ops'])} op(s) on {kernels['instruction']}")
+    _echo_transforms(result.manifest)
     click.echo(f"bundle: {result.bundle}")
     click.echo(f"target: {result.target.name} ({result.target.family})")
     click.echo(f"verification: {v.status} ({detail})")
@@ -199,6 +178,32 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
                    f"{lib['ram']} of {result.target.sram_bytes} (arena {arena['arena_bytes']}, "
                    f"lower bound {arena['lower_bound_bytes']}, stack {lib['stack']})")
     click.echo(f"time: {result.seconds:.1f} s")
+
+
+def _echo_transforms(manifest: dict[str, Any]) -> None:
+    """Print what compression, precision, tuning and the integer kernels did to a build."""
+    compression = manifest.get("compression")
+    if compression:
+        sqnr = compression["sqnr_db"]
+        click.echo(f"compressed: MACs {compression['macs_before']:,} -> {compression['macs_after']:,}, "
+                   f"output SQNR vs original "
+                   f"{'exact' if sqnr is None else f'{sqnr:.1f} dB'} on "
+                   f"{compression['held_out_samples']} held-out samples")
+    plan = manifest.get("precision")
+    if plan:
+        counts = ", ".join(f"{n} {p}" for p, n in plan["counts"].items() if n)
+        sqnr = "exact" if plan["sqnr_db"] is None else f"{plan['sqnr_db']:.1f} dB"
+        accuracy = (f"top-1 {plan['accuracy']:.2%} vs fp32 {plan['fp32_accuracy']:.2%}"
+                    if plan["accuracy"] is not None else f"SQNR {sqnr}")
+        click.echo(f"precision ({plan['mode']}): {counts}; {accuracy} on "
+                   f"{plan['held_out_samples']} held-out samples")
+    tuned = manifest.get("tuning")
+    if tuned:
+        click.echo(f"tuning database: {tuned['functions_tuned']} function(s) from "
+                   f"{tuned['records']} record(s) in {tuned['database']}")
+    kernels = manifest.get("integer_kernels")
+    if kernels:
+        click.echo(f"integer kernels: {len(kernels['ops'])} op(s) on {kernels['instruction']}")
 
 
 @cli.command()

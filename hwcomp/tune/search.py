@@ -128,16 +128,7 @@ def tune(
     """
     started = time.perf_counter()
     target = load_target(target_name)
-    if not lowering_for(target).tunable:
-        raise TuningError(f"target '{target.name}' ({target.family}): hwcomp tunes CPU "
-                          f"targets ({', '.join(tunable_families())}) only")
-    if trials < 1:
-        raise TuningError("--trials must be at least 1")
-    if target.is_cross and device is None:
-        raise TuningError(
-            f"target '{target.name}' is not this machine: tune on the device (run hwcomp "
-            "device-server there, then hwcomp tune --rpc HOST:PORT, or --tracker HOST:PORT "
-            "--key KEY for a device registered with a tracker)")
+    _check_request(target, trials, device)
     folder = Path(database) if database else default_database(target)
     folder.mkdir(parents=True, exist_ok=True)
     repair_database(folder)
@@ -149,19 +140,8 @@ def tune(
     use_physical_cores()
     from tvm.s_tir import meta_schedule as ms
 
-    mod = prepare(model_path, target, input_shapes)
-    tvm_target = target.tvm()
-    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-    chosen, skipped = [], []
-    for task in tasks:
-        funcs = [f for _, f in task.dispatched[0].functions_items()]
-        if any("tirx.is_scheduled" in f.attrs for f in funcs if f.attrs is not None):
-            skipped.append(task.task_name)
-        else:
-            chosen.append(task)
-    if not chosen:
-        raise TuningError(f"{model_path}: nothing to tune (every function runs on hwcomp's "
-                          "scheduled kernels)")
+    chosen, skipped = _tasks_to_tune(ms, prepare(model_path, target, input_shapes), target,
+                                     model_path)
     _reset_metaschedule_logging()
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=chosen, work_dir=str(folder))
@@ -205,6 +185,39 @@ def tune(
         records_before=before, records_after=count_records(folder),
         seconds=time.perf_counter() - started, interrupted=interrupted, skipped=skipped,
         defaults=defaults)
+
+
+def _check_request(target: Target, trials: int, device: Any) -> None:
+    """Refuse a target tuning does not serve, a trial count below 1, a cross target here."""
+    if not lowering_for(target).tunable:
+        raise TuningError(f"target '{target.name}' ({target.family}): hwcomp tunes CPU "
+                          f"targets ({', '.join(tunable_families())}) only")
+    if trials < 1:
+        raise TuningError("--trials must be at least 1")
+    if target.is_cross and device is None:
+        raise TuningError(
+            f"target '{target.name}' is not this machine: tune on the device (run hwcomp "
+            "device-server there, then hwcomp tune --rpc HOST:PORT, or --tracker HOST:PORT "
+            "--key KEY for a device registered with a tracker)")
+
+
+def _tasks_to_tune(ms: Any, mod: Any, target: Target, model_path: Path
+                   ) -> tuple[list[Any], list[str]]:
+    """MetaSchedule's tasks for ``mod``: those to tune, and the names of those skipped.
+
+    hwcomp's own kernels arrive scheduled and are skipped; nothing left is an error.
+    """
+    chosen, skipped = [], []
+    for task in ms.relax_integration.extract_tasks(mod, target.tvm()):
+        funcs = [f for _, f in task.dispatched[0].functions_items()]
+        if any("tirx.is_scheduled" in f.attrs for f in funcs if f.attrs is not None):
+            skipped.append(task.task_name)
+        else:
+            chosen.append(task)
+    if not chosen:
+        raise TuningError(f"{model_path}: nothing to tune (every function runs on hwcomp's "
+                          "scheduled kernels)")
+    return chosen, skipped
 
 
 def _reset_metaschedule_logging() -> None:

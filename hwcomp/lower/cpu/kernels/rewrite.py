@@ -90,9 +90,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             self.rewritten: list[str] = []
             self.float_ops: list[str] = []
             self.kept_float: list[str] = []
-            self.kernels: dict[tuple[Any, ...], Any] = {}
-            # The kernels writing NCHW with their epilogue fused, and how the report names them.
-            self.fused: dict[Any, str] = {}
+            self.emitter = _KernelCalls(self)
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
@@ -105,7 +103,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                 return call
             if operands is not None and instruction is not None:
                 x_q, zp_x, scale_x, w_q, scale_w = operands
-                acc, column_sums, shape = self._lower(call, x_q, w_q, zp_x, instruction)
+                acc, column_sums, shape = self.emitter.lower(call, x_q, w_q, zp_x, instruction)
                 self.rewritten.append(f"{name.split('.')[-1]} {shape}")
                 correction, scale = zp_x * column_sums, np.float32(scale_x) * scale_w
                 if name == "relax.nn.conv2d":
@@ -118,120 +116,148 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             weight = _float_weight(self, call)
             if weight is None:
                 return call
-            out, _, shape = self._lower(call, call.args[0], weight, 0, floats)
+            out, _, shape = self.emitter.lower(call, call.args[0], weight, 0, floats)
             kernel = out.args[0] if isinstance(out, relax.Call) else None
-            self.float_ops.append(f"{name.split('.')[-1]} {shape}{self.fused.get(kernel, '')}")
+            label = self.emitter.fused.get(kernel, "")
+            self.float_ops.append(f"{name.split('.')[-1]} {shape}{label}")
             return out
 
-        def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
-            if key not in self.kernels:
-                name = f"hwcomp_kernel_{len(self.kernels)}"
-                func = make()
-                if pattern != 8:
-                    # Injective (2) or output-elementwise-fusable (4), private, unscheduled:
-                    # FuseOps merges it with the elementwise ops after it and the default rule
-                    # schedules the result.
-                    func = func.without_attr("global_symbol").with_attr("op_pattern", pattern)
-                else:
-                    # Opaque (op pattern 8): FuseOps must not merge a scheduled kernel with its
-                    # neighbours.
-                    func = func.with_attrs({"global_symbol": name, "op_pattern": 8,
-                                            "tirx.is_scheduled": True})
-                self.kernels[key] = self.builder_.add_func(func, name)
-            return self.kernels[key]
-
-        def _lower(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
-                   spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
-            """Emit the kernel call; return (output in the op's layout, weight sums, shape)."""
-            if call.op.name == "relax.nn.conv2d":
-                return self._conv(call, data, weight, zero_point, spec)
-            return self._matmul(data, weight, spec)
-
-        def _conv(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
-                  spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
-            attrs = call.attrs
-            shape = shape_of(data)
-            out_channels = weight.shape[0]
-            kernel = (weight.shape[2], weight.shape[3])
-            strides = (int(attrs.strides[0]), int(attrs.strides[1]))
-            top, left, bottom, right = (int(v) for v in attrs.padding)
-            padding = (top, left, bottom, right)
-            dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
-            out_shape = shape_of(call)
-            if pointwise_fits(shape, kernel, strides, padding, spec):
-                return self._pointwise(data, weight, shape, out_shape, spec)
-            if conv_nchw_fits(shape, out_shape, out_channels, spec):
-                return self._fused(
-                    ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation),
-                    lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
-                                             dilation, spec), " (NCHW, fused epilogue)",
-                    data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
-            rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
-            cols_pad = round_up(out_channels, spec.lanes)
-            key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
-                   zero_point)
-            kernel_var = self._kernel(key, lambda: conv_kernel(
-                shape, kernel, out_channels, strides, padding, dilation, zero_point, spec))
-            packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
-            emit = self.builder_.emit
-            acc = emit(relax.op.call_tir(kernel_var, [data, packed],
-                                         relax.TensorType((rows, cols_pad),
-                                                          spec.accumulator_dtype)))
-            layout = self._kernel(
-                ("to_nchw", spec.accumulator_dtype, out_shape, rows, cols_pad),
-                lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype),
-                pattern=2)
-            # Not emitted here: bound to the conv's own variable, the call stays adjacent to
-            # its bias/activation and FuseOps can merge them (an alias binding stops it).
-            acc = relax.op.call_tir(layout, [acc], relax.TensorType(
-                out_shape, spec.accumulator_dtype))
-            sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
-            return acc, sums, out_shape
-
-        def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
-                       out_shape: tuple[int, ...], spec: KernelSpec
-                       ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
-            out_channels = weight.shape[0]
-            return self._fused(("pointwise", shape, out_channels),
-                               lambda: pointwise_kernel(shape, out_channels), " pointwise (NCHW)",
-                               data, np.ascontiguousarray(weight.reshape(out_channels, -1)),
-                               out_shape)
-
-        def _fused(self, key: tuple[Any, ...], make: Any, label: str, data: Any,
-                   weight: np.ndarray, out_shape: tuple[int, ...]
-                   ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
-            """Call an fp32 kernel that writes NCHW and takes the ops after it (op pattern 4)."""
-            kernel_var = self._kernel(key, make, pattern=4)
-            self.fused[kernel_var] = label
-            # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
-            out = relax.op.call_tir(kernel_var, [data, relax.const(weight)],
-                                    relax.TensorType(out_shape, "float32"))
-            return out, np.zeros(0), out_shape
-
-        def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
-                    ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
-            # weight is [N, K] here (output channels first), whatever the model's layout.
-            shape = shape_of(data)
-            depth, cols = shape[-1], weight.shape[0]
-            rows = int(np.prod(shape[:-1]))
-            depth_pad, cols_pad = round_up(depth, spec.group), round_up(cols, spec.lanes)
-            emit = self.builder_.emit
-            flat = emit(relax.op.reshape(data, (rows, depth)))
-            if depth_pad != depth:
-                flat = emit(relax.op.nn.pad(flat, [0, 0, 0, depth_pad - depth]))
-            kernel_var = self._kernel(("matmul", spec.name, rows, depth, cols),
-                                      lambda: matmul_kernel(rows, depth, cols, spec))
-            packed = relax.const(pack_weight(weight, spec))
-            acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
-                                         relax.TensorType((rows, cols_pad),
-                                                          spec.accumulator_dtype)))
-            if cols_pad != cols:
-                acc = emit(relax.op.strided_slice(acc, [1], [0], [cols]))
-            acc = emit(relax.op.reshape(acc, (*shape[:-1], cols)))
-            sums = weight.astype(np.int64).sum(axis=1)
-            return acc, sums, (*shape[:-1], cols)
-
     return Rewriter(mod)
+
+
+class _KernelCalls:
+    """Emits hwcomp's kernels (each built once per shape) and the calls to them into a block.
+
+    Attributes:
+        mutator: The Relax mutator rewriting the module (its block builder takes the calls).
+        kernels: The kernel functions added so far, by their shape key.
+        fused: The kernels writing NCHW with their epilogue fused, and how the report names them.
+
+    """
+
+    def __init__(self, mutator: Any) -> None:
+        self.mutator = mutator
+        self.kernels: dict[tuple[Any, ...], Any] = {}
+        self.fused: dict[Any, str] = {}
+
+    @property
+    def builder(self) -> Any:
+        """The mutator's block builder."""
+        return self.mutator.builder_
+
+    def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
+        if key not in self.kernels:
+            name = f"hwcomp_kernel_{len(self.kernels)}"
+            func = make()
+            if pattern != 8:
+                # Injective (2) or output-elementwise-fusable (4), private, unscheduled:
+                # FuseOps merges it with the elementwise ops after it and the default rule
+                # schedules the result.
+                func = func.without_attr("global_symbol").with_attr("op_pattern", pattern)
+            else:
+                # Opaque (op pattern 8): FuseOps must not merge a scheduled kernel with its
+                # neighbours.
+                func = func.with_attrs({"global_symbol": name, "op_pattern": 8,
+                                        "tirx.is_scheduled": True})
+            self.kernels[key] = self.builder.add_func(func, name)
+        return self.kernels[key]
+
+    def lower(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
+              spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+        """Emit the kernel call; return (output in the op's layout, weight sums, shape)."""
+        if call.op.name == "relax.nn.conv2d":
+            return self._conv(call, data, weight, zero_point, spec)
+        return self._matmul(data, weight, spec)
+
+    def _conv(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
+              spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+        from tvm import relax
+
+        attrs = call.attrs
+        shape = shape_of(data)
+        out_channels = weight.shape[0]
+        kernel = (weight.shape[2], weight.shape[3])
+        strides = (int(attrs.strides[0]), int(attrs.strides[1]))
+        top, left, bottom, right = (int(v) for v in attrs.padding)
+        padding = (top, left, bottom, right)
+        dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
+        out_shape = shape_of(call)
+        if pointwise_fits(shape, kernel, strides, padding, spec):
+            return self._pointwise(data, weight, shape, out_shape, spec)
+        if conv_nchw_fits(shape, out_shape, out_channels, spec):
+            return self._fused(
+                ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation),
+                lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
+                                         dilation, spec), " (NCHW, fused epilogue)",
+                data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
+        rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
+        cols_pad = round_up(out_channels, spec.lanes)
+        key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
+               zero_point)
+        kernel_var = self._kernel(key, lambda: conv_kernel(
+            shape, kernel, out_channels, strides, padding, dilation, zero_point, spec))
+        packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
+        emit = self.builder.emit
+        acc = emit(relax.op.call_tir(kernel_var, [data, packed],
+                                     relax.TensorType((rows, cols_pad),
+                                                      spec.accumulator_dtype)))
+        layout = self._kernel(
+            ("to_nchw", spec.accumulator_dtype, out_shape, rows, cols_pad),
+            lambda: to_nchw_kernel(out_shape, rows, cols_pad, spec.accumulator_dtype),
+            pattern=2)
+        # Not emitted here: bound to the conv's own variable, the call stays adjacent to
+        # its bias/activation and FuseOps can merge them (an alias binding stops it).
+        acc = relax.op.call_tir(layout, [acc], relax.TensorType(
+            out_shape, spec.accumulator_dtype))
+        sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+        return acc, sums, out_shape
+
+    def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
+                   out_shape: tuple[int, ...], spec: KernelSpec
+                   ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+        out_channels = weight.shape[0]
+        return self._fused(("pointwise", shape, out_channels),
+                           lambda: pointwise_kernel(shape, out_channels), " pointwise (NCHW)",
+                           data, np.ascontiguousarray(weight.reshape(out_channels, -1)),
+                           out_shape)
+
+    def _fused(self, key: tuple[Any, ...], make: Any, label: str, data: Any,
+               weight: np.ndarray, out_shape: tuple[int, ...]
+               ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+        """Call an fp32 kernel that writes NCHW and takes the ops after it (op pattern 4)."""
+        from tvm import relax
+
+        kernel_var = self._kernel(key, make, pattern=4)
+        self.fused[kernel_var] = label
+        # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
+        out = relax.op.call_tir(kernel_var, [data, relax.const(weight)],
+                                relax.TensorType(out_shape, "float32"))
+        return out, np.zeros(0), out_shape
+
+    def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
+                ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+        from tvm import relax
+
+        # weight is [N, K] here (output channels first), whatever the model's layout.
+        shape = shape_of(data)
+        depth, cols = shape[-1], weight.shape[0]
+        rows = int(np.prod(shape[:-1]))
+        depth_pad, cols_pad = round_up(depth, spec.group), round_up(cols, spec.lanes)
+        emit = self.builder.emit
+        flat = emit(relax.op.reshape(data, (rows, depth)))
+        if depth_pad != depth:
+            flat = emit(relax.op.nn.pad(flat, [0, 0, 0, depth_pad - depth]))
+        kernel_var = self._kernel(("matmul", spec.name, rows, depth, cols),
+                                  lambda: matmul_kernel(rows, depth, cols, spec))
+        packed = relax.const(pack_weight(weight, spec))
+        acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
+                                     relax.TensorType((rows, cols_pad),
+                                                      spec.accumulator_dtype)))
+        if cols_pad != cols:
+            acc = emit(relax.op.strided_slice(acc, [1], [0], [cols]))
+        acc = emit(relax.op.reshape(acc, (*shape[:-1], cols)))
+        sums = weight.astype(np.int64).sum(axis=1)
+        return acc, sums, (*shape[:-1], cols)
 
 
 def _plain_conv(attrs: Any) -> bool:
