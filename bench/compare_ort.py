@@ -33,10 +33,11 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp import api, bench, tuning  # noqa: E402
+from hwcomp import api, bench  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis.cost import graph_cost  # noqa: E402
 from hwcomp.threads import thread_env  # noqa: E402
+from hwcomp.tune import search as tuning  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS: dict[str, tuple[str, Callable[[], onnx.ModelProto]]] = {

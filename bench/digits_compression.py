@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hwcomp import api  # noqa: E402
-from hwcomp.compress.pipeline import CompressionOptions  # noqa: E402
+from hwcomp.compress.driver import CompressionOptions  # noqa: E402
 from tests.digits import digits_split  # noqa: E402
 
 MODEL = REPO / "tests" / "data" / "digits_cnn.onnx"

@@ -24,8 +24,9 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp import api, bench, quantize  # noqa: E402
+from hwcomp import api, bench  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
+from hwcomp.compress import precision as quantize  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {

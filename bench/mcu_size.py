@@ -32,9 +32,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hwcomp import api, quantize  # noqa: E402
+from hwcomp import api  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis import cost  # noqa: E402
+from hwcomp.compress import precision as quantize  # noqa: E402
 from hwcomp.lower.mcu.sources import sources_in  # noqa: E402
 from tests import model_zoo  # noqa: E402
 

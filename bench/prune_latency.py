@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hwcomp import api, bench  # noqa: E402
-from hwcomp.compress.pipeline import CompressionOptions  # noqa: E402
+from hwcomp.compress.driver import CompressionOptions  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
 MODELS = {
