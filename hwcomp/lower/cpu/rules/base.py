@@ -32,3 +32,19 @@ class SafeRule:
     def schedule(self, func: Any) -> Any:
         """Return a schedule of ``func``, or None for a function this rule does not handle."""
         raise NotImplementedError
+
+
+def inlined_blocks(func: Any) -> tuple[Any, list[Any]] | None:
+    """Return a schedule of ``func`` with inlinable blocks inlined, and the blocks left.
+
+    None when TVM cannot analyse the function's blocks (the rule then leaves it alone).
+    """
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    return sch, try_inline(sch, infos)

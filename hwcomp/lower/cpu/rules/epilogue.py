@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hwcomp.lower.cpu.rules.base import SafeRule
+from hwcomp.lower.cpu.rules.base import SafeRule, inlined_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +22,11 @@ class FoldIntoEpilogue(SafeRule):
 
     def schedule(self, func: Any) -> Any:
         """Return the schedule, or None when the function's blocks cannot be analysed."""
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
-        from tvm.s_tir.dlight.base import try_inline
-
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        inlined = inlined_blocks(func)
+        if inlined is None:
             return None
-        for info in try_inline(sch, infos):
+        sch, infos = inlined
+        for info in infos:
             if not info.is_reduction():
                 continue
             consumers = sch.get_consumers(info.block_rv)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwcomp.lower.cpu.rules.base import SafeRule
+from hwcomp.lower.cpu.rules.base import SafeRule, inlined_blocks
 from hwcomp.lower.cpu.rules.loops import loop_extent, loops_product
 
 # Below this many iterations a parallel loop costs more in thread wake-ups than it saves.
@@ -27,15 +27,11 @@ class ParallelVector(SafeRule):
 
     def schedule(self, func: Any) -> Any:
         """Return the schedule, or None when the function's blocks cannot be analysed."""
-        from tvm import s_tir
-        from tvm.s_tir.dlight.analysis import normalize_prim_func
-        from tvm.s_tir.dlight.base import try_inline
-
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        inlined = inlined_blocks(func)
+        if inlined is None:
             return None
-        for info in try_inline(sch, infos):
+        sch, infos = inlined
+        for info in infos:
             self._block(sch, info)
         return sch
 
