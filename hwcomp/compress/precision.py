@@ -250,6 +250,11 @@ def quantize_model(proto: onnx.ModelProto, ranges: Mapping[str, tuple[float, flo
     fp16 = [name for name, p in precisions.items() if p == "fp16"]
     result = onnx.ModelProto.FromString(proto.SerializeToString())
     if int8:
+        # onnxruntime's quantizer selects layers by node name; a layer is known here by its
+        # name or, unnamed, by its first output's (as in :func:`layer_candidates`).
+        for node in result.graph.node:
+            if not node.name:
+                node.name = node.output[0]
         tensors = TensorsData(CalibrationMethod.MinMax, {
             name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
             for name, (lo, hi) in ranges.items()})
@@ -260,10 +265,29 @@ def quantize_model(proto: onnx.ModelProto, ranges: Mapping[str, tuple[float, flo
         )
         result = quantizer.quantize_model()
         model_io.sort_nodes(result.graph)
+        _check_quantized(result, int8)
     if fp16:
         _cast_layers_to_fp16(result, set(fp16))
     result.ir_version = min(result.ir_version, 10)
     return result
+
+
+def _check_quantized(proto: onnx.ModelProto, int8: list[str]) -> None:
+    """Raise :class:`PrecisionError` unless every layer planned in int8 reads a quantized weight.
+
+    A layer the quantizer skipped would otherwise run in fp32 under an int8 label.
+    """
+    dequantized = {out for node in proto.graph.node if node.op_type == "DequantizeLinear"
+                   for out in node.output}
+    quantized = {node.name for node in proto.graph.node
+                 if node.op_type in QUANTIZED_OPS and len(node.input) > 1
+                 and node.input[1] in dequantized}
+    missing = sorted(set(int8) - quantized)
+    if missing:
+        raise PrecisionError(
+            f"onnxruntime's quantizer left {len(missing)} layer(s) planned in int8 in float: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; nothing was "
+            "written. Rerun with --precision auto (those layers then stay fp32) or report it")
 
 
 def _cast_layers_to_fp16(proto: onnx.ModelProto, names: set[str]) -> None:

@@ -268,3 +268,40 @@ def test_arm_a76_kernels_use_sdot_and_a72_gets_none():
     lib = tvm.compile(tvm.IRModule({"main": compute.matmul_kernel(8, 64, 16, kernel_specs.SDOT)}),
                       target=a76.tvm())
     assert "sdot" in lib.mod.inspect_source("asm")
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_int8_quantizes_layers_whether_or_not_their_nodes_are_named(tmp_path, named):
+    """Unnamed nodes used to reach onnxruntime's quantizer as '' and stay float, silently,
+    under an int8 label: the QDQ model must quantize every layer the plan put in int8."""
+    from hwcomp.compress.precision import plan_precision
+
+    model = model_zoo.resnet_like()
+    if not named:
+        for node in model.graph.node:
+            node.name = ""
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = model_io.load_model(tmp_path / "m.onnx")
+    batches = model_io.random_calibration(model_io.graph_inputs(loaded), 8)
+    target = load_target("cortex-m4")  # int8 C kernels on every Cortex-M
+    proto, plan = plan_precision(loaded, target, PrecisionOptions(precision="int8", min_sqnr_db=0),
+                                 batches, None)
+    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert plan.counts()["int8"] == len(layers) >= 6
+    assert all(layer.input[1] in dequantized for layer in layers)
+    assert sum(n.op_type == "QuantizeLinear" for n in proto.graph.node) >= 6
+    # The quantized model stays close to the float one (seeded inputs, onnxruntime).
+    feeds = model_io.seeded_inputs(model_io.graph_inputs(loaded), 3)
+    reference, quantized = _ort(model, feeds)[0], _ort(proto, feeds)[0]
+    assert np.abs(reference - quantized).max() < 0.1 * np.abs(reference).max()
+
+
+def test_a_layer_the_quantizer_skips_is_an_error_not_a_float_layer():
+    """Negative case of the check: a layer planned in int8 without a quantized weight."""
+    from hwcomp.compress.precision import PrecisionError, _check_quantized
+
+    proto = model_zoo.resnet_like()
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    with pytest.raises(PrecisionError, match=conv.name):
+        _check_quantized(proto, [conv.name])
