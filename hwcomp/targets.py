@@ -12,6 +12,7 @@ Every number in a profile carries its source as a trailing ``# comment``;
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,7 +137,10 @@ def load_target(name: str) -> Target:
             f"unknown target '{name}'; known targets: {', '.join(known_targets())} "
             "(or pass a path to a .toml profile)"
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TargetError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -165,6 +169,37 @@ def _require(table: Mapping[str, Any], key: str, path: Path, section: str) -> An
     return table[key]
 
 
+def _number(table: Mapping[str, Any], key: str, path: Path, section: str, *,
+            integer: bool = False, minimum: float = 0.0, above: bool = False,
+            default: float | None = None) -> Any:
+    """Return a profile's numeric field, checked for type, finiteness and range.
+
+    ``above``: the value must exceed ``minimum`` (a clock, a bandwidth); otherwise it may
+    equal it (a cache size of 0: none). A missing field takes ``default``, else is an error.
+    """
+    where = f"[{section}] " if section else ""
+    if key not in table and default is not None:
+        return int(default) if integer else float(default)
+    value = _require(table, key, path, section)
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and not isinstance(value, int)):
+        raise TargetError(f"{path}: {where}field '{key}' = {value!r} is not {kind}")
+    if not math.isfinite(value) or value < minimum or (above and value == minimum):
+        bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
+        raise TargetError(f"{path}: {where}field '{key}' = {value!r} must be {bound} "
+                          "(and finite)")
+    return value
+
+
+def _flag(table: Mapping[str, Any], key: str, path: Path, section: str) -> bool:
+    value = _require(table, key, path, section)
+    if not isinstance(value, bool):
+        where = f"[{section}] " if section else ""
+        raise TargetError(f"{path}: {where}field '{key}' = {value!r} is not true or false")
+    return value
+
+
 def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Path) -> Target:
     compute = _require(data, "compute", path, "")
     memory = _require(data, "memory", path, "")
@@ -172,17 +207,22 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
     family = _require(data, "family", path, "")
     if family not in FAMILIES:
         raise TargetError(f"{path}: family '{family}' is not one of {', '.join(FAMILIES)}")
-    cores = int(_require(compute, "cores", path, "compute"))
+    cores = _number(compute, "cores", path, "compute", integer=True)  # 0: this machine's
     if tvm_target.get("mcpu") == "auto":
         tvm_target["mcpu"] = _detect_llvm_cpu()
     if cores == 0:
         cores = physical_cores()
     if tvm_target.get("num-cores") == 0:
         tvm_target["num-cores"] = cores
-    macs = dict(_require(compute, "macs_per_cycle", path, "compute"))
-    missing = [p for p in PRECISIONS if p not in macs]
+    macs_table = _require(compute, "macs_per_cycle", path, "compute")
+    missing = [p for p in PRECISIONS if p not in macs_table]
     if missing:
         raise TargetError(f"{path}: [compute.macs_per_cycle] misses {', '.join(missing)}")
+    macs = {p: _number(macs_table, p, path, "compute.macs_per_cycle", above=True)
+            for p in macs_table}
+    multiples = data.get("channel_multiple", {})
+    channel_multiple = {p: _number(multiples, p, path, "channel_multiple", integer=True,
+                                   minimum=1) for p in multiples}
     detected = _detect_host_features() if compute.get("detect_features") else {}
     return Target(
         name=path.stem,
@@ -198,21 +238,20 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
         emulator_args=tuple(str(a) for a in data.get("emulator_args", ())),
         sysroot=str(data.get("sysroot", "")),
         cflags=tuple(str(a) for a in data.get("cflags", ())),
-        clock_hz=float(_require(compute, "clock_hz", path, "compute")),
+        clock_hz=float(_number(compute, "clock_hz", path, "compute", above=True)),
         cores=cores,
-        vector_bits=int(detected.get("vector_bits", _require(compute, "vector_bits", path, "compute"))),
-        int8_dot=bool(detected.get("int8_dot", _require(compute, "int8_dot", path, "compute"))),
-        fp16_arith=bool(detected.get("fp16_arith", _require(compute, "fp16_arith", path, "compute"))),
+        vector_bits=int(detected.get("vector_bits", _number(
+            compute, "vector_bits", path, "compute", integer=True, minimum=8))),
+        int8_dot=bool(detected.get("int8_dot", _flag(compute, "int8_dot", path, "compute"))),
+        fp16_arith=bool(detected.get("fp16_arith", _flag(compute, "fp16_arith", path, "compute"))),
         macs_per_cycle=MappingProxyType(
             {p: float(detected.get(f"macs_{p}") or v) for p, v in macs.items()}
         ),
-        dram_bandwidth_bytes_s=float(_require(memory, "dram_bandwidth_bytes_s", path, "memory")),
-        l1d_bytes=int(memory.get("l1d_bytes", 0)),
-        l2_bytes=int(memory.get("l2_bytes", 0)),
-        l3_bytes=int(memory.get("l3_bytes", 0)),
-        sram_bytes=int(memory.get("sram_bytes", 0)),
-        flash_bytes=int(memory.get("flash_bytes", 0)),
-        channel_multiple=MappingProxyType(dict(data.get("channel_multiple", {}))),
+        dram_bandwidth_bytes_s=float(_number(memory, "dram_bandwidth_bytes_s", path, "memory",
+                                             above=True)),
+        **{key: _number(memory, key, path, "memory", integer=True, default=0)
+           for key in ("l1d_bytes", "l2_bytes", "l3_bytes", "sram_bytes", "flash_bytes")},
+        channel_multiple=MappingProxyType(channel_multiple),
         sources=MappingProxyType(sources),
     )
 

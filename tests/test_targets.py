@@ -79,3 +79,48 @@ def test_profile_missing_a_field_names_it(tmp_path):
 def test_every_profile_builds_a_tvm_target():
     for name in known_targets():
         assert load_target(name).tvm() is not None
+
+
+def _profile_with(tmp_path, pattern: str, replacement: str) -> str:
+    """arm-a72's profile with the first line matching ``pattern`` set to ``replacement``."""
+    text = (targets_dir() / "arm-a72.toml").read_text()
+    changed, count = re.subn(pattern, replacement, text, count=1, flags=re.M)
+    assert count == 1, pattern
+    path = tmp_path / "custom.toml"
+    path.write_text(changed)
+    return str(path)
+
+
+@pytest.mark.parametrize("pattern,replacement,message", [
+    (r"^clock_hz = .*$", "clock_hz = -1.5e9", "clock_hz.*above 0"),
+    (r"^clock_hz = .*$", "clock_hz = 0", "clock_hz.*above 0"),
+    (r"^clock_hz = .*$", "clock_hz = nan", "clock_hz.*finite"),
+    (r"^clock_hz = .*$", "clock_hz = inf", "clock_hz.*finite"),
+    (r"^clock_hz = .*$", 'clock_hz = "fast"', "clock_hz.*not a number"),
+    (r"^cores = .*$", 'cores = "two"', "cores.*not an integer"),
+    (r"^cores = .*$", "cores = -2", "cores.*at least 0"),
+    (r"^cores = .*$", "cores = 1.5", "cores.*not an integer"),
+    (r"^vector_bits = .*$", "vector_bits = 0", "vector_bits.*at least 8"),
+    (r"^int8_dot = .*$", 'int8_dot = "no"', "int8_dot.*true or false"),
+    (r"^fp32 = .*$", "fp32 = 0", r"macs_per_cycle\] field 'fp32'.*above 0"),
+    (r"^dram_bandwidth_bytes_s = .*$", "dram_bandwidth_bytes_s = -1", "dram_bandwidth.*above 0"),
+    (r"^l2_bytes = .*$", "l2_bytes = -1", "l2_bytes.*at least 0"),
+    (r"^int8 = 16.*$", "int8 = 0", r"channel_multiple\] field 'int8'.*at least 1"),
+])
+def test_profile_fields_out_of_range_or_of_the_wrong_type_name_the_field(
+        tmp_path, pattern, replacement, message):
+    with pytest.raises(TargetError, match=message):
+        load_target(_profile_with(tmp_path, pattern, replacement))
+
+
+def test_a_profile_that_is_not_utf8_is_a_clear_error(tmp_path):
+    path = tmp_path / "latin.toml"
+    path.write_bytes((targets_dir() / "arm-a72.toml").read_bytes() + b"# caf\xe9\n")
+    with pytest.raises(TargetError, match="not UTF-8"):
+        load_target(str(path))
+
+
+def test_a_valid_edit_still_loads(tmp_path):
+    """Negative case: in-range values load (cores 0 means this machine's cores)."""
+    target = load_target(_profile_with(tmp_path, r"^cores = .*$", "cores = 0"))
+    assert target.cores >= 1
