@@ -91,7 +91,8 @@ def analyze(
                            "with real samples for decisions")
             batches = model_io.random_calibration(specs, calib_random, seed)
         samples = model_io.sample_count(batches)
-        label_array = model_io.load_labels(Path(labels), samples) if labels is not None else None
+        label_array = (model_io.load_labels(Path(labels), samples, model_io.class_count(model))
+                       if labels is not None else None)
         measured = sensitivity.measure_sensitivity(
             model, batches, label_array, actions, jobs, random_calibration=calib is None,
             progress=progress,

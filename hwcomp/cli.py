@@ -400,9 +400,11 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
 @click.option("--device", default="local", show_default=True,
               help="local (ARM bundles run under qemu, labelled emulated), rpc://HOST:PORT "
               "or tracker://HOST:PORT/KEY.")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs first.")
-@click.option("--repeat", type=int, default=50, show_default=True, help="Timed measurements.")
-@click.option("--number", type=int, default=1, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed runs first.")
+@click.option("--repeat", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed measurements.")
+@click.option("--number", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs per measurement (their mean is one measurement).")
 @click.option("--threads", type=int, default=0, help="Threads for TVM and onnxruntime (0: all).")
 @click.option("--compare-ort", is_flag=True,

@@ -291,13 +291,30 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
                 f"{', '.join(sorted(arrays)) or 'nothing'}); expected shape {list(spec.shape)}"
             )
         array = arrays[spec.name]
+        if array.dtype.kind not in "biuf":
+            raise CalibrationDataError(
+                f"{path}: '{spec.name}' holds {array.dtype} values; expected real numbers "
+                f"({spec.dtype}) — complex, string and object arrays are not converted")
         if array.ndim != len(spec.shape) or tuple(array.shape[1:]) != spec.shape[1:]:
             raise CalibrationDataError(
                 f"{path}: '{spec.name}' has shape {list(array.shape)}, expected "
                 f"{list(spec.shape)} (the first axis may hold more samples)"
             )
-        arrays[spec.name] = array.astype(spec.dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            converted = array.astype(spec.dtype, copy=False)
+        arrays[spec.name] = _finite(converted, path, spec.name)
     return {spec.name: arrays[spec.name] for spec in specs}
+
+
+def _finite(array: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """Return ``array`` unless it holds NaN or infinity (also from overflow in the cast)."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
+        sample = int(np.argmax(bad.reshape(len(array), -1).any(axis=1))) if array.ndim else 0
+        raise CalibrationDataError(
+            f"{path}: '{name}' holds {int(bad.sum())} NaN or infinite value(s) (first in "
+            f"sample {sample}, after conversion to {array.dtype}); calibration needs finite data")
+    return array
 
 
 def calibration_batches(
@@ -354,11 +371,15 @@ def random_calibration(specs: list[TensorSpec], batches: int, seed: int = 0) -> 
     return [seeded_inputs(specs, seed + index) for index in range(batches)]
 
 
-def load_labels(path: Path, samples: int) -> np.ndarray:
+def load_labels(path: Path, samples: int, classes: int | None = None) -> np.ndarray:
     """Load class labels (``.npy``, one integer per calibration sample).
 
+    ``classes``: the model's class count (its first output's last axis), where known; every
+    label must be a class index below it.
+
     Raises:
-        CalibrationDataError: Missing or unreadable file, or not ``samples`` integers.
+        CalibrationDataError: Missing or unreadable file, not ``samples`` integers, or a
+            label that is no class of the model.
     """
     if not path.is_file():
         raise CalibrationDataError(f"{path}: no such labels file")
@@ -372,4 +393,20 @@ def load_labels(path: Path, samples: int) -> np.ndarray:
             f"{path}: labels have shape {list(labels.shape)} and dtype {labels.dtype}; "
             f"expected [{samples}] integers, one class per calibration sample"
         )
-    return labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    bad = (labels < 0) | (labels >= classes) if classes else labels < 0
+    if bad.any():
+        first = int(np.argmax(bad))
+        limit = f"0..{classes - 1} (the model's {classes} classes)" if classes else "0 or more"
+        raise CalibrationDataError(
+            f"{path}: label {int(labels[first])} of sample {first} is not a class index "
+            f"{limit}; {int(bad.sum())} label(s) out of range")
+    return labels
+
+
+def class_count(model: ir.Model) -> int | None:
+    """Return the model's class count: its first output's last axis (static, above 1), or None."""
+    outputs = graph_outputs(model)
+    if not outputs or not outputs[0].shape or outputs[0].shape[-1] < 2:
+        return None
+    return outputs[0].shape[-1]

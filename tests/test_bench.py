@@ -70,3 +70,10 @@ def test_rounds_split_the_measurements():
     assert split_rounds(50) == [10] * 5
     assert split_rounds(2) == [1, 1]
     assert sum(split_rounds(101)) == 101
+
+
+def test_bench_refuses_a_repeat_count_below_one(tmp_path):
+    """--repeat 0 used to time one run anyway; it is a usage error naming the option."""
+    done = run_cli("bench", str(tmp_path), "--repeat", "0")
+    assert done.returncode == 2
+    assert "--repeat" in done.stderr and "Traceback" not in done.stderr

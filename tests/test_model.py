@@ -5,8 +5,10 @@ from onnx import TensorProto, helper
 
 from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError
 from hwcomp.model import (
+    class_count,
     graph_inputs,
     load_calibration,
+    load_labels,
     load_model,
     parse_input_shapes,
     seeded_inputs,
@@ -137,3 +139,31 @@ def test_calibration_for_a_rank_1_input(tmp_path):
     np.savez(tmp_path / "bad.npz", v=np.zeros((3, 4), np.float32))
     with pytest.raises(CalibrationDataError, match=r"expected \[4\]"):
         load_calibration(tmp_path / "bad.npz", specs)
+
+
+@pytest.mark.parametrize("values,message", [
+    (lambda x: x.astype(np.complex64) + 1j, "complex64 values"),      # was cut to its real part
+    (lambda x: x.astype(str), "<U"),                                    # was an internal error
+    (lambda x: np.where(x > 2.5, np.nan, x), "NaN or infinite"),
+    (lambda x: x.astype(np.float64) * 1e300, "NaN or infinite"),         # overflows float32
+])
+def test_calibration_data_that_is_not_finite_real_numbers_is_refused(
+        tmp_path, models_dir, values, message):
+    specs = graph_inputs(load_model(models_dir / "resnet_like.onnx"))
+    data = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=values(data))
+    with pytest.raises(CalibrationDataError, match=message):
+        load_calibration(tmp_path / "calib.npz", specs)
+
+
+def test_labels_must_be_classes_of_the_model(tmp_path, models_dir):
+    model = load_model(models_dir / "resnet_like.onnx")
+    classes = class_count(model)
+    assert classes == 10
+    for bad in (-1, 1000):
+        np.save(tmp_path / "labels.npy", np.array([0, 1, bad, 3]))
+        with pytest.raises(CalibrationDataError, match=f"label {bad} of sample 2 is not a class"):
+            load_labels(tmp_path / "labels.npy", 4, classes)
+    # Negative case: every label a class index loads as given.
+    np.save(tmp_path / "labels.npy", np.array([0, 9, 5, 3]))
+    assert load_labels(tmp_path / "labels.npy", 4, classes).tolist() == [0, 9, 5, 3]

@@ -121,7 +121,8 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     labels = None
     if options.labels is not None:
         count = model_io.sample_count([*fit, *check])
-        labels = model_io.load_labels(Path(options.labels), count)[model_io.sample_count(fit):]
+        labels = model_io.load_labels(Path(options.labels), count, model_io.class_count(model))
+        labels = labels[model_io.sample_count(fit):]
     alignment = int(target.channel_multiple.get("fp32", 1))
     chosen = None
     if options.prune == "auto":

@@ -502,5 +502,6 @@ def calibration_for(model: ir.Model, calib: Path | None, labels_path: Path | Non
     batches = model_io.calibration_batches(specs, model_io.load_calibration(Path(calib), specs))
     labels = None
     if labels_path is not None:
-        labels = model_io.load_labels(Path(labels_path), model_io.sample_count(batches))
+        labels = model_io.load_labels(Path(labels_path), model_io.sample_count(batches),
+                                      model_io.class_count(model))
     return batches, labels
