@@ -66,3 +66,12 @@ def test_auto_without_budget_is_an_error(tmp_path):
     proc = run_cli("compress", str(REPO / "tests" / "data" / "example_cnn.onnx"), "-o",
                    str(tmp_path / "s.onnx"), "--target", "host", "--prune", "auto")
     _assert_clean_error(proc, "--prune auto needs --accuracy-budget")
+
+
+def test_auto_without_calibration_data_is_an_error(tmp_path):
+    """Judged on random samples the budget means nothing: refuse rather than prune blind."""
+    proc = run_cli("compress", str(REPO / "tests" / "data" / "example_cnn.onnx"), "-o",
+                   str(tmp_path / "s.onnx"), "--target", "host", "--prune", "auto",
+                   "--accuracy-budget", "1%")
+    _assert_clean_error(proc, "--prune auto needs --calib")
+    assert not (tmp_path / "s.onnx").exists()
