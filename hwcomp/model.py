@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class TensorSpec:
     dtype: str
 
 
+# The most elements one bound input may have: 4 GiB of float32, far above any edge model's
+# input, and below what a typo (2147483648x4x16) would try to allocate.
+MAX_INPUT_ELEMENTS = 1 << 30
+
+
 def parse_input_shapes(bindings: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
     """Parse ``name=1x3x224x224`` strings (``--input-shape``) into a dict.
 
@@ -56,6 +62,10 @@ def parse_input_shapes(bindings: tuple[str, ...] | list[str]) -> dict[str, tuple
                 f"--input-shape '{binding}' is not of the form name=1x3x224x224 "
                 "(positive dimensions separated by 'x')"
             )
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise InputShapeError(
+                f"--input-shape '{binding}' asks for {math.prod(shape):,} elements per input "
+                f"(at most {MAX_INPUT_ELEMENTS:,}: 4 GiB of float32); check the dimensions")
         shapes[name] = shape
     return shapes
 

@@ -23,6 +23,9 @@ def test_parse_input_shapes():
     for bad in ["input", "input=", "=1x2", "input=1x0", "input=1xa"]:
         with pytest.raises(InputShapeError, match="name=1x3x224x224"):
             parse_input_shapes([bad])
+    # A typo that would allocate 1 TiB is refused before any allocation.
+    with pytest.raises(InputShapeError, match="elements per input"):
+        parse_input_shapes(["x=2147483648x4x16"])
 
 
 def test_static_model_loads_with_inferred_shapes(models_dir):
