@@ -26,6 +26,7 @@ from hwcomp.compress import driver
 from hwcomp.compress import precision as quantize
 from hwcomp.errors import (
     CalibrationDataError,
+    OptionError,
     OutputExistsError,
     VerificationError,
 )
@@ -75,7 +76,7 @@ def analyze(
         try:
             sensitivity.parse_action(action)
         except ValueError as exc:
-            raise CalibrationDataError(f"--actions: {exc}") from None
+            raise OptionError(f"--actions: {exc}") from None
     target = load_target(target_name)
     model_path = Path(model_path)
     model = model_io.load_model(model_path, input_shapes)

@@ -23,7 +23,7 @@ from hwcomp.compress.precision import (
     PRECISION_CHOICES,
     PrecisionOptions,
 )
-from hwcomp.errors import HwcompError
+from hwcomp.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, HwcompError
 from hwcomp.model import parse_input_shapes
 from hwcomp.package import write_json
 from hwcomp.passes.prune_channels import IMPORTANCE
@@ -392,7 +392,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
     click.echo(f"database: {result.database} ({result.records_before} -> "
                f"{result.records_after} records)")
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @cli.command("bench")
@@ -474,12 +474,19 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C (staging removed) but reported with exit 143."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    """Entry point: run the CLI, turning user errors into one line and their exit code.
+
+    The codes are documented in :mod:`hwcomp.errors` and the README.
+    """
     # A terminated build cleans up like an interrupted one: nothing half-written stays.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -487,15 +494,21 @@ def main() -> None:
     except HwcompError as exc:
         click.echo(f"hwcomp: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt
+        if isinstance(exc.__cause__, _Terminated):
+            click.echo("hwcomp: terminated; nothing was written", err=True)
+            sys.exit(EXIT_TERMINATED)
         click.echo("hwcomp: interrupted; nothing was written", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except _Terminated:
+        click.echo("hwcomp: terminated; nothing was written", err=True)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         click.echo("hwcomp: interrupted; nothing was written", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless debugging
         if os.environ.get("HWCOMP_DEBUG"):
             traceback.print_exc()

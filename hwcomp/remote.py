@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from hwcomp.errors import HwcompError
+from hwcomp.errors import EXIT_DEVICE, EXIT_USAGE, HwcompError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,15 @@ SESSION_TIMEOUT_S = 600.0
 
 
 class DeviceError(HwcompError):
-    """A remote device is unreachable, unknown to the tracker, or misaddressed."""
+    """A remote device is unreachable, unknown to the tracker, or did not answer in time."""
+
+    exit_code = EXIT_DEVICE
+
+
+class DeviceAddressError(DeviceError):
+    """A ``--device`` value is not a device address (a usage error)."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,9 @@ def parse_device(text: str) -> DeviceAddress:
     address, _, key = rest.partition("/")
     host, _, port = address.rpartition(":")
     if not sep or kind not in ("rpc", "tracker") or not host or not port.isdigit():
-        raise DeviceError(f"--device {text}: use local, rpc://HOST:PORT or tracker://HOST:PORT/KEY")
+        raise DeviceAddressError(f"--device {text}: use local, rpc://HOST:PORT or tracker://HOST:PORT/KEY")
     if kind == "tracker" and not key:
-        raise DeviceError(f"--device {text}: a tracker address needs the device key: tracker://{address}/KEY")
+        raise DeviceAddressError(f"--device {text}: a tracker address needs the device key: tracker://{address}/KEY")
     return DeviceAddress(kind=kind, host=host, port=int(port), key=key)
 
 

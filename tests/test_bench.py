@@ -49,9 +49,9 @@ def test_arm_bundle_is_labelled_emulated(tmp_path):
 
 def test_bad_devices_and_non_bundles_fail_clearly(host_bundle, tmp_path):
     _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "rpc://no-such-host.invalid:9090"),
-                        "unreachable", "hwcomp device-server")
+                        "unreachable", "hwcomp device-server", code=8)
     _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "ssh://pi:22"),
-                        "rpc://HOST:PORT")
+                        "rpc://HOST:PORT")  # a typo in the flag: usage, 2
     _assert_clean_error(run_cli("bench", str(host_bundle), "--device", "rpc://pi:9090",
                                 "--compare-ort"), "--compare-ort", "on the device")
     _assert_clean_error(run_cli("bench", str(tmp_path)), "not an hwcomp bundle")

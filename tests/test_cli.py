@@ -13,8 +13,9 @@ from tests.conftest import REPO, run_cli
 from tests.helpers import make_model
 
 
-def _assert_clean_error(proc, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
+def _assert_clean_error(proc, *fragments: str, code: int = 2) -> None:
+    """One ``hwcomp: error:`` line naming ``fragments``, no traceback, exit ``code``."""
+    assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -46,7 +47,7 @@ def test_not_an_onnx_file(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_text("hello, I am text\n" * 10)
     proc = run_cli("build", str(path), "--target", "host", "-o", str(tmp_path / "out"))
-    _assert_clean_error(proc, "model.onnx")
+    _assert_clean_error(proc, "model.onnx", code=3)
     assert not (tmp_path / "out").exists()
 
 
@@ -55,7 +56,7 @@ def test_truncated_file(tmp_path):
     path = tmp_path / "cut.onnx"
     path.write_bytes(data[: len(data) // 3])
     proc = run_cli("build", str(path), "--target", "host", "-o", str(tmp_path / "out"))
-    _assert_clean_error(proc, "cut.onnx")
+    _assert_clean_error(proc, "cut.onnx", code=3)
     assert not (tmp_path / "out").exists()
 
 
@@ -73,7 +74,7 @@ def test_unsupported_op_names_the_node(tmp_path):
     onnx.save(model, tmp_path / "det.onnx")
     proc = run_cli("build", str(tmp_path / "det.onnx"), "--target", "host", "-o",
                    str(tmp_path / "out"))
-    _assert_clean_error(proc, "determinant_7", "Det")
+    _assert_clean_error(proc, "determinant_7", "Det", code=4)
     assert not (tmp_path / "out").exists()
 
 
@@ -106,7 +107,8 @@ def test_missing_cross_compiler_names_the_package(tmp_path):
         pytest.skip("the Python folder holds a cross compiler")
     proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
                    "arm-a72", "-o", str(tmp_path / "out"), env=env)
-    _assert_clean_error(proc, "aarch64-linux-gnu-g++", "apt-get install g++-aarch64-linux-gnu")
+    _assert_clean_error(proc, "aarch64-linux-gnu-g++", "apt-get install g++-aarch64-linux-gnu",
+                        code=7)
     assert not (tmp_path / "out").exists()
 
 
@@ -120,7 +122,7 @@ def test_bad_calibration_file(tmp_path):
     np.savez(tmp_path / "calib.npz", image=np.zeros((1, 3, 32, 32), np.float32))
     proc = run_cli("build", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
                    "host", "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"))
-    _assert_clean_error(proc, "calib.npz", "'input'")
+    _assert_clean_error(proc, "calib.npz", "'input'", code=3)
     assert not (tmp_path / "out").exists()
 
 
@@ -182,5 +184,5 @@ def test_sigterm_also_leaves_nothing_behind(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 143, stderr  # terminated, told apart from Ctrl-C
     assert list(out.iterdir()) == []

@@ -91,7 +91,7 @@ def test_wrong_key_and_unreachable_devices_fail_fast(devices, host_bundle):
     started = time.monotonic()
     proc = run_cli("bench", str(host_bundle), "--device",
                    f"tracker://127.0.0.1:{devices['tracker']}/nope")
-    _assert_clean_error(proc, "no device with key 'nope'", "loop")
+    _assert_clean_error(proc, "no device with key 'nope'", "loop", code=8)
     with pytest.raises(DeviceError, match="unreachable"):
         connect(parse_device(f"rpc://127.0.0.1:{_free_port()}"), timeout=2)
     assert time.monotonic() - started < 60

@@ -66,7 +66,7 @@ def test_random_calibration_warns(tmp_path):
 ])
 def test_bad_calibration_is_named(tmp_path, make, fragments):
     proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib", str(make(tmp_path)))
-    _assert_clean_error(proc, *fragments)
+    _assert_clean_error(proc, *fragments, code=3)
 
 
 def test_labels_count_mismatch(tmp_path):
@@ -74,7 +74,7 @@ def test_labels_count_mismatch(tmp_path):
     np.save(tmp_path / "labels.npy", np.arange(3))
     proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib", str(tmp_path / "calib.npz"),
                    "--labels", str(tmp_path / "labels.npy"))
-    _assert_clean_error(proc, "labels.npy", "[3]", "expected [4]")
+    _assert_clean_error(proc, "labels.npy", "[3]", "expected [4]", code=3)
 
 
 def test_unknown_action(tmp_path):

@@ -37,7 +37,7 @@ import onnx_ir as ir
 from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.analysis.sensitivity import metrics
-from hwcomp.errors import CalibrationDataError, HwcompError
+from hwcomp.errors import BudgetError, CalibrationDataError, HwcompError, UnsupportedOpError
 from hwcomp.lower import activation_dtype, lowering_for
 from hwcomp.targets import Target
 from hwcomp.verify import run_onnxruntime
@@ -54,6 +54,14 @@ _ORDER = ("int8", "fp16", "fp32")  # fastest first when the target runs them nat
 
 class PrecisionError(HwcompError):
     """A precision request that cannot be honoured (options, budget)."""
+
+
+class PrecisionBudgetError(PrecisionError, BudgetError):
+    """The accuracy budget cannot be met at the requested precisions."""
+
+
+class UnsupportedQuantizationError(PrecisionError, UnsupportedOpError):
+    """A layer planned in int8 cannot be quantized."""
 
 
 @dataclass
@@ -284,7 +292,7 @@ def _check_quantized(proto: onnx.ModelProto, int8: list[str]) -> None:
                  and node.input[1] in dequantized}
     missing = sorted(set(int8) - quantized)
     if missing:
-        raise PrecisionError(
+        raise UnsupportedQuantizationError(
             f"onnxruntime's quantizer left {len(missing)} layer(s) planned in int8 in float: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; nothing was "
             "written. Rerun with --precision auto (those layers then stay fp32) or report it")
@@ -415,7 +423,7 @@ def plan_precision(
         _measure_alone(layers, evaluator)
         if options.precision != "auto":
             blockers = sorted((x for x in layers if x.loss_alone), key=lambda x: -(x.loss_alone or 0))
-            raise PrecisionError(
+            raise PrecisionBudgetError(
                 f"--precision {options.precision} misses the budget: {evaluator.metric} "
                 f"{loss:.4g} > {evaluator.budget:.4g}; layers that cost most alone: "
                 + ", ".join(f"{x.name} ({x.loss_alone:.4g})" for x in blockers[:5])
@@ -478,7 +486,7 @@ def _roll_back(layers: list[LayerChoice], evaluator: _Evaluator, loss: float,
         loss, got = evaluator.loss({x.name: x.precision for x in layers})
         decisions.append(f"{layer.name}: {previous} -> {layer.precision}, loss now {loss:.4g}")
     if loss > evaluator.budget:  # every layer fp32 is exact; only reachable through bugs
-        raise PrecisionError(f"budget not met even in fp32 (loss {loss:.4g})")
+        raise PrecisionBudgetError(f"budget not met even in fp32 (loss {loss:.4g})")
     return loss, got
 
 
