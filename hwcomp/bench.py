@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -262,7 +263,8 @@ def _bench_remote(bundle: Path, target: Target, address: remote.DeviceAddress, w
     from tvm import relax
 
     session = remote.connect(address)
-    try:
+
+    def measure() -> Any:
         session.upload(str(bundle / "lib" / "model.so"), "hwcomp_model.so")
         library = session.load_module("hwcomp_model.so")
         device = session.cpu()
@@ -272,7 +274,13 @@ def _bench_remote(bundle: Path, target: Target, address: remote.DeviceAddress, w
         for _ in range(warmup):
             vm.invoke_stateful("main")
         timer = vm.time_evaluator("invoke_stateful", device, number=number, repeat=repeat)
-        seconds = timer("main").results
+        return timer("main").results
+
+    try:
+        # The session's own deadline (the server ends it) bounds this too; the client needs
+        # its own against a device that stops answering mid-run.
+        seconds = remote.bounded(measure, remote.SESSION_TIMEOUT_S,
+                                 f"{address}: the benchmark on the device")
     except remote.DeviceError:
         raise
     except Exception as exc:  # noqa: BLE001 - errors raised on the device come back as TVM errors

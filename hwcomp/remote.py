@@ -12,14 +12,20 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from hwcomp.errors import EXIT_DEVICE, EXIT_USAGE, HwcompError
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CONNECT_TIMEOUT_S = 10.0
+# A server or tracker that accepts the connection must answer the handshake within this.
+HANDSHAKE_TIMEOUT_S = 20.0
 SESSION_TIMEOUT_S = 600.0
 
 
@@ -81,13 +87,20 @@ def connect(device: DeviceAddress, timeout: float = CONNECT_TIMEOUT_S) -> Any:
     if device.kind == "rpc":
         _reachable(device.host, device.port, timeout, "the RPC server")
         try:
-            return rpc.connect(device.host, device.port, session_timeout=SESSION_TIMEOUT_S)
+            return bounded(lambda: rpc.connect(device.host, device.port,
+                                               session_timeout=SESSION_TIMEOUT_S),
+                           HANDSHAKE_TIMEOUT_S, f"{device}: the RPC handshake")
+        except DeviceError:
+            raise
         except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
             raise DeviceError(f"{device}: the RPC handshake failed: {str(exc).splitlines()[-1]}") from None
     _reachable(device.host, device.port, timeout, "the RPC tracker")
     try:
-        tracker = rpc.connect_tracker(device.host, device.port)
-        summary = tracker.summary()
+        tracker = bounded(lambda: rpc.connect_tracker(device.host, device.port),
+                          HANDSHAKE_TIMEOUT_S, f"{device}: the tracker handshake")
+        summary = bounded(tracker.summary, HANDSHAKE_TIMEOUT_S, f"{device}: the tracker summary")
+    except DeviceError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise DeviceError(f"{device}: the tracker did not answer: {str(exc).splitlines()[-1]}") from None
     keys = sorted({key for key in summary.get("queue_info", {})} |
@@ -96,9 +109,39 @@ def connect(device: DeviceAddress, timeout: float = CONNECT_TIMEOUT_S) -> Any:
         raise DeviceError(f"{device}: the tracker has no device with key '{device.key}'; "
                           f"keys it knows: {', '.join(keys) or 'none'}")
     try:
-        return tracker.request(device.key, session_timeout=SESSION_TIMEOUT_S, max_retry=2)
+        return bounded(lambda: tracker.request(device.key, session_timeout=SESSION_TIMEOUT_S,
+                                               max_retry=2),
+                       HANDSHAKE_TIMEOUT_S * 3, f"{device}: the tracker's device request")
+    except DeviceError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise DeviceError(f"{device}: no device was handed out: {str(exc).splitlines()[-1]}") from None
+
+
+def bounded(call: Callable[[], T], seconds: float, what: str) -> T:
+    """Return ``call()``, or raise :class:`DeviceError` naming ``what`` after ``seconds``.
+
+    TVM's RPC client blocks without a deadline on a peer that accepts a connection and never
+    answers; the call runs in a daemon thread, which is abandoned (and ends with the
+    process) when the deadline passes. Exceptions of ``call`` are raised here.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="hwcomp-remote", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise DeviceError(f"{what} did not answer within {seconds:.0f} s: check that the "
+                          "address is a TVM RPC server/tracker (hwcomp device-server) and alive")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
 
 
 def server_command(host: str, port: int, port_end: int, tracker: str | None, key: str) -> list[str]:

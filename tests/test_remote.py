@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -102,3 +103,51 @@ def test_device_addresses():
     for bad in ["rpc://nohost", "tracker://farm:9190", "ssh://pi:22"]:
         with pytest.raises(DeviceError):
             parse_device(bad)
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback server that accepts connections and never answers (closed by the test)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def accept_loop() -> None:
+        listener.settimeout(0.2)
+        deadline = time.monotonic() + 60  # stops by itself
+        while time.monotonic() < deadline:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                if listener.fileno() == -1:
+                    return
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+@pytest.mark.parametrize("address", ["rpc://127.0.0.1:{port}", "tracker://127.0.0.1:{port}/pi4"])
+def test_a_peer_that_accepts_and_never_answers_fails_within_the_deadline(
+        silent_server, monkeypatch, address):
+    """Such a server used to hold bench and tune until killed (> 150 s)."""
+    from hwcomp import remote
+
+    monkeypatch.setattr(remote, "HANDSHAKE_TIMEOUT_S", 2.0)
+    started = time.monotonic()
+    with pytest.raises(DeviceError, match="did not answer within 2 s"):
+        connect(parse_device(address.format(port=silent_server)))
+    assert time.monotonic() - started < 15
+
+
+def test_bounded_returns_and_raises_what_the_call_does():
+    """Negative case: a call that finishes in time is untouched, its errors pass through."""
+    from hwcomp.remote import bounded
+
+    assert bounded(lambda: 42, 5, "a quick call") == 42
+    with pytest.raises(ZeroDivisionError):
+        bounded(lambda: 1 // 0, 5, "a failing call")
