@@ -8,15 +8,19 @@ deleted, so the output path never holds a half-written bundle.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from hwcomp.errors import OutputExistsError
 
@@ -34,7 +38,9 @@ def staged_output(path: Path, force: bool) -> Iterator[Path]:
     """Yield a staging folder that becomes ``path`` when the block finishes without error."""
     check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial",
+                                    dir=path.parent))
     staging.chmod(0o755)
     try:
         yield staging
@@ -49,6 +55,32 @@ def staged_output(path: Path, force: bool) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(path: Path) -> list[Path]:
+    """Remove staging folders of ``path`` left by runs that were killed; return them.
+
+    A staging folder is named ``.<name>.<pid>.<random>.partial`` (``.old`` while a bundle is
+    replaced). One whose process no longer runs is stale; one of another live process (a
+    concurrent build of the same output) is left alone. Folders without a pid (older
+    hwcomp) are stale when older than this process.
+    """
+    removed = []
+    started = psutil.Process().create_time()
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if not candidate.is_dir() or candidate.suffix not in (".partial", ".old"):
+            continue
+        parts = candidate.name[len(path.name) + 2:].split(".")
+        pid = int(parts[0]) if len(parts) > 2 and parts[0].isdigit() else None
+        if pid is not None:
+            stale = pid != os.getpid() and not psutil.pid_exists(pid)
+        else:
+            stale = candidate.stat().st_mtime < started
+        if stale:
+            logger.warning("removing %s, left by a run that was killed", candidate)
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
 
 
 def write_json(path: Path, data: Any) -> None:
