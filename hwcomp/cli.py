@@ -328,8 +328,10 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
             click.echo(f"not split: {layer}: {reason}")
     if result.reconstruction is not None:
         for fit in result.reconstruction.fitted:
+            where = "held-out" if fit.held_out else "fitting samples"
+            verdict = "" if fit.kept else "; not kept (no better on held-out samples)"
             click.echo(f"refit: {fit.layer}: relative error {fit.error_before:.4f} -> "
-                       f"{fit.error_after:.4f}")
+                       f"{fit.error_after:.4f} ({where}){verdict}")
         for layer, reason in sorted(result.reconstruction.skipped.items()):
             click.echo(f"not refit: {layer}: {reason}")
     change = 1 - outcome.macs_after / outcome.macs_before if outcome.macs_before else 0.0

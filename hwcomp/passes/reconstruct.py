@@ -13,6 +13,11 @@ For a pruned layer only its kept output channels are matched; a low-rank split r
 the second factor (which keeps the layer's name and output). Layers it cannot refit
 (depthwise or grouped convs, runtime weights, missing original output) are reported with
 the reason. The report gives each layer's relative output error before and after.
+
+A refit is kept only when it lowers the error on calibration batches it was not fitted on
+(the last quarter, at least one, when there are two or more): least squares on few samples
+fits their noise, and a refit that made held-out outputs worse is worse than none. With
+fewer fitting rows than a layer has parameters per output, a warning gives the numbers.
 """
 
 from __future__ import annotations
@@ -37,11 +42,17 @@ RIDGE = 1e-4
 
 @dataclass(frozen=True)
 class LayerFit:
-    """Relative output error of one layer before and after its refit."""
+    """Relative output error of one layer before and after its refit.
+
+    The errors are measured on held-out batches where there are any. ``kept`` says whether
+    the refit replaced the layer's weights (False: it did not lower the held-out error).
+    """
 
     layer: str
     error_before: float
     error_after: float
+    kept: bool = True
+    held_out: bool = False
 
 
 @dataclass
@@ -92,11 +103,13 @@ class ReconstructPass(ir.passes.InPlacePass):
                 outputs = [o[:, channels] for o in outputs]
             fit = _refit(node, model.graph, inputs, outputs)
             self.report.fitted.append(fit)
-            logger.info("refit %s: relative error %.4f -> %.4f", name, fit.error_before,
-                        fit.error_after)
-        if self.report.fitted:
+            logger.info("refit %s: relative error %.4f -> %.4f (%s)%s", name, fit.error_before,
+                        fit.error_after, "held-out" if fit.held_out else "fitting samples",
+                        "" if fit.kept else "; not kept: it did not lower the held-out error")
+        modified = any(fit.kept for fit in self.report.fitted)
+        if modified:
             common.RemoveUnusedNodesPass()(model)  # the replaced weights
-        return ir.passes.PassResult(model, modified=bool(self.report.fitted))
+        return ir.passes.PassResult(model, modified=modified)
 
 
 def _changed(node: ir.Node, original: ir.Node | None) -> bool:
@@ -177,29 +190,38 @@ def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: li
     beta = node.attributes.get_float("beta", 1.0) if node.op_type == "Gemm" else 1.0
     bias = (np.zeros(current.shape[1]) if bias_now is None
             else np.broadcast_to(bias_now * beta, (current.shape[1],)))
+    held = max(1, len(inputs) // 4) if len(inputs) >= 2 else 0
+    fit_pairs = list(zip(inputs[:len(inputs) - held], outputs[:len(inputs) - held], strict=True))
+    judge_pairs = list(zip(inputs[len(inputs) - held:], outputs[len(inputs) - held:],
+                           strict=True)) if held else fit_pairs
     gram = np.zeros((current.shape[0] + 1, current.shape[0] + 1))
     cross = np.zeros((current.shape[0] + 1, current.shape[1]))
-    err_before = norm = 0.0
-    for x, y in zip(inputs, outputs, strict=True):
+    rows = 0
+    for x, y in fit_pairs:
         features = _design(node, x, weight).astype(np.float64)
         design = np.hstack([features, np.ones((features.shape[0], 1))])
-        target = _targets(node, y).astype(np.float64)
         gram += design.T @ design
-        cross += design.T @ target
-        predicted = design[:, :-1] @ (alpha * current) + bias
-        err_before += float(((predicted - target) ** 2).sum())
-        norm += float((target**2).sum())
+        cross += design.T @ _targets(node, y).astype(np.float64)
+        rows += len(design)
+    if rows < len(gram):
+        logger.warning("refit %s: %d fitting rows for %d parameters per output: too few "
+                       "calibration samples to refit it reliably", node.name, rows, len(gram))
     ridge = RIDGE * np.trace(gram) / len(gram)
     solution = np.linalg.solve(gram + ridge * np.eye(len(gram)), cross)
     new_weight, new_bias = solution[:-1], solution[-1]
-    err_after = 0.0
-    for x, y in zip(inputs, outputs, strict=True):
+    err_before = err_after = norm = 0.0
+    for x, y in judge_pairs:
         design = _design(node, x, weight).astype(np.float64)
-        err_after += float(((design @ new_weight + new_bias - _targets(node, y)) ** 2).sum())
+        target = _targets(node, y).astype(np.float64)
+        err_before += float(((design @ (alpha * current) + bias - target) ** 2).sum())
+        err_after += float(((design @ new_weight + new_bias - target) ** 2).sum())
+        norm += float((target**2).sum())
     scale = max(norm, 1e-30) ** 0.5
     if err_after >= err_before:
-        # Already as good as least squares gets (e.g. only output channels were removed).
-        return LayerFit(node.name or "", err_before**0.5 / scale, err_before**0.5 / scale)
+        # Already as good as least squares gets (only output channels were removed), or the
+        # refit fitted the fitting samples' noise: the layer keeps its weights.
+        return LayerFit(node.name or "", err_before**0.5 / scale, err_after**0.5 / scale,
+                        kept=False, held_out=bool(held))
     dtype = weight.dtype
     if node.op_type == "Conv":
         shaped = new_weight.T.reshape(weight.shape)
@@ -212,7 +234,8 @@ def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: li
         if node.op_type == "Gemm":
             node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         set_constant_input(graph, node, 2, new_bias.astype(dtype), f"{node.name}_refit_b")
-    return LayerFit(node.name or "", err_before**0.5 / scale, err_after**0.5 / scale)
+    return LayerFit(node.name or "", err_before**0.5 / scale, err_after**0.5 / scale,
+                    held_out=bool(held))
 
 
 def _add_bias(graph: ir.Graph, node: ir.Node, bias: np.ndarray) -> None:
