@@ -496,7 +496,11 @@ def main() -> None:
     except HwcompError as exc:
         click.echo(f"hwcomp: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt
+    except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt (or EOFError)
+        if isinstance(exc.__cause__, EOFError):
+            click.echo(f"hwcomp: internal error: EOFError: {exc.__cause__} (set HWCOMP_DEBUG=1 "
+                       "for the traceback and please report it)", err=True)
+            sys.exit(1)
         if isinstance(exc.__cause__, _Terminated):
             click.echo("hwcomp: terminated; nothing was written", err=True)
             sys.exit(EXIT_TERMINATED)

@@ -98,7 +98,7 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found in the file)")
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise ModelLoadError(
             f"{path}: external data could not be read ({reason_line(exc)}); "
             "keep the data files next to the model"
@@ -290,7 +290,7 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
                 arrays = {k: data[k] for k in data.files}
         else:
             raise CalibrationDataError(f"{path}: no such calibration file or folder")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise CalibrationDataError(
             f"{path}: not an .npz file or a folder of .npy files ({reason_line(exc)})"
         ) from None
@@ -395,7 +395,7 @@ def load_labels(path: Path, samples: int, classes: int | None = None) -> np.ndar
         raise CalibrationDataError(f"{path}: no such labels file")
     try:
         labels = np.load(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise CalibrationDataError(f"{path}: not a .npy file ({reason_line(exc)})") from None
     labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
     if labels.ndim != 1 or labels.shape[0] != samples or labels.dtype.kind not in "iu":

@@ -186,3 +186,10 @@ def test_sigterm_also_leaves_nothing_behind(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr  # terminated, told apart from Ctrl-C
     assert list(out.iterdir()) == []
+
+
+def test_an_empty_calibration_file_is_bad_data_not_an_interrupt(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    proc = run_cli("analyze", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
+                   "host", "--calib", str(tmp_path / "empty.npz"))
+    _assert_clean_error(proc, "empty.npz", code=3)

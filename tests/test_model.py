@@ -170,3 +170,14 @@ def test_labels_must_be_classes_of_the_model(tmp_path, models_dir):
     # Negative case: every label a class index loads as given.
     np.save(tmp_path / "labels.npy", np.array([0, 9, 5, 3]))
     assert load_labels(tmp_path / "labels.npy", 4, classes).tolist() == [0, 9, 5, 3]
+
+
+def test_empty_calibration_and_label_files_are_bad_data(tmp_path, models_dir):
+    """numpy raises EOFError on an empty file, which click reported as 'interrupted' (130)."""
+    specs = graph_inputs(load_model(models_dir / "resnet_like.onnx"))
+    (tmp_path / "calib.npz").write_bytes(b"")
+    (tmp_path / "labels.npy").write_bytes(b"")
+    with pytest.raises(CalibrationDataError, match="calib.npz"):
+        load_calibration(tmp_path / "calib.npz", specs)
+    with pytest.raises(CalibrationDataError, match="labels.npy"):
+        load_labels(tmp_path / "labels.npy", 4)
