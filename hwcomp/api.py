@@ -80,6 +80,13 @@ def analyze(
     target = load_target(target_name)
     model_path = Path(model_path)
     model = model_io.load_model(model_path, input_shapes)
+    unknown = model_io.unknown_shapes(model)
+    if unknown:
+        # Counting MACs on unknown shapes gave 0 for every layer behind them.
+        logger.warning("%s: shape inference cannot reach %d tensor(s) (first: %s); their "
+                       "shapes are learned from one onnxruntime run on a seeded sample",
+                       model_path, len(unknown), unknown[0].name)
+        model_io.learn_shapes(model, unknown, seed)
     graph_cost = cost.graph_cost(model)
     estimate = roofline.estimate(graph_cost, target)
     measured = None

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 from google.protobuf.message import DecodeError
 from onnx_ir.passes import common
 
@@ -420,3 +421,43 @@ def class_count(model: ir.Model) -> int | None:
     if not outputs or not outputs[0].shape or outputs[0].shape[-1] < 2:
         return None
     return outputs[0].shape[-1]
+
+
+def unknown_shapes(model: ir.Model) -> list[ir.Value]:
+    """Return the main graph's node outputs whose shape inference left them not static."""
+    return [value for node in model.graph for value in node.outputs
+            if value.name and not _is_static(value)]
+
+
+def _is_static(value: ir.Value) -> bool:
+    return value.shape is not None and all(isinstance(d, int) for d in value.shape)
+
+
+def learn_shapes(model: ir.Model, values: list[ir.Value], seed: int = 0) -> None:
+    """Set ``values``' shapes (and dtypes) from one onnxruntime run on seeded inputs.
+
+    For what static shape inference cannot reach (data-dependent shapes, ``If``/``Loop``
+    outputs, NonMaxSuppression): the shapes are those of this sample.
+
+    Raises:
+        ModelLoadError: onnxruntime cannot run the model either; the message names the
+            first value whose shape is unknown.
+    """
+    proto = to_proto(model)
+    declared = {o.name for o in proto.graph.output}
+    names = [v.name or "" for v in values]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        arrays = session.run(names, seeded_inputs(graph_inputs(model), seed))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+        raise ModelLoadError(
+            f"shape inference cannot reach '{names[0]}' (and {len(names) - 1} more), and "
+            f"onnxruntime could not run the model to learn them ({reason_line(exc)}); bind "
+            "the inputs with --input-shape") from None
+    for value, array in zip(values, arrays, strict=True):
+        value.shape = ir.Shape(np.shape(array))
+        value.dtype = ir.DataType.from_numpy(np.asarray(array).dtype)

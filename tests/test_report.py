@@ -94,3 +94,34 @@ def test_analyze_every_light_model(name, tmp_path):
         with_sens = api.analyze(tmp_path / f"{name}.onnx", "arm-a72", calib_random=1,
                                 actions=("int8",))
         assert len(with_sens.sensitivity.results) == len(with_sens.sensitivity.layers) == 26
+
+
+def test_analyze_learns_shapes_inference_cannot_reach(tmp_path):
+    """A Resize whose scales depend on the data hides the Conv after it from shape
+    inference: its MACs were counted as 0. Now they come from one onnxruntime run."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.helpers import make_model
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    base = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "base")
+    zero = numpy_helper.from_array(np.array(0, np.float32), "zero")
+    one = numpy_helper.from_array(np.array(1, np.float32), "one")
+    nodes = [
+        # scales = base * (0 * max(x) + 1): [1, 1, 2, 2] at run time, unknown statically.
+        helper.make_node("ReduceMax", ["x"], ["peak"], keepdims=0),
+        helper.make_node("Mul", ["peak", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "one"], ["unit"]),
+        helper.make_node("Mul", ["base", "unit"], ["scales"]),
+        helper.make_node("Resize", ["x", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Conv", ["up", "w"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+    ]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, "h", "w"])],
+                       [weight, base, zero, one])
+    onnx.save(model, tmp_path / "m.onnx")
+    result = api.analyze(tmp_path / "m.onnx", "host")
+    conv = next(n for n in result.cost.nodes if n.name == "conv")
+    assert conv.output_shape == (1, 8, 16, 16)
+    assert conv.macs == 8 * 16 * 16 * 3 * 9
