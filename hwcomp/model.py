@@ -424,9 +424,14 @@ def class_count(model: ir.Model) -> int | None:
 
 
 def unknown_shapes(model: ir.Model) -> list[ir.Value]:
-    """Return the main graph's node outputs whose shape inference left them not static."""
+    """Return the main graph's node outputs whose shape inference left them not static.
+
+    Only values something reads (a node or the graph's outputs) count: an unused optional
+    output, such as Dropout's mask, has no cost.
+    """
+    outputs = set(model.graph.outputs)
     return [value for node in model.graph for value in node.outputs
-            if value.name and not _is_static(value)]
+            if value.name and not _is_static(value) and (value.uses() or value in outputs)]
 
 
 def _is_static(value: ir.Value) -> bool:
