@@ -158,7 +158,29 @@ def load_model(
     # IR < 4 lists initializers among the inputs; a deployed model never overrides them.
     common.RemoveInitializersFromInputsPass()(model)
     bind_input_shapes(model, dict(input_shapes or {}), path)
+    check_finite_weights(model, path)
     return infer_shapes(model, path)
+
+
+# Layers whose weights are checked: a NaN there makes every output NaN, which compares as
+# "agreeing" with the original's NaN outputs.
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
+
+
+def check_finite_weights(model: ir.Model, path: Path | str) -> None:
+    """Raise :class:`ModelLoadError` for a layer whose constant weights hold NaN."""
+    for node in model.graph:
+        if node.op_type not in _WEIGHTED_OPS:
+            continue
+        for value in node.inputs[1:]:
+            if value is None or value.const_value is None:
+                continue
+            array = value.const_value.numpy()
+            if array.dtype.kind == "f" and np.isnan(array).any():
+                raise ModelLoadError(
+                    f"{path}: weight '{value.name}' of node '{node.name or node.op_type}' holds "
+                    f"{int(np.isnan(array).sum())} NaN value(s); the model is broken (re-export "
+                    "it from a checkpoint whose training did not diverge)")
 
 
 def check_tensor_interface(proto: onnx.ModelProto, path: Path | str) -> None:
