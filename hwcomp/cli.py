@@ -438,16 +438,19 @@ def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: i
 @cli.command("device-server")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 serves the network.")
-@click.option("--port", type=int, default=9090, show_default=True, help="First port to try.")
-@click.option("--port-end", type=int, default=9199, show_default=True, help="Last port to try.")
+@click.option("--port", type=click.IntRange(1, 65535), default=9090, show_default=True,
+              help="First port to try.")
+@click.option("--port-end", type=click.IntRange(1, 65535), default=None,
+              help="Last port to try  [default: --port + 99].")
 @click.option("--tracker", metavar="HOST:PORT", help="Register with this RPC tracker.")
 @click.option("--key", default="", help="Device key to register under (with --tracker).")
-def device_server(host: str, port: int, port_end: int, tracker: str | None, key: str) -> None:
+def device_server(host: str, port: int, port_end: int | None, tracker: str | None,
+                  key: str) -> None:
     """Serve this machine to hwcomp bench/tune over TVM RPC (runs uploaded code)."""
     if tracker and not key:
         raise click.UsageError("--tracker needs --key (the device type, e.g. pi4)")
+    command = remote.server_command(host, port, remote.last_port(port, port_end), tracker, key)
     click.echo(remote.TRUST_NOTE.format(host=host), err=True)
-    command = remote.server_command(host, port, port_end, tracker, key)
     os.execv(command[0], command)
 
 

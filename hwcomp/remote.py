@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hwcomp.errors import EXIT_DEVICE, EXIT_USAGE, HwcompError
+from hwcomp.errors import EXIT_DEVICE, EXIT_USAGE, HwcompError, OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,16 @@ def bounded(call: Callable[[], T], seconds: float, what: str) -> T:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]  # type: ignore[no-any-return]
+
+
+def last_port(port: int, port_end: int | None) -> int:
+    """Return the last port ``device-server`` tries: ``port_end``, or ``port + 99`` (capped)."""
+    if port_end is None:
+        return min(port + 99, 65535)
+    if port_end < port:
+        raise OptionError(f"--port-end {port_end} is below --port {port}: give a range "
+                          f"that starts at --port (e.g. --port-end {min(port + 99, 65535)})")
+    return port_end
 
 
 def server_command(host: str, port: int, port_end: int, tracker: str | None, key: str) -> list[str]:

@@ -151,3 +151,18 @@ def test_bounded_returns_and_raises_what_the_call_does():
     assert bounded(lambda: 42, 5, "a quick call") == 42
     with pytest.raises(ZeroDivisionError):
         bounded(lambda: 1 // 0, 5, "a failing call")
+
+
+def test_device_server_ports_default_to_a_range_from_the_first_port():
+    """--port 9311 with the old fixed --port-end 9199 was an internal error in TVM's server."""
+    from hwcomp.errors import OptionError
+    from hwcomp.remote import last_port, server_command
+
+    assert last_port(9311, None) == 9410 and last_port(65500, None) == 65535
+    assert last_port(9090, 9095) == 9095
+    command = server_command("127.0.0.1", 9311, last_port(9311, None), None, "")
+    assert command[command.index("--port-end") + 1] == "9410"
+    with pytest.raises(OptionError, match="--port-end 9199 is below --port 9311"):
+        last_port(9311, 9199)
+    done = run_cli("device-server", "--port", "9311", "--port-end", "9199")
+    _assert_clean_error(done, "--port-end 9199")
