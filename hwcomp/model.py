@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,11 +310,17 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
         if path.is_dir():
             arrays = {p.stem: np.load(p) for p in sorted(path.glob("*.npy"))}
         elif path.is_file():
-            with np.load(path) as data:
+            loaded = np.load(path)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise CalibrationDataError(
+                    f"{path}: one array (a .npy), not an .npz keyed by input name; save it with "
+                    f"np.savez(FILE, {', '.join(f'{s.name}=...' for s in specs)})")
+            with loaded as data:
                 arrays = {k: data[k] for k in data.files}
         else:
             raise CalibrationDataError(f"{path}: no such calibration file or folder")
-    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+    # EOFError: an empty file; BadZipFile: a truncated .npz.
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CalibrationDataError(
             f"{path}: not an .npz file or a folder of .npy files ({reason_line(exc)})"
         ) from None
@@ -420,6 +427,10 @@ def load_labels(path: Path, samples: int, classes: int | None = None) -> np.ndar
         labels = np.load(path)
     except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
         raise CalibrationDataError(f"{path}: not a .npy file ({reason_line(exc)})") from None
+    if not isinstance(labels, np.ndarray):
+        labels.close()
+        raise CalibrationDataError(f"{path}: an .npz archive, not a .npy array of labels; save "
+                                   "the labels with np.save(FILE, labels)")
     labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
     if labels.ndim != 1 or labels.shape[0] != samples or labels.dtype.kind not in "iu":
         raise CalibrationDataError(

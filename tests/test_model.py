@@ -194,3 +194,20 @@ def test_nan_weights_are_refused_naming_the_layer(tmp_path):
     onnx.save(model, tmp_path / "nan.onnx")
     with pytest.raises(ModelLoadError, match=f"weight '{weight.name}' of node '{conv.name}' holds 1 NaN"):
         load_model(tmp_path / "nan.onnx")
+
+
+def test_npz_and_npy_mixed_up_or_truncated_are_bad_data(tmp_path, models_dir):
+    """Each was an internal error (exit 1): a plain .npy as --calib, a truncated .npz, an
+    .npz as --labels."""
+    specs = graph_inputs(load_model(models_dir / "resnet_like.onnx"))
+    data = np.zeros((2, 3, 32, 32), np.float32)
+    np.save(tmp_path / "plain.npy", data)
+    with pytest.raises(CalibrationDataError, match="not an .npz keyed by input name"):
+        load_calibration(tmp_path / "plain.npy", specs)
+    np.savez(tmp_path / "whole.npz", input=data)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:200])
+    with pytest.raises(CalibrationDataError, match="cut.npz"):
+        load_calibration(tmp_path / "cut.npz", specs)
+    np.savez(tmp_path / "labels.npz", labels=np.arange(2))
+    with pytest.raises(CalibrationDataError, match="an .npz archive"):
+        load_labels(tmp_path / "labels.npz", 2)
