@@ -159,6 +159,11 @@ def load_model(
     # IR < 4 lists initializers among the inputs; a deployed model never overrides them.
     common.RemoveInitializersFromInputsPass()(model)
     bind_input_shapes(model, dict(input_shapes or {}), path)
+    for value in model.graph.inputs:
+        if value.shape is not None and any(d == 0 for d in value.shape):
+            raise InputShapeError(
+                f"{path}: input '{value.name}' has shape {list(value.shape)}, with a dimension "
+                "of 0: there is nothing to compute; bind it with --input-shape")
     check_finite_weights(model, path)
     return infer_shapes(model, path)
 

@@ -211,3 +211,12 @@ def test_npz_and_npy_mixed_up_or_truncated_are_bad_data(tmp_path, models_dir):
     np.savez(tmp_path / "labels.npz", labels=np.arange(2))
     with pytest.raises(CalibrationDataError, match="an .npz archive"):
         load_labels(tmp_path / "labels.npz", 2)
+
+
+def test_an_input_with_a_zero_dimension_is_refused(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [0, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [0, 4])])
+    onnx.save(model, tmp_path / "empty.onnx")
+    with pytest.raises(InputShapeError, match="input 'x' has shape \\[0, 4\\]"):
+        load_model(tmp_path / "empty.onnx")
