@@ -363,6 +363,21 @@ class _Evaluator:
         sqnr, _, _, accuracy, _ = metrics([self.reference], [got], self.labels)
         return sqnr, accuracy
 
+    def shortfall(self, loss: float) -> str:
+        """Say what ``loss`` means in the user's terms, and which flag sets the budget."""
+        if self.use_labels:
+            assert self.fp32_accuracy is not None
+            return (f"top-1 accuracy {self.fp32_accuracy - loss:.2%} vs {self.fp32_accuracy:.2%} "
+                    f"in fp32, a drop of {loss:.2%} > --accuracy-budget {self.budget:.2%}")
+        return (f"output SQNR vs fp32 {self.min_sqnr - loss:.1f} dB, below the --min-sqnr floor "
+                f"of {self.min_sqnr:g} dB")
+
+    def cost_alone(self, loss: float) -> str:
+        """Return one layer's loss when it alone is converted, in the budget's unit."""
+        if self.use_labels:
+            return f"-{loss:.2%} top-1 alone"
+        return f"{loss:.1f} dB short alone"
+
     def loss(self, precisions: Mapping[str, str]) -> tuple[float, np.ndarray]:
         """(loss, outputs): accuracy drop with labels, else SQNR shortfall in dB."""
         self.evaluations += 1
@@ -424,10 +439,12 @@ def plan_precision(
         if options.precision != "auto":
             blockers = sorted((x for x in layers if x.loss_alone), key=lambda x: -(x.loss_alone or 0))
             raise PrecisionBudgetError(
-                f"--precision {options.precision} misses the budget: {evaluator.metric} "
-                f"{loss:.4g} > {evaluator.budget:.4g}; layers that cost most alone: "
-                + ", ".join(f"{x.name} ({x.loss_alone:.4g})" for x in blockers[:5])
-                + "; use --precision auto to keep those in a wider precision")
+                f"--precision {options.precision} misses the budget: "
+                f"{evaluator.shortfall(loss)}; layers that cost most alone: "
+                + ", ".join(f"{x.name} ({evaluator.cost_alone(x.loss_alone or 0.0)})"
+                            for x in blockers[:5])
+                + "; use --precision auto to keep those in a wider precision, or relax the "
+                "budget")
         loss, got = _roll_back(layers, evaluator, loss, decisions)
     sqnr, accuracy = evaluator.measure(got)
     plan = PrecisionPlan(

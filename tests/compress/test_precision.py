@@ -6,6 +6,7 @@ the same QDQ model (QLinearConv after its QDQ fusion).
 """
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -255,6 +256,9 @@ def test_unmeetable_budget_names_the_blocking_layers(digits, tmp_path):
                      "--min-sqnr", "90", "-o", str(tmp_path / "out"))
     assert result.returncode == 5  # budget not met
     assert "misses the budget" in result.stderr and "/Conv" in result.stderr
+    # The SQNR reached, the floor and the flag that sets it (it read "below 25 dB 14.89 > 0").
+    assert re.search(r"output SQNR vs fp32 [0-9.]+ dB, below the --min-sqnr floor of 90 dB",
+                     result.stderr)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "digits_cnn-x86-avx512").exists()
 
