@@ -39,6 +39,10 @@ def cli(verbose: int) -> None:
     """hwcomp: compile ONNX models into verified, hardware-specific bundles."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="hwcomp: %(message)s")
+    # Library warnings (numpy's RuntimeWarnings and the like) go to the log, shown with -v:
+    # an error stays one line.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
     # Before any TVM code runs: its default is half the CPUs on x86 (hwcomp/threads.py).
     use_physical_cores()
 

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +195,25 @@ def test_an_empty_calibration_file_is_bad_data_not_an_interrupt(tmp_path):
     proc = run_cli("analyze", str(REPO / "tests" / "data" / "example_cnn.onnx"), "--target",
                    "host", "--calib", str(tmp_path / "empty.npz"))
     _assert_clean_error(proc, "empty.npz", code=3)
+
+
+def test_library_warnings_go_to_the_log_not_the_error_line():
+    """numpy's RuntimeWarnings printed extra lines around one-line errors; -v shows them."""
+    script = (
+        "import sys, warnings, click\n"
+        "from hwcomp import cli\n"
+        "from hwcomp.errors import CalibrationDataError\n"
+        "@click.command('warn-then-fail')\n"
+        "def warn_then_fail():\n"
+        "    warnings.warn('overflow encountered in cast', RuntimeWarning, stacklevel=1)\n"
+        "    raise CalibrationDataError('calib.npz: bad values')\n"
+        "cli.cli.add_command(warn_then_fail)\n"
+        "sys.argv = ['hwcomp', *sys.argv[1:]]\n"
+        "cli.main()\n")
+    for args, shown in ((["warn-then-fail"], False), (["-v", "warn-then-fail"], True)):
+        done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                              text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 3
+        assert ("overflow encountered in cast" in done.stderr) == shown, done.stderr
+        if not shown:
+            _assert_clean_error(done, "calib.npz: bad values", code=3)
