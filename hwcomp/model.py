@@ -476,6 +476,29 @@ def _is_static(value: ir.Value) -> bool:
     return value.shape is not None and all(isinstance(d, int) for d in value.shape)
 
 
+class Capture:
+    """An onnxruntime session of ``model`` that can return any of the ``names`` tensors."""
+
+    def __init__(self, model: ir.Model, names: Sequence[str]) -> None:
+        proto = to_proto(model)
+        outputs = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(proto.SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def values(self, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
+               ) -> list[list[np.ndarray]]:
+        """Return the named tensors for every batch, ``[name][batch]``, one run per batch.
+
+        onnxruntime computes only what the names need: asking for one layer's tensor runs
+        the graph up to that layer.
+        """
+        per_batch = [self.session.run(list(names), dict(batch)) for batch in batches]
+        return [[values[i] for values in per_batch] for i in range(len(names))]
+
+
 def learn_shapes(model: ir.Model, values: list[ir.Value], seed: int = 0) -> None:
     """Set ``values``' shapes (and dtypes) from one onnxruntime run on seeded inputs.
 
@@ -486,16 +509,10 @@ def learn_shapes(model: ir.Model, values: list[ir.Value], seed: int = 0) -> None
         ModelLoadError: onnxruntime cannot run the model either; the message names the
             first value whose shape is unknown.
     """
-    proto = to_proto(model)
-    declared = {o.name for o in proto.graph.output}
     names = [v.name or "" for v in values]
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in declared)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(proto.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-        arrays = session.run(names, seeded_inputs(graph_inputs(model), seed))
+        arrays = [a for [a] in Capture(model, names).values(
+            names, [seeded_inputs(graph_inputs(model), seed)])]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelLoadError(
             f"shape inference cannot reach '{names[0]}' (and {len(names) - 1} more), and "

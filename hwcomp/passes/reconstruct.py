@@ -27,13 +27,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx_ir.passes import common
 
 from hwcomp.irutil import add_constant, constant_array, node_input, set_constant_input
-from hwcomp.model import to_proto
+from hwcomp.model import Capture
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ class ReconstructPass(ir.passes.InPlacePass):
                 continue
             source = node.inputs[0]
             inputs = capture(model, [source.name or "" if source is not None else ""], self.batches)[0]
-            outputs = reference.values(node.outputs[0].name or "", self.batches)
+            outputs = reference.values([node.outputs[0].name or ""], self.batches)[0]
             channels = self.kept.get(node.outputs[0].name or "")
             if channels is not None:
                 outputs = [o[:, channels] for o in outputs]
@@ -135,28 +133,10 @@ def _why_not(node: ir.Node) -> str:
     return ""
 
 
-class Capture:
-    """An onnxruntime session of ``model`` that can return any of the ``names`` tensors."""
-
-    def __init__(self, model: ir.Model, names: list[str]) -> None:
-        proto = to_proto(model)
-        outputs = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
-
-    def values(self, name: str, batches: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-        """Return tensor ``name`` for every batch (onnxruntime computes only what it needs)."""
-        return [self.session.run([name], dict(batch))[0] for batch in batches]
-
-
 def capture(model: ir.Model, names: list[str], batches: list[Mapping[str, np.ndarray]]
              ) -> list[list[np.ndarray]]:
     """Values of the named tensors for every batch: ``result[name index][batch]``."""
-    session = Capture(model, names)
-    return [session.values(name, batches) for name in names]
+    return Capture(model, names).values(names, batches)
 
 
 def _patches(x: np.ndarray, node: ir.Node, kernel: tuple[int, int]) -> np.ndarray:
