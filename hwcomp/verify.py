@@ -7,6 +7,7 @@ outputs must match exactly. NaNs must sit at the same places in both.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from collections.abc import Mapping
@@ -63,10 +64,12 @@ class Verification:
         return asdict(self)
 
 
+@functools.cache
 def integer_kernels_exact() -> bool:
     """Whether onnxruntime's int8 kernels compute exact int32 sums on this CPU.
 
     On x86 only with VNNI (``vpdpbusd``); on other architectures its kernels widen exactly.
+    A fact of the machine, read once (every onnxruntime run of a QDQ model asks).
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return True
@@ -86,8 +89,8 @@ def run_onnxruntime(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    if not integer_kernels_exact() and any(
-            node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node) \
+            and not integer_kernels_exact():
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         session = ort.InferenceSession(
