@@ -162,10 +162,14 @@ def _comment_sources(text: str) -> dict[str, str]:
     return sources
 
 
+def _field(path: Path, section: str, key: str) -> str:
+    """Name a profile field in an error: ``FILE: [section] field 'key'``."""
+    return f"{path}: {f'[{section}] ' if section else ''}field '{key}'"
+
+
 def _require(table: Mapping[str, Any], key: str, path: Path, section: str) -> Any:
     if key not in table:
-        where = f"[{section}] " if section else ""
-        raise TargetError(f"{path}: {where}field '{key}' is missing")
+        raise TargetError(f"{_field(path, section, key)} is missing")
     return table[key]
 
 
@@ -177,17 +181,16 @@ def _number(table: Mapping[str, Any], key: str, path: Path, section: str, *,
     ``above``: the value must exceed ``minimum`` (a clock, a bandwidth); otherwise it may
     equal it (a cache size of 0: none). A missing field takes ``default``, else is an error.
     """
-    where = f"[{section}] " if section else ""
     if key not in table and default is not None:
         return int(default) if integer else float(default)
     value = _require(table, key, path, section)
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             integer and not isinstance(value, int)):
-        raise TargetError(f"{path}: {where}field '{key}' = {value!r} is not {kind}")
+        raise TargetError(f"{_field(path, section, key)} = {value!r} is not {kind}")
     if not math.isfinite(value) or value < minimum or (above and value == minimum):
         bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
-        raise TargetError(f"{path}: {where}field '{key}' = {value!r} must be {bound} "
+        raise TargetError(f"{_field(path, section, key)} = {value!r} must be {bound} "
                           "(and finite)")
     return value
 
@@ -195,8 +198,7 @@ def _number(table: Mapping[str, Any], key: str, path: Path, section: str, *,
 def _flag(table: Mapping[str, Any], key: str, path: Path, section: str) -> bool:
     value = _require(table, key, path, section)
     if not isinstance(value, bool):
-        where = f"[{section}] " if section else ""
-        raise TargetError(f"{path}: {where}field '{key}' = {value!r} is not true or false")
+        raise TargetError(f"{_field(path, section, key)} = {value!r} is not true or false")
     return value
 
 
