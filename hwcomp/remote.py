@@ -86,36 +86,34 @@ def connect(device: DeviceAddress, timeout: float = CONNECT_TIMEOUT_S) -> Any:
 
     if device.kind == "rpc":
         _reachable(device.host, device.port, timeout, "the RPC server")
-        try:
-            return bounded(lambda: rpc.connect(device.host, device.port,
-                                               session_timeout=SESSION_TIMEOUT_S),
-                           HANDSHAKE_TIMEOUT_S, f"{device}: the RPC handshake")
-        except DeviceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
-            raise DeviceError(f"{device}: the RPC handshake failed: {str(exc).splitlines()[-1]}") from None
+        return _ask(lambda: rpc.connect(device.host, device.port,
+                                        session_timeout=SESSION_TIMEOUT_S),
+                    HANDSHAKE_TIMEOUT_S, f"{device}: the RPC handshake",
+                    f"{device}: the RPC handshake failed")
     _reachable(device.host, device.port, timeout, "the RPC tracker")
-    try:
-        tracker = bounded(lambda: rpc.connect_tracker(device.host, device.port),
-                          HANDSHAKE_TIMEOUT_S, f"{device}: the tracker handshake")
-        summary = bounded(tracker.summary, HANDSHAKE_TIMEOUT_S, f"{device}: the tracker summary")
-    except DeviceError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise DeviceError(f"{device}: the tracker did not answer: {str(exc).splitlines()[-1]}") from None
+    tracker = _ask(lambda: rpc.connect_tracker(device.host, device.port), HANDSHAKE_TIMEOUT_S,
+                   f"{device}: the tracker handshake", f"{device}: the tracker did not answer")
+    summary = _ask(tracker.summary, HANDSHAKE_TIMEOUT_S, f"{device}: the tracker summary",
+                   f"{device}: the tracker did not answer")
     keys = sorted({key for key in summary.get("queue_info", {})} |
                   {s.get("key", "").split(":")[-1] for s in summary.get("server_info", [])} - {""})
     if device.key not in keys:
         raise DeviceError(f"{device}: the tracker has no device with key '{device.key}'; "
                           f"keys it knows: {', '.join(keys) or 'none'}")
+    return _ask(lambda: tracker.request(device.key, session_timeout=SESSION_TIMEOUT_S,
+                                        max_retry=2),
+                HANDSHAKE_TIMEOUT_S * 3, f"{device}: the tracker's device request",
+                f"{device}: no device was handed out")
+
+
+def _ask(call: Callable[[], T], seconds: float, what: str, failed: str) -> T:
+    """:func:`bounded`, with any error of TVM's raised as a :class:`DeviceError` ``failed: ...``."""
     try:
-        return bounded(lambda: tracker.request(device.key, session_timeout=SESSION_TIMEOUT_S,
-                                               max_retry=2),
-                       HANDSHAKE_TIMEOUT_S * 3, f"{device}: the tracker's device request")
+        return bounded(call, seconds, what)
     except DeviceError:
         raise
-    except Exception as exc:  # noqa: BLE001
-        raise DeviceError(f"{device}: no device was handed out: {str(exc).splitlines()[-1]}") from None
+    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+        raise DeviceError(f"{failed}: {str(exc).splitlines()[-1]}") from None
 
 
 def bounded(call: Callable[[], T], seconds: float, what: str) -> T:
