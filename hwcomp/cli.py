@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -491,6 +491,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _exit_stopped(cause: BaseException | None) -> NoReturn:
+    """Exit 130 (Ctrl-C) or 143 (SIGTERM); an EOFError click took for an abort is a bug."""
+    if isinstance(cause, EOFError):
+        click.echo(f"hwcomp: internal error: EOFError: {cause} (set HWCOMP_DEBUG=1 for the "
+                   "traceback and please report it)", err=True)
+        sys.exit(1)
+    if isinstance(cause, _Terminated):
+        click.echo("hwcomp: terminated; nothing was written", err=True)
+        sys.exit(EXIT_TERMINATED)
+    click.echo("hwcomp: interrupted; nothing was written", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main() -> None:
     """Entry point: run the CLI, turning user errors into one line and their exit code.
 
@@ -504,24 +517,12 @@ def main() -> None:
         click.echo(f"hwcomp: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt (or EOFError)
-        if isinstance(exc.__cause__, EOFError):
-            click.echo(f"hwcomp: internal error: EOFError: {exc.__cause__} (set HWCOMP_DEBUG=1 "
-                       "for the traceback and please report it)", err=True)
-            sys.exit(1)
-        if isinstance(exc.__cause__, _Terminated):
-            click.echo("hwcomp: terminated; nothing was written", err=True)
-            sys.exit(EXIT_TERMINATED)
-        click.echo("hwcomp: interrupted; nothing was written", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _exit_stopped(exc.__cause__)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
-    except _Terminated:
-        click.echo("hwcomp: terminated; nothing was written", err=True)
-        sys.exit(EXIT_TERMINATED)
-    except KeyboardInterrupt:
-        click.echo("hwcomp: interrupted; nothing was written", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:  # raised outside a command, where click does not wrap it
+        _exit_stopped(exc)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless debugging
         if os.environ.get("HWCOMP_DEBUG"):
             traceback.print_exc()
