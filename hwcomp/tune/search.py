@@ -13,11 +13,13 @@ Two TVM facts shape this module:
 
 * MetaSchedule imports ``tvm.s_tir.tensor_intrin``, which parses every backend's tensor
   intrinsics (about 40 s here) — in this process and in every builder worker, whose 30 s
-  default timeout then kills every build ("Total trials: 0"). :func:`light_tensor_intrin`
+  default timeout then kills every build ("Total trials: 0").
+  :func:`hwcomp.lower.cpu.kernels.intrinsics.light_tensor_intrin`
   installs that package without its eager imports (x86 and Arm only) and replaces TVM's
   ``dot_16x4_vnni``, whose i32 operands LLVM 20+ rejects, with hwcomp's.
 * The JSON database appends one record per line as trials finish, so an interrupted run
-  keeps what it measured; :func:`repair_database` drops a torn last line a kill can leave.
+  keeps what it measured; :func:`hwcomp.lower.cpu.database.repair_database` drops a torn
+  last line a kill can leave.
 """
 
 from __future__ import annotations
