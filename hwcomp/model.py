@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from onnx_ir.passes import common
 
 from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError, reason_line
+from hwcomp.irutil import static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -469,11 +470,7 @@ def unknown_shapes(model: ir.Model) -> list[ir.Value]:
     """
     outputs = set(model.graph.outputs)
     return [value for node in model.graph for value in node.outputs
-            if value.name and not _is_static(value) and (value.uses() or value in outputs)]
-
-
-def _is_static(value: ir.Value) -> bool:
-    return value.shape is not None and all(isinstance(d, int) for d in value.shape)
+            if value.name and static_shape(value) is None and (value.uses() or value in outputs)]
 
 
 class Capture:
