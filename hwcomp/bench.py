@@ -224,7 +224,7 @@ class OnnxruntimeTimer:
                  warmup: int = 5) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors come back as exceptions
         try:
             self.session = ort.InferenceSession(str(model), options,
                                                 providers=["CPUExecutionProvider"])

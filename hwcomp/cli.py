@@ -25,6 +25,7 @@ from hwcomp.compress.precision import (
 )
 from hwcomp.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, HwcompError
 from hwcomp.model import parse_input_shapes
+from hwcomp.native_log import NativeLog
 from hwcomp.package import write_json
 from hwcomp.passes.prune_channels import IMPORTANCE
 from hwcomp.targets import PRECISIONS, known_targets, load_target
@@ -491,17 +492,35 @@ def _interrupt(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+_NATIVE_LOG = NativeLog()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print one ``hwcomp: ...`` line (naming the library log, if any) and exit ``code``."""
+    click.echo(f"hwcomp: {message}{_NATIVE_LOG.finish(failed=True)}", err=True)
+    sys.exit(code)
+
+
 def _exit_stopped(cause: BaseException | None) -> NoReturn:
     """Exit 130 (Ctrl-C) or 143 (SIGTERM); an EOFError click took for an abort is a bug."""
     if isinstance(cause, EOFError):
-        click.echo(f"hwcomp: internal error: EOFError: {cause} (set HWCOMP_DEBUG=1 for the "
-                   "traceback and please report it)", err=True)
-        sys.exit(1)
+        _fail(f"internal error: EOFError: {cause} (set HWCOMP_DEBUG=1 for the traceback and "
+              "please report it)", 1)
     if isinstance(cause, _Terminated):
-        click.echo("hwcomp: terminated; nothing was written", err=True)
-        sys.exit(EXIT_TERMINATED)
-    click.echo("hwcomp: interrupted; nothing was written", err=True)
-    sys.exit(EXIT_INTERRUPTED)
+        _fail("terminated; nothing was written", EXIT_TERMINATED)
+    _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+
+
+def _verbose(argv: Sequence[str]) -> bool:
+    """Tell whether the user asked for library output too (-v before the command, HWCOMP_DEBUG)."""
+    if os.environ.get("HWCOMP_DEBUG"):
+        return True
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False  # the command name: -v belongs to the group, before it
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            return True
+    return False
 
 
 def main() -> None:
@@ -511,14 +530,16 @@ def main() -> None:
     """
     # A terminated build cleans up like an interrupted one: nothing half-written stays.
     signal.signal(signal.SIGTERM, _interrupt)
+    if not _verbose(sys.argv[1:]):
+        _NATIVE_LOG.start()
     try:
         cli.main(standalone_mode=False)
     except HwcompError as exc:
-        click.echo(f"hwcomp: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc}", exc.exit_code)
     except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt (or EOFError)
         _exit_stopped(exc.__cause__)
     except click.ClickException as exc:
+        _NATIVE_LOG.finish(failed=False)
         exc.show()
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as exc:  # raised outside a command, where click does not wrap it
@@ -526,11 +547,10 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless debugging
         if os.environ.get("HWCOMP_DEBUG"):
             traceback.print_exc()
-        click.echo(
-            f"hwcomp: internal error: {type(exc).__name__}: {exc} "
-            "(set HWCOMP_DEBUG=1 for the traceback and please report it)", err=True,
-        )
-        sys.exit(1)
+        _fail(f"internal error: {type(exc).__name__}: {exc} "
+              "(set HWCOMP_DEBUG=1 for the traceback and please report it)", 1)
+    finally:
+        _NATIVE_LOG.finish(failed=False)
 
 
 if __name__ == "__main__":

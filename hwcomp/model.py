@@ -21,6 +21,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
+from onnx import external_data_helper
 from onnx_ir.passes import common
 
 from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError, reason_line
@@ -99,13 +100,15 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
         ) from None
     if not proto.graph.node and not proto.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found in the file)")
+    check_external_data(proto, path)
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+    except (OSError, ValueError, EOFError, onnx.checker.ValidationError) as exc:
         raise ModelLoadError(
             f"{path}: external data could not be read ({reason_line(exc)}); "
             "keep the data files next to the model"
         ) from None
+    check_tensor_sizes(proto, path)
     # onnxruntime's quantizer writes QDQ models with nodes out of order; order is not meaning.
     sort_nodes(proto.graph)
     try:
@@ -113,6 +116,68 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelLoadError(f"{path}: the ONNX checker rejects it: {reason_line(exc)}") from None
     return proto
+
+
+def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data that lies outside the model's folder, is missing or too short.
+
+    Only regular files inside the model's folder are read (a model file is untrusted input:
+    ``location = "../../etc/passwd"`` must not read that file).
+
+    Raises:
+        ModelLoadError: Naming the tensor and its location.
+
+    """
+    folder = path.parent.resolve()
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        where = f"{path}: tensor '{tensor.name}' keeps its data in '{info.location}'"
+        target = (folder / info.location).resolve()
+        if Path(info.location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{where}, outside the model's folder; hwcomp reads external data only from "
+                f"files inside {folder} (move the data file next to the model and re-save)")
+        if not target.is_file():
+            raise ModelLoadError(
+                f"{where}, which is not a file; keep the data files next to the model")
+        offset = int(info.offset or 0)
+        size = target.stat().st_size
+        if info.length is not None and offset + int(info.length) > size:
+            raise ModelLoadError(
+                f"{where} at bytes {offset}..{offset + int(info.length)}, but that file has "
+                f"{size} bytes (truncated?); re-export the model")
+
+
+def check_tensor_sizes(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse a tensor whose stored bytes do not match its dims (raw_data too long or short).
+
+    Raises:
+        ModelLoadError: Naming the tensor, its dims and the byte counts.
+
+    """
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not tensor.HasField("raw_data"):
+            continue
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue  # a type numpy has no fixed size for (strings): the checker judges it
+        if tensor.data_type in _PACKED_TYPES:
+            continue  # 4-bit types pack two values per byte
+        expected = math.prod(tensor.dims) * itemsize
+        if len(tensor.raw_data) != expected:
+            raise ModelLoadError(
+                f"{path}: tensor '{tensor.name}' has dims {list(tensor.dims)} ({expected} "
+                f"bytes of {onnx.helper.tensor_dtype_to_string(tensor.data_type)}), but "
+                f"{len(tensor.raw_data)} bytes of data; the file is corrupt, re-export it")
+
+
+_PACKED_TYPES = frozenset({
+    getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
+    if hasattr(onnx.TensorProto, name)
+})
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:
@@ -166,7 +231,40 @@ def load_model(
                 f"{path}: input '{value.name}' has shape {list(value.shape)}, with a dimension "
                 "of 0: there is nothing to compute; bind it with --input-shape")
     check_finite_weights(model, path)
-    return infer_shapes(model, path)
+    inferred = infer_shapes(model, path)
+    check_value_sizes(inferred, path)
+    return inferred
+
+
+# The most elements one intermediate tensor may have (16 GiB of float32): far above any
+# deployable model's largest activation, and below what a corrupt shape would try.
+MAX_VALUE_ELEMENTS = 1 << 32
+
+
+def check_value_sizes(model: ir.Model, path: Path | str) -> None:
+    """Refuse inferred shapes no device could hold, and Reshapes that change the size.
+
+    Raises:
+        ModelLoadError: Naming the node, its input and output shapes.
+
+    """
+    for node in model.graph:
+        where = f"{path}: node '{node.name or node.op_type}' (op {node.op_type})"
+        if node.op_type == "Reshape" and node.inputs and node.outputs:
+            before, after = static_shape(node.inputs[0]), static_shape(node.outputs[0])
+            if before is not None and after is not None \
+                    and math.prod(before) != math.prod(after):
+                raise ModelLoadError(
+                    f"{where} reshapes {before} ({math.prod(before)} elements) to {after} "
+                    f"({math.prod(after)}); the model is broken (check its shape constant)")
+        for value in node.outputs:
+            dims = static_shape(value)
+            if dims is not None and (any(d < 0 for d in dims)
+                                     or math.prod(dims) > MAX_VALUE_ELEMENTS):
+                raise ModelLoadError(
+                    f"{where}: output '{value.name}' would have shape {dims}, beyond what "
+                    f"any device holds (at most {MAX_VALUE_ELEMENTS} elements); the model is "
+                    "broken or --input-shape is far too large")
 
 
 # Layers whose weights are checked: a NaN there makes every output NaN, which compares as
@@ -226,12 +324,31 @@ def bind_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], path:
                 _check_binding(value.name, declared, bound, path)
             value.shape = ir.Shape(bound)
             continue
-        if declared is None or any(not isinstance(d, int) for d in declared):
-            dims = "unknown rank" if declared is None else str(list(declared))
+        if declared is None:
             raise InputShapeError(
-                f"{path}: input '{value.name}' has a dynamic shape ({dims}); "
-                f"bind it with --input-shape {value.name}=1x3x224x224 (your sizes)"
-            )
+                f"{path}: input '{value.name}' has no declared shape (unknown rank); bind it "
+                f"with --input-shape {value.name}=AxBx... (one size per axis)")
+        dims = list(declared)
+        dynamic = [axis for axis, d in enumerate(dims) if not isinstance(d, int)]
+        if dynamic == [0] and len(dims) > 1:
+            # A batch axis: deployed edge models run one sample at a time.
+            bound = (1, *(int(d) for d in dims[1:]))  # type: ignore[call-overload]
+            logger.warning(
+                "input '%s' has a dynamic batch dimension '%s'; using 1 (set it with "
+                "--input-shape %s=%s)", value.name, dims[0], value.name, _shape_text(bound))
+            value.shape = ir.Shape(bound)
+        elif dynamic:
+            hint = "x".join(str(d) if isinstance(d, int) else
+                            ("1" if axis == 0 else f"<{getattr(d, 'value', None) or f'axis{axis}'}>")
+                            for axis, d in enumerate(dims))
+            raise InputShapeError(
+                f"{path}: input '{value.name}' has a dynamic shape "
+                f"[{', '.join(str(d) for d in dims)}]; bind it with --input-shape "
+                f"{value.name}={hint} (numbers for the <...> axes)")
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 def _check_binding(name: str, declared: ir.Shape, bound: tuple[int, ...], path: Path) -> None:
@@ -481,7 +598,7 @@ class Capture:
         outputs = {o.name for o in proto.graph.output}
         proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors come back as exceptions
         self.session = ort.InferenceSession(proto.SerializeToString(), options,
                                             providers=["CPUExecutionProvider"])
 

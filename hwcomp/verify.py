@@ -88,7 +88,7 @@ def run_onnxruntime(
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node) \
             and not integer_kernels_exact():
         options.add_session_config_entry("session.disable_quant_qdq", "1")

@@ -39,6 +39,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx.save(model_zoo.resnet_like(), folder / "resnet_like.onnx")
     onnx.save(model_zoo.mobilenet_like(), folder / "mobilenet_like.onnx")
     onnx.save(model_zoo.resnet_like(batch="N"), folder / "resnet_dynamic.onnx")
+    onnx.save(model_zoo.resnet_like(batch="N", size="S"), folder / "resnet_dynamic_hw.onnx")
     return folder
 
 

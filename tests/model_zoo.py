@@ -77,7 +77,7 @@ class _Builder:
         return model
 
 
-def resnet_like(seed: int = 0, size: int = 32, width: int = 16, classes: int = 10,
+def resnet_like(seed: int = 0, size: int | str = 32, width: int = 16, classes: int = 10,
                 batch: int | str = 1) -> onnx.ModelProto:
     """A ResNet-style CNN: stem, two basic residual blocks (one strided), head."""
     b = _Builder(seed)

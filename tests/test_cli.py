@@ -83,11 +83,23 @@ def test_unsupported_op_names_the_node(tmp_path):
 def test_dynamic_dim_without_input_shape(tmp_path):
     from tests import model_zoo
 
-    onnx.save(model_zoo.resnet_like(batch="N"), tmp_path / "dyn.onnx")
+    onnx.save(model_zoo.resnet_like(batch="N", size="S"), tmp_path / "dyn.onnx")
     proc = run_cli("build", str(tmp_path / "dyn.onnx"), "--target", "host", "-o",
                    str(tmp_path / "out"))
-    _assert_clean_error(proc, "'input'", "--input-shape")
+    # The hint shows the input's real rank and known sizes, not a generic 1x3x224x224.
+    _assert_clean_error(proc, "'input'", "[N, 3, S, S]", "--input-shape input=1x3x<S>x<S>")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dynamic_batch_alone_defaults_to_one_with_a_note(tmp_path):
+    from tests import model_zoo
+
+    onnx.save(model_zoo.resnet_like(batch="N"), tmp_path / "dyn.onnx")
+    proc = run_cli("analyze", str(tmp_path / "dyn.onnx"), "--target", "host")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert notes == ["hwcomp: input 'input' has a dynamic batch dimension 'N'; using 1 "
+                     "(set it with --input-shape input=1x3x32x32)"]
 
 
 def test_existing_output_dir(tmp_path):
@@ -217,3 +229,38 @@ def test_library_warnings_go_to_the_log_not_the_error_line():
         assert ("overflow encountered in cast" in done.stderr) == shown, done.stderr
         if not shown:
             _assert_clean_error(done, "calib.npz: bad values", code=3)
+
+
+def test_native_library_output_goes_to_a_log_named_in_the_error(tmp_path):
+    """TVM and onnxruntime write to descriptor 2 from C++ (BlockBuilder warnings, log blocks)."""
+    script = (
+        "import os, sys, click\n"
+        "from hwcomp import cli\n"
+        "from hwcomp.errors import UnsupportedOpError\n"
+        "@click.command('chatter')\n"
+        "@click.option('--fail', is_flag=True)\n"
+        "def chatter(fail):\n"
+        "    os.write(2, b'[18:22:36] block_builder.cc:67: Warning: BlockBuilder destroyed\\n')\n"
+        "    if fail:\n"
+        "        raise UnsupportedOpError(\"node 'rs' could not be imported\")\n"
+        "    click.echo('done', err=True)\n"
+        "cli.cli.add_command(chatter)\n"
+        "sys.argv = ['hwcomp', *sys.argv[1:]]\n"
+        "cli.main()\n")
+    env = {**os.environ, "HWCOMP_CACHE_DIR": str(tmp_path)}
+    failed = subprocess.run([sys.executable, "-c", script, "chatter", "--fail"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    _assert_clean_error(failed, "node 'rs' could not be imported", code=4)
+    assert "BlockBuilder" not in failed.stderr
+    log = Path(failed.stderr.split("library messages: ")[1].rstrip(")\n"))
+    assert log.parent == tmp_path / "logs"
+    assert "BlockBuilder destroyed" in log.read_text()
+
+    worked = subprocess.run([sys.executable, "-c", script, "chatter"], capture_output=True,
+                            text=True, timeout=120, cwd=REPO, env=env)
+    assert worked.returncode == 0 and worked.stderr == "done\n"
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [log.name]  # its own gone
+
+    verbose = subprocess.run([sys.executable, "-c", script, "-v", "chatter", "--fail"],
+                             capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+    assert verbose.returncode == 4 and "BlockBuilder destroyed" in verbose.stderr

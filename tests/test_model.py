@@ -37,8 +37,12 @@ def test_static_model_loads_with_inferred_shapes(models_dir):
 
 def test_dynamic_dim_needs_a_binding(models_dir):
     with pytest.raises(InputShapeError) as info:
-        load_model(models_dir / "resnet_dynamic.onnx")
-    assert "'input'" in str(info.value) and "--input-shape input=" in str(info.value)
+        load_model(models_dir / "resnet_dynamic_hw.onnx")
+    assert "'input'" in str(info.value) and "--input-shape input=1x3x<S>x<S>" in str(info.value)
+    model = load_model(models_dir / "resnet_dynamic_hw.onnx", {"input": (4, 3, 16, 16)})
+    assert list(model.graph.outputs[0].shape) == [4, 10]
+    # A dynamic batch axis alone is bound to 1.
+    assert graph_inputs(load_model(models_dir / "resnet_dynamic.onnx"))[0].shape == (1, 3, 32, 32)
     model = load_model(models_dir / "resnet_dynamic.onnx", {"input": (4, 3, 32, 32)})
     assert graph_inputs(model)[0].shape == (4, 3, 32, 32)
     assert list(model.graph.outputs[0].shape) == [4, 10]
@@ -90,6 +94,54 @@ def test_external_data_is_loaded(tmp_path):
     np.testing.assert_allclose(run_ort(to_proto(loaded), feeds)[0],
                                run_ort(model_zoo.resnet_like(), feeds)[0],
                                rtol=1e-6)
+
+
+def test_external_data_outside_the_folder_or_missing_is_refused(tmp_path):
+    path = tmp_path / "model" / "external.onnx"
+    path.parent.mkdir()
+    onnx.save(model_zoo.resnet_like(), path, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="external.data", size_threshold=0)
+    (tmp_path / "secret.bin").write_bytes(bytes(range(256)) * 1000)
+    proto = onnx.load(str(path), load_external_data=False)
+    for location, match in (("../secret.bin", "outside the model's folder"),
+                            (str(tmp_path / "secret.bin"), "outside the model's folder"),
+                            ("missing.data", "not a file")):
+        for tensor in proto.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        hostile = path.parent / "hostile.onnx"
+        onnx.save(proto, hostile)
+        with pytest.raises(ModelLoadError, match=match) as info:
+            load_model(hostile)
+        assert "tensor '" in str(info.value)
+    # A data file cut short.
+    data = path.parent / "external.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        load_model(path)
+
+
+def test_raw_data_that_does_not_match_its_dims_is_refused(tmp_path):
+    model = model_zoo.resnet_like()
+    tensor = model.graph.initializer[0]
+    tensor.raw_data = onnx.numpy_helper.to_array(tensor).tobytes() + bytes(64)
+    onnx.save(model, tmp_path / "long.onnx")
+    with pytest.raises(ModelLoadError, match=f"tensor '{tensor.name}' has dims"):
+        load_model(tmp_path / "long.onnx")
+
+
+def test_a_reshape_that_changes_the_size_is_refused(tmp_path):
+    weight = onnx.numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    target = onnx.numpy_helper.from_array(np.array([2**63 - 1], np.int64), "s")
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Reshape", ["c", "s"], ["y"], name="rs")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])], [weight, target])
+    onnx.save(model, tmp_path / "reshape.onnx")
+    with pytest.raises(ModelLoadError, match="node 'rs' .* reshapes"):
+        load_model(tmp_path / "reshape.onnx")
 
 
 def test_calibration_files(tmp_path, models_dir):

@@ -274,7 +274,7 @@ class _Job:
 def _session(proto: bytes, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors come back as exceptions
     # The reference and the instrumented graph run with the same (basic) optimisations so
     # that "no action" reproduces the reference bit for bit: fusions would reorder math.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
