@@ -332,7 +332,7 @@ def bind_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], path:
         dynamic = [axis for axis, d in enumerate(dims) if not isinstance(d, int)]
         if dynamic == [0] and len(dims) > 1:
             # A batch axis: deployed edge models run one sample at a time.
-            bound = (1, *(int(d) for d in dims[1:]))  # type: ignore[call-overload]
+            bound = (1, *(int(d) for d in dims[1:]))  # type: ignore[call-overload,arg-type]
             logger.warning(
                 "input '%s' has a dynamic batch dimension '%s'; using 1 (set it with "
                 "--input-shape %s=%s)", value.name, dims[0], value.name, _shape_text(bound))
