@@ -231,6 +231,7 @@ def build(
         manifest.update(extras)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
+        manifest["planned_on"] = _planning_samples(calib, options, precision)
         manifest.update(_kernel_records(prepared.kernels, compiled, database))
         write_json(staging / "manifest.json", manifest)
         _write_readme(staging, model_path, target, manifest, verification)
@@ -263,6 +264,15 @@ def _transformed_model(
     return model, compressed, plan
 
 
+def _planning_samples(calib: Path | None, options: driver.CompressionOptions,
+                      precision: quantize.PrecisionOptions) -> str | None:
+    """Say, for the manifest, what samples a plan was judged on (None: nothing planned)."""
+    if not (options.requested or precision.requested):
+        return None
+    return model_io.calibration_label(calib, max(options.calib_random, precision.calib_random),
+                                      options.seed)
+
+
 def _kernel_records(kernels: KernelRewrite | None, compiled: Compiled,
                     database: Path | None) -> dict[str, Any]:
     """Return the manifest's record of hwcomp's kernels and of the tuning database applied."""
@@ -282,7 +292,7 @@ def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOption
               calib: Path | None) -> tuple[ir.Model, quantize.PrecisionPlan]:
     """Fold batch norms, choose precisions, and return the QDQ model and its plan."""
     FoldBatchNormPass()(model)
-    batches, labels = quantize.calibration_for(model, calib, options.labels, options.precision)
+    batches, labels = quantize.calibration_for(model, calib, options)
     logger.info("choosing precisions (%s) on %d calibration batches", options.precision,
                 len(batches))
     proto, plan = quantize.plan_precision(model, target, options, batches, labels)

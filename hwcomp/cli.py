@@ -115,6 +115,9 @@ def compression_options(command: Callable[..., None]) -> Callable[..., None]:
                           "allowed (each)."),
         click.option("--labels", type=click.Path(path_type=Path),
                      help=".npy of class labels for the --calib samples (budget in accuracy)."),
+        click.option("--calib-random", type=int, default=0, metavar="N",
+                     help="No --calib: plan --prune/--precision auto on N seeded random samples "
+                          "anyway (judged on noise; said in the output and manifest)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -153,14 +156,14 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           precision: str, calib_method: str, min_sqnr: float, tuning_db: Path | None,
           no_tuning_db: bool, prune: str | None,
           lowrank: float | None, importance: str, accuracy_budget: str | None,
-          labels: Path | None, reconstruct: bool) -> None:
+          labels: Path | None, reconstruct: bool, calib_random: int) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
-                                 labels=labels, calib=calib, seed=seed)
+                                 labels=labels, calib=calib, seed=seed, calib_random=calib_random)
     precision_options = PrecisionOptions(
         precision=precision, calibration=calib_method, min_sqnr_db=min_sqnr, labels=labels,
-        accuracy_budget=parse_budget(accuracy_budget))
+        accuracy_budget=parse_budget(accuracy_budget), calib_random=calib_random, seed=seed)
     result = api.build(
         model, target_name, output, input_shapes=parse_input_shapes(input_shapes), calib=calib,
         tolerance=tolerance, force=force, seed=seed, compression_options=options,
@@ -209,6 +212,8 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
     kernels = manifest.get("integer_kernels")
     if kernels:
         click.echo(f"integer kernels: {len(kernels['ops'])} op(s) on {kernels['instruction']}")
+    if manifest.get("planned_on"):
+        click.echo(f"planned on: {manifest['planned_on']}")
 
 
 @cli.command()
@@ -298,11 +303,12 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
 def compress_command(model: Path, output: Path, target_name: str, prune: str | None,
                      importance: str, lowrank: float | None, reconstruct: bool,
                      accuracy_budget: str | None, labels: Path | None,
-                     input_shapes: tuple[str, ...], calib: Path | None, force: bool) -> None:
+                     input_shapes: tuple[str, ...], calib: Path | None, force: bool,
+                     calib_random: int) -> None:
     """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out."""
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
-                                 labels=labels, calib=calib)
+                                 labels=labels, calib=calib, calib_random=calib_random)
     outcome = api.compress(model, output, target_name, options,
                            input_shapes=parse_input_shapes(input_shapes), force=force)
     result = outcome.result
@@ -348,8 +354,8 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
     unfitted = ""
     if outcome.sqnr_without_reconstruction_db is not None:
         unfitted = f" (without reconstruction: {outcome.sqnr_without_reconstruction_db:.1f} dB)"
-    click.echo(f"vs original on {outcome.samples} held-out "
-               f"{'calibration' if calib else 'seeded random'} samples: SQNR {sqnr}{unfitted}, "
+    click.echo(f"vs original on {outcome.samples} held-out samples ({outcome.calibration}): "
+               f"SQNR {sqnr}{unfitted}, "
                f"cosine {outcome.cosine:.4f}{agreement}")
     click.echo(f"wrote: {output}")
 

@@ -24,7 +24,13 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 from onnx_ir.passes import common
 
-from hwcomp.errors import CalibrationDataError, InputShapeError, ModelLoadError, reason_line
+from hwcomp.errors import (
+    CalibrationDataError,
+    InputShapeError,
+    ModelLoadError,
+    OptionError,
+    reason_line,
+)
 from hwcomp.irutil import static_shape
 
 logger = logging.getLogger(__name__)
@@ -527,6 +533,32 @@ def split_held_out(
 def sample_count(batches: Sequence[Mapping[str, np.ndarray]]) -> int:
     """Count the samples in a list of feeds (axis 0 of their first input)."""
     return sum(next(iter(batch.values())).shape[0] for batch in batches)
+
+
+def check_calibration_source(calib: Path | None, calib_random: int) -> None:
+    """Refuse ``--calib`` together with ``--calib-random``, and a negative count."""
+    if calib_random < 0:
+        raise OptionError(f"--calib-random {calib_random}: give a number of samples > 0")
+    if calib is not None and calib_random:
+        raise OptionError(
+            f"--calib {calib} and --calib-random {calib_random} both given: use one")
+
+
+def calibration_label(calib: Path | None, calib_random: int, seed: int) -> str:
+    """Return where a command's samples came from, for output lines and manifests."""
+    if calib is not None:
+        return f"--calib {calib}"
+    if calib_random:
+        return (f"RANDOM: {calib_random} seeded samples (--calib-random, seed {seed}); "
+                "figures judged on noise, not on real data")
+    return f"seeded random (seed {seed})"
+
+
+def warn_random_planning(what: str, samples: int) -> None:
+    """Say, in the output, that a plan is judged on random samples (``--calib-random``)."""
+    logger.warning("%s judged on %d seeded RANDOM samples (--calib-random): the budget is "
+                   "measured on noise, not on your data; pass --calib for decisions", what,
+                   samples)
 
 
 def random_calibration(specs: list[TensorSpec], batches: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

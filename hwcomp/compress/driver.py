@@ -29,6 +29,7 @@ from hwcomp.compress.pipeline import (
     parse_ratios,
 )
 from hwcomp.compress.prune_plan import plan_pruning
+from hwcomp.model import calibration_label, check_calibration_source, warn_random_planning
 from hwcomp.passes.reconstruct import capture
 from hwcomp.targets import Target
 from hwcomp.verify import run_onnxruntime
@@ -47,6 +48,8 @@ class CompressionOptions:
         labels: Class labels of the calibration samples.
         calib: Calibration samples; seeded random ones when None.
         seed: Seed of the random samples.
+        calib_random: Plan ``prune=auto`` on this many seeded random samples (the user's
+            explicit ``--calib-random N``), said in the output and the manifest.
     """
 
     prune: str | float | None = None
@@ -57,6 +60,7 @@ class CompressionOptions:
     labels: Path | None = None
     calib: Path | None = None
     seed: int = 0
+    calib_random: int = 0
 
     @property
     def requested(self) -> bool:
@@ -68,12 +72,14 @@ class CompressionOptions:
         parse_ratios(self.prune)
         if self.prune == "auto" and parse_budget(self.accuracy_budget) is None:
             raise CompressionError("--prune auto needs --accuracy-budget (e.g. 1%)")
-        if self.prune == "auto" and self.calib is None:
+        check_calibration_source(self.calib, self.calib_random)
+        if self.prune == "auto" and self.calib is None and not self.calib_random:
             # Judged on seeded random samples, a 1 % budget let 75 % of every group go
             # (-92.8 % MACs) on a real CNN: random inputs say nothing of accuracy.
             raise CompressionError(
                 "--prune auto needs --calib with real samples (and --labels for an accuracy "
-                "budget): on random inputs the budget would be judged on noise")
+                "budget): on random inputs the budget would be judged on noise (pass "
+                "--calib-random N to plan on random samples anyway)")
         parse_budget(self.accuracy_budget)
         check_lowrank_and_importance(self.lowrank, self.importance)
 
@@ -93,6 +99,7 @@ class CompressionOutcome:
     samples: int
     sqnr_without_reconstruction_db: float | None = None
     plan: Any = None
+    calibration: str = "seeded random"
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures for a manifest."""
@@ -100,7 +107,8 @@ class CompressionOutcome:
             "steps": [s.name for s in self.result.steps if s.modified],
             "macs_before": self.macs_before, "macs_after": self.macs_after,
             "params_before": self.params_before, "params_after": self.params_after,
-            "held_out_samples": self.samples, "sqnr_db": self.sqnr_db,
+            "held_out_samples": self.samples, "samples_from": self.calibration,
+            "sqnr_db": self.sqnr_db,
             "sqnr_without_reconstruction_db": self.sqnr_without_reconstruction_db,
             "cosine": self.cosine, "top1_agreement": self.top1_agreement,
             "plan": None if self.plan is None else {
@@ -121,6 +129,10 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     if options.calib is not None:
         batches = model_io.calibration_batches(
             specs, model_io.load_calibration(Path(options.calib), specs))
+    elif options.calib_random:
+        warn_random_planning("--prune auto" if options.prune == "auto" else "compression",
+                             options.calib_random)
+        batches = model_io.random_calibration(specs, options.calib_random, options.seed)
     else:
         batches = model_io.random_calibration(specs, 16, options.seed)
     fit, check = model_io.split_held_out(batches)
@@ -154,6 +166,7 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         cosine=cosine, top1_agreement=top1,
         samples=model_io.sample_count(check),
         sqnr_without_reconstruction_db=unfitted, plan=chosen,
+        calibration=calibration_label(options.calib, options.calib_random, options.seed),
     )
 
 

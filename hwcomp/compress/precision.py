@@ -124,6 +124,8 @@ class PrecisionOptions:
     accuracy_budget: float | None = None
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
     labels: Path | None = None
+    calib_random: int = 0  # plan on this many seeded random samples (explicit --calib-random)
+    seed: int = 0
 
     @property
     def requested(self) -> bool:
@@ -507,14 +509,24 @@ def _roll_back(layers: list[LayerChoice], evaluator: _Evaluator, loss: float,
     return loss, got
 
 
-def calibration_for(model: ir.Model, calib: Path | None, labels_path: Path | None,
-                    precision: str) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+def calibration_for(model: ir.Model, calib: Path | None, options: PrecisionOptions
+                    ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """Load ``--calib`` (required for int8/auto) and ``--labels`` as batches and labels.
+
+    ``--calib-random N`` instead plans on N seeded random samples, said in the output.
 
     Raises:
         CalibrationDataError: No calibration data for a precision that needs ranges.
     """
     specs = model_io.graph_inputs(model)
+    labels_path, precision = options.labels, options.precision
+    model_io.check_calibration_source(calib, options.calib_random)
+    if calib is None and options.calib_random and precision in ("int8", "auto"):
+        model_io.warn_random_planning(f"--precision {precision}", options.calib_random)
+        if labels_path is not None:
+            raise CalibrationDataError(
+                f"{labels_path}: labels belong to --calib samples, not to --calib-random ones")
+        return model_io.random_calibration(specs, options.calib_random, options.seed), None
     if calib is None:
         if precision in ("int8", "auto"):
             shapes = ", ".join(f"'{s.name}' as (N, {', '.join(map(str, s.shape[1:]))})"
@@ -522,7 +534,8 @@ def calibration_for(model: ir.Model, calib: Path | None, labels_path: Path | Non
             raise CalibrationDataError(
                 f"--precision {precision} needs calibration data for activation ranges: pass "
                 f"--calib FILE.npz with representative samples of {shapes} (random inputs "
-                "give ranges unlike real data, so hwcomp does not guess)")
+                "give ranges unlike real data, so hwcomp does not guess; --calib-random N "
+                "plans on random samples anyway)")
         return model_io.random_calibration(specs, 8), None
     batches = model_io.calibration_batches(specs, model_io.load_calibration(Path(calib), specs))
     labels = None

@@ -1,5 +1,7 @@
 """--prune auto: per-group ratios chosen under an accuracy budget."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,29 @@ def test_auto_without_calibration_data_is_an_error(tmp_path):
                    "--accuracy-budget", "1%")
     _assert_clean_error(proc, "--prune auto needs --calib")
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_planning_on_random_samples_only_when_asked_and_then_said(tmp_path):
+    """--calib-random N plans anyway, and the output and manifest say the figures are noise."""
+    model = str(REPO / "tests" / "data" / "example_cnn.onnx")
+    proc = run_cli("compress", model, "-o", str(tmp_path / "s.onnx"), "--target", "host",
+                   "--prune", "auto", "--accuracy-budget", "1%", "--calib-random", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert "--prune auto judged on 16 seeded RANDOM samples" in proc.stderr
+    assert "held-out samples (RANDOM: 16 seeded samples (--calib-random" in proc.stdout
+
+    both = run_cli("compress", model, "-o", str(tmp_path / "t.onnx"), "--target", "host",
+                   "--prune", "0.25", "--calib", model, "--calib-random", "4")
+    _assert_clean_error(both, "--calib-random 4 both given")
+    negative = run_cli("compress", model, "-o", str(tmp_path / "t.onnx"), "--target", "host",
+                       "--prune", "0.25", "--calib-random", "-1")
+    _assert_clean_error(negative, "--calib-random -1")
+
+    built = run_cli("build", model, "--target", "host", "-o", str(tmp_path / "out"),
+                    "--precision", "int8", "--calib-random", "8")
+    assert built.returncode == 0, built.stderr
+    assert "--precision int8 judged on 8 seeded RANDOM samples" in built.stderr
+    assert "planned on: RANDOM: 8 seeded samples" in built.stdout
+    manifest = json.loads((tmp_path / "out" / "example_cnn-host" / "manifest.json").read_text())
+    assert manifest["planned_on"].startswith("RANDOM: 8 seeded samples")
+    assert manifest["precision"]["counts"]["int8"] > 0
