@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from hwcomp import api, bench, remote, report
+from hwcomp import api, bench, remote, report, stop
 from hwcomp.analysis import sensitivity
 from hwcomp.compress.driver import CompressionOptions
 from hwcomp.compress.pipeline import parse_budget
@@ -405,7 +405,9 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
     click.echo(f"database: {result.database} ({result.records_before} -> "
                f"{result.records_after} records)")
     if result.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        _NATIVE_LOG.finish(failed=False)
+        stop.end_process(EXIT_TERMINATED if isinstance(stop.cause(), stop.Terminated)
+                         else EXIT_INTERRUPTED)
 
 
 @cli.command("bench")
@@ -490,12 +492,11 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C (staging removed) but reported with exit 143."""
-
-
 def _interrupt(signum: int, frame: object) -> None:
-    raise _Terminated
+    # Remembered: a KeyboardInterrupt raised inside a TVM callback comes back as TVM's
+    # RuntimeError (then a LoweringError, or a rule's fallback); the run still ends stopped.
+    stop.request(signum)
+    raise stop.cause()
 
 
 _NATIVE_LOG = NativeLog()
@@ -512,9 +513,10 @@ def _exit_stopped(cause: BaseException | None) -> NoReturn:
     if isinstance(cause, EOFError):
         _fail(f"internal error: EOFError: {cause} (set HWCOMP_DEBUG=1 for the traceback and "
               "please report it)", 1)
-    if isinstance(cause, _Terminated):
-        _fail("terminated; nothing was written", EXIT_TERMINATED)
-    _fail("interrupted; nothing was written", EXIT_INTERRUPTED)
+    terminated = isinstance(cause, stop.Terminated)
+    word = "terminated" if terminated else "interrupted"
+    click.echo(f"hwcomp: {word}; nothing was written{_NATIVE_LOG.finish(failed=True)}", err=True)
+    stop.end_process(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _verbose(argv: Sequence[str]) -> bool:
@@ -535,12 +537,16 @@ def main() -> None:
     The codes are documented in :mod:`hwcomp.errors` and the README.
     """
     # A terminated build cleans up like an interrupted one: nothing half-written stays.
-    signal.signal(signal.SIGTERM, _interrupt)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) is not signal.SIG_IGN:  # nohup / background jobs: kept
+            signal.signal(number, _interrupt)
     if not _verbose(sys.argv[1:]):
         _NATIVE_LOG.start()
     try:
         cli.main(standalone_mode=False)
     except HwcompError as exc:
+        if stop.requested():  # e.g. Ctrl-C inside TVM, reported as a compile failure
+            _exit_stopped(stop.cause())
         _fail(f"error: {exc}", exc.exit_code)
     except click.exceptions.Abort as exc:  # click's form of a KeyboardInterrupt (or EOFError)
         _exit_stopped(exc.__cause__)
@@ -551,6 +557,8 @@ def main() -> None:
     except KeyboardInterrupt as exc:  # raised outside a command, where click does not wrap it
         _exit_stopped(exc)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless debugging
+        if stop.requested():
+            _exit_stopped(stop.cause())
         if os.environ.get("HWCOMP_DEBUG"):
             traceback.print_exc()
         _fail(f"internal error: {type(exc).__name__}: {exc} "

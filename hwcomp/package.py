@@ -16,12 +16,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from hwcomp import stop
 from hwcomp.errors import OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -37,13 +38,16 @@ def check_output(path: Path, force: bool) -> None:
 def staged_output(path: Path, force: bool) -> Iterator[Path]:
     """Yield a staging folder that becomes ``path`` when the block finishes without error."""
     check_output(path, force)
+    created = _missing_parents(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial",
                                     dir=path.parent))
     staging.chmod(0o755)
+    done = False
     try:
         yield staging
+        stop.raise_if_requested()  # a signal a library swallowed still stops the commit
         check_output(path, force)
         if path.exists():
             old = staging.with_suffix(".old")
@@ -52,9 +56,23 @@ def staged_output(path: Path, force: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             staging.rename(path)
+        done = True
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if not done:  # the -o folder this run created for the bundle goes too
+            for folder in created:
+                with suppress(OSError):
+                    folder.rmdir()  # only while empty
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """Return the folders ``mkdir(parents=True)`` would create for ``folder``, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def remove_stale_staging(path: Path) -> list[Path]:

@@ -47,6 +47,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
             cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ``hwcomp`` as a user would, in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "hwcomp.cli", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "hwcomp", *args], capture_output=True, text=True,
         env=env, cwd=cwd, timeout=timeout, check=False,
     )

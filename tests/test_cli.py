@@ -149,7 +149,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     out = tmp_path / "out"
     # Background jobs (CI) inherit SIGINT ignored; a user's terminal delivers it.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hwcomp.cli", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
+        [sys.executable, "-m", "hwcomp", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
          "--target", "host", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Interrupt once the staging folder exists: the bundle is being written.
@@ -164,7 +164,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted; nothing was written" in stderr and "Traceback" not in stderr
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the -o folder this build created is removed too
 
 
 def test_build_with_compression_records_it(tmp_path):
@@ -189,7 +189,7 @@ def test_sigterm_also_leaves_nothing_behind(tmp_path):
 
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hwcomp.cli", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
+        [sys.executable, "-m", "hwcomp", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
          "--target", "host", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -199,7 +199,7 @@ def test_sigterm_also_leaves_nothing_behind(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr  # terminated, told apart from Ctrl-C
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the -o folder this build created is removed too
 
 
 def test_an_empty_calibration_file_is_bad_data_not_an_interrupt(tmp_path):
@@ -264,3 +264,70 @@ def test_native_library_output_goes_to_a_log_named_in_the_error(tmp_path):
     verbose = subprocess.run([sys.executable, "-c", script, "-v", "chatter", "--fail"],
                              capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     assert verbose.returncode == 4 and "BlockBuilder destroyed" in verbose.stderr
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), [(2, 130, "interrupted"),
+                                                      (15, 143, "terminated")])
+def test_a_signal_while_hwcomp_starts_is_one_line_and_its_exit_code(tmp_path, signum, code, word):
+    """Importing TVM takes seconds; a signal then printed a traceback from inside an import."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hwcomp", "build", str(REPO / "tests" / "data" / "example_cnn.onnx"),
+         "--target", "host", "-o", str(tmp_path / "out")], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.4)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stderr == f"hwcomp: {word}; nothing was written\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_a_library_swallowed_still_stops_the_bundle(tmp_path):
+    """TVM turns a KeyboardInterrupt in a callback into its own error; a fallback ate it."""
+    import signal
+
+    from hwcomp import stop
+    from hwcomp.lower.cpu.rules.base import SafeRule
+    from hwcomp.package import staged_output
+
+    class Failing(SafeRule):
+        def schedule(self, func):
+            raise RuntimeError("KeyboardInterrupt raised inside a TVM callback")
+
+    assert Failing().apply(None, None, False) is None  # no stop asked: the rule falls back
+    stop.request(signal.SIGTERM)
+    try:
+        with pytest.raises(stop.Terminated):
+            Failing().apply(None, None, False)
+        destination = tmp_path / "new" / "folder" / "bundle"
+        with pytest.raises(stop.Terminated), staged_output(destination, force=False) as staging:
+            (staging / "manifest.json").write_text("{}")
+        assert not (tmp_path / "new").exists()  # the -o folders this run created went too
+    finally:
+        stop._REQUESTED.clear()
+
+
+def test_worker_processes_die_with_their_parent(tmp_path):
+    """Tuning's builder/runner workers: a SIGKILLed tune must not leave them running."""
+    import time
+
+    import psutil
+
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'from hwcomp import stop; "
+        "stop.die_with_parent(); import time; time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)
+    worker = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(1.0)  # the worker has made its prctl call
+    parent.kill()
+    parent.wait(timeout=30)
+    gone, _ = psutil.wait_procs([worker], timeout=10)
+    assert gone, "the worker outlived its parent"

@@ -53,10 +53,10 @@ def devices():
     tracker = _start([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                       "--port", str(tracker_port), "--port-end", str(tracker_port + 1)])
     _wait_for_port(tracker_port)
-    registered = _start([sys.executable, "-m", "hwcomp.cli", "device-server", "--port",
+    registered = _start([sys.executable, "-m", "hwcomp", "device-server", "--port",
                          str(server_port), "--port-end", str(server_port + 1), "--tracker",
                          f"127.0.0.1:{tracker_port}", "--key", "loop"])
-    direct = _start([sys.executable, "-m", "hwcomp.cli", "device-server", "--port",
+    direct = _start([sys.executable, "-m", "hwcomp", "device-server", "--port",
                      str(direct_port), "--port-end", str(direct_port + 1)])
     try:
         _wait_for_port(server_port)

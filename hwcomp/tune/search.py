@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hwcomp import model as model_io
-from hwcomp import remote
+from hwcomp import remote, stop
 from hwcomp.direct_rpc import create_direct_session, direct_config
 from hwcomp.errors import HwcompError
 from hwcomp.lower import lowering_for, tunable_families
@@ -149,21 +150,22 @@ def tune(
         extracted_tasks=chosen, work_dir=str(folder))
     _quiet_console()
     board = [TaskProgress(task.task_name) for task in chosen]
-    stop = _StopSignal()
-    callback = _progress_callback(ms, board, progress, stop)
+    signals = _StopSignal(folder)
+    callback = _progress_callback(ms, board, progress, signals)
     runner = _runner(ms, device)
     builder = ms.builder.LocalBuilder(
         f_build=build_candidate, timeout_sec=BUILD_TIMEOUT_S, max_workers=1,
-        f_export=_cross_export(target) if target.is_cross else None)
+        f_export=_cross_export(target) if target.is_cross else None,
+        initializer=stop.die_with_parent)
     database = ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
                                         path_tuning_record=str(folder / RECORDS))
     interrupted = False
     defaults: list[str] = []
     try:
-        stop.install()
+        signals.install()
         defaults = record_default_schedules(ms, chosen, target, builder, runner, database)
-        stop.deferred = True
-        if stop.received:
+        signals.deferred = True
+        if signals.received:
             raise KeyboardInterrupt
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(folder),
@@ -175,12 +177,12 @@ def tune(
     except (KeyboardInterrupt, RuntimeError):
         # A signal that arrives while TVM's C++ loop is calling back into Python comes back
         # out of TVM as a RuntimeError; the flag tells it from a real failure.
-        if not stop.received:
+        if not signals.received:
             raise
         interrupted = True
         logger.warning("tuning interrupted: the records measured so far are kept in %s", folder)
     finally:
-        stop.restore()
+        signals.restore()
     repair_database(folder)
     return TuneResult(
         database=folder, tasks=board, trials=sum(t.trials for t in board),
@@ -252,13 +254,17 @@ class _StopSignal:
     While MetaSchedule's C++ loop runs (``deferred``), the handler only sets the flag: an
     exception raised in the middle of C++ code that calls back into Python can end in
     ``std::terminate``. The measure callback raises instead, after the batch's records are
-    in the database.
+    in the database. A batch can take minutes (64 candidates, each built and timed), so
+    when the callback has not come within :data:`STOP_GRACE_S` the process ends there: every
+    record committed so far is already on disk (a torn last line is repaired by the next
+    run), and the workers are killed with it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
         self.received = False
         self.deferred = False
         self.previous: dict[int, Any] = {}
+        self.folder = folder
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -267,20 +273,36 @@ class _StopSignal:
             self.previous[number] = signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
+        first = not self.received
         self.received = True
+        stop.request(number)
         if not self.deferred:
             raise KeyboardInterrupt
+        if first:
+            timer = threading.Timer(STOP_GRACE_S, self._end_now, args=(number,))
+            timer.daemon = True
+            timer.start()
+
+    def _end_now(self, number: int) -> None:
+        sys.stderr.write(f"hwcomp: tuning interrupted: the records measured so far are kept "
+                         f"in {self.folder}\n")
+        stop.end_process(128 + number)
 
     def restore(self) -> None:
         for number, handler in self.previous.items():
             signal.signal(number, handler)
 
 
+# Seconds a stop waits for MetaSchedule's batch to end before the process ends without it.
+STOP_GRACE_S = 5.0
+
+
 def _runner(ms: Any, device: Any) -> Any:
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20,
                                           enable_cpu_cache_flush=False)
     if device is None:
-        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator)
+        return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=evaluator,
+                                     initializer=stop.die_with_parent)
 
     remote.connect(device)  # fail fast, with hwcomp's bounded errors
     # One session at a time: a device server serves one client, and parallel measurements

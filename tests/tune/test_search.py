@@ -113,7 +113,7 @@ def test_interrupted_tuning_leaves_a_database_the_next_run_continues_from(depthw
     db = tmp_path / "db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hwcomp.cli", "tune", str(depthwise), "--target", "host",
+        [sys.executable, "-m", "hwcomp", "tune", str(depthwise), "--target", "host",
          "--trials", "500", "--per-task", "500", "--db", str(db)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

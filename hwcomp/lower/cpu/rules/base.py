@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hwcomp import stop
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,6 +28,7 @@ class SafeRule:
         try:
             return self.schedule(func)
         except Exception as exc:  # noqa: BLE001 - TVM raises many types; keep TVM's loops
+            stop.raise_if_requested()  # a Ctrl-C TVM turned into its own error is no fallback
             logger.debug("%s not applied: %s", type(self).__name__, exc)
             return None
 

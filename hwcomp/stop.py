@@ -1,0 +1,81 @@
+"""A stop asked by a signal, remembered so that no layer can swallow it.
+
+SIGINT/SIGTERM raise ``KeyboardInterrupt`` in the main thread, but a signal that arrives
+while TVM calls back into Python (a DLight rule, a pass) comes back out of TVM as its own
+``RuntimeError``, which a fallback (:class:`hwcomp.lower.cpu.rules.base.SafeRule`) may take for
+"this rule does not apply" and carry on: a build then finished with exit 0 after SIGTERM.
+The CLI's handlers record the signal here; fallbacks and the last step before a bundle is
+committed call :func:`raise_if_requested`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from contextlib import suppress
+from typing import NoReturn
+
+import psutil
+
+_REQUESTED: list[int] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C (staging removed) but reported with exit 143."""
+
+
+def request(signum: int) -> None:
+    """Remember that ``signum`` asked this process to stop."""
+    _REQUESTED.append(signum)
+
+
+def requested() -> bool:
+    """Tell whether a signal asked this process to stop."""
+    return bool(_REQUESTED)
+
+
+def cause() -> KeyboardInterrupt:
+    """Return the exception a requested stop unwinds with (:class:`Terminated` for SIGTERM)."""
+    return Terminated() if signal.SIGTERM in _REQUESTED else KeyboardInterrupt()
+
+
+def raise_if_requested() -> None:
+    """Raise the stop's exception when a signal asked to stop; else nothing."""
+    if _REQUESTED:
+        raise cause()
+
+
+def die_with_parent() -> None:
+    """In a worker process (TVM's tuning builders and runners): die when the parent dies.
+
+    A tuning run killed with SIGKILL cannot stop its workers; Linux's ``PR_SET_PDEATHSIG``
+    has the kernel send them SIGKILL when the parent goes. Elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os._exit(1)
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit ``code`` at once after a signal: stop child processes, skip interpreter teardown.
+
+    Everything the run wrote is already removed or committed when this runs; tearing the
+    interpreter down instead printed ``cannot join current thread`` from TVM's worker pools.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(children, timeout=2)  # reap them: no zombies left behind either
+    os._exit(code)
+
+
+_PR_SET_PDEATHSIG = 1
