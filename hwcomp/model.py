@@ -32,6 +32,7 @@ from hwcomp.errors import (
     reason_line,
 )
 from hwcomp.irutil import static_shape
+from hwcomp.ort_session import open_session
 
 logger = logging.getLogger(__name__)
 
@@ -372,13 +373,46 @@ def _check_binding(name: str, declared: ir.Shape, bound: tuple[int, ...], path: 
 
 
 def infer_shapes(model: ir.Model, path: Path | str = "model") -> ir.Model:
-    """Run ONNX shape inference (with data propagation) and return a new model."""
-    proto = to_proto(model)
+    """Run ONNX shape inference (with data propagation) and return a new model.
+
+    Weights over :data:`_SKELETON_BYTES` go to onnx as typed graph inputs (their values
+    do not change a shape) and come back as the same tensors, not copies: inferring VGG-19
+    with its weights peaked at 3.5 GB for 575 MB of weights.
+    """
+    large = {name: value for name, value in model.graph.initializers.items()
+             if value.const_value is not None and value.const_value.nbytes > _SKELETON_BYTES}
+    tensors = {name: value.const_value for name, value in large.items()}
+    for name, value in large.items():
+        tensor = tensors[name]
+        assert tensor is not None
+        value.shape = value.shape or ir.Shape(list(tensor.shape.numpy()))
+        value.type = value.type or ir.TensorType(tensor.dtype)
+        model.graph.initializers.pop(name)
+        value.const_value = None
+        model.graph.inputs.append(value)
+    try:
+        proto = to_proto(model)
+    finally:
+        for name, value in large.items():
+            model.graph.inputs.remove(value)
+            value.const_value = tensors[name]
+            model.graph.register_initializer(value)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
         raise ModelLoadError(f"{path}: shape inference failed: {reason_line(exc)}") from None
-    return ir.serde.deserialize_model(inferred)
+    result = ir.serde.deserialize_model(inferred)
+    by_name = {value.name: value for value in result.graph.inputs}
+    for name, tensor in tensors.items():
+        value = by_name[name]
+        result.graph.inputs.remove(value)
+        value.const_value = tensor
+        result.graph.register_initializer(value)
+    return result
+
+
+# Initializers above this size are left out of the proto shape inference sees.
+_SKELETON_BYTES = 1 << 20
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -626,13 +660,9 @@ class Capture:
     """An onnxruntime session of ``model`` that can return any of the ``names`` tensors."""
 
     def __init__(self, model: ir.Model, names: Sequence[str]) -> None:
-        proto = to_proto(model)
-        outputs = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in outputs)
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors come back as exceptions
-        self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = open_session(model, options, names)
 
     def values(self, names: Sequence[str], batches: Sequence[Mapping[str, np.ndarray]]
                ) -> list[list[np.ndarray]]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import functools
 import logging
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from hwcomp.errors import ModelLoadError
+from hwcomp.ort_session import open_session
 from hwcomp.targets import cpu_flags
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ def integer_kernels_exact() -> bool:
 
 
 def run_onnxruntime(
-    proto: onnx.ModelProto, inputs: Mapping[str, np.ndarray], threads: int = 0
+    proto: onnx.ModelProto | ir.Model, inputs: Mapping[str, np.ndarray], threads: int = 0
 ) -> list[np.ndarray]:
     """Run ``proto`` on CPU with onnxruntime and return its outputs in graph order.
 
@@ -86,17 +88,24 @@ def run_onnxruntime(
     kernels multiply with ``vpmaddubsw``, whose int16 pair sums saturate, and a reference
     off by whole quantization steps would fail correct builds (or pass wrong ones).
     """
+    return run_onnxruntime_batches(proto, [inputs], threads)[0]
+
+
+def run_onnxruntime_batches(
+    proto: onnx.ModelProto | ir.Model, batches: Sequence[Mapping[str, np.ndarray]],
+    threads: int = 0,
+) -> list[list[np.ndarray]]:
+    """Run ``proto`` on every batch in one session; ``result[batch][output]``."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 4  # errors come back as exceptions
-    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node) \
+    nodes = proto.graph.node if isinstance(proto, onnx.ModelProto) else proto.graph
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in nodes) \
             and not integer_kernels_exact():
         options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
-        session = ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        return [np.asarray(a) for a in session.run(None, dict(inputs))]
+        session = open_session(proto, options)
+        return [[np.asarray(a) for a in session.run(None, dict(inputs))] for inputs in batches]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(
             f"onnxruntime cannot run the model, so it cannot be verified: "

@@ -32,7 +32,7 @@ from hwcomp.compress.prune_plan import plan_pruning
 from hwcomp.model import calibration_label, check_calibration_source, warn_random_planning
 from hwcomp.passes.reconstruct import capture
 from hwcomp.targets import Target
-from hwcomp.verify import run_onnxruntime
+from hwcomp.verify import run_onnxruntime_batches
 
 
 @dataclass(frozen=True)
@@ -153,13 +153,12 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
                       activation_means=means, lowrank=options.lowrank, target=target,
                       reconstruct_with=fit if options.reconstruct else None)
     before, after = graph_cost(model), graph_cost(result.model)
-    original, compressed = model_io.to_proto(model), model_io.to_proto(result.model)
-    reference = [run_onnxruntime(original, b)[0] for b in check]
-    sqnr, cosine, top1, _, _ = metrics(reference, [run_onnxruntime(compressed, b)[0] for b in check], None)
+    reference = _first_outputs(model, check)
+    sqnr, cosine, top1, _, _ = metrics(reference, _first_outputs(result.model, check), None)
     unfitted = None
     if result.before_reconstruction is not None:
-        unfitted_proto = model_io.to_proto(result.before_reconstruction)
-        unfitted = metrics(reference, [run_onnxruntime(unfitted_proto, b)[0] for b in check], None)[0]
+        unfitted = metrics(reference, _first_outputs(result.before_reconstruction, check),
+                           None)[0]
     return CompressionOutcome(
         result=result, macs_before=before.total_macs, macs_after=after.total_macs,
         params_before=before.total_params, params_after=after.total_params, sqnr_db=sqnr,
@@ -168,6 +167,12 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         sqnr_without_reconstruction_db=unfitted, plan=chosen,
         calibration=calibration_label(options.calib, options.calib_random, options.seed),
     )
+
+
+def _first_outputs(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
+                   ) -> list[np.ndarray]:
+    """Return the model's first output for each batch, from one onnxruntime session."""
+    return [outputs[0] for outputs in run_onnxruntime_batches(model, batches)]
 
 
 def _activation_means(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]

@@ -28,8 +28,7 @@ import onnx_ir as ir
 
 from hwcomp.analysis.channels import analyze_channels
 from hwcomp.compress.pipeline import compress_graph
-from hwcomp.model import to_proto
-from hwcomp.verify import run_onnxruntime
+from hwcomp.verify import run_onnxruntime_batches
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ Feeds = Sequence[Mapping[str, np.ndarray]]
 def _loss_function(model: ir.Model, batches: Feeds, labels: np.ndarray | None
                    ) -> tuple[Callable[[ir.Model], float], str]:
     """Return a function giving a compressed model's loss against ``model`` on ``batches``."""
-    reference = [run_onnxruntime(to_proto(model), b)[0] for b in batches]
+    reference = [outputs[0] for outputs in run_onnxruntime_batches(model, batches)]
     flat = np.concatenate([r.reshape(r.shape[0], -1) for r in reference])
     classes = flat.shape[1] > 1
     if labels is not None and classes:
@@ -65,9 +64,9 @@ def _loss_function(model: ir.Model, batches: Feeds, labels: np.ndarray | None
         base, metric = 0.0, "relative output error"
 
     def loss(candidate: ir.Model) -> float:
-        proto = to_proto(candidate)
-        outputs = np.concatenate([run_onnxruntime(proto, b)[0].reshape(len(b[next(iter(b))]), -1)
-                                  for b in batches])
+        runs = run_onnxruntime_batches(candidate, batches)
+        outputs = np.concatenate([run[0].reshape(len(b[next(iter(b))]), -1)
+                                  for run, b in zip(runs, batches, strict=True)])
         if labels is not None and classes:
             return base - float((outputs.argmax(1) == labels[: len(outputs)]).mean())
         if classes:

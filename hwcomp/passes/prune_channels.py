@@ -91,7 +91,7 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Prune a copy of ``model`` and return it."""
-        model = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        model = model.clone()
         before = graph_cost(model)
         analysis = analyze_channels(model)
         report = PruneReport(frozen=analysis.frozen, frozen_layers=analysis.frozen_sources,

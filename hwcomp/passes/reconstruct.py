@@ -51,6 +51,7 @@ class LayerFit:
     error_after: float
     kept: bool = True
     held_out: bool = False
+    skipped: str = ""  # why no refit was attempted (then the errors are NaN)
 
 
 @dataclass
@@ -102,6 +103,9 @@ class ReconstructPass(ir.passes.InPlacePass):
             if channels is not None:
                 outputs = [o[:, channels] for o in outputs]
             fit = _refit(node, model.graph, inputs, outputs)
+            if fit.skipped:
+                self.report.skipped[name] = fit.skipped
+                continue
             self.report.fitted.append(fit)
             logger.info("refit %s: relative error %.4f -> %.4f (%s)%s", name, fit.error_before,
                         fit.error_after, "held-out" if fit.held_out else "fitting samples",
@@ -184,19 +188,22 @@ def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: li
     fit_pairs = list(zip(inputs[:len(inputs) - held], outputs[:len(inputs) - held], strict=True))
     judge_pairs = list(zip(inputs[len(inputs) - held:], outputs[len(inputs) - held:],
                            strict=True)) if held else fit_pairs
-    gram = np.zeros((current.shape[0] + 1, current.shape[0] + 1))
-    cross = np.zeros((current.shape[0] + 1, current.shape[1]))
-    rows = 0
-    for features, target in _row_chunks(node, fit_pairs, weight):
-        design = np.hstack([features, np.ones((features.shape[0], 1))])
-        gram += design.T @ design
-        cross += design.T @ target
-        rows += len(design)
-    if rows < len(gram):
+    rows = sum(_row_count(node, y) for _, y in fit_pairs)
+    params = current.shape[0] + 1
+    if rows < params:
         logger.warning("refit %s: %d fitting rows for %d parameters per output: too few "
-                       "calibration samples to refit it reliably", node.name, rows, len(gram))
-    ridge = RIDGE * np.trace(gram) / len(gram)
-    solution = np.linalg.solve(gram + ridge * np.eye(len(gram)), cross)
+                       "calibration samples to refit it reliably", node.name, rows, params)
+    system = params * params if rows >= params else rows * (rows + params)
+    if system * 8 > MAX_SYSTEM_BYTES:
+        return LayerFit(node.name or "", float("nan"), float("nan"), kept=False,
+                        held_out=bool(held), skipped=(
+                            f"its least-squares system ({rows} rows x {params} parameters) "
+                            f"needs {system * 8 / 1e6:.1f} MB, above the "
+                            f"{MAX_SYSTEM_BYTES / 1e6:.1f} MB limit"))
+    if rows >= params:
+        solution = _solve_normal(node, fit_pairs, weight, params, current.shape[1])
+    else:
+        solution = _solve_dual(node, fit_pairs, weight)
     new_weight, new_bias = solution[:-1], solution[-1]
     err_before = err_after = norm = 0.0
     for design, target in _row_chunks(node, judge_pairs, weight):
@@ -223,6 +230,46 @@ def _refit(node: ir.Node, graph: ir.Graph, inputs: list[np.ndarray], outputs: li
         set_constant_input(graph, node, 2, new_bias.astype(dtype), f"{node.name}_refit_b")
     return LayerFit(node.name or "", err_before**0.5 / scale, err_after**0.5 / scale,
                     held_out=bool(held))
+
+
+# The largest least-squares system solved, in float64 (X^T X; or X and X X^T when there are
+# fewer rows than parameters): a VGG-19 classifier layer with 25,088 inputs needs 5 GB.
+MAX_SYSTEM_BYTES = 256 << 20
+
+
+def _row_count(node: ir.Node, y: np.ndarray) -> int:
+    """Rows ``y`` contributes to the layer's design matrix (pixels x samples, or rows)."""
+    if node.op_type == "Conv":
+        return int(y.shape[0] * np.prod(y.shape[2:]))
+    return int(np.prod(y.shape[:-1]))
+
+
+def _solve_normal(node: ir.Node, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                  weight: np.ndarray, params: int, outputs: int) -> np.ndarray:
+    """Ridge least squares through X^T X, accumulated chunk by chunk (rows >= params)."""
+    gram = np.zeros((params, params))
+    cross = np.zeros((params, outputs))
+    for features, target in _row_chunks(node, pairs, weight):
+        design = np.hstack([features, np.ones((features.shape[0], 1))])
+        gram += design.T @ design
+        cross += design.T @ target
+    gram[np.diag_indices_from(gram)] += RIDGE * np.trace(gram) / params
+    return np.linalg.solve(gram, cross)
+
+
+def _solve_dual(node: ir.Node, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+                weight: np.ndarray) -> np.ndarray:
+    """Solve the same ridge problem through X X^T, for fewer rows than parameters.
+
+    ``(X^T X + r I)^-1 X^T Y = X^T (X X^T + r I)^-1 Y``: the system is rows x rows, not
+    params x params (9 rows of a 18,033-input layer solved a 2.6 GB system before).
+    """
+    chunks = list(_row_chunks(node, pairs, weight))
+    design = np.vstack([np.hstack([f, np.ones((f.shape[0], 1))]) for f, _ in chunks])
+    target = np.vstack([t for _, t in chunks])
+    kernel = design @ design.T
+    kernel[np.diag_indices_from(kernel)] += RIDGE * np.trace(kernel) / design.shape[1]
+    return design.T @ np.linalg.solve(kernel, target)
 
 
 # Rows of a layer's design matrix converted to float64 at a time (a VGG-19 3x3 layer at

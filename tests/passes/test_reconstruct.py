@@ -78,3 +78,39 @@ def test_a_refit_that_makes_held_out_outputs_worse_is_not_kept():
     fit = _refit(node, model.graph, inputs, outputs)
     assert fit.held_out and not fit.kept and fit.error_after > fit.error_before
     assert np.array_equal(node.inputs[1].const_value.numpy(), weight)
+
+
+def test_fewer_rows_than_parameters_solve_the_same_ridge_problem_in_its_small_form(monkeypatch):
+    """X X^T (rows x rows) instead of X^T X: 9 rows of VGG-19's fc6 built a 2.6 GB system."""
+    from hwcomp.passes import reconstruct
+
+    original = to_ir(model_zoo.resnet_like())
+    fit = _batches(3, 1)  # 3 x 8 x 8 = 192 rows < 289 parameters of the 3x3 convs at 8x8
+    solved = {}
+    for name, solver in (("dual", reconstruct._solve_dual), ("normal", reconstruct._solve_normal)):
+        monkeypatch.setattr(reconstruct, "_solve_dual", solver if name == "dual" else _normal)
+        result = compress_graph(original, 0.3, reconstruct_with=fit)
+        solved[name] = {f.layer: (f.error_before, f.error_after) for f in result.reconstruction.fitted}
+    assert solved["dual"].keys() == solved["normal"].keys()
+    for layer, (before, after) in solved["dual"].items():
+        assert before == solved["normal"][layer][0]
+        np.testing.assert_allclose(after, solved["normal"][layer][1], rtol=1e-4, atol=1e-7)
+
+
+def _normal(node, pairs, weight):
+    from hwcomp.passes import reconstruct
+
+    features, targets = next(reconstruct._row_chunks(node, pairs, weight))
+    return reconstruct._solve_normal(node, pairs, weight, features.shape[1] + 1, targets.shape[1])
+
+
+def test_a_system_too_large_to_solve_is_skipped_with_the_numbers(monkeypatch):
+    from hwcomp.passes import reconstruct
+
+    monkeypatch.setattr(reconstruct, "MAX_SYSTEM_BYTES", 1 << 16)
+    result = compress_graph(to_ir(model_zoo.resnet_like()), 0.3, reconstruct_with=_batches(4, 1))
+    skipped = result.reconstruction.skipped
+    assert len(skipped) >= 4
+    assert all("least-squares system" in why and "above the 0.1 MB limit" in why
+               for why in skipped.values())
+    assert len(result.reconstruction.fitted) <= 3  # the stem and head fit in 64 KB
