@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from hwcomp import api, bench, remote, report, stop
+from hwcomp import api, bench, profile_schema, remote, report, stop
 from hwcomp.analysis import sensitivity
 from hwcomp.compress.driver import CompressionOptions
 from hwcomp.compress.pipeline import parse_budget
@@ -66,6 +66,12 @@ def targets(ctx: click.Context) -> None:
     header = ("target", "family", "GHz", "cores", "GMAC/s fp32", "fp16", "int8",
               "int8-dot", "fp16-arith", "GB/s")
     _table(header, rows)
+
+
+@targets.command("schema")
+def targets_schema() -> None:
+    """Print every profile field with its type, unit and range (? marks optional ones)."""
+    _table(("field", "type", "unit", "range", "meaning"), profile_schema.rows())
 
 
 @targets.command("show")

@@ -12,7 +12,6 @@ Every number in a profile carries its source as a trailing ``# comment``;
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,11 +21,11 @@ from typing import Any
 
 import tomllib
 
+from hwcomp import profile_schema
 from hwcomp.errors import TargetError
 from hwcomp.resources import data_dir
 from hwcomp.threads import physical_cores
 
-FAMILIES = ("x86", "arm-a", "cuda", "mcu")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 _KEY_WITH_COMMENT = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=\s*[^#]*#\s*(.+?)\s*$")
@@ -162,74 +161,24 @@ def _comment_sources(text: str) -> dict[str, str]:
     return sources
 
 
-def _field(path: Path, section: str, key: str) -> str:
-    """Name a profile field in an error: ``FILE: [section] field 'key'``."""
-    return f"{path}: {f'[{section}] ' if section else ''}field '{key}'"
-
-
-def _require(table: Mapping[str, Any], key: str, path: Path, section: str) -> Any:
-    if key not in table:
-        raise TargetError(f"{_field(path, section, key)} is missing")
-    return table[key]
-
-
-def _number(table: Mapping[str, Any], key: str, path: Path, section: str, *,
-            integer: bool = False, minimum: float = 0.0, above: bool = False,
-            default: float | None = None) -> Any:
-    """Return a profile's numeric field, checked for type, finiteness and range.
-
-    ``above``: the value must exceed ``minimum`` (a clock, a bandwidth); otherwise it may
-    equal it (a cache size of 0: none). A missing field takes ``default``, else is an error.
-    """
-    if key not in table and default is not None:
-        return int(default) if integer else float(default)
-    value = _require(table, key, path, section)
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            integer and not isinstance(value, int)):
-        raise TargetError(f"{_field(path, section, key)} = {value!r} is not {kind}")
-    if not math.isfinite(value) or value < minimum or (above and value == minimum):
-        bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
-        raise TargetError(f"{_field(path, section, key)} = {value!r} must be {bound} "
-                          "(and finite)")
-    return value
-
-
-def _flag(table: Mapping[str, Any], key: str, path: Path, section: str) -> bool:
-    value = _require(table, key, path, section)
-    if not isinstance(value, bool):
-        raise TargetError(f"{_field(path, section, key)} = {value!r} is not true or false")
-    return value
-
-
 def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Path) -> Target:
-    compute = _require(data, "compute", path, "")
-    memory = _require(data, "memory", path, "")
-    tvm_target = dict(_require(data, "tvm_target", path, ""))
-    family = _require(data, "family", path, "")
-    if family not in FAMILIES:
-        raise TargetError(f"{path}: family '{family}' is not one of {', '.join(FAMILIES)}")
-    cores = _number(compute, "cores", path, "compute", integer=True)  # 0: this machine's
+    """Build a :class:`Target` from a profile :func:`profile_schema.validate` accepted."""
+    profile_schema.validate(data, path)
+    compute, memory = data["compute"], data["memory"]
+    tvm_target = dict(data["tvm_target"])
+    cores = int(compute["cores"])  # 0: this machine's
     if tvm_target.get("mcpu") == "auto":
         tvm_target["mcpu"] = _detect_llvm_cpu()
     if cores == 0:
         cores = physical_cores()
     if tvm_target.get("num-cores") == 0:
         tvm_target["num-cores"] = cores
-    macs_table = _require(compute, "macs_per_cycle", path, "compute")
-    missing = [p for p in PRECISIONS if p not in macs_table]
-    if missing:
-        raise TargetError(f"{path}: [compute.macs_per_cycle] misses {', '.join(missing)}")
-    macs = {p: _number(macs_table, p, path, "compute.macs_per_cycle", above=True)
-            for p in macs_table}
-    multiples = data.get("channel_multiple", {})
-    channel_multiple = {p: _number(multiples, p, path, "channel_multiple", integer=True,
-                                   minimum=1) for p in multiples}
+    macs = {p: float(v) for p, v in compute["macs_per_cycle"].items()}
     detected = _detect_host_features() if compute.get("detect_features") else {}
     return Target(
         name=path.stem,
         description=str(data.get("description", "")),
-        family=family,
+        family=data["family"],
         runtime=str(data.get("runtime", "so")),
         tvm_target=MappingProxyType(tvm_target),
         tvm_host=MappingProxyType(dict(data.get("tvm_host", {}))),
@@ -237,23 +186,22 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
         cross_package=str(data.get("cross_package", "")),
         emulator=str(data.get("emulator", "")),
         emulator_package=str(data.get("emulator_package", "")),
-        emulator_args=tuple(str(a) for a in data.get("emulator_args", ())),
+        emulator_args=tuple(data.get("emulator_args", ())),
         sysroot=str(data.get("sysroot", "")),
-        cflags=tuple(str(a) for a in data.get("cflags", ())),
-        clock_hz=float(_number(compute, "clock_hz", path, "compute", above=True)),
+        cflags=tuple(data.get("cflags", ())),
+        clock_hz=float(compute["clock_hz"]),
         cores=cores,
-        vector_bits=int(detected.get("vector_bits", _number(
-            compute, "vector_bits", path, "compute", integer=True, minimum=8))),
-        int8_dot=bool(detected.get("int8_dot", _flag(compute, "int8_dot", path, "compute"))),
-        fp16_arith=bool(detected.get("fp16_arith", _flag(compute, "fp16_arith", path, "compute"))),
+        vector_bits=int(detected.get("vector_bits", compute["vector_bits"])),
+        int8_dot=bool(detected.get("int8_dot", compute["int8_dot"])),
+        fp16_arith=bool(detected.get("fp16_arith", compute["fp16_arith"])),
         macs_per_cycle=MappingProxyType(
             {p: float(detected.get(f"macs_{p}") or v) for p, v in macs.items()}
         ),
-        dram_bandwidth_bytes_s=float(_number(memory, "dram_bandwidth_bytes_s", path, "memory",
-                                             above=True)),
-        **{key: _number(memory, key, path, "memory", integer=True, default=0)
+        dram_bandwidth_bytes_s=float(memory["dram_bandwidth_bytes_s"]),
+        **{key: int(memory.get(key, 0))
            for key in ("l1d_bytes", "l2_bytes", "l3_bytes", "sram_bytes", "flash_bytes")},
-        channel_multiple=MappingProxyType(channel_multiple),
+        channel_multiple=MappingProxyType(
+            {p: int(v) for p, v in data.get("channel_multiple", {}).items()}),
         sources=MappingProxyType(sources),
     )
 

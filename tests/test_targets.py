@@ -92,25 +92,41 @@ def _profile_with(tmp_path, pattern: str, replacement: str) -> str:
 
 
 @pytest.mark.parametrize("pattern,replacement,message", [
-    (r"^clock_hz = .*$", "clock_hz = -1.5e9", "clock_hz.*above 0"),
-    (r"^clock_hz = .*$", "clock_hz = 0", "clock_hz.*above 0"),
-    (r"^clock_hz = .*$", "clock_hz = nan", "clock_hz.*finite"),
-    (r"^clock_hz = .*$", "clock_hz = inf", "clock_hz.*finite"),
-    (r"^clock_hz = .*$", 'clock_hz = "fast"', "clock_hz.*not a number"),
-    (r"^cores = .*$", 'cores = "two"', "cores.*not an integer"),
-    (r"^cores = .*$", "cores = -2", "cores.*at least 0"),
-    (r"^cores = .*$", "cores = 1.5", "cores.*not an integer"),
-    (r"^vector_bits = .*$", "vector_bits = 0", "vector_bits.*at least 8"),
+    (r"^clock_hz = .*$", "clock_hz = -1.5e9", r"clock_hz' = -1500000000.0: expected a number, "
+                                              r"1e\+06 to 1e\+10 Hz"),
+    (r"^clock_hz = .*$", "clock_hz = 0", "clock_hz.*1e.06 to 1e.10 Hz"),
+    (r"^clock_hz = .*$", "clock_hz = 1.5", "clock_hz.*1e.06 to 1e.10 Hz"),  # meant as GHz
+    (r"^clock_hz = .*$", "clock_hz = nan", "clock_hz' = nan"),
+    (r"^clock_hz = .*$", "clock_hz = inf", "clock_hz' = inf"),
+    (r"^clock_hz = .*$", 'clock_hz = "fast"', "clock_hz.*expected a number"),
+    (r"^cores = .*$", 'cores = "two"', "cores.*expected an integer"),
+    (r"^cores = .*$", "cores = -2", "cores.*0 to 4096 cores"),
+    (r"^cores = .*$", "cores = 1.5", "cores.*expected an integer"),
+    (r"^vector_bits = .*$", "vector_bits = 0", "vector_bits.*8 to 4096 bits"),
     (r"^int8_dot = .*$", 'int8_dot = "no"', "int8_dot.*true or false"),
-    (r"^fp32 = .*$", "fp32 = 0", r"macs_per_cycle\] field 'fp32'.*above 0"),
-    (r"^dram_bandwidth_bytes_s = .*$", "dram_bandwidth_bytes_s = -1", "dram_bandwidth.*above 0"),
-    (r"^l2_bytes = .*$", "l2_bytes = -1", "l2_bytes.*at least 0"),
-    (r"^int8 = 16.*$", "int8 = 0", r"channel_multiple\] field 'int8'.*at least 1"),
+    (r"^fp32 = .*$", "fp32 = 0", r"macs_per_cycle\] field 'fp32'.*MACs/cycle"),
+    (r"^dram_bandwidth_bytes_s = .*$", "dram_bandwidth_bytes_s = -1", "dram_bandwidth.*bytes/s"),
+    (r"^l2_bytes = .*$", "l2_bytes = -1", "l2_bytes.*0 to .* bytes"),
+    (r"^int8 = 16.*$", "int8 = 0", r"channel_multiple\] field 'int8'.*1 to 1024 channels"),
+    (r"^l2_bytes = .*$", "l2_byte = 1048576", r"\[memory\] field 'l2_byte' is not a profile "
+                                              r"field .*hwcomp targets schema"),  # a typo
+    (r"^family = .*$", 'family = "riscv"', "family.*one of x86, arm-a, cuda, mcu"),
+    (r"^emulator_args = .*$", "emulator_args = 3", "emulator_args.*a list of strings"),
+    (r"^\[memory\]$", "[memry]", "'memry' is not a profile field"),
 ])
 def test_profile_fields_out_of_range_or_of_the_wrong_type_name_the_field(
         tmp_path, pattern, replacement, message):
     with pytest.raises(TargetError, match=message):
         load_target(_profile_with(tmp_path, pattern, replacement))
+
+
+def test_the_schema_lists_every_field_with_its_unit():
+    from tests.conftest import run_cli
+
+    proc = run_cli("targets", "schema")
+    assert proc.returncode == 0, proc.stderr
+    assert "compute.clock_hz" in proc.stdout and "1e+06 to 1e+10" in proc.stdout
+    assert "memory.l2_bytes" in proc.stdout and "bytes" in proc.stdout
 
 
 def test_a_profile_that_is_not_utf8_is_a_clear_error(tmp_path):
