@@ -61,7 +61,11 @@ class PrecisionBudgetError(PrecisionError, BudgetError):
 
 
 class UnsupportedQuantizationError(PrecisionError, UnsupportedOpError):
-    """A layer planned in int8 cannot be quantized."""
+    """A layer planned in int8 cannot be quantized (``layers`` names them)."""
+
+    def __init__(self, message: str, layers: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.layers = list(layers)
 
 
 @dataclass
@@ -297,7 +301,8 @@ def _check_quantized(proto: onnx.ModelProto, int8: list[str]) -> None:
         raise UnsupportedQuantizationError(
             f"onnxruntime's quantizer left {len(missing)} layer(s) planned in int8 in float: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; nothing was "
-            "written. Rerun with --precision auto (those layers then stay fp32) or report it")
+            "written. --precision auto keeps such layers in fp32 (it checks each one)",
+            missing)
 
 
 def _cast_layers_to_fp16(proto: onnx.ModelProto, names: set[str]) -> None:
@@ -424,6 +429,7 @@ def plan_precision(
     if options.precision in ("int8", "fp16"):
         _force(layers, options.precision, target)
     else:
+        _drop_unquantizable(layers, proto, ranges, act_dtype, decisions)
         for layer in layers:
             best = min(layer.candidates, key=lambda p: (layer.estimated_us[p], _ORDER.index(p)))
             layer.precision = best
@@ -458,6 +464,28 @@ def plan_precision(
     decisions.append(f"{evaluator.evaluations} whole-model evaluations in onnxruntime")
     quantized = quantize_model(proto, ranges, {x.name: x.precision for x in layers}, act_dtype)
     return quantized, plan
+
+
+def _drop_unquantizable(layers: list[LayerChoice], proto: onnx.ModelProto,
+                        ranges: Mapping[str, tuple[float, float]], act_dtype: str,
+                        decisions: list[str]) -> None:
+    """``auto``: take int8 off the layers onnxruntime's quantizer would leave in float.
+
+    Otherwise auto stopped with the same error as int8 and each sent the user to the other.
+    """
+    int8 = {x.name: "int8" for x in layers if "int8" in x.candidates}
+    if not int8:
+        return
+    try:
+        quantize_model(proto, ranges, int8, act_dtype)
+    except UnsupportedQuantizationError as exc:
+        for layer in layers:
+            if layer.name in exc.layers:
+                del layer.candidates["int8"]
+                layer.estimated_us.pop("int8", None)
+                layer.reason = "onnxruntime's quantizer leaves it in float: kept wider"
+        decisions.append(f"int8 not possible for {len(exc.layers)} layer(s) "
+                         f"({', '.join(exc.layers[:5])}): onnxruntime's quantizer skips them")
 
 
 def _force(layers: list[LayerChoice], precision: str, target: Target) -> None:

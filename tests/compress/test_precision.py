@@ -24,6 +24,7 @@ from hwcomp.targets import cpu_flags, load_target
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
 from tests.digits import digits_split
+from tests.helpers import to_ir
 
 DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
 needs_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="CPU lacks AVX512-VNNI")
@@ -309,3 +310,36 @@ def test_a_layer_the_quantizer_skips_is_an_error_not_a_float_layer():
     conv = next(n for n in proto.graph.node if n.op_type == "Conv")
     with pytest.raises(PrecisionError, match=conv.name):
         _check_quantized(proto, [conv.name])
+
+
+def test_auto_keeps_a_layer_the_quantizer_skips_in_float_instead_of_sending_the_user_back(
+        monkeypatch):
+    """int8 and auto used to send the user to each other when the quantizer skipped a layer."""
+    from hwcomp.compress import precision
+    from hwcomp.compress.precision import UnsupportedQuantizationError, plan_precision
+
+    model = model_zoo.resnet_like()
+    skipped = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    real = precision.quantize_model
+
+    def quantizer_that_skips_one(proto, ranges, precisions, act_dtype):
+        # onnxruntime's own quantizer, asked without that layer; hwcomp's check then sees
+        # a layer planned in int8 whose weight is float, as when the quantizer skips it.
+        result = real(proto, ranges, {k: v for k, v in precisions.items() if k != skipped},
+                      act_dtype)
+        precision._check_quantized(result, [k for k, v in precisions.items() if v == "int8"])
+        return result
+
+    monkeypatch.setattr(precision, "quantize_model", quantizer_that_skips_one)
+    loaded = to_ir(model)
+    batches = model_io.random_calibration(model_io.graph_inputs(loaded), 8)
+    target = load_target("cortex-m4")
+    with pytest.raises(UnsupportedQuantizationError, match="--precision auto keeps such layers"):
+        plan_precision(loaded, target, PrecisionOptions(precision="int8", min_sqnr_db=0),
+                       batches, None)
+    _, plan = plan_precision(loaded, target, PrecisionOptions(precision="auto", min_sqnr_db=0),
+                             batches, None)
+    chosen = {layer.name: layer for layer in plan.layers}
+    assert chosen[skipped].precision == "fp32"
+    assert "quantizer leaves it in float" in chosen[skipped].reason
+    assert plan.counts()["int8"] >= 5
