@@ -521,7 +521,10 @@ def _exit_stopped(cause: BaseException | None) -> NoReturn:
               "please report it)", 1)
     terminated = isinstance(cause, stop.Terminated)
     word = "terminated" if terminated else "interrupted"
-    click.echo(f"hwcomp: {word}; nothing was written{_NATIVE_LOG.finish(failed=True)}", err=True)
+    written = stop.written()
+    outcome = (f"after writing {', '.join(written)} (complete and verified)" if written
+               else "nothing was written")
+    click.echo(f"hwcomp: {word}; {outcome}{_NATIVE_LOG.finish(failed=True)}", err=True)
     stop.end_process(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
@@ -571,6 +574,10 @@ def main() -> None:
               "(set HWCOMP_DEBUG=1 for the traceback and please report it)", 1)
     finally:
         _NATIVE_LOG.finish(failed=False)
+        # The work is done (or reported): a signal from here on must not turn a finished
+        # command into a process killed by SIGINT (exit -2) during interpreter teardown.
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -140,8 +140,12 @@ def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = external_data_helper.ExternalDataInfo(tensor)
-        where = f"{path}: tensor '{tensor.name}' keeps its data in '{info.location}'"
-        target = (folder / info.location).resolve()
+        where = f"{path}: tensor '{tensor.name}' keeps its data in {info.location!r}"
+        try:
+            target = (folder / info.location).resolve()
+        except (ValueError, OSError):  # a NUL byte, a name too long for the file system
+            raise ModelLoadError(f"{where}, which is not a valid file name; re-export the "
+                                 "model") from None
         if Path(info.location).is_absolute() or not target.is_relative_to(folder):
             raise ModelLoadError(
                 f"{where}, outside the model's folder; hwcomp reads external data only from "

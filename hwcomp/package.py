@@ -57,6 +57,7 @@ def staged_output(path: Path, force: bool) -> Iterator[Path]:
         else:
             staging.rename(path)
         done = True
+        stop.mark_written(str(path))
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

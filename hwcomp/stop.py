@@ -20,6 +20,7 @@ from typing import NoReturn
 import psutil
 
 _REQUESTED: list[int] = []
+_WRITTEN: list[str] = []  # outputs committed before a stop: the stop message names them
 
 
 class Terminated(KeyboardInterrupt):
@@ -39,6 +40,16 @@ def requested() -> bool:
 def cause() -> KeyboardInterrupt:
     """Return the exception a requested stop unwinds with (:class:`Terminated` for SIGTERM)."""
     return Terminated() if signal.SIGTERM in _REQUESTED else KeyboardInterrupt()
+
+
+def mark_written(path: str) -> None:
+    """Remember that ``path`` is complete (committed), for the message of a later stop."""
+    _WRITTEN.append(path)
+
+
+def written() -> list[str]:
+    """Return the outputs committed so far in this process."""
+    return list(_WRITTEN)
 
 
 def raise_if_requested() -> None:
