@@ -22,7 +22,7 @@ from typing import Any
 import tomllib
 
 from hwcomp import profile_schema
-from hwcomp.errors import TargetError
+from hwcomp.errors import TargetError, reason_line
 from hwcomp.resources import data_dir
 from hwcomp.threads import physical_cores
 
@@ -105,9 +105,15 @@ class Target:
         """Return the ``tvm.target.Target`` for this profile (imports TVM lazily)."""
         import tvm
 
-        if self.tvm_host:
-            return tvm.target.Target(dict(self.tvm_target), host=dict(self.tvm_host))
-        return tvm.target.Target(dict(self.tvm_target))
+        try:
+            if self.tvm_host:
+                return tvm.target.Target(dict(self.tvm_target), host=dict(self.tvm_host))
+            return tvm.target.Target(dict(self.tvm_target))
+        except Exception as exc:  # noqa: BLE001 - TVM raises ValueError or its own errors
+            raise TargetError(
+                f"profile '{self.name}': [tvm_target] {dict(self.tvm_target)} is not a TVM "
+                f"target: {reason_line(exc)} (see 'hwcomp targets show x86-avx2' for one "
+                "that is)") from None
 
 
 def targets_dir() -> Path:

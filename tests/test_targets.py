@@ -120,6 +120,12 @@ def test_profile_fields_out_of_range_or_of_the_wrong_type_name_the_field(
         load_target(_profile_with(tmp_path, pattern, replacement))
 
 
+def test_a_tvm_target_tvm_does_not_know_is_a_profile_error(tmp_path):
+    path = _profile_with(tmp_path, r'^kind = "llvm"$', 'kind = "quantum"')
+    with pytest.raises(TargetError, match=r"\[tvm_target\].*quantum.*is not a TVM target"):
+        load_target(path).tvm()
+
+
 def test_the_schema_lists_every_field_with_its_unit():
     from tests.conftest import run_cli
 
