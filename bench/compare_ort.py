@@ -12,6 +12,10 @@ bench/peak_fma.c), tuning wall time, and the geometric mean of the ratios agains
 onnxruntime at 2 threads.
 
     .venv/bin/python bench/compare_ort.py [--repeat 50] [--tune-trials 64] [--models a,b]
+    .venv/bin/python bench/compare_ort.py --suite public [--models resnet18,...]
+
+``--suite public`` times the 16 architectures of ``bench/public_suite.py`` instead of the
+original four-model suite.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import public_suite  # noqa: E402
 from hwcomp import api, bench  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis.cost import graph_cost  # noqa: E402
@@ -87,10 +92,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--tune-trials", type=int, default=0,
                         help="MetaSchedule trials per model (0: untuned only)")
-    parser.add_argument("--models", default="resnet_like,mobilenet_like,transformer_block")
+    parser.add_argument("--suite", choices=("original", "public"), default="original")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated names (default: the whole suite; the original "
+                             "suite's default leaves out resnet50)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds the --repeat measurements alternate in")
     args = parser.parse_args()
+    suite = MODELS
+    if args.suite == "public":
+        suite = {name: (label, lambda name=name: public_suite.build(name))
+                 for name, (label, _) in public_suite.SUITE.items()}
+    names = (args.models.split(",") if args.models else list(suite) if args.suite == "public"
+             else ["resnet_like", "mobilenet_like", "transformer_block"])
     target = api.load_target("host")
     nominal = target.peak_macs_per_s("fp32") * 2 / 1e9
     # Measured before and after the models (the best of both): another tenant's load lowers
@@ -98,8 +112,8 @@ def main() -> None:
     peaks = [measured_peak(target.vector_bits, target.cores)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for key in args.models.split(","):
-            label, make = MODELS[key]
+        for key in names:
+            label, make = suite[key]
             proto = make()
             proto.ir_version = min(proto.ir_version, 10)
             path = Path(scratch) / f"{key}.onnx"
