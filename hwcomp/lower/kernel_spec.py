@@ -25,6 +25,9 @@ class KernelSpec:
         group: Reduction elements per lane per instruction (4 for the int8 dot products).
         llvm: The LLVM intrinsic that emits it (int8 only).
         grouped: Whether grouped and depthwise convolutions have a kernel too.
+        accumulators: Vector registers a register tile may hold as accumulators: 16 where
+            the ISA has 32 (AVX-512, NEON), 12 with AVX2's 16 (a 6 x 2-vector tile leaves
+            registers for the weight vectors and the broadcast, as in 6x16 AVX2 sgemm).
 
     """
 
@@ -37,6 +40,7 @@ class KernelSpec:
     group: int = 4
     llvm: str = ""
     grouped: bool = False
+    accumulators: int = 16
 
 
 def conv_output_size(data_shape: tuple[int, ...], kernel: tuple[int, int],

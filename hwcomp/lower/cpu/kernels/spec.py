@@ -19,8 +19,13 @@ SDOT = KernelSpec("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
 
 
 def fma_spec(lanes: int) -> KernelSpec:
-    """Return the fp32 kernel spec for ``lanes`` fp32 vector lanes (one vector FMA)."""
-    return KernelSpec("fma", "", lanes, "float32", "float32", "float32", 1)
+    """Return the fp32 kernel spec for ``lanes`` fp32 vector lanes (one vector FMA).
+
+    8 lanes is AVX2, whose 16 vector registers hold a 12-accumulator tile; the others
+    (NEON's 4, AVX-512's 16) have 32 registers.
+    """
+    return KernelSpec("fma", "", lanes, "float32", "float32", "float32", 1,
+                      accumulators=12 if lanes == 8 else 16)
 
 
 def float_spec(target: Target) -> KernelSpec:

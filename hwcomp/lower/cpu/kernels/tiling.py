@@ -136,10 +136,11 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     m, n, k = sch.get_loops(block)
     rows = sch.get(m).extent.value
     lane_blocks = sch.get(n).extent.value // instruction.lanes
-    block_tile = _block_tile(lane_blocks)
-    widest = _widest_row_tile(block_tile)
-    row_tile = next(t for t in (widest, 8, ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
-    if row_tile < ROW_TILE and rows % ODD_ROW_TILE == 0:
+    block_tile = _block_tile(lane_blocks, instruction.accumulators)
+    widest = _widest_row_tile(block_tile, instruction.accumulators)
+    row_tile = next(t for t in (widest, 8, 6, ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
+    if (row_tile < ROW_TILE and rows % ODD_ROW_TILE == 0
+            and ODD_ROW_TILE * block_tile <= 2 * instruction.accumulators - 4):
         # A 7x7 map (49 rows) the NCHW conv kernel cannot pad: 7 rows x 4 vectors of 16
         # = 28 accumulators still fit AVX-512's registers; one row per tile would stream
         # every weight once per pixel.
@@ -273,13 +274,15 @@ def _row_tiles_per_task(row_tiles: int, tile_bytes: int, column_tasks: int = 1) 
     return 1
 
 
-def _block_tile(lane_blocks: int) -> int:
-    return next(t for t in (LANE_BLOCKS, 2, 1) if lane_blocks % t == 0)
+def _block_tile(lane_blocks: int, accumulators: int = ROW_TILE * LANE_BLOCKS) -> int:
+    """Lane blocks per register tile: 4 with 16 accumulators, at most 2 with AVX2's 12."""
+    widest = LANE_BLOCKS if accumulators >= ROW_TILE * LANE_BLOCKS else 2
+    return next(t for t in (widest, 2, 1) if t <= widest and lane_blocks % t == 0)
 
 
-def _widest_row_tile(block_tile: int) -> int:
-    """Narrow outputs (fewer lane blocks) take more rows, keeping ~16 accumulators busy."""
-    return ROW_TILE * LANE_BLOCKS // block_tile
+def _widest_row_tile(block_tile: int, accumulators: int = ROW_TILE * LANE_BLOCKS) -> int:
+    """Narrow outputs (fewer lane blocks) take more rows, keeping the accumulators busy."""
+    return accumulators // block_tile
 
 
 def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
@@ -288,8 +291,8 @@ def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
     Without the padding a 7x7 map (49 rows) would run one row per tile, streaming every
     weight from memory once per output pixel.
     """
-    block_tile = _block_tile(round_up(out_channels, spec.lanes) // spec.lanes)
-    return round_up(pixels, _widest_row_tile(block_tile))
+    block_tile = _block_tile(round_up(out_channels, spec.lanes) // spec.lanes, spec.accumulators)
+    return round_up(pixels, _widest_row_tile(block_tile, spec.accumulators))
 
 
 def pow2_tile(extent: int, most: int) -> int:
