@@ -412,8 +412,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
                f"{result.records_after} records)")
     if result.interrupted:
         _NATIVE_LOG.finish(failed=False)
-        stop.end_process(EXIT_TERMINATED if isinstance(stop.cause(), stop.Terminated)
-                         else EXIT_INTERRUPTED)
+        stop.end_process(stop.exit_code())
 
 
 @cli.command("bench")

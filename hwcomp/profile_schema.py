@@ -37,13 +37,13 @@ class Field:
         """``section.key`` (the key alone at the top level)."""
         return f"{self.section}.{self.key}" if self.section else self.key
 
-    def describe_range(self) -> str:
-        """Return the range in words, with the unit: ``1e+06 to 1e+10 Hz``."""
+    def describe_range(self, with_unit: bool = True) -> str:
+        """Return the range in words, with the unit unless told: ``1e+06 to 1e+10 Hz``."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.low is None and self.high is None:
             return ""
-        unit = f" {self.unit}" if self.unit else ""
+        unit = f" {self.unit}" if self.unit and with_unit else ""
         return f"{self.low:g} to {self.high:g}{unit}"
 
 
@@ -173,5 +173,5 @@ def _where(path: Path, section: str, key: str) -> str:
 def rows() -> list[tuple[str, str, str, str, str]]:
     """Return the schema as table rows: field, type, unit, range, meaning."""
     return [(f.name, f.kind + ("" if f.required else "?"), f.unit,
-             f.describe_range().removesuffix(f" {f.unit}") if f.unit else f.describe_range(),
+             f.describe_range(with_unit=False),
              f.help) for f in FIELDS]

@@ -42,6 +42,11 @@ def cause() -> KeyboardInterrupt:
     return Terminated() if signal.SIGTERM in _REQUESTED else KeyboardInterrupt()
 
 
+def exit_code() -> int:
+    """Return the exit status of a requested stop: 143 for SIGTERM, else 130."""
+    return 128 + (signal.SIGTERM if signal.SIGTERM in _REQUESTED else signal.SIGINT)
+
+
 def mark_written(path: str) -> None:
     """Remember that ``path`` is complete (committed), for the message of a later stop."""
     _WRITTEN.append(path)

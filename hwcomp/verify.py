@@ -91,6 +91,12 @@ def run_onnxruntime(
     return run_onnxruntime_batches(proto, [inputs], threads)[0]
 
 
+def first_outputs(proto: onnx.ModelProto | ir.Model,
+                  batches: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+    """Return the model's first output for each batch, from one onnxruntime session."""
+    return [outputs[0] for outputs in run_onnxruntime_batches(proto, batches)]
+
+
 def run_onnxruntime_batches(
     proto: onnx.ModelProto | ir.Model, batches: Sequence[Mapping[str, np.ndarray]],
     threads: int = 0,

@@ -32,7 +32,7 @@ from hwcomp.compress.prune_plan import plan_pruning
 from hwcomp.model import calibration_label, check_calibration_source, warn_random_planning
 from hwcomp.passes.reconstruct import capture
 from hwcomp.targets import Target
-from hwcomp.verify import run_onnxruntime_batches
+from hwcomp.verify import first_outputs
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,11 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
                       activation_means=means, lowrank=options.lowrank, target=target,
                       reconstruct_with=fit if options.reconstruct else None)
     before, after = graph_cost(model), graph_cost(result.model)
-    reference = _first_outputs(model, check)
-    sqnr, cosine, top1, _, _ = metrics(reference, _first_outputs(result.model, check), None)
+    reference = first_outputs(model, check)
+    sqnr, cosine, top1, _, _ = metrics(reference, first_outputs(result.model, check), None)
     unfitted = None
     if result.before_reconstruction is not None:
-        unfitted = metrics(reference, _first_outputs(result.before_reconstruction, check),
+        unfitted = metrics(reference, first_outputs(result.before_reconstruction, check),
                            None)[0]
     return CompressionOutcome(
         result=result, macs_before=before.total_macs, macs_after=after.total_macs,
@@ -167,12 +167,6 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         sqnr_without_reconstruction_db=unfitted, plan=chosen,
         calibration=calibration_label(options.calib, options.calib_random, options.seed),
     )
-
-
-def _first_outputs(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]
-                   ) -> list[np.ndarray]:
-    """Return the model's first output for each batch, from one onnxruntime session."""
-    return [outputs[0] for outputs in run_onnxruntime_batches(model, batches)]
 
 
 def _activation_means(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]

@@ -40,7 +40,7 @@ from hwcomp.analysis.sensitivity import metrics
 from hwcomp.errors import BudgetError, CalibrationDataError, HwcompError, UnsupportedOpError
 from hwcomp.lower import activation_dtype, lowering_for
 from hwcomp.targets import Target
-from hwcomp.verify import run_onnxruntime_batches
+from hwcomp.verify import first_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class _Evaluator:
         self.evaluations = 0
 
     def _outputs(self, proto: onnx.ModelProto) -> np.ndarray:
-        outs = [run[0] for run in run_onnxruntime_batches(proto, self.check)]
+        outs = first_outputs(proto, self.check)
         return np.concatenate([o.reshape(o.shape[0], -1) for o in outs]).astype(np.float64)
 
     def measure(self, got: np.ndarray) -> tuple[float | None, float | None]:

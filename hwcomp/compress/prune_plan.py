@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from hwcomp.analysis.channels import analyze_channels
 from hwcomp.compress.pipeline import compress_graph
-from hwcomp.verify import run_onnxruntime_batches
+from hwcomp.verify import first_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ Feeds = Sequence[Mapping[str, np.ndarray]]
 def _loss_function(model: ir.Model, batches: Feeds, labels: np.ndarray | None
                    ) -> tuple[Callable[[ir.Model], float], str]:
     """Return a function giving a compressed model's loss against ``model`` on ``batches``."""
-    reference = [outputs[0] for outputs in run_onnxruntime_batches(model, batches)]
+    reference = first_outputs(model, batches)
     flat = np.concatenate([r.reshape(r.shape[0], -1) for r in reference])
     classes = flat.shape[1] > 1
     if labels is not None and classes:
@@ -64,9 +64,8 @@ def _loss_function(model: ir.Model, batches: Feeds, labels: np.ndarray | None
         base, metric = 0.0, "relative output error"
 
     def loss(candidate: ir.Model) -> float:
-        runs = run_onnxruntime_batches(candidate, batches)
-        outputs = np.concatenate([run[0].reshape(len(b[next(iter(b))]), -1)
-                                  for run, b in zip(runs, batches, strict=True)])
+        outputs = np.concatenate([out.reshape(len(b[next(iter(b))]), -1) for out, b
+                                  in zip(first_outputs(candidate, batches), batches, strict=True)])
         if labels is not None and classes:
             return base - float((outputs.argmax(1) == labels[: len(outputs)]).mean())
         if classes:

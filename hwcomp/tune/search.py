@@ -260,7 +260,7 @@ class _StopSignal:
     run), and the workers are killed with it.
     """
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         self.received = False
         self.deferred = False
         self.previous: dict[int, Any] = {}
