@@ -214,6 +214,8 @@ def build(
     if use_tuning_db:
         database = Path(tuning_db) if tuning_db else tuning.default_database(target)
     compiled = lowering.compile(prepared.module, target, database, name=model_path.stem)
+    for kernel in compiled.unscheduled_kernels:
+        logger.warning("kernel left on TVM's generic schedule (slow): %s", kernel)
 
     with staged_output(destination, force) as staging:
         ir.save(legal, staging / "model.optimized.onnx")
@@ -282,6 +284,7 @@ def _kernel_records(kernels: KernelRewrite | None, compiled: Compiled,
             "instruction": kernels.instruction, "ops": kernels.rewritten,
             "kept_float": kernels.kept_float},
         "float_kernels": [] if kernels is None else kernels.float_ops,
+        "unscheduled_kernels": compiled.unscheduled_kernels,
         "tuning": None if compiled.tuned_functions is None else {
             "database": str(database), "records": count_records(database) if database else 0,
             "functions_tuned": compiled.tuned_functions},

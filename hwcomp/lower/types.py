@@ -46,11 +46,14 @@ class Compiled:
         executable: What the family's ``package`` writes (a TVM executable, an AOT program).
         tuned_functions: Functions scheduled from tuning records; None when no database
             was applied.
+        unscheduled_kernels: hwcomp kernels its schedule rule could not tile (they ran on
+            the generic schedule), each with why.
 
     """
 
     executable: Any
     tuned_functions: int | None = None
+    unscheduled_kernels: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class CpuLowering(LibraryLowering):
                 name: str = "model") -> Compiled:
         """Compile with TVM's CPU pipeline plus tuned (``database``) and default schedules."""
         pipeline, tuned = cpu_pipeline(target, database)
-        return Compiled(compile_relax(mod, target, pipeline), tuned.functions)
+        return Compiled(compile_relax(mod, target, pipeline), tuned.functions, tuned.unscheduled)
 
     def runtime_libs(self, target: Target) -> list[Path]:
         """Runtime libraries the bundle ships."""

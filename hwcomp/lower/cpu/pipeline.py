@@ -12,7 +12,7 @@ replaced by hwcomp's kernels (:mod:`hwcomp.lower.cpu.kernels.rewrite`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TunedCount:
-    """How many functions the tuning database scheduled; None until the database was applied."""
+    """What the pipeline did to the fused functions, filled in when it runs.
+
+    Attributes:
+        functions: How many the tuning database scheduled; None when none was applied.
+        unscheduled: hwcomp kernels the default rule could not tile, each with why.
+
+    """
 
     functions: int | None = None
+    unscheduled: list[str] = field(default_factory=list)
 
 
 def cpu_pipeline(target: Target, database: Path | None = None) -> tuple[Any, TunedCount]:
@@ -45,8 +52,9 @@ def cpu_pipeline(target: Target, database: Path | None = None) -> tuple[Any, Tun
     from tvm.s_tir import dlight
 
     tvm_target = target.tvm()
-    rules = default_rules(lanes=max(1, target.vector_bits // 32), cores=max(1, target.cores))
     count = TunedCount()
+    rules = default_rules(lanes=max(1, target.vector_bits // 32), cores=max(1, target.cores),
+                          failures=count.unscheduled)
     tuned: list[Any] = []
     if database is not None and (Path(database) / RECORDS).is_file():
         repair_database(Path(database))

@@ -200,7 +200,7 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     onnx.save(model, path)
     result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
     manifest = json.loads((result.bundle / "manifest.json").read_text())
-    assert sum(k.endswith("pointwise (NCHW)") for k in manifest["float_kernels"]) == 6
+    assert sum(k.endswith("pointwise NCHW kernel, fused epilogue") for k in manifest["float_kernels"]) == 6
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 
@@ -220,7 +220,7 @@ def test_resnet_convs_write_nchw_with_their_epilogue_and_match_onnxruntime(tmp_p
     result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     convs = [k for k in manifest["float_kernels"] if k.startswith("conv2d")]
-    assert len(convs) == 6 and all(k.endswith("(NCHW, fused epilogue)") for k in convs), convs
+    assert len(convs) == 6 and all(k.endswith(": NCHW kernel, fused epilogue") for k in convs), convs
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 

@@ -22,3 +22,8 @@ CONV_BLOCK = "hwcomp_conv"
 # pass. hwcomp's default rule recognises the fused function by this block name and applies
 # :func:`tile_pixels_by_channels` to it.
 LAYOUT_BLOCK = "hwcomp_to_nchw"
+
+
+# The annotation of a grouped conv's block: output channels per group (the schedule runs the
+# groups as a batch of GEMMs).
+GROUP_ATTR = "hwcomp_group_out"

@@ -10,11 +10,12 @@ are left unscheduled so TVM fuses their epilogue; the others are tiled here
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, LAYOUT_BLOCK, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, GROUP_ATTR, LAYOUT_BLOCK, POINTWISE_BLOCK
 from hwcomp.lower.cpu.kernels.tiling import (
     LANE_BLOCKS,
     ODD_ROW_TILE,
@@ -126,11 +127,14 @@ def _padded_nhwc(x: Any, data_shape: tuple[int, ...], padding: tuple[int, int, i
 
 def _im2col_element(nhwc: Any, n: Any, oh: Any, ow: Any, k: Any, c_pad: int,
                     kernel: tuple[int, int], strides: tuple[int, int],
-                    dilation: tuple[int, int]) -> Any:
-    """Element ``k`` (K ordered ``(kh, kw, c_pad)``) of output pixel (oh, ow)'s im2col row."""
+                    dilation: tuple[int, int], channel_base: Any = 0) -> Any:
+    """Element ``k`` (K ordered ``(kh, kw, c_pad)``) of output pixel (oh, ow)'s im2col row.
+
+    ``channel_base``: the first input channel of the output channel's group.
+    """
     tap, ch = k // c_pad, k % c_pad
     return nhwc[n, oh * strides[0] + (tap // kernel[1]) * dilation[0],
-                ow * strides[1] + (tap % kernel[1]) * dilation[1], ch]
+                ow * strides[1] + (tap % kernel[1]) * dilation[1], ch + channel_base]
 
 
 def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
@@ -159,9 +163,9 @@ def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
 def conv_nchw_kernel(
     data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
     strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
-    spec: KernelSpec,
+    spec: KernelSpec, groups: int = 1, out_rank: int = 4,
 ) -> Any:
-    """fp32 convolution (groups 1, batch 1) writing NCHW, its epilogue fusable.
+    """fp32 convolution (batch 1) writing NCHW, its epilogue fusable.
 
     The computation of :func:`conv_kernel` (a padded NHWC copy read as an implicit im2col
     matrix, weights packed ``[OC/L, K, L, 1]``) with the output in the op's own layout:
@@ -169,12 +173,18 @@ def conv_nchw_kernel(
     activation and residual add after it and :func:`schedule_fused_kernel` applies them as
     each tile is stored: no return to NCHW as a pass of its own. Needs
     :func:`conv_nchw_fits`.
+
+    With ``groups`` > 1 each output channel reads its group's ``C / groups`` input channels
+    (K is ``(kh, kw, C / groups)``); the schedule runs the groups as batched GEMMs, so a group's
+    output channels must be whole vectors (:func:`merge_groups` makes them so). ``out_rank`` 3
+    is a 1-D convolution (``data_shape`` has H = 1) writing ``[1, OC, OW]``.
     """
     from tvm import te
 
     channels = data_shape[1]
+    group_in, group_out = channels // groups, out_channels // groups
     out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
-    depth, lanes = kernel[0] * kernel[1] * channels, spec.lanes
+    depth, lanes = kernel[0] * kernel[1] * group_in, spec.lanes
     x = te.placeholder(int64_shape(data_shape), "float32", name="X")
     w = te.placeholder(int64_shape((out_channels // lanes, depth, lanes, 1)), "float32",
                        name="W")
@@ -182,11 +192,43 @@ def conv_nchw_kernel(
     k = te.reduce_axis((0, te.const(depth, "int64")), "k")
 
     def conv(n: Any, o: Any, oh: Any, ow: Any) -> Any:
-        value = _im2col_element(nhwc, n, oh, ow, k, channels, kernel, strides, dilation)
+        base = (o // group_out) * group_in if groups > 1 else 0
+        value = _im2col_element(nhwc, n, oh, ow, k, group_in, kernel, strides, dilation, base)
         return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
 
-    c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK)
+    # The schedule reads the group size from the block's annotation.
+    attrs = {GROUP_ATTR: group_out} if groups > 1 else None
+    if out_rank == 3:
+        c = te.compute(int64_shape((1, out_channels, out_w)),
+                       lambda n, o, ow: conv(n, o, 0, ow), name=CONV_BLOCK, attrs=attrs)
+    else:
+        c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK,
+                       attrs=attrs)
     return te.create_prim_func([x, w, c])
+
+
+def merge_groups(weight: np.ndarray, groups: int, lanes: int,
+                 most: int = 4) -> tuple[np.ndarray, int] | None:
+    """Merge a grouped conv's groups until each has whole vectors of output channels.
+
+    ``weight`` is ``[OC, C / groups, KH, KW]``. Merging ``m`` neighbouring groups gives a
+    block-diagonal weight ``[OC, m * C / groups, KH, KW]`` (zeros outside each group's
+    channels) for ``groups / m`` groups: ``m`` times the multiply-accumulates, in whole vector
+    FMAs. Returns (weight, groups), or None where that needs more than ``most`` groups merged
+    (a depthwise conv: its own schedule) or ``m`` does not divide ``groups``.
+    """
+    out_channels, group_in = weight.shape[:2]
+    group_out = out_channels // groups
+    merge = lanes // math.gcd(group_out, lanes)
+    if merge > most or groups % merge:
+        return None
+    if merge == 1:
+        return weight, groups
+    merged = np.zeros((out_channels, merge * group_in, *weight.shape[2:]), weight.dtype)
+    for o in range(out_channels):
+        part = (o // group_out) % merge
+        merged[o, part * group_in:(part + 1) * group_in] = weight[o]
+    return merged, groups // merge
 
 
 def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
@@ -203,16 +245,18 @@ def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
 
 
 def conv_nchw_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...], out_channels: int,
-                   spec: KernelSpec) -> bool:
-    """Whether :func:`conv_nchw_kernel` computes this convolution (the caller checks groups).
+                   spec: KernelSpec, groups: int = 1) -> bool:
+    """Whether :func:`conv_nchw_kernel` computes this convolution.
 
-    It needs fp32, batch 1, whole vectors of output channels and whole register tiles of 4
-    pixels or, for pixel counts a multiple of 7 (7x7, 14x7 maps), 7; other odd maps keep
-    :func:`conv_kernel`'s rows padded to whole tiles.
+    It needs fp32, batch 1, whole vectors of output channels (per group) and whole register
+    tiles of 4 pixels or, for pixel counts a multiple of 7 (7x7, 14x7 maps), 7; other odd maps
+    keep :func:`conv_kernel`'s rows padded to whole tiles. A grouped conv (``groups`` after
+    :func:`merge_groups`) has no padded-rows kernel and takes any pixel count.
     """
-    pixels = out_shape[2] * out_shape[3]
-    return (not spec.intrin and data_shape[0] == 1 and out_channels % spec.lanes == 0
-            and (pixels % ROW_TILE == 0 or pixels % ODD_ROW_TILE == 0))
+    pixels = int(np.prod(out_shape[2:]))
+    if spec.intrin or data_shape[0] != 1 or (out_channels // groups) % spec.lanes:
+        return False
+    return groups > 1 or pixels % ROW_TILE == 0 or pixels % ODD_ROW_TILE == 0
 
 
 def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: str) -> Any:
@@ -222,10 +266,15 @@ def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: 
     """
     from tvm import te
 
-    _, _, height, width = int64_shape(out_shape)
     a = te.placeholder(int64_shape((rows, cols_pad)), dtype, name="A")
-    y = te.compute(int64_shape(out_shape),
-                   lambda n, c, h, w: a[(n * height + h) * width + w, c], name=LAYOUT_BLOCK)
+    if len(out_shape) == 3:  # a 1-D convolution's [N, C, W]
+        width = int64_shape(out_shape)[2]
+        y = te.compute(int64_shape(out_shape), lambda n, c, w: a[n * width + w, c],
+                       name=LAYOUT_BLOCK)
+    else:
+        _, _, height, width = int64_shape(out_shape)
+        y = te.compute(int64_shape(out_shape),
+                       lambda n, c, h, w: a[(n * height + h) * width + w, c], name=LAYOUT_BLOCK)
     return te.create_prim_func([a, y])
 
 

@@ -40,10 +40,19 @@ from hwcomp.lower.cpu.kernels.compute import (
     conv_nchw_kernel,
     conv_weight_matrix,
     matmul_kernel,
+    merge_groups,
     pack_weight,
     pointwise_fits,
     pointwise_kernel,
     to_nchw_kernel,
+)
+from hwcomp.lower.cpu.kernels.conv_forms import (
+    CONV1D,
+    CONV_TRANSPOSE,
+    ConvGeometry,
+    conv1d_form,
+    conv2d_geometry,
+    conv_transpose_form,
 )
 from hwcomp.lower.cpu.kernels.tiling import conv_rows
 from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, round_up
@@ -95,6 +104,8 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
             name = getattr(call.op, "name", "")
+            if name in (CONV1D, CONV_TRANSPOSE) and dtype_of(call) == "float32":
+                return self.conv_form(call, name)
             if name not in ("relax.nn.conv2d", "relax.matmul"):
                 return call
             operands = _quantized_operands(self, call, instruction)
@@ -116,11 +127,43 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             weight = _float_weight(self, call)
             if weight is None:
                 return call
-            out, _, shape = self.emitter.lower(call, call.args[0], weight, 0, floats)
-            kernel = out.args[0] if isinstance(out, relax.Call) else None
-            label = self.emitter.fused.get(kernel, "")
-            self.float_ops.append(f"{name.split('.')[-1]} {shape}{label}")
-            return out
+            if name == "relax.matmul":
+                out, _, shape = self.emitter.lower(call, call.args[0], weight, 0, floats)
+                self.float_ops.append(f"matmul {shape}")
+                return out
+            return self.float_conv(call, call.args[0], weight, conv2d_geometry(call), "conv2d")
+
+        def float_conv(self, call: Any, data: Any, weight: np.ndarray, geometry: ConvGeometry,
+                       op: str, finish: Any = None) -> Any:
+            """Put an fp32 convolution on a kernel; record which (or why none) for the manifest."""
+            lowered = self.emitter.conv(data, weight, geometry, 0, floats)
+            label = lowered if isinstance(lowered, str) else lowered[1]
+            self.float_ops.append(f"{op} {shape_of(call)}: {label}")
+            if isinstance(lowered, str):
+                return call
+            return lowered[0] if finish is None else finish(lowered[0])
+
+        def conv_form(self, call: Any, name: str) -> Any:
+            """Rewrite a 1-D or transposed convolution as the 2-D one the kernels run."""
+            from tvm.ir.expr import Constant
+
+            weight = bound(self, call.args[1])
+            op = name.split(".")[-1]
+            if not isinstance(weight, Constant) or dtype_of(weight) != "float32":
+                self.float_ops.append(f"{op} {shape_of(call)}: generic schedule (weight is not "
+                                      "a float32 constant)")
+                return call
+            array = relax_array(weight)
+            form = (conv1d_form(call, array) if name == CONV1D
+                    else conv_transpose_form(call, array))
+            if isinstance(form, str):
+                self.float_ops.append(f"{op} {shape_of(call)}: {form}")
+                return call
+            data = call.args[0]
+            if form.data_shape != shape_of(data):  # a 1-D input viewed as one row
+                data = self.builder_.emit(relax.op.reshape(data, form.data_shape))
+            return self.float_conv(call, data, form.weight, form.geometry, op,
+                                   lambda out: form.finish(self.builder_, out))
 
     return Rewriter(mod)
 
@@ -131,14 +174,12 @@ class _KernelCalls:
     Attributes:
         mutator: The Relax mutator rewriting the module (its block builder takes the calls).
         kernels: The kernel functions added so far, by their shape key.
-        fused: The kernels writing NCHW with their epilogue fused, and how the report names them.
 
     """
 
     def __init__(self, mutator: Any) -> None:
         self.mutator = mutator
         self.kernels: dict[tuple[Any, ...], Any] = {}
-        self.fused: dict[Any, str] = {}
 
     @property
     def builder(self) -> Any:
@@ -164,33 +205,63 @@ class _KernelCalls:
 
     def lower(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
               spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
-        """Emit the kernel call; return (output in the op's layout, weight sums, shape)."""
+        """Emit the int8 kernel call; return (output in the op's layout, weight sums, shape).
+
+        fp32 convolutions go through :meth:`conv`.
+        """
         if call.op.name == "relax.nn.conv2d":
-            return self._conv(call, data, weight, zero_point, spec)
+            lowered = self.conv(data, weight, conv2d_geometry(call), zero_point, spec)
+            assert not isinstance(lowered, str)  # int8 convs are plain (groups 1): always fit
+            out, _ = lowered
+            sums = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
+            return out, sums, conv2d_geometry(call).out_shape
         return self._matmul(data, weight, spec)
 
-    def _conv(self, call: Any, data: Any, weight: np.ndarray, zero_point: int,
-              spec: KernelSpec) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+    def conv(self, data: Any, weight: np.ndarray, geometry: ConvGeometry, zero_point: int,
+             spec: KernelSpec) -> tuple[Any, str] | str:
+        """Emit the kernel call of a convolution; return (its output, the kernel's name).
+
+        A string instead says why no kernel takes it (the op then keeps TVM's schedule).
+        """
         from tvm import relax
 
-        attrs = call.attrs
-        shape = shape_of(data)
-        out_channels = weight.shape[0]
-        kernel = (weight.shape[2], weight.shape[3])
-        strides = (int(attrs.strides[0]), int(attrs.strides[1]))
-        top, left, bottom, right = (int(v) for v in attrs.padding)
-        padding = (top, left, bottom, right)
-        dilation = (int(attrs.dilation[0]), int(attrs.dilation[1]))
-        out_shape = shape_of(call)
-        if pointwise_fits(shape, kernel, strides, padding, spec):
+        g = geometry
+        shape, out_shape, out_channels = g.data_shape, g.out_shape, weight.shape[0]
+        kernel, strides, padding, dilation = g.kernel, g.strides, g.padding, g.dilation
+        one_d = len(out_shape) == 3
+        if g.groups > 1:
+            if spec.intrin:
+                return "generic schedule (grouped int8 conv: no dot-product kernel)"
+            if weight.shape[1] == 1 and out_channels == g.groups:
+                return "depthwise window schedule"
+            merged = merge_groups(weight, g.groups, spec.lanes)
+            if merged is None:
+                return (f"generic schedule ({out_channels // g.groups} output channels per "
+                        f"group: no whole vectors of {spec.lanes} within 4 merged groups)")
+            weight, groups = merged
+            if not conv_nchw_fits(shape, out_shape, out_channels, spec, groups):
+                return "generic schedule (grouped conv with batch > 1)"
+            merge = g.groups // groups
+            return self._fused(
+                ("conv_grouped", shape, kernel, out_channels, strides, padding, dilation,
+                 groups, len(out_shape)),
+                lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
+                                         dilation, spec, groups, len(out_shape)),
+                f"grouped NCHW kernel ({groups} groups"
+                + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue",
+                data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
+        if not one_d and pointwise_fits(shape, kernel, strides, padding, spec):
             return self._pointwise(data, weight, shape, out_shape, spec)
         if conv_nchw_fits(shape, out_shape, out_channels, spec):
             return self._fused(
-                ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation),
+                ("conv_nchw", shape, kernel, out_channels, strides, padding, dilation,
+                 len(out_shape)),
                 lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
-                                         dilation, spec), " (NCHW, fused epilogue)",
+                                         dilation, spec, out_rank=len(out_shape)),
+                "NCHW kernel, fused epilogue",
                 data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
-        rows = conv_rows(out_shape[0] * out_shape[2] * out_shape[3], out_channels, spec)
+        pixels = int(np.prod(out_shape[2:]))
+        rows = conv_rows(out_shape[0] * pixels, out_channels, spec)
         cols_pad = round_up(out_channels, spec.lanes)
         key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
                zero_point)
@@ -209,30 +280,27 @@ class _KernelCalls:
         # its bias/activation and FuseOps can merge them (an alias binding stops it).
         acc = relax.op.call_tir(layout, [acc], relax.TensorType(
             out_shape, spec.accumulator_dtype))
-        sums = weight.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
-        return acc, sums, out_shape
+        return acc, "pixel-row kernel, return to NCHW fused with the epilogue"
 
     def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
-                   out_shape: tuple[int, ...], spec: KernelSpec
-                   ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+                   out_shape: tuple[int, ...], spec: KernelSpec) -> tuple[Any, str]:
         out_channels = weight.shape[0]
         return self._fused(("pointwise", shape, out_channels),
-                           lambda: pointwise_kernel(shape, out_channels), " pointwise (NCHW)",
+                           lambda: pointwise_kernel(shape, out_channels),
+                           "pointwise NCHW kernel, fused epilogue",
                            data, np.ascontiguousarray(weight.reshape(out_channels, -1)),
                            out_shape)
 
     def _fused(self, key: tuple[Any, ...], make: Any, label: str, data: Any,
-               weight: np.ndarray, out_shape: tuple[int, ...]
-               ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
+               weight: np.ndarray, out_shape: tuple[int, ...]) -> tuple[Any, str]:
         """Call an fp32 kernel that writes NCHW and takes the ops after it (op pattern 4)."""
         from tvm import relax
 
         kernel_var = self._kernel(key, make, pattern=4)
-        self.fused[kernel_var] = label
         # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
         out = relax.op.call_tir(kernel_var, [data, relax.const(weight)],
                                 relax.TensorType(out_shape, "float32"))
-        return out, np.zeros(0), out_shape
+        return out, label
 
     def _matmul(self, data: Any, weight: np.ndarray, spec: KernelSpec
                 ) -> tuple[Any, np.ndarray, tuple[int, ...]]:
@@ -269,8 +337,8 @@ def _plain_conv(attrs: Any) -> bool:
 def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
     """Return the fp32 weight of a conv2d or matmul, output channels first, if it fits.
 
-    Fits: conv2d with groups 1 in NCHW/OIHW, or matmul with a constant 2-D weight; None
-    otherwise.
+    Fits: conv2d in NCHW/OIHW (any groups: :meth:`_KernelCalls.conv` decides), or matmul
+    with a constant 2-D weight; None otherwise.
     """
     from tvm.ir.expr import Constant
 
@@ -280,8 +348,9 @@ def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
         return None
     array = relax_array(weight)
     if call.op.name == "relax.nn.conv2d":
-        if (transposed or not _plain_conv(call.attrs) or array.ndim != 4
-                or call.attrs.out_dtype not in ("", "float32", None)):
+        attrs = call.attrs
+        if (transposed or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+                or array.ndim != 4 or attrs.out_dtype not in ("", "float32", None)):
             return None
         return array
     if array.ndim != 2 or len(shape_of(data)) < 1:

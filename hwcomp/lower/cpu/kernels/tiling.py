@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, GROUP_ATTR, POINTWISE_BLOCK
 from hwcomp.lower.cpu.kernels.intrinsics import register_intrinsic
 from hwcomp.lower.kernel_spec import KernelSpec, round_up
 
@@ -52,34 +52,44 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
         return False
     block = sch.get_sblock(kernel)
     first = 0 if kernel == POINTWISE_BLOCK else 1  # the conv's NHWC copy comes first
-    iters = sch.get(block).iter_vars
-    # TVM may drop the batch axis (extent 1) from the block's iterators: ([n,] o, h, w, k).
+    roles = _output_roles(sch.get(block))
     if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
-            or len(iters) not in (4, 5)):
+            or roles is None):
         logger.warning("%s kernel left to the generic schedule: blocks %s", kernel, names)
         return False
     epilogue = [info.block_rv for info in infos[first + 1:]]
     for tail in epilogue[:-1]:
         sch.compute_inline(tail)
-    width = int(sch.get(block).writes[0].source.shape[-1])
+    out_shape = [int(v) for v in sch.get(block).writes[0].source.shape]
+    width = out_shape[-1]
+    group_out = sch.get(block).annotations.get(GROUP_ATTR)
+    group_out = int(group_out) if group_out is not None else None
     # Iterate over (o, p = h * W + w): a register tile is then one rectangle of a 2-D scratch
     # (reindex) rather than a ragged piece of the NCHW map, and the store of each tile can
     # take the NCHW output's place (and the epilogue's) exactly. The pointwise kernel's rows
     # are output channels (each weight broadcast over a vector of pixels); the conv's rows are
-    # pixels (each input value broadcast over a vector of output channels).
-    def layout(o: Any, h: Any, w: Any, k: Any) -> tuple[Any, ...]:
+    # pixels (each input value broadcast over a vector of output channels). A grouped conv
+    # iterates (group, p, o within the group): a batch of GEMMs.
+    def layout(*iters: Any) -> tuple[Any, ...]:
+        o, h, w, k = (0 if role is None else iters[role] for role in roles)
         pixel = h * width + w
-        return (o, pixel, k) if kernel == POINTWISE_BLOCK else (pixel, o, k)
+        if kernel == POINTWISE_BLOCK:
+            return (o, pixel, k)
+        if group_out is not None:
+            return (o // group_out, pixel, o % group_out, k)
+        return (pixel, o, k)
 
-    if len(iters) == 5:
-        sch.transform_block_layout(block, lambda n, o, h, w, k: layout(o, h, w, k))
-    else:
-        sch.transform_block_layout(block, layout)
+    from tvm.tirx import IndexMap
+
+    iter_count = len(sch.get(block).iter_vars)
+    sch.transform_block_layout(block, IndexMap.from_func(layout, ndim=iter_count))
     sch.reindex(block, ("write", 0))
     copy = sch.get_consumers(block)[0]
     im2col = None
     if kernel == CONV_BLOCK:
         channels = int(sch.get(sch.get_sblock("nhwc")).writes[0].source.shape[-1])
+        if group_out is not None:
+            channels //= out_shape[1] // group_out  # a group's input channels
         im2col = (int(sch.get(block).iter_vars[-1].dom.extent) // channels, channels)
     tile_matmul(sch, block, instruction, im2col, pixels_inner=im2col is not None)
     sch.reverse_compute_inline(copy)
@@ -88,20 +98,52 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     return True
 
 
+def _output_roles(block: Any) -> tuple[int | None, ...] | None:
+    """Which of a kernel block's iterators is (o, h, w, k): their index, None where absent.
+
+    TVM drops iterators of extent 1 (the batch, a 1-row map's h) from fused functions, and a
+    1-D conv has no h; the write region says which iterator indexes which output dimension.
+    None when the block is not a spatial write over its iterators plus one reduction.
+    """
+    iters = list(block.iter_vars)
+    region = block.writes[0].region
+
+    def written(dim: int) -> int | None:
+        return next((i for i, it in enumerate(iters) if region[dim].min.same_as(it.var)), None)
+
+    dims = [written(d) for d in range(len(region))]
+    reductions = [i for i, it in enumerate(iters) if int(it.iter_type) == _REDUCE]
+    spatial = [d for d in dims if d is not None]
+    if len(reductions) != 1 or len(spatial) + 1 != len(iters) or len(region) not in (3, 4):
+        return None
+    o, *plane = dims[1:]
+    h, w = (None, plane[0]) if len(plane) == 1 else plane
+    return o, h, w, reductions[0]
+
+
+# tirx.IterVar.CommReduce: a reduction iterator.
+_REDUCE = 2
+
+
 def tile_pixels_by_channels(sch: Any, block: Any, lanes: int) -> None:
-    """Schedule an NCHW block that reads pixel-major rows: tiles of pixels x channels.
+    """Schedule an NCHW (or 1-D NCW) block that reads pixel-major rows: pixels x channels tiles.
 
     Tiles are up to ``lanes`` pixels of the flattened ``h * w`` plane (a 7x7 or 14x14 map
     tiles as well as a 56x56 one) by ``lanes`` channels: a tile reads one cache line of each
     of its rows, which stays in L1, and writes one contiguous vector per channel (TVM's
     default order walks the rows a cache line per element).
     """
-    *batch, c, h, w = sch.get_loops(block)  # TVM drops a batch loop of extent 1
+    loops = sch.get_loops(block)
+    # ([n,] c, h, w), or ([n,] c, w) for a 1-D conv's output; TVM drops a batch loop of
+    # extent 1.
+    rank = len(sch.get(block).writes[0].source.shape)
+    *batch, c = loops[:len(loops) - rank + 2]
+    plane = loops[len(loops) - rank + 2:]
     channels = sch.get(c).extent.value
-    pixels = sch.get(h).extent.value * sch.get(w).extent.value
+    pixels = int(np.prod([sch.get(loop).extent.value for loop in plane]))
     tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
     group = pow2_tile(channels, lanes)
-    p_outer, p_inner = sch.split(sch.fuse(h, w), [None, tile])
+    p_outer, p_inner = sch.split(sch.fuse(*plane) if len(plane) > 1 else plane[0], [None, tile])
     c_outer, c_inner = sch.split(c, [None, group])
     sch.reorder(*batch, p_outer, c_outer, c_inner, p_inner)
     sch.parallel(sch.fuse(*batch, p_outer) if batch else p_outer)
@@ -133,12 +175,15 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     if instruction.intrin:
         register_intrinsic(instruction)
     local = sch.cache_write(block, 0, "local")
-    m, n, k = sch.get_loops(block)
+    # (m, n, k), or (g, m, n, k) for a grouped conv: a batch of GEMMs, one per group.
+    *group, m, n, k = sch.get_loops(block)
+    groups = sch.get(group[0]).extent.value if group else 1
     rows = sch.get(m).extent.value
     lane_blocks = sch.get(n).extent.value // instruction.lanes
     block_tile = _block_tile(lane_blocks, instruction.accumulators)
     widest = _widest_row_tile(block_tile, instruction.accumulators)
-    row_tile = next(t for t in (widest, 8, 6, ROW_TILE, 2, 1) if t <= widest and rows % t == 0)
+    # The most rows that divide the rows evenly (a 9x11 map: 11; a 50-frame sequence: 10).
+    row_tile = max(t for t in range(1, widest + 1) if rows % t == 0)
     if (row_tile < ROW_TILE and rows % ODD_ROW_TILE == 0
             and ODD_ROW_TILE * block_tile <= 2 * instruction.accumulators - 4):
         # A 7x7 map (49 rows) the NCHW conv kernel cannot pad: 7 rows x 4 vectors of 16
@@ -159,10 +204,10 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     rows_in_cache = rows * row_bytes >= weight_bytes
     rows_only = im2col is not None and rows_in_cache
     column_tasks = 1 if rows_only else lane_blocks // block_tile
-    tiles = _row_tiles_per_task(rows // row_tile, row_tile * row_bytes, column_tasks)
+    tiles = _row_tiles_per_task(rows // row_tile, row_tile * row_bytes, column_tasks * groups)
     m_outer, m_tile, m_inner = sch.split(m, [None, tiles, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
-    outer = (m_outer, n_outer) if rows_in_cache else (n_outer, m_outer)
+    outer = (*group, m_outer, n_outer) if rows_in_cache else (*group, n_outer, m_outer)
     if instruction.intrin:
         k_outer, k_inner = sch.split(k, [None, instruction.group])
         sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane, k_inner)
@@ -170,8 +215,8 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         k_outer = k
         sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane)
     # A kernel of a few microseconds runs on one thread: waking the pool costs more.
-    parallel = rows * lane_blocks * instruction.lanes * depth >= _MIN_PARALLEL_MACS
-    fused = m_outer if rows_only else sch.fuse(*outer)
+    parallel = groups * rows * lane_blocks * instruction.lanes * depth >= _MIN_PARALLEL_MACS
+    fused = (sch.fuse(*group, m_outer) if group else m_outer) if rows_only else sch.fuse(*outer)
     if parallel:
         sch.parallel(fused)
     store_at = m_tile
@@ -200,7 +245,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
             store_at = fused
         k_outer = k_tap
     sch.reverse_compute_at(local, store_at)
-    if pixels_inner:
+    if pixels_inner and row_tile > 1:
         # The caller makes this store write NCHW (pixels x channels transposed): with pixels
         # innermost a vector of them is one contiguous store per channel, its elements read
         # across the tile buffer's rows.
@@ -223,18 +268,36 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     if im2col is not None:
         # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
         # stay in L1 while it writes 16 contiguous channel vectors.
+        # Rows and column tiles run in parallel: a 1-D conv's copy is one row.
         nhwc = sch.get_sblock("nhwc")
-        *n, h, w, c = sch.get_loops(nhwc)
-        width, c_total = sch.get(w).extent.value, sch.get(c).extent.value
-        w_tile, c_tile = pow2_tile(width, 16), pow2_tile(c_total, 16)
-        w_outer, w_inner = sch.split(w, [None, w_tile])
-        c_outer, c_inner = sch.split(c, [None, c_tile])
-        sch.reorder(*n, h, w_outer, c_outer, w_inner, c_inner)
-        if parallel:
-            sch.parallel(sch.fuse(*n, h) if n else h)
-        if c_tile > 1:
+        # Loops over (n, h, w, c), those of extent 1 dropped by TVM (batch 1, a 1-D conv's
+        # one row, a single input channel).
+        n, h, w, c = _loops_by_dim(sch, nhwc)
+        rows_loops = [loop for loop in (n, h) if loop is not None]
+        w_outer, w_inner = w, None
+        if w is not None:
+            w_outer, w_inner = sch.split(w, [None, pow2_tile(sch.get(w).extent.value, 16)])
+        c_outer, c_inner = c, None
+        if c is not None:
+            c_tile = pow2_tile(sch.get(c).extent.value, 16)
+            c_outer, c_inner = sch.split(c, [None, c_tile])
+        order = [*rows_loops, w_outer, c_outer, w_inner, c_inner]
+        sch.reorder(*(loop for loop in order if loop is not None))
+        tasks = [loop for loop in (*rows_loops, w_outer) if loop is not None]
+        if parallel and tasks:
+            sch.parallel(sch.fuse(*tasks) if len(tasks) > 1 else tasks[0])
+        if c_inner is not None and c_tile > 1:
             sch.vectorize(c_inner)
     return local
+
+
+def _loops_by_dim(sch: Any, block: Any) -> list[Any]:
+    """Return the loops of a spatial ``block``, one per dimension it writes (None: dropped)."""
+    loops = iter(sch.get_loops(block))
+    stmt = sch.get(block)
+    present = {i for i, rng in enumerate(stmt.writes[0].region)
+               if any(rng.min.same_as(it.var) for it in stmt.iter_vars)}
+    return [next(loops) if dim in present else None for dim in range(len(stmt.writes[0].region))]
 
 
 # Parallel tasks wanted at least (a few per core, so uneven tasks balance out), and the most

@@ -24,11 +24,15 @@ from hwcomp.lower.cpu.rules.layout import TiledLayout
 from hwcomp.lower.cpu.rules.window import WindowReduction
 
 
-def default_rules(lanes: int, cores: int) -> list[Any]:
-    """Return the rules, in order, for ``lanes`` fp32 vector lanes and ``cores`` cores."""
+def default_rules(lanes: int, cores: int, failures: list[str] | None = None) -> list[Any]:
+    """Return the rules, in order, for ``lanes`` fp32 vector lanes and ``cores`` cores.
+
+    ``failures`` receives a line for each hwcomp kernel the kernel rule could not tile.
+    """
     if lanes == 1 and cores == 1:
         return [FoldIntoEpilogue()]
-    vector_rules = [FusedKernel(lanes), WindowReduction(lanes, cores), TiledLayout(lanes)]
+    vector_rules = [FusedKernel(lanes, failures), WindowReduction(lanes, cores),
+                    TiledLayout(lanes)]
     return [*(vector_rules if lanes > 1 else []), ParallelVector(lanes, cores)]
 
 

@@ -23,13 +23,19 @@ class SafeRule:
     calls; not subclassing keeps TVM out of hwcomp's import time until a build runs.
     """
 
+    # Why the last call did not apply (an exception's first line), or None.
+    last_error: str | None = None
+
     def apply(self, func: Any, target: Any, tunable: bool) -> Any:
         """Return ``func`` scheduled by this rule, or None when the rule does not apply."""
+        self.last_error = None
         try:
             return self.schedule(func)
         except Exception as exc:  # noqa: BLE001 - TVM raises many types; keep TVM's loops
             stop.raise_if_requested()  # a Ctrl-C TVM turned into its own error is no fallback
             logger.debug("%s not applied: %s", type(self).__name__, exc)
+            self.last_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" \
+                if str(exc).strip() else type(exc).__name__
             return None
 
     def schedule(self, func: Any) -> Any:

@@ -25,7 +25,7 @@ class TiledLayout(SafeRule):
     def schedule(self, func: Any) -> Any:
         """Return the tiled schedule, or None (nothing changed) when not every block fits.
 
-        Every block left after inlining must be spatial over ([n,] c, h, w); a reduction
+        Every block left after inlining must be spatial over ([n,] c, [h,] w); a reduction
         that joined the function leaves it to the generic rule.
         """
         from tvm import s_tir
@@ -38,7 +38,7 @@ class TiledLayout(SafeRule):
                                     for info in infos):
             return None
         infos = try_inline(sch, infos)
-        if not all(info.dom_kind() in ("SSS", "SSSS")
+        if not all(info.dom_kind() in ("SS", "SSS", "SSSS")
                    and len(sch.get_loops(info.block_rv)) == len(info.dom_kind()) for info in infos):
             return None
         for info in infos:
