@@ -44,6 +44,12 @@ LAYERS = {
     "r50_1x1_28": (512, 28, 256, 1, 1, 0),
     "r50_1x1_14": (1024, 14, 256, 1, 1, 0),
     "resnet_style_3x3_64": (32, 64, 32, 3, 1, 1),
+    # Mobile nets' expand / project 1x1 convs on late maps (MnasNet, EfficientNet).
+    "mb_1x1_7_expand": (192, 7, 1152, 1, 1, 0),
+    "mb_1x1_7_project": (1152, 7, 192, 1, 1, 0),
+    "mb_1x1_14_expand": (80, 14, 480, 1, 1, 0),
+    "mb_1x1_14_project": (480, 14, 80, 1, 1, 0),
+    "r18_3x3_7": (512, 7, 512, 3, 1, 1),
 }
 
 

@@ -95,8 +95,23 @@ def test_grouped_conv_runs_as_batched_gemms(x_shape, w_shape, attrs, label):
     _compile_and_compare(_model("Conv", x_shape, w_shape, **attrs), label)
 
 
+@pytest.mark.parametrize("x_shape,w_shape,attrs", [
+    ((1, 32, 14, 14), (32, 1, 3, 3), dict(pads=[1] * 4)),                 # 14x14, 3x3
+    ((1, 24, 7, 7), (24, 1, 5, 5), dict(pads=[2] * 4)),                   # 7x7 map, 5x5
+    ((1, 16, 96, 96), (16, 1, 3, 3), dict(pads=[1] * 4, strides=[2, 2])),  # stride 2
+    ((1, 40, 15, 13), (40, 1, 5, 5), dict(pads=[1, 2, 2, 1], strides=[2, 2])),  # odd, asym.
+    ((1, 8, 3, 3), (8, 1, 3, 3), dict(pads=[1] * 4)),                     # a 3x3 map
+    ((1, 48, 20, 20), (48, 1, 3, 3), dict(pads=[2] * 4, dilations=[2, 2])),  # dilated
+    ((1, 64, 1, 50), (64, 1, 1, 7), dict(pads=[0, 3, 0, 3])),             # one row
+])
+def test_depthwise_conv_runs_with_channels_in_vector_lanes(x_shape, w_shape, attrs):
+    _compile_and_compare(_model("Conv", x_shape, w_shape, group=x_shape[1], **attrs),
+                         "depthwise NCHW kernel, fused epilogue")
+
+
 @pytest.mark.parametrize("x_shape,w_shape,attrs,label", [
-    ((1, 24, 5, 5), (24, 1, 3, 3), dict(pads=[1] * 4, group=24), "depthwise window schedule"),
+    # ShuffleNet's 58 channels: not whole vectors of 8.
+    ((1, 58, 7, 7), (58, 1, 3, 3), dict(pads=[1] * 4, group=58), "depthwise window schedule"),
     ((2, 32, 6, 6), (32, 8, 3, 3), dict(pads=[1] * 4, group=4),
      "generic schedule (grouped conv with batch > 1)"),
     ((1, 30, 6, 6), (30, 3, 3, 3), dict(pads=[1] * 4, group=10), "within 4 merged groups)"),

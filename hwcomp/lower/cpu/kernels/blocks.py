@@ -17,6 +17,12 @@ POINTWISE_BLOCK = "hwcomp_pointwise"
 CONV_BLOCK = "hwcomp_conv"
 
 
+# hwcomp's default rule recognises a function holding this block (a fp32 depthwise convolution
+# with its NCHW output and the elementwise ops TVM fused after it) and schedules it with
+# :func:`schedule_fused_kernel`.
+DEPTHWISE_BLOCK = "hwcomp_depthwise"
+
+
 # The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
 # add, activation (and, for int8, the rescaling) that follow a convolution join it in one
 # pass. hwcomp's default rule recognises the fused function by this block name and applies

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, GROUP_ATTR, LAYOUT_BLOCK, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.blocks import (
+    CONV_BLOCK,
+    DEPTHWISE_BLOCK,
+    GROUP_ATTR,
+    LAYOUT_BLOCK,
+    POINTWISE_BLOCK,
+)
 from hwcomp.lower.cpu.kernels.tiling import (
     LANE_BLOCKS,
     ODD_ROW_TILE,
@@ -205,6 +211,47 @@ def conv_nchw_kernel(
         c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK,
                        attrs=attrs)
     return te.create_prim_func([x, w, c])
+
+
+def depthwise_kernel(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
+    padding: tuple[int, int, int, int], dilation: tuple[int, int], spec: KernelSpec,
+    out_rank: int = 4,
+) -> Any:
+    """fp32 depthwise convolution (batch 1, one output per channel) writing NCHW, fusable.
+
+    The input's padded NHWC copy puts channels in vector lanes: each window tap of a tile of
+    pixels is one vector load of the input and one FMA with the tap's weight vector (weights
+    packed ``[C/L, taps, L, 1]``), whatever the stride or map width (row-vector schedules run
+    7x7 maps and stride 2 in scalar code). Scheduled as :func:`conv_nchw_kernel` is, by
+    :func:`schedule_fused_kernel`: the bias and activation after it are applied in the store.
+    Needs channels in whole vectors (:func:`depthwise_fits`).
+    """
+    from tvm import te
+
+    channels = data_shape[1]
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
+    taps, lanes = kernel[0] * kernel[1], spec.lanes
+    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    w = te.placeholder(int64_shape((channels // lanes, taps, lanes, 1)), "float32", name="W")
+    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
+    k = te.reduce_axis((0, te.const(taps, "int64")), "k")
+
+    def conv(n: Any, c: Any, oh: Any, ow: Any) -> Any:
+        value = _im2col_element(nhwc, n, oh, ow, k, 1, kernel, strides, dilation, c)
+        return te.sum(value * w[c // lanes, k, c % lanes, 0], axis=k)
+
+    if out_rank == 3:
+        out = te.compute(int64_shape((1, channels, out_w)), lambda n, c, ow: conv(n, c, 0, ow),
+                         name=DEPTHWISE_BLOCK)
+    else:
+        out = te.compute(int64_shape((1, channels, out_h, out_w)), conv, name=DEPTHWISE_BLOCK)
+    return te.create_prim_func([x, w, out])
+
+
+def depthwise_fits(data_shape: tuple[int, ...], spec: KernelSpec) -> bool:
+    """Whether :func:`depthwise_kernel` computes a depthwise conv of this input."""
+    return not spec.intrin and data_shape[0] == 1 and data_shape[1] % spec.lanes == 0
 
 
 def merge_groups(weight: np.ndarray, groups: int, lanes: int,

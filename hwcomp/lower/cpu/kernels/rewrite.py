@@ -39,6 +39,8 @@ from hwcomp.lower.cpu.kernels.compute import (
     conv_nchw_fits,
     conv_nchw_kernel,
     conv_weight_matrix,
+    depthwise_fits,
+    depthwise_kernel,
     matmul_kernel,
     merge_groups,
     pack_weight,
@@ -233,7 +235,15 @@ class _KernelCalls:
             if spec.intrin:
                 return "generic schedule (grouped int8 conv: no dot-product kernel)"
             if weight.shape[1] == 1 and out_channels == g.groups:
-                return "depthwise window schedule"
+                if not depthwise_fits(shape, spec):
+                    return "depthwise window schedule"
+                matrix = weight.reshape(out_channels, -1)
+                return self._fused(
+                    ("depthwise", shape, kernel, strides, padding, dilation, len(out_shape)),
+                    lambda: depthwise_kernel(shape, kernel, strides, padding, dilation, spec,
+                                             len(out_shape)),
+                    "depthwise NCHW kernel, fused epilogue", data, pack_weight(matrix, spec),
+                    out_shape)
             merged = merge_groups(weight, g.groups, spec.lanes)
             if merged is None:
                 return (f"generic schedule ({out_channels // g.groups} output channels per "

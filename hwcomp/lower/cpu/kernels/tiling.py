@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, GROUP_ATTR, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.blocks import (
+    CONV_BLOCK,
+    DEPTHWISE_BLOCK,
+    GROUP_ATTR,
+    POINTWISE_BLOCK,
+)
 from hwcomp.lower.cpu.kernels.intrinsics import register_intrinsic
 from hwcomp.lower.kernel_spec import KernelSpec, round_up
 
@@ -47,7 +52,8 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
 
     infos = normalize_prim_func(sch)
     names = [sch.get(info.block_rv).name_hint for info in infos or []]
-    kernel = next((name for name in (POINTWISE_BLOCK, CONV_BLOCK) if name in names), None)
+    kernel = next((name for name in (POINTWISE_BLOCK, CONV_BLOCK, DEPTHWISE_BLOCK)
+                   if name in names), None)
     if kernel is None:
         return False
     block = sch.get_sblock(kernel)
@@ -91,7 +97,11 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
         if group_out is not None:
             channels //= out_shape[1] // group_out  # a group's input channels
         im2col = (int(sch.get(block).iter_vars[-1].dom.extent) // channels, channels)
-    tile_matmul(sch, block, instruction, im2col, pixels_inner=im2col is not None)
+    tile_matmul(sch, block, instruction, im2col, pixels_inner=kernel != POINTWISE_BLOCK)
+    if kernel == DEPTHWISE_BLOCK:
+        copy_elements = int(np.prod([int(v) for v in
+                                     sch.get(sch.get_sblock("nhwc")).writes[0].source.shape]))
+        _schedule_nhwc(sch, copy_elements >= _MIN_PARALLEL_COPY)
     sch.reverse_compute_inline(copy)
     if epilogue:
         sch.reverse_compute_inline(epilogue[-1])
@@ -184,12 +194,11 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     widest = _widest_row_tile(block_tile, instruction.accumulators)
     # The most rows that divide the rows evenly (a 9x11 map: 11; a 50-frame sequence: 10).
     row_tile = max(t for t in range(1, widest + 1) if rows % t == 0)
-    if (row_tile < ROW_TILE and rows % ODD_ROW_TILE == 0
-            and ODD_ROW_TILE * block_tile <= 2 * instruction.accumulators - 4):
-        # A 7x7 map (49 rows) the NCHW conv kernel cannot pad: 7 rows x 4 vectors of 16
-        # = 28 accumulators still fit AVX-512's registers; one row per tile would stream
-        # every weight once per pixel.
+    if row_tile < ROW_TILE and rows % ODD_ROW_TILE == 0:
+        # A 7x7 map (49 rows) the NCHW conv kernel cannot pad: 7 rows by as many vectors as
+        # the registers hold; one row per tile would stream every weight once per pixel.
         row_tile = ODD_ROW_TILE
+        block_tile = _odd_block_tile(block_tile, lane_blocks, instruction.accumulators)
     depth = sch.get(k).extent.value
     row_bytes = depth * np.dtype(instruction.activation_dtype).itemsize
     weight_bytes = (lane_blocks * instruction.lanes * depth
@@ -266,29 +275,34 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     if instruction.intrin:
         sch.tensorize(n_lane, instruction.intrin)
     if im2col is not None:
-        # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
-        # stay in L1 while it writes 16 contiguous channel vectors.
-        # Rows and column tiles run in parallel: a 1-D conv's copy is one row.
-        nhwc = sch.get_sblock("nhwc")
-        # Loops over (n, h, w, c), those of extent 1 dropped by TVM (batch 1, a 1-D conv's
-        # one row, a single input channel).
-        n, h, w, c = _loops_by_dim(sch, nhwc)
-        rows_loops = [loop for loop in (n, h) if loop is not None]
-        w_outer, w_inner = w, None
-        if w is not None:
-            w_outer, w_inner = sch.split(w, [None, pow2_tile(sch.get(w).extent.value, 16)])
-        c_outer, c_inner = c, None
-        if c is not None:
-            c_tile = pow2_tile(sch.get(c).extent.value, 16)
-            c_outer, c_inner = sch.split(c, [None, c_tile])
-        order = [*rows_loops, w_outer, c_outer, w_inner, c_inner]
-        sch.reorder(*(loop for loop in order if loop is not None))
-        tasks = [loop for loop in (*rows_loops, w_outer) if loop is not None]
-        if parallel and tasks:
-            sch.parallel(sch.fuse(*tasks) if len(tasks) > 1 else tasks[0])
-        if c_inner is not None and c_tile > 1:
-            sch.vectorize(c_inner)
+        _schedule_nhwc(sch, parallel)
     return local
+
+
+def _schedule_nhwc(sch: Any, parallel: bool) -> None:
+    """Schedule a kernel's padded NHWC copy of its input ("nhwc")."""
+    # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
+    # stay in L1 while it writes 16 contiguous channel vectors.
+    # Rows and column tiles run in parallel: a 1-D conv's copy is one row.
+    nhwc = sch.get_sblock("nhwc")
+    # Loops over (n, h, w, c), those of extent 1 dropped by TVM (batch 1, a 1-D conv's
+    # one row, a single input channel).
+    n, h, w, c = _loops_by_dim(sch, nhwc)
+    rows_loops = [loop for loop in (n, h) if loop is not None]
+    w_outer, w_inner = w, None
+    if w is not None:
+        w_outer, w_inner = sch.split(w, [None, pow2_tile(sch.get(w).extent.value, 16)])
+    c_outer, c_inner = c, None
+    if c is not None:
+        c_tile = pow2_tile(sch.get(c).extent.value, 16)
+        c_outer, c_inner = sch.split(c, [None, c_tile])
+    order = [*rows_loops, w_outer, c_outer, w_inner, c_inner]
+    sch.reorder(*(loop for loop in order if loop is not None))
+    tasks = [loop for loop in (*rows_loops, w_outer) if loop is not None]
+    if parallel and tasks:
+        sch.parallel(sch.fuse(*tasks) if len(tasks) > 1 else tasks[0])
+    if c_inner is not None and c_tile > 1:
+        sch.vectorize(c_inner)
 
 
 def _loops_by_dim(sch: Any, block: Any) -> list[Any]:
@@ -324,6 +338,10 @@ _MIN_K_BLOCK = 16
 _MIN_PARALLEL_MACS = 1 << 18
 
 
+# Elements of an input copy below which it stays on one thread.
+_MIN_PARALLEL_COPY = 1 << 14
+
+
 def _row_tiles_per_task(row_tiles: int, tile_bytes: int, column_tasks: int = 1) -> int:
     """Row tiles per parallel task: the largest divisor up to 16 that keeps enough tasks.
 
@@ -341,6 +359,21 @@ def _block_tile(lane_blocks: int, accumulators: int = ROW_TILE * LANE_BLOCKS) ->
     """Lane blocks per register tile: 4 with 16 accumulators, at most 2 with AVX2's 12."""
     widest = LANE_BLOCKS if accumulators >= ROW_TILE * LANE_BLOCKS else 2
     return next(t for t in (widest, 2, 1) if t <= widest and lane_blocks % t == 0)
+
+
+def _odd_block_tile(block_tile: int, lane_blocks: int, accumulators: int) -> int:
+    """Lane blocks beside 7 register-tile rows: 7 x b accumulators plus b weight vectors.
+
+    AVX-512 and NEON have 32 vector registers and take the broadcast operand without one of
+    its own (AVX-512's embedded broadcast, NEON's FMA by element): 7 x 4. AVX2 (12
+    accumulators, 16 registers) needs a register for the broadcast: 7 x 1 (7 x 2 spilled:
+    ResNet-18's 512-channel 3x3 on 7x7 ran 2.36 ms, 7 x 1 1.59 ms; MnasNet's 7x7 1x1
+    convs 0.25-0.26 ms, 7 x 1 0.20-0.21 ms).
+    """
+    registers, broadcast = (16, 1) if accumulators < ROW_TILE * LANE_BLOCKS else (32, 0)
+    return next(b for b in (block_tile, 2, 1)
+                if b <= block_tile and lane_blocks % b == 0
+                and ODD_ROW_TILE * b + b + broadcast <= registers)
 
 
 def _widest_row_tile(block_tile: int, accumulators: int = ROW_TILE * LANE_BLOCKS) -> int:
