@@ -6,7 +6,8 @@ cloud VMs, this project's 2-core runners) that is half the cores, so every paral
 one core of two. hwcomp sets ``TVM_NUM_THREADS`` to the physical core count where neither
 variable is set: in its own process (tuning measures in child processes, which inherit it), in
 the device server it starts, and in the bundle runner it launches (the runner applies the same
-rule itself when run by hand).
+rule itself when run by hand). It also leaves threads unpinned (``TVM_BIND_THREADS=0``, see
+:data:`BIND_VARIABLE`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from collections.abc import Mapping
 
 # The variables TVM's runtime reads for its thread count, in its order of precedence.
 THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+# TVM pins each pool thread, and the thread that calls the model, to a core of its own unless
+# this is "0". With another process busy on one of those cores, a pinned thread gets half of
+# it in scheduler time slices and every parallel region waits for it at a barrier: MnasNet
+# on 2 cores with one busy ran 620 ms (median) pinned, 14 ms unpinned, where onnxruntime (it
+# does not pin) took 19 ms. hwcomp sets it to "0" unless the user set it.
+BIND_VARIABLE = "TVM_BIND_THREADS"
 
 
 def physical_cores() -> int:
@@ -32,6 +41,7 @@ def thread_env(threads: int = 0, base: Mapping[str, str] | None = None) -> dict[
     otherwise sets one thread per physical core.
     """
     env = dict(os.environ if base is None else base)
+    env.setdefault(BIND_VARIABLE, "0")
     if threads > 0:
         env["TVM_NUM_THREADS"] = str(threads)
     elif not any(env.get(name) for name in THREAD_VARIABLES):
@@ -48,3 +58,4 @@ def use_physical_cores() -> None:
     value = thread_env().get(variable)
     if value is not None:
         os.environ[variable] = value
+    os.environ.setdefault(BIND_VARIABLE, "0")

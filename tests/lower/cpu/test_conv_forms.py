@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwcomp.lower import lowering_for
 from hwcomp.lower.cpu.kernels import compute
+from hwcomp.lower.cpu.kernels import spec as specs
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.targets import load_target
 from tests.helpers import run_ort
@@ -72,6 +73,8 @@ def _compile_and_compare(model, label):
     # merged 4 at a time into whole vectors).
     ((1, 96, 49), (96, 6, 16), dict(pads=[8, 8], group=16),
      "grouped NCHW kernel (4 groups, 4 merged), fused epilogue"),
+    # Depthwise 1-D (a conformer's convolution module), writing NCW.
+    ((1, 64, 50), (64, 1, 7), dict(pads=[3, 3], group=64), "depthwise NCHW kernel, fused"),
 ])
 def test_conv1d_runs_on_the_2d_kernels(x_shape, w_shape, attrs, label):
     _compile_and_compare(_model("Conv", x_shape, w_shape, **attrs), label)
@@ -98,15 +101,33 @@ def test_grouped_conv_runs_as_batched_gemms(x_shape, w_shape, attrs, label):
 @pytest.mark.parametrize("x_shape,w_shape,attrs", [
     ((1, 32, 14, 14), (32, 1, 3, 3), dict(pads=[1] * 4)),                 # 14x14, 3x3
     ((1, 24, 7, 7), (24, 1, 5, 5), dict(pads=[2] * 4)),                   # 7x7 map, 5x5
-    ((1, 16, 96, 96), (16, 1, 3, 3), dict(pads=[1] * 4, strides=[2, 2])),  # stride 2
-    ((1, 40, 15, 13), (40, 1, 5, 5), dict(pads=[1, 2, 2, 1], strides=[2, 2])),  # odd, asym.
-    ((1, 8, 3, 3), (8, 1, 3, 3), dict(pads=[1] * 4)),                     # a 3x3 map
-    ((1, 48, 20, 20), (48, 1, 3, 3), dict(pads=[2] * 4, dilations=[2, 2])),  # dilated
+    ((1, 16, 28, 28), (16, 1, 5, 5), dict(pads=[2] * 4, strides=[2, 2])),  # stride 2
+    ((1, 40, 15, 11), (40, 1, 5, 5), dict(pads=[1, 2, 2, 1])),            # odd, asymmetric
+    ((1, 8, 3, 3), (8, 1, 5, 5), dict(pads=[2] * 4)),                     # a 3x3 map
+    ((1, 48, 10, 10), (48, 1, 3, 3), dict(pads=[2] * 4, dilations=[2, 2])),  # dilated
     ((1, 64, 1, 50), (64, 1, 1, 7), dict(pads=[0, 3, 0, 3])),             # one row
 ])
 def test_depthwise_conv_runs_with_channels_in_vector_lanes(x_shape, w_shape, attrs):
     _compile_and_compare(_model("Conv", x_shape, w_shape, group=x_shape[1], **attrs),
                          "depthwise NCHW kernel, fused epilogue")
+
+
+@pytest.mark.parametrize("channels,size,kernel,stride,lanes_kernel", [
+    (32, 112, 3, 1, False),   # rows of 112 fill the vectors: the window rule
+    (96, 112, 3, 2, False),   # the NHWC copy of a large input is not paid back
+    (192, 28, 3, 1, False),   # rows of 28: half-vectors, still the window rule
+    (960, 7, 3, 1, True),     # rows of 7 would run scalar
+    (240, 28, 5, 2, True),    # 25 taps at stride 2 pay for the copy
+    (58, 7, 3, 1, False),     # channels not whole vectors
+])
+def test_depthwise_kernel_is_chosen_where_it_measured_faster(channels, size, kernel, stride,
+                                                               lanes_kernel):
+    spec = specs.fma_spec(8)
+    pad = kernel // 2
+    out = (size + 2 * pad - kernel) // stride + 1
+    assert compute.depthwise_fits((1, channels, size, size), (1, channels, out, out),
+                                  (kernel, kernel), (stride, stride), (pad,) * 4,
+                                  spec) == lanes_kernel
 
 
 @pytest.mark.parametrize("x_shape,w_shape,attrs,label", [

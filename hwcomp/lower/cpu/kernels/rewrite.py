@@ -235,7 +235,7 @@ class _KernelCalls:
             if spec.intrin:
                 return "generic schedule (grouped int8 conv: no dot-product kernel)"
             if weight.shape[1] == 1 and out_channels == g.groups:
-                if not depthwise_fits(shape, spec):
+                if not depthwise_fits(shape, out_shape, kernel, strides, padding, spec):
                     return "depthwise window schedule"
                 matrix = weight.reshape(out_channels, -1)
                 return self._fused(
