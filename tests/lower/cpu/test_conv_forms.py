@@ -190,3 +190,48 @@ def test_a_kernel_its_rule_cannot_tile_is_reported(monkeypatch):
     compiled = lowering.compile(lowering.prepare(ir.to_proto(legal), target).module, target)
     assert compiled.unscheduled_kernels == [
         "hwcomp_conv (1, 8, 12): ValueError: cannot transform this block"]
+
+
+@pytest.mark.cross
+def test_conv_forms_build_and_verify_for_arm_a72(tmp_path):
+    """NEON has 4 fp32 lanes and 32 registers (other tiles, merges and row tiles than AVX2):
+    a grouped conv (8 per group: 2 vectors each), a depthwise 5x5 on a 7x7 map, a
+    transposed 2x2/2 and a grouped transposed conv, cross-compiled and verified against
+    onnxruntime under qemu-aarch64 by the build."""
+    import json
+
+    from hwcomp import api
+    from tests.conftest import require_tools
+
+    require_tools("aarch64-linux-gnu-g++", "qemu-aarch64")
+    rng = np.random.default_rng(5)
+
+    def const(name, shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], group=4, pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["a"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2", "b2"], ["d"], group=32, pads=[2] * 4),
+        helper.make_node("ConvTranspose", ["d", "w3"], ["u"], strides=[2, 2]),
+        helper.make_node("ConvTranspose", ["u", "w4"], ["y"], strides=[2, 2], pads=[1] * 4,
+                         group=2),
+    ]
+    inits = [const("w1", (32, 4, 3, 3)), const("w2", (32, 1, 5, 5)), const("b2", (32,)),
+             const("w3", (32, 16, 2, 2)), const("w4", (16, 4, 3, 3))]
+    graph = helper.make_graph(
+        nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10),
+        strict_mode=True)
+    path = tmp_path / "forms.onnx"
+    onnx.save(model, path)
+    result = api.build(path, "arm-a72", tmp_path / "out", use_tuning_db=False)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    assert manifest["verification"]["status"] == "passed", manifest["verification"]
+    assert manifest["unscheduled_kernels"] == []
+    labels = manifest["float_kernels"]
+    assert "grouped NCHW kernel (4 groups)" in labels[0], labels
+    assert "depthwise NCHW kernel" in labels[1] and "NCHW kernel" in labels[2], labels
+    assert "(2 groups)" in labels[3], labels
