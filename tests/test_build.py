@@ -100,12 +100,22 @@ def test_bundle_runner_reproduces_onnxruntime(models_dir, tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     assert "median_ms=" in proc.stdout
     assert f"threads={physical_cores()} " in proc.stdout
+    # Parallel loops run on the runner's task pool (threads claim tasks as they come free)
+    # unless TVM's own pool is asked for; both give onnxruntime's result.
+    assert (" pool=tasks " in proc.stdout) == (physical_cores() > 1), proc.stdout
+    want = np.load(bundle / "verify" / "expected_output_00.npy")
+    np.testing.assert_allclose(np.load(out / "output_0.npy"), want, rtol=1e-4, atol=1e-5)
+    two = {**env, "TVM_NUM_THREADS": "2"}
+    tasks = subprocess.run(command, capture_output=True, text=True, check=True, env=two)
+    assert " pool=tasks " in tasks.stdout
+    np.testing.assert_allclose(np.load(out / "output_0.npy"), want, rtol=1e-4, atol=1e-5)
+    tvm_pool = subprocess.run(command, capture_output=True, text=True, check=True,
+                              env={**two, "HWCOMP_TVM_POOL": "1"})
+    assert " pool=tvm " in tvm_pool.stdout
+    np.testing.assert_allclose(np.load(out / "output_0.npy"), want, rtol=1e-4, atol=1e-5)
     pinned = subprocess.run(command, capture_output=True, text=True, check=True,
                             env={**env, "TVM_NUM_THREADS": "1"})
     assert "threads=1 " in pinned.stdout
-    got = np.load(out / "output_0.npy")
-    want = np.load(bundle / "verify" / "expected_output_00.npy")
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_bundle_cmake_project_builds_the_runner(models_dir, tmp_path):

@@ -59,10 +59,10 @@ def compile_runner(target: Target, runtime_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="hwcomp-runner-") as scratch:
         partial = Path(scratch) / "hwcomp_runner"
         command = [
-            compiler, "-std=c++17", "-O2", str(source), f"-I{ffi_include_dir()}",
+            compiler, "-std=c++17", "-O2", "-pthread", str(source), f"-I{ffi_include_dir()}",
             "-o", str(partial), f"-L{runtime_dir}", "-Wl,--no-as-needed",
             # The extra library registers the contrib functions (sort, TopK) when loaded.
-            *(f"-l{lib[3:-3]}" for lib in RUNTIME_LIBS), "-Wl,-rpath,$ORIGIN/../runtime",
+            *(f"-l{lib[3:-3]}" for lib in RUNTIME_LIBS), "-ldl", "-Wl,-rpath,$ORIGIN/../runtime",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
