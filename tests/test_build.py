@@ -15,7 +15,8 @@ from tests.conftest import require_tools
 BUNDLE_FILES = ["manifest.json", "model.optimized.onnx", "README.md", "CMakeLists.txt",
                 "lib/model.so", "runtime/libtvm_runtime.so", "runtime/libtvm_runtime_extra.so",
                 "runtime/libtvm_ffi.so",
-                "bin/hwcomp_runner", "runner/runner.cc", "runner/CMakeLists.txt",
+                "bin/hwcomp_runner", "runner/runner.cc", "runner/task_pool.h",
+                "runner/CMakeLists.txt",
                 "include/tvm/ffi/c_api.h", "include/dlpack/dlpack.h"]
 
 

@@ -22,6 +22,7 @@ def test_wheel_carries_profiles_and_kernels(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "hwcomp/_data/targets/arm-a72.toml" in names
     assert "hwcomp/_data/kernels/runner/runner.cc" in names
+    assert "hwcomp/_data/kernels/runner/task_pool.h" in names
     assert "hwcomp/_data/kernels/bundle/CMakeLists.txt.in" in names
     # Installed on its own, the package finds its data inside itself.
     target = tmp_path / "site"

@@ -13,13 +13,8 @@
 // half of it in scheduler time slices and every parallel region waits for it at a barrier
 // (MnasNet on 2 cores, one busy: median 620 ms pinned, 14 ms unpinned).
 //
-// Parallel loops: TVM's pool gives thread i the i-th static share of each parallel loop and
-// waits for every share, so a thread whose core was taken (another process, another VM on
-// the host) stalls the whole region until it runs again. The runner installs its own
-// launcher in the model (its __TVMBackendParallelLaunch entry): each loop is cut into 4
-// tasks per thread that the threads, the caller included, claim as they come free; a stalled
-// thread holds back at most the one task it claimed. HWCOMP_TVM_POOL=1 keeps TVM's pool; a
-// model that uses TVM's parallel barrier (none of hwcomp's schedules does) keeps it too.
+// Parallel loops run on the task pool of task_pool.h (threads claim tasks as they come free)
+// instead of TVM's static shares; HWCOMP_TVM_POOL=1 keeps TVM's pool.
 //
 // Inputs are given in the model's input order. Without --inputs the runner feeds zeros of
 // the shapes recorded in the executable's first call (not supported: pass inputs).
@@ -48,13 +43,10 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
-#include <atomic>
-#include <condition_variable>
-#include <mutex>
 #include <utility>
 #include <vector>
 
-#include <dlfcn.h>
+#include "task_pool.h"
 
 namespace ffi = tvm::ffi;
 
@@ -193,131 +185,6 @@ void DefaultThreadCount() {
   setenv("TVM_BIND_THREADS", "0", 0);
 }
 
-// TVM's parallel-task ABI (tvm/runtime/c_backend_api.h).
-struct TVMParallelGroupEnv {
-  void* sync_handle;
-  int32_t num_task;
-};
-using ParallelLambda = int (*)(int task_id, TVMParallelGroupEnv* env, void* cdata);
-
-// A pool whose threads claim a parallel loop's tasks dynamically (see the header comment).
-class TaskPool {
- public:
-  static constexpr int kTasksPerThread = 4;
-
-  explicit TaskPool(int threads) : threads_(std::max(1, threads)) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { Work(); });
-  }
-
-  ~TaskPool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    wake_.notify_all();
-    for (std::thread& t : workers_) t.join();
-  }
-
-  int Launch(ParallelLambda lambda, void* cdata) {
-    if (in_worker_ || threads_ == 1) {  // nested or single-threaded: run it here, in one task
-      TVMParallelGroupEnv env{nullptr, 1};
-      return lambda(0, &env, cdata);
-    }
-    int tasks = threads_ * kTasksPerThread;
-    lambda_ = lambda;
-    cdata_ = cdata;
-    env_ = TVMParallelGroupEnv{nullptr, tasks};
-    error_.store(0, std::memory_order_relaxed);
-    done_.store(0, std::memory_order_relaxed);
-    uint64_t generation = generation_.load(std::memory_order_relaxed) + 1;
-    // The claim counter carries the job's generation: a late thread never claims a task of
-    // the next job with the last one's view.
-    next_.store(generation << 32, std::memory_order_release);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      generation_.store(generation, std::memory_order_release);
-    }
-    if (sleeping_.load(std::memory_order_acquire) > 0) wake_.notify_all();
-    RunTasks(generation, tasks);
-    for (int spins = 0; done_.load(std::memory_order_acquire) < tasks; ++spins) {
-      if (spins > 1000) std::this_thread::yield();
-    }
-    return error_.load(std::memory_order_relaxed);
-  }
-
- private:
-  void RunTasks(uint64_t generation, int tasks) {
-    for (;;) {
-      uint64_t claim = next_.load(std::memory_order_acquire);
-      do {
-        if ((claim >> 32) != generation || static_cast<int>(claim & 0xffffffffu) >= tasks) return;
-      } while (!next_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel));
-      // The job cannot change while a claimed task is unfinished.
-      int task = static_cast<int>(claim & 0xffffffffu);
-      if (lambda_(task, &env_, cdata_) != 0) error_.store(-1, std::memory_order_relaxed);
-      done_.fetch_add(1, std::memory_order_acq_rel);
-    }
-  }
-
-  void Work() {
-    in_worker_ = true;
-    uint64_t seen = 0;
-    for (;;) {
-      uint64_t generation = generation_.load(std::memory_order_acquire);
-      for (int spins = 0; generation == seen && spins < 200000; ++spins) {
-        generation = generation_.load(std::memory_order_acquire);
-      }
-      if (generation == seen) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        sleeping_.fetch_add(1, std::memory_order_acq_rel);
-        wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-        sleeping_.fetch_sub(1, std::memory_order_acq_rel);
-        generation = generation_.load(std::memory_order_acquire);
-      }
-      seen = generation;
-      if (stop_.load(std::memory_order_acquire)) return;
-      RunTasks(generation, env_.num_task);
-    }
-  }
-
-  int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<uint64_t> next_{0};
-  std::atomic<int> done_{0}, error_{0}, sleeping_{0};
-  std::atomic<bool> stop_{false};
-  ParallelLambda lambda_ = nullptr;
-  void* cdata_ = nullptr;
-  TVMParallelGroupEnv env_{nullptr, 0};
-  static thread_local bool in_worker_;
-};
-
-thread_local bool TaskPool::in_worker_ = false;
-
-TaskPool* g_pool = nullptr;
-
-extern "C" int HwcompParallelLaunch(ParallelLambda lambda, void* cdata, int /*num_task*/) {
-  return g_pool->Launch(lambda, cdata);
-}
-
-// Points the model's parallel launches at the task pool, unless the user keeps TVM's pool
-// or the model needs TVM's barrier. Returns whether it did.
-bool InstallTaskPool(const std::string& model_path, int threads) {
-  const char* keep = std::getenv("HWCOMP_TVM_POOL");
-  if ((keep != nullptr && std::strcmp(keep, "1") == 0) || threads <= 1) return false;
-  void* handle = dlopen(model_path.c_str(), RTLD_NOW | RTLD_NOLOAD);
-  if (handle == nullptr) return false;
-  void* launch = dlsym(handle, "__TVMBackendParallelLaunch");
-  bool barrier = dlsym(handle, "__TVMBackendParallelBarrier") != nullptr;
-  if (launch == nullptr || barrier) return false;
-  g_pool = new TaskPool(threads);
-  *reinterpret_cast<void**>(launch) = reinterpret_cast<void*>(&HwcompParallelLaunch);
-  return true;
-}
-
 double Percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   double pos = q * (v.size() - 1);
@@ -361,7 +228,9 @@ int Run(int argc, char** argv) {
 
   ffi::Module lib = ffi::Module::LoadFromFile(model_path);
   const char* setting = ThreadSetting();
-  bool task_pool = InstallTaskPool(model_path, setting != nullptr ? std::atoi(setting) : 1);
+  const char* keep_tvm_pool = std::getenv("HWCOMP_TVM_POOL");
+  bool task_pool = !(keep_tvm_pool != nullptr && std::strcmp(keep_tvm_pool, "1") == 0) &&
+                   hwcomp::InstallTaskPool(model_path, setting != nullptr ? std::atoi(setting) : 1);
   ffi::Module vm = lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   // (device type, device id, allocator) for the CPU; 2 = pooled allocator.
   vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2,

@@ -47,7 +47,7 @@ def package_library(lowering: LibraryExport, executable: Any, target: Target,
     shutil.copytree(ffi_include_dir() / "tvm", staging / "include" / "tvm")
     shutil.copytree(ffi_include_dir() / "dlpack", staging / "include" / "dlpack")
     (staging / "runner").mkdir()
-    for name in ("runner.cc", "CMakeLists.txt"):
+    for name in ("runner.cc", "task_pool.h", "CMakeLists.txt"):
         shutil.copy2(kernels_path("runner", name), staging / "runner" / name)
     render_to(
         "bundle/CMakeLists.txt.in", staging / "CMakeLists.txt",

@@ -27,6 +27,7 @@ from hwcomp.targets import Target
 logger = logging.getLogger(__name__)
 
 RUNNER_SOURCE = ("runner", "runner.cc")
+RUNNER_HEADER = ("runner", "task_pool.h")
 EMULATOR_TIMEOUT_S = 600
 
 
@@ -46,9 +47,11 @@ def compile_runner(target: Target, runtime_dir: Path) -> Path:
     compiler = target.cross_compiler or "g++"
     require_tool(compiler, target.cross_package or "g++", "to build the bundle runner")
     source = kernels_path(*RUNNER_SOURCE)
+    header = kernels_path(*RUNNER_HEADER)
     key = hashlib.sha256(
         b"|".join(
-            [compiler.encode(), source.read_bytes(), " ".join(RUNTIME_LIBS).encode(),
+            [compiler.encode(), source.read_bytes(), header.read_bytes(),
+             " ".join(RUNTIME_LIBS).encode(),
              importlib.metadata.version("apache-tvm").encode()]
         )
     ).hexdigest()[:16]
