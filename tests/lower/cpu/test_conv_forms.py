@@ -174,7 +174,12 @@ def test_merge_groups_builds_the_block_diagonal_weight():
     assert compute.merge_groups(rng.standard_normal((10, 2, 1, 1)), 5, 4) is None  # 2 of 5
 
 
-def test_a_kernel_its_rule_cannot_tile_is_reported(monkeypatch):
+@pytest.mark.parametrize("x_shape,w_shape,attrs,block", [
+    ((1, 16, 12), (8, 16, 3), dict(pads=[1, 1]), "hwcomp_conv (1, 8, 12)"),
+    ((1, 24, 7, 7), (24, 1, 5, 5), dict(pads=[2] * 4, group=24),
+     "hwcomp_depthwise (1, 24, 7, 7)"),
+])
+def test_a_kernel_its_rule_cannot_tile_is_reported(monkeypatch, x_shape, w_shape, attrs, block):
     """Where hwcomp's rule fails on a kernel (TVM rejects a schedule step), the function runs
     on the generic schedule, still correct, and the build lists it with the error."""
     from hwcomp.lower.cpu.rules import fused_kernel
@@ -183,13 +188,12 @@ def test_a_kernel_its_rule_cannot_tile_is_reported(monkeypatch):
         raise ValueError("cannot transform this block\nsecond line")
 
     monkeypatch.setattr(fused_kernel, "schedule_fused_kernel", refuse)
-    model = _model("Conv", (1, 16, 12), (8, 16, 3), pads=[1, 1])
+    model = _model("Conv", x_shape, w_shape, **attrs)
     target = load_target("host")
     legal, _ = legalize_for_tvm(ir.from_proto(model))
     lowering = lowering_for(target)
     compiled = lowering.compile(lowering.prepare(ir.to_proto(legal), target).module, target)
-    assert compiled.unscheduled_kernels == [
-        "hwcomp_conv (1, 8, 12): ValueError: cannot transform this block"]
+    assert compiled.unscheduled_kernels == [f"{block}: ValueError: cannot transform this block"]
 
 
 @pytest.mark.cross

@@ -23,6 +23,10 @@ CONV_BLOCK = "hwcomp_conv"
 DEPTHWISE_BLOCK = "hwcomp_depthwise"
 
 
+# The kernels :func:`schedule_fused_kernel` tiles with their fused epilogue.
+FUSED_KERNEL_BLOCKS = (POINTWISE_BLOCK, CONV_BLOCK, DEPTHWISE_BLOCK)
+
+
 # The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual
 # add, activation (and, for int8, the rescaling) that follow a convolution join it in one
 # pass. hwcomp's default rule recognises the fused function by this block name and applies

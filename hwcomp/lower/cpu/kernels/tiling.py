@@ -16,6 +16,7 @@ import numpy as np
 from hwcomp.lower.cpu.kernels.blocks import (
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
+    FUSED_KERNEL_BLOCKS,
     GROUP_ATTR,
     POINTWISE_BLOCK,
 )
@@ -52,8 +53,7 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
 
     infos = normalize_prim_func(sch)
     names = [sch.get(info.block_rv).name_hint for info in infos or []]
-    kernel = next((name for name in (POINTWISE_BLOCK, CONV_BLOCK, DEPTHWISE_BLOCK)
-                   if name in names), None)
+    kernel = next((name for name in FUSED_KERNEL_BLOCKS if name in names), None)
     if kernel is None:
         return False
     block = sch.get_sblock(kernel)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, POINTWISE_BLOCK
+from hwcomp.lower.cpu.kernels.blocks import FUSED_KERNEL_BLOCKS
 from hwcomp.lower.cpu.kernels.spec import fma_spec
 from hwcomp.lower.cpu.kernels.tiling import schedule_fused_kernel
 from hwcomp.lower.cpu.rules.base import SafeRule
@@ -50,7 +50,7 @@ def _kernel_output(func: Any) -> str | None:
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    for name in (POINTWISE_BLOCK, CONV_BLOCK):
+    for name in FUSED_KERNEL_BLOCKS:
         try:
             block = sch.get(sch.get_sblock(name))
         except Exception:  # noqa: BLE001 - TVM raises its own error for a missing block
