@@ -116,19 +116,24 @@ def _output_roles(block: Any) -> tuple[int | None, ...] | None:
     None when the block is not a spatial write over its iterators plus one reduction.
     """
     iters = list(block.iter_vars)
-    region = block.writes[0].region
-
-    def written(dim: int) -> int | None:
-        return next((i for i, it in enumerate(iters) if region[dim].min.same_as(it.var)), None)
-
-    dims = [written(d) for d in range(len(region))]
+    dims = _written_iterators(block)
     reductions = [i for i, it in enumerate(iters) if int(it.iter_type) == _REDUCE]
     spatial = [d for d in dims if d is not None]
-    if len(reductions) != 1 or len(spatial) + 1 != len(iters) or len(region) not in (3, 4):
+    if len(reductions) != 1 or len(spatial) + 1 != len(iters) or len(dims) not in (3, 4):
         return None
     o, *plane = dims[1:]
     h, w = (None, plane[0]) if len(plane) == 1 else plane
     return o, h, w, reductions[0]
+
+
+def _written_iterators(block: Any) -> list[int | None]:
+    """For each dimension ``block`` writes, the index of the iterator indexing it (None: none).
+
+    TVM drops iterators (and their loops) of extent 1 from fused functions.
+    """
+    iters = list(block.iter_vars)
+    return [next((i for i, it in enumerate(iters) if rng.min.same_as(it.var)), None)
+            for rng in block.writes[0].region]
 
 
 # tirx.IterVar.CommReduce: a reduction iterator.
@@ -153,10 +158,10 @@ def tile_pixels_by_channels(sch: Any, block: Any, lanes: int) -> None:
     pixels = int(np.prod([sch.get(loop).extent.value for loop in plane]))
     tile = max(d for d in range(1, lanes + 1) if pixels % d == 0)
     group = pow2_tile(channels, lanes)
-    p_outer, p_inner = sch.split(sch.fuse(*plane) if len(plane) > 1 else plane[0], [None, tile])
+    p_outer, p_inner = sch.split(_fuse(sch, plane), [None, tile])
     c_outer, c_inner = sch.split(c, [None, group])
     sch.reorder(*batch, p_outer, c_outer, c_inner, p_inner)
-    sch.parallel(sch.fuse(*batch, p_outer) if batch else p_outer)
+    sch.parallel(_fuse(sch, [*batch, p_outer]))
     if tile > 1:
         sch.vectorize(p_inner)
 
@@ -225,7 +230,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         sch.reorder(*outer, m_tile, k_outer, m_inner, n_block, n_lane)
     # A kernel of a few microseconds runs on one thread: waking the pool costs more.
     parallel = groups * rows * lane_blocks * instruction.lanes * depth >= _MIN_PARALLEL_MACS
-    fused = (sch.fuse(*group, m_outer) if group else m_outer) if rows_only else sch.fuse(*outer)
+    fused = _fuse(sch, [*group, m_outer] if rows_only else list(outer))
     if parallel:
         sch.parallel(fused)
     store_at = m_tile
@@ -282,17 +287,16 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
 def _schedule_nhwc(sch: Any, parallel: bool) -> None:
     """Schedule a kernel's padded NHWC copy of its input ("nhwc")."""
     # NCHW -> padded NHWC in tiles of 16 pixels x 16 channels: the tile's 16 input rows
-    # stay in L1 while it writes 16 contiguous channel vectors.
-    # Rows and column tiles run in parallel: a 1-D conv's copy is one row.
+    # stay in L1 while it writes 16 contiguous channel vectors. Rows and column tiles run in
+    # parallel (a 1-D conv's copy is one row). Loops of extent 1 are gone (batch 1, a 1-D
+    # conv's one row, a single input channel).
     nhwc = sch.get_sblock("nhwc")
-    # Loops over (n, h, w, c), those of extent 1 dropped by TVM (batch 1, a 1-D conv's
-    # one row, a single input channel).
     n, h, w, c = _loops_by_dim(sch, nhwc)
     rows_loops = [loop for loop in (n, h) if loop is not None]
     w_outer, w_inner = w, None
     if w is not None:
         w_outer, w_inner = sch.split(w, [None, pow2_tile(sch.get(w).extent.value, 16)])
-    c_outer, c_inner = c, None
+    c_outer, c_inner, c_tile = c, None, 1
     if c is not None:
         c_tile = pow2_tile(sch.get(c).extent.value, 16)
         c_outer, c_inner = sch.split(c, [None, c_tile])
@@ -300,18 +304,21 @@ def _schedule_nhwc(sch: Any, parallel: bool) -> None:
     sch.reorder(*(loop for loop in order if loop is not None))
     tasks = [loop for loop in (*rows_loops, w_outer) if loop is not None]
     if parallel and tasks:
-        sch.parallel(sch.fuse(*tasks) if len(tasks) > 1 else tasks[0])
-    if c_inner is not None and c_tile > 1:
+        sch.parallel(_fuse(sch, tasks))
+    if c_tile > 1:
         sch.vectorize(c_inner)
 
 
 def _loops_by_dim(sch: Any, block: Any) -> list[Any]:
     """Return the loops of a spatial ``block``, one per dimension it writes (None: dropped)."""
     loops = iter(sch.get_loops(block))
-    stmt = sch.get(block)
-    present = {i for i, rng in enumerate(stmt.writes[0].region)
-               if any(rng.min.same_as(it.var) for it in stmt.iter_vars)}
-    return [next(loops) if dim in present else None for dim in range(len(stmt.writes[0].region))]
+    return [None if index is None else next(loops)
+            for index in _written_iterators(sch.get(block))]
+
+
+def _fuse(sch: Any, loops: list[Any]) -> Any:
+    """Return ``loops`` fused into one (a single loop as it is)."""
+    return sch.fuse(*loops) if len(loops) > 1 else loops[0]
 
 
 # Parallel tasks wanted at least (a few per core, so uneven tasks balance out), and the most
