@@ -186,6 +186,18 @@ def conv_nchw_kernel(
     output channels must be whole vectors (:func:`merge_groups` makes them so). ``out_rank`` 3
     is a 1-D convolution (``data_shape`` has H = 1) writing ``[1, OC, OW]``.
     """
+    # The schedule reads the group size from the block's annotation.
+    attrs = {GROUP_ATTR: out_channels // groups} if groups > 1 else None
+    return _nchw_conv(data_shape, kernel, out_channels, strides, padding, dilation, spec,
+                      groups, out_rank, CONV_BLOCK, attrs)
+
+
+def _nchw_conv(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
+    strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
+    spec: KernelSpec, groups: int, out_rank: int, name: str, attrs: dict[str, Any] | None,
+) -> Any:
+    """Return the compute of :func:`conv_nchw_kernel` and :func:`depthwise_kernel` (block ``name``)."""
     from tvm import te
 
     channels = data_shape[1]
@@ -203,13 +215,11 @@ def conv_nchw_kernel(
         value = _im2col_element(nhwc, n, oh, ow, k, group_in, kernel, strides, dilation, base)
         return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
 
-    # The schedule reads the group size from the block's annotation.
-    attrs = {GROUP_ATTR: group_out} if groups > 1 else None
     if out_rank == 3:
         c = te.compute(int64_shape((1, out_channels, out_w)),
-                       lambda n, o, ow: conv(n, o, 0, ow), name=CONV_BLOCK, attrs=attrs)
+                       lambda n, o, ow: conv(n, o, 0, ow), name=name, attrs=attrs)
     else:
-        c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=CONV_BLOCK,
+        c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=name,
                        attrs=attrs)
     return te.create_prim_func([x, w, c])
 
@@ -228,26 +238,11 @@ def depthwise_kernel(
     :func:`schedule_fused_kernel`: the bias and activation after it are applied in the store.
     Needs channels in whole vectors (:func:`depthwise_fits`).
     """
-    from tvm import te
-
     channels = data_shape[1]
-    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
-    taps, lanes = kernel[0] * kernel[1], spec.lanes
-    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
-    w = te.placeholder(int64_shape((channels // lanes, taps, lanes, 1)), "float32", name="W")
-    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
-    k = te.reduce_axis((0, te.const(taps, "int64")), "k")
-
-    def conv(n: Any, c: Any, oh: Any, ow: Any) -> Any:
-        value = _im2col_element(nhwc, n, oh, ow, k, 1, kernel, strides, dilation, c)
-        return te.sum(value * w[c // lanes, k, c % lanes, 0], axis=k)
-
-    if out_rank == 3:
-        out = te.compute(int64_shape((1, channels, out_w)), lambda n, c, ow: conv(n, c, 0, ow),
-                         name=DEPTHWISE_BLOCK)
-    else:
-        out = te.compute(int64_shape((1, channels, out_h, out_w)), conv, name=DEPTHWISE_BLOCK)
-    return te.create_prim_func([x, w, out])
+    # A grouped conv of one input and one output channel per group, as its own block (the
+    # schedule iterates it as a plain conv, channels in lanes, not as a batch of GEMMs).
+    return _nchw_conv(data_shape, kernel, channels, strides, padding, dilation, spec,
+                      channels, out_rank, DEPTHWISE_BLOCK, None)
 
 
 def depthwise_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...],
