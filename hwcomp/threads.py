@@ -54,8 +54,7 @@ def use_physical_cores() -> None:
 
     Call before the process first runs a parallel TVM function: the pool reads it once.
     """
-    variable = THREAD_VARIABLES[0]
-    value = thread_env().get(variable)
-    if value is not None:
-        os.environ[variable] = value
-    os.environ.setdefault(BIND_VARIABLE, "0")
+    env = thread_env()
+    for variable in (THREAD_VARIABLES[0], BIND_VARIABLE):
+        if variable in env:
+            os.environ[variable] = env[variable]

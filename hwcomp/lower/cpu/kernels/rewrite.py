@@ -212,11 +212,11 @@ class _KernelCalls:
         fp32 convolutions go through :meth:`conv`.
         """
         if call.op.name == "relax.nn.conv2d":
-            lowered = self.conv(data, weight, conv2d_geometry(call), zero_point, spec)
+            geometry = conv2d_geometry(call)
+            lowered = self.conv(data, weight, geometry, zero_point, spec)
             assert not isinstance(lowered, str)  # int8 convs are plain (groups 1): always fit
-            out, _ = lowered
             sums = weight.reshape(weight.shape[0], -1).astype(np.int64).sum(axis=1)
-            return out, sums, conv2d_geometry(call).out_shape
+            return lowered[0], sums, geometry.out_shape
         return self._matmul(data, weight, spec)
 
     def conv(self, data: Any, weight: np.ndarray, geometry: ConvGeometry, zero_point: int,

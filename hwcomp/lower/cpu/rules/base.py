@@ -34,8 +34,9 @@ class SafeRule:
         except Exception as exc:  # noqa: BLE001 - TVM raises many types; keep TVM's loops
             stop.raise_if_requested()  # a Ctrl-C TVM turned into its own error is no fallback
             logger.debug("%s not applied: %s", type(self).__name__, exc)
-            self.last_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}" \
-                if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            self.last_error = type(exc).__name__ + (f": {text.splitlines()[0][:200]}" if text
+                                                    else "")
             return None
 
     def schedule(self, func: Any) -> Any:
