@@ -19,11 +19,11 @@ from collections.abc import Mapping
 THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
 
 
-# TVM pins each pool thread, and the thread that calls the model, to a core of its own unless
-# this is "0". With another process busy on one of those cores, a pinned thread gets half of
-# it in scheduler time slices and every parallel region waits for it at a barrier: MnasNet
-# on 2 cores with one busy ran 620 ms (median) pinned, 14 ms unpinned, where onnxruntime (it
-# does not pin) took 19 ms. hwcomp sets it to "0" unless the user set it.
+# TVM pins each of its pool's worker threads to a core of its own unless this is "0". With
+# another process busy on one of those cores, a pinned thread gets half of it in scheduler
+# time slices and every parallel region waits for it at a barrier: MnasNet on 2 cores with
+# one busy ran 620 ms (median) pinned, 14 ms unpinned, where onnxruntime (it does not pin)
+# took 19 ms. hwcomp sets it to "0" unless the user set it.
 BIND_VARIABLE = "TVM_BIND_THREADS"
 
 

@@ -8,8 +8,8 @@
 // mean; --times writes the measurements (milliseconds, one per line).
 //
 // Threads: TVM_NUM_THREADS (default: one per physical core), not pinned to cores
-// (TVM_BIND_THREADS=0 unless set). TVM pins each pool thread, and the calling thread, to a
-// core of its own; with another process busy on one of those cores the pinned thread gets
+// (TVM_BIND_THREADS=0 unless set). TVM pins each worker thread of its pool to a core of its
+// own; with another process busy on one of those cores the pinned thread gets
 // half of it in scheduler time slices and every parallel region waits for it at a barrier
 // (MnasNet on 2 cores, one busy: median 620 ms pinned, 14 ms unpinned).
 //
@@ -272,10 +272,9 @@ int Run(int argc, char** argv) {
       WriteNpy(out_dir + "/output_" + std::to_string(i) + ".npy", outputs[i].GetDLTensorPtr());
   }
   double mean = std::accumulate(ms.begin(), ms.end(), 0.0) / ms.size();
-  const char* threads = ThreadSetting();
   std::printf("threads=%s pool=%s outputs=%zu repeat=%d min_ms=%.4f median_ms=%.4f mean_ms=%.4f "
               "p90_ms=%.4f\n",
-              threads, task_pool ? "tasks" : "tvm", outputs.size(), repeat,
+              setting, task_pool ? "tasks" : "tvm", outputs.size(), repeat,
               *std::min_element(ms.begin(), ms.end()), Percentile(ms, 0.5), mean,
               Percentile(ms, 0.9));
   return 0;

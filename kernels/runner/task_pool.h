@@ -146,6 +146,7 @@ inline bool InstallTaskPool(const std::string& model_path, int threads) {
   if (handle == nullptr) return false;
   void* launch = dlsym(handle, "__TVMBackendParallelLaunch");
   bool barrier = dlsym(handle, "__TVMBackendParallelBarrier") != nullptr;
+  dlclose(handle);  // TVM's loader keeps the library loaded; this lookup holds no reference
   if (launch == nullptr || barrier) return false;
   if (installed_pool == nullptr) installed_pool = new TaskPool(threads);
   *reinterpret_cast<void**>(launch) = reinterpret_cast<void*>(&ParallelLaunch);
