@@ -50,6 +50,11 @@ LAYERS = {
     "mb_1x1_14_expand": (80, 14, 480, 1, 1, 0),
     "mb_1x1_14_project": (480, 14, 80, 1, 1, 0),
     "r18_3x3_7": (512, 7, 512, 3, 1, 1),
+    # Odd maps (SqueezeNet's 55x55 and 13x13, a 1000-class 1x1 head) and a dilated
+    # segmentation layer's map.
+    "sq_3x3_55": (16, 55, 64, 3, 1, 1),
+    "sq_1x1_13_classes": (512, 13, 1000, 1, 1, 0),
+    "aspp_3x3_32": (256, 32, 256, 3, 1, 1),
 }
 
 
@@ -77,10 +82,10 @@ def main() -> None:
                                           (pad,) * 4, (1, 1))
         x = rng.standard_normal((1, channels, size, size)).astype(np.float32)
         w = (rng.standard_normal((out_channels, channels, k, k)) * 0.05).astype(np.float32)
-        packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
         out_shape = (1, out_channels, out, out)
         result_shape: tuple[int, ...]
         if compute.conv_nchw_fits(x.shape, out_shape, out_channels, spec):
+            packed = compute.conv_nchw_weight(w, spec)
             # The kernel writing NCHW (as hwcomp builds the layer; no epilogue here).
             sch = s_tir.Schedule(compute.conv_nchw_kernel(
                 x.shape, (k, k), out_channels, (stride, stride), (pad,) * 4, (1, 1), spec))
@@ -88,6 +93,7 @@ def main() -> None:
             func, result_shape = sch.mod["main"], out_shape
         else:
             # Pixel-major rows padded to whole tiles (hwcomp then returns them to NCHW).
+            packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
             func = compute.conv_kernel(x.shape, (k, k), out_channels, (stride, stride),
                                        (pad,) * 4, (1, 1), 0, spec)
             result_shape = (tiling.conv_rows(out * out, out_channels, spec),

@@ -59,11 +59,10 @@ def _compile_and_compare(model, label):
 
 
 @pytest.mark.parametrize("x_shape,w_shape,attrs,label", [
-    # Whisper's stem: k3, 301 frames (7 x 43: whole register tiles, NCHW store).
+    # Whisper's stem: k3, 301 frames (padded to whole register tiles, NCW store).
     ((1, 80, 301), (64, 80, 3), dict(pads=[1, 1]), "NCHW kernel, fused epilogue"),
-    # Odd length, stride 2, output channels not whole vectors: padded pixel rows.
-    ((1, 24, 149), (36, 24, 3), dict(pads=[1, 2], strides=[2]), "return to NCHW fused with "
-     "the epilogue"),
+    # Odd length, stride 2, output channels not whole vectors (padded columns).
+    ((1, 24, 149), (36, 24, 3), dict(pads=[1, 2], strides=[2]), "NCHW kernel, fused epilogue"),
     # wav2vec2's first layer: one input channel, k10 stride 5.
     ((1, 1, 16000), (512, 1, 10), dict(strides=[5]), "NCHW kernel, fused epilogue"),
     # Dilation 2, batch 2.
@@ -151,7 +150,7 @@ def test_convs_without_a_kernel_say_why_and_stay_correct(x_shape, w_shape, attrs
      "NCHW kernel, fused epilogue"),
     # Different strides per axis, pads >= stride.
     ((1, 8, 5, 5), (8, 16, 5, 3), dict(strides=[3, 2], pads=[2, 1, 2, 0]),
-     "return to NCHW fused with the epilogue"),
+     "NCHW kernel, fused epilogue"),
     # Grouped transposed conv.
     ((1, 16, 6, 6), (16, 4, 3, 3), dict(strides=[2, 2], group=4), "(4 groups), fused"),
     # Batch 2, stride 1 (a plain correlation with the flipped kernel).

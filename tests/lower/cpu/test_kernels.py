@@ -96,10 +96,13 @@ def test_pointwise_kernel_fits_only_its_case():
 
 @pytest.mark.parametrize("shape,out_channels,kernel,stride", [
     ((1, 8, 20, 20), 32, 3, 1),    # rows outweigh weights; 4-pixel tiles straddle map rows
-    ((1, 64, 7, 7), 64, 3, 1),     # 49 pixels: 7-pixel register tiles
-    ((1, 160, 9, 9), 128, 3, 2),   # stride 2 (5x5 = 25 pixels: not this kernel's, see below)
+    ((1, 64, 7, 7), 64, 3, 1),     # 49 pixels: the last tile's rows past the map are padding
+    ((1, 160, 9, 9), 128, 3, 2),   # stride 2, 5x5 = 25 pixels
     ((1, 160, 10, 10), 128, 3, 2), # stride 2, K blocks of 32 channels, two column tasks
     ((1, 96, 14, 14), 48, 1, 1),   # 1x1 on a 14x14 map (too few pixel vectors for pointwise)
+    ((1, 24, 13, 13), 21, 1, 1),   # 21 channels: not whole vectors (a segmentation head)
+    ((1, 16, 11, 11), 72, 3, 1),   # 9 vectors of channels (AVX2), padded to 10
+    ((1, 3, 15, 15), 40, 3, 2),    # a 3-channel stem, 8x8 output
 ])
 def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channels, kernel,
                                                                stride):
@@ -117,10 +120,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     pad = kernel // 2
     out_hw = (shape[2] + 2 * pad - kernel) // stride + 1
     out_shape = (1, out_channels, out_hw, out_hw)
-    fits = compute.conv_nchw_fits(shape, out_shape, out_channels, spec)
-    assert fits == (out_hw * out_hw % 4 == 0 or out_hw * out_hw % 7 == 0)
-    if not fits:
-        return
+    assert compute.conv_nchw_fits(shape, out_shape, out_channels, spec)
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((out_channels, shape[1], kernel, kernel)).astype(np.float32)
@@ -134,7 +134,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
         with bb.dataflow():
             conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
                                "hwcomp_kernel_0")
-            packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
+            packed = compute.conv_nchw_weight(w, spec)
             y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
                                           relax.TensorType(out_shape, "float32")))
             y = bb.emit(relax.op.add(y, relax.const(bias)))
@@ -149,7 +149,10 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     # One function: the NHWC copy, init, update, and the store carrying the epilogue.
     assert len(scripts) == 1 and _blocks(scripts[0]) == 4, scripts
-    assert "T.max(" in scripts[0] and scripts[0].count("T.parallel(") == 2
+    # The copy and the GEMM run in parallel, except a kernel of a few microseconds.
+    macs = out_hw * out_hw * out_channels * shape[1] * kernel * kernel
+    parallel = 2 if macs >= tiling._MIN_PARALLEL_MACS else 0
+    assert "T.max(" in scripts[0] and scripts[0].count("T.parallel(") == parallel
     vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm()), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     padded = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))

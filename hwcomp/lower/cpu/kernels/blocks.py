@@ -17,6 +17,11 @@ POINTWISE_BLOCK = "hwcomp_pointwise"
 CONV_BLOCK = "hwcomp_conv"
 
 
+# The store of the groups-1 conv kernel: its GEMM's padded rows and columns
+# (:data:`CONV_BLOCK`) written to the real pixels and channels of the NCHW output.
+STORE_BLOCK = "hwcomp_conv_store"
+
+
 # hwcomp's default rule recognises a function holding this block (a fp32 depthwise convolution
 # with its NCHW output and the elementwise ops TVM fused after it) and schedules it with
 # :func:`schedule_fused_kernel`.

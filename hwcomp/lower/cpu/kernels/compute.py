@@ -21,11 +21,11 @@ from hwcomp.lower.cpu.kernels.blocks import (
     GROUP_ATTR,
     LAYOUT_BLOCK,
     POINTWISE_BLOCK,
+    STORE_BLOCK,
 )
 from hwcomp.lower.cpu.kernels.tiling import (
     LANE_BLOCKS,
-    ODD_ROW_TILE,
-    ROW_TILE,
+    conv_columns,
     conv_rows,
     pow2_tile,
     schedule_matmul,
@@ -181,15 +181,61 @@ def conv_nchw_kernel(
     each tile is stored: no return to NCHW as a pass of its own. Needs
     :func:`conv_nchw_fits`.
 
+    With ``groups`` 1 the GEMM (block :data:`CONV_BLOCK`) runs over rows padded to whole
+    register tiles (:func:`conv_rows`; a padding row repeats the last pixel) and output
+    channels padded to whole column tiles (:func:`conv_columns`: the weights must be packed
+    with as many), and a store block writes the real pixels and channels in NCHW: every
+    tile is a full ``rows x blocks`` register tile whatever the map (a 32x32 map took 4-row
+    tiles of 8 accumulators before, 55x55 and 13x13 maps a pass of their own back to NCHW).
+
     With ``groups`` > 1 each output channel reads its group's ``C / groups`` input channels
     (K is ``(kh, kw, C / groups)``); the schedule runs the groups as batched GEMMs, so a group's
     output channels must be whole vectors (:func:`merge_groups` makes them so). ``out_rank`` 3
     is a 1-D convolution (``data_shape`` has H = 1) writing ``[1, OC, OW]``.
     """
+    if groups == 1:
+        return _padded_conv(data_shape, kernel, out_channels, strides, padding, dilation,
+                            spec, out_rank)
     # The schedule reads the group size from the block's annotation.
-    attrs = {GROUP_ATTR: out_channels // groups} if groups > 1 else None
+    attrs = {GROUP_ATTR: out_channels // groups}
     return _nchw_conv(data_shape, kernel, out_channels, strides, padding, dilation, spec,
                       groups, out_rank, CONV_BLOCK, attrs)
+
+
+def _padded_conv(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
+    strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
+    spec: KernelSpec, out_rank: int,
+) -> Any:
+    """Return the groups-1 compute of :func:`conv_nchw_kernel`: a padded GEMM, an NCHW store."""
+    from tvm import te, tirx
+
+    channels = data_shape[1]
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
+    pixels, lanes = out_h * out_w, spec.lanes
+    cols = conv_columns(out_channels, spec)
+    rows = conv_rows(pixels, cols, spec)
+    depth = kernel[0] * kernel[1] * channels
+    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    w = te.placeholder(int64_shape((cols // lanes, depth, lanes, 1)), "float32", name="W")
+    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
+    k = te.reduce_axis((0, te.const(depth, "int64")), "k")
+
+    def conv(m: Any, o: Any) -> Any:
+        # Rows past the last output pixel (padding to whole register tiles) repeat it.
+        m = tirx.min(m, pixels - 1)
+        value = _im2col_element(nhwc, 0, m // out_w, m % out_w, k, channels, kernel, strides,
+                                dilation)
+        return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
+
+    acc = te.compute(int64_shape((rows, cols)), conv, name=CONV_BLOCK)
+    if out_rank == 3:
+        out = te.compute(int64_shape((1, out_channels, out_w)),
+                         lambda n, o, ow: acc[ow, o], name=STORE_BLOCK)
+    else:
+        out = te.compute(int64_shape((1, out_channels, out_h, out_w)),
+                         lambda n, o, oh, ow: acc[oh * out_w + ow, o], name=STORE_BLOCK)
+    return te.create_prim_func([x, w, out])
 
 
 def _nchw_conv(
@@ -312,15 +358,16 @@ def conv_nchw_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...], out_
                    spec: KernelSpec, groups: int = 1) -> bool:
     """Whether :func:`conv_nchw_kernel` computes this convolution.
 
-    It needs fp32, batch 1, whole vectors of output channels (per group) and whole register
-    tiles of 4 pixels or, for pixel counts a multiple of 7 (7x7, 14x7 maps), 7; other odd maps
-    keep :func:`conv_kernel`'s rows padded to whole tiles. A grouped conv (``groups`` after
-    :func:`merge_groups`) has no padded-rows kernel and takes any pixel count.
+    It needs fp32 and batch 1; a grouped conv (``groups`` after :func:`merge_groups`) needs
+    whole vectors of output channels per group. Any map and channel count otherwise (the
+    groups-1 kernel pads its GEMM to whole tiles) but a single output pixel (a squeeze-excite
+    conv on a 1x1 map), which keeps :func:`conv_kernel`.
     """
-    pixels = int(np.prod(out_shape[2:]))
-    if spec.intrin or data_shape[0] != 1 or (out_channels // groups) % spec.lanes:
+    if spec.intrin or data_shape[0] != 1:
         return False
-    return groups > 1 or pixels % ROW_TILE == 0 or pixels % ODD_ROW_TILE == 0
+    if groups > 1:
+        return (out_channels // groups) % spec.lanes == 0
+    return int(np.prod(out_shape[2:])) > 1
 
 
 def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: str) -> Any:
@@ -340,6 +387,17 @@ def to_nchw_kernel(out_shape: tuple[int, ...], rows: int, cols_pad: int, dtype: 
         y = te.compute(int64_shape(out_shape),
                        lambda n, c, h, w: a[(n * height + h) * width + w, c], name=LAYOUT_BLOCK)
     return te.create_prim_func([a, y])
+
+
+def conv_nchw_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
+    """Pack ``[OC, C, KH, KW]`` for the groups-1 :func:`conv_nchw_kernel`.
+
+    Its GEMM has :func:`conv_columns` outputs; the padding ones' weights are 0.
+    """
+    matrix = conv_weight_matrix(weight, spec)
+    columns = np.zeros((conv_columns(weight.shape[0], spec), matrix.shape[1]), matrix.dtype)
+    columns[:weight.shape[0]] = matrix
+    return pack_weight(columns, spec)
 
 
 def conv_weight_matrix(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:

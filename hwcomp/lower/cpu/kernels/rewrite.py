@@ -38,6 +38,7 @@ from hwcomp.lower.cpu.kernels.compute import (
     conv_kernel,
     conv_nchw_fits,
     conv_nchw_kernel,
+    conv_nchw_weight,
     conv_weight_matrix,
     depthwise_fits,
     depthwise_kernel,
@@ -268,8 +269,7 @@ class _KernelCalls:
                  len(out_shape)),
                 lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
                                          dilation, spec, out_rank=len(out_shape)),
-                "NCHW kernel, fused epilogue",
-                data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
+                "NCHW kernel, fused epilogue", data, conv_nchw_weight(weight, spec), out_shape)
         pixels = int(np.prod(out_shape[2:]))
         rows = conv_rows(out_shape[0] * pixels, out_channels, spec)
         cols_pad = round_up(out_channels, spec.lanes)

@@ -8,9 +8,10 @@ the kernel and stores each register tile through the epilogue
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from hwcomp.lower.cpu.kernels.blocks import FUSED_KERNEL_BLOCKS
+from hwcomp.lower.cpu.kernels.blocks import CONV_BLOCK, FUSED_KERNEL_BLOCKS, STORE_BLOCK
 from hwcomp.lower.cpu.kernels.spec import fma_spec
 from hwcomp.lower.cpu.kernels.tiling import schedule_fused_kernel
 from hwcomp.lower.cpu.rules.base import SafeRule
@@ -46,7 +47,11 @@ class FusedKernel(SafeRule):
 
 
 def _kernel_output(func: Any) -> str | None:
-    """Return "block (output shape)" of the hwcomp kernel block in ``func``, or None."""
+    """Return "block (output shape)" of the hwcomp kernel block in ``func``, or None.
+
+    The shape is the kernel's NCHW output: for the groups-1 conv, its store's (the GEMM
+    block writes padded rows and columns).
+    """
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -55,6 +60,9 @@ def _kernel_output(func: Any) -> str | None:
             block = sch.get(sch.get_sblock(name))
         except Exception:  # noqa: BLE001 - TVM raises its own error for a missing block
             continue
+        if name == CONV_BLOCK:
+            with contextlib.suppress(Exception):  # a grouped conv has no store block
+                block = sch.get(sch.get_sblock(STORE_BLOCK))
         shape = tuple(int(v) for v in block.writes[0].source.shape)
         return f"{name} {shape}"
     return None
