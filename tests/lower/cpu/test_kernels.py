@@ -66,7 +66,7 @@ def test_pointwise_kernel_matches_numpy(shape, out_channels):
     from hwcomp.lower.cpu.rules import default_rules, first_schedule
 
     spec = specs.float_spec(load_target("host"))
-    assert compute.pointwise_fits(shape, (1, 1), (1, 1), (0, 0, 0, 0), spec)
+    assert compute.pointwise_fits(shape, out_channels, (1, 1), (1, 1), (0, 0, 0, 0), spec)
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((out_channels, shape[1])).astype(np.float32)
@@ -83,15 +83,18 @@ def test_pointwise_kernel_matches_numpy(shape, out_channels):
 
 def test_pointwise_kernel_fits_only_its_case():
     spec = specs.float_spec(load_target("host"))
-    assert not compute.pointwise_fits((1, 8, 14, 14), (1, 1), (1, 1), (0,) * 4, spec)  # 196 px
+    assert not compute.pointwise_fits((1, 8, 14, 14), 16, (1, 1), (1, 1), (0,) * 4, spec)  # 196 px
     # 784 pixels: whole vectors, but 49 of them, no whole 4-vector tiles (the conv kernel's).
-    assert not compute.pointwise_fits((1, 8, 28, 28), (1, 1), (1, 1), (0,) * 4, spec)
-    assert compute.pointwise_fits((1, 8, 56, 56), (1, 1), (1, 1), (0,) * 4, spec)
-    assert not compute.pointwise_fits((1, 8, 16, 16), (1, 1), (2, 2), (0,) * 4, spec)
-    assert not compute.pointwise_fits((1, 8, 16, 16), (3, 3), (1, 1), (1,) * 4, spec)
-    assert not compute.pointwise_fits((2, 8, 16, 16), (1, 1), (1, 1), (0,) * 4, spec)
-    assert not compute.pointwise_fits((1, 8, 16, 16), (1, 1), (1, 1), (0,) * 4,
+    assert not compute.pointwise_fits((1, 8, 28, 28), 16, (1, 1), (1, 1), (0,) * 4, spec)
+    assert compute.pointwise_fits((1, 8, 56, 56), 16, (1, 1), (1, 1), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 8, 16, 16), 16, (1, 1), (2, 2), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 8, 16, 16), 16, (3, 3), (1, 1), (1,) * 4, spec)
+    assert not compute.pointwise_fits((2, 8, 16, 16), 16, (1, 1), (1, 1), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 8, 16, 16), 16, (1, 1), (1, 1), (0,) * 4,
                                       specs.VNNI)  # int8 runs on the dot-product kernel
+    # Weights over 128 KiB (256 x 256 fp32): the NCHW conv kernel's.
+    assert compute.pointwise_fits((1, 128, 32, 32), 256, (1, 1), (1, 1), (0,) * 4, spec)
+    assert not compute.pointwise_fits((1, 256, 32, 32), 256, (1, 1), (1, 1), (0,) * 4, spec)
 
 
 @pytest.mark.parametrize("shape,out_channels,kernel,stride", [

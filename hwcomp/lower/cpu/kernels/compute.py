@@ -341,17 +341,27 @@ def merge_groups(weight: np.ndarray, groups: int, lanes: int,
     return merged, groups // merge
 
 
-def pointwise_fits(data_shape: tuple[int, ...], kernel: tuple[int, int],
+def pointwise_fits(data_shape: tuple[int, ...], out_channels: int, kernel: tuple[int, int],
                    strides: tuple[int, int], padding: tuple[int, ...], spec: KernelSpec) -> bool:
     """Whether :func:`pointwise_kernel` computes this convolution (the caller checks groups)."""
-    batch, _, height, width = data_shape
+    batch, channels, height, width = data_shape
     # Whole vectors of pixels, in a number of vectors that makes whole 4-vector register tiles:
     # with fewer (a 28x28 map is 49 vectors) each tile is one vector wide, and
     # :func:`conv_nchw_kernel` (pixels as rows) ran such layers 0.66-0.92x the time
     # (512->256 and 128->512 at 28x28, 256->128 at 36x36, 576->96 at 12x12), where at 56x56 and
     # 32x32 this kernel took 0.5-0.8x its time.
+    # And weights up to 128 KiB: this kernel streams the whole weight matrix past each block of
+    # pixels, and from 256 KiB on (half of Zen 3's L2) it ran at 32-37 GFLOP/s on one AVX2
+    # core where conv_nchw_kernel (padded 6 x 2 tiles) ran 60-67: 256->256 and 512->128 at
+    # 32x32, 128->512 and 512->128 at 64x64 took 0.48-0.56x the time on that kernel; up to
+    # 128 KiB this one stays ahead (128->256 and 256->128 at 56x56: 1.10x; 96->24 at 112x112:
+    # 2.9x).
     return (not spec.intrin and batch == 1 and kernel == (1, 1) and strides == (1, 1)
-            and not any(padding) and height * width % (spec.lanes * LANE_BLOCKS) == 0)
+            and not any(padding) and height * width % (spec.lanes * LANE_BLOCKS) == 0
+            and channels * out_channels * 4 <= _POINTWISE_WEIGHT_BYTES)
+
+
+_POINTWISE_WEIGHT_BYTES = 128 << 10
 
 
 def conv_nchw_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...], out_channels: int,

@@ -261,7 +261,7 @@ class _KernelCalls:
                 f"grouped NCHW kernel ({groups} groups"
                 + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue",
                 data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
-        if not one_d and pointwise_fits(shape, kernel, strides, padding, spec):
+        if not one_d and pointwise_fits(shape, out_channels, kernel, strides, padding, spec):
             return self._pointwise(data, weight, shape, out_shape, spec)
         if conv_nchw_fits(shape, out_shape, out_channels, spec):
             return self._fused(
