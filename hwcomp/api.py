@@ -429,6 +429,7 @@ _BUNDLE_FILES = (
     ("lib/kernels.c", "the kernels (TVM's C code generator)"),
     ("lib/weights.c", "weights as const arrays (flash)"),
     ("lib/hwcomp_runtime.c", "workspace allocator and error hook (no malloc)"),
+    ("lib/hwcomp_q8.c", "hwcomp's int8 conv and depthwise kernels (SMLAD on the DSP extension)"),
     ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, "
                  "libtvm_runtime_extra.so, libtvm_ffi.so)"),
     ("include/", "TVM FFI and DLPack headers for code that loads the model"),

@@ -150,6 +150,10 @@ def check_mcu_supported(proto: onnx.ModelProto) -> None:
                 "code generator cannot emit; build with --precision fp32 or int8")
 
 
+# The attribute of a kernel whose output may overwrite its same-shaped input.
+IN_PLACE_ATTR = "hwcomp.in_place"
+
+
 def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
     """Lower a Relax module (from the MCU lowering's ``prepare``) to an AOT program.
 
@@ -169,10 +173,15 @@ def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
                         outputs=c.outputs, workspace_bytes=workspaces[c.kernel])
              for c in walker.calls]
     buffers = _buffers(walker, calls)
+    # Elementwise kernels, and hwcomp's opaque ones that read each element only to write the
+    # same element of their output (an int8 activation's lookup table).
     elementwise = {gv.name_hint for gv, func in mod.functions_items()
                    if isinstance(func, tvm.tirx.PrimFunc)
-                   and int(func.attrs.get("op_pattern", _OPAQUE)) <= _BROADCAST}
-    plan = plan_arena(buffers, [call.args for call in calls],
+                   and (int(func.attrs.get("op_pattern", _OPAQUE)) <= _BROADCAST
+                        or bool(func.attrs.get(IN_PLACE_ATTR, False)))}
+    # A step's tensors by their storage (a reshaped tensor is a view of its source's).
+    storage = {name: tensor.storage for name, tensor in walker.tensors.items()}
+    plan = plan_arena(buffers, [tuple(storage.get(n, n) for n in call.args) for call in calls],
                       _in_place(walker, calls, buffers, elementwise))
     return AotProgram(
         kernels_source=source, tensors=walker.tensors, calls=calls,

@@ -15,10 +15,14 @@ becomes one TIR kernel that reads 8-bit activations (u8 or s8) and int8 weights 
 which is onnxruntime's own arithmetic for a fused QDQ layer (``QLinearConv``, ``QGemm``:
 the int32 bias added to the accumulator, requantization in float32 with that multiplier
 expression, round to nearest even), so the C matches onnxruntime bit for bit on these
-layers. Grouped and depthwise convolutions are included. Everything between layers
-(``dequantize -> relu -> quantize`` where the quantizer left an activation, pooling, the
-model's float input and output) stays in Relax; TVM lowers it to the same float operations
-onnxruntime runs.
+layers. Plain (groups 1) and depthwise convolutions at batch 1 call hwcomp's own C kernels
+(``kernels/mcu/hwcomp_q8.c``: SMLAD on the DSP extension of Cortex-M4/M7/M55, two
+multiply-adds per instruction, a portable C loop elsewhere; weights reordered here for
+SXTB16); other grouped convolutions and matmuls are TIR kernels TVM's C generator writes.
+An activation between layers that onnxruntime computes exactly (``dequantize -> relu|clip ->
+quantize``) becomes a 256-entry table of its results, looked up per element in place.
+Everything else between layers (pooling, the model's float input and output) stays in
+Relax; TVM lowers it to the same float operations onnxruntime runs.
 
 A layer that does not match (a float bias, a weight zero point, per-channel activation
 scales, a dequantized output consumed as float) keeps TVM's float lowering; the rewrite
@@ -139,6 +143,102 @@ def conv_kernel(geometry: ConvGeometry, x: QuantParams, y: QuantParams) -> Any:
     return te.create_prim_func([data, weight, bias, scale, out])
 
 
+# hwcomp's C kernels (kernels/mcu/hwcomp_q8.c) for the layers they cover; the others keep
+# the TIR kernels above. Flags: x is s8, y is s8.
+_C_FLAGS = {"int8": (1, 2), "uint8": (0, 0)}
+_C_SUFFIX = {"int8": "s8", "uint8": "u8"}
+
+
+def c_kernel_kind(geometry: ConvGeometry) -> str | None:
+    """Which C kernel computes this convolution: "conv", "depthwise", or None (TIR's).
+
+    The convolution: groups 1, batch 1 (1x1 and fully connected included). Depthwise: one
+    input and one output channel per group.
+    """
+    batch, channels = geometry.data_shape[:2]
+    out_channels, group_channels = geometry.weight_shape[:2]
+    if batch != 1:
+        return None
+    if geometry.groups == 1:
+        return "conv"
+    if geometry.groups == channels == out_channels and group_channels == 1:
+        return "depthwise"
+    return None
+
+
+def pack_c_weight(weight: np.ndarray, kind: str) -> np.ndarray:
+    """Weights in the C kernel's layout (see hwcomp_q8.h).
+
+    Convolution: ``[OC, Kp]``, K = C*KH*KW zero-padded to a multiple of 4, each group of four
+    stored as w0 w2 w1 w3 (the order SXTB16 unpacks into two 16-bit pairs). Depthwise:
+    ``[C, KH*KW]``.
+    """
+    rows = weight.reshape(weight.shape[0], -1)
+    if kind == "depthwise":
+        return np.ascontiguousarray(rows)
+    depth = rows.shape[1]
+    padded = np.zeros((rows.shape[0], -(-depth // 4) * 4), np.int8)
+    padded[:, :depth] = rows
+    groups = padded.reshape(rows.shape[0], -1, 4)
+    return np.ascontiguousarray(groups[:, :, [0, 2, 1, 3]].reshape(padded.shape))
+
+
+def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantParams) -> Any:
+    """Return a PrimFunc calling ``hwcomp_q8_conv`` or ``hwcomp_q8_depthwise`` on its buffers.
+
+    The convolution's two 16-bit input columns and the depthwise kernel's padded input plane
+    are buffers of the function: TVM takes them from the workspace, which the memory plan
+    reserves in the arena for that step.
+    """
+    import tvm
+
+    _, channels, height, width = geometry.data_shape
+    out_channels = geometry.weight_shape[0]
+    kh_, kw_ = geometry.weight_shape[2:]
+    top, left, bottom, right = geometry.padding
+    (sh, sw), (dh, dw) = geometry.strides, geometry.dilation
+    out_h, out_w = conv_output_size(geometry.data_shape, (kh_, kw_), geometry.strides,
+                                    geometry.padding, geometry.dilation)
+    low, high = _LIMITS[y.dtype]
+    flags = _C_FLAGS[x.dtype][0] | _C_FLAGS[y.dtype][1]
+    depth_pad = -(-channels * kh_ * kw_ // 4) * 4
+    weight = (f"(T.int64({channels}), T.int64({kh_ * kw_}))" if kind == "depthwise"
+              else f"(T.int64({out_channels}), T.int64({depth_pad}))")
+
+    def shape(dims: tuple[int, ...]) -> str:
+        return "(" + ", ".join(f"T.int64({d})" for d in dims) + ",)"
+
+    # The depthwise kernel also takes the bottom and right padding (it pads its plane).
+    pads = (top, left, bottom, right) if kind == "depthwise" else (top, left)
+    geometry_args = ", ".join(str(v) for v in (
+        kh_, kw_, sh, sw, dh, dw, *pads, out_h, out_w, x.zero_point, y.zero_point,
+        low - y.zero_point, high - y.zero_point, flags))
+    # One entry point per activation type pair: TVM declares each with the buffers' types.
+    suffix = _C_SUFFIX[x.dtype] + _C_SUFFIX[y.dtype]
+    if kind == "depthwise":
+        plane = ((height + top + bottom) * (width + left + right)
+                 if any(geometry.padding) else 1)
+        scratch = f'    plane = T.alloc_buffer(({plane},), "{x.dtype}")\n'
+        call = (f'T.call_extern("int32", "hwcomp_q8_depthwise_{suffix}", X.data, W.data, '
+                f"B.data, S.data, Y.data, plane.data, {channels}, {height}, {width}, "
+                f"{geometry_args})")
+    else:
+        scratch = f'    col = T.alloc_buffer(({2 * depth_pad},), "int16")\n'
+        call = (f'T.call_extern("int32", "hwcomp_q8_conv_{suffix}", X.data, W.data, B.data, '
+                f"S.data, Y.data, col.data, {channels}, {height}, {width}, {out_channels}, "
+                f"{geometry_args})")
+    source = (
+        "@T.prim_func\n"
+        f'def main(X: T.Buffer({shape(geometry.data_shape)}, "{x.dtype}"), '
+        f'W: T.Buffer({weight}, "int8"), B: T.Buffer({shape((out_channels,))}, "int32"), '
+        f'S: T.Buffer({shape((out_channels,))}, "float32"), '
+        f'Y: T.Buffer({shape((1, out_channels, out_h, out_w))}, "{y.dtype}")):\n'
+        '    T.func_attr({"tirx.noalias": True})\n'
+        f"{scratch}    {call}\n")
+    func = tvm.script.from_source(source)
+    return func.with_attr("tirx.is_scheduled", True)
+
+
 def matmul_kernel(rows: int, depth: int, cols: int, x: QuantParams, y: QuantParams) -> Any:
     """``Y[rows, cols] = requant(X[rows, depth] x W[cols, depth]^T + B, S)``."""
     from tvm import te
@@ -195,6 +295,9 @@ def _make_rewriter(mod: Any) -> Any:
             call = super().visit_call_(call)
             if not is_op(call, "relax.quantize"):
                 return call
+            table = _activation_table(self, call)
+            if table is not None:
+                return self._lookup(call, *table)
             layer = _match_layer(self, call)
             if layer is None:
                 return call
@@ -223,6 +326,18 @@ def _make_rewriter(mod: Any) -> Any:
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
 
+        def _lookup(self, call: Any, x_q: Any, table: np.ndarray, name: str) -> Any:
+            shape, in_dtype = shape_of(x_q), dtype_of(x_q)
+            out_dtype = str(call.attrs.out_dtype)
+            count = int(np.prod(shape))
+            kernel = self._kernel(("lut", count, in_dtype, out_dtype),
+                                  lambda: lookup_kernel(count, in_dtype, out_dtype))
+            self.rewritten.append(f"{name} {tuple(shape)}: 256-entry table")
+            flat = self.builder_.emit(relax.op.reshape(x_q, (count,)))
+            out = self.builder_.emit(relax.op.call_tir(
+                kernel, [flat, relax.const(table)], relax.TensorType((count,), out_dtype)))
+            return relax.op.reshape(out, shape)
+
         def _conv(self, layer: _Layer, operands: list[Any]) -> Any:
             attrs = layer.op.attrs
             geometry = ConvGeometry(
@@ -230,8 +345,14 @@ def _make_rewriter(mod: Any) -> Any:
                 (int(attrs.strides[0]), int(attrs.strides[1])),
                 tuple(int(v) for v in attrs.padding),  # type: ignore[arg-type]
                 (int(attrs.dilation[0]), int(attrs.dilation[1])))
-            kernel = self._kernel(("conv", geometry, layer.x, layer.y),
-                                  lambda: conv_kernel(geometry, layer.x, layer.y))
+            kind = c_kernel_kind(geometry)
+            if kind is not None:
+                operands = [relax.const(pack_c_weight(layer.weight, kind)), *operands[1:]]
+                kernel = self._kernel(("c_" + kind, geometry, layer.x, layer.y),
+                                      lambda: c_conv_kernel(geometry, kind, layer.x, layer.y))
+            else:
+                kernel = self._kernel(("conv", geometry, layer.x, layer.y),
+                                      lambda: conv_kernel(geometry, layer.x, layer.y))
             out_shape = shape_of(layer.op)
             self.rewritten.append(f"conv2d {out_shape}" + (
                 f" groups {geometry.groups}" if geometry.groups > 1 else ""))
@@ -325,6 +446,62 @@ def _int32_bias(mutator: Any, expr: Any, scales: np.ndarray, channels: int) -> n
                        atol=0):
         return "bias scale is not s_x * s_w"
     return values.astype(np.int32)
+
+
+def lookup_kernel(count: int, in_dtype: str, out_dtype: str) -> Any:
+    """``Y[i] = T[X[i] + offset]``: an 8-bit activation through a 256-entry table."""
+    from tvm import te
+
+    offset = 128 if in_dtype == "int8" else 0
+    data = te.placeholder(int64_shape((count,)), in_dtype, name="X")
+    table = te.placeholder(int64_shape((256,)), out_dtype, name="T")
+    out = te.compute(int64_shape((count,)),
+                     lambda i: table[data[i].astype("int32") + offset], name="lookup")
+    # Each element is read only to write the same element: the output may take the input's
+    # place in the arena.
+    return te.create_prim_func([data, table, out]).with_attr("hwcomp.in_place", True)
+
+
+def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str] | None:
+    """``quantize(relu | clip(dequantize(x_q)))`` as (x_q, its 256-entry table, op name).
+
+    Every 8-bit input's output computed as onnxruntime computes the three ops in float32:
+    ``(x - z_x) * s_x``, the activation, ``nearbyint(v / s_y) + z_y`` saturated. Only exact
+    activations (max/min): the table is then the ops' result bit for bit.
+    """
+    from tvm.ir.expr import Constant
+
+    act = bound(mutator, quantize.args[0])
+    if is_op(act, "relax.nn.relu"):
+        low, high = 0.0, np.inf
+    elif is_op(act, "relax.clip"):
+        bounds = [bound(mutator, a) for a in act.args[1:]]
+        try:
+            low, high = (float(b.value) for b in bounds)
+        except (AttributeError, TypeError):
+            return None
+    else:
+        return None
+    dq = bound(mutator, act.args[0])
+    if not is_op(dq, "relax.dequantize"):
+        return None
+    x_q, x_scale, x_zp = (bound(mutator, a) for a in dq.args)
+    _, y_scale, y_zp = (bound(mutator, a) for a in quantize.args)
+    params = (x_scale, x_zp, y_scale, y_zp)
+    if not all(isinstance(c, Constant) and relax_array(c).size == 1 for c in params):
+        return None
+    in_dtype, out_dtype = dtype_of(x_q), str(quantize.attrs.out_dtype)
+    if in_dtype not in _LIMITS or out_dtype not in _LIMITS:
+        return None
+    s_x, z_x, s_y, z_y = (relax_array(c).reshape(()) for c in params)
+    start = -128 if in_dtype == "int8" else 0
+    inputs = np.arange(start, start + 256, dtype=np.int32)
+    value = (inputs - np.int32(z_x)).astype(np.float32) * np.float32(s_x)
+    value = np.minimum(np.maximum(value, np.float32(low)), np.float32(high))
+    scaled = np.rint(value / np.float32(s_y)).astype(np.float32) + np.float32(z_y)
+    q_min, q_max = _LIMITS[out_dtype]
+    table = np.clip(scaled, q_min, q_max).astype(out_dtype)
+    return x_q, table, "relu" if np.isinf(high) else "clip"
 
 
 def _is_layer_op(expr: Any) -> bool:

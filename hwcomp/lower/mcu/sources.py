@@ -6,6 +6,7 @@ Layout written into the bundle:
     lib/kernels.c                TVM's C kernels
     lib/weights.c                weights and other constants (``const``: flash)
     lib/hwcomp_runtime.[ch]      workspace allocator, calling helper, error hook
+    lib/hwcomp_q8.[ch]           hwcomp's int8 conv and depthwise kernels (SMLAD with DSP)
     include/                     the DLPack and TVM FFI headers the kernels include
     example/main.c, example/example_data.h   runs the verification input, checks it
     CMakeLists.txt, hwcomp.mk    static library target / Makefile fragment
@@ -36,7 +37,7 @@ from hwcomp.templates import render_source
 # The headers TVM's C kernels include (found with gcc -M), relative to TVM's include dirs.
 _FFI_HEADERS = ("tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h", "dlpack/dlpack.h")
 _TVM_HEADERS = ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")
-_LIBRARY = ("model.c", "kernels.c", "weights.c", "hwcomp_runtime.c")
+_LIBRARY = ("model.c", "kernels.c", "weights.c", "hwcomp_runtime.c", "hwcomp_q8.c")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def write_sources(
         "mcu/weights.c.j2", constants=constants,
         constant_bytes=sum(a.nbytes for a in program.constants.values()), **common))
     (lib / "kernels.c").write_text(program.kernels_source)
-    for name in ("hwcomp_runtime.h", "hwcomp_runtime.c"):
+    for name in ("hwcomp_runtime.h", "hwcomp_runtime.c", "hwcomp_q8.h", "hwcomp_q8.c"):
         shutil.copy2(kernels_path("mcu", name), lib / name)
     include_dirs = _copy_headers(staging / "include")
     (example / "main.c").write_text(render_source(

@@ -1,0 +1,95 @@
+"""hwcomp's int8 C kernels (kernels/mcu/hwcomp_q8.c) on awkward layers, three ways at once.
+
+Each case is a small float model quantized by ``hwcomp build --precision int8`` for a Cortex-M
+profile: the build runs the firmware under qemu (the SIMD path: SMLAD on the DSP extension)
+and the same C on this machine (the portable C path), and compares both with onnxruntime.
+The tests then require the two C paths to agree bit for bit and the kernel to be hwcomp's
+(the generated code calls it). Shapes: channels not a multiple of 4 or 2, odd pixel counts,
+stride 2, asymmetric padding, dilation, a 1x1 map, s8 and u8 activations.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from hwcomp.lower.mcu.int8 import pack_c_weight
+from tests import model_zoo
+from tests.conftest import require_tools, run_cli
+from tests.lower.mcu.test_int8 import _assert_matches_reference
+
+pytestmark = pytest.mark.cross
+
+
+def _layer_model(x_shape, cout, k, stride=1, group=1, pads=None, dilation=1, relu=True):
+    b = model_zoo._Builder(sum(x_shape) + cout + k)
+    cin = x_shape[1]
+    w = (b.rng.standard_normal((cout, cin // group, k, k))
+         * np.sqrt(2.0 / (cin // group * k * k))).astype(np.float32)
+    bias = (b.rng.standard_normal(cout) * 0.1).astype(np.float32)
+    x = b.node("Conv", ["input", b.const(w), b.const(bias)], kernel_shape=[k, k],
+               strides=[stride, stride], pads=pads or [k // 2 * dilation] * 4, group=group,
+               dilations=[dilation, dilation])
+    if relu:
+        x = b.node("Relu", [x])
+    # A second conv (1x1) so the first one's output is an int8 tensor read by a kernel.
+    w2 = (b.rng.standard_normal((3, cout, 1, 1)) / np.sqrt(cout)).astype(np.float32)
+    b.node("Conv", [x, b.const(w2), b.const(np.zeros(3, np.float32))], kernel_shape=[1, 1])
+    return b
+
+
+def _build(tmp_path, builder, x_shape, out_hw, target):
+    model = builder.model("layer", list(x_shape), "logits", [1, 3, *out_hw])
+    path = model_zoo.save(model, str(tmp_path / "layer.onnx"))
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz",
+             input=rng.standard_normal((16, *x_shape[1:])).astype(np.float32))
+    done = run_cli("build", path, "--target", target, "--precision", "int8",
+                   "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "out" / f"layer-{target}"
+
+
+@pytest.mark.parametrize("target,x_shape,cout,k,stride,group,pads,dilation,kernel", [
+    # 5 -> 6 channels, 7x9 map (63 pixels: a pixel without a partner), 3x3 pad 1.
+    ("cortex-m7", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
+    # 7 -> 3 channels (an odd channel left over), stride 2, asymmetric padding.
+    ("cortex-m7", (1, 7, 8, 6), 3, 3, 2, 1, [0, 1, 2, 1], 1, "hwcomp_q8_conv"),
+    # A 1x1 map: the convolution is a dot product per output channel.
+    ("cortex-m7", (1, 10, 1, 1), 9, 1, 1, 1, None, 1, "hwcomp_q8_conv"),
+    # Depthwise 3x3 stride 2 on 6 channels of 9x7, and 5x5 dilated on a 6x5 map.
+    ("cortex-m7", (1, 6, 9, 7), 6, 3, 2, 6, None, 1, "hwcomp_q8_depthwise"),
+    ("cortex-m7", (1, 4, 6, 5), 4, 5, 1, 4, None, 2, "hwcomp_q8_depthwise"),
+    # The other two boards: Cortex-M4 (DSP, FPv4) and Cortex-M55 (DSP + Helium).
+    ("cortex-m4", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
+    ("cortex-m55", (1, 6, 9, 7), 6, 3, 2, 6, None, 1, "hwcomp_q8_depthwise"),
+])
+def test_int8_c_kernels_match_onnxruntime_on_the_board_and_the_host(
+        tmp_path, target, x_shape, cout, k, stride, group, pads, dilation, kernel):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    builder = _layer_model(x_shape, cout, k, stride, group, pads, dilation)
+    pads_ = pads or [k // 2 * dilation] * 4
+    span = dilation * (k - 1) + 1
+    out_hw = [(x_shape[2] + pads_[0] + pads_[2] - span) // stride + 1,
+              (x_shape[3] + pads_[1] + pads_[3] - span) // stride + 1]
+    bundle = _build(tmp_path, builder, x_shape, out_hw, target)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    verification = manifest["verification"]
+    assert verification["status"] == "passed"
+    emulated = verification["outputs"][0]["max_abs_error"]
+    _assert_matches_reference(emulated, bundle)
+    # The emulated board (SMLAD) and this machine (the portable C) agree exactly.
+    assert verification["runs"]["host build"][0]["max_abs_error"] == emulated
+    assert manifest["mcu"]["firmware"]["board"]
+    assert f"{kernel}_" in (bundle / "lib" / "kernels.c").read_text()
+
+
+def test_conv_weights_are_packed_in_the_sxtb16_order():
+    """Each group of four weights is stored w0 w2 w1 w3 and K is padded to 4 with zeros."""
+    weight = np.arange(2 * 3 * 1 * 2, dtype=np.int8).reshape(2, 3, 1, 2)  # K = 6
+    packed = pack_c_weight(weight, "conv")
+    assert packed.shape == (2, 8)
+    np.testing.assert_array_equal(packed[0], [0, 2, 1, 3, 4, 0, 5, 0])
+    np.testing.assert_array_equal(packed[1], [6, 8, 7, 9, 10, 0, 11, 0])
+    depthwise = pack_c_weight(np.arange(18, dtype=np.int8).reshape(2, 1, 3, 3), "depthwise")
+    np.testing.assert_array_equal(depthwise, np.arange(18).reshape(2, 9))
