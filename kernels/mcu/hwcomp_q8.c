@@ -42,9 +42,26 @@ static inline void store(void* y, int32_t index, int32_t value, int32_t flags) {
                    int32_t x_zp, int32_t depth_pad) {                                      \
     const int32_t plane = h * wd;                                                          \
     int16_t* out = col;                                                                    \
-    if (kh == 1 && kw == 1 && iy0 >= 0 && iy0 < h && ix0 >= 0 && ix0 < wd) {               \
+    const int inside = iy0 >= 0 && iy0 + (kh - 1) * dh < h && ix0 >= 0 &&                  \
+                       ix0 + (kw - 1) * dw < wd;                                           \
+    if (inside && kh == 1 && kw == 1) {                                                    \
       const T* p = x + iy0 * wd + ix0;                                                     \
       for (int32_t ch = 0; ch < c; ++ch, p += plane) *out++ = *p;                          \
+    } else if (inside && kw == 3 && dw == 1) {                                             \
+      for (int32_t ch = 0; ch < c; ++ch) {                                                 \
+        const T* p = x + ch * plane + iy0 * wd + ix0;                                      \
+        for (int32_t ky = 0; ky < kh; ++ky, p += dh * wd, out += 3) {                      \
+          out[0] = p[0];                                                                   \
+          out[1] = p[1];                                                                   \
+          out[2] = p[2];                                                                   \
+        }                                                                                  \
+      }                                                                                    \
+    } else if (inside) {                                                                   \
+      for (int32_t ch = 0; ch < c; ++ch) {                                                 \
+        const T* p = x + ch * plane + iy0 * wd + ix0;                                      \
+        for (int32_t ky = 0; ky < kh; ++ky, p += dh * wd)                                  \
+          for (int32_t kx = 0; kx < kw; ++kx) *out++ = p[kx * dw];                         \
+      }                                                                                    \
     } else {                                                                               \
       for (int32_t ch = 0; ch < c; ++ch) {                                                 \
         const T* xc = x + ch * plane;                                                      \
@@ -103,22 +120,30 @@ static void dot_2x2(const int8_t* w0, const int8_t* w1, const int16_t* c0, const
                     int32_t depth_pad, int32_t* acc) {
 #if HWCOMP_Q8_DSP
   int32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
-  for (int32_t k = 0; k < depth_pad; k += 4) {
-    uint32_t xa0 = load32(c0 + k), xb0 = load32(c0 + k + 2);
-    uint32_t xa1 = load32(c1 + k), xb1 = load32(c1 + k + 2);
-    uint32_t wa = load32(w0 + k);
-    uint32_t wl = __sxtb16(wa), wh = sxtb16_ror8(wa);
-    a00 = __smlad(xa0, wl, a00);
-    a01 = __smlad(xa1, wl, a01);
-    a00 = __smlad(xb0, wh, a00);
-    a01 = __smlad(xb1, wh, a01);
-    wa = load32(w1 + k);
-    wl = __sxtb16(wa);
-    wh = sxtb16_ror8(wa);
-    a10 = __smlad(xa0, wl, a10);
-    a11 = __smlad(xa1, wl, a11);
-    a10 = __smlad(xb0, wh, a10);
-    a11 = __smlad(xb1, wh, a11);
+  /* The columns are 4-byte aligned: two words per column and step (LDRD), each weight row
+   * one word per step; all four streams post-incremented. */
+  const uint32_t* p0 = (const uint32_t*)(const void*)c0;
+  const uint32_t* p1 = (const uint32_t*)(const void*)c1;
+  const uint32_t* end = p0 + depth_pad / 2;
+  while (p0 != end) {
+    const uint32_t xa0 = p0[0], xb0 = p0[1], xa1 = p1[0], xb1 = p1[1];
+    p0 += 2;
+    p1 += 2;
+    uint32_t wa = load32(w0), t = __sxtb16(wa);
+    w0 += 4;
+    a00 = __smlad(xa0, t, a00);
+    a01 = __smlad(xa1, t, a01);
+    t = sxtb16_ror8(wa);
+    a00 = __smlad(xb0, t, a00);
+    a01 = __smlad(xb1, t, a01);
+    wa = load32(w1);
+    w1 += 4;
+    t = __sxtb16(wa);
+    a10 = __smlad(xa0, t, a10);
+    a11 = __smlad(xa1, t, a11);
+    t = sxtb16_ror8(wa);
+    a10 = __smlad(xb0, t, a10);
+    a11 = __smlad(xb1, t, a11);
   }
   acc[0] = a00;
   acc[1] = a01;
