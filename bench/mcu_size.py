@@ -8,19 +8,23 @@ instructions per inference counted two ways:
 * ``callgrind``: x86-64 instructions of ``hwcomp_<model>_run`` alone in the host build of the
   same C (repeatable: valgrind counts, it does not time);
 * ``qemu``: Thumb-2 instructions the whole example firmware executes on the emulated board
-  (``-singlestep -d exec``; includes startup and printing the outputs, ~1 % here). Slow
-  (about a minute per model), so only with ``--qemu``.
+  (``-singlestep -d exec``; includes startup and printing the outputs, ~1 % here), and per
+  kernel call (the trace names each instruction's function; a call runs from the
+  executor's entry into its kernel to the next), with the layer's MACs where the call is a
+  layer's. Slow (about a minute per model), so only with ``--qemu``.
 
 MACs per instruction = the model's MACs (hwcomp's cost analysis) / instructions. The last
 column is the build's verification: the emulated board's outputs against onnxruntime's.
 
-    .venv/bin/python bench/mcu_size.py [--target cortex-m7] [--precisions fp32,int8] [--qemu]
+    .venv/bin/python bench/mcu_size.py [--target cortex-m7] [--precisions fp32,int8]
+        [--models ds_cnn_kws,resnet8] [--qemu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -57,12 +61,58 @@ def callgrind_instructions(bundle: Path, prefix: str, workdir: Path) -> int:
     return int(summary.group(1))
 
 
-def qemu_instructions(bundle: Path, emulator: list[str]) -> int:
-    command = [*emulator, "-singlestep", "-d", "exec,nochain", "-D", "/dev/fd/3", "-kernel",
-               str(bundle / "bin" / "firmware.elf")]
-    shell = " ".join(command) + " 3>&1 1>/dev/null | grep -c '^Trace'"
-    return int(subprocess.run(["bash", "-c", shell], capture_output=True, text=True,
-                              check=True).stdout.strip())
+def qemu_instructions(bundle: Path, emulator: list[str]) -> tuple[int, list[tuple[str, int]]]:
+    """Thumb-2 instructions the firmware executes, in all and per kernel call.
+
+    qemu traces each executed instruction (``-singlestep -d exec,nochain``) with the name of
+    the function holding it; a kernel call begins where the executor's ``hwcomp_call``
+    enters a ``__tvm_ffi_`` kernel, and every instruction until the next begins (hwcomp's C
+    kernels, the libm calls it makes) is counted to it. Instructions of the executor,
+    startup and printing are the "other" entry.
+    """
+    read, write = os.pipe()
+    command = [*emulator, "-singlestep", "-d", "exec,nochain", "-D", f"/dev/fd/{write}",
+               "-kernel", str(bundle / "bin" / "firmware.elf")]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            pass_fds=(write,))
+    os.close(write)
+    steps: list[list] = []
+    other = total = 0
+    previous = ""
+    executor = ("hwcomp_call", "hwcomp_workspace_begin")
+    with os.fdopen(read, "rb") as trace:
+        for line in trace:
+            if not line.startswith(b"Trace"):
+                continue
+            total += 1
+            name = line.rsplit(None, 1)[-1].decode()
+            if name.startswith("__tvm_ffi_") and previous == "hwcomp_call":
+                steps.append([name, 0])
+            previous = name
+            if (steps and not name.startswith(executor) and not name.endswith("_run_with_arena")
+                    and not name.endswith("_run") and name != "main"):
+                steps[-1][1] += 1
+            else:
+                other += 1
+    proc.wait(timeout=60)
+    return total, [(name, count) for name, count in steps] + [("other", other)]
+
+
+def layer_table(name: str, steps: list[tuple[str, int]], macs: list[int]) -> str:
+    """Markdown: each kernel call's instructions, and MACs where the call is a layer's."""
+    layers = iter(macs)
+    rows = [f"\n{name}: instructions per kernel call (qemu trace; counts, not cycles)\n",
+            "| step | kernel | instructions | MACs | MACs/instr. |", "|---|---|---:|---:|---:|"]
+    for index, (kernel, count) in enumerate(steps):
+        short = kernel.split("_", 4)[-1] if kernel.startswith("__tvm_ffi_") else kernel
+        layer_macs = next(layers, 0) if _is_layer(kernel) else 0
+        ratio = f"{layer_macs / count:.3f}" if layer_macs and count else "-"
+        rows.append(f"| {index} | {short} | {count} | {layer_macs or '-'} | {ratio} |")
+    return "\n".join(rows)
+
+
+def _is_layer(kernel: str) -> bool:
+    return any(part in kernel for part in ("_conv", "_depthwise", "matmul", "conv2d"))
 
 
 def main() -> None:
@@ -70,15 +120,20 @@ def main() -> None:
     parser.add_argument("--target", default="cortex-m7")
     parser.add_argument("--qemu", action="store_true", help="also count Thumb-2 instructions")
     parser.add_argument("--precisions", default="fp32,int8")
+    parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     rows = []
+    tables: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, builder in MODELS.items():
+        for name in args.models.split(","):
+            builder = MODELS[name]
             path = folder / f"{name}.onnx"
             model_zoo.save(builder(), str(path))
             loaded = model_io.load_model(path)
-            macs = cost.graph_cost(loaded).total_macs
+            graph = cost.graph_cost(loaded)
+            macs = graph.total_macs
+            layer_macs = [n.macs for n in graph.nodes if n.op_type in ("Conv", "Gemm", "MatMul")]
             shape = [int(d) for d in loaded.graph.inputs[0].shape]
             calib = folder / f"{name}_calib.npz"
             samples = np.random.default_rng(7).standard_normal((16, *shape[1:]))
@@ -91,7 +146,11 @@ def main() -> None:
                 error = result.manifest["verification"]["outputs"][0]["max_abs_error"]
                 x86 = callgrind_instructions(result.bundle, mcu["prefix"], folder)
                 emulator = [result.target.emulator, *result.target.emulator_args]
-                thumb = qemu_instructions(result.bundle, emulator) if args.qemu else None
+                thumb = None
+                if args.qemu:
+                    thumb, steps = qemu_instructions(result.bundle, emulator)
+                    tables.append(layer_table(f"{name} {precision} ({args.target})", steps,
+                                              layer_macs))
                 rows.append((name, precision, macs, mcu, x86, thumb, error))
                 print(json.dumps({"model": name, "precision": precision, "macs": macs,
                                   "x86_instructions": x86, "thumb_instructions": thumb,
@@ -107,6 +166,8 @@ def main() -> None:
               f"{arena['lower_bound_bytes']} | {arena['largest_two_live_bytes']} | "
               f"{arena['sum_of_buffers_bytes']} | {lib['flash']} | {mcu['weights_bytes']} | "
               f"{x86 / 1e6:.1f} M | {macs / x86:.3f} | {arm} | {error:.3g} |")
+    for table in tables:
+        print(table)
 
 
 if __name__ == "__main__":

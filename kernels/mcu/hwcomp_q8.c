@@ -35,7 +35,8 @@ static inline void store(void* y, int32_t index, int32_t value, int32_t flags) {
 }
 
 /* One output pixel's receptive field as 16-bit values in (c, ky, kx) order, padding read as
- * the input zero point, zeros up to the padded depth. T: the input's element type. */
+ * the input zero point (the K values; the tail up to the padded depth is the caller's).
+ * T: the input's element type. */
 #define HWCOMP_Q8_GATHER(NAME, T)                                                           \
   static void NAME(int16_t* col, const T* x, int32_t c, int32_t h, int32_t wd, int32_t kh, \
                    int32_t kw, int32_t dh, int32_t dw, int32_t iy0, int32_t ix0,           \
@@ -77,7 +78,7 @@ static inline void store(void* y, int32_t index, int32_t value, int32_t flags) {
         }                                                                                  \
       }                                                                                    \
     }                                                                                      \
-    for (int16_t* end = col + depth_pad; out < end;) *out++ = 0;                           \
+    (void)depth_pad; /* the padding tail was zeroed once by the caller */                 \
   }
 
 HWCOMP_Q8_GATHER(gather_u8, uint8_t)
@@ -182,6 +183,8 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
   const int32_t depth = c * kh * kw, depth_pad = (depth + 3) & ~3;
   int16_t* col0 = scratch;
   int16_t* col1 = col0 + depth_pad;
+  /* The columns' padding past K stays zero: the gathers write K values each. */
+  for (int32_t k = depth; k < depth_pad; ++k) col0[k] = col1[k] = 0;
   const int32_t pixels = oh * ow;
   const float lo = (float)y_lo, hi = (float)y_hi;
   for (int32_t p = 0; p < pixels; p += 2) {
