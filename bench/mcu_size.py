@@ -98,21 +98,38 @@ def qemu_instructions(bundle: Path, emulator: list[str]) -> tuple[int, list[tupl
     return total, [(name, count) for name, count in steps] + [("other", other)]
 
 
-def layer_table(name: str, steps: list[tuple[str, int]], macs: list[int]) -> str:
-    """Markdown: each kernel call's instructions, and MACs where the call is a layer's."""
-    layers = iter(macs)
+def kernel_macs(bundle: Path) -> dict[str, int]:
+    """MACs of each ``__tvm_ffi_`` kernel that calls hwcomp's int8 C kernels, from the
+    literal geometry the generated code passes them (kernels.c)."""
+    source = (bundle / "lib" / "kernels.c").read_text()
+    macs = {}
+    for body in source.split("TVM_DLL int32_t ")[1:]:
+        head = body.split("(", 1)[0]
+        call = re.search(r"hwcomp_q8_(conv|depthwise)_\w+\(([^;]*)\);", body.split("\n}", 1)[0])
+        if not head.startswith("__tvm_ffi_") or call is None or "int32_t," in call.group(2):
+            continue
+        args = [int(v) for v in call.group(2).split(", ") if re.fullmatch(r"-?\d+", v)]
+        if call.group(1) == "conv":  # c, h, w, oc, kh, kw, ..., oh, ow (11th, 12th after c)
+            c, _, _, oc, kh, kw = args[:6]
+            oh, ow = args[12:14]
+            macs[head] = c * kh * kw * oc * oh * ow
+        else:  # c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow
+            c, _, _, kh, kw = args[:5]
+            oh, ow = args[13:15]
+            macs[head] = c * kh * kw * oh * ow
+    return macs
+
+
+def layer_table(name: str, steps: list[tuple[str, int]], macs: dict[str, int]) -> str:
+    """Markdown: each kernel call's instructions, and MACs where it ran hwcomp's C kernel."""
     rows = [f"\n{name}: instructions per kernel call (qemu trace; counts, not cycles)\n",
             "| step | kernel | instructions | MACs | MACs/instr. |", "|---|---|---:|---:|---:|"]
     for index, (kernel, count) in enumerate(steps):
         short = kernel.split("_", 4)[-1] if kernel.startswith("__tvm_ffi_") else kernel
-        layer_macs = next(layers, 0) if _is_layer(kernel) else 0
+        layer_macs = macs.get(kernel, 0)
         ratio = f"{layer_macs / count:.3f}" if layer_macs and count else "-"
         rows.append(f"| {index} | {short} | {count} | {layer_macs or '-'} | {ratio} |")
     return "\n".join(rows)
-
-
-def _is_layer(kernel: str) -> bool:
-    return any(part in kernel for part in ("_conv", "_depthwise", "matmul", "conv2d"))
 
 
 def main() -> None:
@@ -131,9 +148,7 @@ def main() -> None:
             path = folder / f"{name}.onnx"
             model_zoo.save(builder(), str(path))
             loaded = model_io.load_model(path)
-            graph = cost.graph_cost(loaded)
-            macs = graph.total_macs
-            layer_macs = [n.macs for n in graph.nodes if n.op_type in ("Conv", "Gemm", "MatMul")]
+            macs = cost.graph_cost(loaded).total_macs
             shape = [int(d) for d in loaded.graph.inputs[0].shape]
             calib = folder / f"{name}_calib.npz"
             samples = np.random.default_rng(7).standard_normal((16, *shape[1:]))
@@ -150,7 +165,7 @@ def main() -> None:
                 if args.qemu:
                     thumb, steps = qemu_instructions(result.bundle, emulator)
                     tables.append(layer_table(f"{name} {precision} ({args.target})", steps,
-                                              layer_macs))
+                                              kernel_macs(result.bundle)))
                 rows.append((name, precision, macs, mcu, x86, thumb, error))
                 print(json.dumps({"model": name, "precision": precision, "macs": macs,
                                   "x86_instructions": x86, "thumb_instructions": thumb,
