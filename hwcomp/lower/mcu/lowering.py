@@ -50,8 +50,9 @@ class McuLowering:
         return C_INT8
 
     def prepare(self, legal: onnx.ModelProto, target: Target) -> Prepared:
-        """Refuse what the C executor cannot run, import, put int8 layers on the C kernels."""
+        """Refuse what the executor cannot run or flash cannot hold; import; int8 on C kernels."""
         check_mcu_supported(legal)
+        _check_weights_fit(legal, target)
         module, kernels = rewrite_int8_layers(import_checked(legal), target)
         return Prepared(module, kernels)
 
@@ -124,6 +125,32 @@ def _firmware(objects: list[Path], sources: Sources, target: Target, staging: Pa
         return {"board": machine, "skipped": too_small}
     elf = firmware.build_firmware(objects, sources, target, staging, machine)
     return {"board": machine, "elf": str(elf.relative_to(staging))}
+
+
+def _check_weights_fit(legal: onnx.ModelProto, target: Target) -> None:
+    """Refuse a model whose weights alone exceed the flash, before any code is generated.
+
+    The weights go to flash as they are (int8 layers' weights are int8 already in a QDQ
+    model); compiling C for a model that cannot fit would take the cross compiler minutes
+    and gigabytes (VGG-19's 548 MB of weights) to reach the same answer.
+    """
+    weights = sum(_initializer_bytes(t) for t in legal.graph.initializer)
+    if weights > target.flash_bytes:
+        raise MemoryBudgetError(
+            f"the model does not fit {target.name}: its weights alone are {weights} bytes > "
+            f"flash {target.flash_bytes} bytes (refused before generating any code). Try "
+            "--precision int8 (4x smaller weights), --prune to cut channels, --lowrank to split "
+            "large layers, or a part with more flash; nothing was written")
+
+
+def _initializer_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of an initializer's values (raw, typed or external) without loading them."""
+    import math
+
+    from onnx import helper
+
+    count = math.prod(tensor.dims)
+    return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def _check_budget(model_file: str, target: Target, sizes: firmware.LibrarySizes,

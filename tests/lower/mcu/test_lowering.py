@@ -118,6 +118,8 @@ def test_model_over_the_flash_budget_fails_with_the_figures(tmp_path):
     assert done.returncode == 5  # budget not met
     message = done.stderr
     assert "does not fit cortex-m4" in message and "flash" in message and "524288" in message
+    # Refused from the weights' size, before any C was generated or compiled.
+    assert "1440000 bytes" in message and "before generating any code" in message
     assert "--precision int8" in message and "Traceback" not in message
     assert not (tmp_path / "out" / "big-cortex-m4").exists()
     assert not any((tmp_path / "out").glob(".*partial*"))
