@@ -40,7 +40,7 @@ static inline void store(void* y, int32_t index, int32_t value, int32_t flags) {
 #define HWCOMP_Q8_GATHER(NAME, T)                                                           \
   static void NAME(int16_t* col, const T* x, int32_t c, int32_t h, int32_t wd, int32_t kh, \
                    int32_t kw, int32_t dh, int32_t dw, int32_t iy0, int32_t ix0,           \
-                   int32_t x_zp, int32_t depth_pad) {                                      \
+                   int32_t x_zp) {                                                         \
     const int32_t plane = h * wd;                                                          \
     int16_t* out = col;                                                                    \
     const int inside = iy0 >= 0 && iy0 + (kh - 1) * dh < h && ix0 >= 0 &&                  \
@@ -78,7 +78,6 @@ static inline void store(void* y, int32_t index, int32_t value, int32_t flags) {
         }                                                                                  \
       }                                                                                    \
     }                                                                                      \
-    (void)depth_pad; /* the padding tail was zeroed once by the caller */                 \
   }
 
 HWCOMP_Q8_GATHER(gather_u8, uint8_t)
@@ -86,11 +85,11 @@ HWCOMP_Q8_GATHER(gather_s8, int8_t)
 
 static void gather(int16_t* col, const void* x, int32_t flags, int32_t c, int32_t h,
                    int32_t wd, int32_t kh, int32_t kw, int32_t dh, int32_t dw, int32_t iy0,
-                   int32_t ix0, int32_t x_zp, int32_t depth_pad) {
+                   int32_t ix0, int32_t x_zp) {
   if (flags & HWCOMP_Q8_X_S8) {
-    gather_s8(col, (const int8_t*)x, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp, depth_pad);
+    gather_s8(col, (const int8_t*)x, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp);
   } else {
-    gather_u8(col, (const uint8_t*)x, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp, depth_pad);
+    gather_u8(col, (const uint8_t*)x, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp);
   }
 }
 
@@ -190,11 +189,11 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
   for (int32_t p = 0; p < pixels; p += 2) {
     const int32_t pair = p + 1 < pixels;
     gather(col0, x, flags, c, h, wd, kh, kw, dh, dw, (p / ow) * sh - pt, (p % ow) * sw - pl,
-           x_zp, depth_pad);
+           x_zp);
     if (pair) {
       int32_t q = p + 1;
       gather(col1, x, flags, c, h, wd, kh, kw, dh, dw, (q / ow) * sh - pt,
-             (q % ow) * sw - pl, x_zp, depth_pad);
+             (q % ow) * sw - pl, x_zp);
     }
     int32_t o = 0;
     if (pair) {
@@ -296,31 +295,14 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
   return 0;
 }
 
-/* Entry points per activation type, with the pointer types TVM's C code generator declares
- * for the buffers it passes (one declaration per name in kernels.c). */
-#define HWCOMP_Q8_ENTRIES(SUFFIX, TX, TY)                                                   \
-  int32_t hwcomp_q8_conv_##SUFFIX(TX* x, int8_t* w, int32_t* bias, float* mult, TY* y,      \
-                                  int16_t* scratch, int32_t c, int32_t h, int32_t wd,       \
-                                  int32_t oc, int32_t kh, int32_t kw, int32_t sh,           \
-                                  int32_t sw, int32_t dh, int32_t dw, int32_t pt,           \
-                                  int32_t pl, int32_t oh, int32_t ow, int32_t x_zp,         \
-                                  int32_t y_zp, int32_t y_lo, int32_t y_hi,                 \
-                                  int32_t flags) {                                          \
-    return hwcomp_q8_conv(x, w, bias, mult, y, scratch, c, h, wd, oc, kh, kw, sh, sw, dh,   \
-                          dw, pt, pl, oh, ow, x_zp, y_zp, y_lo, y_hi, flags);               \
-  }                                                                                         \
-  int32_t hwcomp_q8_depthwise_##SUFFIX(TX* x, int8_t* w, int32_t* bias, float* mult, TY* y, \
-                                       TX* scratch, int32_t c, int32_t h, int32_t wd,       \
-                                       int32_t kh, int32_t kw, int32_t sh, int32_t sw,      \
-                                       int32_t dh, int32_t dw, int32_t pt, int32_t pl,      \
-                                       int32_t pb, int32_t pr, int32_t oh, int32_t ow,      \
-                                       int32_t x_zp, int32_t y_zp, int32_t y_lo,            \
-                                       int32_t y_hi, int32_t flags) {                       \
-    return hwcomp_q8_depthwise(x, w, bias, mult, y, scratch, c, h, wd, kh, kw, sh, sw, dh,  \
-                               dw, pt, pl, pb, pr, oh, ow, x_zp, y_zp, y_lo, y_hi, flags);  \
+/* The entry points (hwcomp_q8.h): the typed names the generated kernels call. */
+#define HWCOMP_Q8_ENTRIES(SUFFIX, TX, TY)                                                  \
+  int32_t hwcomp_q8_conv_##SUFFIX HWCOMP_Q8_CONV_PARAMS(TX, TY) {                          \
+    return hwcomp_q8_conv(x, w, bias, mult, y, scratch, c, h, wd, oc, kh, kw, sh, sw, dh,  \
+                          dw, pt, pl, oh, ow, x_zp, y_zp, y_lo, y_hi, flags);              \
+  }                                                                                        \
+  int32_t hwcomp_q8_depthwise_##SUFFIX HWCOMP_Q8_DEPTHWISE_PARAMS(TX, TY) {                \
+    return hwcomp_q8_depthwise(x, w, bias, mult, y, scratch, c, h, wd, kh, kw, sh, sw, dh, \
+                               dw, pt, pl, pb, pr, oh, ow, x_zp, y_zp, y_lo, y_hi, flags); \
   }
-
-HWCOMP_Q8_ENTRIES(u8u8, uint8_t, uint8_t)
-HWCOMP_Q8_ENTRIES(u8s8, uint8_t, int8_t)
-HWCOMP_Q8_ENTRIES(s8u8, int8_t, uint8_t)
-HWCOMP_Q8_ENTRIES(s8s8, int8_t, int8_t)
+HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_ENTRIES)

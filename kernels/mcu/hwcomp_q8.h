@@ -46,25 +46,32 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
                             int32_t y_lo, int32_t y_hi, int32_t flags);
 
 /* The entry points hwcomp's generated kernels call: hwcomp_q8_conv_<x><y> and
- * hwcomp_q8_depthwise_<x><y>, <x>, <y> = u8 or s8 (the activation types; flags agree). */
-#define HWCOMP_Q8_DECLARE(SUFFIX, TX, TY)                                                   \
-  int32_t hwcomp_q8_conv_##SUFFIX(TX* x, int8_t* w, int32_t* bias, float* mult, TY* y,      \
-                                  int16_t* scratch, int32_t c, int32_t h, int32_t wd,       \
-                                  int32_t oc, int32_t kh, int32_t kw, int32_t sh,           \
-                                  int32_t sw, int32_t dh, int32_t dw, int32_t pt,           \
-                                  int32_t pl, int32_t oh, int32_t ow, int32_t x_zp,         \
-                                  int32_t y_zp, int32_t y_lo, int32_t y_hi, int32_t flags); \
-  int32_t hwcomp_q8_depthwise_##SUFFIX(TX* x, int8_t* w, int32_t* bias, float* mult, TY* y, \
-                                       TX* scratch, int32_t c, int32_t h, int32_t wd,       \
-                                       int32_t kh, int32_t kw, int32_t sh, int32_t sw,      \
-                                       int32_t dh, int32_t dw, int32_t pt, int32_t pl,      \
-                                       int32_t pb, int32_t pr, int32_t oh, int32_t ow,      \
-                                       int32_t x_zp, int32_t y_zp, int32_t y_lo,            \
-                                       int32_t y_hi, int32_t flags);
-HWCOMP_Q8_DECLARE(u8u8, uint8_t, uint8_t)
-HWCOMP_Q8_DECLARE(u8s8, uint8_t, int8_t)
-HWCOMP_Q8_DECLARE(s8u8, int8_t, uint8_t)
-HWCOMP_Q8_DECLARE(s8s8, int8_t, int8_t)
+ * hwcomp_q8_depthwise_<x><y>, <x>, <y> = u8 or s8 (the activation types; flags agree), with
+ * the pointer types TVM's C code generator declares for the buffers it passes (one
+ * declaration per name in kernels.c). Their parameter lists, shared by the declarations here
+ * and the definitions in hwcomp_q8.c: */
+#define HWCOMP_Q8_CONV_PARAMS(TX, TY)                                                        \
+  (TX * x, int8_t * w, int32_t * bias, float* mult, TY* y, int16_t* scratch, int32_t c,      \
+   int32_t h, int32_t wd, int32_t oc, int32_t kh, int32_t kw, int32_t sh, int32_t sw,        \
+   int32_t dh, int32_t dw, int32_t pt, int32_t pl, int32_t oh, int32_t ow, int32_t x_zp,     \
+   int32_t y_zp, int32_t y_lo, int32_t y_hi, int32_t flags)
+#define HWCOMP_Q8_DEPTHWISE_PARAMS(TX, TY)                                                   \
+  (TX * x, int8_t * w, int32_t * bias, float* mult, TY* y, TX* scratch, int32_t c,           \
+   int32_t h, int32_t wd, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t dh,        \
+   int32_t dw, int32_t pt, int32_t pl, int32_t pb, int32_t pr, int32_t oh, int32_t ow,       \
+   int32_t x_zp, int32_t y_zp, int32_t y_lo, int32_t y_hi, int32_t flags)
+
+/* Calls a macro with each activation type pair: (suffix, x's type, y's type). */
+#define HWCOMP_Q8_EACH_TYPE_PAIR(M) \
+  M(u8u8, uint8_t, uint8_t)         \
+  M(u8s8, uint8_t, int8_t)          \
+  M(s8u8, int8_t, uint8_t)          \
+  M(s8s8, int8_t, int8_t)
+
+#define HWCOMP_Q8_DECLARE(SUFFIX, TX, TY)                                  \
+  int32_t hwcomp_q8_conv_##SUFFIX HWCOMP_Q8_CONV_PARAMS(TX, TY);           \
+  int32_t hwcomp_q8_depthwise_##SUFFIX HWCOMP_Q8_DEPTHWISE_PARAMS(TX, TY);
+HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_DECLARE)
 #undef HWCOMP_Q8_DECLARE
 
 #ifdef __cplusplus
