@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from hwcomp import remote
+from hwcomp import instructions, remote
 from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.library.runner import emulated as emulated_command
@@ -192,6 +192,15 @@ def bench(bundle: Path, device: str = "local", warmup: int = 5, repeat: int = 50
                        emulated=emulated, threads=threads, hwcomp=LatencyStats.of(sum(ours, [])),
                        onnxruntime=LatencyStats.of(sum(theirs, [])),
                        rounds=tuple(zip(round_medians(ours), round_medians(theirs), strict=True)))
+
+
+def count_instructions(bundle: Path, runs: int = 1, warmup: int = 2,
+                       compare_ort: bool = False) -> instructions.CountResult:
+    """Count the instructions ``bundle`` executes per inference under qemu (and onnxruntime's)."""
+    bundle = Path(bundle)
+    _, target = load_bundle(bundle)
+    return instructions.count_bundle(bundle, target, input_files(bundle), runs=runs,
+                                     warmup=warmup, compare_ort=compare_ort)
 
 
 def runner_samples(bundle: Path, warmup: int, repeat: int, number: int,

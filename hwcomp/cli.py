@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from hwcomp import api, bench, profile_schema, remote, report, stop
+from hwcomp import api, bench, instructions, profile_schema, remote, report, stop
 from hwcomp.analysis import sensitivity
 from hwcomp.compress.driver import CompressionOptions
 from hwcomp.compress.pipeline import parse_budget
@@ -23,7 +23,7 @@ from hwcomp.compress.precision import (
     PRECISION_CHOICES,
     PrecisionOptions,
 )
-from hwcomp.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, HwcompError
+from hwcomp.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, HwcompError, OptionError
 from hwcomp.model import parse_input_shapes
 from hwcomp.native_log import NativeLog
 from hwcomp.package import write_json
@@ -420,21 +420,44 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
 @click.option("--device", default="local", show_default=True,
               help="local (ARM bundles run under qemu, labelled emulated), rpc://HOST:PORT "
               "or tracker://HOST:PORT/KEY.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed runs first.")
-@click.option("--repeat", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Timed measurements.")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Untimed runs first  [default: 5; 2 with --count-instructions].")
+@click.option("--repeat", type=click.IntRange(min=1), default=None,
+              help="Timed measurements  [default: 50; counted runs with "
+              "--count-instructions: 1].")
 @click.option("--number", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs per measurement (their mean is one measurement).")
 @click.option("--threads", type=int, default=0, help="Threads for TVM and onnxruntime (0: all).")
 @click.option("--compare-ort", is_flag=True,
               help="Time onnxruntime on the same model and inputs, alternating with the "
-              "bundle in rounds; the ratio is the median of the rounds' ratios.")
+              "bundle in rounds; the ratio is the median of the rounds' ratios. With "
+              "--count-instructions: count onnxruntime's instructions (its aarch64 build for "
+              "Arm bundles).")
+@click.option("--count-instructions", is_flag=True,
+              help="Count the instructions executed per inference under qemu (Arm bundles: "
+              "the target's CPU model; host bundles: qemu-x86_64), one thread, instead of "
+              "timing. Deterministic; counts, not times.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result.")
-def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: int, threads: int,
-                  compare_ort: bool, json_path: Path | None) -> None:
-    """Measure a bundle's latency (min, mean, median, p90, p99, std)."""
-    result = bench.bench(bundle, device, warmup, repeat, number, threads, compare_ort)
+def bench_command(bundle: Path, device: str, warmup: int | None, repeat: int | None, number: int,
+                  threads: int, compare_ort: bool, count_instructions: bool,
+                  json_path: Path | None) -> None:
+    """Measure a bundle's latency (min, mean, median, p90, p99, std), or count its instructions."""
+    if count_instructions:
+        if device != "local":
+            raise OptionError("--count-instructions runs the bundle under qemu here; "
+                                   "drop --device")
+        if threads not in (0, 1):
+            raise OptionError("--count-instructions counts one thread; drop --threads")
+        counted = bench.count_instructions(bundle, runs=repeat or 1,
+                                           warmup=2 if warmup is None else warmup,
+                                           compare_ort=compare_ort)
+        _print_count(counted)
+        if json_path:
+            json_path.write_text(counted.to_json() + "\n")
+            click.echo(f"json: {json_path}")
+        return
+    result = bench.bench(bundle, device, 5 if warmup is None else warmup, repeat or 50, number,
+                         threads, compare_ort)
     click.echo(f"bundle: {result.bundle} ({result.target}) on {result.device}")
     if result.emulated:
         click.echo("EMULATED: these times measure qemu, not the device's latency")
@@ -451,6 +474,25 @@ def bench_command(bundle: Path, device: str, warmup: int, repeat: int, number: i
     if json_path:
         json_path.write_text(result.to_json() + "\n")
         click.echo(f"json: {json_path}")
+
+
+def _print_count(counted: instructions.CountResult) -> None:
+    click.echo(f"bundle: {counted.bundle} ({counted.target}), counted under {counted.emulator}, "
+               f"{counted.threads} thread")
+    click.echo("INSTRUCTIONS EXECUTED, NOT TIMES: qemu models no pipeline, cache or memory "
+               "stall; a device (--device rpc://...) gives times")
+    rows = [counted.hwcomp] + ([counted.onnxruntime] if counted.onnxruntime else [])
+    _table(("runtime", "instructions per inference", "runs counted", "whole process"),
+           [(c.runtime, f"{c.per_inference:,.0f}", str(c.runs), f"{c.process_total:,}")
+            for c in rows])
+    if counted.ratio is not None:
+        click.echo(f"hwcomp / onnxruntime: {counted.ratio:.3f}x the instructions")
+    for count in rows:
+        click.echo(f"where {count.runtime}'s instructions go (per inference, top "
+                   f"{len(count.places)}):")
+        _table(("place", "instructions", "share"),
+               [(p.name, f"{p.instructions:,.0f}", f"{100 * p.instructions / count.per_inference:.1f}%")
+                for p in count.places])
 
 
 @cli.command("device-server")
