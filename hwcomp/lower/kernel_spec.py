@@ -28,6 +28,8 @@ class KernelSpec:
         accumulators: Vector registers a register tile may hold as accumulators: 16 where
             the ISA has 32 (AVX-512, NEON), 12 with AVX2's 16 (a 6 x 2-vector tile leaves
             registers for the weight vectors and the broadcast, as in 6x16 AVX2 sgemm).
+        by_element: fp32 only: the FMA multiplies by one lane of a vector (NEON's FMLA by
+            element), so an A vector of 4 reduction steps feeds 4 FMAs.
 
     """
 
@@ -41,6 +43,7 @@ class KernelSpec:
     llvm: str = ""
     grouped: bool = False
     accumulators: int = 16
+    by_element: bool = False
 
 
 def conv_output_size(data_shape: tuple[int, ...], kernel: tuple[int, int],

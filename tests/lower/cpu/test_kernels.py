@@ -27,14 +27,21 @@ def _run(func, *arrays, out_shape):
     return out.numpy()
 
 
+def _spec(isa):
+    """The host's fp32 spec, or NEON's (4 lanes, FMA by element), whose TIR runs here too."""
+    return specs.float_spec(load_target("host")) if isa == "host" else specs.fma_spec(4)
+
+
+@pytest.mark.parametrize("isa", ["host", "neon"])
 @pytest.mark.parametrize("shape,out_channels,kernel", [
     ((1, 8, 20, 20), 32, 3),     # im2col rows outweigh weights: parallel over row groups
     ((1, 64, 7, 7), 64, 3),      # weights outweigh rows: tasks share a weight panel
     ((1, 96, 6, 6), 80, 1),      # pointwise, OC not a multiple of 64
     ((1, 160, 9, 9), 128, 3),    # K blocks of 32 channels (5 per tap), two column tasks
+    ((1, 6, 9, 9), 8, 3),        # 6 channels: no whole 4-step reduction, plain FMAs on NEON
 ])
-def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kernel):
-    spec = specs.float_spec(load_target("host"))
+def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kernel, isa):
+    spec = _spec(isa)
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     w = rng.standard_normal((out_channels, shape[1], kernel, kernel)).astype(np.float32)
@@ -45,7 +52,9 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
     # each parallel; no im2col buffer.
     script = func.script()
     assert _blocks(script) == 4 and 'T.sblock("col")' not in script, script
-    assert script.count("T.parallel(") == 2
+    assert script.count("T.parallel(") in (0, 2)  # the smallest runs on one thread
+    # NEON: 4 reduction steps per A vector load, each FMA by one of its lanes.
+    assert ("T.Shuffle" in script) == (isa == "neon" and shape[1] % 4 == 0), script
     rows = tiling.conv_rows(shape[2] * shape[3], out_channels, spec)
     cols = kernel_spec.round_up(out_channels, spec.lanes)
     packed = compute.pack_weight(compute.conv_weight_matrix(w, spec), spec)
@@ -54,6 +63,19 @@ def test_conv_kernel_matches_numpy_in_both_loop_orders(shape, out_channels, kern
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
     want = np.einsum("chwij,ocij->hwo", windows, w).reshape(-1, out_channels)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ["host", "neon"])
+def test_matmul_kernel_matches_numpy(isa):
+    spec = _spec(isa)
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((24, 72)).astype(np.float32)
+    w = rng.standard_normal((40, 72)).astype(np.float32)
+    func = compute.matmul_kernel(24, 72, 40, spec)
+    assert ("T.Shuffle" in func.script()) == (isa == "neon")
+    got = _run(func, a, compute.pack_weight(w, spec),
+               out_shape=(24, kernel_spec.round_up(40, spec.lanes)))[:, :40]
+    np.testing.assert_allclose(got, a @ w.T, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape,out_channels", [
@@ -338,3 +360,30 @@ def test_register_tiles_fit_the_isa_registers(lanes, accumulators):
     if accumulators == 16:
         assert tiling.conv_rows(49, 64, spec) == tiling.round_up(49, 16 // tiling._block_tile(
             64 // lanes))
+
+
+@pytest.mark.cross
+def test_neon_bundle_multiplies_by_element_and_verifies(tmp_path):
+    """arm-a72 convs and the classifier's matmul: FMLA by lanes 0-3 of an A vector, verified
+    against onnxruntime under qemu-aarch64 by the build."""
+    import json
+    import subprocess
+
+    import onnx
+
+    from hwcomp import api
+    from tests import model_zoo
+    from tests.conftest import require_tools
+
+    require_tools("aarch64-linux-gnu-g++", "qemu-aarch64", "aarch64-linux-gnu-objdump")
+    path = tmp_path / "resnet_like.onnx"
+    onnx.save(model_zoo.resnet_like(), path)
+    bundle = api.build(path, "arm-a72", tmp_path / "out", use_tuning_db=False).bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["verification"]["status"] == "passed", manifest["verification"]
+    assert manifest["unscheduled_kernels"] == []
+    code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(bundle / "lib" / "model.so")],
+                          capture_output=True, text=True, check=True).stdout
+    by_lane = {lane: len(re.findall(rf"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[{lane}\]", code))
+               for lane in range(4)}
+    assert all(count >= 16 for count in by_lane.values()), by_lane

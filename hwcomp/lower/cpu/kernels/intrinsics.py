@@ -67,6 +67,57 @@ def register_intrinsic(instruction: KernelSpec, name: str = "", scope: str = "lo
     _REGISTERED.add(name)
 
 
+FMA_BY_ELEMENT = "hwcomp_fma_by_element_4x4"
+
+
+def register_fma_by_element(lanes: int = 4, scope: str = "local") -> str:
+    """Register the fp32 update of ``lanes`` accumulators by 4 reduction steps (once).
+
+    ``C[i] += sum_j A[j] * W[j, i]``, written as one vector load of the 4 A values and 4
+    multiply-adds by one of its lanes each: NEON's FMLA (by element). The A values of 4
+    steps come in one load instead of 4, and the loop runs a quarter as many times.
+    """
+    name = f"{FMA_BY_ELEMENT}_{lanes}_{scope}"
+    if name in _REGISTERED:
+        return name
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, w: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "float32", offset_factor=1)
+        W = T.match_buffer(w, (4, lanes, 1), "float32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "float32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], W[0:4, 0:lanes, 0])
+            T.writes(C[0:lanes])
+            for k in T.serial(0, 4):
+                for i in T.serial(0, lanes):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + A[vk] * W[vk, vi, 0]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, w: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "float32", offset_factor=1)
+        W = T.match_buffer(w, (4, lanes, 1), "float32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "float32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], W[0:4, 0:lanes, 0])
+            T.writes(C[0:lanes])
+            values = A.vload([0], "float32x4")
+            C[T.ramp(T.int32(0), 1, lanes)] = (
+                C.vload([0], dtype=f"float32x{lanes}")
+                + T.Shuffle([values], [0] * lanes) * W.vload([0, 0, 0], dtype=f"float32x{lanes}")
+                + T.Shuffle([values], [1] * lanes) * W.vload([1, 0, 0], dtype=f"float32x{lanes}")
+                + T.Shuffle([values], [2] * lanes) * W.vload([2, 0, 0], dtype=f"float32x{lanes}")
+                + T.Shuffle([values], [3] * lanes) * W.vload([3, 0, 0], dtype=f"float32x{lanes}"))
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
+    return name
+
+
 def light_tensor_intrin() -> None:
     """Make ``tvm.s_tir.tensor_intrin`` importable without its 40 s of CUDA/ROCm intrinsics."""
     name = "tvm.s_tir.tensor_intrin"

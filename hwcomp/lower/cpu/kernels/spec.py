@@ -22,10 +22,11 @@ def fma_spec(lanes: int) -> KernelSpec:
     """Return the fp32 kernel spec for ``lanes`` fp32 vector lanes (one vector FMA).
 
     8 lanes is AVX2, whose 16 vector registers hold a 12-accumulator tile; the others
-    (NEON's 4, AVX-512's 16) have 32 registers.
+    (NEON's 4, AVX-512's 16) have 32 registers. NEON multiplies by one lane of a register
+    (FMLA by element), so its kernels take the reduction 4 steps per A load.
     """
     return KernelSpec("fma", "", lanes, "float32", "float32", "float32", 1,
-                      accumulators=12 if lanes == 8 else 16)
+                      accumulators=12 if lanes == 8 else 16, by_element=lanes == 4)
 
 
 def float_spec(target: Target) -> KernelSpec:

@@ -22,7 +22,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     POINTWISE_BLOCK,
     STORE_BLOCK,
 )
-from hwcomp.lower.cpu.kernels.intrinsics import register_intrinsic
+from hwcomp.lower.cpu.kernels.intrinsics import register_fma_by_element, register_intrinsic
 from hwcomp.lower.kernel_spec import KernelSpec, round_up
 
 logger = logging.getLogger(__name__)
@@ -295,7 +295,12 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     if parallel:
         sch.parallel(fused)
     store_at = m_tile
-    if im2col is not None:
+    by_element = None
+    if im2col is None:
+        split = _split_by_element(sch, k_outer, n_block, m_inner, n_lane, instruction)
+        if split is not None:
+            k_outer, by_element = split
+    else:
         # Implicit im2col: the matmul reads A straight from the padded NHWC copy, K split as
         # (tap, channel), so an A element is nhwc[oh + dy, ow + dx, c] with the pixel's base
         # address hoisted out of the K loop, instead of building im2col rows (9x the input,
@@ -314,10 +319,14 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         k_steps = pow2_tile(steps, max(1, _K_BLOCK_BYTES // step_bytes))
         # A panel that fits L1 needs no blocking, and blocks of a few channels (a 3-channel
         # stem) would store the accumulators every few FMAs.
+        inner_k = k_channel
         if k_steps >= _MIN_K_BLOCK and taps * steps * step_bytes > _L1_BYTES:
             k_block, k_step = sch.split(k_channel, [None, k_steps])
             sch.reorder(k_tap, k_block, m_tile, k_step)
             store_at = fused
+            inner_k = k_step
+        split = _split_by_element(sch, inner_k, n_block, m_inner, n_lane, instruction)
+        by_element = None if split is None else split[1]
         k_outer = k_tap
     sch.reverse_compute_at(local, store_at)
     if store is not None:
@@ -336,7 +345,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
             sch.vectorize(sch.split(rows_loop, [None, vec])[1])
     else:
         sch.vectorize(sch.get_loops(local)[-1])
-    if not instruction.intrin:  # before decompose: the update block must still be a reduction
+    if not instruction.intrin and by_element is None:  # before decompose: still a reduction
         sch.vectorize(n_lane)
     init = sch.decompose_reduction(block, k_outer)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -344,9 +353,30 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     sch.unroll(n_block)
     if instruction.intrin:
         sch.tensorize(n_lane, instruction.intrin)
+    if by_element is not None:
+        sch.tensorize(by_element, register_fma_by_element(instruction.lanes))
     if im2col is not None:
         _schedule_nhwc(sch, parallel)
     return local
+
+
+def _split_by_element(sch: Any, k: Any, n_block: Any, m_inner: Any, n_lane: Any,
+                      instruction: KernelSpec) -> tuple[Any, Any] | None:
+    """Take the reduction 4 steps at a time for FMA by element (NEON): its loops, or None.
+
+    Each (row, lane block) cell of the register tile becomes one
+    :func:`~hwcomp.lower.cpu.kernels.intrinsics.register_fma_by_element` update: one vector
+    load of a row's 4 A values and 4 FMLAs by their lanes. The lane blocks go outside the
+    rows, so a block's 4 weight vectors are loaded once for all rows of the tile and each
+    row's A vector is loaded once for all blocks (16 accumulators, 4 A and 4 weight vectors
+    live: 24 of NEON's 32 registers). A 3x3 conv of 64 channels on 56x56, per inference under
+    qemu (cortex-a72): 54.0 M instructions with one A element per FMA step, 42.2 M this way.
+    """
+    if not instruction.by_element or sch.get(k).extent.value % 4:
+        return None
+    k_outer, k_inner = sch.split(k, [None, 4])
+    sch.reorder(k_outer, n_block, m_inner, k_inner, n_lane)
+    return k_outer, k_inner
 
 
 def _schedule_nhwc(sch: Any, parallel: bool) -> None:
