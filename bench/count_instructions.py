@@ -9,7 +9,8 @@ which verifies it: Arm bundles under qemu-aarch64) and counted with ``hwcomp ben
 onnxruntime (its aarch64 build for Arm targets) run the same model and inputs under the same
 qemu CPU model, one thread, and only their marked runs count. Prints a Markdown table:
 instructions per inference of each, their ratio, MACs per instruction (the model's MACs from
-hwcomp's analysis), and the geometric mean of the ratios.
+hwcomp's analysis), the kernels the build left on TVM's generic schedule (slow; named in the
+bundle's manifest), and the geometric mean of the ratios.
 
 Counts are instructions executed under emulation, not times. ``--time`` (host targets only)
 also times both natively (``hwcomp bench --compare-ort --threads 1``, alternating rounds) and
@@ -59,8 +60,10 @@ def main() -> None:
     args = parser.parse_args()
     timed = " time ratio (1 thread) |" if args.time else ""
     print(f"| model | target | hwcomp instructions | onnxruntime instructions | ratio |"
-          f" MACs / instruction (hwcomp, ort) |{timed} build + count (s) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if args.time else "") + " ---: |")
+          f" MACs / instruction (hwcomp, ort) | generic-schedule kernels |{timed} "
+          f"build + count (s) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if args.time else "")
+          + " ---: |")
     rows, ratios = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):
@@ -74,21 +77,23 @@ def main() -> None:
                                "--no-tuning-db")
                 bundle = out / f"{name}-{target}"
                 if built.returncode != 0:
-                    print(f"| {name} | {target} | build failed: {last_line(built)} | | | | |",
+                    print(f"| {name} | {target} | build failed: {last_line(built)} | | | | | |",
                           flush=True)
                     continue
                 result = Path(scratch) / f"{name}-{target}.json"
                 counted = hwcomp("bench", str(bundle), "--count-instructions", "--compare-ort",
                                  "--json", str(result))
                 if counted.returncode != 0:
-                    print(f"| {name} | {target} | count failed: {last_line(counted)} | | | | |",
+                    print(f"| {name} | {target} | count failed: {last_line(counted)} | | | | | |",
                           flush=True)
                     continue
                 data = json.loads(result.read_text())
+                manifest = json.loads((bundle / "manifest.json").read_text())
+                generic = len(manifest.get("unscheduled_kernels", []))
                 ours = data["hwcomp"]["per_inference"]
                 theirs = data["onnxruntime"]["per_inference"]
                 row = {"model": name, "target": target, "macs": macs, "hwcomp": ours,
-                       "onnxruntime": theirs, "ratio": ours / theirs}
+                       "onnxruntime": theirs, "ratio": ours / theirs, "generic": generic}
                 time_cell = ""
                 if args.time:
                     timing = hwcomp("bench", str(bundle), "--compare-ort", "--threads", "1",
@@ -100,7 +105,8 @@ def main() -> None:
                 ratios.setdefault(target, []).append(ours / theirs)
                 rows.append(row)
                 print(f"| {name} | {target} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |"
-                      f" {macs / ours:.2f}, {macs / theirs:.2f} |{time_cell} {seconds:.0f} |",
+                      f" {macs / ours:.2f}, {macs / theirs:.2f} | {generic} |{time_cell} "
+                      f"{seconds:.0f} |",
                       flush=True)
     for target, values in ratios.items():
         geomean = math.exp(sum(map(math.log, values)) / len(values))

@@ -491,8 +491,16 @@ def _print_count(counted: instructions.CountResult) -> None:
         click.echo(f"where {count.runtime}'s instructions go (per inference, top "
                    f"{len(count.places)}):")
         _table(("place", "instructions", "share"),
-               [(p.name, f"{p.instructions:,.0f}", f"{100 * p.instructions / count.per_inference:.1f}%")
-                for p in count.places])
+               [(_shorten(p.name, 80), f"{p.instructions:,.0f}",
+                 f"{100 * p.instructions / count.per_inference:.1f}%") for p in count.places])
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text``, its middle elided to fit ``width`` (fused function names run to 200)."""
+    if len(text) <= width:
+        return text
+    keep = (width - 3) // 2
+    return f"{text[:keep]}...{text[-keep:]}"
 
 
 @cli.command("device-server")

@@ -103,8 +103,12 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     if kernel == CONV_BLOCK:
         im2col = _im2col_split(sch, block, out_shape[1] // group_out if group_out else 1)
     tail = sch.get(epilogue[-1]) if epilogue else None
+    # The pointwise kernel's rows are output channels and its vectors pixels of the NCHW
+    # input: 4 reduction steps of a pixel vector are 4 rows apart (TVM's tensorize fails on
+    # some of those regions), and the depthwise kernel's reduction is the taps.
     tile_matmul(sch, block, instruction, im2col,
-                pixels_inner=kernel != POINTWISE_BLOCK and _pixels_inner(tail))
+                pixels_inner=kernel != POINTWISE_BLOCK and _pixels_inner(tail),
+                by_element=kernel == CONV_BLOCK)
     if kernel == DEPTHWISE_BLOCK:
         copy_elements = int(np.prod([int(v) for v in
                                      sch.get(sch.get_sblock("nhwc")).writes[0].source.shape]))
@@ -239,12 +243,14 @@ def schedule_matmul(func: Any, block_name: str, instruction: KernelSpec,
 
 def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
                  im2col: tuple[int, int] | None = None, pixels_inner: bool = False,
-                 store: Any = None) -> Any:
+                 store: Any = None, by_element: bool = True) -> Any:
     """Register-tile the matmul ``block`` (loops m, n, k) and tensorize its inner block.
 
     Each parallel task owns ``rows x (blocks * L)`` accumulators (a local buffer LLVM keeps in
     vector registers) across the whole K loop, so the inner loop is loads of A elements and W
-    vectors feeding one dot-product instruction (int8) or vector FMA (fp32) each. Returns the
+    vectors feeding one dot-product instruction (int8) or vector FMA (fp32) each; with
+    ``by_element`` (where A's reduction steps and W's rows are contiguous) and a spec whose
+    FMA multiplies by a lane (NEON), 4 reduction steps per A vector. Returns the
     block that stores each tile's accumulators: ``store``, where given, is the block that
     reads ``block``'s output (it then reads the accumulators instead).
     """
@@ -295,11 +301,12 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     if parallel:
         sch.parallel(fused)
     store_at = m_tile
-    by_element = None
+    by_lane = None  # the 4-step reduction loop of FMA by element
     if im2col is None:
-        split = _split_by_element(sch, k_outer, n_block, m_inner, n_lane, instruction)
+        split = (_split_by_element(sch, k_outer, n_block, m_inner, n_lane, instruction)
+                 if by_element else None)
         if split is not None:
-            k_outer, by_element = split
+            k_outer, by_lane = split
     else:
         # Implicit im2col: the matmul reads A straight from the padded NHWC copy, K split as
         # (tap, channel), so an A element is nhwc[oh + dy, ow + dx, c] with the pixel's base
@@ -325,8 +332,9 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
             sch.reorder(k_tap, k_block, m_tile, k_step)
             store_at = fused
             inner_k = k_step
-        split = _split_by_element(sch, inner_k, n_block, m_inner, n_lane, instruction)
-        by_element = None if split is None else split[1]
+        split = (_split_by_element(sch, inner_k, n_block, m_inner, n_lane, instruction)
+                 if by_element else None)
+        by_lane = None if split is None else split[1]
         k_outer = k_tap
     sch.reverse_compute_at(local, store_at)
     if store is not None:
@@ -345,7 +353,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
             sch.vectorize(sch.split(rows_loop, [None, vec])[1])
     else:
         sch.vectorize(sch.get_loops(local)[-1])
-    if not instruction.intrin and by_element is None:  # before decompose: still a reduction
+    if not instruction.intrin and by_lane is None:  # before decompose: still a reduction
         sch.vectorize(n_lane)
     init = sch.decompose_reduction(block, k_outer)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -353,8 +361,8 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     sch.unroll(n_block)
     if instruction.intrin:
         sch.tensorize(n_lane, instruction.intrin)
-    if by_element is not None:
-        sch.tensorize(by_element, register_fma_by_element(instruction.lanes))
+    if by_lane is not None:
+        sch.tensorize(by_lane, register_fma_by_element(instruction.lanes))
     if im2col is not None:
         _schedule_nhwc(sch, parallel)
     return local
