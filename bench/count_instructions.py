@@ -1,6 +1,7 @@
 """Instructions per inference of hwcomp bundles against onnxruntime, counted under qemu.
 
     .venv/bin/python bench/count_instructions.py [--targets arm-a72,arm-a76] [--models a,b]
+    .venv/bin/python bench/count_instructions.py --targets arm-a76 --precision int8
     .venv/bin/python bench/count_instructions.py --targets host --time [--models a,b]
 
 Each model of ``bench/public_suite.py`` is built untuned (``hwcomp build --no-tuning-db``,
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(public_suite.SUITE))
     parser.add_argument("--time", action="store_true",
                         help="host targets: also time both natively, 1 thread")
+    parser.add_argument("--precision", default="fp32",
+                        help="int8: build QDQ int8 bundles (calibrated on 16 seeded random "
+                        "samples); onnxruntime runs the same QDQ model")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
     timed = " time ratio (1 thread) |" if args.time else ""
@@ -73,8 +77,10 @@ def main() -> None:
             for target in args.targets.split(","):
                 started = time.perf_counter()
                 out = Path(scratch) / target
+                precision = ([] if args.precision == "fp32" else
+                             ["--precision", args.precision, "--calib-random", "16"])
                 built = hwcomp("build", str(path), "-t", target, "-o", str(out), "--force",
-                               "--no-tuning-db")
+                               "--no-tuning-db", *precision)
                 bundle = out / f"{name}-{target}"
                 if built.returncode != 0:
                     print(f"| {name} | {target} | build failed: {last_line(built)} | | | | | |",
