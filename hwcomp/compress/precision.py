@@ -495,8 +495,13 @@ def _force(layers: list[LayerChoice], precision: str, target: Target) -> None:
             f"--precision fp16: target '{target.name}' has no fp16 arithmetic (it would "
             "convert to fp32 and gain nothing); use --precision auto or fp32")
     if precision == "int8" and lowering_for(target).int8_kernel(target) is None:
+        # Measured (bench/RESULTS.md, issue 21): the example CNN forced to int8 on arm-a72
+        # executed 11.7x the instructions of onnxruntime's int8 (and 11x hwcomp's fp32)
+        # under qemu: dequantized convs leave hwcomp's fp32 kernels for TVM's generic ones.
         logger.warning("target '%s' has no int8 dot product: int8 layers will be "
-                       "dequantized and run in float (smaller weights, no speed-up)", target.name)
+                       "dequantized and run in float on TVM's generic schedule, several times "
+                       "SLOWER than fp32 (the example CNN: 11x the instructions); use "
+                       "--precision fp32 or auto for speed", target.name)
     for layer in layers:
         if precision in layer.candidates or precision == "int8":
             layer.precision = precision

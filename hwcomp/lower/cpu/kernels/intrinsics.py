@@ -118,6 +118,75 @@ def register_fma_by_element(lanes: int = 4, scope: str = "local") -> str:
     return name
 
 
+def register_dot_by_element(instruction: KernelSpec, scope: str = "local") -> str:
+    """Register the int8 update of ``lanes`` accumulators by 4 dot-product groups (once).
+
+    ``C[i] += sum_k A[k] * W[k // 4, i, k % 4]`` over 16 bytes of A, written as one 16-byte
+    load of A and 4 dot products, each with one 4-byte lane of it: Arm's SDOT (by element).
+    The A bytes of 4 groups come in one load instead of 4 broadcasts.
+    """
+    name = f"{instruction.intrin}_by_element_{scope}"
+    if name in _REGISTERED:
+        return name
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    lanes, act, weight = instruction.lanes, instruction.activation_dtype, instruction.weight_dtype
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, w: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16,), act, offset_factor=1)
+        W = T.match_buffer(w, (4, lanes, 4), weight, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:16], W[0:4, 0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for g, i, kk in T.grid(4, lanes, 4):
+                with T.sblock("update"):
+                    vi = T.axis.spatial(lanes, i)
+                    vk = T.axis.reduce(16, g * 4 + kk)
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(W[vk // 4, vi, vk % 4], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, w: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (16,), act, offset_factor=1)
+        W = T.match_buffer(w, (4, lanes, 4), weight, offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope=scope)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:16], W[0:4, 0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            words = T.reinterpret(A.vload([0], f"{act}x16"), dtype="int32x4")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(instruction.llvm), T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(instruction.llvm), T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(instruction.llvm), T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id(instruction.llvm),
+                            C.vload([0], dtype=f"int32x{lanes}"),
+                            W.vload([0, 0, 0], dtype=f"{weight}x{lanes * 4}"),
+                            T.reinterpret(T.Shuffle([words], [0] * 4), dtype=f"{act}x16"),
+                            dtype=f"int32x{lanes}"),
+                        W.vload([1, 0, 0], dtype=f"{weight}x{lanes * 4}"),
+                        T.reinterpret(T.Shuffle([words], [1] * 4), dtype=f"{act}x16"),
+                        dtype=f"int32x{lanes}"),
+                    W.vload([2, 0, 0], dtype=f"{weight}x{lanes * 4}"),
+                    T.reinterpret(T.Shuffle([words], [2] * 4), dtype=f"{act}x16"),
+                    dtype=f"int32x{lanes}"),
+                W.vload([3, 0, 0], dtype=f"{weight}x{lanes * 4}"),
+                T.reinterpret(T.Shuffle([words], [3] * 4), dtype=f"{act}x16"),
+                dtype=f"int32x{lanes}")
+
+    TensorIntrin.register(name, desc, impl, override=True)
+    _REGISTERED.add(name)
+    return name
+
+
+def by_element_intrinsic(instruction: KernelSpec) -> str:
+    """Return the registered by-element intrinsic of ``instruction`` (fp32 FMLA or int8 SDOT)."""
+    if instruction.intrin:
+        return register_dot_by_element(instruction)
+    return register_fma_by_element(instruction.lanes)
+
+
 def light_tensor_intrin() -> None:
     """Make ``tvm.s_tir.tensor_intrin`` importable without its 40 s of CUDA/ROCm intrinsics."""
     name = "tvm.s_tir.tensor_intrin"

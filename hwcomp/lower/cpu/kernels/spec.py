@@ -15,7 +15,7 @@ VNNI = KernelSpec("vpdpbusd", "hwcomp_vnni_u8s8_16x4", 16, "uint8",
                   llvm="llvm.x86.avx512.vpdpbusd.512")
 # Arm Armv8.2+ dot product: s8 x s8, 4 int32 lanes.
 SDOT = KernelSpec("sdot", "hwcomp_sdot_s8s8_4x4", 4, "int8",
-                  llvm="llvm.aarch64.neon.sdot.v4i32.v16i8")
+                  llvm="llvm.aarch64.neon.sdot.v4i32.v16i8", by_element=True)
 
 
 def fma_spec(lanes: int) -> KernelSpec:

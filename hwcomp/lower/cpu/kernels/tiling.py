@@ -22,7 +22,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     POINTWISE_BLOCK,
     STORE_BLOCK,
 )
-from hwcomp.lower.cpu.kernels.intrinsics import register_fma_by_element, register_intrinsic
+from hwcomp.lower.cpu.kernels.intrinsics import by_element_intrinsic, register_intrinsic
 from hwcomp.lower.kernel_spec import KernelSpec, round_up
 
 logger = logging.getLogger(__name__)
@@ -368,10 +368,10 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(m_inner)
     sch.unroll(n_block)
-    if instruction.intrin:
-        sch.tensorize(n_lane, instruction.intrin)
     if by_lane is not None:
-        sch.tensorize(by_lane, register_fma_by_element(instruction.lanes))
+        sch.tensorize(by_lane, by_element_intrinsic(instruction))
+    elif instruction.intrin:
+        sch.tensorize(n_lane, instruction.intrin)
     if im2col is not None:
         _schedule_nhwc(sch, parallel)
     return local
