@@ -132,8 +132,9 @@ def _packages(minor: int) -> list[str]:
 
 
 def _assemble(root: Path, minor: int, versions: dict[str, str]) -> None:
-    logger.warning("assembling an arm64 Python with onnxruntime %s for qemu-aarch64 in %s "
-                   "(once: Debian packages and PyPI wheels, ~60 MB)", versions["onnxruntime"], root)
+    logger.warning("assembling an arm64 Python with onnxruntime %s for qemu-aarch64 in %s (once: "
+                   "~50 MB of Debian packages and PyPI wheels, ~170 MB unpacked)",
+                   versions["onnxruntime"], root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hwcomp-guest-", dir=root.parent) as scratch:
         work = Path(scratch)
