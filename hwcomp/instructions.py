@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hwcomp.errors import ExecutionError, HwcompError, ToolchainError
+from hwcomp.lower import lowering_for
 from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.resources import kernels_path
@@ -118,7 +119,8 @@ def emulation(target: Target) -> Emulation:
     """Return the emulator that counts ``target``'s instructions here.
 
     Raises:
-        CountError: The target runs neither under qemu-user nor natively on an x86-64 host.
+        CountError: The target runs neither under qemu-user nor natively on an x86-64 host
+            (Cortex-M bundles have no runner: ``bench/mcu_size.py --qemu`` counts them).
     """
     if target.emulator:
         program = require_tool(target.emulator, target.emulator_package,
@@ -127,13 +129,14 @@ def emulation(target: Target) -> Emulation:
         cpu = args[args.index("-cpu") + 1] if "-cpu" in args else "max"
         arch = "aarch64" if "aarch64" in target.emulator else target.emulator.removeprefix("qemu-")
         return Emulation(program, args, cpu, arch)
-    if target.family in ("x86", "host") or target.runtime == "so":
-        if platform.machine() != "x86_64":
-            raise CountError(f"counting instructions of {target.name} bundles needs an x86-64 host")
-        program = require_tool("qemu-x86_64", "qemu-user", "to count the bundle's instructions")
-        return Emulation(program, ("-cpu", "max"), "max", "x86_64")
-    raise CountError(f"{target.name} bundles have no runner to count; for Cortex-M use "
-                     "bench/mcu_size.py --qemu (qemu-system-arm traces)")
+    reason = lowering_for(target).not_run_reason(target)
+    if reason:
+        raise CountError(f"cannot count {target.name} bundles here: {reason}")
+    if platform.machine() != "x86_64":
+        raise CountError(f"counting instructions of {target.name} bundles needs an x86-64 host "
+                         f"(qemu-x86_64), this is {platform.machine()}")
+    program = require_tool("qemu-x86_64", "qemu-user", "to count the bundle's instructions")
+    return Emulation(program, ("-cpu", "max"), "max", "x86_64")
 
 
 def plugin_path() -> Path:
