@@ -28,6 +28,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
+from hwcomp.threads import thread_env
 
 PLUGIN_SOURCE = ("qemu", "insn_count.c")
 ORT_SCRIPT = ("qemu", "ort_count.py")
@@ -168,8 +170,7 @@ def count_bundle(bundle: Path, target: Target, inputs: list[Path], runs: int = 1
     runner = [str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
               "--warmup", str(warmup), "--repeat", str(runs), "--number", "1",
               "--inputs", *map(str, inputs)]
-    env = {**os.environ, "TVM_NUM_THREADS": "1", "TVM_BIND_THREADS": "0"}
-    ours = _count(emu, plugin, runner, env, target.sysroot, "hwcomp", runs,
+    ours = _count(emu, plugin, runner, thread_env(1), target.sysroot, "hwcomp", runs,
                   symbols=bundle / "lib" / "model.so")
     theirs = None
     if compare_ort:
@@ -195,8 +196,6 @@ def _count_onnxruntime(emu: Emulation, plugin: Path, model: Path, inputs: list[P
         emu = Emulation(emu.program, (*emu.args, *extra), emu.cpu, emu.arch)
         return _count(emu, plugin, command, env, str(guest.root), "onnxruntime", runs)
     if emu.arch == "x86_64":
-        import sys
-
         env["PYTHONHASHSEED"] = "0"
         return _count(emu, plugin, [sys.executable, *script], env, "", "onnxruntime", runs)
     raise CountError(f"no onnxruntime to count for {emu.arch} guests")
@@ -227,7 +226,7 @@ def _count(emu: Emulation, plugin: Path, guest: list[str], env: dict[str, str], 
                              "bundle with this hwcomp (its runner marks them)")
         regions = _read_maps(maps) if maps.is_file() else []
     per_place: dict[str, int] = defaultdict(int)
-    symbolizer = _Symbols(symbols) if symbols is not None else None
+    symbolizer = _Symbols(symbols, regions) if symbols is not None else None
     for address, executed in blocks:
         per_place[_place(address, regions, symbolizer)] += executed
     counted = sum(per_place.values())
@@ -266,10 +265,13 @@ def _read_maps(path: Path) -> list[_Region]:
 
 
 class _Symbols:
-    """Function symbols of a shared library (``nm``), by address relative to its load base."""
+    """Function symbols of a shared library (``nm``) where the process map says it was loaded."""
 
-    def __init__(self, library: Path) -> None:
-        self.library = library
+    def __init__(self, library: Path, regions: list[_Region]) -> None:
+        self.path = str(library.resolve())
+        # The load base: the lowest mapping of the file, less its file offset.
+        self.base = min((start - offset for start, _, offset, path in regions
+                         if path == self.path), default=0)
         self.starts: list[int] = []
         self.names: list[str] = []
         nm = shutil.which("nm")
@@ -286,8 +288,8 @@ class _Symbols:
             self.starts.append(start)
             self.names.append(name)
 
-    def name(self, offset: int) -> str:
-        index = bisect.bisect_right(self.starts, offset) - 1
+    def name(self, address: int) -> str:
+        index = bisect.bisect_right(self.starts, address - self.base) - 1
         return self.names[index] if index >= 0 else "?"
 
 
@@ -304,7 +306,6 @@ def _place(address: int, regions: list[_Region], symbols: _Symbols | None) -> st
     if not path:
         return "(anonymous memory)"
     name = Path(path).name if path.startswith("/") else path
-    if symbols is not None and path.startswith("/") and Path(path) == symbols.library.resolve():
-        base = min(start - offset for start, _, offset, p in regions if p == path)
-        return f"{name}:{symbols.name(address - base)}"
+    if symbols is not None and path == symbols.path:
+        return f"{name}:{symbols.name(address)}"
     return name

@@ -69,12 +69,17 @@ def aarch64_python(cpu: str) -> GuestPython:
     """Return the arm64 Python root for the emulated ``cpu`` (qemu's ``-cpu`` name)."""
     versions = {name: importlib.metadata.version(name) for name in WHEELS}
     base = cache_dir() / "guest-python" / "aarch64"
-    minor = _debian_python_minor()
-    key = f"python3.{minor}-" + "-".join(f"{name}{version}" for name, version in versions.items())
-    root = base / key
-    if not (root / ".complete").is_file():
+    wheels = "-".join(f"{name}{version}" for name, version in versions.items())
+    # A root assembled before is used as it is: apt is asked only to assemble one.
+    done = sorted(base.glob(f"python3.*-{wheels}/.complete"))
+    if done:
+        root = done[-1].parent
+        minor = int(root.name.split("-")[0].removeprefix("python3."))
+    else:
+        minor = _debian_python_minor()
+        root = base / f"python3.{minor}-{wheels}"
         _assemble(root, minor, versions)
-    view = base / f"{key}-{cpu}"
+    view = base / f"{root.name}-{cpu}"
     if not (view / "proc" / "cpuinfo").is_file():
         _make_view(root, view, cpu)
     python = view / "usr" / "bin" / f"python3.{minor}"
