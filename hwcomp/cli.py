@@ -445,7 +445,7 @@ def bench_command(bundle: Path, device: str, warmup: int | None, repeat: int | N
     if count_instructions:
         if device != "local":
             raise OptionError("--count-instructions runs the bundle under qemu here; "
-                                   "drop --device")
+                              "drop --device")
         if threads not in (0, 1):
             raise OptionError("--count-instructions counts one thread; drop --threads")
         counted = bench.count_instructions(bundle, runs=repeat or 1,

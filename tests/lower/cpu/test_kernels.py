@@ -362,68 +362,59 @@ def test_register_tiles_fit_the_isa_registers(lanes, accumulators):
             64 // lanes))
 
 
-@pytest.mark.cross
-def test_neon_bundle_multiplies_by_element_and_verifies(tmp_path):
-    """arm-a72 convs and the classifier's matmul: FMLA by lanes 0-3 of an A vector, verified
-    against onnxruntime under qemu-aarch64 by the build."""
+def _verified_arm_bundle(model, name, target, folder, **options):
+    """Build ``model`` for an Arm target; assert it verified under qemu with every kernel
+    scheduled; return the bundle and its disassembly."""
     import json
     import subprocess
 
     import onnx
 
     from hwcomp import api
-    from tests import model_zoo
     from tests.conftest import require_tools
 
     require_tools("aarch64-linux-gnu-g++", "qemu-aarch64", "aarch64-linux-gnu-objdump")
-    path = tmp_path / "resnet_like.onnx"
-    onnx.save(model_zoo.resnet_like(), path)
-    bundle = api.build(path, "arm-a72", tmp_path / "out", use_tuning_db=False).bundle
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    bundle = api.build(path, target, folder / "out", use_tuning_db=False, **options).bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
     assert manifest["unscheduled_kernels"] == []
     code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(bundle / "lib" / "model.so")],
                           capture_output=True, text=True, check=True).stdout
-    by_lane = {lane: len(re.findall(rf"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s\[{lane}\]", code))
-               for lane in range(4)}
+    return manifest, code
+
+
+def _by_lane(code, operands):
+    """How many instructions matching ``operands`` take each lane 0-3 of their last operand."""
+    return {lane: len(re.findall(rf"{operands}\[{lane}\]", code)) for lane in range(4)}
+
+
+@pytest.mark.cross
+def test_neon_bundle_multiplies_by_element_and_verifies(tmp_path):
+    """arm-a72 convs and the classifier's matmul: FMLA by lanes 0-3 of an A vector, verified
+    against onnxruntime under qemu-aarch64 by the build."""
+    from tests import model_zoo
+
+    _, code = _verified_arm_bundle(model_zoo.resnet_like(), "resnet_like", "arm-a72", tmp_path)
+    by_lane = _by_lane(code, r"fmla\s+v\d+\.4s, v\d+\.4s, v\d+\.s")
     assert all(count >= 16 for count in by_lane.values()), by_lane
     # Pointwise and depthwise kernels keep their own tiles: every kernel scheduled (a
     # tensorize that failed on a pointwise kernel's strided pixel rows once left it on TVM's
     # generic schedule at a tenth of the speed, verified but slow).
-    path = tmp_path / "mobilenet_like.onnx"
-    onnx.save(model_zoo.mobilenet_like(), path)
-    bundle = api.build(path, "arm-a72", tmp_path / "out", use_tuning_db=False).bundle
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["verification"]["status"] == "passed", manifest["verification"]
-    assert manifest["unscheduled_kernels"] == []
+    _verified_arm_bundle(model_zoo.mobilenet_like(), "mobilenet_like", "arm-a72", tmp_path)
 
 
 @pytest.mark.cross
 def test_sdot_bundle_dots_by_element_and_verifies(tmp_path):
     """arm-a76 int8: each 16-byte load of activations feeds 4 SDOTs by 4-byte lane, verified
     against onnxruntime's QDQ model under qemu-aarch64 by the build."""
-    import json
-    import subprocess
-
-    import onnx
-
-    from hwcomp import api
     from hwcomp.compress.precision import PrecisionOptions
     from tests import model_zoo
-    from tests.conftest import require_tools
 
-    require_tools("aarch64-linux-gnu-g++", "qemu-aarch64", "aarch64-linux-gnu-objdump")
-    path = tmp_path / "resnet_like.onnx"
-    onnx.save(model_zoo.resnet_like(), path)
-    bundle = api.build(path, "arm-a76", tmp_path / "out", use_tuning_db=False,
-                       precision_options=PrecisionOptions(precision="int8", calib_random=8,
-                                                          min_sqnr_db=0)).bundle
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["verification"]["status"] == "passed", manifest["verification"]
+    options = PrecisionOptions(precision="int8", calib_random=8, min_sqnr_db=0)
+    manifest, code = _verified_arm_bundle(model_zoo.resnet_like(), "resnet_like", "arm-a76",
+                                          tmp_path, precision_options=options)
     assert manifest["integer_kernels"]["instruction"] == "sdot"
-    assert manifest["unscheduled_kernels"] == []
-    code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(bundle / "lib" / "model.so")],
-                          capture_output=True, text=True, check=True).stdout
-    by_lane = {lane: len(re.findall(rf"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[{lane}\]", code))
-               for lane in range(4)}
+    by_lane = _by_lane(code, r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b")
     assert all(count >= 16 for count in by_lane.values()), by_lane

@@ -384,15 +384,16 @@ _FEW_CHANNEL_STEPS = 4
 
 def _split_by_element(sch: Any, k: Any, n_block: Any, m_inner: Any, n_lane: Any,
                       instruction: KernelSpec) -> tuple[Any, Any] | None:
-    """Take the reduction 4 steps at a time for FMA by element (NEON): its loops, or None.
+    """Take the reduction 4 steps at a time for NEON's FMLA/SDOT by element: its loops, or None.
 
     Each (row, lane block) cell of the register tile becomes one
-    :func:`~hwcomp.lower.cpu.kernels.intrinsics.register_fma_by_element` update: one vector
-    load of a row's 4 A values and 4 FMLAs by their lanes. The lane blocks go outside the
-    rows, so a block's 4 weight vectors are loaded once for all rows of the tile and each
-    row's A vector is loaded once for all blocks (16 accumulators, 4 A and 4 weight vectors
-    live: 24 of NEON's 32 registers). A 3x3 conv of 64 channels on 56x56, per inference under
-    qemu (cortex-a72): 54.0 M instructions with one A element per FMA step, 42.2 M this way.
+    :func:`~hwcomp.lower.cpu.kernels.intrinsics.by_element_intrinsic` update: one vector
+    load of a row's 4 A values (int8: 4 groups of 4 bytes) and 4 FMLAs (SDOTs) by its
+    lanes. The lane blocks go outside the rows, so a block's 4 weight vectors are loaded
+    once for all rows of the tile and each row's A vector once for all blocks (16
+    accumulators, 4 A and 4 weight vectors live: 24 of NEON's 32 registers). A 3x3 conv of
+    64 channels on 56x56, per inference under qemu (cortex-a72): 54.0 M instructions with
+    one A element per FMA step, 42.2 M this way.
     """
     if not instruction.by_element or sch.get(k).extent.value % 4:
         return None
