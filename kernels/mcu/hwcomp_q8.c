@@ -11,6 +11,16 @@
 #define HWCOMP_Q8_DSP 0
 #endif
 
+/* Helium (the M-profile Vector Extension with its floating point: Cortex-M55/M85): the
+ * convolution takes 16 multiply-adds per VMLADAV, the depthwise kernel 4 lanes per VMLA, and
+ * both requantize 4 outputs per vector. Integer-only MVE builds take the DSP path. */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 3) == 3
+#include <arm_mve.h>
+#define HWCOMP_Q8_MVE 1
+#else
+#define HWCOMP_Q8_MVE 0
+#endif
+
 /* 1.5 * 2^23: adding it to a float of magnitude below 2^22 leaves the value rounded to an
  * integer, half to even (the default rounding mode), in the low mantissa bits. */
 #define HWCOMP_Q8_ROUND 12582912.0f
@@ -174,11 +184,327 @@ static int32_t dot_1x1(const int8_t* w0, const int16_t* c0, int32_t depth_pad, i
   return acc;
 }
 
+#if HWCOMP_Q8_MVE
+/* The Helium convolution. Per pair of output pixels the receptive fields are gathered into
+ * two 8-bit columns of Kp values in the weights' order (positions 1 and 2 of each group of
+ * four swapped, as the SXTB16 layout stores them; padding positions hold anything, their
+ * weights are zero), u8 inputs flipped to s8 (x ^ 0x80 = x - 128, the accumulator corrected
+ * by 128 * sum_k w). Pixels whose window lies inside the map are gathered 8 at a time by
+ * VLDRB gathers over a table of 16-bit offsets built once per call; the others element by
+ * element. Then 3 output channels x 2 pixels per step: 2 column loads, 3 weight loads and
+ * 6 VMLADAV per 16 depth steps, into one accumulator array per pixel, each requantized 4
+ * channels per vector.
+ *
+ * scratch (4-byte aligned): the two columns interleaved 16 by 16 (32 * ceil(Kp / 16) bytes),
+ * the offsets (Kp uint16), the per-channel bias with the u8 correction (OC int32), then
+ * the two pixels' accumulators (OC + 3 int32 each): at most 4 * Kp + 12 * OC + 56 bytes. */
+
+/* Position of depth index k in a group-of-four-swapped row. */
+static inline int32_t swapped(int32_t k) { return k ^ (((k ^ (k >> 1)) & 1) * 3); }
+
+/* Position of column 0's entry j in the interleaved pair (column 1's is 16 further). */
+static inline int32_t interleaved(int32_t j) { return ((j >> 4) << 5) + (j & 15); }
+
+#define HWCOMP_Q8_GATHER8(NAME, T)                                                          \
+  static void NAME(int8_t* cols, const T* x, int32_t c, int32_t h, int32_t wd, int32_t kh,  \
+                   int32_t kw, int32_t dh, int32_t dw, int32_t iy0, int32_t ix0,           \
+                   int32_t x_zp, int32_t flip) {                                           \
+    int32_t k = 0;                                                                         \
+    for (int32_t ch = 0; ch < c; ++ch) {                                                   \
+      const T* xc = x + ch * h * wd;                                                       \
+      for (int32_t ky = 0; ky < kh; ++ky) {                                                \
+        const int32_t iy = iy0 + ky * dh;                                                  \
+        const int row_in = iy >= 0 && iy < h;                                              \
+        for (int32_t kx = 0, ix = ix0; kx < kw; ++kx, ix += dw, ++k) {                     \
+          const int32_t v = row_in && ix >= 0 && ix < wd ? (int32_t)xc[iy * wd + ix] : x_zp; \
+          cols[interleaved(swapped(k))] = (int8_t)(v ^ flip);                              \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+HWCOMP_Q8_GATHER8(gather8_u8, uint8_t)
+HWCOMP_Q8_GATHER8(gather8_s8, int8_t)
+
+/* Column 1 := column 0 (interleaved 16 by 16 over `chunks` chunks). */
+static inline void memcpy_columns(int8_t* cols, int32_t chunks) {
+  for (int32_t i = 0; i < chunks; ++i) vstrbq_s8(cols + 32 * i + 16, vldrbq_s8(cols + 32 * i));
+}
+
+/* cols[interleaved(j)] = base[offsets[j]] ^ flip for the Kp positions, 8 per VLDRB
+ * gather. */
+static inline void gather8_vector(int8_t* cols, const uint8_t* base, const uint16_t* offsets,
+                                  int32_t depth_pad, uint16x8_t flip) {
+  int32_t j = 0;
+  uint8_t* out = (uint8_t*)cols;
+  for (; j + 16 <= depth_pad; j += 16, out += 32) {
+    uint16x8_t v = vldrbq_gather_offset_u16(base, vld1q_u16(offsets + j));
+    vstrbq_u16(out, veorq_u16(v, flip));
+    v = vldrbq_gather_offset_u16(base, vld1q_u16(offsets + j + 8));
+    vstrbq_u16(out + 8, veorq_u16(v, flip));
+  }
+  for (; j < depth_pad; j += 8, out += 8) { /* Kp is a multiple of 4 */
+    mve_pred16_t p = vctp16q((uint32_t)(depth_pad - j));
+    uint16x8_t v = vldrbq_gather_offset_z_u16(base, vldrhq_z_u16(offsets + j, p), p);
+    vstrbq_p_u16(out, veorq_u16(v, flip), p);
+  }
+}
+
+/* acc_j[3b + r] = column j . weight row 3b + r for `blocks` blocks of 3 rows of Kp >= 16,
+ * in assembly whole: the first 16 steps without accumulating (no zeroing), the rest in an
+ * LE loop, then the 6 sums stored; the next block's rows follow the last one's. The depth
+ * past the last multiple of 16 is the caller's (dot_tail_mve). */
+static void dot_blocks_mve(const int8_t* w, int32_t depth_pad, int32_t blocks,
+                           const int8_t* cols, int32_t* acc0_, int32_t* acc1_) {
+  register int32_t* acc0 __asm__("r11") = acc0_;
+  register int32_t* acc1 __asm__("r12") = acc1_;
+  const uint32_t steps = (uint32_t)(depth_pad >> 4);
+  for (int32_t b = 0; b < blocks; ++b, w += 3 * depth_pad) {
+    register const int8_t* c __asm__("r1") = cols;
+    register const int8_t* w0 __asm__("r3") = w;
+    register const int8_t* w1 __asm__("r5") = w + depth_pad;
+    register const int8_t* w2 __asm__("r9") = w + 2 * depth_pad;
+    register int32_t a00 __asm__("r0");
+    register int32_t a01 __asm__("r2");
+    register int32_t a10 __asm__("r4");
+    register int32_t a11 __asm__("r6");
+    register int32_t a20 __asm__("r8");
+    register int32_t a21 __asm__("r10");
+    register uint32_t n __asm__("lr") = steps;
+    __asm__ volatile(
+        "vldrb.8 q0, [%[c], #16]\n\t"
+        "vldrb.8 q1, [%[c]], #32\n\t"
+        "vldrb.8 q2, [%[w0]], #16\n\t"
+        "vmladav.s8 %[a00], q1, q2\n\t"
+        "vmladav.s8 %[a01], q0, q2\n\t"
+        "vldrb.8 q3, [%[w1]], #16\n\t"
+        "vmladav.s8 %[a10], q1, q3\n\t"
+        "vmladav.s8 %[a11], q0, q3\n\t"
+        "vldrb.8 q2, [%[w2]], #16\n\t"
+        "vmladav.s8 %[a20], q1, q2\n\t"
+        "vmladav.s8 %[a21], q0, q2\n\t"
+        "subs lr, lr, #1\n\t"
+        "beq 2f\n"
+        "1:\n\t"
+        "vldrb.8 q0, [%[c], #16]\n\t"
+        "vldrb.8 q1, [%[c]], #32\n\t"
+        "vldrb.8 q2, [%[w0]], #16\n\t"
+        "vmladava.s8 %[a00], q1, q2\n\t"
+        "vmladava.s8 %[a01], q0, q2\n\t"
+        "vldrb.8 q3, [%[w1]], #16\n\t"
+        "vmladava.s8 %[a10], q1, q3\n\t"
+        "vmladava.s8 %[a11], q0, q3\n\t"
+        "vldrb.8 q2, [%[w2]], #16\n\t"
+        "vmladava.s8 %[a20], q1, q2\n\t"
+        "vmladava.s8 %[a21], q0, q2\n\t"
+        "le lr, 1b\n"
+        "2:\n\t"
+        "str %[a00], [%[acc0]], #4\n\t"
+        "str %[a10], [%[acc0]], #4\n\t"
+        "str %[a20], [%[acc0]], #4\n\t"
+        "str %[a01], [%[acc1]], #4\n\t"
+        "str %[a11], [%[acc1]], #4\n\t"
+        "str %[a21], [%[acc1]], #4\n\t"
+        : [c] "+r"(c), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [a00] "=&r"(a00),
+          [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [a20] "=&r"(a20),
+          [a21] "=&r"(a21), [n] "+r"(n), [acc0] "+r"(acc0), [acc1] "+r"(acc1)
+        :
+        : "q0", "q1", "q2", "q3", "memory", "cc");
+  }
+}
+
+/* acc_j[r] += column j . weight row r over the depth past the last multiple of 16 (Kp is a
+ * multiple of 4: one predicated step), for `rows` rows. */
+static void dot_tail_mve(const int8_t* w, int32_t depth_pad, int32_t rows, const int8_t* cols,
+                         int32_t* acc0, int32_t* acc1) {
+  const int32_t done = depth_pad & ~15;
+  const mve_pred16_t p = vctp8q((uint32_t)(depth_pad - done));
+  const int8x16_t x0 = vldrbq_z_s8(cols + 2 * done, p), x1 = vldrbq_z_s8(cols + 2 * done + 16, p);
+  for (int32_t r = 0; r < rows; ++r, w += depth_pad) {
+    const int8x16_t v = vldrbq_z_s8(w + done, p);
+    acc0[r] = vmladavaq_s8(acc0[r], x0, v);
+    acc1[r] = vmladavaq_s8(acc1[r], x1, v);
+  }
+}
+
+/* acc_j[r] = column j . weight row r for `rows` (1..3) rows of Kp and the 2 columns,
+ * interleaved 16 by 16 in `cols` (col0's first 16, col1's first 16, ...). The main loop is
+ * assembly with its registers named: VMLADAV accumulates into even registers only (6 here,
+ * r0-r10), the 4 pointers take odd ones (not r7, Thumb's frame pointer at -O0) and the loop
+ * count LR; GCC spilled the pointers of the C version (36 instructions for 8 VMLADAV; here
+ * 12 for 6). Writes 3 entries of each array even for fewer rows. */
+static inline void dot_mve(const int8_t* w, int32_t depth_pad, int32_t rows, const int8_t* cols,
+                           int32_t* acc0, int32_t* acc1) {
+  register const int8_t* c __asm__("r1") = cols;
+  register const int8_t* w0 __asm__("r3") = w;
+  register const int8_t* w1 __asm__("r5") = rows > 1 ? w + depth_pad : w;
+  register const int8_t* w2 __asm__("r9") = rows > 2 ? w1 + depth_pad : w1;
+  register int32_t a00 __asm__("r0") = 0;
+  register int32_t a01 __asm__("r2") = 0;
+  register int32_t a10 __asm__("r4") = 0;
+  register int32_t a11 __asm__("r6") = 0;
+  register int32_t a20 __asm__("r8") = 0;
+  register int32_t a21 __asm__("r10") = 0;
+  register uint32_t steps __asm__("lr") = (uint32_t)(depth_pad >> 4);
+  if (steps) {
+    __asm__ volatile(
+        "1:\n\t"
+        "vldrb.8 q0, [%[c], #16]\n\t"
+        "vldrb.8 q1, [%[c]], #32\n\t"
+        "vldrb.8 q2, [%[w0]], #16\n\t"
+        "vmladava.s8 %[a00], q1, q2\n\t"
+        "vmladava.s8 %[a01], q0, q2\n\t"
+        "vldrb.8 q3, [%[w1]], #16\n\t"
+        "vmladava.s8 %[a10], q1, q3\n\t"
+        "vmladava.s8 %[a11], q0, q3\n\t"
+        "vldrb.8 q2, [%[w2]], #16\n\t"
+        "vmladava.s8 %[a20], q1, q2\n\t"
+        "vmladava.s8 %[a21], q0, q2\n\t"
+        "le lr, 1b\n\t"
+        : [c] "+r"(c), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [a00] "+r"(a00),
+          [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [a20] "+r"(a20),
+          [a21] "+r"(a21), [n] "+r"(steps)
+        :
+        : "q0", "q1", "q2", "q3", "memory");
+  }
+  int32_t b00 = a00, b01 = a01, b10 = a10, b11 = a11, b20 = a20, b21 = a21;
+  const int32_t k = depth_pad & 15;
+  if (k > 0) {
+    const mve_pred16_t p = vctp8q((uint32_t)k);
+    const int8x16_t x0 = vldrbq_z_s8(c, p), x1 = vldrbq_z_s8(c + 16, p);
+    int8x16_t v = vldrbq_z_s8(w0, p);
+    b00 = vmladavaq_s8(b00, x0, v);
+    b01 = vmladavaq_s8(b01, x1, v);
+    v = vldrbq_z_s8(w1, p);
+    b10 = vmladavaq_s8(b10, x0, v);
+    b11 = vmladavaq_s8(b11, x1, v);
+    v = vldrbq_z_s8(w2, p);
+    b20 = vmladavaq_s8(b20, x0, v);
+    b21 = vmladavaq_s8(b21, x1, v);
+  }
+  acc0[0] = b00;
+  acc1[0] = b01;
+  acc0[1] = b10;
+  acc1[1] = b11;
+  acc0[2] = b20;
+  acc1[2] = b21;
+}
+
+/* Requantize one pixel's OC accumulators (plus the bias), 4 channels per vector, and store
+ * them `pixels` apart from y on. */
+static void requant_channels_mve(const int32_t* acc, const int32_t* bias, const float* mult,
+                                 int32_t oc, uint8_t* y, int32_t pixels, float lo, float hi,
+                                 int32_t zp) {
+  const uint32x4_t stores = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)pixels);
+  const float32x4_t lo_v = vdupq_n_f32(lo), hi_v = vdupq_n_f32(hi);
+  int32_t o = 0;
+  for (; o + 4 <= oc; o += 4, y += 4 * pixels) {
+    const int32x4_t a = vaddq_s32(vldrwq_s32(acc + o), vldrwq_s32(bias + o));
+    float32x4_t v = vmulq_f32(vcvtq_f32_s32(a), vldrwq_f32(mult + o));
+    v = vmaxnmq_f32(vminnmq_f32(v, hi_v), lo_v);
+    vstrbq_scatter_offset_u32(y, stores, vreinterpretq_u32_s32(vaddq_n_s32(vcvtnq_s32_f32(v), zp)));
+  }
+  if (o < oc) {
+    const mve_pred16_t p = vctp32q((uint32_t)(oc - o));
+    const int32x4_t a = vaddq_s32(vldrwq_z_s32(acc + o, p), vldrwq_z_s32(bias + o, p));
+    float32x4_t v = vmulq_f32(vcvtq_f32_s32(a), vldrwq_z_f32(mult + o, p));
+    v = vmaxnmq_f32(vminnmq_f32(v, hi_v), lo_v);
+    vstrbq_scatter_offset_p_u32(y, stores,
+                                vreinterpretq_u32_s32(vaddq_n_s32(vcvtnq_s32_f32(v), zp)), p);
+  }
+}
+
+static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, const float* mult,
+                        void* y, int16_t* scratch, int32_t c, int32_t h, int32_t wd, int32_t oc,
+                        int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw,
+                        int32_t pt, int32_t pl, int32_t oh, int32_t ow, int32_t x_zp,
+                        int32_t y_zp, int32_t y_lo, int32_t y_hi, int32_t flags) {
+  const int32_t depth = c * kh * kw, depth_pad = (depth + 3) & ~3;
+  int8_t* cols = (int8_t*)scratch;
+  const int32_t chunks = (depth_pad + 15) >> 4;
+  uint16_t* offsets = (uint16_t*)(void*)(cols + 32 * chunks);
+  int32_t* bias_c = (int32_t*)(void*)(offsets + depth_pad);
+  int32_t* acc0 = bias_c + oc;  /* 3 entries of slack after each: dot_mve writes 3 rows */
+  int32_t* acc1 = acc0 + oc + 3;
+  const int32_t x_s8 = flags & HWCOMP_Q8_X_S8, flip = x_s8 ? 0 : 0x80;
+  const int32_t plane = h * wd;
+  /* The offsets of a window inside the map, relative to its first element, in the
+   * columns' order; the padding positions read the first element (their weights are 0). */
+  const int32_t span = (c - 1) * plane + (kh - 1) * dh * wd + (kw - 1) * dw;
+  const int vector_gather = span < 65536;
+  if (vector_gather) {
+    for (int32_t j = depth; j < depth_pad; ++j) offsets[swapped(j)] = 0;
+    int32_t k = 0;
+    for (int32_t ch = 0; ch < c; ++ch)
+      for (int32_t ky = 0; ky < kh; ++ky)
+        for (int32_t kx = 0; kx < kw; ++kx, ++k)
+          offsets[swapped(k)] = (uint16_t)(ch * plane + ky * dh * wd + kx * dw);
+  }
+  for (int32_t j = 0; j < 32 * chunks; ++j) cols[j] = 0;
+  for (int32_t o = 0; o < oc; ++o) {
+    int32_t sum = 0;
+    if (!x_s8) {
+      const int8_t* row = w + o * depth_pad;
+      int32_t k = 0;
+      for (; k + 16 <= depth_pad; k += 16) sum = vaddvaq_s8(sum, vldrbq_s8(row + k));
+      if (k < depth_pad) {
+        const mve_pred16_t p = vctp8q((uint32_t)(depth_pad - k));
+        sum = vaddvaq_p_s8(sum, vldrbq_z_s8(row + k, p), p);
+      }
+    }
+    bias_c[o] = bias[o] + 128 * sum;
+  }
+  const uint16x8_t flip_v = vdupq_n_u16((uint16_t)flip);
+  const int32_t pixels = oh * ow;
+  const float lo = (float)y_lo, hi = (float)y_hi;
+  for (int32_t p = 0; p < pixels; p += 2) {
+    const int32_t pair = p + 1 < pixels;
+    for (int32_t j = 0; j <= pair; ++j) {
+      const int32_t q = p + j, iy0 = (q / ow) * sh - pt, ix0 = (q % ow) * sw - pl;
+      int8_t* col = cols + 16 * j;
+      const int inside = iy0 >= 0 && iy0 + (kh - 1) * dh < h && ix0 >= 0 &&
+                         ix0 + (kw - 1) * dw < wd;
+      if (inside && vector_gather) {
+        gather8_vector(col, (const uint8_t*)x + iy0 * wd + ix0, offsets, depth_pad, flip_v);
+      } else if (x_s8) {
+        gather8_s8(col, (const int8_t*)x, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp, 0);
+      } else {
+        gather8_u8(col, (const uint8_t*)x, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp, flip);
+      }
+    }
+    /* A lone last pixel: the second column repeats the first, its results unused. */
+    if (!pair) memcpy_columns(cols, chunks);
+    if (depth_pad >= 16) {
+      const int32_t blocks = oc / 3;
+      dot_blocks_mve(w, depth_pad, blocks, cols, acc0, acc1);
+      if (oc > 3 * blocks)
+        dot_mve(w + 3 * blocks * depth_pad, depth_pad, oc - 3 * blocks, cols, acc0 + 3 * blocks,
+                acc1 + 3 * blocks);
+      else if (depth_pad & 15)
+        dot_tail_mve(w, depth_pad, oc, cols, acc0, acc1);
+      if ((depth_pad & 15) && oc > 3 * blocks)
+        dot_tail_mve(w, depth_pad, 3 * blocks, cols, acc0, acc1);
+    } else {
+      for (int32_t o = 0; o < oc; o += 3)
+        dot_mve(w + o * depth_pad, depth_pad, oc - o < 3 ? oc - o : 3, cols, acc0 + o, acc1 + o);
+    }
+    requant_channels_mve(acc0, bias_c, mult, oc, (uint8_t*)y + p, pixels, lo, hi, y_zp);
+    if (pair)
+      requant_channels_mve(acc1, bias_c, mult, oc, (uint8_t*)y + p + 1, pixels, lo, hi, y_zp);
+  }
+  return 0;
+}
+#endif
+
 int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, const float* mult,
                        void* y, int16_t* scratch, int32_t c, int32_t h, int32_t wd, int32_t oc, int32_t kh,
                        int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw, int32_t pt,
                        int32_t pl, int32_t oh, int32_t ow, int32_t x_zp, int32_t y_zp,
                        int32_t y_lo, int32_t y_hi, int32_t flags) {
+#if HWCOMP_Q8_MVE
+  return conv_mve(x, w, bias, mult, y, scratch, c, h, wd, oc, kh, kw, sh, sw, dh, dw, pt, pl,
+                  oh, ow, x_zp, y_zp, y_lo, y_hi, flags);
+#endif
   const int32_t depth = c * kh * kw, depth_pad = (depth + 3) & ~3;
   int16_t* col0 = scratch;
   int16_t* col1 = col0 + depth_pad;
@@ -278,6 +604,237 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
 HWCOMP_Q8_DEPTHWISE(depthwise_u8, uint8_t)
 HWCOMP_Q8_DEPTHWISE(depthwise_s8, int8_t)
 
+#if HWCOMP_Q8_MVE
+/* The Helium depthwise convolution over one input type: per channel the plane (padded into
+ * `scratch` as in the scalar kernel), then each output row 4 pixels per vector: per tap one
+ * widening load (a gather for strides above 1) and one VMLA by the tap's weight, then the 4
+ * pixels requantized and narrowed into their bytes. LOAD(p): 4 consecutive elements as
+ * int32; GATHER(p, offsets): 4 elements `offsets` apart. */
+#define HWCOMP_Q8_DEPTHWISE_MVE(NAME, T, LOAD, LOAD_Z, GATHER)                              \
+  static void NAME(const T* x, const int8_t* w, const int32_t* bias, const float* mult,    \
+                   uint8_t* y, T* scratch, int32_t c, int32_t h, int32_t wd, int32_t kh,    \
+                   int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw, int32_t pt,  \
+                   int32_t pl, int32_t pb, int32_t pr, int32_t oh, int32_t ow,              \
+                   int32_t x_zp, int32_t y_zp, float lo, float hi) {                        \
+    const int32_t taps = kh * kw, pixels = oh * ow;                                        \
+    const int padded = pt || pl || pb || pr;                                               \
+    const int32_t ph = h + pt + pb, pw = wd + pl + pr;                                     \
+    const int fixed3 = kh == 3 && kw == 3 && dh == 1 && dw == 1 && sw == 1;                \
+    const uint32x4_t lanes = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)sw);                \
+    const int32_t full = ow & ~3;                                                          \
+    const mve_pred16_t tail = vctp32q((uint32_t)(ow - full));                              \
+    for (int32_t ch = 0; ch < c; ++ch) {                                                   \
+      const int8_t* wc = w + ch * taps;                                                    \
+      const T* xc = x + ch * h * wd;                                                       \
+      int32_t stride = wd;                                                                 \
+      if (padded) {                                                                        \
+        memset(scratch, (uint8_t)x_zp, (size_t)(ph * pw));                                 \
+        for (int32_t r = 0; r < h; ++r)                                                    \
+          memcpy(scratch + (r + pt) * pw + pl, xc + r * wd, (size_t)wd);                   \
+        xc = scratch;                                                                      \
+        stride = pw;                                                                       \
+      }                                                                                    \
+      const int32_t b = bias[ch];                                                          \
+      const float m = mult[ch];                                                            \
+      uint8_t* out = y + ch * pixels;                                                      \
+      for (int32_t oy = 0; oy < oh; ++oy, out += ow) {                                     \
+        const T* r0 = xc + oy * sh * stride;                                               \
+        for (int32_t ox = 0; ox < ow; ox += 4) {                                           \
+          const T* p = r0 + ox * sw;                                                       \
+          int32x4_t acc = vdupq_n_s32(b);                                                  \
+          if (fixed3 && ox < full) {                                                       \
+            const T* q = p + stride;                                                       \
+            const T* u = q + stride;                                                       \
+            acc = vmlaq_n_s32(acc, LOAD(p), wc[0]);                                        \
+            acc = vmlaq_n_s32(acc, LOAD(p + 1), wc[1]);                                    \
+            acc = vmlaq_n_s32(acc, LOAD(p + 2), wc[2]);                                    \
+            acc = vmlaq_n_s32(acc, LOAD(q), wc[3]);                                        \
+            acc = vmlaq_n_s32(acc, LOAD(q + 1), wc[4]);                                    \
+            acc = vmlaq_n_s32(acc, LOAD(q + 2), wc[5]);                                    \
+            acc = vmlaq_n_s32(acc, LOAD(u), wc[6]);                                        \
+            acc = vmlaq_n_s32(acc, LOAD(u + 1), wc[7]);                                    \
+            acc = vmlaq_n_s32(acc, LOAD(u + 2), wc[8]);                                    \
+          } else if (sw == 1 && ox < full) {                                               \
+            for (int32_t ky = 0; ky < kh; ++ky)                                            \
+              for (int32_t kx = 0; kx < kw; ++kx)                                          \
+                acc = vmlaq_n_s32(acc, LOAD(p + ky * dh * stride + kx * dw),               \
+                                  wc[ky * kw + kx]);                                       \
+          } else if (sw == 1) {                                                            \
+            for (int32_t ky = 0; ky < kh; ++ky)                                            \
+              for (int32_t kx = 0; kx < kw; ++kx)                                          \
+                acc = vmlaq_n_s32(acc, LOAD_Z(p + ky * dh * stride + kx * dw, tail),       \
+                                  wc[ky * kw + kx]);                                       \
+          } else {                                                                         \
+            for (int32_t ky = 0; ky < kh; ++ky)                                            \
+              for (int32_t kx = 0; kx < kw; ++kx)                                          \
+                acc = vmlaq_n_s32(acc, GATHER(p + ky * dh * stride + kx * dw, lanes,       \
+                                              ox < full ? vctp32q(4) : tail),              \
+                                  wc[ky * kw + kx]);                                       \
+          }                                                                                \
+          float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(acc), m);                              \
+          v = vmaxnmq_f32(vminnmq_f32(v, vdupq_n_f32(hi)), vdupq_n_f32(lo));               \
+          const int32x4_t q8 = vaddq_n_s32(vcvtnq_s32_f32(v), y_zp);                       \
+          if (ox < full)                                                                   \
+            vstrbq_s32((int8_t*)out + ox, q8);                                             \
+          else                                                                             \
+            vstrbq_p_s32((int8_t*)out + ox, q8, tail);                                     \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+#define HWCOMP_Q8_LOAD_U8(p) vreinterpretq_s32_u32(vldrbq_u32(p))
+#define HWCOMP_Q8_LOAD_Z_U8(p, m) vreinterpretq_s32_u32(vldrbq_z_u32(p, m))
+#define HWCOMP_Q8_GATHER_U8(p, o, m) \
+  vreinterpretq_s32_u32(vldrbq_gather_offset_z_u32(p, o, m))
+#define HWCOMP_Q8_LOAD_S8(p) vldrbq_s32(p)
+#define HWCOMP_Q8_LOAD_Z_S8(p, m) vldrbq_z_s32(p, m)
+#define HWCOMP_Q8_GATHER_S8(p, o, m) vldrbq_gather_offset_z_s32(p, o, m)
+HWCOMP_Q8_DEPTHWISE_MVE(depthwise_mve_u8, uint8_t, HWCOMP_Q8_LOAD_U8, HWCOMP_Q8_LOAD_Z_U8,
+                        HWCOMP_Q8_GATHER_U8)
+HWCOMP_Q8_DEPTHWISE_MVE(depthwise_mve_s8, int8_t, HWCOMP_Q8_LOAD_S8, HWCOMP_Q8_LOAD_Z_S8,
+                        HWCOMP_Q8_GATHER_S8)
+/* The window kernel's accumulators for `rows` output rows from `row` on (`row_stride`
+ * apart in the plane), ow per row at `accs`: `groups` windows of n outputs per row, `step`
+ * bytes apart. A row's last window may compute up to n - 1 outputs past it: they land on
+ * the next row's first accumulators, which that row then writes (4 of slack after the
+ * last). Out of line, with only the loop's state: inlined, GCC spilled it around the loop. */
+static void __attribute__((noinline)) window_rows3(const int8_t* row, int32_t row_stride,
+                                                   int32_t rows, int32_t groups, int32_t step,
+                                                   int32_t ow, uint8x16_t offsets, int8x16_t w0,
+                                                   int8x16_t w1, int8x16_t w2, int32_t* accs) {
+  for (int32_t r = 0; r < rows; ++r, row += row_stride, accs += ow) {
+    const int8_t* p = row;
+    int32_t* acc = accs;
+    for (int32_t g = 0; g < groups; ++g, p += step, acc += 3) {
+      const int8x16_t v = vldrbq_gather_offset_s8(p, offsets);
+      acc[0] = vmladavq_s8(v, w0);
+      acc[1] = vmladavq_s8(v, w1);
+      acc[2] = vmladavq_s8(v, w2);
+    }
+  }
+}
+
+static void __attribute__((noinline)) window_rows(int32_t n, const int8_t* row,
+                                                  int32_t row_stride, int32_t rows,
+                                                  int32_t groups, int32_t step, int32_t ow,
+                                                  uint8x16_t offsets, int8x16_t w0,
+                                                  int8x16_t w1, int8x16_t w2, int8x16_t w3,
+                                                  int32_t* accs) {
+  for (int32_t r = 0; r < rows; ++r, row += row_stride, accs += ow) {
+    const int8_t* p = row;
+    int32_t* acc = accs;
+    for (int32_t g = 0; g < groups; ++g, p += step, acc += n) {
+      const int8x16_t v = vldrbq_gather_offset_s8(p, offsets);
+      acc[0] = vmladavq_s8(v, w0);
+      if (n > 1) acc[1] = vmladavq_s8(v, w1);
+      if (n > 2) acc[2] = vmladavq_s8(v, w2);
+      if (n > 3) acc[3] = vmladavq_s8(v, w3);
+    }
+  }
+}
+
+/* The Helium depthwise convolution by windows: the channel's plane is copied, padded and
+ * flipped to s8 (u8 inputs: x ^ 0x80, the bias corrected by 128 * sum w), into `scratch`;
+ * then one VLDRB gather with 8-bit offsets loads the kh x W window of n neighbouring outputs
+ * (kh * W <= 16 lanes, W = (kw - 1) * dw + 1 + (n - 1) * sw) and n VMLADAV against the
+ * channel's n weight vectors (each output's taps at its columns, zeros elsewhere) give the n
+ * accumulators: 3x3 stride 1 takes 3 outputs per gather, 27 multiply-adds in 4 vector
+ * instructions. The accumulators of about 64 outputs (whole rows) are requantized 4 per
+ * vector. Returns 0 where the window does not fit 16 lanes or 8-bit offsets (the caller
+ * then takes the row kernel).
+ *
+ * scratch: the padded plane (ph * pw bytes + 64 of slack the last windows may read past
+ * it), rounded up to 4, then max(ow, 64) + 4 int32 accumulators. */
+static int __attribute__((noinline)) depthwise_window_mve(const uint8_t* x, int32_t flip, const int8_t* w,
+                                const int32_t* bias, const float* mult, uint8_t* y,
+                                uint8_t* scratch, int32_t c, int32_t h, int32_t wd, int32_t kh,
+                                int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw,
+                                int32_t pt, int32_t pl, int32_t pb, int32_t pr, int32_t oh,
+                                int32_t ow, int32_t x_zp, int32_t y_zp, float lo, float hi) {
+  const int32_t ph = h + pt + pb, pw = wd + pl + pr, span = (kw - 1) * dw + 1;
+  int32_t n = 0;
+  while (n < 4 && kh * (span + n * sw) <= 16) ++n;
+  if (n == 0) return 0;
+  const int32_t cols = span + (n - 1) * sw;
+  if ((kh - 1) * dh * pw + cols - 1 > 255) return 0;
+  uint8_t lane_offsets[16] = {0};
+  for (int32_t r = 0; r < kh; ++r)
+    for (int32_t j = 0; j < cols; ++j) lane_offsets[r * cols + j] = (uint8_t)(r * dh * pw + j);
+  const uint8x16_t offsets = vldrbq_u8(lane_offsets);
+  /* Accumulators of whole output rows, about 64 at a time: rows are contiguous in y, so
+   * the requantization runs over all of them in one vector loop. */
+  int32_t* accs = (int32_t*)(void*)(scratch + ((ph * pw + 64 + 3) & ~3));
+  const int32_t rows_per_chunk = ow >= 64 ? 1 : 64 / ow;
+  const int32_t taps = kh * kw, pixels = oh * ow, step = n * sw, groups = (ow + n - 1) / n;
+  const uint8x16_t flip_v = vdupq_n_u8((uint8_t)flip);
+  const mve_pred16_t row_lanes = vctp8q((uint32_t)(wd < 16 ? wd : 16));
+  /* The border keeps the (flipped) zero point for every channel: written once. */
+  if (pt || pb || pl || pr) memset(scratch, (uint8_t)(x_zp ^ flip), (size_t)(ph * pw));
+  for (int32_t ch = 0; ch < c; ++ch) {
+    /* The plane's interior, flipped. */
+    const uint8_t* src = x + ch * h * wd;
+    uint8_t* dst = scratch + pt * pw + pl;
+    if (wd <= 16) { /* a row per predicated vector, the predicate set once */
+      for (int32_t r = 0; r < h; ++r, src += wd, dst += pw)
+        vstrbq_p_u8(dst, veorq_u8(vldrbq_z_u8(src, row_lanes), flip_v), row_lanes);
+    } else {
+      for (int32_t r = 0; r < h; ++r, src += wd, dst += pw) {
+        int32_t i = 0;
+        for (; i + 16 <= wd; i += 16) vstrbq_u8(dst + i, veorq_u8(vldrbq_u8(src + i), flip_v));
+        if (i < wd) {
+          const mve_pred16_t p = vctp8q((uint32_t)(wd - i));
+          vstrbq_p_u8(dst + i, veorq_u8(vldrbq_z_u8(src + i, p), flip_v), p);
+        }
+      }
+    }
+    /* The n weight vectors and the corrected bias. */
+    const int8_t* wc = w + ch * taps;
+    int8_t lanes[4][16];
+    memset(lanes, 0, sizeof lanes);
+    int32_t sum = 0;
+    for (int32_t ky = 0; ky < kh; ++ky)
+      for (int32_t kx = 0; kx < kw; ++kx) {
+        const int8_t v = wc[ky * kw + kx];
+        sum += v;
+        for (int32_t j = 0; j < n; ++j) lanes[j][ky * cols + j * sw + kx * dw] = v;
+      }
+    const int8x16_t w0 = vldrbq_s8(lanes[0]), w1 = vldrbq_s8(lanes[1]),
+                    w2 = vldrbq_s8(lanes[2]), w3 = vldrbq_s8(lanes[3]);
+    const int32_t b = bias[ch] + (flip ? 128 * sum : 0);
+    const float m = mult[ch];
+    uint8_t* out = y + ch * pixels;
+    for (int32_t oy0 = 0; oy0 < oh; oy0 += rows_per_chunk) {
+      const int32_t rows = oh - oy0 < rows_per_chunk ? oh - oy0 : rows_per_chunk;
+      /* A row's last window may compute up to n - 1 outputs past it: they land on the next
+       * row's first accumulators, which that row then writes (4 of slack after the last). */
+      if (n == 3) {
+        window_rows3((const int8_t*)scratch + oy0 * sh * pw, sh * pw, rows, groups, step, ow,
+                     offsets, w0, w1, w2, accs);
+      } else {
+        window_rows(n, (const int8_t*)scratch + oy0 * sh * pw, sh * pw, rows, groups, step, ow,
+                    offsets, w0, w1, w2, w3, accs);
+      }
+      const int32_t count = rows * ow;
+      int8_t* o8 = (int8_t*)out + oy0 * ow;
+      int32_t i = 0;
+      for (; i + 4 <= count; i += 4) {
+        float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(vaddq_n_s32(vldrwq_s32(accs + i), b)), m);
+        v = vmaxnmq_f32(vminnmq_f32(v, vdupq_n_f32(hi)), vdupq_n_f32(lo));
+        vstrbq_s32(o8 + i, vaddq_n_s32(vcvtnq_s32_f32(v), y_zp));
+      }
+      if (i < count) {
+        const mve_pred16_t p = vctp32q((uint32_t)(count - i));
+        float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(vaddq_n_s32(vldrwq_s32(accs + i), b)), m);
+        v = vmaxnmq_f32(vminnmq_f32(v, vdupq_n_f32(hi)), vdupq_n_f32(lo));
+        vstrbq_p_s32(o8 + i, vaddq_n_s32(vcvtnq_s32_f32(v), y_zp), p);
+      }
+    }
+  }
+  return 1;
+}
+#endif
+
 int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
                             const float* mult, void* y, void* scratch, int32_t c, int32_t h,
                             int32_t wd, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
@@ -285,6 +842,20 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
                             int32_t pr, int32_t oh, int32_t ow, int32_t x_zp, int32_t y_zp,
                             int32_t y_lo, int32_t y_hi, int32_t flags) {
   const float lo = (float)y_lo, hi = (float)y_hi;
+#if HWCOMP_Q8_MVE
+  if (depthwise_window_mve((const uint8_t*)x, flags & HWCOMP_Q8_X_S8 ? 0 : 0x80, w, bias, mult,
+                           (uint8_t*)y, (uint8_t*)scratch, c, h, wd, kh, kw, sh, sw, dh, dw,
+                           pt, pl, pb, pr, oh, ow, x_zp, y_zp, lo, hi))
+    return 0;
+  if (flags & HWCOMP_Q8_X_S8) {
+    depthwise_mve_s8((const int8_t*)x, w, bias, mult, (uint8_t*)y, (int8_t*)scratch, c, h,
+                     wd, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, x_zp, y_zp, lo, hi);
+  } else {
+    depthwise_mve_u8((const uint8_t*)x, w, bias, mult, (uint8_t*)y, (uint8_t*)scratch, c, h,
+                     wd, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow, x_zp, y_zp, lo, hi);
+  }
+  return 0;
+#endif
   if (flags & HWCOMP_Q8_X_S8) {
     depthwise_s8((const int8_t*)x, w, bias, mult, y, (int8_t*)scratch, c, h, wd, kh, kw, sh,
                  sw, dh, dw, pt, pl, pb, pr, oh, ow, x_zp, y_zp, lo, hi, flags);

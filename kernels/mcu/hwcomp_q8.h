@@ -6,9 +6,12 @@
  *   y_q = nearbyint(clamp(float(acc) * mult[o], y_lo, y_hi)) + y_zp
  *
  * (y_lo, y_hi = q_min - y_zp, q_max - y_zp), bit for bit what the TIR kernels they replace
- * computed. With the DSP extension (Cortex-M4/M7/M33/M55: __ARM_FEATURE_DSP) the
- * convolution runs 2 output channels x 2 pixels per step on SMLAD, two multiply-adds per
- * instruction; elsewhere (the host build, M0/M3) a portable C loop over the same weights.
+ * computed. With Helium (integer and floating-point MVE: Cortex-M55/M85) the convolution
+ * runs 3 output channels x 2 pixels per step on VMLADAV, 16 multiply-adds per instruction,
+ * and the depthwise convolution gathers each window of neighbouring outputs into one vector;
+ * with the DSP extension (Cortex-M4/M7/M33: __ARM_FEATURE_DSP) the convolution runs 2
+ * output channels x 2 pixels per step on SMLAD, two multiply-adds per instruction;
+ * elsewhere (the host build, M0/M3) a portable C loop over the same weights.
  *
  * Layouts: x and y NCHW (batch 1). Convolution weights are [OC][Kp] with K = C*KH*KW in
  * (c, ky, kx) order, padded with zeros to Kp = K rounded up to 4, and each group of four
@@ -29,7 +32,8 @@ extern "C" {
 #define HWCOMP_Q8_X_S8 1
 #define HWCOMP_Q8_Y_S8 2
 
-/* scratch: two columns of Kp 16-bit values, 4-byte aligned (the kernel's workspace). */
+/* scratch (the kernel's workspace, 16-byte aligned): two columns of Kp 16-bit values; on
+ * Helium 4 * Kp + 12 * OC + 56 bytes (hwcomp_q8.c). */
 int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, const float* mult,
                        void* y, int16_t* scratch, int32_t c, int32_t h, int32_t wd, int32_t oc, int32_t kh,
                        int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw, int32_t pt,
@@ -37,7 +41,8 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
                        int32_t y_lo, int32_t y_hi, int32_t flags);
 
 /* scratch: one padded input plane, (h + pt + pb) x (wd + pl + pr) elements of x's type
- * (unused where the layer does not pad). */
+ * (unused where the layer does not pad); on Helium always, with 64 bytes of slack rounded
+ * up to 16, then max(ow, 64) + 4 int32 accumulators. */
 int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
                             const float* mult, void* y, void* scratch, int32_t c, int32_t h,
                             int32_t wd, int32_t kh, int32_t kw, int32_t sh, int32_t sw,

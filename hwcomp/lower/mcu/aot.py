@@ -433,8 +433,9 @@ def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
             name = gv.name_hint
             if name in kernels:
                 # Every allocation counts, even those C puts on the stack: an upper bound.
+                # Rounded up to 16: the runtime's allocator hands out 16-byte multiples.
                 scopes = calculate_allocated_bytes(func)["main"]
-                workspaces[name] = int(sum(int(v) for v in scopes.values()))
+                workspaces[name] = -(-int(sum(int(v) for v in scopes.values())) // 16) * 16
         lowered = finalize_host()(flat)
         with tvm.transform.PassContext(config={"tirx.disable_assert": True}):
             source = codegen_build(lowered, target).inspect_source()

@@ -16,9 +16,10 @@ which is onnxruntime's own arithmetic for a fused QDQ layer (``QLinearConv``, ``
 the int32 bias added to the accumulator, requantization in float32 with that multiplier
 expression, round to nearest even), so the C matches onnxruntime bit for bit on these
 layers. Plain (groups 1) and depthwise convolutions at batch 1 call hwcomp's own C kernels
-(``kernels/mcu/hwcomp_q8.c``: SMLAD on the DSP extension of Cortex-M4/M7/M55, two
-multiply-adds per instruction, a portable C loop elsewhere; weights reordered here for
-SXTB16); other grouped convolutions and matmuls are TIR kernels TVM's C generator writes.
+(``kernels/mcu/hwcomp_q8.c``: Helium's VMLADAV on Cortex-M55, 16 multiply-adds per
+instruction; SMLAD on the DSP extension of Cortex-M4/M7, two; a portable C loop elsewhere;
+weights reordered here for SXTB16, which the Helium kernels read in that order); other
+grouped convolutions and matmuls are TIR kernels TVM's C generator writes.
 An activation between layers that onnxruntime computes exactly (``dequantize -> relu|clip ->
 quantize``) becomes a 256-entry table of its results, looked up per element in place.
 Everything else between layers (pooling, the model's float input and output) stays in
@@ -31,7 +32,10 @@ reports why.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,12 +92,35 @@ def rewrite_int8_layers(mod: Any, target: Target) -> tuple[Any, KernelRewrite]:
     """Replace quantized conv2d/matmul layers by int8 kernels on ``c``-runtime targets."""
     from tvm import relax
 
-    rewriter = _make_rewriter(mod)
+    rewriter = _make_rewriter(mod, helium_kernels(target))
     new_mod = relax.transform.DeadCodeElimination()(mutate_functions(rewriter, mod))
     summary = KernelRewrite(KERNEL_NAME, rewriter.rewritten, [], rewriter.kept_float)
     logger.info("int8 kernels for %s: %d layer(s), %d quantized layer(s) left in float",
                 target.name, len(summary.rewritten), len(summary.kept_float))
     return new_mod, summary
+
+
+def helium_kernels(target: Target) -> bool:
+    """Whether the target's C compiler takes hwcomp_q8.c's Helium path (its scratch sizes).
+
+    The C decides by ``__ARM_FEATURE_MVE`` (integer and floating-point MVE), so the sizes
+    are decided by the same compiler with the same flags. Where that compiler cannot be run,
+    True: the Helium sizes cover the other paths' needs too.
+    """
+    if not target.cross_compiler:
+        return False
+    return _compiler_defines_mve(target.cross_compiler, tuple(target.cflags))
+
+
+@functools.cache
+def _compiler_defines_mve(compiler: str, cflags: tuple[str, ...]) -> bool:
+    try:
+        done = subprocess.run([compiler, *cflags, "-dM", "-E", "-x", "c", "/dev/null"],
+                              capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    match = re.search(r"^#define __ARM_FEATURE_MVE (\d+)$", done.stdout, re.M)
+    return bool(match) and int(match.group(1)) & 3 == 3  # type: ignore[union-attr]
 
 
 def requant_multiplier(x_scale: float, w_scale: np.ndarray, y_scale: float) -> np.ndarray:
@@ -183,12 +210,14 @@ def pack_c_weight(weight: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(groups[:, :, [0, 2, 1, 3]].reshape(padded.shape))
 
 
-def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantParams) -> Any:
+def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantParams,
+                  helium: bool = False) -> Any:
     """Return a PrimFunc calling ``hwcomp_q8_conv`` or ``hwcomp_q8_depthwise`` on its buffers.
 
-    The convolution's two 16-bit input columns and the depthwise kernel's padded input plane
-    are buffers of the function: TVM takes them from the workspace, which the memory plan
-    reserves in the arena for that step.
+    The kernel's scratch (the convolution's input columns, the depthwise kernel's padded
+    input plane; ``helium``: the sizes of the Helium path, see hwcomp_q8.c) is a buffer of
+    the function: TVM takes it from the workspace, which the memory plan reserves in the
+    arena for that step.
     """
     import tvm
 
@@ -216,14 +245,21 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
     # One entry point per activation type pair: TVM declares each with the buffers' types.
     suffix = _C_SUFFIX[x.dtype] + _C_SUFFIX[y.dtype]
     if kind == "depthwise":
-        plane = ((height + top + bottom) * (width + left + right)
-                 if any(geometry.padding) else 1)
+        plane = (height + top + bottom) * (width + left + right)
+        if helium:  # the plane with 64 bytes of slack, then max(ow, 64) + 4 int32 sums
+            plane = _round16(_round16(plane + 64) + 4 * (max(out_w, 64) + 4))
+        elif not any(geometry.padding):
+            plane = 1  # the DSP and C kernels read an unpadded plane in place
         scratch = f'    plane = T.alloc_buffer(({plane},), "{x.dtype}")\n'
         call = (f'T.call_extern("int32", "hwcomp_q8_depthwise_{suffix}", X.data, W.data, '
                 f"B.data, S.data, Y.data, plane.data, {channels}, {height}, {width}, "
                 f"{geometry_args})")
     else:
-        scratch = f'    col = T.alloc_buffer(({2 * depth_pad},), "int16")\n'
+        # Two 16-bit columns (SMLAD, C); Helium: two 8-bit columns, their 16-bit gather
+        # offsets, the per-channel bias and two pixels' sums.
+        col = (_round16(4 * depth_pad + 12 * out_channels + 56) // 2 if helium
+               else 2 * depth_pad)
+        scratch = f'    col = T.alloc_buffer(({col},), "int16")\n'
         call = (f'T.call_extern("int32", "hwcomp_q8_conv_{suffix}", X.data, W.data, B.data, '
                 f"S.data, Y.data, col.data, {channels}, {height}, {width}, {out_channels}, "
                 f"{geometry_args})")
@@ -237,6 +273,11 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
         f"{scratch}    {call}\n")
     func = tvm.script.from_source(source)
     return func.with_attr("tirx.is_scheduled", True)
+
+
+def _round16(size: int) -> int:
+    """``size`` rounded up to 16 bytes, the runtime allocator's unit (hwcomp_runtime.c)."""
+    return -(-size // 16) * 16
 
 
 def matmul_kernel(rows: int, depth: int, cols: int, x: QuantParams, y: QuantParams) -> Any:
@@ -280,7 +321,7 @@ class _Layer:
     y: QuantParams
 
 
-def _make_rewriter(mod: Any) -> Any:
+def _make_rewriter(mod: Any, helium: bool) -> Any:
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -348,8 +389,9 @@ def _make_rewriter(mod: Any) -> Any:
             kind = c_kernel_kind(geometry)
             if kind is not None:
                 operands = [relax.const(pack_c_weight(layer.weight, kind)), *operands[1:]]
-                kernel = self._kernel(("c_" + kind, geometry, layer.x, layer.y),
-                                      lambda: c_conv_kernel(geometry, kind, layer.x, layer.y))
+                kernel = self._kernel(
+                    ("c_" + kind, geometry, layer.x, layer.y),
+                    lambda: c_conv_kernel(geometry, kind, layer.x, layer.y, helium))
             else:
                 kernel = self._kernel(("conv", geometry, layer.x, layer.y),
                                       lambda: conv_kernel(geometry, layer.x, layer.y))

@@ -60,9 +60,18 @@ def _build(tmp_path, builder, x_shape, out_hw, target):
     # Depthwise 3x3 stride 2 on 6 channels of 9x7, and 5x5 dilated on a 6x5 map.
     ("cortex-m7", (1, 6, 9, 7), 6, 3, 2, 6, None, 1, "hwcomp_q8_depthwise"),
     ("cortex-m7", (1, 4, 6, 5), 4, 5, 1, 4, None, 2, "hwcomp_q8_depthwise"),
-    # The other two boards: Cortex-M4 (DSP, FPv4) and Cortex-M55 (DSP + Helium).
+    # The other two boards: Cortex-M4 (DSP, FPv4) and Cortex-M55 (Helium: its own kernels).
     ("cortex-m4", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
+    ("cortex-m55", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
+    ("cortex-m55", (1, 7, 8, 6), 3, 3, 2, 1, [0, 1, 2, 1], 1, "hwcomp_q8_conv"),
+    ("cortex-m55", (1, 10, 1, 1), 9, 1, 1, 1, None, 1, "hwcomp_q8_conv"),
+    # K = 20 * 9 = 180: 11 full 16-step chunks and a tail of 4; 7 output channels (a block of
+    # 4 and one of 3); dilation 2 leaves few windows inside the map.
+    ("cortex-m55", (1, 20, 9, 7), 7, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
+    ("cortex-m55", (1, 20, 9, 7), 7, 3, 1, 1, None, 2, "hwcomp_q8_conv"),
     ("cortex-m55", (1, 6, 9, 7), 6, 3, 2, 6, None, 1, "hwcomp_q8_depthwise"),
+    ("cortex-m55", (1, 4, 6, 5), 4, 5, 1, 4, None, 2, "hwcomp_q8_depthwise"),
+    ("cortex-m55", (1, 5, 7, 9), 5, 3, 1, 5, None, 1, "hwcomp_q8_depthwise"),
 ])
 def test_int8_c_kernels_match_onnxruntime_on_the_board_and_the_host(
         tmp_path, target, x_shape, cout, k, stride, group, pads, dilation, kernel):
@@ -93,3 +102,15 @@ def test_conv_weights_are_packed_in_the_sxtb16_order():
     np.testing.assert_array_equal(packed[1], [6, 8, 7, 9, 10, 0, 11, 0])
     depthwise = pack_c_weight(np.arange(18, dtype=np.int8).reshape(2, 1, 3, 3), "depthwise")
     np.testing.assert_array_equal(depthwise, np.arange(18).reshape(2, 9))
+
+
+def test_helium_scratch_sizes_follow_the_compiler():
+    """The kernels' scratch is sized for the path the target's compiler takes: Helium on
+    cortex-m55 (``__ARM_FEATURE_MVE``), the SMLAD path on cortex-m7 and cortex-m4."""
+    require_tools("arm-none-eabi-gcc")
+    from hwcomp.lower.mcu.int8 import helium_kernels
+    from hwcomp.targets import load_target
+
+    assert helium_kernels(load_target("cortex-m55"))
+    assert not helium_kernels(load_target("cortex-m7"))
+    assert not helium_kernels(load_target("cortex-m4"))
