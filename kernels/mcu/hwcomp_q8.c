@@ -30,10 +30,24 @@
  * round trip through 1.5 * 2^23 is nearbyintf's result without a library call (Cortex-M4's
  * FPU has no VRINT). */
 static inline int32_t requant(int32_t acc, float mult, float lo, float hi, int32_t zp) {
+#if HWCOMP_Q8_DSP && defined(__ARM_FP) && (__ARM_FP & 4)
+  /* On the Arm FPU: VCVTR rounds by the FPSCR mode (round to nearest even out of reset, as
+   * onnxruntime's nearbyint rounds), and since y_lo, y_hi are the output type's range less
+   * the zero point, clamping the rounded integer to the type (USAT on the value less the
+   * type's minimum) equals clamping before rounding: 8 instructions for 17. */
+  const int32_t q_min = (int32_t)lo + zp;
+  (void)hi;
+  float r;
+  __asm__("vcvtr.s32.f32 %0, %1" : "=t"(r) : "t"((float)acc * mult));
+  int32_t q;
+  memcpy(&q, &r, sizeof q);
+  return (int32_t)__usat(q + zp - q_min, 8) + q_min;
+#else
   float v = (float)acc * mult;
   v = v < hi ? v : hi;
   v = v > lo ? v : lo;
   return (int32_t)((v + HWCOMP_Q8_ROUND) - HWCOMP_Q8_ROUND) + zp;
+#endif
 }
 
 static inline void store(void* y, int32_t index, int32_t value, int32_t flags) {
