@@ -118,11 +118,16 @@ static void gather(int16_t* col, const void* x, int32_t flags, int32_t c, int32_
 }
 
 #if HWCOMP_Q8_DSP
-/* SXTB16 of the word rotated right by 8 (bytes 1 and 3) in one instruction: GCC emits a
- * separate rotate for __sxtb16 of a rotated value. */
+/* SXTB16 / UXTB16 of the word rotated right by 8 (bytes 1 and 3) in one instruction: GCC
+ * emits a separate rotate for __sxtb16 of a rotated value. */
 static inline uint32_t sxtb16_ror8(uint32_t v) {
   uint32_t r;
   __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
+static inline uint32_t uxtb16_ror8(uint32_t v) {
+  uint32_t r;
+  __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
   return r;
 }
 #endif
@@ -559,10 +564,49 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
   return 0;
 }
 
+#if HWCOMP_Q8_DSP
+/* Two outputs of a 3x3 stride-1 row at a time on the DSP extension: one word of each input
+ * row (x0 x1 x2 x3) unpacks into (x0, x2) and (x1, x3); with the row's weights as (w0, w2)
+ * and w1, out[0] = SMLAD((x0, x2), (w0, w2)) + SMLABB((x1, x3), w1) and out[1] =
+ * SMLAD((x1, x3), (w0, w2)) + SMLATB((x0, x2), w1): 18 multiply-adds in 21 instructions.
+ * The word ends at ox + 3 <= ow + 1, inside the padded row. */
+#define HWCOMP_Q8_DEPTHWISE_PAIRS(T, EXT, EXT_ROR8)                                          \
+  if (sw == 1) {                                                                           \
+    for (; ox + 1 < ow; ox += 2, ix += 2) {                                                \
+      int32_t a0 = b, a1 = b;                                                              \
+      uint32_t v = load32(r0 + ix), e = EXT(v), o = EXT_ROR8(v);                           \
+      a0 = __smlad(e, p02_0, a0);                                                         \
+      a0 = __smlabb(o, p1_0, a0);                                                         \
+      a1 = __smlad(o, p02_0, a1);                                                         \
+      a1 = __smlatb(e, p1_0, a1);                                                         \
+      v = load32(r1 + ix), e = EXT(v), o = EXT_ROR8(v);                                    \
+      a0 = __smlad(e, p02_1, a0);                                                         \
+      a0 = __smlabb(o, p1_1, a0);                                                         \
+      a1 = __smlad(o, p02_1, a1);                                                         \
+      a1 = __smlatb(e, p1_1, a1);                                                         \
+      v = load32(r2 + ix), e = EXT(v), o = EXT_ROR8(v);                                    \
+      a0 = __smlad(e, p02_2, a0);                                                         \
+      a0 = __smlabb(o, p1_2, a0);                                                         \
+      a1 = __smlad(o, p02_2, a1);                                                         \
+      a1 = __smlatb(e, p1_2, a1);                                                         \
+      store(y, out + ox, requant(a0, m, lo, hi, y_zp), flags);                             \
+      store(y, out + ox + 1, requant(a1, m, lo, hi, y_zp), flags);                         \
+    }                                                                                      \
+  }
+#define HWCOMP_Q8_PAIR(A, B) ((uint32_t)(uint16_t)(int16_t)(A) | ((uint32_t)(uint16_t)(int16_t)(B) << 16))
+#define HWCOMP_Q8_DEPTHWISE_PACK                                                             \
+  const uint32_t p02_0 = HWCOMP_Q8_PAIR(w0, w2), p02_1 = HWCOMP_Q8_PAIR(w3, w5),            \
+                 p02_2 = HWCOMP_Q8_PAIR(w6, w8), p1_0 = (uint32_t)(uint16_t)(int16_t)w1,    \
+                 p1_1 = (uint32_t)(uint16_t)(int16_t)w4, p1_2 = (uint32_t)(uint16_t)(int16_t)w7;
+#else
+#define HWCOMP_Q8_DEPTHWISE_PAIRS(T, EXT, EXT_ROR8)
+#define HWCOMP_Q8_DEPTHWISE_PACK
+#endif
+
 /* Depthwise convolution over one input type T: per channel, the plane (copied into
  * `scratch` with its padding, the input zero point, where the layer pads) runs row by row
  * without bounds checks; 3x3 undilated windows keep their nine taps in registers. */
-#define HWCOMP_Q8_DEPTHWISE(NAME, T)                                                        \
+#define HWCOMP_Q8_DEPTHWISE(NAME, T, EXT, EXT_ROR8)                                         \
   static void NAME(const T* x, const int8_t* w, const int32_t* bias, const float* mult,    \
                    void* y, T* scratch, int32_t c, int32_t h, int32_t wd, int32_t kh,       \
                    int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw, int32_t pt,  \
@@ -590,13 +634,16 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
       const int32_t w0 = wc[0], w1 = wc[1 % taps], w2 = wc[2 % taps], w3 = wc[3 % taps],   \
                     w4 = wc[4 % taps], w5 = wc[5 % taps], w6 = wc[6 % taps],               \
                     w7 = wc[7 % taps], w8 = wc[8 % taps];                                  \
+      HWCOMP_Q8_DEPTHWISE_PACK                                                             \
       int32_t out = ch * pixels;                                                           \
       for (int32_t oy = 0; oy < oh; ++oy, out += ow) {                                     \
         const T* r0 = xc + oy * sh * stride;                                               \
         if (fixed3) {                                                                      \
           const T* r1 = r0 + stride;                                                       \
           const T* r2 = r1 + stride;                                                       \
-          for (int32_t ox = 0, ix = 0; ox < ow; ++ox, ix += sw) {                          \
+          int32_t ox = 0, ix = 0;                                                          \
+          HWCOMP_Q8_DEPTHWISE_PAIRS(T, EXT, EXT_ROR8)                                      \
+          for (; ox < ow; ++ox, ix += sw) {                                                \
             int32_t acc = b + r0[ix] * w0 + r0[ix + 1] * w1 + r0[ix + 2] * w2 +            \
                           r1[ix] * w3 + r1[ix + 1] * w4 + r1[ix + 2] * w5 + r2[ix] * w6 +  \
                           r2[ix + 1] * w7 + r2[ix + 2] * w8;                               \
@@ -615,8 +662,8 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
     }                                                                                      \
   }
 
-HWCOMP_Q8_DEPTHWISE(depthwise_u8, uint8_t)
-HWCOMP_Q8_DEPTHWISE(depthwise_s8, int8_t)
+HWCOMP_Q8_DEPTHWISE(depthwise_u8, uint8_t, __uxtb16, uxtb16_ror8)
+HWCOMP_Q8_DEPTHWISE(depthwise_s8, int8_t, __sxtb16, sxtb16_ror8)
 
 #if HWCOMP_Q8_MVE
 /* The Helium depthwise convolution over one input type: per channel the plane (padded into

@@ -60,6 +60,9 @@ def _build(tmp_path, builder, x_shape, out_hw, target):
     # Depthwise 3x3 stride 2 on 6 channels of 9x7, and 5x5 dilated on a 6x5 map.
     ("cortex-m7", (1, 6, 9, 7), 6, 3, 2, 6, None, 1, "hwcomp_q8_depthwise"),
     ("cortex-m7", (1, 4, 6, 5), 4, 5, 1, 4, None, 2, "hwcomp_q8_depthwise"),
+    # 3x3 stride 1 (the SMLAD pairs): 9 outputs a row (a pair short), and unpadded.
+    ("cortex-m7", (1, 5, 7, 9), 5, 3, 1, 5, None, 1, "hwcomp_q8_depthwise"),
+    ("cortex-m4", (1, 4, 6, 7), 4, 3, 1, 4, [0, 0, 0, 0], 1, "hwcomp_q8_depthwise"),
     # The other two boards: Cortex-M4 (DSP, FPv4) and Cortex-M55 (Helium: its own kernels).
     ("cortex-m4", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
     ("cortex-m55", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
