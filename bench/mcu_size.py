@@ -43,7 +43,8 @@ from hwcomp.compress import precision as quantize  # noqa: E402
 from hwcomp.lower.mcu.sources import sources_in  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
-MODELS = {"ds_cnn_kws": model_zoo.ds_cnn, "resnet8": model_zoo.resnet8}
+MODELS = {"ds_cnn_kws": model_zoo.ds_cnn, "resnet8": model_zoo.resnet8,
+          "mobilenet_v1_vww": model_zoo.mobilenet_v1_vww}
 
 
 def callgrind_instructions(bundle: Path, prefix: str, workdir: Path) -> int:
@@ -137,7 +138,8 @@ def main() -> None:
     parser.add_argument("--target", default="cortex-m7")
     parser.add_argument("--qemu", action="store_true", help="also count Thumb-2 instructions")
     parser.add_argument("--precisions", default="fp32,int8")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default="ds_cnn_kws,resnet8",
+                        help=f"comma-separated, of {', '.join(MODELS)}")
     args = parser.parse_args()
     rows = []
     tables: list[str] = []

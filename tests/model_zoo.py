@@ -121,6 +121,21 @@ def ds_cnn(seed: int = 0, channels: int = 64, blocks: int = 4, classes: int = 12
     return b.model("ds_cnn", [1, 1, 49, 10], "logits", [1, classes])
 
 
+def mobilenet_v1_vww(seed: int = 0, classes: int = 2) -> onnx.ModelProto:
+    """MLPerf Tiny's visual-wake-words shapes: MobileNetV1 at width 0.25 on a 96x96x3 image
+    (13 depthwise-separable blocks, 8 to 256 channels, ReLU6), average pool, 2 classes."""
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 8, 3, 2, act="Relu6")
+    cin = 8
+    for cout, stride in [(16, 1), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1),
+                         (128, 1), (128, 1), (128, 1), (128, 1), (256, 2), (256, 1)]:
+        x = b.conv_bn(x, cin, cin, 3, stride, group=cin, act="Relu6")
+        x = b.conv_bn(x, cin, cout, 1, act="Relu6")
+        cin = cout
+    b.head(x, cin, classes)
+    return b.model("mobilenet_v1_vww", [1, 3, 96, 96], "logits", [1, classes])
+
+
 def resnet8(seed: int = 0, classes: int = 10) -> onnx.ModelProto:
     """MLPerf Tiny's image-classification ResNet-8 shapes: 32x32x3, a 16-channel stem and
     three residual stacks of 16, 32 and 64 channels, average pool, 10 classes."""

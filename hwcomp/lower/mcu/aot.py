@@ -447,4 +447,31 @@ def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
     # One firmware may link several models: the library context TVM defines becomes private.
     source = source.replace("void* __tvm_ffi__library_ctx = NULL;",
                             "static void* __tvm_ffi__library_ctx = NULL;")
-    return source, workspaces
+    return _inline_nearbyint(source), workspaces
+
+
+# nearbyintf without a library call on an Arm FPU: newlib's is a software rintf (about 32
+# instructions a call on Cortex-M4, whose FPv4 has no VRINT). VCVTR rounds by FPSCR's mode,
+# round to nearest even unless the program changes it, as nearbyintf does; values of 2^23
+# and above are integers already, and a zero result keeps the argument's sign.
+_NEARBYINT = """\
+static inline float hwcomp_nearbyintf(float x) {
+#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+  float r;
+  if (!(fabsf(x) < 8388608.0f)) return x;
+  __asm__("vcvtr.s32.f32 %0, %1\\n\\tvcvt.f32.s32 %0, %0" : "=t"(r) : "t"(x));
+  return copysignf(r, x);
+#else
+  return nearbyintf(x);
+#endif
+}
+"""
+
+
+def _inline_nearbyint(source: str) -> str:
+    """Route the generated code's ``nearbyintf`` calls through :data:`_NEARBYINT`."""
+    if "nearbyintf(" not in source:
+        return source
+    source = re.sub(r"^TVM_DLL float nearbyintf\(float\);\n", "", source, flags=re.M)
+    source = re.sub(r"\bnearbyintf\(", "hwcomp_nearbyintf(", source)
+    return source.replace("#include <math.h>\n", "#include <math.h>\n" + _NEARBYINT, 1)

@@ -505,27 +505,39 @@ def lookup_kernel(count: int, in_dtype: str, out_dtype: str) -> Any:
 
 
 def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str] | None:
-    """``quantize(relu | clip(dequantize(x_q)))`` as (x_q, its 256-entry table, op name).
+    """Return ``quantize(act(dequantize(x_q)))`` as (x_q, its 256-entry table, op name).
 
+    ``act`` is a chain of relu, clip, and maximum / minimum with a scalar constant (ReLU6).
     Every 8-bit input's output computed as onnxruntime computes the three ops in float32:
     ``(x - z_x) * s_x``, the activation, ``nearbyint(v / s_y) + z_y`` saturated. Only exact
     activations (max/min): the table is then the ops' result bit for bit.
     """
     from tvm.ir.expr import Constant
 
-    act = bound(mutator, quantize.args[0])
-    if is_op(act, "relax.nn.relu"):
-        low, high = 0.0, np.inf
-    elif is_op(act, "relax.clip"):
-        bounds = [bound(mutator, a) for a in act.args[1:]]
-        try:
-            low, high = (float(b.value) for b in bounds)
-        except (AttributeError, TypeError):
+    # The chain of exact activations between dequantize and quantize, outermost first:
+    # relu, clip, and maximum / minimum with a scalar constant (ReLU6 as ONNX's Clip imports).
+    steps: list[tuple[str, float]] = []
+    dq = bound(mutator, quantize.args[0])
+    while not is_op(dq, "relax.dequantize"):
+        if is_op(dq, "relax.nn.relu"):
+            steps.append(("max", 0.0))
+        elif is_op(dq, "relax.clip"):
+            try:
+                low, high = (float(bound(mutator, a).value) for a in dq.args[1:])
+            except (AttributeError, TypeError):
+                return None
+            steps += [("min", high), ("max", low)]
+        elif _min_max(dq) is not None:
+            scalar = _scalar_operand(mutator, dq)
+            if scalar is None:
+                return None
+            steps.append((_min_max(dq), scalar[1]))  # type: ignore[arg-type]
+            dq = scalar[0]
+            continue
+        else:
             return None
-    else:
-        return None
-    dq = bound(mutator, act.args[0])
-    if not is_op(dq, "relax.dequantize"):
+        dq = bound(mutator, dq.args[0])
+    if not steps:
         return None
     x_q, x_scale, x_zp = (bound(mutator, a) for a in dq.args)
     _, y_scale, y_zp = (bound(mutator, a) for a in quantize.args)
@@ -539,11 +551,57 @@ def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str
     start = -128 if in_dtype == "int8" else 0
     inputs = np.arange(start, start + 256, dtype=np.int32)
     value = (inputs - np.int32(z_x)).astype(np.float32) * np.float32(s_x)
-    value = np.minimum(np.maximum(value, np.float32(low)), np.float32(high))
+    for op, bound_value in reversed(steps):  # innermost first
+        value = (np.maximum if op == "max" else np.minimum)(value, np.float32(bound_value))
     scaled = np.rint(value / np.float32(s_y)).astype(np.float32) + np.float32(z_y)
     q_min, q_max = _LIMITS[out_dtype]
     table = np.clip(scaled, q_min, q_max).astype(out_dtype)
-    return x_q, table, "relu" if np.isinf(high) else "clip"
+    return x_q, table, "relu" if steps == [("max", 0.0)] else "clip"
+
+
+def _min_max(call: Any) -> str | None:
+    """Return ``"max"`` / ``"min"`` for an elementwise maximum / minimum, else None.
+
+    The Relax op, or the ``call_tir`` of the PrimFunc the ONNX frontend emits for Clip's
+    bounds (``maximum``, ``minimum1``, ...).
+    """
+    from tvm import relax
+
+    if is_op(call, "relax.maximum") or is_op(call, "relax.minimum"):
+        return "max" if is_op(call, "relax.maximum") else "min"
+    if is_op(call, "relax.call_tir") and isinstance(call.args[0], relax.GlobalVar):
+        match = re.fullmatch(r"(maximum|minimum)\d*", call.args[0].name_hint)
+        if match and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 2:
+            return match.group(1)[:3]
+    return None
+
+
+def _scalar_operand(mutator: Any, call: Any) -> tuple[Any, float] | None:
+    """Return (the other operand, the value) of a binary op with one scalar constant.
+
+    The constant may be the frontend's ``where(isnan(c), -inf | inf, c)`` of Clip's bounds.
+    """
+    operands = list(call.args[1].fields) if is_op(call, "relax.call_tir") else list(call.args[:2])
+    for other, const in ((operands[0], operands[1]), (operands[1], operands[0])):
+        value = _scalar_value(mutator, const)
+        if value is not None:
+            return bound(mutator, other), value
+    return None
+
+
+def _scalar_value(mutator: Any, expr: Any) -> float | None:
+    from tvm.ir.expr import Constant
+
+    expr = bound(mutator, expr)
+    if isinstance(expr, Constant) and relax_array(expr).size == 1:
+        return float(relax_array(expr).reshape(()))
+    if is_op(expr, "relax.where"):
+        cond = bound(mutator, expr.args[0])
+        if is_op(cond, "relax.isnan"):
+            tested = _scalar_value(mutator, cond.args[0])
+            if tested is not None:
+                return _scalar_value(mutator, expr.args[1] if np.isnan(tested) else expr.args[2])
+    return None
 
 
 def _is_layer_op(expr: Any) -> bool:

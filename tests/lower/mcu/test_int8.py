@@ -10,6 +10,7 @@ a quantization boundary: there the comparison allows one output step, and says s
 """
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -188,3 +189,25 @@ def test_float_bias_keeps_the_layer_in_float_and_says_why(tmp_path):
     assert kernels["ops"] == []
     assert kernels["kept_float"] == ["conv2d: bias is not quantized (int32 with the scale s_x * s_w)"]
     assert manifest["verification"]["status"] == "passed"
+
+
+def test_relu6_becomes_a_table_and_mobilenet_runs_on_helium(tmp_path):
+    """ReLU6 (ONNX Clip with bound inputs, imported as maximum / minimum PrimFuncs) between
+    quantized layers is a 256-entry table like ReLU; the MobileNetV2-style model (depthwise
+    stride 1 and 2, inverted residuals) runs the Helium kernels on cortex-m55 bit for bit
+    with onnxruntime, on the board and on this machine."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    bundle = _build_int8(tmp_path, model_zoo.mobilenet_like(), "mnet", [1, 3, 32, 32],
+                         target="cortex-m55")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    verification = manifest["verification"]
+    emulated = verification["outputs"][0]["max_abs_error"]
+    _assert_matches_reference(emulated, bundle)
+    assert verification["runs"]["host build"][0]["max_abs_error"] == emulated
+    ops = manifest["integer_kernels"]["ops"]
+    # Every ReLU6: the stem's and, in each of the 3 blocks, the expansion's and the
+    # depthwise conv's (the projection has none).
+    assert sum(op.startswith("clip") and "256-entry table" in op for op in ops) == 7
+    # No float clamp between two quantized layers is left to TVM's code.
+    names = re.findall(r"TVM_DLL int32_t (__tvm_ffi_\w+)\(", (bundle / "lib" / "kernels.c").read_text())
+    assert names and not [n for n in names if re.search(r"maximum\d*_minimum\d*_quantize", n)]
