@@ -938,3 +938,33 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
                                dw, pt, pl, pb, pr, oh, ow, x_zp, y_zp, y_lo, y_hi, flags); \
   }
 HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_ENTRIES)
+
+/* y[i] = table[x[i] (+ 128 for s8 inputs)]: an activation between quantized layers as its
+ * 256-entry table; x and y may be the same buffer. On Helium 16 elements per VLDRB gather
+ * with the bytes as offsets. */
+int32_t hwcomp_q8_lut(const void* x, const void* table, void* y, int32_t count, int32_t flags) {
+  const uint8_t* in = (const uint8_t*)x;
+  const uint8_t* t = (const uint8_t*)table;
+  uint8_t* out = (uint8_t*)y;
+  const uint8_t flip = flags & HWCOMP_Q8_X_S8 ? 0x80 : 0;
+#if HWCOMP_Q8_MVE
+  const uint8x16_t flip_v = vdupq_n_u8(flip);
+  int32_t i = 0;
+  for (; i + 16 <= count; i += 16)
+    vstrbq_u8(out + i, vldrbq_gather_offset_u8(t, veorq_u8(vldrbq_u8(in + i), flip_v)));
+  if (i < count) {
+    const mve_pred16_t p = vctp8q((uint32_t)(count - i));
+    const uint8x16_t v = veorq_u8(vldrbq_z_u8(in + i, p), flip_v);
+    vstrbq_p_u8(out + i, vldrbq_gather_offset_z_u8(t, v, p), p);
+  }
+#else
+  for (int32_t i = 0; i < count; ++i) out[i] = t[in[i] ^ flip];
+#endif
+  return 0;
+}
+
+#define HWCOMP_Q8_LUT_ENTRY(SUFFIX, TX, TY)                                              \
+  int32_t hwcomp_q8_lut_##SUFFIX HWCOMP_Q8_LUT_PARAMS(TX, TY) {                          \
+    return hwcomp_q8_lut(x, table, y, count, flags);                                     \
+  }
+HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_LUT_ENTRY)

@@ -66,6 +66,11 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
    int32_t dw, int32_t pt, int32_t pl, int32_t pb, int32_t pr, int32_t oh, int32_t ow,       \
    int32_t x_zp, int32_t y_zp, int32_t y_lo, int32_t y_hi, int32_t flags)
 
+#define HWCOMP_Q8_LUT_PARAMS(TX, TY) (TX * x, TY * table, TY * y, int32_t count, int32_t flags)
+
+/* y[i] = table[x[i] (+ 128 for s8 x)], count elements; y may be x. */
+int32_t hwcomp_q8_lut(const void* x, const void* table, void* y, int32_t count, int32_t flags);
+
 /* Calls a macro with each activation type pair: (suffix, x's type, y's type). */
 #define HWCOMP_Q8_EACH_TYPE_PAIR(M) \
   M(u8u8, uint8_t, uint8_t)         \
@@ -75,7 +80,8 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
 
 #define HWCOMP_Q8_DECLARE(SUFFIX, TX, TY)                                  \
   int32_t hwcomp_q8_conv_##SUFFIX HWCOMP_Q8_CONV_PARAMS(TX, TY);           \
-  int32_t hwcomp_q8_depthwise_##SUFFIX HWCOMP_Q8_DEPTHWISE_PARAMS(TX, TY);
+  int32_t hwcomp_q8_depthwise_##SUFFIX HWCOMP_Q8_DEPTHWISE_PARAMS(TX, TY); \
+  int32_t hwcomp_q8_lut_##SUFFIX HWCOMP_Q8_LUT_PARAMS(TX, TY);
 HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_DECLARE)
 #undef HWCOMP_Q8_DECLARE
 

@@ -450,13 +450,14 @@ def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
     return _inline_nearbyint(source), workspaces
 
 
-# nearbyintf without a library call on an Arm FPU: newlib's is a software rintf (about 32
-# instructions a call on Cortex-M4, whose FPv4 has no VRINT). VCVTR rounds by FPSCR's mode,
-# round to nearest even unless the program changes it, as nearbyintf does; values of 2^23
-# and above are integers already, and a zero result keeps the argument's sign.
+# nearbyintf without a library call on a single-precision Arm FPU: newlib's is a software
+# rintf (about 32 instructions a call on Cortex-M4, whose FPv4 has no VRINT; GCC inlines
+# VRINTR where the FPU has double precision: FPv5-D16, Cortex-M55). VCVTR rounds by FPSCR's
+# mode, round to nearest even unless the program changes it, as nearbyintf does; values of
+# 2^23 and above are integers already, and a zero result keeps the argument's sign.
 _NEARBYINT = """\
 static inline float hwcomp_nearbyintf(float x) {
-#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4) && !(__ARM_FP & 8)
   float r;
   if (!(fabsf(x) < 8388608.0f)) return x;
   __asm__("vcvtr.s32.f32 %0, %1\\n\\tvcvt.f32.s32 %0, %0" : "=t"(r) : "t"(x));

@@ -491,17 +491,26 @@ def _int32_bias(mutator: Any, expr: Any, scales: np.ndarray, channels: int) -> n
 
 
 def lookup_kernel(count: int, in_dtype: str, out_dtype: str) -> Any:
-    """``Y[i] = T[X[i] + offset]``: an 8-bit activation through a 256-entry table."""
-    from tvm import te
+    """``Y[i] = T[X[i] + offset]``: an 8-bit activation through a 256-entry table.
 
-    offset = 128 if in_dtype == "int8" else 0
-    data = te.placeholder(int64_shape((count,)), in_dtype, name="X")
-    table = te.placeholder(int64_shape((256,)), out_dtype, name="T")
-    out = te.compute(int64_shape((count,)),
-                     lambda i: table[data[i].astype("int32") + offset], name="lookup")
+    A call of ``hwcomp_q8_lut`` (hwcomp_q8.c: a VLDRB gather of 16 elements on Helium, a C
+    loop elsewhere); offset 128 for s8 inputs.
+    """
+    import tvm
+
+    suffix = _C_SUFFIX[in_dtype] + _C_SUFFIX[out_dtype]
+    flags = _C_FLAGS[in_dtype][0] | _C_FLAGS[out_dtype][1]
+    source = (
+        "@T.prim_func\n"
+        f'def main(X: T.Buffer((T.int64({count}),), "{in_dtype}"), '
+        f'Tab: T.Buffer((T.int64(256),), "{out_dtype}"), '
+        f'Y: T.Buffer((T.int64({count}),), "{out_dtype}")):\n'
+        f'    T.call_extern("int32", "hwcomp_q8_lut_{suffix}", X.data, Tab.data, Y.data, '
+        f"{count}, {flags})\n")
+    func = tvm.script.from_source(source).with_attr("tirx.is_scheduled", True)
     # Each element is read only to write the same element: the output may take the input's
     # place in the arena.
-    return te.create_prim_func([data, table, out]).with_attr("hwcomp.in_place", True)
+    return func.with_attr("hwcomp.in_place", True)
 
 
 def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str] | None:
