@@ -402,7 +402,8 @@ def _write_readme(
                       if (staging / path.rstrip("/")).exists())
     if "mcu" in manifest:
         mcu = manifest["mcu"]
-        run = render("bundle/run_mcu.md.in", prefix=mcu["prefix"], target=target.name,
+        run = render("bundle/run_mcu.md.in", prefix=mcu["prefix"],
+                     prefix_upper=mcu["prefix"].upper(), target=target.name,
                      emulator=" ".join([target.emulator, *target.emulator_args]),
                      arena=mcu["arena"]["arena_bytes"], flash=mcu["library"]["flash"],
                      ram=mcu["library"]["ram"], flash_budget=target.flash_bytes,

@@ -56,3 +56,29 @@ __attribute__((weak)) void hwcomp_on_error(const char* model, const char* kernel
                                            int32_t status) {
   (void)model; (void)kernel; (void)step; (void)status;
 }
+
+__attribute__((weak)) void hwcomp_on_step(const char* model, const char* kernel, int step,
+                                          uint32_t cycles) {
+  (void)model; (void)kernel; (void)step; (void)cycles;
+}
+
+uint32_t hwcomp_cycles(void) {
+#if defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_8M_MAIN__) || \
+    defined(__ARM_ARCH_8_1M_MAIN__)
+  volatile uint32_t* const demcr = (volatile uint32_t*)0xE000EDFCu;
+  volatile uint32_t* const dwt_ctrl = (volatile uint32_t*)0xE0001000u;
+  volatile uint32_t* const dwt_cyccnt = (volatile uint32_t*)0xE0001004u;
+  volatile uint32_t* const dwt_lar = (volatile uint32_t*)0xE0001FB0u;
+  static int started = 0;
+  if (!started) {
+    *demcr |= 1u << 24;      /* TRCENA: the DWT on */
+    *dwt_lar = 0xC5ACCE55u;  /* unlock (Cortex-M7; ignored where there is no lock) */
+    *dwt_cyccnt = 0;
+    *dwt_ctrl |= 1u;         /* CYCCNTENA */
+    started = 1;
+  }
+  return *dwt_cyccnt;
+#else
+  return 0;
+#endif
+}

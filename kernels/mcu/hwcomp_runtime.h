@@ -35,6 +35,15 @@ int32_t hwcomp_call(hwcomp_kernel_fn kernel, DLTensor* tensors, int32_t count);
 /* Called with the model and kernel names and the step when a kernel fails. */
 void hwcomp_on_error(const char* model, const char* kernel, int step, int32_t status);
 
+/* Per-layer cycles: with the library compiled with -DHWCOMP_PROFILE, the executor reads
+ * hwcomp_cycles() around each kernel call and passes the difference to hwcomp_on_step.
+ * hwcomp_on_step is weak (it does nothing): firmware defines it to print or keep the figures.
+ * hwcomp_cycles() is the DWT cycle counter (CYCCNT) on Cortex-M3 and up, started on first
+ * use (DEMCR.TRCENA, DWT_CTRL.CYCCNTENA; the DWT lock of Cortex-M7 unlocked), 0 elsewhere
+ * (Cortex-M0, the host build). Under qemu, which does not model the DWT, it reads 0. */
+void hwcomp_on_step(const char* model, const char* kernel, int step, uint32_t cycles);
+uint32_t hwcomp_cycles(void);
+
 #ifdef __cplusplus
 }
 #endif

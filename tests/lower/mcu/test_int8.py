@@ -211,3 +211,29 @@ def test_relu6_becomes_a_table_and_mobilenet_runs_on_helium(tmp_path):
     # No float clamp between two quantized layers is left to TVM's code.
     names = re.findall(r"TVM_DLL int32_t (__tvm_ffi_\w+)\(", (bundle / "lib" / "kernels.c").read_text())
     assert names and not [n for n in names if re.search(r"maximum\d*_minimum\d*_quantize", n)]
+
+
+def test_profile_build_reports_every_layer(kws_int8, tmp_path):
+    """The library and example built with -DHWCOMP_PROFILE call hwcomp_on_step once per
+    executor step with the DWT cycle count (0 under qemu, which does not model the DWT),
+    and the model still matches onnxruntime; the bundle README says how to read cycles."""
+    from hwcomp.targets import load_target
+
+    target = load_target("cortex-m7")
+    elf = tmp_path / "profile.elf"
+    built = subprocess.run(
+        ["arm-none-eabi-gcc", *target.cflags, "-O2", "-std=c99", "-DHWCOMP_PROFILE",
+         "-I", str(kws_int8 / "lib"), "-I", str(kws_int8 / "include"), "--specs=rdimon.specs",
+         "-nostartfiles", "-T", str(kws_int8 / "board" / "mps2-an500.ld"), "-Wl,--gc-sections",
+         str(kws_int8 / "board" / "startup.c"), str(kws_int8 / "example" / "main.c"),
+         *map(str, sorted((kws_int8 / "lib").glob("*.c"))), "-o", str(elf), "-lm"],
+        capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    done = subprocess.run([target.emulator, *target.emulator_args, "-kernel", str(elf)],
+                          capture_output=True, text=True, timeout=120)
+    steps = [line.split() for line in done.stdout.splitlines() if line.startswith("hwcomp-step")]
+    model_c = (kws_int8 / "lib" / "model.c").read_text()
+    assert [int(s[1]) for s in steps] == list(range(model_c.count("/* step ")))
+    assert all(s[2] == "hwcomp_kws" and s[5] == "cycles" for s in steps)
+    assert "PASS" in done.stdout
+    assert "-DHWCOMP_KWS_PROFILE=ON" in (kws_int8 / "README.md").read_text()
