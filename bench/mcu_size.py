@@ -13,8 +13,9 @@ instructions per inference counted two ways:
   executor's entry into its kernel to the next), with the layer's MACs where the call is a
   layer's. Slow (about a minute per model), so only with ``--qemu``.
 
-MACs per instruction = the model's MACs (hwcomp's cost analysis) / instructions. The last
-column is the build's verification: the emulated board's outputs against onnxruntime's.
+MACs per instruction = the model's MACs (hwcomp's cost analysis) / instructions. Then
+the build's verification (the emulated board's outputs against onnxruntime's) and the
+build's wall time (``hwcomp build`` with verification, on this machine).
 
     .venv/bin/python bench/mcu_size.py [--target cortex-m7] [--precisions fp32,int8]
         [--models ds_cnn_kws,resnet8] [--qemu]
@@ -29,6 +30,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +158,11 @@ def main() -> None:
             samples = np.random.default_rng(7).standard_normal((16, *shape[1:]))
             np.savez(calib, input=samples.astype(np.float32))
             for precision in args.precisions.split(","):
+                started = time.perf_counter()
                 result = api.build(
                     path, args.target, folder / precision, calib=calib,
                     precision_options=quantize.PrecisionOptions(precision=precision))
+                build_s = time.perf_counter() - started
                 mcu = result.manifest["mcu"]
                 error = result.manifest["verification"]["outputs"][0]["max_abs_error"]
                 x86 = callgrind_instructions(result.bundle, mcu["prefix"], folder)
@@ -168,21 +172,22 @@ def main() -> None:
                     thumb, steps = qemu_instructions(result.bundle, emulator)
                     tables.append(layer_table(f"{name} {precision} ({args.target})", steps,
                                               kernel_macs(result.bundle)))
-                rows.append((name, precision, macs, mcu, x86, thumb, error))
+                rows.append((name, precision, macs, mcu, x86, thumb, error, build_s))
                 print(json.dumps({"model": name, "precision": precision, "macs": macs,
+                                  "build_seconds": round(build_s, 1),
                                   "x86_instructions": x86, "thumb_instructions": thumb,
                                   "max_abs_error": error, **mcu}), flush=True)
     print(f"\n| model ({args.target}) | precision | MACs | arena | lower bound | largest two live | "
           "sum of buffers | flash | weights | x86 instr. (callgrind) | MACs/instr. | "
-          "Thumb-2 instr. (qemu) | MACs/instr. | max abs error vs onnxruntime |")
-    print("|---" * 14 + "|")
-    for name, precision, macs, mcu, x86, thumb, error in rows:
+          "Thumb-2 instr. (qemu) | MACs/instr. | max abs error vs onnxruntime | build (s) |")
+    print("|---" * 15 + "|")
+    for name, precision, macs, mcu, x86, thumb, error, build_s in rows:
         arena, lib = mcu["arena"], mcu["library"]
         arm = f"{thumb / 1e6:.1f} M | {macs / thumb:.3f}" if thumb else "- | -"
         print(f"| {name} | {precision} | {macs / 1e6:.2f} M | {arena['arena_bytes']} | "
               f"{arena['lower_bound_bytes']} | {arena['largest_two_live_bytes']} | "
               f"{arena['sum_of_buffers_bytes']} | {lib['flash']} | {mcu['weights_bytes']} | "
-              f"{x86 / 1e6:.1f} M | {macs / x86:.3f} | {arm} | {error:.3g} |")
+              f"{x86 / 1e6:.1f} M | {macs / x86:.3f} | {arm} | {error:.3g} | {build_s:.1f} |")
     for table in tables:
         print(table)
 

@@ -13,13 +13,12 @@ Every number in a profile carries its source as a trailing ``# comment``;
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-import tomllib
 
 from hwcomp import profile_schema
 from hwcomp.errors import TargetError, reason_line

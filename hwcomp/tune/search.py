@@ -24,6 +24,7 @@ Two TVM facts shape this module:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import sys
@@ -37,7 +38,7 @@ from typing import Any
 from hwcomp import model as model_io
 from hwcomp import remote, stop
 from hwcomp.direct_rpc import create_direct_session, direct_config
-from hwcomp.errors import HwcompError
+from hwcomp.errors import HwcompError, ToolchainError
 from hwcomp.lower import lowering_for, tunable_families
 from hwcomp.lower.cpu.database import RECORDS, WORKLOADS, count_records, repair_database
 from hwcomp.lower.cpu.kernels.intrinsics import light_tensor_intrin
@@ -112,6 +113,26 @@ def prepare(model_path: Path, target: Target,
         return tvm.transform.Sequential(fusion_passes(tvm_target))(mod)
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# MetaSchedule's modules that tuning imports and hwcomp's base install leaves out.
+TUNE_EXTRA_MODULES = ("xgboost", "cloudpickle")
+
+
+def require_tune_extra() -> None:
+    """Raise :class:`ToolchainError` naming ``hwcomp[tune]`` when its packages are missing."""
+    missing = [name for name in TUNE_EXTRA_MODULES if not _importable(name)]
+    if missing:
+        raise ToolchainError(
+            f"tuning needs MetaSchedule's cost model and process pool ({', '.join(missing)} "
+            "not installed): pip install 'hwcomp[tune]'")
+
+
 def tune(
     model_path: Path,
     target_name: str,
@@ -130,6 +151,7 @@ def tune(
     run early with the records kept.
     """
     started = time.perf_counter()
+    require_tune_extra()
     target = load_target(target_name)
     _check_request(target, trials, device)
     folder = Path(database) if database else default_database(target)

@@ -3,8 +3,9 @@
 For the host they are the installed ``apache-tvm`` / ``apache-tvm-ffi`` wheels' own
 ``libtvm_runtime.so``, ``libtvm_runtime_extra.so`` (the runtime's contrib functions, such as the
 sort behind TopK) and ``libtvm_ffi.so``. For aarch64 they come from the same versions'
-aarch64 wheels on PyPI (downloaded once with pip into the user cache, then reused), so a
-bundle runs on a Raspberry Pi and under ``qemu-aarch64`` without building TVM.
+aarch64 wheels on PyPI (downloaded once with pip into the user cache, then reused; said
+on the output; or taken from the folder ``$HWCOMP_AARCH64_RUNTIME`` offline), so a bundle
+runs on a Raspberry Pi and under ``qemu-aarch64`` without building TVM.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from hwcomp.errors import ToolchainError
 
 logger = logging.getLogger(__name__)
 
+# A folder holding the aarch64 apache-tvm and apache-tvm-ffi wheels, for machines that
+# cannot reach PyPI.
+OFFLINE_ENV = "HWCOMP_AARCH64_RUNTIME"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_extra.so", "libtvm_ffi.so")
 _WHEEL_MEMBERS = {"libtvm_runtime.so": "tvm/lib/", "libtvm_runtime_extra.so": "tvm/lib/",
                   "libtvm_ffi.so": "tvm_ffi/lib/"}
@@ -71,10 +75,20 @@ def aarch64_runtime_libs() -> list[Path]:
     if all(lib.is_file() for lib in libs):
         return libs
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hwcomp-wheels-") as scratch:
-        _download_wheels(versions, Path(scratch))
-        for wheel in Path(scratch).glob("*.whl"):
+    offline = os.environ.get(OFFLINE_ENV)
+    if offline:
+        wheels = _offline_wheels(Path(offline), versions)
+        for wheel in wheels:
             _extract_libs(wheel, folder)
+    else:
+        requirements = " ".join(f"{name}=={version}" for name, version in versions.items())
+        logger.warning("fetching the aarch64 TVM runtime (%s) from PyPI into %s, once; "
+                       "offline, set %s to a folder with those aarch64 wheels",
+                       requirements, folder, OFFLINE_ENV)
+        with tempfile.TemporaryDirectory(prefix="hwcomp-wheels-") as scratch:
+            _download_wheels(versions, Path(scratch))
+            for wheel in Path(scratch).glob("*.whl"):
+                _extract_libs(wheel, folder)
     missing = [lib.name for lib in libs if not lib.is_file()]
     if missing:
         raise ToolchainError(
@@ -82,6 +96,23 @@ def aarch64_runtime_libs() -> list[Path]:
             f"put aarch64 builds of them in {folder}"
         )
     return libs
+
+
+def _offline_wheels(where: Path, versions: dict[str, str]) -> list[Path]:
+    """Return the aarch64 wheels of ``versions`` in ``where`` (a folder or one wheel)."""
+    folder = where if where.is_dir() else where.parent
+    found = []
+    for name, version in versions.items():
+        stem = f"{name.replace('-', '_')}-{version}-"
+        matches = [w for w in folder.glob(f"{stem}*.whl") if "aarch64" in w.name]
+        if not matches:
+            raise ToolchainError(
+                f"{OFFLINE_ENV}={where}: no aarch64 wheel of {name} {version} there "
+                f"({stem}*aarch64*.whl); download it with: pip download {name}=={version} "
+                "--no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 "
+                f"--python-version {sys.version_info.major}.{sys.version_info.minor}")
+        found.append(sorted(matches)[-1])
+    return found
 
 
 def _download_wheels(versions: dict[str, str], dest: Path) -> None:
