@@ -1021,7 +1021,16 @@ int32_t hwcomp_q8_lut(const void* x, const void* table, void* y, int32_t count, 
     vstrbq_p_u8(out + i, vldrbq_gather_offset_z_u8(t, v, p), p);
   }
 #else
-  for (int32_t i = 0; i < count; ++i) out[i] = t[in[i] ^ flip];
+  int32_t i = 0;
+  for (; i + 4 <= count; i += 4) { /* four loads before four stores: x and y may alias */
+    const uint8_t a = t[in[i] ^ flip], b = t[in[i + 1] ^ flip], c = t[in[i + 2] ^ flip],
+                  d = t[in[i + 3] ^ flip];
+    out[i] = a;
+    out[i + 1] = b;
+    out[i + 2] = c;
+    out[i + 3] = d;
+  }
+  for (; i < count; ++i) out[i] = t[in[i] ^ flip];
 #endif
   return 0;
 }
