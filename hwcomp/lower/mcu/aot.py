@@ -447,7 +447,20 @@ def _kernels_to_c(mod: Any, kernels: list[str], tvm_target: Any, prefix: str
     # One firmware may link several models: the library context TVM defines becomes private.
     source = source.replace("void* __tvm_ffi__library_ctx = NULL;",
                             "static void* __tvm_ffi__library_ctx = NULL;")
-    return _inline_nearbyint(source), workspaces
+    return _QUIET_UNUSED + _inline_nearbyint(source), workspaces
+
+
+# TVM's calling convention passes every kernel arguments it does not read (self_handle,
+# num_args, result) and the generator declares shape arrays and device ids some kernels do
+# not use: the generated file says so to the compiler, so a firmware built with -Wall
+# -Wextra -Werror takes it (tested).
+_QUIET_UNUSED = """\
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wunused-variable"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#endif
+"""
 
 
 # nearbyintf without a library call on a single-precision Arm FPU: newlib's is a software

@@ -237,3 +237,22 @@ def test_profile_build_reports_every_layer(kws_int8, tmp_path):
     assert all(s[2] == "hwcomp_kws" and s[5] == "cycles" for s in steps)
     assert "PASS" in done.stdout
     assert "-DHWCOMP_KWS_PROFILE=ON" in (kws_int8 / "README.md").read_text()
+
+
+@pytest.mark.parametrize("opt", ["-O2", "-O0"])
+def test_generated_c_compiles_warning_free(kws_int8, tmp_path, opt):
+    """Every C file of a bundle (TVM's kernels, hwcomp's kernels and runtime, the executor,
+    weights, the example) compiles under -Wall -Wextra -Werror for its Cortex-M, for the
+    Helium core (the library's MVE paths) and for this machine."""
+    from hwcomp.targets import load_target
+
+    sources = [*sorted((kws_int8 / "lib").glob("*.c")), kws_int8 / "example" / "main.c"]
+    strict = [opt, "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", str(kws_int8 / "lib"),
+              "-I", str(kws_int8 / "include"), "-c"]
+    for compiler, flags in [("arm-none-eabi-gcc", load_target("cortex-m7").cflags),
+                            ("arm-none-eabi-gcc", load_target("cortex-m55").cflags),
+                            ("gcc", ())]:
+        for source in sources:
+            done = subprocess.run([compiler, *flags, *strict, str(source), "-o",
+                                   str(tmp_path / "x.o")], capture_output=True, text=True)
+            assert done.returncode == 0, f"{compiler} {flags} {source.name}: {done.stderr[-1500:]}"
