@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -49,23 +50,45 @@ def cli(verbose: int) -> None:
 
 
 @cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the profiles' figures as JSON (peak MAC/s and bytes/s unscaled).")
 @click.pass_context
-def targets(ctx: click.Context) -> None:
-    """List target profiles (or `targets show NAME` for one)."""
+def targets(ctx: click.Context, as_json: bool) -> None:
+    """List target profiles (or `targets show NAME` for one).
+
+    Examples: `hwcomp targets`, `hwcomp targets --json`, `hwcomp targets show cortex-m7`.
+    """
     if ctx.invoked_subcommand is not None:
         return
+    profiles = [load_target(name) for name in known_targets()]
+    if as_json:
+        click.echo(json.dumps({"schema": "hwcomp.targets/1", "targets": [{
+            "name": t.name, "family": t.family, "clock_hz": t.clock_hz, "cores": t.cores,
+            "peak_macs_per_s": {p: t.peak_macs_per_s(p) for p in PRECISIONS},
+            "int8_dot": t.int8_dot, "fp16_arith": t.fp16_arith,
+            "dram_bandwidth_bytes_s": t.dram_bandwidth_bytes_s,
+            "sram_bytes": t.sram_bytes, "flash_bytes": t.flash_bytes,
+        } for t in profiles]}, indent=2))
+        return
     rows = []
-    for name in known_targets():
-        t = load_target(name)
+    for t in profiles:
         rows.append((
-            name, t.family, f"{t.clock_hz / 1e9:.2f}", str(t.cores),
-            *(f"{t.peak_macs_per_s(p) / 1e9:.0f}" for p in PRECISIONS),
+            t.name, t.family, f"{t.clock_hz / 1e9:.2f}", str(t.cores),
+            *(_rate(t.peak_macs_per_s(p)) for p in PRECISIONS),
             "yes" if t.int8_dot else "no", "yes" if t.fp16_arith else "no",
             f"{t.dram_bandwidth_bytes_s / 1e9:.1f}",
         ))
-    header = ("target", "family", "GHz", "cores", "GMAC/s fp32", "fp16", "int8",
+    header = ("target", "family", "GHz", "cores", "MAC/s fp32", "fp16", "int8",
               "int8-dot", "fp16-arith", "GB/s")
     _table(header, rows)
+
+
+def _rate(per_second: float) -> str:
+    """Format a rate with its SI prefix: microcontrollers' millions beside GPUs' trillions."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if per_second >= scale:
+            return f"{per_second / scale:.3g} {prefix}"
+    return f"{per_second:.3g}"
 
 
 @targets.command("schema")

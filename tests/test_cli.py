@@ -1,5 +1,6 @@
 """The command line as a user meets it, bad input included (exit 2, one line, no traceback)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,13 @@ def test_targets_table_and_show():
     assert proc.returncode == 0
     for name in ["host", "x86-avx512", "arm-a72", "cuda-sm90", "cortex-m55"]:
         assert name in proc.stdout
+    # Microcontrollers' peaks in millions, not "0" billions.
+    m4 = next(line for line in proc.stdout.splitlines() if line.startswith("cortex-m4 "))
+    assert "360 M" in m4 and " 0 " not in m4
+    listed = json.loads(run_cli("targets", "--json").stdout)
+    assert listed["schema"] == "hwcomp.targets/1"
+    m7 = next(t for t in listed["targets"] if t["name"] == "cortex-m7")
+    assert m7["peak_macs_per_s"]["int8"] == 4 * 480e6 and m7["flash_bytes"] == 2097152
     show = run_cli("targets", "show", "arm-a72")
     assert show.returncode == 0
     assert "cortex-a72" in show.stdout and "Raspberry Pi 4" in show.stdout
