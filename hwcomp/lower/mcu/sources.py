@@ -2,11 +2,12 @@
 
 Layout written into the bundle:
 
-    lib/model.h, lib/model.c     the C API and the AOT executor (call sequence + arena plan)
+    lib/<prefix>.h, lib/model.c  the C API and the AOT executor (call sequence + arena plan);
+                                 lib/model.h includes <prefix>.h
     lib/kernels.c                TVM's C kernels
     lib/weights.c                weights and other constants (``const``: flash)
-    lib/hwcomp_runtime.[ch]      workspace allocator, calling helper, error hook
-    lib/hwcomp_q8.[ch]           hwcomp's int8 conv and depthwise kernels (SMLAD with DSP)
+    lib/hwcomp_runtime.[ch]      workspace allocator, calling helper, error hook } the same in
+    lib/hwcomp_q8.[ch]           hwcomp's int8 kernels (Helium, SMLAD, C)     } every bundle
     include/                     the DLPack and TVM FFI headers the kernels include
     example/main.c, example/example_data.h   runs the verification input, checks it
     CMakeLists.txt, hwcomp.mk    static library target / Makefile fragment
@@ -78,9 +79,14 @@ def write_sources(
     api_out = [_api_tensor(program.tensors[n], spec.name)
                for n, spec in zip(program.outputs, outputs, strict=True)]
     constants = [_constant(prefix, name, array) for name, array in program.constants.items()]
-    (lib / "model.h").write_text(render_source(
+    # The API header named by the model, so two bundles of one firmware are included by
+    # name; model.h includes it, for single-model projects.
+    (lib / f"{prefix}.h").write_text(render_source(
         "mcu/model.h.j2", inputs=api_in, outputs=api_out, arena_bytes=program.plan.arena_bytes,
         **common))
+    (lib / "model.h").write_text(
+        f"/* {prefix}: the API is in {prefix}.h (by name, for firmware with several models). */\n"
+        f'#include "{prefix}.h"\n')
     (lib / "model.c").write_text(render_source(
         "mcu/model.c.j2", inputs=api_in, outputs=api_out, plan=program.plan.to_dict(),
         kernels=sorted({c.symbol for c in program.calls}), constants=constants,

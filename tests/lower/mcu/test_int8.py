@@ -256,3 +256,37 @@ def test_generated_c_compiles_warning_free(kws_int8, tmp_path, opt):
             done = subprocess.run([compiler, *flags, *strict, str(source), "-o",
                                    str(tmp_path / "x.o")], capture_output=True, text=True)
             assert done.returncode == 0, f"{compiler} {flags} {source.name}: {done.stderr[-1500:]}"
+
+
+def test_two_models_in_one_firmware_run_under_qemu(kws_int8, tmp_path):
+    """Two bundles in one CMake firmware (DS-CNN and ResNet-8, int8, cortex-m7): each
+    included by its own header, hwcomp's runtime built once for both, every other symbol
+    prefixed by model; under qemu both match onnxruntime as their builds did."""
+    require_tools("cmake")
+    from hwcomp.targets import load_target
+
+    second = _build_int8(tmp_path, model_zoo.resnet8(), "rn8", [1, 3, 32, 32])
+    build = tmp_path / "build"
+    configure = subprocess.run(
+        ["cmake", "-S", str(REPO / "tests" / "mcu_two_models"), "-B", str(build),
+         f"-DFIRST={kws_int8}", f"-DSECOND={second}", "-DBOARD=mps2-an500",
+         f"-DCMAKE_TOOLCHAIN_FILE={kws_int8 / 'cmake' / 'arm-none-eabi-cortex-m7.cmake'}"],
+        capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    done = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    elf = build / "two_models"
+    symbols = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True,
+                             check=True).stdout.split("\n")
+    # One shim for both models; each model's entry points under its own prefix.
+    assert sum(line.endswith(" TVMBackendAllocWorkspace") for line in symbols) == 1
+    assert any(line.endswith(" hwcomp_kws_run") for line in symbols)
+    assert any(line.endswith(" hwcomp_rn8_run") for line in symbols)
+    target = load_target("cortex-m7")
+    ran = subprocess.run([target.emulator, *target.emulator_args, "-kernel", str(elf)],
+                         capture_output=True, text=True, timeout=300)
+    worst = {line.split()[1]: float(line.split()[2]) for line in ran.stdout.splitlines()
+             if line.startswith("hwcomp-two")}
+    for name, bundle in (("first", kws_int8), ("second", second)):
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert worst[name] == manifest["verification"]["outputs"][0]["max_abs_error"], ran.stdout

@@ -60,7 +60,8 @@ def test_arena_plan_and_sizes_are_reported(kws_bundle):
     assert library["bss"] >= arena["arena_bytes"]      # the static arena
     assert library["data"] == 0
     assert 0 < library["flash"] <= mcu["budget"]["flash_bytes"]
-    header = (kws_bundle / "lib" / "model.h").read_text()
+    header = (kws_bundle / "lib" / "hwcomp_kws.h").read_text()
+    assert '#include "hwcomp_kws.h"' in (kws_bundle / "lib" / "model.h").read_text()
     assert f"#define HWCOMP_KWS_ARENA_BYTES {arena['arena_bytes']}u" in header
     assert "int hwcomp_kws_run(const float* in0, float* out0);" in header
     source = (kws_bundle / "lib" / "model.c").read_text() + (kws_bundle / "lib" / "kernels.c").read_text()
