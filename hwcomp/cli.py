@@ -33,13 +33,29 @@ from hwcomp.targets import PRECISIONS, known_targets, load_target
 from hwcomp.threads import use_physical_cores
 from hwcomp.tune import search as tuning
 
+# The log level flags, taken anywhere on the command line (`hwcomp build m.onnx -v` as
+# well as `hwcomp -v build m.onnx`), up to a `--`.
+_LOG_FLAGS = ("-v", "-vv", "-vvv", "--verbose", "-q", "--quiet")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Cli(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        flags = [a for a in args[:end] if a in _LOG_FLAGS]
+        rest = [a for a in args[:end] if a not in _LOG_FLAGS] + args[end:]
+        return super().parse_args(ctx, flags + rest)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hwcomp")
-@click.option("-v", "--verbose", count=True, help="-v: steps, -vv: debug.")
-def cli(verbose: int) -> None:
+@click.option("-v", "--verbose", count=True,
+              help="-v: steps, -vv: debug (before or after the command).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only: no warnings.")
+def cli(verbose: int, quiet: bool) -> None:
     """hwcomp: compile ONNX models into verified, hardware-specific bundles."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if quiet:
+        level = logging.ERROR
     logging.basicConfig(level=level, format="hwcomp: %(message)s")
     # Library warnings (numpy's RuntimeWarnings and the like) go to the log, shown with -v:
     # an error stays one line.
@@ -601,15 +617,11 @@ def _exit_stopped(cause: BaseException | None) -> NoReturn:
 
 
 def _verbose(argv: Sequence[str]) -> bool:
-    """Tell whether the user asked for library output too (-v before the command, HWCOMP_DEBUG)."""
+    """Tell whether the user asked for library output too (-v anywhere, HWCOMP_DEBUG)."""
     if os.environ.get("HWCOMP_DEBUG"):
         return True
-    for arg in argv:
-        if not arg.startswith("-"):
-            return False  # the command name: -v belongs to the group, before it
-        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
-            return True
-    return False
+    end = list(argv).index("--") if "--" in argv else len(argv)
+    return any(arg in _LOG_FLAGS and arg not in ("-q", "--quiet") for arg in argv[:end])
 
 
 def main() -> None:

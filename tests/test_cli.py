@@ -339,3 +339,13 @@ def test_worker_processes_die_with_their_parent(tmp_path):
     parent.wait(timeout=30)
     gone, _ = psutil.wait_procs([worker], timeout=10)
     assert gone, "the worker outlived its parent"
+
+
+def test_log_flags_work_after_the_command():
+    """-v / -q before or after the command name; -q silences warnings, -v shows steps."""
+    after = run_cli("targets", "show", "cortex-m7", "-v")
+    before = run_cli("-v", "targets", "show", "cortex-m7")
+    assert after.returncode == before.returncode == 0 and after.stdout == before.stdout
+    quiet = run_cli("targets", "--json", "-q")
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["targets"]
+    assert "-q, --quiet" in run_cli("--help").stdout
