@@ -290,3 +290,38 @@ def test_two_models_in_one_firmware_run_under_qemu(kws_int8, tmp_path):
     for name, bundle in (("first", kws_int8), ("second", second)):
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert worst[name] == manifest["verification"]["outputs"][0]["max_abs_error"], ran.stdout
+
+
+def test_helium_ds_cnn_matches_onnxruntime_on_32_inputs_on_the_board(tmp_path):
+    """The Helium kernels on the emulated Cortex-M55 (mps3-an547), not only the host's
+    portable C: DS-CNN int8 on 32 seeded inputs, every output bit for bit onnxruntime's."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from hwcomp.targets import load_target
+
+    bundle = _build_int8(tmp_path, model_zoo.ds_cnn(), "kws", [1, 1, 49, 10], target="cortex-m55")
+    samples = np.random.default_rng(11).standard_normal((32, 1, 49, 10)).astype(np.float32)
+    rows = ",\n".join("{" + ", ".join(f"{v:.9g}f" for v in s.reshape(-1)) + "}" for s in samples)
+    program = tmp_path / "batch.c"
+    program.write_text(
+        '#include <stdio.h>\n#include "hwcomp_kws.h"\n'
+        f"static const float inputs[32][HWCOMP_KWS_IN0_COUNT] = {{\n{rows}\n}};\n"
+        "int main(void) {\n  static float out[HWCOMP_KWS_OUT0_COUNT];\n"
+        "  for (int s = 0; s < 32; ++s) {\n    if (hwcomp_kws_run(inputs[s], out)) return 1;\n"
+        "    for (unsigned i = 0; i < HWCOMP_KWS_OUT0_COUNT; ++i) printf(\"%.9g\\n\", (double)out[i]);\n"
+        "  }\n  return 0;\n}\n")
+    target = load_target("cortex-m55")
+    elf = tmp_path / "batch.elf"
+    built = subprocess.run(
+        ["arm-none-eabi-gcc", *target.cflags, "-O2", "-std=c99", "-I", str(bundle / "lib"),
+         "-I", str(bundle / "include"), "--specs=rdimon.specs", "-nostartfiles", "-T",
+         str(bundle / "board" / "mps3-an547.ld"), "-Wl,--gc-sections",
+         str(bundle / "board" / "startup.c"), str(program),
+         *map(str, sorted((bundle / "lib").glob("*.c"))), "-o", str(elf), "-lm"],
+        capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    ran = subprocess.run([target.emulator, *target.emulator_args, "-kernel", str(elf)],
+                         capture_output=True, text=True, timeout=300)
+    got = np.array([float(v) for v in ran.stdout.split()], np.float32).reshape(32, -1)
+    expected = _onnxruntime_batch(bundle, samples)
+    _assert_matches_reference(float(np.abs(got - expected).max()), bundle)
+    assert len({tuple(row) for row in got}) > 1
