@@ -332,69 +332,6 @@ static inline void gather8_vector(int8_t* cols, const uint8_t* base, const uint1
   }
 }
 
-/* acc_j[3b + r] = column j . weight row 3b + r for `blocks` blocks of 3 rows of Kp >= 16,
- * in assembly whole: the first 16 steps without accumulating (no zeroing), the rest in an
- * LE loop, then the 6 sums stored; the next block's rows follow the last one's. The depth
- * past the last multiple of 16 is the caller's (dot_tail_mve). */
-static void dot_blocks_mve(const int8_t* w, int32_t depth_pad, int32_t blocks,
-                           const int8_t* cols, int32_t* acc0_, int32_t* acc1_) {
-  register int32_t* acc0 __asm__("r11") = acc0_;
-  register int32_t* acc1 __asm__("r12") = acc1_;
-  const uint32_t steps = (uint32_t)(depth_pad >> 4);
-  for (int32_t b = 0; b < blocks; ++b, w += 3 * depth_pad) {
-    register const int8_t* c __asm__("r1") = cols;
-    register const int8_t* w0 __asm__("r3") = w;
-    register const int8_t* w1 __asm__("r5") = w + depth_pad;
-    register const int8_t* w2 __asm__("r9") = w + 2 * depth_pad;
-    register int32_t a00 __asm__("r0");
-    register int32_t a01 __asm__("r2");
-    register int32_t a10 __asm__("r4");
-    register int32_t a11 __asm__("r6");
-    register int32_t a20 __asm__("r8");
-    register int32_t a21 __asm__("r10");
-    register uint32_t n __asm__("lr") = steps;
-    __asm__ volatile(
-        "vldrb.8 q0, [%[c], #16]\n\t"
-        "vldrb.8 q1, [%[c]], #32\n\t"
-        "vldrb.8 q2, [%[w0]], #16\n\t"
-        "vmladav.s8 %[a00], q1, q2\n\t"
-        "vmladav.s8 %[a01], q0, q2\n\t"
-        "vldrb.8 q3, [%[w1]], #16\n\t"
-        "vmladav.s8 %[a10], q1, q3\n\t"
-        "vmladav.s8 %[a11], q0, q3\n\t"
-        "vldrb.8 q2, [%[w2]], #16\n\t"
-        "vmladav.s8 %[a20], q1, q2\n\t"
-        "vmladav.s8 %[a21], q0, q2\n\t"
-        "subs lr, lr, #1\n\t"
-        "beq 2f\n"
-        "1:\n\t"
-        "vldrb.8 q0, [%[c], #16]\n\t"
-        "vldrb.8 q1, [%[c]], #32\n\t"
-        "vldrb.8 q2, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a00], q1, q2\n\t"
-        "vmladava.s8 %[a01], q0, q2\n\t"
-        "vldrb.8 q3, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a10], q1, q3\n\t"
-        "vmladava.s8 %[a11], q0, q3\n\t"
-        "vldrb.8 q2, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a20], q1, q2\n\t"
-        "vmladava.s8 %[a21], q0, q2\n\t"
-        "le lr, 1b\n"
-        "2:\n\t"
-        "str %[a00], [%[acc0]], #4\n\t"
-        "str %[a10], [%[acc0]], #4\n\t"
-        "str %[a20], [%[acc0]], #4\n\t"
-        "str %[a01], [%[acc1]], #4\n\t"
-        "str %[a11], [%[acc1]], #4\n\t"
-        "str %[a21], [%[acc1]], #4\n\t"
-        : [c] "+r"(c), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [a00] "=&r"(a00),
-          [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [a20] "=&r"(a20),
-          [a21] "=&r"(a21), [n] "+r"(n), [acc0] "+r"(acc0), [acc1] "+r"(acc1)
-        :
-        : "q0", "q1", "q2", "q3", "memory", "cc");
-  }
-}
-
 /* acc_j[r] += column j . weight row r over the depth past the last multiple of 16 (Kp is a
  * multiple of 4: one predicated step), for `rows` rows. */
 static void dot_tail_mve(const int8_t* w, int32_t depth_pad, int32_t rows, const int8_t* cols,
@@ -409,67 +346,90 @@ static void dot_tail_mve(const int8_t* w, int32_t depth_pad, int32_t rows, const
   }
 }
 
-/* acc_j[r] = column j . weight row r for `rows` (1..3) rows of Kp and the 2 columns,
- * interleaved 16 by 16 in `cols` (col0's first 16, col1's first 16, ...). The main loop is
- * assembly with its registers named: VMLADAV accumulates into even registers only (6 here,
- * r0-r10), the 4 pointers take odd ones (not r7, Thumb's frame pointer at -O0) and the loop
- * count LR; GCC spilled the pointers of the C version (36 instructions for 8 VMLADAV; here
- * 12 for 6). Writes 3 entries of each array even for fewer rows. */
-static inline void dot_mve(const int8_t* w, int32_t depth_pad, int32_t rows, const int8_t* cols,
-                           int32_t* acc0, int32_t* acc1) {
+/* One block of 3 weight rows against the 2 columns, interleaved 16 by 16 in `cols` (col0's
+ * first 16, col1's first 16, ...), over the Kp's multiples of 16 (steps >= 1): the 6 sums
+ * stored at *acc0_ and *acc1_, which advance by 3. Assembly whole: VMLADAV accumulates into
+ * even registers only (6 sums, r0-r10), the 4 pointers take odd ones (not r7, Thumb's frame
+ * pointer at -O0), the count LR, the output pointers r11 and r12; the first 16 steps without
+ * accumulating (no zeroing), the rest in an LE loop. GCC spilled the pointers of a C version
+ * (36 instructions for 8 VMLADAV; here 12 for 6). */
+static inline __attribute__((always_inline)) void dot3_mve(
+    const int8_t* row0, const int8_t* row1, const int8_t* row2, const int8_t* cols,
+    uint32_t steps, int32_t** acc0_, int32_t** acc1_) {
+  register int32_t* acc0 __asm__("r11") = *acc0_;
+  register int32_t* acc1 __asm__("r12") = *acc1_;
   register const int8_t* c __asm__("r1") = cols;
-  register const int8_t* w0 __asm__("r3") = w;
-  register const int8_t* w1 __asm__("r5") = rows > 1 ? w + depth_pad : w;
-  register const int8_t* w2 __asm__("r9") = rows > 2 ? w1 + depth_pad : w1;
-  register int32_t a00 __asm__("r0") = 0;
-  register int32_t a01 __asm__("r2") = 0;
-  register int32_t a10 __asm__("r4") = 0;
-  register int32_t a11 __asm__("r6") = 0;
-  register int32_t a20 __asm__("r8") = 0;
-  register int32_t a21 __asm__("r10") = 0;
-  register uint32_t steps __asm__("lr") = (uint32_t)(depth_pad >> 4);
-  if (steps) {
-    __asm__ volatile(
-        "1:\n\t"
-        "vldrb.8 q0, [%[c], #16]\n\t"
-        "vldrb.8 q1, [%[c]], #32\n\t"
-        "vldrb.8 q2, [%[w0]], #16\n\t"
-        "vmladava.s8 %[a00], q1, q2\n\t"
-        "vmladava.s8 %[a01], q0, q2\n\t"
-        "vldrb.8 q3, [%[w1]], #16\n\t"
-        "vmladava.s8 %[a10], q1, q3\n\t"
-        "vmladava.s8 %[a11], q0, q3\n\t"
-        "vldrb.8 q2, [%[w2]], #16\n\t"
-        "vmladava.s8 %[a20], q1, q2\n\t"
-        "vmladava.s8 %[a21], q0, q2\n\t"
-        "le lr, 1b\n\t"
-        : [c] "+r"(c), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [a00] "+r"(a00),
-          [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11), [a20] "+r"(a20),
-          [a21] "+r"(a21), [n] "+r"(steps)
-        :
-        : "q0", "q1", "q2", "q3", "memory");
+  register const int8_t* w0 __asm__("r3") = row0;
+  register const int8_t* w1 __asm__("r5") = row1;
+  register const int8_t* w2 __asm__("r9") = row2;
+  register int32_t a00 __asm__("r0");
+  register int32_t a01 __asm__("r2");
+  register int32_t a10 __asm__("r4");
+  register int32_t a11 __asm__("r6");
+  register int32_t a20 __asm__("r8");
+  register int32_t a21 __asm__("r10");
+  register uint32_t n __asm__("lr") = steps;
+  __asm__ volatile(
+      "vldrb.8 q0, [%[c], #16]\n\t"
+      "vldrb.8 q1, [%[c]], #32\n\t"
+      "vldrb.8 q2, [%[w0]], #16\n\t"
+      "vmladav.s8 %[a00], q1, q2\n\t"
+      "vmladav.s8 %[a01], q0, q2\n\t"
+      "vldrb.8 q3, [%[w1]], #16\n\t"
+      "vmladav.s8 %[a10], q1, q3\n\t"
+      "vmladav.s8 %[a11], q0, q3\n\t"
+      "vldrb.8 q2, [%[w2]], #16\n\t"
+      "vmladav.s8 %[a20], q1, q2\n\t"
+      "vmladav.s8 %[a21], q0, q2\n\t"
+      "subs lr, lr, #1\n\t"
+      "beq 2f\n"
+      "1:\n\t"
+      "vldrb.8 q0, [%[c], #16]\n\t"
+      "vldrb.8 q1, [%[c]], #32\n\t"
+      "vldrb.8 q2, [%[w0]], #16\n\t"
+      "vmladava.s8 %[a00], q1, q2\n\t"
+      "vmladava.s8 %[a01], q0, q2\n\t"
+      "vldrb.8 q3, [%[w1]], #16\n\t"
+      "vmladava.s8 %[a10], q1, q3\n\t"
+      "vmladava.s8 %[a11], q0, q3\n\t"
+      "vldrb.8 q2, [%[w2]], #16\n\t"
+      "vmladava.s8 %[a20], q1, q2\n\t"
+      "vmladava.s8 %[a21], q0, q2\n\t"
+      "le lr, 1b\n"
+      "2:\n\t"
+      "str %[a00], [%[acc0]], #4\n\t"
+      "str %[a10], [%[acc0]], #4\n\t"
+      "str %[a20], [%[acc0]], #4\n\t"
+      "str %[a01], [%[acc1]], #4\n\t"
+      "str %[a11], [%[acc1]], #4\n\t"
+      "str %[a21], [%[acc1]], #4\n\t"
+      : [c] "+r"(c), [w0] "+r"(w0), [w1] "+r"(w1), [w2] "+r"(w2), [a00] "=&r"(a00),
+        [a01] "=&r"(a01), [a10] "=&r"(a10), [a11] "=&r"(a11), [a20] "=&r"(a20),
+        [a21] "=&r"(a21), [n] "+r"(n), [acc0] "+r"(acc0), [acc1] "+r"(acc1)
+      :
+      : "q0", "q1", "q2", "q3", "memory", "cc");
+  *acc0_ = acc0;
+  *acc1_ = acc1;
+}
+
+/* acc_j[r] = column j . weight row r for the OC rows of Kp, 3 rows a block; a last block of
+ * fewer rows repeats its last row (3 entries of each array past OC: the caller's slack). */
+static void dot_rows_mve(const int8_t* w, int32_t depth_pad, int32_t oc, const int8_t* cols,
+                         int32_t* acc0, int32_t* acc1) {
+  const uint32_t steps = (uint32_t)(depth_pad >> 4);
+  if (steps == 0) { /* Kp < 16: only the tail */
+    for (int32_t r = 0; r < oc + 3; ++r) acc0[r] = acc1[r] = 0;
+  } else {
+    int32_t *out0 = acc0, *out1 = acc1, o = 0;
+    const int8_t* row = w;
+    for (; o + 3 <= oc; o += 3, row += 3 * depth_pad)
+      dot3_mve(row, row + depth_pad, row + 2 * depth_pad, cols, steps, &out0, &out1);
+    if (o < oc) {
+      const int8_t* row1 = o + 1 < oc ? row + depth_pad : row;
+      dot3_mve(row, row1, row1, cols, steps, &out0, &out1);
+    }
   }
-  int32_t b00 = a00, b01 = a01, b10 = a10, b11 = a11, b20 = a20, b21 = a21;
-  const int32_t k = depth_pad & 15;
-  if (k > 0) {
-    const mve_pred16_t p = vctp8q((uint32_t)k);
-    const int8x16_t x0 = vldrbq_z_s8(c, p), x1 = vldrbq_z_s8(c + 16, p);
-    int8x16_t v = vldrbq_z_s8(w0, p);
-    b00 = vmladavaq_s8(b00, x0, v);
-    b01 = vmladavaq_s8(b01, x1, v);
-    v = vldrbq_z_s8(w1, p);
-    b10 = vmladavaq_s8(b10, x0, v);
-    b11 = vmladavaq_s8(b11, x1, v);
-    v = vldrbq_z_s8(w2, p);
-    b20 = vmladavaq_s8(b20, x0, v);
-    b21 = vmladavaq_s8(b21, x1, v);
-  }
-  acc0[0] = b00;
-  acc1[0] = b01;
-  acc0[1] = b10;
-  acc1[1] = b11;
-  acc0[2] = b20;
-  acc1[2] = b21;
+  if (depth_pad & 15) dot_tail_mve(w, depth_pad, oc, cols, acc0, acc1);
 }
 
 /* Requantize one pixel's OC accumulators (plus the bias), 4 channels per vector, and store
@@ -506,7 +466,7 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
   const int32_t chunks = (depth_pad + 15) >> 4;
   uint16_t* offsets = (uint16_t*)(void*)(cols + 32 * chunks);
   int32_t* bias_c = (int32_t*)(void*)(offsets + depth_pad);
-  int32_t* acc0 = bias_c + oc;  /* 3 entries of slack after each: dot_mve writes 3 rows */
+  int32_t* acc0 = bias_c + oc;  /* 3 entries of slack after each: dot_rows_mve's last block */
   int32_t* acc1 = acc0 + oc + 3;
   const int32_t x_s8 = flags & HWCOMP_Q8_X_S8, flip = x_s8 ? 0 : 0x80;
   const int32_t plane = h * wd;
@@ -556,20 +516,7 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
     }
     /* A lone last pixel: the second column repeats the first, its results unused. */
     if (!pair) memcpy_columns(cols, chunks);
-    if (depth_pad >= 16) {
-      const int32_t blocks = oc / 3;
-      dot_blocks_mve(w, depth_pad, blocks, cols, acc0, acc1);
-      if (oc > 3 * blocks)
-        dot_mve(w + 3 * blocks * depth_pad, depth_pad, oc - 3 * blocks, cols, acc0 + 3 * blocks,
-                acc1 + 3 * blocks);
-      else if (depth_pad & 15)
-        dot_tail_mve(w, depth_pad, oc, cols, acc0, acc1);
-      if ((depth_pad & 15) && oc > 3 * blocks)
-        dot_tail_mve(w, depth_pad, 3 * blocks, cols, acc0, acc1);
-    } else {
-      for (int32_t o = 0; o < oc; o += 3)
-        dot_mve(w + o * depth_pad, depth_pad, oc - o < 3 ? oc - o : 3, cols, acc0 + o, acc1 + o);
-    }
+    dot_rows_mve(w, depth_pad, oc, cols, acc0, acc1);
     requant_channels_mve(acc0, bias_c, mult, oc, (uint8_t*)y + p, pixels, lo, hi, y_zp);
     if (pair)
       requant_channels_mve(acc1, bias_c, mult, oc, (uint8_t*)y + p + 1, pixels, lo, hi, y_zp);
