@@ -10,15 +10,19 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.mark.slow
-def test_wheel_carries_profiles_and_kernels(tmp_path):
+def _build_wheel(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
          str(tmp_path), str(REPO)], capture_output=True, text=True)
     if proc.returncode != 0 and "hatchling" in proc.stderr and not os.environ.get("CI"):
         pytest.skip("hatchling is not installed (pip install -e .[dev])")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    wheel = next(tmp_path.glob("hwcomp-*.whl"))
+    return next(tmp_path.glob("hwcomp-*.whl"))
+
+
+@pytest.mark.slow
+def test_wheel_carries_profiles_and_kernels(tmp_path):
+    wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "hwcomp/_data/targets/arm-a72.toml" in names
     assert "hwcomp/_data/kernels/runner/runner.cc" in names
@@ -37,14 +41,7 @@ def test_wheel_carries_profiles_and_kernels(tmp_path):
 
 
 def _wheel_metadata(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-         str(tmp_path), str(REPO)], capture_output=True, text=True)
-    if proc.returncode != 0 and "hatchling" in proc.stderr and not os.environ.get("CI"):
-        pytest.skip("hatchling is not installed (pip install -e .[dev])")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    wheel = next(tmp_path.glob("hwcomp-*.whl"))
-    archive = zipfile.ZipFile(wheel)
+    archive = zipfile.ZipFile(_build_wheel(tmp_path))
     return archive.read(next(n for n in archive.namelist() if n.endswith("METADATA"))).decode()
 
 
