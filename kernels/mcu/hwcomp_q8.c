@@ -432,27 +432,32 @@ static void dot_rows_mve(const int8_t* w, int32_t depth_pad, int32_t oc, const i
   if (depth_pad & 15) dot_tail_mve(w, depth_pad, oc, cols, acc0, acc1);
 }
 
+/* onnxruntime's requantization of 4 sums (see requant), each by its multiplier: float
+ * multiply, clamp to [lo, hi], round to nearest even (VCVTN), add the zero point. */
+static inline int32x4_t requant4_mve(int32x4_t acc, float32x4_t mult, float lo, float hi,
+                                     int32_t zp) {
+  const float32x4_t v = vmaxnmq_f32(vminnmq_f32(vmulq_f32(vcvtq_f32_s32(acc), mult),
+                                                vdupq_n_f32(hi)), vdupq_n_f32(lo));
+  return vaddq_n_s32(vcvtnq_s32_f32(v), zp);
+}
+
 /* Requantize one pixel's OC accumulators (plus the bias), 4 channels per vector, and store
  * them `pixels` apart from y on. */
 static void requant_channels_mve(const int32_t* acc, const int32_t* bias, const float* mult,
                                  int32_t oc, uint8_t* y, int32_t pixels, float lo, float hi,
                                  int32_t zp) {
   const uint32x4_t stores = vmulq_n_u32(vidupq_n_u32(0, 1), (uint32_t)pixels);
-  const float32x4_t lo_v = vdupq_n_f32(lo), hi_v = vdupq_n_f32(hi);
   int32_t o = 0;
   for (; o + 4 <= oc; o += 4, y += 4 * pixels) {
     const int32x4_t a = vaddq_s32(vldrwq_s32(acc + o), vldrwq_s32(bias + o));
-    float32x4_t v = vmulq_f32(vcvtq_f32_s32(a), vldrwq_f32(mult + o));
-    v = vmaxnmq_f32(vminnmq_f32(v, hi_v), lo_v);
-    vstrbq_scatter_offset_u32(y, stores, vreinterpretq_u32_s32(vaddq_n_s32(vcvtnq_s32_f32(v), zp)));
+    const int32x4_t q = requant4_mve(a, vldrwq_f32(mult + o), lo, hi, zp);
+    vstrbq_scatter_offset_u32(y, stores, vreinterpretq_u32_s32(q));
   }
   if (o < oc) {
     const mve_pred16_t p = vctp32q((uint32_t)(oc - o));
     const int32x4_t a = vaddq_s32(vldrwq_z_s32(acc + o, p), vldrwq_z_s32(bias + o, p));
-    float32x4_t v = vmulq_f32(vcvtq_f32_s32(a), vldrwq_z_f32(mult + o, p));
-    v = vmaxnmq_f32(vminnmq_f32(v, hi_v), lo_v);
-    vstrbq_scatter_offset_p_u32(y, stores,
-                                vreinterpretq_u32_s32(vaddq_n_s32(vcvtnq_s32_f32(v), zp)), p);
+    const int32x4_t q = requant4_mve(a, vldrwq_z_f32(mult + o, p), lo, hi, zp);
+    vstrbq_scatter_offset_p_u32(y, stores, vreinterpretq_u32_s32(q), p);
   }
 }
 
@@ -742,9 +747,7 @@ HWCOMP_Q8_DEPTHWISE(depthwise_s8, int8_t, __sxtb16, sxtb16_ror8)
                                               ox < full ? vctp32q(4) : tail),              \
                                   wc[ky * kw + kx]);                                       \
           }                                                                                \
-          float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(acc), m);                              \
-          v = vmaxnmq_f32(vminnmq_f32(v, vdupq_n_f32(hi)), vdupq_n_f32(lo));               \
-          const int32x4_t q8 = vaddq_n_s32(vcvtnq_s32_f32(v), y_zp);                       \
+          const int32x4_t q8 = requant4_mve(acc, vdupq_n_f32(m), lo, hi, y_zp);             \
           if (ox < full)                                                                   \
             vstrbq_s32((int8_t*)out + ox, q8);                                             \
           else                                                                             \
@@ -889,16 +892,13 @@ static int __attribute__((noinline)) depthwise_window_mve(const uint8_t* x, int3
       const int32_t count = rows * ow;
       int8_t* o8 = (int8_t*)out + oy0 * ow;
       int32_t i = 0;
-      for (; i + 4 <= count; i += 4) {
-        float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(vaddq_n_s32(vldrwq_s32(accs + i), b)), m);
-        v = vmaxnmq_f32(vminnmq_f32(v, vdupq_n_f32(hi)), vdupq_n_f32(lo));
-        vstrbq_s32(o8 + i, vaddq_n_s32(vcvtnq_s32_f32(v), y_zp));
-      }
+      const float32x4_t m_v = vdupq_n_f32(m);
+      for (; i + 4 <= count; i += 4)
+        vstrbq_s32(o8 + i, requant4_mve(vaddq_n_s32(vldrwq_s32(accs + i), b), m_v, lo, hi, y_zp));
       if (i < count) {
         const mve_pred16_t p = vctp32q((uint32_t)(count - i));
-        float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(vaddq_n_s32(vldrwq_s32(accs + i), b)), m);
-        v = vmaxnmq_f32(vminnmq_f32(v, vdupq_n_f32(hi)), vdupq_n_f32(lo));
-        vstrbq_p_s32(o8 + i, vaddq_n_s32(vcvtnq_s32_f32(v), y_zp), p);
+        vstrbq_p_s32(o8 + i, requant4_mve(vaddq_n_s32(vldrwq_s32(accs + i), b), m_v, lo, hi, y_zp),
+                     p);
       }
     }
   }
