@@ -274,8 +274,10 @@ def quantize_model(proto: onnx.ModelProto, ranges: Mapping[str, tuple[float, flo
             for name, (lo, hi) in ranges.items()})
         activation = QuantType.QUInt8 if act_dtype == "uint8" else QuantType.QInt8
         quantizer = QDQQuantizer(
-            result, True, False, QuantType.QInt8, activation, tensors, int8, [],
-            sorted(QUANTIZED_OPS), {"ActivationSymmetric": False, "WeightSymmetric": True},
+            result, True, False, QuantType.QInt8, activation, tensors,
+            int8 + _removable_activations(result.graph, set(int8), ranges), [],
+            sorted(QUANTIZED_OPS | {"Relu", "Clip"}),
+            {"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         result = quantizer.quantize_model()
         model_io.sort_nodes(result.graph)
@@ -284,6 +286,50 @@ def quantize_model(proto: onnx.ModelProto, ranges: Mapping[str, tuple[float, flo
         _cast_layers_to_fp16(result, set(fp16))
     result.ir_version = min(result.ir_version, 10)
     return result
+
+
+def _removable_activations(graph: onnx.GraphProto, int8: set[str],
+                           ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Return the Relu / Clip nodes right after an int8 layer that quantization makes exact.
+
+    onnxruntime's quantizer (its default when Relu and Clip are quantized) removes such a
+    node and quantizes the layer's output with the activation's range, whose saturation
+    then clamps as the activation did: no table or float pass remains between the layers
+    (the layer's own requantization clamps). Exact only while that range lies within the
+    activation's bounds (as quantized, with 0 in it): not where :func:`share_ranges` widened
+    it (ReLU6 feeding a residual Add) or a Clip's bounds exclude 0.
+    """
+    producers = {out: node.name for node in graph.node for out in node.output}
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    names = []
+    for node in graph.node:
+        if node.op_type not in ("Relu", "Clip") or producers.get(node.input[0]) not in int8:
+            continue
+        bounds = (0.0, math.inf) if node.op_type == "Relu" else _clip_bounds(node, constants)
+        if bounds is None or node.output[0] not in ranges:
+            continue
+        low, high = ranges[node.output[0]]
+        if bounds[0] <= min(low, 0.0) and max(high, 0.0) <= bounds[1]:
+            names.append(node.name)
+    return names
+
+
+def _clip_bounds(clip: onnx.NodeProto,
+                 constants: Mapping[str, np.ndarray]) -> tuple[float, float] | None:
+    """Return a Clip's constant bounds (inputs, or attributes before opset 11), or None."""
+    attributes = {a.name: a.f for a in clip.attribute}
+    bounds = [attributes.get("min", -math.inf), attributes.get("max", math.inf)]
+    for index, name in enumerate(clip.input[1:3]):
+        if not name:
+            continue
+        value = constants.get(name)
+        if value is None or value.size != 1:
+            return None
+        bounds[index] = float(value.reshape(()))
+    return bounds[0], bounds[1]
 
 
 def _check_quantized(proto: onnx.ModelProto, int8: list[str]) -> None:

@@ -49,7 +49,8 @@ def _assert_matches_reference(error: float, bundle) -> None:
         assert error == 0
     else:
         steps = error / _output_step(bundle)
-        assert steps <= FLOAT_REFERENCE_STEPS + 1e-6, f"{steps:.2f} output steps from onnxruntime"
+        # 1e-3: the outputs are dequantized floats, (q - z) * s rounded at the value's size.
+        assert steps <= FLOAT_REFERENCE_STEPS + 1e-3, f"{steps:.4f} output steps from onnxruntime"
 
 
 def _build_int8(folder, model, name, shape, target="cortex-m7"):
@@ -100,14 +101,15 @@ def test_ds_cnn_int8_is_bit_exact_on_qemu_and_host(kws_int8):
     # The emulated board and this machine run the same C: their outputs agree exactly.
     assert verification["runs"]["host build"][0]["max_abs_error"] == emulated
     kernels = manifest["integer_kernels"]
-    layers = [op for op in kernels["ops"] if "table" not in op]
-    # The stem, four depthwise and four pointwise convolutions, and the classifier; the
-    # ReLU after 8 of the 9 convolutions as a 256-entry table (the last one, before the
-    # average pool, stays float: its output is not quantized).
+    layers = kernels["ops"]
+    # The stem, four depthwise and four pointwise convolutions, and the classifier. No ReLU
+    # remains: the quantizer gives each convolution's output its ReLU's range (onnxruntime's
+    # removable activations), so the convolution's own clamp to that range is the ReLU.
     assert len(layers) == 10 and kernels["kept_float"] == []
     assert sum("groups 64" in op for op in layers) == 4
-    assert sum(op.startswith("relu") and "256-entry table" in op
-               for op in kernels["ops"]) == 8
+    assert not any("table" in op for op in layers)
+    optimized = onnx.load(kws_int8 / "model.optimized.onnx")
+    assert not any(node.op_type == "Relu" for node in optimized.graph.node)
     source = (kws_int8 / "lib" / "kernels.c").read_text()
     assert "hwcomp_q8_conv_u8u8" in source and "hwcomp_q8_depthwise_u8u8" in source
     weights = (kws_int8 / "lib" / "weights.c").read_text()
@@ -129,7 +131,6 @@ def test_int8_shrinks_flash_and_arena(kws_int8):
     assert arena["largest_two_live_bytes"] == 16000
     # Plus the pointwise kernel's two 16-bit input columns (2 x 64 x 2 bytes) at its step.
     assert arena["arena_bytes"] == arena["lower_bound_bytes"] <= 16000 + 256 + 16
-    assert arena["in_place_buffers"] > 0
     # fp32 DS-CNN weights are 90 KB; int8 weights, int32 biases and float multipliers < 30 KB.
     assert mcu["weights_bytes"] < 30000
     assert mcu["library"]["flash"] < 45000
@@ -193,7 +194,8 @@ def test_float_bias_keeps_the_layer_in_float_and_says_why(tmp_path):
 
 def test_relu6_becomes_a_table_and_mobilenet_runs_on_helium(tmp_path):
     """ReLU6 (ONNX Clip with bound inputs, imported as maximum / minimum PrimFuncs) between
-    quantized layers is a 256-entry table like ReLU; the MobileNetV2-style model (depthwise
+    quantized layers is the producer's clamp or, where its range is wider than its bounds, a
+    256-entry table like ReLU; the MobileNetV2-style model (depthwise
     stride 1 and 2, inverted residuals) runs the Helium kernels on cortex-m55 bit for bit
     with onnxruntime, on the board and on this machine."""
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
@@ -205,9 +207,12 @@ def test_relu6_becomes_a_table_and_mobilenet_runs_on_helium(tmp_path):
     _assert_matches_reference(emulated, bundle)
     assert verification["runs"]["host build"][0]["max_abs_error"] == emulated
     ops = manifest["integer_kernels"]["ops"]
-    # Every ReLU6: the stem's and, in each of the 3 blocks, the expansion's and the
-    # depthwise conv's (the projection has none).
-    assert sum(op.startswith("clip") and "256-entry table" in op for op in ops) == 7
+    # The ReLU6 of the stem feeds the first block's residual Add, which widens its range
+    # (share_ranges): it stays, as a 256-entry table. The other six (each block's expansion
+    # and depthwise conv) are gone: their convolutions' outputs take the ReLU6's range and
+    # their clamp is the activation.
+    assert sum(op.startswith("clip") and "256-entry table" in op for op in ops) == 1
+    assert len(ops) == 12
     # No float clamp between two quantized layers is left to TVM's code.
     names = re.findall(r"TVM_DLL int32_t (__tvm_ffi_\w+)\(", (bundle / "lib" / "kernels.c").read_text())
     assert names and not [n for n in names if re.search(r"maximum\d*_minimum\d*_quantize", n)]
@@ -289,7 +294,9 @@ def test_two_models_in_one_firmware_run_under_qemu(kws_int8, tmp_path):
              if line.startswith("hwcomp-two")}
     for name, bundle in (("first", kws_int8), ("second", second)):
         manifest = json.loads((bundle / "manifest.json").read_text())
-        assert worst[name] == manifest["verification"]["outputs"][0]["max_abs_error"], ran.stdout
+        # The firmware prints the float32 error with 9 digits.
+        assert worst[name] == pytest.approx(
+            manifest["verification"]["outputs"][0]["max_abs_error"], rel=1e-7), ran.stdout
 
 
 def test_helium_ds_cnn_matches_onnxruntime_on_32_inputs_on_the_board(tmp_path):
