@@ -126,6 +126,14 @@ static void gather(int16_t* col, const void* x, int32_t flags, int32_t c, int32_
 #define HWCOMP_Q8_DOT_ASM 0
 #endif
 
+/* The kernels in assembly that also requantize (VCVTR on the Arm FPU): the depthwise 3x3
+ * stride-1 rows and the convolution's channel pairs. */
+#if HWCOMP_Q8_DOT_ASM && defined(__ARM_FP) && (__ARM_FP & 4)
+#define HWCOMP_Q8_REQUANT_ASM 1
+#else
+#define HWCOMP_Q8_REQUANT_ASM 0
+#endif
+
 #if HWCOMP_Q8_DSP
 /* SXTB16 / UXTB16 of the word rotated right by 8 (bytes 1 and 3) in one instruction: GCC
  * emits a separate rotate for __sxtb16 of a rotated value. */
@@ -530,6 +538,130 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
 }
 #endif
 
+#if HWCOMP_Q8_REQUANT_ASM
+/* Every pair of output channels against the two columns of a pixel pair, in one assembly
+ * loop: per pair the four sums start from the bias, take the SMLAD steps of dot_2x2 (depth
+ * a multiple of 8), are requantized (VCVTR, the zero point, SAT) and stored at y[0], y[1],
+ * y[pixels], y[pixels + 1], y advancing by 2 * pixels. The loop's state waits in FPU
+ * registers while the steps take every core register: 59 instructions a block besides the
+ * steps, where the C around dot_2x2 took 96. SAT: usat / ssat (the output type). */
+#define HWCOMP_Q8_CONV_ROWS(NAME, SAT)                                                      \
+  static void __attribute__((noinline)) NAME(const int8_t* w, const int16_t* c0,          \
+                                             const int16_t* c1, int32_t depth_pad,          \
+                                             const int32_t* bias, const float* mult,        \
+                                             uint8_t* y, int32_t pixels, int32_t pairs,     \
+                                             int32_t zp) {                                  \
+    float s_c0, s_c1, s_w, s_dp, s_b, s_n, s_m, s_zp, s_y, s_px, s_o;                      \
+    const int32_t steps = depth_pad >> 3;                                                  \
+    memcpy(&s_c0, &c0, 4);                                                                 \
+    memcpy(&s_c1, &c1, 4);                                                                 \
+    memcpy(&s_w, &w, 4);                                                                   \
+    memcpy(&s_dp, &depth_pad, 4);                                                          \
+    memcpy(&s_b, &bias, 4);                                                                \
+    memcpy(&s_n, &steps, 4);                                                               \
+    memcpy(&s_m, &mult, 4);                                                                \
+    memcpy(&s_zp, &zp, 4);                                                                 \
+    memcpy(&s_y, &y, 4);                                                                   \
+    memcpy(&s_px, &pixels, 4);                                                             \
+    memcpy(&s_o, &pairs, 4);                                                               \
+    float f0, f1, f2, f3, m0, m1;                                                          \
+    __asm__ volatile(                                                                      \
+        "2:\n\t"                                                                           \
+        "vmov r4, %[c0]\n\t"                                                               \
+        "vmov r5, %[c1]\n\t"                                                               \
+        "vmov r6, %[w]\n\t"                                                                \
+        "vmov r8, %[dp]\n\t"                                                               \
+        "add r7, r6, r8\n\t"                                                               \
+        "vmov r9, %[b]\n\t"                                                                \
+        "ldrd r0, r2, [r9], #8\n\t"                                                        \
+        "vmov %[b], r9\n\t"                                                                \
+        "mov r1, r0\n\t"                                                                   \
+        "mov r3, r2\n\t"                                                                   \
+        "vmov lr, %[n]\n\t"                                                                \
+        "1:\n\t" HWCOMP_Q8_CONV_ROWS_STEP HWCOMP_Q8_CONV_ROWS_STEP                          \
+        "subs lr, lr, #1\n\t"                                                              \
+        "bne 1b\n\t"                                                                       \
+        "vmov %[w], r7\n\t"                                                                \
+        "vmov r8, %[m]\n\t"                                                                \
+        "vldr %[m0], [r8]\n\t"                                                             \
+        "vldr %[m1], [r8, #4]\n\t"                                                         \
+        "add r8, r8, #8\n\t"                                                               \
+        "vmov %[m], r8\n\t"                                                                \
+        "vmov %[f0], r0\n\t"                                                               \
+        "vmov %[f1], r1\n\t"                                                               \
+        "vmov %[f2], r2\n\t"                                                               \
+        "vmov %[f3], r3\n\t"                                                               \
+        "vcvt.f32.s32 %[f0], %[f0]\n\t"                                                    \
+        "vcvt.f32.s32 %[f1], %[f1]\n\t"                                                    \
+        "vcvt.f32.s32 %[f2], %[f2]\n\t"                                                    \
+        "vcvt.f32.s32 %[f3], %[f3]\n\t"                                                    \
+        "vmul.f32 %[f0], %[f0], %[m0]\n\t"                                                 \
+        "vmul.f32 %[f1], %[f1], %[m0]\n\t"                                                 \
+        "vmul.f32 %[f2], %[f2], %[m1]\n\t"                                                 \
+        "vmul.f32 %[f3], %[f3], %[m1]\n\t"                                                 \
+        "vcvtr.s32.f32 %[f0], %[f0]\n\t"                                                   \
+        "vcvtr.s32.f32 %[f1], %[f1]\n\t"                                                   \
+        "vcvtr.s32.f32 %[f2], %[f2]\n\t"                                                   \
+        "vcvtr.s32.f32 %[f3], %[f3]\n\t"                                                   \
+        "vmov r0, %[f0]\n\t"                                                               \
+        "vmov r1, %[f1]\n\t"                                                               \
+        "vmov r2, %[f2]\n\t"                                                               \
+        "vmov r3, %[f3]\n\t"                                                               \
+        "vmov r9, %[zp]\n\t"                                                               \
+        "add r0, r0, r9\n\t"                                                               \
+        "add r1, r1, r9\n\t"                                                               \
+        "add r2, r2, r9\n\t"                                                               \
+        "add r3, r3, r9\n\t"                                                               \
+        SAT " r0, #8, r0\n\t"                                                              \
+        SAT " r1, #8, r1\n\t"                                                              \
+        SAT " r2, #8, r2\n\t"                                                              \
+        SAT " r3, #8, r3\n\t"                                                              \
+        "vmov r8, %[y]\n\t"                                                                \
+        "vmov r9, %[px]\n\t"                                                               \
+        "strb r0, [r8]\n\t"                                                                \
+        "strb r1, [r8, #1]\n\t"                                                            \
+        "add r8, r8, r9\n\t"                                                               \
+        "strb r2, [r8]\n\t"                                                                \
+        "strb r3, [r8, #1]\n\t"                                                            \
+        "add r8, r8, r9\n\t"                                                               \
+        "vmov %[y], r8\n\t"                                                                \
+        "vmov r8, %[o]\n\t"                                                                \
+        "subs r8, r8, #1\n\t"                                                              \
+        "vmov %[o], r8\n\t"                                                                \
+        "bne 2b\n\t"                                                                       \
+        : [w] "+t"(s_w), [b] "+t"(s_b), [m] "+t"(s_m), [y] "+t"(s_y), [o] "+t"(s_o),         \
+          [f0] "=&t"(f0), [f1] "=&t"(f1), [f2] "=&t"(f2), [f3] "=&t"(f3), [m0] "=&t"(m0),    \
+          [m1] "=&t"(m1)                                                                   \
+        : [c0] "t"(s_c0), [c1] "t"(s_c1), [dp] "t"(s_dp), [n] "t"(s_n), [zp] "t"(s_zp),      \
+          [px] "t"(s_px)                                                                   \
+        : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12",  \
+          "lr", "cc", "memory");                                                           \
+  }
+/* dot_2x2's step with the sums in r0-r3 (a00 a01 a10 a11), the columns in r4, r5 and the
+ * weight rows in r6, r7. */
+#define HWCOMP_Q8_CONV_ROWS_STEP \
+  "ldr r9, [r6], #4\n\t"         \
+  "sxtb16 r8, r9\n\t"            \
+  "sxtb16 r9, r9, ror #8\n\t"    \
+  "ldr r11, [r7], #4\n\t"        \
+  "sxtb16 r10, r11\n\t"          \
+  "sxtb16 r11, r11, ror #8\n\t"  \
+  "ldr r12, [r4], #4\n\t"        \
+  "smlad r0, r12, r8, r0\n\t"    \
+  "smlad r2, r12, r10, r2\n\t"   \
+  "ldr r12, [r4], #4\n\t"        \
+  "smlad r0, r12, r9, r0\n\t"    \
+  "smlad r2, r12, r11, r2\n\t"   \
+  "ldr r12, [r5], #4\n\t"        \
+  "smlad r1, r12, r8, r1\n\t"    \
+  "smlad r3, r12, r10, r3\n\t"   \
+  "ldr r12, [r5], #4\n\t"        \
+  "smlad r1, r12, r9, r1\n\t"    \
+  "smlad r3, r12, r11, r3\n\t"
+HWCOMP_Q8_CONV_ROWS(conv_rows_u8, "usat")
+HWCOMP_Q8_CONV_ROWS(conv_rows_s8, "ssat")
+#endif
+
 int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, const float* mult,
                        void* y, int16_t* scratch, int32_t c, int32_t h, int32_t wd, int32_t oc, int32_t kh,
                        int32_t kw, int32_t sh, int32_t sw, int32_t dh, int32_t dw, int32_t pt,
@@ -556,6 +688,14 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
              (q % ow) * sw - pl, x_zp);
     }
     int32_t o = 0;
+#if HWCOMP_Q8_REQUANT_ASM
+    if (pair && (depth_pad & 7) == 0 && oc >= 2) {
+      /* The type's clamp (y_lo, y_hi are its range less the zero point). */
+      (flags & HWCOMP_Q8_Y_S8 ? conv_rows_s8 : conv_rows_u8)(
+          w, col0, col1, depth_pad, bias, mult, (uint8_t*)y + p, pixels, oc / 2, y_zp);
+      o = oc & ~1;
+    }
+#endif
     if (pair) {
       for (; o + 1 < oc; o += 2) {
         int32_t acc[4] = {bias[o], bias[o], bias[o + 1], bias[o + 1]};
@@ -584,10 +724,10 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
  * row (x0 x1 x2 x3) unpacks into (x0, x2) and (x1, x3); with the row's weights as (w0, w2)
  * and w1, out[0] = SMLAD((x0, x2), (w0, w2)) + SMLABB((x1, x3), w1) and out[1] =
  * SMLAD((x1, x3), (w0, w2)) + SMLATB((x0, x2), w1): 18 multiply-adds in 21 instructions.
- * The word ends at ox + 3 <= ow + 1, inside the padded row. */
+ * The word ends at ox + 3 <= ow + 1, inside the padded row. Outputs `ostep` apart. */
 #define HWCOMP_Q8_DEPTHWISE_PAIRS(T, EXT, EXT_ROR8)                                          \
   if (sw == 1) {                                                                           \
-    for (; ox + 1 < ow; ox += 2, ix += 2) {                                                \
+    for (; ox + 1 < len; ox += 2, ix += 2) {                                               \
       int32_t a0 = b, a1 = b;                                                              \
       uint32_t v = load32(r0 + ix), e = EXT(v), o = EXT_ROR8(v);                           \
       a0 = __smlad(e, p02_0, a0);                                                         \
@@ -604,8 +744,8 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
       a0 = __smlabb(o, p1_2, a0);                                                         \
       a1 = __smlad(o, p02_2, a1);                                                         \
       a1 = __smlatb(e, p1_2, a1);                                                         \
-      store(y, out + ox, requant(a0, m, lo, hi, y_zp), flags);                             \
-      store(y, out + ox + 1, requant(a1, m, lo, hi, y_zp), flags);                         \
+      store(y, out + ox * ostep, requant(a0, m, lo, hi, y_zp), flags);                     \
+      store(y, out + (ox + 1) * ostep, requant(a1, m, lo, hi, y_zp), flags);               \
     }                                                                                      \
   }
 #define HWCOMP_Q8_PAIR(A, B) ((uint32_t)(uint16_t)(int16_t)(A) | ((uint32_t)(uint16_t)(int16_t)(B) << 16))
@@ -618,9 +758,112 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
 #define HWCOMP_Q8_DEPTHWISE_PACK
 #endif
 
+#if HWCOMP_Q8_REQUANT_ASM
+/* `pairs` pairs of a 3x3 stride-1 row (each pair 44 instructions for 18 multiply-adds, where
+ * GCC's C spills the nine taps and takes 61): the rows `stride` apart from p, the taps as in
+ * HWCOMP_Q8_DEPTHWISE_PAIRS with w1 and w4 in one word (SMLABT / SMLATT take its top);
+ * each output requantized (VCVTR, the zero point, USAT / SSAT) and stored `ostep` apart.
+ * Every core register is taken, so the operands are named; the loop's end waits in an FPU
+ * register. EXT: uxtb16 / sxtb16 (the input type), SAT: usat / ssat (the output's). */
+#define HWCOMP_Q8_DW3_ROW(NAME, T, EXT, SAT)                                               \
+  static void __attribute__((noinline)) NAME(const T* p, int32_t stride, uint32_t p02_0,  \
+                                             uint32_t p02_1, uint32_t p02_2, uint32_t p14, \
+                                             uint32_t p7, int32_t bias, float m, int32_t zp,\
+                                             uint8_t* out, int32_t ostep, int32_t pairs) {  \
+    float s_bias, s_end;                                                                   \
+    uint8_t* end = out + 2 * ostep * pairs;                                                \
+    memcpy(&s_bias, &bias, 4);                                                             \
+    memcpy(&s_end, &end, 4);                                                               \
+    register const T* r_p __asm__("r0") = p;                                               \
+    register int32_t r_s __asm__("r1") = stride;                                           \
+    register uint32_t r_w0 __asm__("r2") = p02_0;                                          \
+    register uint32_t r_w1 __asm__("r3") = p02_1;                                          \
+    register uint32_t r_w2 __asm__("r4") = p02_2;                                          \
+    register uint32_t r_q1 __asm__("r5") = p14;                                            \
+    register uint32_t r_q2 __asm__("r6") = p7;                                             \
+    register int32_t r_zp __asm__("r11") = zp;                                             \
+    register uint8_t* r_out __asm__("r12") = out;                                          \
+    register int32_t r_os __asm__("lr") = ostep;                                           \
+    float f0, f1;                                                                          \
+    __asm__ volatile(                                                                      \
+        "1:\n\t"                                                                           \
+        "vmov r7, %[sb]\n\t"                                                               \
+        "ldr r10, [%[p]]\n\t"                                                              \
+        "mov r8, r7\n\t"                                                                   \
+        EXT " r9, r10\n\t"                                                                 \
+        EXT " r10, r10, ror #8\n\t"                                                        \
+        "smlad r7, r9, %[w0], r7\n\t"                                                      \
+        "smlabb r7, r10, %[q1], r7\n\t"                                                    \
+        "smlad r8, r10, %[w0], r8\n\t"                                                     \
+        "smlatb r8, r9, %[q1], r8\n\t"                                                     \
+        "ldr r10, [%[p], %[s]]\n\t"                                                        \
+        EXT " r9, r10\n\t"                                                                 \
+        EXT " r10, r10, ror #8\n\t"                                                        \
+        "smlad r7, r9, %[w1], r7\n\t"                                                      \
+        "smlabt r7, r10, %[q1], r7\n\t"                                                    \
+        "smlad r8, r10, %[w1], r8\n\t"                                                     \
+        "smlatt r8, r9, %[q1], r8\n\t"                                                     \
+        "ldr r10, [%[p], %[s], lsl #1]\n\t"                                                \
+        EXT " r9, r10\n\t"                                                                 \
+        EXT " r10, r10, ror #8\n\t"                                                        \
+        "smlad r7, r9, %[w2], r7\n\t"                                                      \
+        "smlabb r7, r10, %[q2], r7\n\t"                                                    \
+        "smlad r8, r10, %[w2], r8\n\t"                                                     \
+        "smlatb r8, r9, %[q2], r8\n\t"                                                     \
+        "adds %[p], %[p], #2\n\t"                                                          \
+        "vmov %[f0], r7\n\t"                                                               \
+        "vmov %[f1], r8\n\t"                                                               \
+        "vcvt.f32.s32 %[f0], %[f0]\n\t"                                                    \
+        "vcvt.f32.s32 %[f1], %[f1]\n\t"                                                    \
+        "vmul.f32 %[f0], %[f0], %[m]\n\t"                                                  \
+        "vmul.f32 %[f1], %[f1], %[m]\n\t"                                                  \
+        "vcvtr.s32.f32 %[f0], %[f0]\n\t"                                                   \
+        "vcvtr.s32.f32 %[f1], %[f1]\n\t"                                                   \
+        "vmov r7, %[f0]\n\t"                                                               \
+        "vmov r8, %[f1]\n\t"                                                               \
+        "add r7, r7, %[zp]\n\t"                                                            \
+        "add r8, r8, %[zp]\n\t"                                                            \
+        SAT " r7, #8, r7\n\t"                                                              \
+        SAT " r8, #8, r8\n\t"                                                              \
+        "strb r8, [%[out], %[os]]\n\t"                                                     \
+        "strb r7, [%[out]]\n\t"                                                            \
+        "add %[out], %[out], %[os], lsl #1\n\t"                                            \
+        "vmov r9, %[se]\n\t"                                                               \
+        "cmp %[out], r9\n\t"                                                               \
+        "bne 1b\n\t"                                                                       \
+        : [p] "+r"(r_p), [out] "+r"(r_out), [f0] "=&t"(f0), [f1] "=&t"(f1)                  \
+        : [s] "r"(r_s), [w0] "r"(r_w0), [w1] "r"(r_w1), [w2] "r"(r_w2), [q1] "r"(r_q1),      \
+          [q2] "r"(r_q2), [zp] "r"(r_zp), [os] "r"(r_os), [m] "t"(m), [sb] "t"(s_bias),     \
+          [se] "t"(s_end)                                                                  \
+        : "r7", "r8", "r9", "r10", "cc", "memory");                                        \
+  }
+HWCOMP_Q8_DW3_ROW(dw3_row_u8u8, uint8_t, "uxtb16", "usat")
+HWCOMP_Q8_DW3_ROW(dw3_row_u8s8, uint8_t, "uxtb16", "ssat")
+HWCOMP_Q8_DW3_ROW(dw3_row_s8u8, int8_t, "sxtb16", "usat")
+HWCOMP_Q8_DW3_ROW(dw3_row_s8s8, int8_t, "sxtb16", "ssat")
+#define HWCOMP_Q8_DW3_CALL(T, ROW_U8, ROW_S8)                                               \
+  if (sw == 1 && len >= 2) {                                                               \
+    const int32_t pairs = len / 2;                                                         \
+    /* q_min + (zp - q_min): the zero point; the clamp is the type's (lo, hi = its range   \
+     * less the zero point). */                                                            \
+    (flags & HWCOMP_Q8_Y_S8 ? ROW_S8 : ROW_U8)(                                            \
+        r0, stride, p02_0, p02_1, p02_2, p1_0 | (p1_1 << 16), p1_2, b, m, y_zp,            \
+        (uint8_t*)y + out, ostep, pairs);                                                  \
+    ox = ix = 2 * pairs;                                                                   \
+  }
+#define HWCOMP_Q8_DW3(T) HWCOMP_Q8_DW3_##T
+#define HWCOMP_Q8_DW3_uint8_t HWCOMP_Q8_DW3_CALL(uint8_t, dw3_row_u8u8, dw3_row_u8s8)
+#define HWCOMP_Q8_DW3_int8_t HWCOMP_Q8_DW3_CALL(int8_t, dw3_row_s8u8, dw3_row_s8s8)
+#else
+#define HWCOMP_Q8_DW3(T)
+#endif
+
 /* Depthwise convolution over one input type T: per channel, the plane (copied into
  * `scratch` with its padding, the input zero point, where the layer pads) runs row by row
- * without bounds checks; 3x3 undilated windows keep their nine taps in registers. */
+ * without bounds checks; 3x3 undilated windows keep their nine taps in registers. A padded
+ * 3x3 stride-1 plane taller than wide (DS-CNN's 25x5) is copied transposed, with the taps
+ * transposed, so that its rows are the long side: fewer rows and fewer odd outputs, the
+ * outputs stored `ow` apart. */
 #define HWCOMP_Q8_DEPTHWISE(NAME, T, EXT, EXT_ROR8)                                         \
   static void NAME(const T* x, const int8_t* w, const int32_t* bias, const float* mult,    \
                    void* y, T* scratch, int32_t c, int32_t h, int32_t wd, int32_t kh,       \
@@ -631,38 +874,49 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
     const int padded = pt || pl || pb || pr;                                               \
     const int32_t ph = h + pt + pb, pw = wd + pl + pr;                                     \
     const int fixed3 = kh == 3 && kw == 3 && dh == 1 && dw == 1;                           \
+    const int tr = fixed3 && padded && sh == 1 && sw == 1 && ow < oh;                      \
+    const int32_t rows = tr ? ow : oh, len = tr ? oh : ow;                                 \
+    const int32_t ostep = tr ? ow : 1, orow = tr ? 1 : ow;                                 \
     for (int32_t ch = 0; ch < c; ++ch) {                                                   \
       const int8_t* wc = w + ch * taps;                                                    \
       const T* xc = x + ch * h * wd;                                                       \
       int32_t stride = wd;                                                                 \
       if (padded) {                                                                        \
-        for (int32_t i = 0; i < ph * pw; ++i) scratch[i] = (T)x_zp;                        \
+        memset(scratch, (int)(T)x_zp, (size_t)(ph * pw));                                  \
         for (int32_t r = 0; r < h; ++r) {                                                  \
-          T* dst = scratch + (r + pt) * pw + pl;                                           \
-          for (int32_t i = 0; i < wd; ++i) dst[i] = xc[r * wd + i];                        \
+          const T* src = xc + r * wd;                                                      \
+          if (tr) {                                                                        \
+            T* dst = scratch + pl * ph + r + pt;                                           \
+            for (int32_t i = 0; i < wd; ++i, dst += ph) *dst = src[i];                     \
+          } else {                                                                         \
+            memcpy(scratch + (r + pt) * pw + pl, src, (size_t)wd * sizeof(T));             \
+          }                                                                                \
         }                                                                                  \
         xc = scratch;                                                                      \
-        stride = pw;                                                                       \
+        stride = tr ? ph : pw;                                                             \
       }                                                                                    \
       const int32_t b = bias[ch];                                                          \
       const float m = mult[ch];                                                            \
-      const int32_t w0 = wc[0], w1 = wc[1 % taps], w2 = wc[2 % taps], w3 = wc[3 % taps],   \
-                    w4 = wc[4 % taps], w5 = wc[5 % taps], w6 = wc[6 % taps],               \
-                    w7 = wc[7 % taps], w8 = wc[8 % taps];                                  \
+      /* The nine taps, transposed with the plane. */                                      \
+      const int32_t w0 = wc[0], w1 = wc[(tr ? 3 : 1) % taps], w2 = wc[(tr ? 6 : 2) % taps],\
+                    w3 = wc[(tr ? 1 : 3) % taps], w4 = wc[4 % taps],                       \
+                    w5 = wc[(tr ? 7 : 5) % taps], w6 = wc[(tr ? 2 : 6) % taps],            \
+                    w7 = wc[(tr ? 5 : 7) % taps], w8 = wc[8 % taps];                       \
       HWCOMP_Q8_DEPTHWISE_PACK                                                             \
       int32_t out = ch * pixels;                                                           \
-      for (int32_t oy = 0; oy < oh; ++oy, out += ow) {                                     \
-        const T* r0 = xc + oy * sh * stride;                                               \
+      for (int32_t row = 0; row < rows; ++row, out += orow) {                              \
+        const T* r0 = xc + row * sh * stride;                                              \
         if (fixed3) {                                                                      \
           const T* r1 = r0 + stride;                                                       \
           const T* r2 = r1 + stride;                                                       \
           int32_t ox = 0, ix = 0;                                                          \
+          HWCOMP_Q8_DW3(T)                                                                 \
           HWCOMP_Q8_DEPTHWISE_PAIRS(T, EXT, EXT_ROR8)                                      \
-          for (; ox < ow; ++ox, ix += sw) {                                                \
+          for (; ox < len; ++ox, ix += sw) {                                               \
             int32_t acc = b + r0[ix] * w0 + r0[ix + 1] * w1 + r0[ix + 2] * w2 +            \
                           r1[ix] * w3 + r1[ix + 1] * w4 + r1[ix + 2] * w5 + r2[ix] * w6 +  \
                           r2[ix + 1] * w7 + r2[ix + 2] * w8;                               \
-            store(y, out + ox, requant(acc, m, lo, hi, y_zp), flags);                      \
+            store(y, out + ox * ostep, requant(acc, m, lo, hi, y_zp), flags);              \
           }                                                                                \
         } else {                                                                           \
           for (int32_t ox = 0; ox < ow; ++ox) {                                            \

@@ -63,6 +63,10 @@ def _build(tmp_path, builder, x_shape, out_hw, target):
     # 3x3 stride 1 (the SMLAD pairs): 9 outputs a row (a pair short), and unpadded.
     ("cortex-m7", (1, 5, 7, 9), 5, 3, 1, 5, None, 1, "hwcomp_q8_depthwise"),
     ("cortex-m4", (1, 4, 6, 7), 4, 3, 1, 4, [0, 0, 0, 0], 1, "hwcomp_q8_depthwise"),
+    # ... on maps taller than wide: the plane copied transposed (rows of 11 outputs, one
+    # without a partner; asymmetric padding).
+    ("cortex-m7", (1, 6, 11, 4), 6, 3, 1, 6, None, 1, "hwcomp_q8_depthwise"),
+    ("cortex-m4", (1, 3, 12, 5), 3, 3, 1, 3, [1, 0, 1, 2], 1, "hwcomp_q8_depthwise"),
     # The other two boards: Cortex-M4 (DSP, FPv4) and Cortex-M55 (Helium: its own kernels).
     ("cortex-m4", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
     ("cortex-m55", (1, 5, 7, 9), 6, 3, 1, 1, None, 1, "hwcomp_q8_conv"),
