@@ -121,3 +121,43 @@ def test_helium_scratch_sizes_follow_the_compiler():
     assert helium_kernels(load_target("cortex-m55"))
     assert not helium_kernels(load_target("cortex-m7"))
     assert not helium_kernels(load_target("cortex-m4"))
+
+
+def test_s8_activations_of_a_users_qdq_model_run_the_s8_kernels(tmp_path):
+    """A QDQ model quantized by onnxruntime's own quantize_static with s8 activations (a
+    user's model, no --precision): the s8 entry points (SXTB16 inputs, SSAT outputs) of the
+    transposed 3x3 depthwise rows and the convolution's channel pairs, on the board and the
+    host, against onnxruntime."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    builder = _layer_model((1, 6, 11, 4), 6, 3, 1, 6, None, 1)
+    float_path = model_zoo.save(builder.model("layer", [1, 6, 11, 4], "logits", [1, 3, 11, 4]),
+                                str(tmp_path / "float.onnx"))
+    samples = np.random.default_rng(3).standard_normal((16, 1, 6, 11, 4)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": s} for s in samples])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantized = tmp_path / "layer.onnx"
+    quantize_static(float_path, str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+    done = run_cli("build", str(quantized), "--target", "cortex-m7", "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    bundle = tmp_path / "out" / "layer-cortex-m7"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    emulated = manifest["verification"]["outputs"][0]["max_abs_error"]
+    _assert_matches_reference(emulated, bundle)
+    assert manifest["verification"]["runs"]["host build"][0]["max_abs_error"] == emulated
+    source = (bundle / "lib" / "kernels.c").read_text()
+    assert "hwcomp_q8_depthwise_s8s8" in source and "hwcomp_q8_conv_s8s8" in source
