@@ -161,6 +161,32 @@ static inline int32_t weight_at(const int8_t* row, int32_t k) {
   return row[(k & ~3) + position[k & 3]];
 }
 
+#if HWCOMP_Q8_DOT_ASM
+/* One SMLAD step (4 of the depth) of two weight rows against two columns: the sums in
+ * r0-r3 (a00 a01 a10 a11), the columns in r4, r5 and the weight rows in r6, r7, all
+ * post-incremented; r8-r12 temporaries. dot_2x2 and the channel-pair loop (conv_rows_*)
+ * keep their operands in these registers. */
+#define HWCOMP_Q8_DOT_STEP \
+  "ldr r9, [r6], #4\n\t"         \
+  "sxtb16 r8, r9\n\t"            \
+  "sxtb16 r9, r9, ror #8\n\t"    \
+  "ldr r11, [r7], #4\n\t"        \
+  "sxtb16 r10, r11\n\t"          \
+  "sxtb16 r11, r11, ror #8\n\t"  \
+  "ldr r12, [r4], #4\n\t"        \
+  "smlad r0, r12, r8, r0\n\t"    \
+  "smlad r2, r12, r10, r2\n\t"   \
+  "ldr r12, [r4], #4\n\t"        \
+  "smlad r0, r12, r9, r0\n\t"    \
+  "smlad r2, r12, r11, r2\n\t"   \
+  "ldr r12, [r5], #4\n\t"        \
+  "smlad r1, r12, r8, r1\n\t"    \
+  "smlad r3, r12, r10, r3\n\t"   \
+  "ldr r12, [r5], #4\n\t"        \
+  "smlad r1, r12, r9, r1\n\t"    \
+  "smlad r3, r12, r11, r3\n\t"
+#endif
+
 /* acc[i][j] += column j . weight row i over the padded depth, for 2 rows x `cols` columns. */
 static void dot_2x2(const int8_t* w0, const int8_t* w1, const int16_t* c0, const int16_t* c1,
                     int32_t depth_pad, int32_t* acc) {
@@ -201,7 +227,8 @@ static void dot_2x2(const int8_t* w0, const int8_t* w1, const int16_t* c0, const
     /* Two steps per iteration: a step is the two weight words unpacked once (r8-r11) and
      * the four column words, each loaded into r12 and used by both rows: 18 instructions
      * for 16 multiply-adds, against GCC's 22. Every core register is taken (4 sums, 4
-     * pointers, the count in LR, 5 temporaries), so the operands are named. */
+     * pointers, the count in LR, 5 temporaries), so the operands are pinned to the
+     * registers HWCOMP_Q8_DOT_STEP names. */
     register int32_t r_a00 __asm__("r0") = a00;
     register int32_t r_a01 __asm__("r1") = a01;
     register int32_t r_a10 __asm__("r2") = a10;
@@ -211,25 +238,6 @@ static void dot_2x2(const int8_t* w0, const int8_t* w1, const int16_t* c0, const
     register const int8_t* r_w0 __asm__("r6") = w0;
     register const int8_t* r_w1 __asm__("r7") = w1;
     register uint32_t r_n __asm__("lr") = pairs;
-#define HWCOMP_Q8_DOT_STEP                        \
-    "ldr r9, [%[w0]], #4\n\t"                   \
-    "sxtb16 r8, r9\n\t"                         \
-    "sxtb16 r9, r9, ror #8\n\t"                 \
-    "ldr r11, [%[w1]], #4\n\t"                  \
-    "sxtb16 r10, r11\n\t"                       \
-    "sxtb16 r11, r11, ror #8\n\t"               \
-    "ldr r12, [%[c0]], #4\n\t"                  \
-    "smlad %[a00], r12, r8, %[a00]\n\t"          \
-    "smlad %[a10], r12, r10, %[a10]\n\t"         \
-    "ldr r12, [%[c0]], #4\n\t"                  \
-    "smlad %[a00], r12, r9, %[a00]\n\t"          \
-    "smlad %[a10], r12, r11, %[a10]\n\t"         \
-    "ldr r12, [%[c1]], #4\n\t"                  \
-    "smlad %[a01], r12, r8, %[a01]\n\t"          \
-    "smlad %[a11], r12, r10, %[a11]\n\t"         \
-    "ldr r12, [%[c1]], #4\n\t"                  \
-    "smlad %[a01], r12, r9, %[a01]\n\t"          \
-    "smlad %[a11], r12, r11, %[a11]\n\t"
     __asm__ volatile(
         "1:\n\t" HWCOMP_Q8_DOT_STEP HWCOMP_Q8_DOT_STEP
         "subs %[n], %[n], #1\n\t"
@@ -238,7 +246,6 @@ static void dot_2x2(const int8_t* w0, const int8_t* w1, const int16_t* c0, const
           [c0] "+r"(r_c0), [c1] "+r"(r_c1), [w0] "+r"(r_w0), [w1] "+r"(r_w1), [n] "+r"(r_n)
         :
         : "r8", "r9", "r10", "r11", "r12", "cc", "memory");
-#undef HWCOMP_Q8_DOT_STEP
     a00 = r_a00;
     a01 = r_a01;
     a10 = r_a10;
@@ -578,7 +585,7 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
         "mov r1, r0\n\t"                                                                   \
         "mov r3, r2\n\t"                                                                   \
         "vmov lr, %[n]\n\t"                                                                \
-        "1:\n\t" HWCOMP_Q8_CONV_ROWS_STEP HWCOMP_Q8_CONV_ROWS_STEP                          \
+        "1:\n\t" HWCOMP_Q8_DOT_STEP HWCOMP_Q8_DOT_STEP                          \
         "subs lr, lr, #1\n\t"                                                              \
         "bne 1b\n\t"                                                                       \
         "vmov %[w], r7\n\t"                                                                \
@@ -637,27 +644,6 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
         : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12",  \
           "lr", "cc", "memory");                                                           \
   }
-/* dot_2x2's step with the sums in r0-r3 (a00 a01 a10 a11), the columns in r4, r5 and the
- * weight rows in r6, r7. */
-#define HWCOMP_Q8_CONV_ROWS_STEP \
-  "ldr r9, [r6], #4\n\t"         \
-  "sxtb16 r8, r9\n\t"            \
-  "sxtb16 r9, r9, ror #8\n\t"    \
-  "ldr r11, [r7], #4\n\t"        \
-  "sxtb16 r10, r11\n\t"          \
-  "sxtb16 r11, r11, ror #8\n\t"  \
-  "ldr r12, [r4], #4\n\t"        \
-  "smlad r0, r12, r8, r0\n\t"    \
-  "smlad r2, r12, r10, r2\n\t"   \
-  "ldr r12, [r4], #4\n\t"        \
-  "smlad r0, r12, r9, r0\n\t"    \
-  "smlad r2, r12, r11, r2\n\t"   \
-  "ldr r12, [r5], #4\n\t"        \
-  "smlad r1, r12, r8, r1\n\t"    \
-  "smlad r3, r12, r10, r3\n\t"   \
-  "ldr r12, [r5], #4\n\t"        \
-  "smlad r1, r12, r9, r1\n\t"    \
-  "smlad r3, r12, r11, r3\n\t"
 HWCOMP_Q8_CONV_ROWS(conv_rows_u8, "usat")
 HWCOMP_Q8_CONV_ROWS(conv_rows_s8, "ssat")
 #endif
