@@ -164,8 +164,7 @@ static inline int32_t weight_at(const int8_t* row, int32_t k) {
 #if HWCOMP_Q8_DOT_ASM
 /* One SMLAD step (4 of the depth) of two weight rows against two columns: the sums in
  * r0-r3 (a00 a01 a10 a11), the columns in r4, r5 and the weight rows in r6, r7, all
- * post-incremented; r8-r12 temporaries. dot_2x2 and the channel-pair loop (conv_rows_*)
- * keep their operands in these registers. */
+ * post-incremented; r8-r12 temporaries. dot_2x2 keeps its operands in these registers. */
 #define HWCOMP_Q8_DOT_STEP \
   "ldr r9, [r6], #4\n\t"         \
   "sxtb16 r8, r9\n\t"            \
@@ -546,26 +545,61 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
 #endif
 
 #if HWCOMP_Q8_REQUANT_ASM
-/* Every pair of output channels against the two columns of a pixel pair, in one assembly
- * loop: per pair the four sums start from the bias, take the SMLAD steps of dot_2x2 (depth
- * a multiple of 8), are requantized (VCVTR, the zero point, SAT) and stored at y[0], y[1],
- * y[pixels], y[pixels + 1], y advancing by 2 * pixels. The loop's state waits in FPU
+/* The two columns of a pixel pair interleaved for conv_rows: per 4 of the depth, column 0's
+ * two words then column 1's, so that one LDM loads a step's four column words. */
+static void interleave_columns(int16_t* out, const int16_t* c0, const int16_t* c1,
+                               int32_t depth_pad) {
+  const uint32_t* a = (const uint32_t*)(const void*)c0;
+  const uint32_t* b = (const uint32_t*)(const void*)c1;
+  uint32_t* o = (uint32_t*)(void*)out;
+  for (int32_t k = 0; k < depth_pad; k += 4, a += 2, b += 2, o += 4) {
+    o[0] = a[0];
+    o[1] = a[1];
+    o[2] = b[0];
+    o[3] = b[1];
+  }
+}
+
+/* One step (4 of the depth) of two weight rows (r5, r6) against the interleaved columns
+ * (r4): one LDM of the four column words (r7-r10), each row's word unpacked into r11, r12;
+ * the sums a00 a01 a10 a11 in r0-r3. 15 instructions for 16 multiply-adds. */
+#define HWCOMP_Q8_ROWS_STEP           \
+  "ldmia r4!, {r7, r8, r9, r10}\n\t"  \
+  "ldr r12, [r5], #4\n\t"             \
+  "sxtb16 r11, r12\n\t"               \
+  "sxtb16 r12, r12, ror #8\n\t"       \
+  "smlad r0, r7, r11, r0\n\t"         \
+  "smlad r0, r8, r12, r0\n\t"         \
+  "smlad r1, r9, r11, r1\n\t"         \
+  "smlad r1, r10, r12, r1\n\t"        \
+  "ldr r12, [r6], #4\n\t"             \
+  "sxtb16 r11, r12\n\t"               \
+  "sxtb16 r12, r12, ror #8\n\t"       \
+  "smlad r2, r7, r11, r2\n\t"         \
+  "smlad r2, r8, r12, r2\n\t"         \
+  "smlad r3, r9, r11, r3\n\t"         \
+  "smlad r3, r10, r12, r3\n\t"
+
+/* Every pair of output channels against the interleaved columns of a pixel pair, in one
+ * assembly loop: per pair the four sums start from the bias, take the steps (an odd one,
+ * then two per iteration), are requantized (VCVTR, the zero point, SAT) and stored at y[0],
+ * y[1], y[pixels], y[pixels + 1], y advancing by 2 * pixels. The loop's state waits in FPU
  * registers while the steps take every core register: 59 instructions a block besides the
- * steps, where the C around dot_2x2 took 96. SAT: usat / ssat (the output type). */
+ * steps (the C around dot_2x2 took 96) and 15 per step (dot_2x2: 18). SAT: usat / ssat
+ * (the output type). */
 #define HWCOMP_Q8_CONV_ROWS(NAME, SAT)                                                      \
-  static void __attribute__((noinline)) NAME(const int8_t* w, const int16_t* c0,          \
-                                             const int16_t* c1, int32_t depth_pad,          \
-                                             const int32_t* bias, const float* mult,        \
-                                             uint8_t* y, int32_t pixels, int32_t pairs,     \
-                                             int32_t zp) {                                  \
-    float s_c0, s_c1, s_w, s_dp, s_b, s_n, s_m, s_zp, s_y, s_px, s_o;                      \
-    const int32_t steps = depth_pad >> 3;                                                  \
-    memcpy(&s_c0, &c0, 4);                                                                 \
-    memcpy(&s_c1, &c1, 4);                                                                 \
+  static void __attribute__((noinline)) NAME(const int8_t* w, const int16_t* cols,        \
+                                             int32_t depth_pad, const int32_t* bias,        \
+                                             const float* mult, uint8_t* y, int32_t pixels, \
+                                             int32_t pairs, int32_t zp) {                   \
+    float s_c, s_w, s_dp, s_b, s_n, s_odd, s_m, s_zp, s_y, s_px, s_o;                      \
+    const int32_t steps = depth_pad >> 3, odd = (depth_pad >> 2) & 1;                      \
+    memcpy(&s_c, &cols, 4);                                                                \
     memcpy(&s_w, &w, 4);                                                                   \
     memcpy(&s_dp, &depth_pad, 4);                                                          \
     memcpy(&s_b, &bias, 4);                                                                \
     memcpy(&s_n, &steps, 4);                                                               \
+    memcpy(&s_odd, &odd, 4);                                                               \
     memcpy(&s_m, &mult, 4);                                                                \
     memcpy(&s_zp, &zp, 4);                                                                 \
     memcpy(&s_y, &y, 4);                                                                   \
@@ -574,21 +608,28 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
     float f0, f1, f2, f3, m0, m1;                                                          \
     __asm__ volatile(                                                                      \
         "2:\n\t"                                                                           \
-        "vmov r4, %[c0]\n\t"                                                               \
-        "vmov r5, %[c1]\n\t"                                                               \
-        "vmov r6, %[w]\n\t"                                                                \
+        "vmov r4, %[c]\n\t"                                                                \
+        "vmov r5, %[w]\n\t"                                                                \
         "vmov r8, %[dp]\n\t"                                                               \
-        "add r7, r6, r8\n\t"                                                               \
+        "add r6, r5, r8\n\t"                                                               \
         "vmov r9, %[b]\n\t"                                                                \
         "ldrd r0, r2, [r9], #8\n\t"                                                        \
         "vmov %[b], r9\n\t"                                                                \
         "mov r1, r0\n\t"                                                                   \
         "mov r3, r2\n\t"                                                                   \
+        "vmov lr, %[odd]\n\t"                                                              \
+        "cmp lr, #0\n\t"                                                                   \
+        "beq 3f\n\t"                                                                       \
+        HWCOMP_Q8_ROWS_STEP                                                                \
+        "3:\n\t"                                                                           \
         "vmov lr, %[n]\n\t"                                                                \
-        "1:\n\t" HWCOMP_Q8_DOT_STEP HWCOMP_Q8_DOT_STEP                          \
+        "cmp lr, #0\n\t"                                                                   \
+        "beq 4f\n\t"                                                                       \
+        "1:\n\t" HWCOMP_Q8_ROWS_STEP HWCOMP_Q8_ROWS_STEP                                   \
         "subs lr, lr, #1\n\t"                                                              \
         "bne 1b\n\t"                                                                       \
-        "vmov %[w], r7\n\t"                                                                \
+        "4:\n\t"                                                                           \
+        "vmov %[w], r6\n\t"                                                                \
         "vmov r8, %[m]\n\t"                                                                \
         "vldr %[m0], [r8]\n\t"                                                             \
         "vldr %[m1], [r8, #4]\n\t"                                                         \
@@ -639,7 +680,7 @@ static int32_t conv_mve(const void* x, const int8_t* w, const int32_t* bias, con
         : [w] "+t"(s_w), [b] "+t"(s_b), [m] "+t"(s_m), [y] "+t"(s_y), [o] "+t"(s_o),         \
           [f0] "=&t"(f0), [f1] "=&t"(f1), [f2] "=&t"(f2), [f3] "=&t"(f3), [m0] "=&t"(m0),    \
           [m1] "=&t"(m1)                                                                   \
-        : [c0] "t"(s_c0), [c1] "t"(s_c1), [dp] "t"(s_dp), [n] "t"(s_n), [zp] "t"(s_zp),      \
+        : [c] "t"(s_c), [dp] "t"(s_dp), [n] "t"(s_n), [odd] "t"(s_odd), [zp] "t"(s_zp),      \
           [px] "t"(s_px)                                                                   \
         : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12",  \
           "lr", "cc", "memory");                                                           \
@@ -675,10 +716,13 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
     }
     int32_t o = 0;
 #if HWCOMP_Q8_REQUANT_ASM
-    if (pair && (depth_pad & 7) == 0 && oc >= 2) {
-      /* The type's clamp (y_lo, y_hi are its range less the zero point). */
+    if (pair && oc >= 2) {
+      /* The interleaved columns after the two (the scratch holds 4 x depth_pad); the
+       * type's clamp (y_lo, y_hi are its range less the zero point). */
+      int16_t* cols = col1 + depth_pad;
+      interleave_columns(cols, col0, col1, depth_pad);
       (flags & HWCOMP_Q8_Y_S8 ? conv_rows_s8 : conv_rows_u8)(
-          w, col0, col1, depth_pad, bias, mult, (uint8_t*)y + p, pixels, oc / 2, y_zp);
+          w, cols, depth_pad, bias, mult, (uint8_t*)y + p, pixels, oc / 2, y_zp);
       o = oc & ~1;
     }
 #endif

@@ -92,7 +92,7 @@ def rewrite_int8_layers(mod: Any, target: Target) -> tuple[Any, KernelRewrite]:
     """Replace quantized conv2d/matmul layers by int8 kernels on ``c``-runtime targets."""
     from tvm import relax
 
-    rewriter = _make_rewriter(mod, helium_kernels(target))
+    rewriter = _make_rewriter(mod, c_kernel_path(target))
     new_mod = relax.transform.DeadCodeElimination()(mutate_functions(rewriter, mod))
     summary = KernelRewrite(KERNEL_NAME, rewriter.rewritten, [], rewriter.kept_float)
     logger.info("int8 kernels for %s: %d layer(s), %d quantized layer(s) left in float",
@@ -100,27 +100,41 @@ def rewrite_int8_layers(mod: Any, target: Target) -> tuple[Any, KernelRewrite]:
     return new_mod, summary
 
 
-def helium_kernels(target: Target) -> bool:
-    """Whether the target's C compiler takes hwcomp_q8.c's Helium path (its scratch sizes).
+def c_kernel_path(target: Target) -> str:
+    """Which path of hwcomp_q8.c the target's C compiler takes, for the kernels' scratch sizes.
 
-    The C decides by ``__ARM_FEATURE_MVE`` (integer and floating-point MVE), so the sizes
-    are decided by the same compiler with the same flags. Where that compiler cannot be run,
-    True: the Helium sizes cover the other paths' needs too.
+    "helium": ``__ARM_FEATURE_MVE`` with its floating point (Cortex-M55); "dsp":
+    ``__ARM_FEATURE_DSP`` with a single-precision FPU (Cortex-M4/M7: the assembly loops,
+    whose convolution interleaves its columns into twice the scratch); "c" otherwise (the
+    host check, M0/M3). The C decides by the same macros, so the sizes come from the same
+    compiler with the same flags. Where that compiler cannot be run, "any": sizes that
+    cover every path.
     """
+    macros = _target_macros(target)
+    if macros is None:
+        return "any"
+    if int(macros.get("__ARM_FEATURE_MVE", "0")) & 3 == 3:
+        return "helium"
+    if "__ARM_FEATURE_DSP" in macros and int(macros.get("__ARM_FP", "0")) & 4:
+        return "dsp"
+    return "c"
+
+
+def _target_macros(target: Target) -> dict[str, str] | None:
+    """Return the target C compiler's predefined macros (its flags); None if it cannot run."""
     if not target.cross_compiler:
-        return False
-    return _compiler_defines_mve(target.cross_compiler, tuple(target.cflags))
+        return {}
+    return _compiler_macros(target.cross_compiler, tuple(target.cflags))
 
 
 @functools.cache
-def _compiler_defines_mve(compiler: str, cflags: tuple[str, ...]) -> bool:
+def _compiler_macros(compiler: str, cflags: tuple[str, ...]) -> dict[str, str] | None:
     try:
         done = subprocess.run([compiler, *cflags, "-dM", "-E", "-x", "c", "/dev/null"],
                               capture_output=True, text=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError):
-        return True
-    match = re.search(r"^#define __ARM_FEATURE_MVE (\d+)$", done.stdout, re.M)
-    return bool(match) and int(match.group(1)) & 3 == 3  # type: ignore[union-attr]
+        return None
+    return dict(re.findall(r"^#define (\w+) ?(.*)$", done.stdout, re.M))
 
 
 def requant_multiplier(x_scale: float, w_scale: np.ndarray, y_scale: float) -> np.ndarray:
@@ -211,13 +225,13 @@ def pack_c_weight(weight: np.ndarray, kind: str) -> np.ndarray:
 
 
 def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantParams,
-                  helium: bool = False) -> Any:
+                  path: str = "c") -> Any:
     """Return a PrimFunc calling ``hwcomp_q8_conv`` or ``hwcomp_q8_depthwise`` on its buffers.
 
     The kernel's scratch (the convolution's input columns, the depthwise kernel's padded
-    input plane; ``helium``: the sizes of the Helium path, see hwcomp_q8.c) is a buffer of
-    the function: TVM takes it from the workspace, which the memory plan reserves in the
-    arena for that step.
+    input plane, sized for the C ``path`` of :func:`c_kernel_path`, see hwcomp_q8.c) is a
+    buffer of the function: TVM takes it from the workspace, which the memory plan
+    reserves in the arena for that step.
     """
     import tvm
 
@@ -246,7 +260,7 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
     suffix = _C_SUFFIX[x.dtype] + _C_SUFFIX[y.dtype]
     if kind == "depthwise":
         plane = (height + top + bottom) * (width + left + right)
-        if helium:  # the plane with 64 bytes of slack, then max(ow, 64) + 4 int32 sums
+        if path in ("helium", "any"):  # the plane, 64 bytes of slack, max(ow, 64) + 4 sums
             plane = _round16(_round16(plane + 64) + 4 * (max(out_w, 64) + 4))
         elif not any(geometry.padding):
             plane = 1  # the DSP and C kernels read an unpadded plane in place
@@ -255,10 +269,12 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
                 f"B.data, S.data, Y.data, plane.data, {channels}, {height}, {width}, "
                 f"{geometry_args})")
     else:
-        # Two 16-bit columns (SMLAD, C); Helium: two 8-bit columns, their 16-bit gather
-        # offsets, the per-channel bias and two pixels' sums.
-        col = (_round16(4 * depth_pad + 12 * out_channels + 56) // 2 if helium
-               else 2 * depth_pad)
+        # Two 16-bit columns (C); on the DSP path interleaved into two more when there are
+        # channel pairs; Helium: two 8-bit columns, their 16-bit gather offsets, the
+        # per-channel bias and two pixels' sums.
+        sizes = {"c": 2 * depth_pad, "dsp": (4 if out_channels >= 2 else 2) * depth_pad,
+                 "helium": _round16(4 * depth_pad + 12 * out_channels + 56) // 2}
+        col = max(sizes.values()) if path == "any" else sizes[path]
         scratch = f'    col = T.alloc_buffer(({col},), "int16")\n'
         call = (f'T.call_extern("int32", "hwcomp_q8_conv_{suffix}", X.data, W.data, B.data, '
                 f"S.data, Y.data, col.data, {channels}, {height}, {width}, {out_channels}, "
@@ -321,7 +337,7 @@ class _Layer:
     y: QuantParams
 
 
-def _make_rewriter(mod: Any, helium: bool) -> Any:
+def _make_rewriter(mod: Any, path: str) -> Any:
     from tvm import relax
 
     @relax.expr_functor.mutator
@@ -391,7 +407,7 @@ def _make_rewriter(mod: Any, helium: bool) -> Any:
                 operands = [relax.const(pack_c_weight(layer.weight, kind)), *operands[1:]]
                 kernel = self._kernel(
                     ("c_" + kind, geometry, layer.x, layer.y),
-                    lambda: c_conv_kernel(geometry, kind, layer.x, layer.y, helium))
+                    lambda: c_conv_kernel(geometry, kind, layer.x, layer.y, path))
             else:
                 kernel = self._kernel(("conv", geometry, layer.x, layer.y),
                                       lambda: conv_kernel(geometry, layer.x, layer.y))

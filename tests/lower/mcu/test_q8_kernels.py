@@ -113,14 +113,20 @@ def test_conv_weights_are_packed_in_the_sxtb16_order():
 
 def test_helium_scratch_sizes_follow_the_compiler():
     """The kernels' scratch is sized for the path the target's compiler takes: Helium on
-    cortex-m55 (``__ARM_FEATURE_MVE``), the SMLAD path on cortex-m7 and cortex-m4."""
+    cortex-m55 (``__ARM_FEATURE_MVE``), the SMLAD + FPU path on cortex-m7 and cortex-m4,
+    portable C on the host; every path's needs where the compiler cannot run."""
     require_tools("arm-none-eabi-gcc")
-    from hwcomp.lower.mcu.int8 import helium_kernels
+    from dataclasses import replace
+
+    from hwcomp.lower.mcu.int8 import c_kernel_path
     from hwcomp.targets import load_target
 
-    assert helium_kernels(load_target("cortex-m55"))
-    assert not helium_kernels(load_target("cortex-m7"))
-    assert not helium_kernels(load_target("cortex-m4"))
+    assert c_kernel_path(load_target("cortex-m55")) == "helium"
+    assert c_kernel_path(load_target("cortex-m7")) == "dsp"
+    assert c_kernel_path(load_target("cortex-m4")) == "dsp"
+    assert c_kernel_path(load_target("host")) == "c"
+    missing = replace(load_target("cortex-m4"), cross_compiler="/nonexistent/gcc")
+    assert c_kernel_path(missing) == "any"
 
 
 def test_s8_activations_of_a_users_qdq_model_run_the_s8_kernels(tmp_path):
