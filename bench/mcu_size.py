@@ -102,17 +102,21 @@ def qemu_instructions(bundle: Path, emulator: list[str]) -> tuple[int, list[tupl
 
 
 def kernel_macs(bundle: Path) -> dict[str, int]:
-    """MACs of each ``__tvm_ffi_`` kernel that calls hwcomp's int8 C kernels, from the
-    literal geometry the generated code passes them (kernels.c)."""
+    """MACs of each ``__tvm_ffi_`` kernel that calls hwcomp's int8 or fp32 C kernels, from
+    the literal geometry the generated code passes them (kernels.c)."""
     source = (bundle / "lib" / "kernels.c").read_text()
     macs = {}
     for body in source.split("TVM_DLL int32_t ")[1:]:
         head = body.split("(", 1)[0]
-        call = re.search(r"hwcomp_q8_(conv|depthwise)_\w+\(([^;]*)\);", body.split("\n}", 1)[0])
+        call = re.search(r"hwcomp_(?:q8|f32)_(conv|depthwise|dense)\w*\(([^;]*)\);",
+                         body.split("\n}", 1)[0])
         if not head.startswith("__tvm_ffi_") or call is None or "int32_t," in call.group(2):
             continue
         args = [int(v) for v in call.group(2).split(", ") if re.fullmatch(r"-?\d+", v)]
-        if call.group(1) == "conv":  # c, h, w, oc, kh, kw, ..., oh, ow (11th, 12th after c)
+        if call.group(1) == "dense":  # rows, depth, cols
+            rows, depth, cols = args[:3]
+            macs[head] = rows * depth * cols
+        elif call.group(1) == "conv":  # c, h, w, oc, kh, kw, ..., oh, ow (11th, 12th after c)
             c, _, _, oc, kh, kw = args[:6]
             oh, ow = args[12:14]
             macs[head] = c * kh * kw * oc * oh * ow

@@ -431,6 +431,7 @@ _BUNDLE_FILES = (
     ("lib/weights.c", "weights as const arrays (flash)"),
     ("lib/hwcomp_runtime.c", "workspace allocator and error hook (no malloc)"),
     ("lib/hwcomp_q8.c", "hwcomp's int8 kernels (Helium on M55, SMLAD on the DSP extension, C)"),
+    ("lib/hwcomp_f32.c", "hwcomp's fp32 kernels (convolution, depthwise, dense; register-blocked C)"),
     ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, "
                  "libtvm_runtime_extra.so, libtvm_ffi.so)"),
     ("include/", "TVM FFI and DLPack headers for code that loads the model"),

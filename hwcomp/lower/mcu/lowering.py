@@ -26,6 +26,7 @@ from hwcomp.lower.frontend.relax_import import import_checked
 from hwcomp.lower.kernel_spec import KernelSpec
 from hwcomp.lower.mcu import firmware
 from hwcomp.lower.mcu.aot import AotProgram, build_program, check_mcu_supported
+from hwcomp.lower.mcu.fp32 import rewrite_fp32_layers
 from hwcomp.lower.mcu.int8 import C_INT8, rewrite_int8_layers
 from hwcomp.lower.mcu.sources import Sources, c_prefix, sources_in, write_sources
 from hwcomp.lower.types import BundleInfo, Compiled, Prepared, RunnerResult
@@ -50,10 +51,14 @@ class McuLowering:
         return C_INT8
 
     def prepare(self, legal: onnx.ModelProto, target: Target) -> Prepared:
-        """Refuse what the executor cannot run or flash cannot hold; import; int8 on C kernels."""
+        """Refuse what the executor cannot run or flash cannot hold; import; C kernels.
+
+        int8 layers on hwcomp_q8.c, the float layers left on hwcomp_f32.c.
+        """
         check_mcu_supported(legal)
         _check_weights_fit(legal, target)
         module, kernels = rewrite_int8_layers(import_checked(legal), target)
+        module, kernels.float_ops = rewrite_fp32_layers(module)
         return Prepared(module, kernels)
 
     def compile(self, mod: Any, target: Target, database: Path | None = None,

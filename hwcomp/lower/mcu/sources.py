@@ -8,6 +8,7 @@ Layout written into the bundle:
     lib/weights.c                weights and other constants (``const``: flash)
     lib/hwcomp_runtime.[ch]      workspace allocator, calling helper, error hook } the same in
     lib/hwcomp_q8.[ch]           hwcomp's int8 kernels (Helium, SMLAD, C)     } every bundle
+    lib/hwcomp_f32.[ch]          hwcomp's fp32 kernels (register-blocked C)   }
     include/                     the DLPack and TVM FFI headers the kernels include
     example/main.c, example/example_data.h   runs the verification input, checks it
     CMakeLists.txt, hwcomp.mk    static library target / Makefile fragment
@@ -38,7 +39,8 @@ from hwcomp.templates import render_source
 # The headers TVM's C kernels include (found with gcc -M), relative to TVM's include dirs.
 _FFI_HEADERS = ("tvm/ffi/c_api.h", "tvm/ffi/extra/c_env_api.h", "dlpack/dlpack.h")
 _TVM_HEADERS = ("tvm/runtime/base.h", "tvm/runtime/c_backend_api.h")
-_LIBRARY = ("model.c", "kernels.c", "weights.c", "hwcomp_runtime.c", "hwcomp_q8.c")
+_LIBRARY = ("model.c", "kernels.c", "weights.c", "hwcomp_runtime.c", "hwcomp_q8.c",
+            "hwcomp_f32.c")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ def write_sources(
         "mcu/weights.c.j2", constants=constants,
         constant_bytes=sum(a.nbytes for a in program.constants.values()), **common))
     (lib / "kernels.c").write_text(program.kernels_source)
-    for name in ("hwcomp_runtime.h", "hwcomp_runtime.c", "hwcomp_q8.h", "hwcomp_q8.c"):
+    for name in ("hwcomp_runtime.h", "hwcomp_runtime.c", "hwcomp_q8.h", "hwcomp_q8.c",
+                 "hwcomp_f32.h", "hwcomp_f32.c"):
         shutil.copy2(kernels_path("mcu", name), lib / name)
     include_dirs = _copy_headers(staging / "include")
     (example / "main.c").write_text(render_source(
