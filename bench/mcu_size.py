@@ -42,6 +42,7 @@ from hwcomp import api  # noqa: E402
 from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis import cost  # noqa: E402
 from hwcomp.compress import precision as quantize  # noqa: E402
+from hwcomp.errors import MemoryBudgetError  # noqa: E402
 from hwcomp.lower.mcu.sources import sources_in  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
@@ -149,6 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     tables: list[str] = []
+    refused: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in args.models.split(","):
@@ -163,9 +165,13 @@ def main() -> None:
             np.savez(calib, input=samples.astype(np.float32))
             for precision in args.precisions.split(","):
                 started = time.perf_counter()
-                result = api.build(
-                    path, args.target, folder / precision, calib=calib,
-                    precision_options=quantize.PrecisionOptions(precision=precision))
+                try:
+                    result = api.build(
+                        path, args.target, folder / precision, calib=calib,
+                        precision_options=quantize.PrecisionOptions(precision=precision))
+                except MemoryBudgetError as error:  # fp32 ResNet-8 on cortex-m4's 128 KB
+                    refused.append(f"{name} {precision}: {error}")
+                    continue
                 build_s = time.perf_counter() - started
                 mcu = result.manifest["mcu"]
                 error = result.manifest["verification"]["outputs"][0]["max_abs_error"]
@@ -192,6 +198,8 @@ def main() -> None:
               f"{arena['lower_bound_bytes']} | {arena['largest_two_live_bytes']} | "
               f"{arena['sum_of_buffers_bytes']} | {lib['flash']} | {mcu['weights_bytes']} | "
               f"{x86 / 1e6:.1f} M | {macs / x86:.3f} | {arm} | {error:.3g} | {build_s:.1f} |")
+    for line in refused:
+        print(f"\ndoes not fit (refused by the build, nothing written): {line}")
     for table in tables:
         print(table)
 

@@ -1,13 +1,15 @@
 """Reading and rewriting imported Relax: the helpers hwcomp's Relax rewriters share.
 
-The CPU kernel rewriter (:mod:`hwcomp.lower.cpu.kernels`), the int8 microcontroller kernels
-(:mod:`hwcomp.lower.mcu.int8`), the polynomial transcendentals (:mod:`hwcomp.lower.cpu.fast_math`)
-and the C program builder (:mod:`hwcomp.lower.mcu.aot`) all walk TVM's Relax functions with a
-``PyExprMutator`` and match ops through dataflow bindings.
+The CPU kernel rewriter (:mod:`hwcomp.lower.cpu.kernels`), the int8 and fp32 microcontroller
+kernels (:mod:`hwcomp.lower.mcu.int8`, :mod:`hwcomp.lower.mcu.fp32`), the polynomial
+transcendentals (:mod:`hwcomp.lower.cpu.fast_math`) and the C program builder
+(:mod:`hwcomp.lower.mcu.aot`) all walk TVM's Relax functions with a ``PyExprMutator`` and
+match ops through dataflow bindings.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -62,3 +64,49 @@ def dtype_of(expr: Any) -> str:
 def shape_of(expr: Any) -> tuple[int, ...]:
     """Return a tensor expression's static shape."""
     return tuple(int(v) for v in expr.ty.shape)
+
+
+def min_max_op(call: Any) -> str | None:
+    """Return ``"max"`` / ``"min"`` for an elementwise maximum / minimum, else None.
+
+    The Relax op, or the ``call_tir`` of the PrimFunc the ONNX frontend emits for Clip's
+    bounds (``maximum``, ``minimum1``, ...).
+    """
+    from tvm import relax
+
+    if is_op(call, "relax.maximum") or is_op(call, "relax.minimum"):
+        return "max" if is_op(call, "relax.maximum") else "min"
+    if is_op(call, "relax.call_tir") and isinstance(call.args[0], relax.GlobalVar):
+        match = re.fullmatch(r"(maximum|minimum)\d*", call.args[0].name_hint)
+        if match and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 2:
+            return match.group(1)[:3]
+    return None
+
+
+def scalar_operand(mutator: Any, call: Any) -> tuple[Any, float] | None:
+    """Return (the other operand, the value) of a binary op with one scalar constant.
+
+    The constant may be the frontend's ``where(isnan(c), -inf | inf, c)`` of Clip's bounds.
+    """
+    operands = list(call.args[1].fields) if is_op(call, "relax.call_tir") else list(call.args[:2])
+    for other, const in ((operands[0], operands[1]), (operands[1], operands[0])):
+        value = scalar_value(mutator, const)
+        if value is not None:
+            return bound(mutator, other), value
+    return None
+
+
+def scalar_value(mutator: Any, expr: Any) -> float | None:
+    """Return the value of a scalar constant (through the frontend's isnan guard), else None."""
+    from tvm.ir.expr import Constant
+
+    expr = bound(mutator, expr)
+    if isinstance(expr, Constant) and relax_array(expr).size == 1:
+        return float(relax_array(expr).reshape(()))
+    if is_op(expr, "relax.where"):
+        cond = bound(mutator, expr.args[0])
+        if is_op(cond, "relax.isnan"):
+            tested = scalar_value(mutator, cond.args[0])
+            if tested is not None:
+                return scalar_value(mutator, expr.args[1] if np.isnan(tested) else expr.args[2])
+    return None

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 
 from hwcomp.lower.kernel_spec import conv_output_size
-from hwcomp.lower.relax_match import dtype_of, is_op, mutate_functions, relax_array, shape_of
+from hwcomp.lower.relax_match import (
+    dtype_of,
+    is_op,
+    min_max_op,
+    mutate_functions,
+    relax_array,
+    scalar_operand,
+    shape_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +99,7 @@ def _plan(func: Any) -> dict[Any, _FloatLayer]:
             continue
         outer, outer_value = var, value
         bias = np.zeros(layer.weight.shape[0], np.float32)
-        low, high, activation = -_FLT_MAX, _FLT_MAX, ""
+        low, high = -_FLT_MAX, _FLT_MAX
         user = only_user(outer)
         if user is not None and is_op(user[1], "relax.add"):
             added = _bias(user[1], outer, values, layer.weight.shape[0], layer.kind)
@@ -99,11 +107,17 @@ def _plan(func: Any) -> dict[Any, _FloatLayer]:
                 bias = added
                 outer, outer_value = user
                 user = only_user(outer)
-        if user is not None:
-            bounds = _clamp(user[1], outer)
-            if bounds is not None:
-                (low, high), activation = bounds
-                outer, outer_value = user
+        # Activations in a chain (ReLU6 imports as maximum then minimum), each a clamp.
+        while user is not None:
+            step = _clamp(user[1], outer, values)
+            if step is None:
+                break
+            step_low, step_high = step
+            # clamp(clamp(v, low, high), a, b) = clamp(v, clamp(low, a, b), clamp(high, a, b))
+            low, high = (min(max(bound, step_low), step_high) for bound in (low, high))
+            outer, outer_value = user
+            user = only_user(outer)
+        activation = _clamp_name(low, high)
         layers[outer_value] = _FloatLayer(layer.op, layer.data, layer.kind, layer.weight, bias,
                                           low, high, activation, layer.window)
     return layers
@@ -128,9 +142,10 @@ def _uses(func: Any, values: dict[Any, Any]) -> tuple[collections.Counter[Any],
     users: dict[Any, list[Any]] = collections.defaultdict(list)
     for var, value in values.items():
         if isinstance(value, relax.Call):
-            for arg in value.args:
-                if isinstance(arg, relax.Var):
-                    users[arg].append(var)
+            for arg in value.args:  # call_tir passes its arguments as a tuple
+                for item in arg.fields if isinstance(arg, relax.Tuple) else [arg]:
+                    if isinstance(item, relax.Var):
+                        users[item].append(var)
     return counts, users
 
 
@@ -205,19 +220,52 @@ def _bias(add: Any, layer_var: Any, values: dict[Any, Any], channels: int,
     return np.ascontiguousarray(array.reshape(-1))
 
 
-def _clamp(value: Any, var: Any) -> tuple[tuple[float, float], str] | None:
-    """``((low, high), name)`` for relu / clip with constant bounds of ``var``, else None."""
+def _clamp(value: Any, var: Any, values: dict[Any, Any]) -> tuple[float, float] | None:
+    """Return ``(low, high)`` where ``value`` clamps ``var`` by constants, else None.
+
+    relu, clip with constant bounds, and maximum / minimum with a scalar constant (as the
+    ONNX frontend imports Clip with bound inputs).
+    """
     from tvm import relax
 
-    if not value.args or not value.args[0].same_as(var):
-        return None
-    if is_op(value, "relax.nn.relu"):
-        return (0.0, _FLT_MAX), "relu"
-    if is_op(value, "relax.clip") and all(isinstance(a, relax.PrimValue)
-                                          for a in value.args[1:3]):
+    if is_op(value, "relax.nn.relu") and value.args[0].same_as(var):
+        return 0.0, _FLT_MAX
+    if (is_op(value, "relax.clip") and value.args[0].same_as(var)
+            and all(isinstance(a, relax.PrimValue) for a in value.args[1:3])):
         low, high = (float(a.value.value) for a in value.args[1:3])
-        return (max(low, -_FLT_MAX), min(high, _FLT_MAX)), "clip"
-    return None
+        return max(low, -_FLT_MAX), min(high, _FLT_MAX)
+    kind = min_max_op(value)
+    if kind is None:
+        return None
+    operand = scalar_operand(_Bindings(values), value)
+    # scalar_operand gives the other operand's bound value: the layer's call here.
+    if (operand is None or not operand[0].same_as(values.get(var, var))
+            or not np.isfinite(operand[1])):
+        return None
+    return (float(operand[1]), _FLT_MAX) if kind == "max" else (-_FLT_MAX, float(operand[1]))
+
+
+def _clamp_name(low: float, high: float) -> str:
+    """How the manifest names a folded clamp: "", "relu", "clip [0, 6]"."""
+    if (low, high) == (-_FLT_MAX, _FLT_MAX):
+        return ""
+    if (low, high) == (0.0, _FLT_MAX):
+        return "relu"
+
+    def text(v: float) -> str:
+        return "inf" if v >= _FLT_MAX else "-inf" if v <= -_FLT_MAX else f"{v:g}"
+
+    return f"clip [{text(low)}, {text(high)}]"
+
+
+class _Bindings:
+    """The ``lookup_binding`` the int8 rewrite's matching helpers ask a mutator for."""
+
+    def __init__(self, values: dict[Any, Any]) -> None:
+        self.values = values
+
+    def lookup_binding(self, var: Any) -> Any:
+        return self.values.get(var)
 
 
 def _make_rewriter(mod: Any, layers: dict[Any, _FloatLayer]) -> Any:

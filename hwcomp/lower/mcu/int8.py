@@ -47,8 +47,10 @@ from hwcomp.lower.relax_match import (
     dtype_of,
     is_op,
     layer_operands,
+    min_max_op,
     mutate_functions,
     relax_array,
+    scalar_operand,
     shape_of,
 )
 from hwcomp.targets import Target
@@ -552,11 +554,11 @@ def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str
             except (AttributeError, TypeError):
                 return None
             steps += [("min", high), ("max", low)]
-        elif _min_max(dq) is not None:
-            scalar = _scalar_operand(mutator, dq)
+        elif min_max_op(dq) is not None:
+            scalar = scalar_operand(mutator, dq)
             if scalar is None:
                 return None
-            steps.append((_min_max(dq), scalar[1]))  # type: ignore[arg-type]
+            steps.append((min_max_op(dq), scalar[1]))  # type: ignore[arg-type]
             dq = scalar[0]
             continue
         else:
@@ -582,51 +584,6 @@ def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str
     q_min, q_max = _LIMITS[out_dtype]
     table = np.clip(scaled, q_min, q_max).astype(out_dtype)
     return x_q, table, "relu" if steps == [("max", 0.0)] else "clip"
-
-
-def _min_max(call: Any) -> str | None:
-    """Return ``"max"`` / ``"min"`` for an elementwise maximum / minimum, else None.
-
-    The Relax op, or the ``call_tir`` of the PrimFunc the ONNX frontend emits for Clip's
-    bounds (``maximum``, ``minimum1``, ...).
-    """
-    from tvm import relax
-
-    if is_op(call, "relax.maximum") or is_op(call, "relax.minimum"):
-        return "max" if is_op(call, "relax.maximum") else "min"
-    if is_op(call, "relax.call_tir") and isinstance(call.args[0], relax.GlobalVar):
-        match = re.fullmatch(r"(maximum|minimum)\d*", call.args[0].name_hint)
-        if match and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 2:
-            return match.group(1)[:3]
-    return None
-
-
-def _scalar_operand(mutator: Any, call: Any) -> tuple[Any, float] | None:
-    """Return (the other operand, the value) of a binary op with one scalar constant.
-
-    The constant may be the frontend's ``where(isnan(c), -inf | inf, c)`` of Clip's bounds.
-    """
-    operands = list(call.args[1].fields) if is_op(call, "relax.call_tir") else list(call.args[:2])
-    for other, const in ((operands[0], operands[1]), (operands[1], operands[0])):
-        value = _scalar_value(mutator, const)
-        if value is not None:
-            return bound(mutator, other), value
-    return None
-
-
-def _scalar_value(mutator: Any, expr: Any) -> float | None:
-    from tvm.ir.expr import Constant
-
-    expr = bound(mutator, expr)
-    if isinstance(expr, Constant) and relax_array(expr).size == 1:
-        return float(relax_array(expr).reshape(()))
-    if is_op(expr, "relax.where"):
-        cond = bound(mutator, expr.args[0])
-        if is_op(cond, "relax.isnan"):
-            tested = _scalar_value(mutator, cond.args[0])
-            if tested is not None:
-                return _scalar_value(mutator, expr.args[1] if np.isnan(tested) else expr.args[2])
-    return None
 
 
 def _is_layer_op(expr: Any) -> bool:

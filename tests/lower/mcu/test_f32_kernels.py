@@ -74,3 +74,15 @@ def test_ds_cnn_fp32_runs_on_the_kernels_and_a_shared_output_keeps_its_add(tmp_p
     # 9 convolutions (2 of them 1x1 shortcuts) and the classifier; in each of the 3 blocks
     # the second convolution's output meets the shortcut in an Add, so its ReLU is not its.
     assert len(ops) == 10 and sum(op.endswith("+ relu") for op in ops) == 4
+
+
+def test_relu6_folds_into_the_fp32_kernels_and_mobilenet_runs(tmp_path):
+    """ReLU6 (Clip with bound inputs: maximum then minimum PrimFuncs after the import) is the
+    kernels' clamp: the MobileNetV2-style model's seven (stem, expansions, depthwise), on
+    cortex-m55's FPU."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    bundle, manifest = _build_float(tmp_path, model_zoo.mobilenet_like(), "cortex-m55")
+    ops = manifest["float_kernels"]
+    assert sum(op.endswith("+ clip [0, 6]") for op in ops) == 7, ops
+    names = (bundle / "lib" / "kernels.c").read_text()
+    assert "maximum" not in names and "minimum" not in names
