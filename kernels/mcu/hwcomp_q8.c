@@ -560,6 +560,43 @@ static void interleave_columns(int16_t* out, const int16_t* c0, const int16_t* c
   }
 }
 
+/* Two pixels' 1x1 receptive fields (the channels at offsets off0 and off1 of each plane)
+ * straight into interleave_columns' layout; the depth past c (to a multiple of 4) meets zero
+ * weights, so it is left as it is. T: the input's element type. */
+#define HWCOMP_Q8_GATHER_PAIR_1X1(NAME, T)                                                  \
+  static void NAME(int16_t* out, const T* x, int32_t c, int32_t plane, int32_t off0,        \
+                   int32_t off1) {                                                         \
+    const T* a = x + off0;                                                                 \
+    const T* b = x + off1;                                                                 \
+    const int32_t p2 = 2 * plane, p3 = 3 * plane, p4 = 4 * plane;                          \
+    int32_t k = 0;                                                                         \
+    for (; k + 4 <= c; k += 4, a += p4, b += p4, out += 8) {                               \
+      out[0] = a[0];                                                                       \
+      out[1] = a[plane];                                                                   \
+      out[2] = a[p2];                                                                      \
+      out[3] = a[p3];                                                                      \
+      out[4] = b[0];                                                                       \
+      out[5] = b[plane];                                                                   \
+      out[6] = b[p2];                                                                      \
+      out[7] = b[p3];                                                                      \
+    }                                                                                      \
+    for (int32_t j = 0; k < c; ++k, ++j, a += plane, b += plane) {                         \
+      out[j] = a[0];                                                                       \
+      out[4 + j] = b[0];                                                                   \
+    }                                                                                      \
+  }
+HWCOMP_Q8_GATHER_PAIR_1X1(gather_pair_1x1_u8, uint8_t)
+HWCOMP_Q8_GATHER_PAIR_1X1(gather_pair_1x1_s8, int8_t)
+
+static void gather_pair_1x1(int16_t* out, const void* x, int32_t flags, int32_t c,
+                            int32_t plane, int32_t off0, int32_t off1) {
+  if (flags & HWCOMP_Q8_X_S8) {
+    gather_pair_1x1_s8(out, (const int8_t*)x, c, plane, off0, off1);
+  } else {
+    gather_pair_1x1_u8(out, (const uint8_t*)x, c, plane, off0, off1);
+  }
+}
+
 /* One step (4 of the depth) of two weight rows (r5, r6) against the interleaved columns
  * (r4): one LDM of the four column words (r7-r10), each row's word unpacked into r11, r12;
  * the sums a00 a01 a10 a11 in r0-r3. 15 instructions for 16 multiply-adds. */
@@ -581,25 +618,24 @@ static void interleave_columns(int16_t* out, const int16_t* c0, const int16_t* c
   "smlad r3, r10, r12, r3\n\t"
 
 /* Every pair of output channels against the interleaved columns of a pixel pair, in one
- * assembly loop: per pair the four sums start from the bias, take the steps (an odd one,
- * then two per iteration), are requantized (VCVTR, the zero point, SAT) and stored at y[0],
- * y[1], y[pixels], y[pixels + 1], y advancing by 2 * pixels. The loop's state waits in FPU
- * registers while the steps take every core register: 59 instructions a block besides the
- * steps (the C around dot_2x2 took 96) and 15 per step (dot_2x2: 18). SAT: usat / ssat
- * (the output type). */
-#define HWCOMP_Q8_CONV_ROWS(NAME, SAT)                                                      \
+ * assembly loop: per pair the four sums start from the bias, take the steps (ODD: one step
+ * first, for a depth of 4 mod 8; then two per iteration, depth_pad >= 8), are requantized
+ * (VCVTR, the zero point, SAT) and stored at y[0], y[1], y[pixels], y[pixels + 1], y
+ * advancing by 2 * pixels. The loop's state waits in FPU registers while the steps take
+ * every core register: 54 instructions a block besides the steps (the C around dot_2x2
+ * took 96) and 15 per step (dot_2x2: 18). SAT: usat / ssat (the output type). */
+#define HWCOMP_Q8_CONV_ROWS(NAME, SAT, ODD)                                                 \
   static void __attribute__((noinline)) NAME(const int8_t* w, const int16_t* cols,        \
                                              int32_t depth_pad, const int32_t* bias,        \
                                              const float* mult, uint8_t* y, int32_t pixels, \
                                              int32_t pairs, int32_t zp) {                   \
-    float s_c, s_w, s_dp, s_b, s_n, s_odd, s_m, s_zp, s_y, s_px, s_o;                      \
-    const int32_t steps = depth_pad >> 3, odd = (depth_pad >> 2) & 1;                      \
+    float s_c, s_w, s_dp, s_b, s_n, s_m, s_zp, s_y, s_px, s_o;                             \
+    const int32_t steps = depth_pad >> 3;                                                  \
     memcpy(&s_c, &cols, 4);                                                                \
     memcpy(&s_w, &w, 4);                                                                   \
     memcpy(&s_dp, &depth_pad, 4);                                                          \
     memcpy(&s_b, &bias, 4);                                                                \
     memcpy(&s_n, &steps, 4);                                                               \
-    memcpy(&s_odd, &odd, 4);                                                               \
     memcpy(&s_m, &mult, 4);                                                                \
     memcpy(&s_zp, &zp, 4);                                                                 \
     memcpy(&s_y, &y, 4);                                                                   \
@@ -617,18 +653,11 @@ static void interleave_columns(int16_t* out, const int16_t* c0, const int16_t* c
         "vmov %[b], r9\n\t"                                                                \
         "mov r1, r0\n\t"                                                                   \
         "mov r3, r2\n\t"                                                                   \
-        "vmov lr, %[odd]\n\t"                                                              \
-        "cmp lr, #0\n\t"                                                                   \
-        "beq 3f\n\t"                                                                       \
-        HWCOMP_Q8_ROWS_STEP                                                                \
-        "3:\n\t"                                                                           \
+        ODD                                                                                \
         "vmov lr, %[n]\n\t"                                                                \
-        "cmp lr, #0\n\t"                                                                   \
-        "beq 4f\n\t"                                                                       \
         "1:\n\t" HWCOMP_Q8_ROWS_STEP HWCOMP_Q8_ROWS_STEP                                   \
         "subs lr, lr, #1\n\t"                                                              \
         "bne 1b\n\t"                                                                       \
-        "4:\n\t"                                                                           \
         "vmov %[w], r6\n\t"                                                                \
         "vmov r8, %[m]\n\t"                                                                \
         "vldr %[m0], [r8]\n\t"                                                             \
@@ -680,13 +709,15 @@ static void interleave_columns(int16_t* out, const int16_t* c0, const int16_t* c
         : [w] "+t"(s_w), [b] "+t"(s_b), [m] "+t"(s_m), [y] "+t"(s_y), [o] "+t"(s_o),         \
           [f0] "=&t"(f0), [f1] "=&t"(f1), [f2] "=&t"(f2), [f3] "=&t"(f3), [m0] "=&t"(m0),    \
           [m1] "=&t"(m1)                                                                   \
-        : [c] "t"(s_c), [dp] "t"(s_dp), [n] "t"(s_n), [odd] "t"(s_odd), [zp] "t"(s_zp),      \
+        : [c] "t"(s_c), [dp] "t"(s_dp), [n] "t"(s_n), [zp] "t"(s_zp),                        \
           [px] "t"(s_px)                                                                   \
         : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12",  \
           "lr", "cc", "memory");                                                           \
   }
-HWCOMP_Q8_CONV_ROWS(conv_rows_u8, "usat")
-HWCOMP_Q8_CONV_ROWS(conv_rows_s8, "ssat")
+HWCOMP_Q8_CONV_ROWS(conv_rows_u8, "usat", "")
+HWCOMP_Q8_CONV_ROWS(conv_rows_s8, "ssat", "")
+HWCOMP_Q8_CONV_ROWS(conv_rows_odd_u8, "usat", HWCOMP_Q8_ROWS_STEP)
+HWCOMP_Q8_CONV_ROWS(conv_rows_odd_s8, "ssat", HWCOMP_Q8_ROWS_STEP)
 #endif
 
 int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, const float* mult,
@@ -706,22 +737,38 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
   const int32_t pixels = oh * ow;
   const float lo = (float)y_lo, hi = (float)y_hi;
   for (int32_t p = 0; p < pixels; p += 2) {
-    const int32_t pair = p + 1 < pixels;
-    gather(col0, x, flags, c, h, wd, kh, kw, dh, dw, (p / ow) * sh - pt, (p % ow) * sw - pl,
-           x_zp);
-    if (pair) {
-      int32_t q = p + 1;
-      gather(col1, x, flags, c, h, wd, kh, kw, dh, dw, (q / ow) * sh - pt,
-             (q % ow) * sw - pl, x_zp);
-    }
+    const int32_t pair = p + 1 < pixels, q = p + 1;
+    const int32_t iy0 = (p / ow) * sh - pt, ix0 = (p % ow) * sw - pl;
+    const int32_t iy1 = (q / ow) * sh - pt, ix1 = (q % ow) * sw - pl;
     int32_t o = 0;
 #if HWCOMP_Q8_REQUANT_ASM
-    if (pair && oc >= 2) {
+    /* A 1x1 window inside the map, every channel in pairs: both pixels' values straight
+     * into the interleaved columns (no separate columns for the C loops below). */
+    const int rows_asm = oc >= 2 && depth_pad >= 8;
+    const int direct = pair && rows_asm && kh == 1 && kw == 1 && (oc & 1) == 0 && iy0 >= 0 &&
+                       iy0 < h && ix0 >= 0 && ix0 < wd && iy1 >= 0 && iy1 < h && ix1 >= 0 &&
+                       ix1 < wd;
+#else
+    const int direct = 0;
+#endif
+    if (!direct) {
+      gather(col0, x, flags, c, h, wd, kh, kw, dh, dw, iy0, ix0, x_zp);
+      if (pair) gather(col1, x, flags, c, h, wd, kh, kw, dh, dw, iy1, ix1, x_zp);
+    }
+#if HWCOMP_Q8_REQUANT_ASM
+    if (pair && rows_asm) {
       /* The interleaved columns after the two (the scratch holds 4 x depth_pad); the
        * type's clamp (y_lo, y_hi are its range less the zero point). */
       int16_t* cols = col1 + depth_pad;
-      interleave_columns(cols, col0, col1, depth_pad);
-      (flags & HWCOMP_Q8_Y_S8 ? conv_rows_s8 : conv_rows_u8)(
+      if (direct) {
+        gather_pair_1x1(cols, x, flags, c, h * wd, iy0 * wd + ix0, iy1 * wd + ix1);
+      } else {
+        interleave_columns(cols, col0, col1, depth_pad);
+      }
+      /* Depth 4 mod 8: one step before the loop's pairs (the odd variants). */
+      const int odd = (depth_pad >> 2) & 1;
+      (flags & HWCOMP_Q8_Y_S8 ? (odd ? conv_rows_odd_s8 : conv_rows_s8)
+                              : (odd ? conv_rows_odd_u8 : conv_rows_u8))(
           w, cols, depth_pad, bias, mult, (uint8_t*)y + p, pixels, oc / 2, y_zp);
       o = oc & ~1;
     }
@@ -789,22 +836,42 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
 #endif
 
 #if HWCOMP_Q8_REQUANT_ASM
-/* `pairs` pairs of a 3x3 stride-1 row (each pair 44 instructions for 18 multiply-adds, where
- * GCC's C spills the nine taps and takes 61): the rows `stride` apart from p, the taps as in
- * HWCOMP_Q8_DEPTHWISE_PAIRS with w1 and w4 in one word (SMLABT / SMLATT take its top);
- * each output requantized (VCVTR, the zero point, USAT / SSAT) and stored `ostep` apart.
- * Every core register is taken, so the operands are named; the loop's end waits in an FPU
- * register. EXT: uxtb16 / sxtb16 (the input type), SAT: usat / ssat (the output's). */
-#define HWCOMP_Q8_DW3_ROW(NAME, T, EXT, SAT)                                               \
-  static void __attribute__((noinline)) NAME(const T* p, int32_t stride, uint32_t p02_0,  \
-                                             uint32_t p02_1, uint32_t p02_2, uint32_t p14, \
-                                             uint32_t p7, int32_t bias, float m, int32_t zp,\
-                                             uint8_t* out, int32_t ostep, int32_t pairs) {  \
-    float s_bias, s_end;                                                                   \
-    uint8_t* end = out + 2 * ostep * pairs;                                                \
+/* A channel's 3x3 undilated rows with unit stride along them, in assembly: `rows` rows
+ * `rstep` apart from p, each `pairs` pairs of outputs (44 instructions per pair for 18
+ * multiply-adds, where GCC's C spills the nine taps and takes 61) and, `odd`, one output
+ * more; the three input rows of an output `stride` apart, the taps as in
+ * HWCOMP_Q8_DEPTHWISE_PAIRS with w1 and w4 in one word (SMLABT / SMLATT take its top).
+ * Each output is requantized (VCVTR, the zero point, USAT / SSAT) and stored `ostep` after
+ * the previous one, rows `orow` apart. The odd output reads its rows' word like a pair,
+ * one byte past its window (the caller's plane has that byte). Every core register is
+ * taken, so the operands are named; the row loop's state waits in FPU registers. EXT:
+ * uxtb16 / sxtb16 (the input type), SAT: usat / ssat (the output's). */
+#define HWCOMP_Q8_DW3_STEP(EXT, WORD, W, Q, BOT, TOP)                                      \
+  "ldr r10, " WORD "\n\t" EXT " r9, r10\n\t" EXT " r10, r10, ror #8\n\t"                    \
+  "smlad r7, r9, " W ", r7\n\t"                                                            \
+  "smla" BOT " r7, r10, " Q ", r7\n\t"                                                     \
+  "smlad r8, r10, " W ", r8\n\t"                                                           \
+  "smla" TOP " r8, r9, " Q ", r8\n\t"
+#define HWCOMP_Q8_DW3_STEP1(EXT, WORD, W, Q, BOT)                                          \
+  "ldr r10, " WORD "\n\t" EXT " r9, r10\n\t" EXT " r10, r10, ror #8\n\t"                    \
+  "smlad r7, r9, " W ", r7\n\t"                                                            \
+  "smla" BOT " r7, r10, " Q ", r7\n\t"
+#define HWCOMP_Q8_DW3_PLANE(NAME, T, EXT, SAT)                                             \
+  static void __attribute__((noinline)) NAME(                                              \
+      const T* p, int32_t stride, uint32_t p02_0, uint32_t p02_1, uint32_t p02_2,          \
+      uint32_t p14, uint32_t p7, int32_t bias, float m, int32_t zp, uint8_t* out,          \
+      int32_t ostep, int32_t orow, int32_t pairs, int32_t odd, int32_t rows,               \
+      int32_t rstep) {                                                                     \
+    float s_bias, s_prow, s_orow, s_rows, s_span, s_odd, s_ostride, s_rstep, s_end;        \
+    const int32_t span = 2 * ostep * pairs;                                                \
     memcpy(&s_bias, &bias, 4);                                                             \
-    memcpy(&s_end, &end, 4);                                                               \
-    register const T* r_p __asm__("r0") = p;                                               \
+    memcpy(&s_prow, &p, 4);                                                                \
+    memcpy(&s_orow, &out, 4);                                                              \
+    memcpy(&s_rows, &rows, 4);                                                             \
+    memcpy(&s_span, &span, 4);                                                             \
+    memcpy(&s_odd, &odd, 4);                                                               \
+    memcpy(&s_ostride, &orow, 4);                                                          \
+    memcpy(&s_rstep, &rstep, 4);                                                           \
     register int32_t r_s __asm__("r1") = stride;                                           \
     register uint32_t r_w0 __asm__("r2") = p02_0;                                          \
     register uint32_t r_w1 __asm__("r3") = p02_1;                                          \
@@ -812,35 +879,22 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
     register uint32_t r_q1 __asm__("r5") = p14;                                            \
     register uint32_t r_q2 __asm__("r6") = p7;                                             \
     register int32_t r_zp __asm__("r11") = zp;                                             \
-    register uint8_t* r_out __asm__("r12") = out;                                          \
     register int32_t r_os __asm__("lr") = ostep;                                           \
     float f0, f1;                                                                          \
     __asm__ volatile(                                                                      \
+        "3:\n\t"                                                                           \
+        "vmov r0, %[prow]\n\t"                                                             \
+        "vmov r12, %[orow]\n\t"                                                            \
+        "vmov r9, %[span]\n\t"                                                             \
+        "add r9, r12, r9\n\t"                                                              \
+        "vmov %[end], r9\n\t"                                                              \
         "1:\n\t"                                                                           \
         "vmov r7, %[sb]\n\t"                                                               \
-        "ldr r10, [%[p]]\n\t"                                                              \
         "mov r8, r7\n\t"                                                                   \
-        EXT " r9, r10\n\t"                                                                 \
-        EXT " r10, r10, ror #8\n\t"                                                        \
-        "smlad r7, r9, %[w0], r7\n\t"                                                      \
-        "smlabb r7, r10, %[q1], r7\n\t"                                                    \
-        "smlad r8, r10, %[w0], r8\n\t"                                                     \
-        "smlatb r8, r9, %[q1], r8\n\t"                                                     \
-        "ldr r10, [%[p], %[s]]\n\t"                                                        \
-        EXT " r9, r10\n\t"                                                                 \
-        EXT " r10, r10, ror #8\n\t"                                                        \
-        "smlad r7, r9, %[w1], r7\n\t"                                                      \
-        "smlabt r7, r10, %[q1], r7\n\t"                                                    \
-        "smlad r8, r10, %[w1], r8\n\t"                                                     \
-        "smlatt r8, r9, %[q1], r8\n\t"                                                     \
-        "ldr r10, [%[p], %[s], lsl #1]\n\t"                                                \
-        EXT " r9, r10\n\t"                                                                 \
-        EXT " r10, r10, ror #8\n\t"                                                        \
-        "smlad r7, r9, %[w2], r7\n\t"                                                      \
-        "smlabb r7, r10, %[q2], r7\n\t"                                                    \
-        "smlad r8, r10, %[w2], r8\n\t"                                                     \
-        "smlatb r8, r9, %[q2], r8\n\t"                                                     \
-        "adds %[p], %[p], #2\n\t"                                                          \
+        HWCOMP_Q8_DW3_STEP(EXT, "[r0]", "%[w0]", "%[q1]", "bb", "tb")                       \
+        HWCOMP_Q8_DW3_STEP(EXT, "[r0, %[s]]", "%[w1]", "%[q1]", "bt", "tt")                 \
+        HWCOMP_Q8_DW3_STEP(EXT, "[r0, %[s], lsl #1]", "%[w2]", "%[q2]", "bb", "tb")         \
+        "adds r0, r0, #2\n\t"                                                              \
         "vmov %[f0], r7\n\t"                                                               \
         "vmov %[f1], r8\n\t"                                                               \
         "vcvt.f32.s32 %[f0], %[f0]\n\t"                                                    \
@@ -855,35 +909,65 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
         "add r8, r8, %[zp]\n\t"                                                            \
         SAT " r7, #8, r7\n\t"                                                              \
         SAT " r8, #8, r8\n\t"                                                              \
-        "strb r8, [%[out], %[os]]\n\t"                                                     \
-        "strb r7, [%[out]]\n\t"                                                            \
-        "add %[out], %[out], %[os], lsl #1\n\t"                                            \
-        "vmov r9, %[se]\n\t"                                                               \
-        "cmp %[out], r9\n\t"                                                               \
+        "strb r8, [r12, %[os]]\n\t"                                                        \
+        "strb r7, [r12]\n\t"                                                               \
+        "add r12, r12, %[os], lsl #1\n\t"                                                  \
+        "vmov r9, %[end]\n\t"                                                              \
+        "cmp r12, r9\n\t"                                                                  \
         "bne 1b\n\t"                                                                       \
-        : [p] "+r"(r_p), [out] "+r"(r_out), [f0] "=&t"(f0), [f1] "=&t"(f1)                  \
+        "vmov r9, %[odd]\n\t"                                                              \
+        "cmp r9, #0\n\t"                                                                   \
+        "beq 2f\n\t"                                                                       \
+        "vmov r7, %[sb]\n\t"                                                               \
+        HWCOMP_Q8_DW3_STEP1(EXT, "[r0]", "%[w0]", "%[q1]", "bb")                             \
+        HWCOMP_Q8_DW3_STEP1(EXT, "[r0, %[s]]", "%[w1]", "%[q1]", "bt")                       \
+        HWCOMP_Q8_DW3_STEP1(EXT, "[r0, %[s], lsl #1]", "%[w2]", "%[q2]", "bb")               \
+        "vmov %[f0], r7\n\t"                                                               \
+        "vcvt.f32.s32 %[f0], %[f0]\n\t"                                                    \
+        "vmul.f32 %[f0], %[f0], %[m]\n\t"                                                  \
+        "vcvtr.s32.f32 %[f0], %[f0]\n\t"                                                   \
+        "vmov r7, %[f0]\n\t"                                                               \
+        "add r7, r7, %[zp]\n\t"                                                            \
+        SAT " r7, #8, r7\n\t"                                                              \
+        "strb r7, [r12]\n\t"                                                               \
+        "2:\n\t"                                                                           \
+        "vmov r9, %[prow]\n\t"                                                             \
+        "vmov r10, %[rstep]\n\t"                                                           \
+        "add r9, r9, r10\n\t"                                                              \
+        "vmov %[prow], r9\n\t"                                                             \
+        "vmov r9, %[orow]\n\t"                                                             \
+        "vmov r10, %[ostride]\n\t"                                                         \
+        "add r9, r9, r10\n\t"                                                              \
+        "vmov %[orow], r9\n\t"                                                             \
+        "vmov r9, %[rows]\n\t"                                                             \
+        "subs r9, r9, #1\n\t"                                                              \
+        "vmov %[rows], r9\n\t"                                                             \
+        "bne 3b\n\t"                                                                       \
+        : [prow] "+t"(s_prow), [orow] "+t"(s_orow), [rows] "+t"(s_rows),                   \
+          [end] "=&t"(s_end), [f0] "=&t"(f0), [f1] "=&t"(f1)                                \
         : [s] "r"(r_s), [w0] "r"(r_w0), [w1] "r"(r_w1), [w2] "r"(r_w2), [q1] "r"(r_q1),      \
           [q2] "r"(r_q2), [zp] "r"(r_zp), [os] "r"(r_os), [m] "t"(m), [sb] "t"(s_bias),     \
-          [se] "t"(s_end)                                                                  \
-        : "r7", "r8", "r9", "r10", "cc", "memory");                                        \
+          [span] "t"(s_span), [odd] "t"(s_odd), [ostride] "t"(s_ostride),                  \
+          [rstep] "t"(s_rstep)                                                             \
+        : "r0", "r7", "r8", "r9", "r10", "r12", "cc", "memory");                           \
   }
-HWCOMP_Q8_DW3_ROW(dw3_row_u8u8, uint8_t, "uxtb16", "usat")
-HWCOMP_Q8_DW3_ROW(dw3_row_u8s8, uint8_t, "uxtb16", "ssat")
-HWCOMP_Q8_DW3_ROW(dw3_row_s8u8, int8_t, "sxtb16", "usat")
-HWCOMP_Q8_DW3_ROW(dw3_row_s8s8, int8_t, "sxtb16", "ssat")
-#define HWCOMP_Q8_DW3_CALL(T, ROW_U8, ROW_S8)                                               \
-  if (sw == 1 && len >= 2) {                                                               \
-    const int32_t pairs = len / 2;                                                         \
-    /* q_min + (zp - q_min): the zero point; the clamp is the type's (lo, hi = its range   \
-     * less the zero point). */                                                            \
-    (flags & HWCOMP_Q8_Y_S8 ? ROW_S8 : ROW_U8)(                                            \
-        r0, stride, p02_0, p02_1, p02_2, p1_0 | (p1_1 << 16), p1_2, b, m, y_zp,            \
-        (uint8_t*)y + out, ostep, pairs);                                                  \
-    ox = ix = 2 * pairs;                                                                   \
+HWCOMP_Q8_DW3_PLANE(dw3_plane_u8u8, uint8_t, "uxtb16", "usat")
+HWCOMP_Q8_DW3_PLANE(dw3_plane_u8s8, uint8_t, "uxtb16", "ssat")
+HWCOMP_Q8_DW3_PLANE(dw3_plane_s8u8, int8_t, "sxtb16", "usat")
+HWCOMP_Q8_DW3_PLANE(dw3_plane_s8s8, int8_t, "sxtb16", "ssat")
+/* The whole channel in assembly where its rows have pairs and an odd output's extra byte is
+ * inside the plane (the padded copy has it); then on to the next channel. The clamp is the
+ * output type's (y_lo, y_hi are its range less the zero point). */
+#define HWCOMP_Q8_DW3_CALL(PLANE_U8, PLANE_S8)                                              \
+  if (fixed3 && sw == 1 && len >= 2 && (padded || (len & 1) == 0)) {                       \
+    (flags & HWCOMP_Q8_Y_S8 ? PLANE_S8 : PLANE_U8)(                                        \
+        xc, stride, p02_0, p02_1, p02_2, p1_0 | (p1_1 << 16), p1_2, b, m, y_zp,            \
+        (uint8_t*)y + ch * pixels, ostep, orow, len / 2, len & 1, rows, sh * stride);      \
+    continue;                                                                              \
   }
 #define HWCOMP_Q8_DW3(T) HWCOMP_Q8_DW3_##T
-#define HWCOMP_Q8_DW3_uint8_t HWCOMP_Q8_DW3_CALL(uint8_t, dw3_row_u8u8, dw3_row_u8s8)
-#define HWCOMP_Q8_DW3_int8_t HWCOMP_Q8_DW3_CALL(int8_t, dw3_row_s8u8, dw3_row_s8s8)
+#define HWCOMP_Q8_DW3_uint8_t HWCOMP_Q8_DW3_CALL(dw3_plane_u8u8, dw3_plane_u8s8)
+#define HWCOMP_Q8_DW3_int8_t HWCOMP_Q8_DW3_CALL(dw3_plane_s8u8, dw3_plane_s8s8)
 #else
 #define HWCOMP_Q8_DW3(T)
 #endif
@@ -933,6 +1017,7 @@ HWCOMP_Q8_DW3_ROW(dw3_row_s8s8, int8_t, "sxtb16", "ssat")
                     w5 = wc[(tr ? 7 : 5) % taps], w6 = wc[(tr ? 2 : 6) % taps],            \
                     w7 = wc[(tr ? 5 : 7) % taps], w8 = wc[8 % taps];                       \
       HWCOMP_Q8_DEPTHWISE_PACK                                                             \
+      HWCOMP_Q8_DW3(T)                                                                     \
       int32_t out = ch * pixels;                                                           \
       for (int32_t row = 0; row < rows; ++row, out += orow) {                              \
         const T* r0 = xc + row * sh * stride;                                              \
@@ -940,7 +1025,6 @@ HWCOMP_Q8_DW3_ROW(dw3_row_s8s8, int8_t, "sxtb16", "ssat")
           const T* r1 = r0 + stride;                                                       \
           const T* r2 = r1 + stride;                                                       \
           int32_t ox = 0, ix = 0;                                                          \
-          HWCOMP_Q8_DW3(T)                                                                 \
           HWCOMP_Q8_DEPTHWISE_PAIRS(T, EXT, EXT_ROR8)                                      \
           for (; ox < len; ++ox, ix += sw) {                                               \
             int32_t acc = b + r0[ix] * w0 + r0[ix + 1] * w1 + r0[ix + 2] * w2 +            \

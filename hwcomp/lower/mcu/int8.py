@@ -266,6 +266,8 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
             plane = _round16(_round16(plane + 64) + 4 * (max(out_w, 64) + 4))
         elif not any(geometry.padding):
             plane = 1  # the DSP and C kernels read an unpadded plane in place
+        else:
+            plane += 4  # the DSP rows' odd output reads a word, one byte past its window
         scratch = f'    plane = T.alloc_buffer(({plane},), "{x.dtype}")\n'
         call = (f'T.call_extern("int32", "hwcomp_q8_depthwise_{suffix}", X.data, W.data, '
                 f"B.data, S.data, Y.data, plane.data, {channels}, {height}, {width}, "
