@@ -174,7 +174,8 @@ def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
              for c in walker.calls]
     buffers = _buffers(walker, calls)
     # Elementwise kernels, and hwcomp's opaque ones that read each element only to write the
-    # same element of their output (an int8 activation's lookup table).
+    # same element of their output (an int8 activation's lookup table) or read a channel
+    # whole before they write it (a padded depthwise convolution, its plane copied first).
     elementwise = {gv.name_hint for gv, func in mod.functions_items()
                    if isinstance(func, tvm.tirx.PrimFunc)
                    and (int(func.attrs.get("op_pattern", _OPAQUE)) <= _BROADCAST

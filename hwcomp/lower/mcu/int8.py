@@ -291,8 +291,13 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
         f'Y: T.Buffer({shape((1, out_channels, out_h, out_w))}, "{y.dtype}")):\n'
         '    T.func_attr({"tirx.noalias": True})\n'
         f"{scratch}    {call}\n")
-    func = tvm.script.from_source(source)
-    return func.with_attr("tirx.is_scheduled", True)
+    func = tvm.script.from_source(source).with_attr("tirx.is_scheduled", True)
+    if (kind == "depthwise" and any(geometry.padding) and (out_h, out_w) == (height, width)
+            and x.dtype == y.dtype):
+        # Every path copies a padded channel's plane into the scratch before it writes that
+        # channel's outputs, at the same place: the output may take the input's place.
+        func = func.with_attr("hwcomp.in_place", True)
+    return func
 
 
 def _round16(size: int) -> int:

@@ -132,9 +132,29 @@ def test_int8_shrinks_flash_and_arena(kws_int8):
     # Plus the pointwise kernel's two 16-bit input columns and their interleaved copy
     # (4 x 64 x 2 bytes, the SMLAD path's) at its step.
     assert arena["arena_bytes"] == arena["lower_bound_bytes"] <= 16000 + 512 + 16
+    # The four padded depthwise layers write their output over their input (each channel's
+    # plane is copied first).
+    assert arena["in_place_buffers"] == 4
     # fp32 DS-CNN weights are 90 KB; int8 weights, int32 biases and float multipliers < 30 KB.
     assert mcu["weights_bytes"] < 30000
     assert mcu["library"]["flash"] < 45000
+
+
+def test_mobilenet_vww_int8_fits_cortex_m4_at_the_lower_bound(tmp_path):
+    """MobileNetV1-0.25 at 96x96 (visual wake words) int8 on cortex-m4: it runs, bit-exact
+    with the host build, and its arena is the plan's lower bound: the nine stride-1
+    depthwise layers run in place (without that the greedy plan took 64512 bytes)."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    bundle = _build_int8(tmp_path, model_zoo.mobilenet_v1_vww(), "vww", [1, 3, 96, 96],
+                         target="cortex-m4")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    verification = manifest["verification"]
+    _assert_matches_reference(verification["outputs"][0]["max_abs_error"], bundle)
+    assert verification["runs"]["host build"][0]["max_abs_error"] == (
+        verification["outputs"][0]["max_abs_error"])
+    arena = manifest["mcu"]["arena"]
+    assert arena["in_place_buffers"] == 9
+    assert arena["arena_bytes"] == arena["lower_bound_bytes"] == 55360
 
 
 def test_resnet8_int8_residual_adds_are_bit_exact(tmp_path):
