@@ -560,6 +560,26 @@ static void interleave_columns(int16_t* out, const int16_t* c0, const int16_t* c
   }
 }
 
+/* Two int32 sums in core registers R0, R1 requantized in place (onnxruntime's arithmetic:
+ * float multiply by M0 / M1, VCVTR rounding half to even, the zero point ZP added, SAT
+ * (usat / ssat) to 8 bits), through the FPU registers F0, F1; interleaved for the FPU's
+ * latencies. The assembly loops below requantize with it. */
+#define HWCOMP_Q8_REQUANT2(SAT, R0, R1, F0, F1, M0, M1, ZP)                                 \
+  "vmov " F0 ", " R0 "\n\t"                                                                 \
+  "vmov " F1 ", " R1 "\n\t"                                                                 \
+  "vcvt.f32.s32 " F0 ", " F0 "\n\t"                                                         \
+  "vcvt.f32.s32 " F1 ", " F1 "\n\t"                                                         \
+  "vmul.f32 " F0 ", " F0 ", " M0 "\n\t"                                                     \
+  "vmul.f32 " F1 ", " F1 ", " M1 "\n\t"                                                     \
+  "vcvtr.s32.f32 " F0 ", " F0 "\n\t"                                                        \
+  "vcvtr.s32.f32 " F1 ", " F1 "\n\t"                                                        \
+  "vmov " R0 ", " F0 "\n\t"                                                                 \
+  "vmov " R1 ", " F1 "\n\t"                                                                 \
+  "add " R0 ", " R0 ", " ZP "\n\t"                                                          \
+  "add " R1 ", " R1 ", " ZP "\n\t"                                                          \
+  SAT " " R0 ", #8, " R0 "\n\t"                                                             \
+  SAT " " R1 ", #8, " R1 "\n\t"
+
 /* Two pixels' 1x1 receptive fields (the channels at offsets off0 and off1 of each plane)
  * straight into interleave_columns' layout; the depth past c (to a multiple of 4) meets zero
  * weights, so it is left as it is. T: the input's element type. */
@@ -664,35 +684,9 @@ static void gather_pair_1x1(int16_t* out, const void* x, int32_t flags, int32_t 
         "vldr %[m1], [r8, #4]\n\t"                                                         \
         "add r8, r8, #8\n\t"                                                               \
         "vmov %[m], r8\n\t"                                                                \
-        "vmov %[f0], r0\n\t"                                                               \
-        "vmov %[f1], r1\n\t"                                                               \
-        "vmov %[f2], r2\n\t"                                                               \
-        "vmov %[f3], r3\n\t"                                                               \
-        "vcvt.f32.s32 %[f0], %[f0]\n\t"                                                    \
-        "vcvt.f32.s32 %[f1], %[f1]\n\t"                                                    \
-        "vcvt.f32.s32 %[f2], %[f2]\n\t"                                                    \
-        "vcvt.f32.s32 %[f3], %[f3]\n\t"                                                    \
-        "vmul.f32 %[f0], %[f0], %[m0]\n\t"                                                 \
-        "vmul.f32 %[f1], %[f1], %[m0]\n\t"                                                 \
-        "vmul.f32 %[f2], %[f2], %[m1]\n\t"                                                 \
-        "vmul.f32 %[f3], %[f3], %[m1]\n\t"                                                 \
-        "vcvtr.s32.f32 %[f0], %[f0]\n\t"                                                   \
-        "vcvtr.s32.f32 %[f1], %[f1]\n\t"                                                   \
-        "vcvtr.s32.f32 %[f2], %[f2]\n\t"                                                   \
-        "vcvtr.s32.f32 %[f3], %[f3]\n\t"                                                   \
-        "vmov r0, %[f0]\n\t"                                                               \
-        "vmov r1, %[f1]\n\t"                                                               \
-        "vmov r2, %[f2]\n\t"                                                               \
-        "vmov r3, %[f3]\n\t"                                                               \
         "vmov r9, %[zp]\n\t"                                                               \
-        "add r0, r0, r9\n\t"                                                               \
-        "add r1, r1, r9\n\t"                                                               \
-        "add r2, r2, r9\n\t"                                                               \
-        "add r3, r3, r9\n\t"                                                               \
-        SAT " r0, #8, r0\n\t"                                                              \
-        SAT " r1, #8, r1\n\t"                                                              \
-        SAT " r2, #8, r2\n\t"                                                              \
-        SAT " r3, #8, r3\n\t"                                                              \
+        HWCOMP_Q8_REQUANT2(SAT, "r0", "r1", "%[f0]", "%[f1]", "%[m0]", "%[m0]", "r9")           \
+        HWCOMP_Q8_REQUANT2(SAT, "r2", "r3", "%[f2]", "%[f3]", "%[m1]", "%[m1]", "r9")           \
         "vmov r8, %[y]\n\t"                                                                \
         "vmov r9, %[px]\n\t"                                                               \
         "strb r0, [r8]\n\t"                                                                \
@@ -895,20 +889,7 @@ int32_t hwcomp_q8_conv(const void* x, const int8_t* w, const int32_t* bias, cons
         HWCOMP_Q8_DW3_STEP(EXT, "[r0, %[s]]", "%[w1]", "%[q1]", "bt", "tt")                 \
         HWCOMP_Q8_DW3_STEP(EXT, "[r0, %[s], lsl #1]", "%[w2]", "%[q2]", "bb", "tb")         \
         "adds r0, r0, #2\n\t"                                                              \
-        "vmov %[f0], r7\n\t"                                                               \
-        "vmov %[f1], r8\n\t"                                                               \
-        "vcvt.f32.s32 %[f0], %[f0]\n\t"                                                    \
-        "vcvt.f32.s32 %[f1], %[f1]\n\t"                                                    \
-        "vmul.f32 %[f0], %[f0], %[m]\n\t"                                                  \
-        "vmul.f32 %[f1], %[f1], %[m]\n\t"                                                  \
-        "vcvtr.s32.f32 %[f0], %[f0]\n\t"                                                   \
-        "vcvtr.s32.f32 %[f1], %[f1]\n\t"                                                   \
-        "vmov r7, %[f0]\n\t"                                                               \
-        "vmov r8, %[f1]\n\t"                                                               \
-        "add r7, r7, %[zp]\n\t"                                                            \
-        "add r8, r8, %[zp]\n\t"                                                            \
-        SAT " r7, #8, r7\n\t"                                                              \
-        SAT " r8, #8, r8\n\t"                                                              \
+        HWCOMP_Q8_REQUANT2(SAT, "r7", "r8", "%[f0]", "%[f1]", "%[m]", "%[m]", "%[zp]")          \
         "strb r8, [r12, %[os]]\n\t"                                                        \
         "strb r7, [r12]\n\t"                                                               \
         "add r12, r12, %[os], lsl #1\n\t"                                                  \
