@@ -21,6 +21,7 @@ than depthwise, layouts other than NCHW/OIHW and batches above 1 keep TVM's lowe
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -52,11 +53,15 @@ class _FloatLayer:
     data: Any  # its input variable
     kind: str  # "conv", "depthwise" or "dense"
     weight: np.ndarray  # [OC, K] conv, [C, KH*KW] depthwise, [N, K] dense
-    bias: np.ndarray  # float32, per output channel
-    low: float
-    high: float
-    activation: str  # "", "relu" or "clip"
+    bias: np.ndarray  # float32, per output channel (zeros until an add folds in)
     window: tuple[int, int] = (1, 1)  # the convolution's KH, KW
+    low: float = -_FLT_MAX  # the clamp of the outputs
+    high: float = _FLT_MAX
+
+    @property
+    def activation(self) -> str:
+        """How the manifest names the folded clamp: "", "relu", "clip [0, 6]"."""
+        return _clamp_name(self.low, self.high)
 
 
 def rewrite_fp32_layers(mod: Any) -> tuple[Any, list[str]]:
@@ -98,8 +103,7 @@ def _plan(func: Any) -> dict[Any, _FloatLayer]:
         if layer is None:
             continue
         outer, outer_value = var, value
-        bias = np.zeros(layer.weight.shape[0], np.float32)
-        low, high = -_FLT_MAX, _FLT_MAX
+        bias, low, high = layer.bias, layer.low, layer.high
         user = only_user(outer)
         if user is not None and is_op(user[1], "relax.add"):
             added = _bias(user[1], outer, values, layer.weight.shape[0], layer.kind)
@@ -117,9 +121,7 @@ def _plan(func: Any) -> dict[Any, _FloatLayer]:
             low, high = (min(max(bound, step_low), step_high) for bound in (low, high))
             outer, outer_value = user
             user = only_user(outer)
-        activation = _clamp_name(low, high)
-        layers[outer_value] = _FloatLayer(layer.op, layer.data, layer.kind, layer.weight, bias,
-                                          low, high, activation, layer.window)
+        layers[outer_value] = dataclasses.replace(layer, bias=bias, low=low, high=high)
     return layers
 
 
@@ -178,7 +180,7 @@ def _float_layer(value: Any, values: dict[Any, Any]) -> _FloatLayer | None:
         else:
             return None
         matrix = np.ascontiguousarray(weight.reshape(out_channels, -1))
-        return _FloatLayer(value, data, kind, matrix, np.zeros(0, np.float32), 0, 0, "",
+        return _FloatLayer(value, data, kind, matrix, np.zeros(out_channels, np.float32),
                            (int(weight.shape[2]), int(weight.shape[3])))
     if is_op(value, "relax.matmul"):
         data, weight_expr = value.args[0], values.get(value.args[1], value.args[1])
@@ -192,7 +194,7 @@ def _float_layer(value: Any, values: dict[Any, Any]) -> _FloatLayer | None:
             return None
         rows = weight if transposed else weight.T  # [N, K]
         return _FloatLayer(value, data, "dense", np.ascontiguousarray(rows),
-                           np.zeros(0, np.float32), 0, 0, "")
+                           np.zeros(rows.shape[0], np.float32))
     return None
 
 
