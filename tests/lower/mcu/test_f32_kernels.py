@@ -13,7 +13,7 @@ import pytest
 
 from tests import model_zoo
 from tests.conftest import require_tools, run_cli
-from tests.lower.mcu.test_q8_kernels import _layer_model
+from tests.lower.mcu.test_q8_kernels import _layer_model, _out_hw
 
 pytestmark = pytest.mark.cross
 
@@ -48,10 +48,7 @@ def test_fp32_kernels_match_onnxruntime_on_the_board_and_the_host(
         tmp_path, target, x_shape, cout, k, stride, group, pads, dilation, kind):
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
     builder = _layer_model(x_shape, cout, k, stride, group, pads, dilation)
-    pads_ = pads or [k // 2 * dilation] * 4
-    span = dilation * (k - 1) + 1
-    out_hw = [(x_shape[2] + pads_[0] + pads_[2] - span) // stride + 1,
-              (x_shape[3] + pads_[1] + pads_[3] - span) // stride + 1]
+    out_hw = _out_hw(x_shape, k, stride, pads, dilation)
     bundle, manifest = _build_float(
         tmp_path, builder.model("layer", list(x_shape), "logits", [1, 3, *out_hw]), target)
     # The layer (its bias and ReLU folded in) and the 1x1 convolution after it.

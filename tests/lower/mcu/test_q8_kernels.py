@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 
+from hwcomp.lower.kernel_spec import conv_output_size
 from hwcomp.lower.mcu.int8 import pack_c_weight
 from tests import model_zoo
 from tests.conftest import require_tools, run_cli
@@ -36,6 +37,13 @@ def _layer_model(x_shape, cout, k, stride=1, group=1, pads=None, dilation=1, rel
     w2 = (b.rng.standard_normal((3, cout, 1, 1)) / np.sqrt(cout)).astype(np.float32)
     b.node("Conv", [x, b.const(w2), b.const(np.zeros(3, np.float32))], kernel_shape=[1, 1])
     return b
+
+
+def _out_hw(x_shape, k, stride, pads, dilation):
+    """The output map of _layer_model's first convolution (its default padding keeps it)."""
+    pads = pads or [k // 2 * dilation] * 4
+    return list(conv_output_size(x_shape, (k, k), (stride, stride), tuple(pads),
+                                 (dilation, dilation)))
 
 
 def _build(tmp_path, builder, x_shape, out_hw, target):
@@ -84,10 +92,7 @@ def test_int8_c_kernels_match_onnxruntime_on_the_board_and_the_host(
         tmp_path, target, x_shape, cout, k, stride, group, pads, dilation, kernel):
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
     builder = _layer_model(x_shape, cout, k, stride, group, pads, dilation)
-    pads_ = pads or [k // 2 * dilation] * 4
-    span = dilation * (k - 1) + 1
-    out_hw = [(x_shape[2] + pads_[0] + pads_[2] - span) // stride + 1,
-              (x_shape[3] + pads_[1] + pads_[3] - span) // stride + 1]
+    out_hw = _out_hw(x_shape, k, stride, pads, dilation)
     bundle = _build(tmp_path, builder, x_shape, out_hw, target)
     manifest = json.loads((bundle / "manifest.json").read_text())
     verification = manifest["verification"]
