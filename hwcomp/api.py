@@ -8,6 +8,7 @@ the modules it names; this file only sequences them.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +36,7 @@ from hwcomp.lower.cpu.database import count_records
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.lower.library.runner import require_tool
-from hwcomp.lower.types import BundleInfo, Compiled
+from hwcomp.lower.types import BundleInfo, Compiled, RunnerResult, layer_count_record
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.passes import FoldBatchNormPass
 from hwcomp.targets import Target, load_target
@@ -66,11 +67,14 @@ def analyze(
     jobs: int = 1,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    bundle: Path | None = None,
 ) -> report.Analysis:
     """Cost, roofline estimate and (with calibration data) sensitivity of every layer.
 
     Sensitivity runs when ``calib`` or ``calib_random`` is given; ``labels`` adds task
-    accuracy. Nothing is written; the CLI renders the result.
+    accuracy. ``bundle``: a bundle of this model for this target whose build counted each
+    kernel call's instructions (``layer_counts``); its counts join the report. Nothing is
+    written; the CLI renders the result.
     """
     for action in actions:
         try:
@@ -107,10 +111,50 @@ def analyze(
         )
     elif labels is not None:
         raise CalibrationDataError(f"{labels}: labels need calibration data (--calib)")
+    counted = _bundle_counts(Path(bundle), target, graph_cost) if bundle is not None else None
     return report.Analysis(
         model_file=model_path.name, model_sha256=model_io.file_sha256(model_path),
         target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
+        counted=counted,
     )
+
+
+def _bundle_counts(bundle: Path, target: Target, graph_cost: cost.GraphCost) -> report.Counted:
+    """Read a bundle's per-kernel instruction counts and match them to the model's layers.
+
+    Kernel calls that compute a conv / matmul layer carry its MACs. Where the model's layers
+    with MACs and those calls have the same MACs as multisets, each layer gets the call of its
+    MACs (layers of equal MACs in order: the executor's order may put a shortcut before the
+    layer beside it). Otherwise (compression or a kernel covering several layers changed
+    them) the counts are reported per kernel call only.
+    """
+    path = bundle / "manifest.json"
+    if not path.is_file():
+        raise OptionError(f"--bundle {bundle}: not an hwcomp bundle (no manifest.json)")
+    manifest = json.loads(path.read_text())
+    built_for = manifest.get("target", {}).get("name")
+    if built_for != target.name:
+        raise OptionError(f"--bundle {bundle} was built for '{built_for}', not '{target.name}': "
+                          f"analyze with --target {built_for}, or pass a {target.name} bundle")
+    counts = manifest.get("layer_counts")
+    if not counts:
+        raise OptionError(
+            f"--bundle {bundle} has no per-layer counts (manifest.json layer_counts): only "
+            "bundles verified on an emulated board that counts them have them (Cortex-M with "
+            "this hwcomp); rebuild it, or analyze without --bundle")
+    layers = [node for node in graph_cost.nodes if node.macs]
+    calls = [step for step in counts["steps"] if step["macs"]]
+    matched: dict[str, int] = {}
+    if sorted(n.macs for n in layers) == sorted(c["macs"] for c in calls):
+        by_macs: dict[int, list[int]] = {}
+        for step in calls:
+            by_macs.setdefault(step["macs"], []).append(step["instructions"])
+        matched = {node.name: by_macs[node.macs].pop(0) for node in layers}
+    else:
+        logger.warning("--bundle %s: its %d layer kernel(s) do not match the model's %d layer(s) "
+                       "with MACs one to one; counts are shown per kernel call", bundle,
+                       len(calls), len(layers))
+    return report.Counted(bundle=str(bundle), record=counts, layer_instructions=matched)
 
 
 def compress(
@@ -228,9 +272,13 @@ def build(
             example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance)
         extras = lowering.package(compiled.executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
-        verification = _verify(staging, lowering, target, model, feeds, reference, tolerance, source)
+        kernel_macs = extras.pop("kernel_macs", {})
+        verification, run = _verify(staging, lowering, target, model, feeds, reference,
+                                    tolerance, source)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
         manifest.update(extras)
+        if run is not None and run.step_counts:
+            manifest["layer_counts"] = layer_count_record(run, kernel_macs)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
         manifest["planned_on"] = _planning_samples(calib, options, precision)
@@ -332,11 +380,13 @@ def _verify(
     reference: list[np.ndarray],
     tolerance: float,
     source: str,
-) -> Verification:
+) -> tuple[Verification, RunnerResult | None]:
+    """Run the bundle and compare; also return the run (None where it was not run)."""
     reason = lowering.not_run_reason(target)
     if reason:
         logger.warning("verification not run: %s", reason)
-        return Verification(status=NOT_RUN, tolerance=tolerance, inputs=source, reason=reason)
+        return Verification(status=NOT_RUN, tolerance=tolerance, inputs=source,
+                            reason=reason), None
     result = lowering.execute(staging, target, list(feeds.values()))
     names = [spec.name for spec in model_io.graph_outputs(model)]
     verification = compare_outputs(names, reference, result.outputs, tolerance, source)
@@ -344,7 +394,7 @@ def _verify(
         verification = verification.with_run(
             label, compare_outputs(names, reference, outputs, tolerance, source))
     logger.info("verification %s (%s)", verification.status, result.timing)
-    return verification
+    return verification, result
 
 
 def _manifest(

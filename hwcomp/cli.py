@@ -230,6 +230,13 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
         click.echo(f"memory: flash {lib['flash']} of {result.target.flash_bytes} bytes, RAM "
                    f"{lib['ram']} of {result.target.sram_bytes} (arena {arena['arena_bytes']}, "
                    f"lower bound {arena['lower_bound_bytes']}, stack {lib['stack']})")
+    counts = result.manifest.get("layer_counts")
+    if counts:
+        ratio = counts["macs_per_instruction"]
+        click.echo(f"instructions (emulated, counts not cycles): {counts['kernel_instructions']:,} "
+                   f"in {len(counts['steps'])} kernel calls"
+                   + (f", {ratio:.3f} MACs per instruction" if ratio else "")
+                   + "; per layer: manifest.json layer_counts")
     click.echo(f"time: {result.seconds:.1f} s")
 
 
@@ -278,17 +285,26 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
 @click.option("--top", type=int, default=0, help="Show only the N layers with the largest estimate.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the HTML report.")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="A bundle of MODEL for the target: add the instructions its build counted "
+                   "per kernel call on the emulated board (Cortex-M).")
 def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib: Path | None,
             calib_random: int, labels: Path | None, actions: str, jobs: int, top: int,
-            json_path: Path | None, html_path: Path | None) -> None:
-    """Per-layer cost, roofline estimate and compression sensitivity of MODEL."""
+            json_path: Path | None, html_path: Path | None, bundle: Path | None) -> None:
+    r"""Per-layer cost, roofline estimate and compression sensitivity of MODEL.
+
+    \b
+    Examples:
+      hwcomp analyze model.onnx -t arm-a72 --calib-random 8
+      hwcomp analyze kws.onnx -t cortex-m7 --bundle out/kws-cortex-m7
+    """
     chosen = tuple(a.strip() for a in actions.split(",") if a.strip())
     progress = _Progress("sensitivity (layers)")
     try:
         result = api.analyze(
             model, target_name, input_shapes=parse_input_shapes(input_shapes), calib=calib,
             calib_random=calib_random, labels=labels, actions=chosen, jobs=jobs,
-            progress=progress,
+            progress=progress, bundle=bundle,
         )
     finally:
         progress.close()
@@ -297,14 +313,17 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
     if top:
         layers = sorted(layers, key=lambda layer: -layer["estimate"]["time_s"])[:top]
     sens_actions = doc["sensitivity"]["actions"] if doc["sensitivity"] else []
+    counted = doc["counted"]
     header = ("layer", "op", "output", "MACs", "params", "bytes", "FLOP/B", "est us", "bound",
-              *(f"{a} dB" for a in sens_actions))
+              *(("instr.",) if counted else ()), *(f"{a} dB" for a in sens_actions))
     rows = []
     for layer in layers:
         cells = [layer["name"][:40], layer["op"], "x".join(map(str, layer["output_shape"])),
                  f"{layer['macs']:,}", f"{layer['params']:,}", f"{layer['memory_bytes']:,}",
                  f"{layer['intensity']:.1f}", f"{layer['estimate']['time_s'] * 1e6:.1f}",
                  layer["estimate"]["bound"]]
+        if counted:
+            cells.append("" if layer["instructions"] is None else f"{layer['instructions']:,}")
         for action in sens_actions:
             entry = (layer["sensitivity"] or {}).get(action)
             cells.append("" if entry is None else "exact" if entry["exact"]
@@ -324,6 +343,8 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
                    + (", RANDOM calibration data (unreliable)" if info["random_calibration"] else "")
                    + (f", baseline accuracy {info['baseline_accuracy']:.4f}"
                       if info["baseline_accuracy"] is not None else ""))
+    if counted:
+        _echo_counted(counted)
     if json_path:
         write_json(json_path, doc)
         click.echo(f"json: {json_path}")
@@ -331,6 +352,21 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(report.to_html(result))
         click.echo(f"html: {html_path}")
+
+
+def _echo_counted(counted: dict[str, Any]) -> None:
+    """Print the kernel calls a bundle's build counted (``analyze --bundle``)."""
+    ratio = counted["macs_per_instruction"]
+    click.echo(f"\ncounted in {counted['bundle']} (EMULATED INSTRUCTIONS, NOT CYCLES): "
+               f"{counted['kernel_instructions']:,} in {len(counted['steps'])} kernel calls"
+               + (f", {ratio:.3f} MACs per instruction" if ratio else "")
+               + ("" if counted["layers_matched"] else
+                  "; the layer kernels do not match the model's layers one to one"))
+    _table(("step", "kernel", "instructions", "MACs", "MACs/instr."),
+           [(str(s["step"]), _shorten(s["kernel"], 60), f"{s['instructions']:,}",
+             f"{s['macs']:,}" if s["macs"] else "",
+             f"{s['macs_per_instruction']:.3f}" if s["macs_per_instruction"] else "")
+            for s in counted["steps"]])
 
 
 @cli.command("compress")

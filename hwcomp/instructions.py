@@ -243,7 +243,7 @@ def _read_counts(path: Path) -> tuple[int, int, list[tuple[int, int]]]:
             total = int(line.split()[2])
         elif line.startswith("# marked "):
             marked = int(line.split()[2])
-        elif line and not line.startswith("#"):
+        elif line and not line.startswith(("#", "@")):  # "@": marks by address (firmware)
             address, executed = line.split()
             blocks.append((int(address, 16), int(executed)))
     return total, marked, blocks

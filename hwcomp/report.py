@@ -21,13 +21,23 @@ JSON schema ``hwcomp-analysis/1`` (stable; new keys may be added, none removed):
                   "sensitivity": {action: {"sqnr_db": float|null, "cosine": float,
                                            "top1_agreement": float|null,
                                            "accuracy": float|null, "exact": bool}}
-                                 | null}],
+                                 | null,
+                  "instructions": int|null}],
       "sensitivity": null | {"actions": [str], "samples": int, "random_calibration": bool,
                              "baseline_accuracy": float|null, "seconds": float,
-                             "notes": [str]}
+                             "notes": [str]},
+      "counted": null | {"bundle": str, "counted_by": str, "unit": str,
+                         "kernel_instructions": int, "macs": int,
+                         "macs_per_instruction": float|null,
+                         "layers_matched": bool,
+                         "steps": [{"step": int, "kernel": str, "instructions": int,
+                                    "macs": int, "macs_per_instruction": float|null}]}
     }
 
-``sqnr_db`` is null when the action leaves the output exactly unchanged.
+``sqnr_db`` is null when the action leaves the output exactly unchanged. ``counted`` (with
+``analyze --bundle``): the instructions each kernel call of the bundle executed on the
+emulated board when it was verified (counts, not cycles); a layer's ``instructions`` is
+its kernel call's where the bundle's layer kernels match the model's layers one to one.
 """
 
 from __future__ import annotations
@@ -59,6 +69,16 @@ class Analysis:
     cost: GraphCost
     roofline: RooflineEstimate
     sensitivity: SensitivityReport | None
+    counted: Counted | None = None
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A bundle's per-kernel instruction counts (its manifest's ``layer_counts``)."""
+
+    bundle: str
+    record: dict[str, Any]
+    layer_instructions: dict[str, int]  # layer name -> its kernel call's instructions
 
 
 def to_json(analysis: Analysis) -> dict[str, Any]:
@@ -84,6 +104,8 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
                          "exact": r.exact}
                 for action, r in row.items()
             },
+            "instructions": (analysis.counted.layer_instructions.get(node.name)
+                             if analysis.counted else None),
         })
     cost, roof, sens = analysis.cost, analysis.roofline, analysis.sensitivity
     return {
@@ -106,6 +128,10 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
             "random_calibration": sens.random_calibration,
             "baseline_accuracy": sens.baseline_accuracy, "seconds": sens.seconds,
             "notes": sens.notes,
+        },
+        "counted": None if analysis.counted is None else {
+            "bundle": analysis.counted.bundle, **analysis.counted.record,
+            "layers_matched": bool(analysis.counted.layer_instructions),
         },
     }
 
@@ -194,11 +220,35 @@ def to_html(analysis: Analysis) -> str:
     return render(
         "report/analysis.html.in", title=html.escape(f"hwcomp analysis: {doc['model']['file']}"),
         summary=html.escape(summary), figures=figures, rows=rows,
+        counted=_counted_html(doc["counted"]),
     )
 
 
 def _layer_cells(layer: dict[str, Any]) -> list[str]:
     estimate = layer["estimate"]
+    instructions = layer["instructions"]
     return [layer["name"], layer["op"], "x".join(map(str, layer["output_shape"])),
             f"{layer['macs']:,}", f"{layer['params']:,}", f"{layer['memory_bytes']:,}",
-            f"{layer['intensity']:.2f}", f"{estimate['time_s'] * 1e6:.1f}", estimate["bound"]]
+            f"{layer['intensity']:.2f}", f"{estimate['time_s'] * 1e6:.1f}", estimate["bound"],
+            "" if instructions is None else f"{instructions:,}"]
+
+
+def _counted_html(counted: dict[str, Any] | None) -> str:
+    """Render the bundle's kernel calls and their instruction counts (``analyze --bundle``)."""
+    if counted is None:
+        return ""
+    ratio = counted["macs_per_instruction"]
+    head = (f"<h2>Kernel calls counted on the emulated board</h2>\n<p>"
+            f"{html.escape(counted['bundle'])}: {counted['kernel_instructions']:,} "
+            f"{html.escape(counted['unit'])}"
+            + (f", {ratio:.3f} MACs per instruction" if ratio else "")
+            + f". {html.escape(counted['counted_by'])}.</p>\n")
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
+            step["step"], step["kernel"], f"{step['instructions']:,}",
+            f"{step['macs']:,}" if step["macs"] else "",
+            f"{step['macs_per_instruction']:.3f}" if step["macs_per_instruction"] else ""))
+        + "</tr>" for step in counted["steps"])
+    return (head + "<table>\n<thead><tr><th>step</th><th>kernel</th><th>instructions</th>"
+            "<th>MACs</th><th>MACs/instr.</th></tr></thead>\n<tbody>\n" + rows
+            + "\n</tbody>\n</table>")

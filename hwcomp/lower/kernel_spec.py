@@ -46,6 +46,26 @@ class KernelSpec:
     by_element: bool = False
 
 
+# PrimFunc attribute: the multiply-adds of the layer a kernel computes (a conv / matmul
+# layer's kernels set it; the microcontroller manifest reports MACs per instruction with it).
+MACS_ATTR = "hwcomp.macs"
+
+
+def layer_macs(weight_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of a conv / depthwise / dense layer: each weight once per output position.
+
+    ``weight_shape`` starts with the output channels (OIHW, [C, KH*KW], [N, K]); an output
+    of ``out_shape`` holds ``prod(out_shape) / weight_shape[0]`` positions per channel.
+    """
+    weights = 1
+    for d in weight_shape:
+        weights *= int(d)
+    outputs = 1
+    for d in out_shape:
+        outputs *= int(d)
+    return weights * outputs // int(weight_shape[0])
+
+
 def conv_output_size(data_shape: tuple[int, ...], kernel: tuple[int, int],
                      strides: tuple[int, int], padding: tuple[int, int, int, int],
                      dilation: tuple[int, int]) -> tuple[int, int]:

@@ -64,3 +64,27 @@ class RunnerResult:
     timing: str
     # Further runs of the same inputs to check too (e.g. the host build next to the board's).
     also: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # Where the runner counts them: the run's kernel calls in order, each (kernel name,
+    # instructions), and how they were counted.
+    step_counts: list[tuple[str, int]] = field(default_factory=list)
+    counted_by: str = ""
+
+
+def layer_count_record(result: RunnerResult, kernel_macs: dict[str, int]) -> dict[str, Any]:
+    """Return the manifest's ``layer_counts``: each kernel call's instructions and MACs.
+
+    ``kernel_macs`` (from the family's ``package``) holds the multiply-adds of kernels that
+    compute a conv / matmul layer.
+    """
+    steps = []
+    for index, (kernel, instructions) in enumerate(result.step_counts):
+        macs = kernel_macs.get(kernel, 0)
+        steps.append({"step": index, "kernel": kernel, "instructions": instructions,
+                      "macs": macs,
+                      "macs_per_instruction": round(macs / instructions, 4)
+                      if macs and instructions else None})
+    total = sum(instructions for _, instructions in result.step_counts)
+    macs = sum(kernel_macs.get(kernel, 0) for kernel, _ in result.step_counts)
+    return {"counted_by": result.counted_by, "unit": "instructions executed (not cycles)",
+            "kernel_instructions": total, "macs": macs,
+            "macs_per_instruction": round(macs / total, 4) if total else None, "steps": steps}

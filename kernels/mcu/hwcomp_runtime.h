@@ -32,6 +32,11 @@ void hwcomp_workspace_begin(void* base, size_t nbytes);
 /* Call `kernel` on `count` tensors (inputs, then outputs). Returns 0 on success. */
 int32_t hwcomp_call(hwcomp_kernel_fn kernel, DLTensor* tensors, int32_t count);
 
+/* Called by hwcomp_call when a kernel returns; does nothing. hwcomp's build counts each
+ * kernel call's instructions under qemu between the entries of hwcomp_call and of this
+ * function (a TCG plugin marks both addresses; the manifest's "layer_counts"). */
+void hwcomp_step_end(void);
+
 /* Called with the model and kernel names and the step when a kernel fails. */
 void hwcomp_on_error(const char* model, const char* kernel, int step, int32_t status);
 

@@ -173,6 +173,106 @@ def run_firmware(elf: Path, target: Target) -> str:
                 f"the {target.name} firmware under {target.emulator}")
 
 
+@dataclass(frozen=True)
+class StepCount:
+    """Instructions one kernel call of the firmware's run executed (qemu, not cycles)."""
+
+    kernel: str  # the kernel's function (TVM's name, without the __tvm_ffi_<prefix>_ part)
+    instructions: int
+
+
+@dataclass(frozen=True)
+class FirmwareCount:
+    """The firmware's run counted per kernel call."""
+
+    output: str  # what the firmware printed
+    steps: list[StepCount]
+    program: int  # instructions of the whole firmware (start-up and printing included)
+
+
+def count_firmware(elf: Path, target: Target) -> FirmwareCount:
+    """Run ``elf`` as :func:`run_firmware` does, counting each kernel call's instructions.
+
+    qemu's TCG plugin (``kernels/qemu/insn_count.c``) notes how many instructions the
+    firmware had executed each time it enters ``hwcomp_call``, a kernel, or
+    ``hwcomp_step_end`` (hwcomp_runtime.c, called when a kernel returns): a step is from
+    the first to the last, so it includes ``hwcomp_call``'s argument packing (a few
+    instructions) and every function the kernel calls. Deterministic: counts, not cycles.
+
+    Raises:
+        ToolchainError: the plugin or the symbol table could not be built or read.
+    """
+    from hwcomp.instructions import plugin_path
+
+    emulator = require_tool(target.emulator, target.emulator_package, "to run the firmware")
+    symbols = _function_addresses(elf, target)
+    # Kernels are __tvm_ffi_<prefix>_<name>; the model's API is <prefix>_run_with_arena.
+    prefixes = [n.removesuffix("_run_with_arena") for n in symbols if n.endswith("_run_with_arena")]
+    kernel_prefix = f"__tvm_ffi_{prefixes[0]}_" if len(prefixes) == 1 else "__tvm_ffi_"
+    kernels = {address: name.removeprefix(kernel_prefix) for name, address in symbols.items()
+               if name.startswith("__tvm_ffi_")}
+    try:
+        call, end = symbols["hwcomp_call"], symbols["hwcomp_step_end"]
+    except KeyError as missing:
+        raise ToolchainError(f"{elf} has no {missing} to mark") from None
+    marks = [call, end, *kernels]
+    with tempfile.TemporaryDirectory(prefix="hwcomp-count-") as scratch:
+        out = Path(scratch) / "counts.txt"
+        plugin = ",".join([str(plugin_path()), f"out={out}", *(f"mark={a:x}" for a in marks)])
+        text = _run([emulator, *target.emulator_args, "-plugin", plugin, "-kernel", str(elf)],
+                    f"the {target.name} firmware under {target.emulator} (counted)")
+        if not out.is_file():
+            raise ToolchainError(f"{target.emulator} wrote no counts (does it load TCG plugins? "
+                                 "qemu 7.2+ does)")
+        program, events = _read_events(out.read_text())
+    steps: list[StepCount] = []
+    started: int | None = None
+    kernel = ""
+    for mark, so_far in events:
+        if mark == 0:
+            started, kernel = so_far, ""
+        elif mark == 1 and started is not None:
+            steps.append(StepCount(kernel, so_far - started))
+            started = None
+        elif mark >= 2 and started is not None and not kernel:
+            kernel = kernels[marks[mark]]
+    return FirmwareCount(text, steps, program)
+
+
+def _function_addresses(elf: Path, target: Target) -> dict[str, int]:
+    """Return the function symbols of ``elf``, addresses with the Thumb bit cleared (cross nm)."""
+    tool = target.cross_compiler.replace("-gcc", "-nm")
+    try:
+        done = subprocess.run([tool, "--defined-only", str(elf)], capture_output=True, text=True,
+                              check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise ToolchainError(f"{tool} could not read {elf}: {error}") from None
+    found = {}
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] in "Tt":
+            found[fields[2]] = int(fields[0], 16) & ~1
+    return found
+
+
+def _read_events(text: str) -> tuple[int, list[tuple[int, int]]]:
+    """Return the plugin's whole-program total and its ``@ mark so_far`` notes, no repeats.
+
+    qemu may translate a block twice before it runs (the note repeats with the same count).
+    """
+    program = 0
+    events: list[tuple[int, int]] = []
+    for line in text.splitlines():
+        if line.startswith("# total "):
+            program = int(line.split()[2])
+        elif line.startswith("@ "):
+            _, mark, so_far = line.split()
+            event = (int(mark), int(so_far))
+            if not events or events[-1] != event:
+                events.append(event)
+    return program, events
+
+
 def parse_outputs(text: str, dtypes: list[str], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     """Read the ``hwcomp-output`` blocks printed by the example program."""
     lines = text.splitlines()

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernel_spec import conv_output_size
+from hwcomp.lower.kernel_spec import MACS_ATTR, conv_output_size, layer_macs
 from hwcomp.lower.relax_match import (
     dtype_of,
     is_op,
@@ -291,7 +291,8 @@ def _make_rewriter(mod: Any, layers: dict[Any, _FloatLayer]) -> Any:
             if key not in self.kernels:
                 name = f"hwcomp_fp32_{layer.kind}_{len(self.kernels)}"
                 func = _kernel(layer, out_shape).with_attrs(
-                    {"global_symbol": name, "op_pattern": 8})
+                    {"global_symbol": name, "op_pattern": 8,
+                     MACS_ATTR: layer_macs(layer.weight.shape, out_shape)})
                 self.kernels[key] = self.builder_.add_func(func, name)
             operands = [relax.const(layer.weight), relax.const(layer.bias)]
             extra = f" + {layer.activation}" if layer.activation else ""

@@ -41,7 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, conv_output_size, int64_shape
+from hwcomp.lower.kernel_spec import (
+    MACS_ATTR,
+    KernelRewrite,
+    KernelSpec,
+    conv_output_size,
+    int64_shape,
+    layer_macs,
+)
 from hwcomp.lower.relax_match import (
     bound,
     dtype_of,
@@ -382,13 +389,14 @@ def _make_rewriter(mod: Any, path: str) -> Any:
                 return self._conv(layer, operands)
             return self._matmul(layer, operands)
 
-        def _kernel(self, key: tuple[Any, ...], make: Any) -> Any:
+        def _kernel(self, key: tuple[Any, ...], make: Any, macs: int = 0) -> Any:
             if key not in self.kernels:
                 name = f"hwcomp_int8_{key[0]}_{len(self.kernels)}"
                 # Opaque (op pattern 8): FuseOps fuses nothing into it. The kernel already
                 # ends in the layer's requantization, so its output is the quantized tensor
                 # the next layer reads; within it the default schedule inlines the padding.
-                func = make().with_attrs({"global_symbol": name, "op_pattern": 8})
+                attrs = {"global_symbol": name, "op_pattern": 8}
+                func = make().with_attrs({**attrs, MACS_ATTR: macs} if macs else attrs)
                 self.kernels[key] = self.builder_.add_func(func, name)
             return self.kernels[key]
 
@@ -412,15 +420,16 @@ def _make_rewriter(mod: Any, path: str) -> Any:
                 tuple(int(v) for v in attrs.padding),  # type: ignore[arg-type]
                 (int(attrs.dilation[0]), int(attrs.dilation[1])))
             kind = c_kernel_kind(geometry)
+            out_shape = shape_of(layer.op)
+            macs = layer_macs(layer.weight.shape, out_shape)
             if kind is not None:
                 operands = [relax.const(pack_c_weight(layer.weight, kind)), *operands[1:]]
                 kernel = self._kernel(
                     ("c_" + kind, geometry, layer.x, layer.y),
-                    lambda: c_conv_kernel(geometry, kind, layer.x, layer.y, path))
+                    lambda: c_conv_kernel(geometry, kind, layer.x, layer.y, path), macs)
             else:
                 kernel = self._kernel(("conv", geometry, layer.x, layer.y),
-                                      lambda: conv_kernel(geometry, layer.x, layer.y))
-            out_shape = shape_of(layer.op)
+                                      lambda: conv_kernel(geometry, layer.x, layer.y), macs)
             self.rewritten.append(f"conv2d {out_shape}" + (
                 f" groups {geometry.groups}" if geometry.groups > 1 else ""))
             return relax.op.call_tir(kernel, [layer.x_q, *operands],
@@ -432,7 +441,8 @@ def _make_rewriter(mod: Any, path: str) -> Any:
             rows = int(np.prod(shape[:-1]))
             flat = self.builder_.emit(relax.op.reshape(layer.x_q, (rows, depth)))
             kernel = self._kernel(("matmul", rows, depth, cols, layer.x, layer.y),
-                                  lambda: matmul_kernel(rows, depth, cols, layer.x, layer.y))
+                                  lambda: matmul_kernel(rows, depth, cols, layer.x, layer.y),
+                                  rows * depth * cols)
             self.rewritten.append(f"matmul {(*shape[:-1], cols)}")
             out = self.builder_.emit(relax.op.call_tir(
                 kernel, [flat, *operands], relax.TensorType((rows, cols), layer.y.dtype)))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hwcomp.errors import MemoryBudgetError
+from hwcomp.errors import MemoryBudgetError, ToolchainError
 from hwcomp.lower.frontend.relax_import import import_checked
 from hwcomp.lower.kernel_spec import KernelSpec
 from hwcomp.lower.mcu import firmware
@@ -86,13 +86,14 @@ class McuLowering:
                 "weights_bytes": sum(int(a.nbytes) for a in executable.constants.values()),
                 "kernels": len(executable.calls),
             }
+            kernel_macs = {call.kernel: call.macs for call in executable.calls if call.macs}
             _check_budget(info.model_file, target, sizes, plan.arena_bytes)
             machine = firmware.board_for(target)
             if machine is not None:
                 report["firmware"] = _firmware(objects, sources, target, staging, machine, sizes)
         logger.info("flash %d bytes, RAM %d bytes (arena %d) of %d / %d", sizes.flash, sizes.ram,
                     plan.arena_bytes, target.flash_bytes, target.sram_bytes)
-        return {"mcu": report}
+        return {"mcu": report, "kernel_macs": kernel_macs}
 
     def not_run_reason(self, target: Target) -> str | None:
         """Verification always runs: on this machine, and on the emulated board if known."""
@@ -113,11 +114,21 @@ class McuLowering:
         elf = bundle / "bin" / "firmware.elf"
         if not elf.is_file():
             return RunnerResult(outputs=host_outputs, timing="host build of the C (no board)")
-        emulated = firmware.run_firmware(elf, target)
+        board = " ".join([target.emulator, *target.emulator_args])
+        try:
+            counted = firmware.count_firmware(elf, target)
+        except ToolchainError as error:  # no plugin here: run it uncounted
+            logger.warning("no per-layer instruction counts: %s", error)
+            return RunnerResult(
+                outputs=firmware.parse_outputs(firmware.run_firmware(elf, target), dtypes, shapes),
+                timing=f"{board} (emulated, not a latency)", also={"host build": host_outputs})
         return RunnerResult(
-            outputs=firmware.parse_outputs(emulated, dtypes, shapes),
-            timing=f"{target.emulator} {' '.join(target.emulator_args)} (emulated, not a latency)",
+            outputs=firmware.parse_outputs(counted.output, dtypes, shapes),
+            timing=f"{board} (emulated, not a latency)",
             also={"host build": host_outputs},
+            step_counts=[(step.kernel, step.instructions) for step in counted.steps],
+            counted_by=f"qemu TCG plugin (kernels/qemu/insn_count.c) on {board}: each kernel "
+                       "call from hwcomp_call's entry to hwcomp_step_end's",
         )
 
 

@@ -265,6 +265,50 @@ def test_profile_build_reports_every_layer(kws_int8, tmp_path):
     assert "-DHWCOMP_KWS_PROFILE=ON" in (kws_int8 / "README.md").read_text()
 
 
+def test_build_counts_each_kernel_call_on_the_emulated_board(kws_int8):
+    """The verification run on the emulated board counts every kernel call's instructions
+    (a qemu TCG plugin marking hwcomp_call and hwcomp_step_end), in the executor's order,
+    with each layer kernel's MACs: together the model's MACs."""
+    from hwcomp import model as model_io
+    from hwcomp.analysis import cost
+
+    manifest = json.loads((kws_int8 / "manifest.json").read_text())
+    counts = manifest["layer_counts"]
+    assert "qemu TCG plugin" in counts["counted_by"] and "not cycles" in counts["unit"]
+    model_c = (kws_int8 / "lib" / "model.c").read_text()
+    executed = re.findall(r"/\* step \d+: (\w+)\(", model_c)
+    assert [s["kernel"] for s in counts["steps"]] == executed
+    assert all(s["instructions"] > 0 for s in counts["steps"])
+    assert counts["kernel_instructions"] == sum(s["instructions"] for s in counts["steps"])
+    layers = [s for s in counts["steps"] if s["macs"]]
+    assert len(layers) == 10  # the stem, 4 depthwise, 4 pointwise, the classifier
+    model = model_io.load_model(kws_int8.parent.parent / "kws.onnx")
+    assert counts["macs"] == cost.graph_cost(model).total_macs
+    # At most two multiply-adds per instruction on the M7 (SMLAD); the whole model's rate
+    # is what bench/mcu_size.py reports (0.61 with start-up and printing).
+    assert all(s["macs"] / s["instructions"] < 2 for s in layers)
+    assert 0.4 < counts["macs_per_instruction"] < 2
+
+
+def test_analyze_shows_the_bundles_counts_per_layer(kws_int8, tmp_path):
+    model = kws_int8.parent.parent / "kws.onnx"
+    report = tmp_path / "report.json"
+    done = run_cli("analyze", str(model), "-t", "cortex-m7", "--bundle", str(kws_int8),
+                   "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    assert "EMULATED INSTRUCTIONS, NOT CYCLES" in done.stdout
+    doc = json.loads(report.read_text())
+    counted = doc["counted"]
+    assert counted["layers_matched"] and counted["steps"]
+    by_kernel = {s["kernel"]: s["instructions"] for s in counted["steps"] if s["macs"]}
+    layers = [layer for layer in doc["layers"] if layer["macs"]]
+    assert sorted(layer["instructions"] for layer in layers) == sorted(by_kernel.values())
+    assert all(layer["instructions"] is None for layer in doc["layers"] if not layer["macs"])
+    wrong = run_cli("analyze", str(model), "-t", "cortex-m4", "--bundle", str(kws_int8))
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().startswith("hwcomp: error: --bundle") and "cortex-m7" in wrong.stderr
+
+
 @pytest.mark.parametrize("opt", ["-O2", "-O0"])
 def test_generated_c_compiles_warning_free(kws_int8, tmp_path, opt):
     """Every C file of a bundle (TVM's kernels, hwcomp's kernels and runtime, the executor,
