@@ -8,10 +8,9 @@ instructions per inference counted two ways:
 * ``callgrind``: x86-64 instructions of ``hwcomp_<model>_run`` alone in the host build of the
   same C (repeatable: valgrind counts, it does not time);
 * ``qemu``: Thumb-2 instructions the whole example firmware executes on the emulated board
-  (``-singlestep -d exec``; includes startup and printing the outputs, ~1 % here), and per
-  kernel call (the trace names each instruction's function; a call runs from the
-  executor's entry into its kernel to the next), with the layer's MACs where the call is a
-  layer's. Slow (about a minute per model), so only with ``--qemu``.
+  (a qemu TCG plugin; includes startup and printing the outputs, ~1 % here), and per kernel
+  call (the build's own count, manifest ``layer_counts``), with the layer's MACs where the
+  call is a layer's. With ``--qemu`` (a second or two per model).
 
 MACs per instruction = the model's MACs (hwcomp's cost analysis) / instructions. Then
 the build's verification (the emulated board's outputs against onnxruntime's) and the
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -43,6 +41,7 @@ from hwcomp import model as model_io  # noqa: E402
 from hwcomp.analysis import cost  # noqa: E402
 from hwcomp.compress import precision as quantize  # noqa: E402
 from hwcomp.errors import MemoryBudgetError  # noqa: E402
+from hwcomp.lower.mcu.firmware import count_firmware  # noqa: E402
 from hwcomp.lower.mcu.sources import sources_in  # noqa: E402
 from tests import model_zoo  # noqa: E402
 
@@ -65,76 +64,28 @@ def callgrind_instructions(bundle: Path, prefix: str, workdir: Path) -> int:
     return int(summary.group(1))
 
 
-def qemu_instructions(bundle: Path, emulator: list[str]) -> tuple[int, list[tuple[str, int]]]:
+def qemu_instructions(bundle: Path, target) -> tuple[int, list[tuple[str, int, int]]]:
     """Thumb-2 instructions the firmware executes, in all and per kernel call.
 
-    qemu traces each executed instruction (``-singlestep -d exec,nochain``) with the name of
-    the function holding it; a kernel call begins where the executor's ``hwcomp_call``
-    enters a ``__tvm_ffi_`` kernel, and every instruction until the next begins (hwcomp's C
-    kernels, the libm calls it makes) is counted to it. Instructions of the executor,
-    startup and printing are the "other" entry.
+    The build's own count (``hwcomp.lower.mcu.firmware.count_firmware``: a qemu TCG plugin
+    marks the entries of ``hwcomp_call`` and ``hwcomp_step_end``, so a call counts the
+    kernel and every function it calls), run again here for the whole-program total; each
+    call's MACs from the manifest's ``layer_counts``. Instructions outside the kernel calls
+    (start-up, the executor, printing) are the "other" entry.
     """
-    read, write = os.pipe()
-    command = [*emulator, "-singlestep", "-d", "exec,nochain", "-D", f"/dev/fd/{write}",
-               "-kernel", str(bundle / "bin" / "firmware.elf")]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            pass_fds=(write,))
-    os.close(write)
-    steps: list[list] = []
-    other = total = 0
-    previous = ""
-    executor = ("hwcomp_call", "hwcomp_workspace_begin")
-    with os.fdopen(read, "rb") as trace:
-        for line in trace:
-            if not line.startswith(b"Trace"):
-                continue
-            total += 1
-            name = line.rsplit(None, 1)[-1].decode()
-            if name.startswith("__tvm_ffi_") and previous == "hwcomp_call":
-                steps.append([name, 0])
-            previous = name
-            if (steps and not name.startswith(executor) and not name.endswith("_run_with_arena")
-                    and not name.endswith("_run") and name != "main"):
-                steps[-1][1] += 1
-            else:
-                other += 1
-    proc.wait(timeout=60)
-    return total, [(name, count) for name, count in steps] + [("other", other)]
+    counted = count_firmware(bundle / "bin" / "firmware.elf", target)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    macs = {s["kernel"]: s["macs"] for s in manifest["layer_counts"]["steps"]}
+    steps = [(step.kernel, step.instructions, macs.get(step.kernel, 0)) for step in counted.steps]
+    other = counted.program - sum(count for _, count, _ in steps)
+    return counted.program, [*steps, ("other", other, 0)]
 
 
-def kernel_macs(bundle: Path) -> dict[str, int]:
-    """MACs of each ``__tvm_ffi_`` kernel that calls hwcomp's int8 or fp32 C kernels, from
-    the literal geometry the generated code passes them (kernels.c)."""
-    source = (bundle / "lib" / "kernels.c").read_text()
-    macs = {}
-    for body in source.split("TVM_DLL int32_t ")[1:]:
-        head = body.split("(", 1)[0]
-        call = re.search(r"hwcomp_(?:q8|f32)_(conv|depthwise|dense)\w*\(([^;]*)\);",
-                         body.split("\n}", 1)[0])
-        if not head.startswith("__tvm_ffi_") or call is None or "int32_t," in call.group(2):
-            continue
-        args = [int(v) for v in call.group(2).split(", ") if re.fullmatch(r"-?\d+", v)]
-        if call.group(1) == "dense":  # rows, depth, cols
-            rows, depth, cols = args[:3]
-            macs[head] = rows * depth * cols
-        elif call.group(1) == "conv":  # c, h, w, oc, kh, kw, ..., oh, ow (11th, 12th after c)
-            c, _, _, oc, kh, kw = args[:6]
-            oh, ow = args[12:14]
-            macs[head] = c * kh * kw * oc * oh * ow
-        else:  # c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, oh, ow
-            c, _, _, kh, kw = args[:5]
-            oh, ow = args[13:15]
-            macs[head] = c * kh * kw * oh * ow
-    return macs
-
-
-def layer_table(name: str, steps: list[tuple[str, int]], macs: dict[str, int]) -> str:
-    """Markdown: each kernel call's instructions, and MACs where it ran hwcomp's C kernel."""
-    rows = [f"\n{name}: instructions per kernel call (qemu trace; counts, not cycles)\n",
+def layer_table(name: str, steps: list[tuple[str, int, int]]) -> str:
+    """Markdown: each kernel call's instructions, and MACs where it computes a layer."""
+    rows = [f"\n{name}: instructions per kernel call (qemu TCG plugin; counts, not cycles)\n",
             "| step | kernel | instructions | MACs | MACs/instr. |", "|---|---|---:|---:|---:|"]
-    for index, (kernel, count) in enumerate(steps):
-        short = kernel.split("_", 4)[-1] if kernel.startswith("__tvm_ffi_") else kernel
-        layer_macs = macs.get(kernel, 0)
+    for index, (short, count, layer_macs) in enumerate(steps):
         ratio = f"{layer_macs / count:.3f}" if layer_macs and count else "-"
         rows.append(f"| {index} | {short} | {count} | {layer_macs or '-'} | {ratio} |")
     return "\n".join(rows)
@@ -176,12 +127,10 @@ def main() -> None:
                 mcu = result.manifest["mcu"]
                 error = result.manifest["verification"]["outputs"][0]["max_abs_error"]
                 x86 = callgrind_instructions(result.bundle, mcu["prefix"], folder)
-                emulator = [result.target.emulator, *result.target.emulator_args]
                 thumb = None
                 if args.qemu:
-                    thumb, steps = qemu_instructions(result.bundle, emulator)
-                    tables.append(layer_table(f"{name} {precision} ({args.target})", steps,
-                                              kernel_macs(result.bundle)))
+                    thumb, steps = qemu_instructions(result.bundle, result.target)
+                    tables.append(layer_table(f"{name} {precision} ({args.target})", steps))
                 rows.append((name, precision, macs, mcu, x86, thumb, error, build_s))
                 print(json.dumps({"model": name, "precision": precision, "macs": macs,
                                   "build_seconds": round(build_s, 1),
