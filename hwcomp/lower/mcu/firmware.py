@@ -33,7 +33,9 @@ from hwcomp.targets import Target
 from hwcomp.templates import render_source
 
 RUN_TIMEOUT_S = 600
-_OPT = ["-O2", "-std=c99", "-ffunction-sections", "-fdata-sections"]
+# -ffp-contract=off: what -std=c99 implies for GCC, said outright (the bundle's CMake and
+# Make fragments pass it too: GCC's GNU modes would fuse a * b + c into one rounding).
+_OPT = ["-O2", "-std=c99", "-ffp-contract=off", "-ffunction-sections", "-fdata-sections"]
 
 
 @dataclass(frozen=True)

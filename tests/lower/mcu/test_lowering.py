@@ -83,6 +83,8 @@ def test_cmake_firmware_project_consumes_the_bundle(kws_bundle, tmp_path):
     # No build type set: the model still compiles at -O2, as its flash was measured.
     kernels_line = next(line for line in done.stdout.splitlines() if "kernels.c" in line and " -c " in line)
     assert "-O2" in kernels_line
+    # CMake compiles C99 as gnu99, where GCC would fuse the float steps' a * b + c.
+    assert "-ffp-contract=off" in kernels_line
     elf = build / "consumer"
     header = subprocess.run(["arm-none-eabi-readelf", "-h", "-A", str(elf)], capture_output=True,
                             text=True, check=True).stdout
