@@ -1336,3 +1336,142 @@ int32_t hwcomp_q8_lut(const void* x, const void* table, void* y, int32_t count, 
     return hwcomp_q8_lut(x, table, y, count, flags);                                     \
   }
 HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_LUT_ENTRY)
+
+/* The float steps between layers (hwcomp_q8.h): each as TVM's float code wrote it, the
+ * dequantized values read from the table, so no product is formed (or fused) here.
+ *
+ * Min and max: VMAXNM / VMINNM where the FPU has them (FPv5: Cortex-M7 with the
+ * double-precision unit, Armv8.1-M), a compare elsewhere; they differ only on NaN (none
+ * here) and on which zero they return (both quantize to the zero point). */
+#if defined(__arm__) && defined(__ARM_FP) && ((__ARM_FP & 8) || __ARM_ARCH >= 8)
+#define HWCOMP_Q8_FMAX(a, b) __builtin_fmaxf(a, b)
+#define HWCOMP_Q8_FMIN(a, b) __builtin_fminf(a, b)
+#else
+#define HWCOMP_Q8_FMAX(a, b) ((a) < (b) ? (b) : (a))
+#define HWCOMP_Q8_FMIN(a, b) ((a) > (b) ? (b) : (a))
+#endif
+
+/* nearbyint of w, |w| <= 255 after the clamp: VCVTR (the FPSCR's round to nearest even) on
+ * the Arm FPU, the 1.5 * 2^23 round trip elsewhere. */
+static inline int32_t round_small(float w) {
+#if defined(__arm__) && defined(__ARM_FP) && (__ARM_FP & 4)
+  float r;
+  __asm__("vcvtr.s32.f32 %0, %1" : "=t"(r) : "t"(w));
+  int32_t q;
+  memcpy(&q, &r, sizeof q);
+  return q;
+#else
+  return (int32_t)((w + HWCOMP_Q8_ROUND) - HWCOMP_Q8_ROUND);
+#endif
+}
+
+/* Elementwise: the activation's clamp of v and the output type's clamp of v / y_scale are
+ * one clamp of v / y_scale, to [max(lo / s, w_lo), min(hi / s, w_hi)]: dividing by s > 0
+ * rounds monotonically, so fl(v / s) is below fl(lo / s) exactly when v is below lo. */
+#define HWCOMP_Q8_ELEMENTWISE_LOOP(NAME, T, VALUE)                                         \
+  static void NAME(const uint8_t* pa, const uint8_t* pb, const float* ta, const float* tb, \
+                   T* out, int32_t count, float y_scale, float w_lo, float w_hi,           \
+                   int32_t y_zp) {                                                         \
+    (void)pb, (void)tb;                                                                    \
+    for (int32_t i = 0; i < count; ++i) {                                                  \
+      const float w = HWCOMP_Q8_FMIN(HWCOMP_Q8_FMAX((VALUE) / y_scale, w_lo), w_hi);       \
+      out[i] = (T)(round_small(w) + y_zp);                                                 \
+    }                                                                                      \
+  }
+HWCOMP_Q8_ELEMENTWISE_LOOP(add_u8, uint8_t, ta[pa[i]] + tb[pb[i]])
+HWCOMP_Q8_ELEMENTWISE_LOOP(add_s8, int8_t, ta[pa[i]] + tb[pb[i]])
+HWCOMP_Q8_ELEMENTWISE_LOOP(one_u8, uint8_t, ta[pa[i]])
+HWCOMP_Q8_ELEMENTWISE_LOOP(one_s8, int8_t, ta[pa[i]])
+
+/* One channel's sum for the mean, in order from 0 as TVM's reduction adds; specialised by
+ * the constant add / clamp of each call site. */
+static inline __attribute__((always_inline)) float plane_sum(const uint8_t* pa,
+                                                             const uint8_t* pb,
+                                                             const float* ta, const float* tb,
+                                                             int32_t n, int add, int clamp,
+                                                             float lo, float hi) {
+  float acc = 0.0f;
+  for (int32_t i = 0; i < n; ++i) {
+    float v = add ? ta[pa[i]] + tb[pb[i]] : ta[pa[i]];
+    if (clamp) v = HWCOMP_Q8_FMIN(HWCOMP_Q8_FMAX(v, lo), hi);
+    acc = acc + v;
+  }
+  return acc;
+}
+
+int32_t hwcomp_q8_elementwise(const void* a, const void* b, const float* table, void* y,
+                              int32_t channels, int32_t plane, float divisor, float y_scale,
+                              float lo, float hi, int32_t y_zp, int32_t flags) {
+  const uint8_t* pa = (const uint8_t*)a;
+  const uint8_t* pb = (const uint8_t*)b;
+  const float* tb = table + 256;
+  const int32_t q_min = flags & HWCOMP_Q8_Y_S8 ? -128 : 0;
+  float w_lo = (float)(q_min - y_zp), w_hi = (float)(q_min + 255 - y_zp);
+  const int add = (flags & HWCOMP_Q8_ADD) != 0;
+  if (flags & HWCOMP_Q8_MEAN) {
+    const int clamp = (flags & HWCOMP_Q8_CLAMP) != 0;
+    for (int32_t ch = 0; ch < channels; ++ch) {
+      const uint8_t* ca = pa + ch * plane;
+      const uint8_t* cb = add ? pb + ch * plane : pb;
+      const float acc =
+          add ? (clamp ? plane_sum(ca, cb, table, tb, plane, 1, 1, lo, hi)
+                       : plane_sum(ca, cb, table, tb, plane, 1, 0, lo, hi))
+              : (clamp ? plane_sum(ca, cb, table, tb, plane, 0, 1, lo, hi)
+                       : plane_sum(ca, cb, table, tb, plane, 0, 0, lo, hi));
+      const float w = HWCOMP_Q8_FMIN(HWCOMP_Q8_FMAX((acc / divisor) / y_scale, w_lo), w_hi);
+      store(y, ch, round_small(w) + y_zp, flags);
+    }
+    return 0;
+  }
+  w_lo = HWCOMP_Q8_FMAX(lo / y_scale, w_lo);
+  w_hi = HWCOMP_Q8_FMIN(hi / y_scale, w_hi);
+  const int32_t count = channels * plane;
+  if (flags & HWCOMP_Q8_Y_S8) {
+    (add ? add_s8 : one_s8)(pa, pb, table, tb, (int8_t*)y, count, y_scale, w_lo, w_hi, y_zp);
+  } else {
+    (add ? add_u8 : one_u8)(pa, pb, table, tb, (uint8_t*)y, count, y_scale, w_lo, w_hi, y_zp);
+  }
+  return 0;
+}
+
+int32_t hwcomp_q8_maxpool(const void* x, const void* table, void* y, int32_t c, int32_t h,
+                          int32_t wd, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                          int32_t dh, int32_t dw, int32_t pt, int32_t pl, int32_t oh,
+                          int32_t ow, int32_t flags) {
+  /* Unsigned compares on the bytes XOR the flip order s8 values too. */
+  const uint8_t* in = (const uint8_t*)x;
+  const uint8_t* t = (const uint8_t*)table;
+  uint8_t* out = (uint8_t*)y;
+  const uint8_t flip = flags & HWCOMP_Q8_X_S8 ? 0x80 : 0;
+  for (int32_t ch = 0; ch < c; ++ch) {
+    const uint8_t* plane = in + ch * h * wd;
+    for (int32_t oy = 0; oy < oh; ++oy) {
+      for (int32_t ox = 0; ox < ow; ++ox) {
+        uint8_t best = 0;
+        for (int32_t ky = 0; ky < kh; ++ky) {
+          const int32_t iy = oy * sh - pt + ky * dh;
+          if (iy < 0 || iy >= h) continue;
+          for (int32_t kx = 0; kx < kw; ++kx) {
+            const int32_t ix = ox * sw - pl + kx * dw;
+            if (ix < 0 || ix >= wd) continue;
+            const uint8_t v = plane[iy * wd + ix] ^ flip;
+            best = v > best ? v : best;
+          }
+        }
+        out[(ch * oh + oy) * ow + ox] = t[best];
+      }
+    }
+  }
+  return 0;
+}
+
+#define HWCOMP_Q8_FLOAT_STEP_ENTRIES(SUFFIX, TX, TY)                                       \
+  int32_t hwcomp_q8_elementwise_##SUFFIX HWCOMP_Q8_ELEMENTWISE_PARAMS(TX, TY) {            \
+    return hwcomp_q8_elementwise(a, b, table, y, channels, plane, divisor, y_scale, lo, hi, \
+                                 y_zp, flags);                                             \
+  }                                                                                        \
+  int32_t hwcomp_q8_maxpool_##SUFFIX HWCOMP_Q8_MAXPOOL_PARAMS(TX, TY) {                    \
+    return hwcomp_q8_maxpool(x, table, y, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, \
+                             flags);                                                       \
+  }
+HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_FLOAT_STEP_ENTRIES)

@@ -6,7 +6,8 @@
  *   y_q = nearbyint(clamp(float(acc) * mult[o], y_lo, y_hi)) + y_zp
  *
  * (y_lo, y_hi = q_min - y_zp, q_max - y_zp), bit for bit what the TIR kernels they replace
- * computed. With Helium (integer and floating-point MVE: Cortex-M55/M85) the convolution
+ * computed. Also the float steps between layers (residual add, global mean) and max pooling
+ * on 8-bit tensors (below). With Helium (integer and floating-point MVE: Cortex-M55/M85) the convolution
  * runs 3 output channels x 2 pixels per step on VMLADAV, 16 multiply-adds per instruction,
  * and the depthwise convolution gathers each window of neighbouring outputs into one vector;
  * with the DSP extension (Cortex-M4/M7/M33: __ARM_FEATURE_DSP) the convolution runs 2
@@ -71,6 +72,40 @@ int32_t hwcomp_q8_depthwise(const void* x, const int8_t* w, const int32_t* bias,
 /* y[i] = table[x[i] (+ 128 for s8 x)], count elements; y may be x. */
 int32_t hwcomp_q8_lut(const void* x, const void* table, void* y, int32_t count, int32_t flags);
 
+/* The float steps between quantized layers, as the QDQ graph writes them and TVM's float code
+ * computed them (dequantize, add, clamp, mean, quantize), without the float tensors:
+ *
+ *   v = table[a] (+ table[256 + b] with HWCOMP_Q8_ADD)     (the dequantized values, float)
+ *   v = min(max(v, lo), hi)                                 (ReLU, ReLU6, Clip; +-FLT_MAX: none)
+ *   HWCOMP_Q8_MEAN: v = (sum of a channel's plane values, in order, from 0) / divisor
+ *   y = nearbyint(clamp(v / y_scale)) + y_zp               (saturated to y's type)
+ *
+ * table holds float32 (x - z) * s for the 256 values of a (then of b), indexed by the byte
+ * (an s8 value's two's complement). a and b are read element by element; y may be a (not with MEAN). With
+ * MEAN, y has one value per channel. */
+#define HWCOMP_Q8_ADD 4
+#define HWCOMP_Q8_MEAN 8
+#define HWCOMP_Q8_CLAMP 16 /* lo, hi are an activation's (else +-FLT_MAX, skipped) */
+#define HWCOMP_Q8_ELEMENTWISE_PARAMS(TX, TY)                                                 \
+  (TX * a, TX * b, float* table, TY* y, int32_t channels, int32_t plane, float divisor,      \
+   float y_scale, float lo, float hi, int32_t y_zp, int32_t flags)
+int32_t hwcomp_q8_elementwise(const void* a, const void* b, const float* table, void* y,
+                              int32_t channels, int32_t plane, float divisor, float y_scale,
+                              float lo, float hi, int32_t y_zp, int32_t flags);
+
+/* Max pooling on the 8-bit values (max commutes with dequantize and quantize, both
+ * monotone): y = table[max over the window (+ 128 for s8)], the window clipped to the
+ * input (padding never wins a max). table maps x's quantization to y's (the identity where
+ * they agree). x, y NCHW, batch 1. */
+#define HWCOMP_Q8_MAXPOOL_PARAMS(TX, TY)                                                     \
+  (TX * x, TY * table, TY * y, int32_t c, int32_t h, int32_t wd, int32_t kh, int32_t kw,     \
+   int32_t sh, int32_t sw, int32_t dh, int32_t dw, int32_t pt, int32_t pl, int32_t oh,       \
+   int32_t ow, int32_t flags)
+int32_t hwcomp_q8_maxpool(const void* x, const void* table, void* y, int32_t c, int32_t h,
+                          int32_t wd, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                          int32_t dh, int32_t dw, int32_t pt, int32_t pl, int32_t oh,
+                          int32_t ow, int32_t flags);
+
 /* Calls a macro with each activation type pair: (suffix, x's type, y's type). */
 #define HWCOMP_Q8_EACH_TYPE_PAIR(M) \
   M(u8u8, uint8_t, uint8_t)         \
@@ -81,7 +116,9 @@ int32_t hwcomp_q8_lut(const void* x, const void* table, void* y, int32_t count, 
 #define HWCOMP_Q8_DECLARE(SUFFIX, TX, TY)                                  \
   int32_t hwcomp_q8_conv_##SUFFIX HWCOMP_Q8_CONV_PARAMS(TX, TY);           \
   int32_t hwcomp_q8_depthwise_##SUFFIX HWCOMP_Q8_DEPTHWISE_PARAMS(TX, TY); \
-  int32_t hwcomp_q8_lut_##SUFFIX HWCOMP_Q8_LUT_PARAMS(TX, TY);
+  int32_t hwcomp_q8_lut_##SUFFIX HWCOMP_Q8_LUT_PARAMS(TX, TY);                \
+  int32_t hwcomp_q8_elementwise_##SUFFIX HWCOMP_Q8_ELEMENTWISE_PARAMS(TX, TY); \
+  int32_t hwcomp_q8_maxpool_##SUFFIX HWCOMP_Q8_MAXPOOL_PARAMS(TX, TY);
 HWCOMP_Q8_EACH_TYPE_PAIR(HWCOMP_Q8_DECLARE)
 #undef HWCOMP_Q8_DECLARE
 

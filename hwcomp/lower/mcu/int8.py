@@ -196,6 +196,9 @@ def conv_kernel(geometry: ConvGeometry, x: QuantParams, y: QuantParams) -> Any:
 # hwcomp's C kernels (kernels/mcu/hwcomp_q8.c) for the layers they cover; the others keep
 # the TIR kernels above. Flags: x is s8, y is s8.
 _C_FLAGS = {"int8": (1, 2), "uint8": (0, 0)}
+# hwcomp_q8_elementwise: a second input; the mean per channel; an activation's clamp.
+_ADD_FLAG, _MEAN_FLAG, _CLAMP_FLAG = 4, 8, 16
+_FLT_MAX = float(np.finfo(np.float32).max)
 _C_SUFFIX = {"int8": "s8", "uint8": "u8"}
 
 
@@ -371,6 +374,12 @@ def _make_rewriter(mod: Any, path: str) -> Any:
             table = _activation_table(self, call)
             if table is not None:
                 return self._lookup(call, *table)
+            steps = _float_steps(self, call)
+            if steps is not None:
+                return self._elementwise(steps)
+            pool = _max_pool(self, call)
+            if pool is not None:
+                return self._maxpool(call, *pool)
             layer = _match_layer(self, call)
             if layer is None:
                 return call
@@ -411,6 +420,36 @@ def _make_rewriter(mod: Any, path: str) -> Any:
             out = self.builder_.emit(relax.op.call_tir(
                 kernel, [flat, relax.const(table)], relax.TensorType((count,), out_dtype)))
             return relax.op.reshape(out, shape)
+
+        def _elementwise(self, steps: _FloatSteps) -> Any:
+            shape, in_dtype = shape_of(steps.a_q), dtype_of(steps.a_q)
+            key = ("elementwise", shape, in_dtype, steps.y_dtype, steps.b_q is not None,
+                   steps.mean, steps.low, steps.high, steps.y_scale, steps.y_zp, steps.y_shape)
+            kernel = self._kernel(key, lambda: elementwise_kernel(shape, steps, in_dtype))
+            self.rewritten.append(f"{steps.name} {shape}: float steps in C")
+            inputs = [steps.a_q] + ([steps.b_q] if steps.b_q is not None else [])
+            return relax.op.call_tir(kernel, [*inputs, relax.const(steps.table)],
+                                     relax.TensorType(steps.y_shape, steps.y_dtype))
+
+        def _maxpool(self, call: Any, x_q: Any, pool: Any,
+                     table: np.ndarray | _FloatSteps) -> Any:
+            out_dtype = str(call.attrs.out_dtype)
+            if isinstance(table, _FloatSteps):  # the add first, quantized as the pool's output
+                x_q = self.builder_.emit(self._elementwise(table))
+                table = np.arange(256, dtype=np.uint8).view(np.int8 if out_dtype == "int8"
+                                                             else np.uint8)
+                table = np.roll(table, 128) if out_dtype == "int8" else table
+            in_shape, out_shape = shape_of(x_q), shape_of(pool)
+            in_dtype = dtype_of(x_q)
+            attrs = pool.attrs
+            key = ("maxpool", in_shape, out_shape, in_dtype, out_dtype,
+                   tuple(int(v) for v in attrs.pool_size), tuple(int(v) for v in attrs.strides),
+                   tuple(int(v) for v in attrs.dilation), tuple(int(v) for v in attrs.padding))
+            kernel = self._kernel(key, lambda: maxpool_kernel(in_shape, out_shape, attrs,
+                                                              in_dtype, out_dtype))
+            self.rewritten.append(f"max_pool2d {out_shape}: on 8-bit values")
+            return relax.op.call_tir(kernel, [x_q, relax.const(table)],
+                                     relax.TensorType(out_shape, out_dtype))
 
         def _conv(self, layer: _Layer, operands: list[Any]) -> Any:
             attrs = layer.op.attrs
@@ -548,6 +587,41 @@ def lookup_kernel(count: int, in_dtype: str, out_dtype: str) -> Any:
     return func.with_attr("hwcomp.in_place", True)
 
 
+def _activation_chain(mutator: Any, expr: Any) -> tuple[list[tuple[str, float]], Any] | None:
+    """Strip exact activations off ``expr``: (their steps, outermost first; what they apply to).
+
+    relu, clip, and maximum / minimum with a scalar constant (ReLU6 as ONNX's Clip imports);
+    each step is ("max" | "min", bound). None where a clip's bounds are not constants.
+    """
+    steps: list[tuple[str, float]] = []
+    while True:
+        if is_op(expr, "relax.nn.relu"):
+            steps.append(("max", 0.0))
+        elif is_op(expr, "relax.clip"):
+            try:
+                low, high = (float(bound(mutator, a).value) for a in expr.args[1:])
+            except (AttributeError, TypeError):
+                return None
+            steps += [("min", high), ("max", low)]
+        elif min_max_op(expr) is not None:
+            scalar = scalar_operand(mutator, expr)
+            if scalar is None:
+                return None
+            steps.append((min_max_op(expr), scalar[1]))  # type: ignore[arg-type]
+            expr = scalar[0]
+            continue
+        else:
+            return steps, expr
+        expr = bound(mutator, expr.args[0])
+
+
+def _apply_steps(value: np.ndarray, steps: list[tuple[str, float]]) -> np.ndarray:
+    """Apply activation ``steps`` (outermost first) to float32 ``value``, innermost first."""
+    for op, bound_value in reversed(steps):
+        value = (np.maximum if op == "max" else np.minimum)(value, np.float32(bound_value))
+    return value
+
+
 def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str] | None:
     """Return ``quantize(act(dequantize(x_q)))`` as (x_q, its 256-entry table, op name).
 
@@ -556,51 +630,229 @@ def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str
     ``(x - z_x) * s_x``, the activation, ``nearbyint(v / s_y) + z_y`` saturated. Only exact
     activations (max/min): the table is then the ops' result bit for bit.
     """
-    from tvm.ir.expr import Constant
-
-    # The chain of exact activations between dequantize and quantize, outermost first:
-    # relu, clip, and maximum / minimum with a scalar constant (ReLU6 as ONNX's Clip imports).
-    steps: list[tuple[str, float]] = []
-    dq = bound(mutator, quantize.args[0])
-    while not is_op(dq, "relax.dequantize"):
-        if is_op(dq, "relax.nn.relu"):
-            steps.append(("max", 0.0))
-        elif is_op(dq, "relax.clip"):
-            try:
-                low, high = (float(bound(mutator, a).value) for a in dq.args[1:])
-            except (AttributeError, TypeError):
-                return None
-            steps += [("min", high), ("max", low)]
-        elif min_max_op(dq) is not None:
-            scalar = scalar_operand(mutator, dq)
-            if scalar is None:
-                return None
-            steps.append((min_max_op(dq), scalar[1]))  # type: ignore[arg-type]
-            dq = scalar[0]
-            continue
-        else:
-            return None
-        dq = bound(mutator, dq.args[0])
-    if not steps:
+    chain = _activation_chain(mutator, bound(mutator, quantize.args[0]))
+    if chain is None or not chain[0] or not is_op(chain[1], "relax.dequantize"):
         return None
+    steps, dq = chain
     x_q, x_scale, x_zp = (bound(mutator, a) for a in dq.args)
-    _, y_scale, y_zp = (bound(mutator, a) for a in quantize.args)
-    params = (x_scale, x_zp, y_scale, y_zp)
-    if not all(isinstance(c, Constant) and relax_array(c).size == 1 for c in params):
-        return None
+    params = _scalar_params(mutator, x_scale, x_zp, *quantize.args[1:])
     in_dtype, out_dtype = dtype_of(x_q), str(quantize.attrs.out_dtype)
-    if in_dtype not in _LIMITS or out_dtype not in _LIMITS:
+    if params is None or in_dtype not in _LIMITS or out_dtype not in _LIMITS:
         return None
-    s_x, z_x, s_y, z_y = (relax_array(c).reshape(()) for c in params)
-    start = -128 if in_dtype == "int8" else 0
-    inputs = np.arange(start, start + 256, dtype=np.int32)
-    value = (inputs - np.int32(z_x)).astype(np.float32) * np.float32(s_x)
-    for op, bound_value in reversed(steps):  # innermost first
-        value = (np.maximum if op == "max" else np.minimum)(value, np.float32(bound_value))
+    s_x, z_x, s_y, z_y = params
+    value = _apply_steps(_dequantized(in_dtype, s_x, z_x), steps)
     scaled = np.rint(value / np.float32(s_y)).astype(np.float32) + np.float32(z_y)
     q_min, q_max = _LIMITS[out_dtype]
     table = np.clip(scaled, q_min, q_max).astype(out_dtype)
     return x_q, table, "relu" if steps == [("max", 0.0)] else "clip"
+
+
+def _scalar_params(mutator: Any, *exprs: Any) -> list[np.ndarray] | None:
+    """Return per-tensor quantization constants' values (scales, zero points); None if not."""
+    from tvm.ir.expr import Constant
+
+    values = [bound(mutator, e) for e in exprs]
+    if not all(isinstance(c, Constant) and relax_array(c).size == 1 for c in values):
+        return None
+    return [relax_array(c).reshape(()) for c in values]
+
+
+def _dequantized(dtype: str, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """Return an 8-bit type's 256 values dequantized as TVM's float code does, in LUT order.
+
+    ``(float)(x - z) * s`` in float32, for x = 0..255 (u8) or -128..127 (s8): the order
+    the kernels index by (the byte, + 128 for s8).
+    """
+    start = -128 if dtype == "int8" else 0
+    inputs = np.arange(start, start + 256, dtype=np.int32)
+    return (inputs - np.int32(zero_point)).astype(np.float32) * np.float32(scale)
+
+
+@dataclass(frozen=True)
+class _FloatSteps:
+    """``quantize([mean](act(dequantize(a) [+ dequantize(b)])))`` between quantized layers."""
+
+    a_q: Any
+    b_q: Any | None
+    table: np.ndarray  # float32 [512]: a's 256 dequantized values by byte, then b's
+    low: float  # the activation's clamp, +-FLT_MAX where there is none
+    high: float
+    mean: bool  # over each channel's plane (dimensions 2, 3 of NCHW)
+    y_scale: float
+    y_zp: int
+    y_dtype: str
+    y_shape: tuple[int, ...]  # the quantized output's (the mean's, flattened or not)
+
+    @property
+    def name(self) -> str:
+        """How the rewrite report names it."""
+        return ("add" if self.b_q is not None else "") + (
+            " + mean" if self.mean and self.b_q is not None else "mean" if self.mean else "")
+
+
+def _float_steps(mutator: Any, quantize: Any) -> _FloatSteps | None:
+    """Match ``quantize([mean over H, W](act(act_a(dequantize(a)) [+ act_b(dequantize(b))])))``.
+
+    ``a`` and ``b`` 8-bit of one type and one shape (no broadcasting), per-tensor constants;
+    each ``act`` a chain of exact activations as for the tables (``act_a``, ``act_b`` go into
+    the operands' tables). Without the add, only the mean (a lone activation is a table).
+    """
+    y = _scalar_params(mutator, *quantize.args[1:])
+    if y is None:
+        return None
+    return _float_steps_of(mutator, bound(mutator, quantize.args[0]), y,
+                           str(quantize.attrs.out_dtype), shape_of(quantize))
+
+
+def _float_steps_of(mutator: Any, value: Any, y: list[np.ndarray], out_dtype: str,
+                    out_shape: tuple[int, ...]) -> _FloatSteps | None:
+    """:func:`_float_steps` of ``value`` quantized with ``y`` (scale, zero point)."""
+    if is_op(value, "relax.reshape") and is_op(bound(mutator, value.args[0]), "relax.mean"):
+        value = bound(mutator, value.args[0])  # a flatten of the pooled 1 x 1 maps
+    mean = is_op(value, "relax.mean")
+    if mean:
+        data = value.args[0]
+        shape = shape_of(data)
+        axes = sorted(int(a) % len(shape) for a in value.attrs.axis) if value.attrs.axis else []
+        if len(shape) != 4 or axes != [2, 3]:
+            return None
+        value = bound(mutator, data)
+    chain = _activation_chain(mutator, value)
+    if chain is None:
+        return None
+    steps, inner = chain
+    # Each operand: dequantize, then its own exact activations (a ReLU the quantizer kept
+    # before the add), which go into its table.
+    operands: list[tuple[list[tuple[str, float]], Any]] = []
+    if is_op(inner, "relax.add"):
+        for arg in inner.args:
+            operand = _activation_chain(mutator, bound(mutator, arg))
+            if operand is None or not is_op(operand[1], "relax.dequantize"):
+                return None
+            operands.append(operand)
+    elif mean and is_op(inner, "relax.dequantize"):
+        operands.append(([], inner))
+    else:
+        return None
+    dqs = [dq for _, dq in operands]
+    sources = [bound(mutator, dq.args[0]) for dq in dqs]
+    dtypes = {dtype_of(x) for x in sources}
+    shapes = {shape_of(x) for x in sources}
+    if len(dtypes) != 1 or len(shapes) != 1 or shapes != {shape_of(inner)}:
+        return None
+    dtype = dtypes.pop()
+    if dtype not in _LIMITS or out_dtype not in _LIMITS:
+        return None
+    tables = []
+    for own_steps, dq in operands:
+        params = _scalar_params(mutator, *dq.args[1:])
+        if params is None:
+            return None
+        values = _apply_steps(_dequantized(dtype, *params), own_steps)
+        # Indexed by the byte: an s8 value's two's complement (0..127, then -128..-1).
+        tables.append(np.roll(values, -128 if dtype == "int8" else 0))
+    limits = _apply_steps(np.array([-np.inf, np.inf], np.float32), steps)
+    low, high = (float(np.clip(v, -_FLT_MAX, _FLT_MAX)) for v in limits)
+    table = np.concatenate([tables[0], tables[-1] if len(tables) > 1 else np.zeros(256, np.float32)])
+    return _FloatSteps(dqs[0].args[0], dqs[1].args[0] if len(dqs) > 1 else None,
+                       table.astype(np.float32), low, high, mean, float(y[0]), int(y[1]),
+                       out_dtype, out_shape)
+
+
+def elementwise_kernel(shape: tuple[int, ...], steps: _FloatSteps, in_dtype: str) -> Any:
+    """Return a PrimFunc calling ``hwcomp_q8_elementwise`` (hwcomp_q8.c) on a, b, the table."""
+    import tvm
+
+    flags = (_C_FLAGS[in_dtype][0] | _C_FLAGS[steps.y_dtype][1]
+             | (_ADD_FLAG if steps.b_q is not None else 0) | (_MEAN_FLAG if steps.mean else 0)
+             | (_CLAMP_FLAG if (steps.low, steps.high) != (-_FLT_MAX, _FLT_MAX) else 0))
+    suffix = _C_SUFFIX[in_dtype] + _C_SUFFIX[steps.y_dtype]
+    channels = int(np.prod(shape[:2])) if steps.mean else int(np.prod(shape))
+    plane = int(np.prod(shape[2:])) if steps.mean else 1
+    out_shape = steps.y_shape
+
+    def dims(values: tuple[int, ...]) -> str:
+        return "(" + ", ".join(f"T.int64({d})" for d in values) + ",)"
+
+    b_arg = "B.data" if steps.b_q is not None else "A.data"
+    b_param = f'B: T.Buffer({dims(shape)}, "{in_dtype}"), ' if steps.b_q is not None else ""
+    source = (
+        "@T.prim_func\n"
+        f'def main(A: T.Buffer({dims(shape)}, "{in_dtype}"), {b_param}'
+        f'Tab: T.Buffer((T.int64(512),), "float32"), '
+        f'Y: T.Buffer({dims(out_shape)}, "{steps.y_dtype}")):\n'
+        '    T.func_attr({"tirx.noalias": True})\n'
+        f'    T.call_extern("int32", "hwcomp_q8_elementwise_{suffix}", A.data, {b_arg}, '
+        f"Tab.data, Y.data, {channels}, {plane}, T.float32({float(plane)!r}), "
+        f"T.float32({steps.y_scale!r}), T.float32({steps.low!r}), T.float32({steps.high!r}), "
+        f"{steps.y_zp}, {flags})\n")
+    func = tvm.script.from_source(source).with_attr("tirx.is_scheduled", True)
+    # Each element is read only to write the same element: the output may take a's place.
+    return func if steps.mean else func.with_attr("hwcomp.in_place", True)
+
+
+def _max_pool(mutator: Any, quantize: Any) -> tuple[Any, Any, np.ndarray | _FloatSteps] | None:
+    """Match ``quantize(max_pool2d(act(dequantize(x_q) | dequantize(a) + dequantize(b))))``.
+
+    Max commutes with every monotone step (dequantize, ReLU / Clip, quantize), so the pool
+    runs on 8-bit values: of ``x_q`` through a 256-entry table of the steps, as the QDQ
+    graph computes them in float (returned: x_q, the pool, the table); or, after an add, of
+    the add's quantized result (returned: the add's operand a, the pool, its steps, whose
+    output takes the pool's quantization). NCHW, batch 1, no ceil mode.
+    """
+    pool = bound(mutator, quantize.args[0])
+    if not is_op(pool, "relax.nn.max_pool2d"):
+        return None
+    attrs = pool.attrs
+    if (attrs.layout != "NCHW" or attrs.out_layout != "NCHW" or bool(attrs.ceil_mode)
+            or len(shape_of(pool)) != 4 or shape_of(pool)[0] != 1):
+        return None
+    y = _scalar_params(mutator, *quantize.args[1:])
+    chain = _activation_chain(mutator, bound(mutator, pool.args[0]))
+    out_dtype = str(quantize.attrs.out_dtype)
+    if y is None or chain is None or out_dtype not in _LIMITS:
+        return None
+    steps, dq = chain
+    if not is_op(dq, "relax.dequantize"):
+        inner = _float_steps_of(mutator, bound(mutator, pool.args[0]), y, out_dtype,
+                                shape_of(pool.args[0]))
+        return None if inner is None or inner.mean else (inner.a_q, pool, inner)
+    x_q = bound(mutator, dq.args[0])
+    params = _scalar_params(mutator, *dq.args[1:])
+    in_dtype = dtype_of(x_q)
+    if params is None or in_dtype not in _LIMITS:
+        return None
+    value = _apply_steps(_dequantized(in_dtype, *params), steps)
+    scaled = np.rint(value / np.float32(y[0])).astype(np.float32)
+    q_min, q_max = _LIMITS[out_dtype]
+    table = np.clip(scaled + np.float32(y[1]), q_min, q_max).astype(out_dtype)
+    return dq.args[0], pool, table
+
+
+def maxpool_kernel(in_shape: tuple[int, ...], out_shape: tuple[int, ...], attrs: Any,
+                   in_dtype: str, out_dtype: str) -> Any:
+    """Return a PrimFunc calling ``hwcomp_q8_maxpool`` (hwcomp_q8.c)."""
+    import tvm
+
+    _, channels, height, width = in_shape
+    kh, kw = (int(v) for v in attrs.pool_size)
+    (sh, sw), (dh, dw) = ((int(v) for v in attrs.strides), (int(v) for v in attrs.dilation))
+    top, left = int(attrs.padding[0]), int(attrs.padding[1])
+    flags = _C_FLAGS[in_dtype][0] | _C_FLAGS[out_dtype][1]
+    suffix = _C_SUFFIX[in_dtype] + _C_SUFFIX[out_dtype]
+
+    def dims(values: tuple[int, ...]) -> str:
+        return "(" + ", ".join(f"T.int64({d})" for d in values) + ",)"
+
+    source = (
+        "@T.prim_func\n"
+        f'def main(X: T.Buffer({dims(in_shape)}, "{in_dtype}"), '
+        f'Tab: T.Buffer((T.int64(256),), "{out_dtype}"), '
+        f'Y: T.Buffer({dims(out_shape)}, "{out_dtype}")):\n'
+        f'    T.call_extern("int32", "hwcomp_q8_maxpool_{suffix}", X.data, Tab.data, Y.data, '
+        f"{channels}, {height}, {width}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {top}, {left}, "
+        f"{out_shape[2]}, {out_shape[3]}, {flags})\n")
+    return tvm.script.from_source(source).with_attr("tirx.is_scheduled", True)
 
 
 def _is_layer_op(expr: Any) -> bool:

@@ -102,10 +102,13 @@ def test_ds_cnn_int8_is_bit_exact_on_qemu_and_host(kws_int8):
     assert verification["runs"]["host build"][0]["max_abs_error"] == emulated
     kernels = manifest["integer_kernels"]
     layers = kernels["ops"]
-    # The stem, four depthwise and four pointwise convolutions, and the classifier. No ReLU
-    # remains: the quantizer gives each convolution's output its ReLU's range (onnxruntime's
-    # removable activations), so the convolution's own clamp to that range is the ReLU.
-    assert len(layers) == 10 and kernels["kept_float"] == []
+    # The stem, four depthwise and four pointwise convolutions, and the classifier; the
+    # global average pool on the 8-bit map (hwcomp_q8_elementwise). No ReLU remains: the
+    # quantizer gives each convolution's output its ReLU's range (onnxruntime's removable
+    # activations), so the convolution's own clamp to that range is the ReLU.
+    assert len(layers) == 11 and kernels["kept_float"] == []
+    assert sum(op.startswith(("conv2d", "matmul")) for op in layers) == 10
+    assert sum(op.startswith("mean ") for op in layers) == 1
     assert sum("groups 64" in op for op in layers) == 4
     assert not any("table" in op for op in layers)
     optimized = onnx.load(kws_int8 / "model.optimized.onnx")

@@ -9,6 +9,7 @@ stride 2, asymmetric padding, dilation, a 1x1 map, s8 and u8 activations.
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -172,3 +173,84 @@ def test_s8_activations_of_a_users_qdq_model_run_the_s8_kernels(tmp_path):
     assert manifest["verification"]["runs"]["host build"][0]["max_abs_error"] == emulated
     source = (bundle / "lib" / "kernels.c").read_text()
     assert "hwcomp_q8_depthwise_s8s8" in source and "hwcomp_q8_conv_s8s8" in source
+
+
+def _float_steps_model():
+    """A residual add with ReLU, a 3x3 stride-2 max pool on an odd map (padding 1), and a
+    global average pool: the steps between quantized layers that hwcomp_q8_elementwise and
+    hwcomp_q8_maxpool run."""
+    b = model_zoo._Builder(21)
+    x = b.node("Relu", [b.conv("input", 3, 5, 3)])
+    shortcut = b.conv("input", 3, 5, 1)
+    x = b.node("Relu", [b.node("Add", [x, shortcut])])
+    x = b.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    x = b.conv(x, 5, 7, 1)
+    b.head(x, 7, 4)
+    return b.model("steps", [1, 3, 9, 11], "logits", [1, 4])
+
+
+@pytest.mark.parametrize("target", ["cortex-m7", "cortex-m55"])
+def test_add_pools_and_mean_run_on_8_bit_values(tmp_path, target):
+    """The residual add (+ ReLU), the max pool and the global mean read and write 8-bit
+    tensors in hwcomp's C (no float tensor between layers), on the board and the host, and
+    match onnxruntime; the layer count report says so."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    path = model_zoo.save(_float_steps_model(), str(tmp_path / "steps.onnx"))
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(5).standard_normal(
+        (16, 3, 9, 11)).astype(np.float32))
+    done = run_cli("build", path, "--target", target, "--precision", "int8",
+                   "--calib", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    bundle = tmp_path / "out" / f"steps-{target}"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    emulated = manifest["verification"]["outputs"][0]["max_abs_error"]
+    _assert_matches_reference(emulated, bundle)
+    assert manifest["verification"]["runs"]["host build"][0]["max_abs_error"] == emulated
+    source = (bundle / "lib" / "kernels.c").read_text()
+    calls = re.findall(r"^ +(hwcomp_q8_\w+)\(", source, re.M)
+    assert calls.count("hwcomp_q8_elementwise_u8u8") == 2  # the add and the mean
+    assert calls.count("hwcomp_q8_maxpool_u8u8") == 1
+    ops = manifest["integer_kernels"]["ops"]
+    assert any(op.startswith("add ") for op in ops) and any(op.startswith("mean ") for op in ops)
+    assert any(op.startswith("max_pool2d ") for op in ops)
+    # Nothing dequantized between the layers: the only float kernels left are the model's
+    # float input and output.
+    kernels = [s["kernel"] for s in manifest["layer_counts"]["steps"]]
+    assert [k for k in kernels if not k.startswith("hwcomp_int8_")] == [
+        kernels[0], kernels[-1]]
+
+
+def test_add_pools_and_mean_on_s8_activations_of_a_users_qdq_model(tmp_path):
+    """The same steps with s8 activations (onnxruntime's quantize_static, QInt8): the tables
+    indexed by the byte of an s8 value, the max on s8 order, the s8 saturation."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    float_path = model_zoo.save(_float_steps_model(), str(tmp_path / "float.onnx"))
+    samples = np.random.default_rng(6).standard_normal((16, 1, 3, 9, 11)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": s} for s in samples])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(float_path, str(tmp_path / "steps.onnx"), Reader(),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    done = run_cli("build", str(tmp_path / "steps.onnx"), "--target", "cortex-m7", "-o",
+                   str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    bundle = tmp_path / "out" / "steps-cortex-m7"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    emulated = manifest["verification"]["outputs"][0]["max_abs_error"]
+    _assert_matches_reference(emulated, bundle)
+    assert manifest["verification"]["runs"]["host build"][0]["max_abs_error"] == emulated
+    calls = re.findall(r"^ +(hwcomp_q8_\w+)\(", (bundle / "lib" / "kernels.c").read_text(), re.M)
+    assert "hwcomp_q8_elementwise_s8s8" in calls and "hwcomp_q8_maxpool_s8s8" in calls
