@@ -21,9 +21,13 @@ instruction; SMLAD on the DSP extension of Cortex-M4/M7, two; a portable C loop 
 weights reordered here for SXTB16, which the Helium kernels read in that order); other
 grouped convolutions and matmuls are TIR kernels TVM's C generator writes.
 An activation between layers that onnxruntime computes exactly (``dequantize -> relu|clip ->
-quantize``) becomes a 256-entry table of its results, looked up per element in place.
-Everything else between layers (pooling, the model's float input and output) stays in
-Relax; TVM lowers it to the same float operations onnxruntime runs.
+quantize``) becomes a 256-entry table of its results, looked up per element in place. A
+residual add or a global mean (``quantize([mean](act(dq(a) + dq(b))))``) runs
+``hwcomp_q8_elementwise`` and a max pool ``hwcomp_q8_maxpool`` on the 8-bit tensors, with
+the QDQ graph's float steps (per-operand tables of dequantized values): the same results as
+TVM's float code, without the float tensors. Everything else between layers (windowed
+average pools, the model's float input and output) stays in Relax; TVM lowers it to the
+same float operations onnxruntime runs.
 
 A layer that does not match (a float bias, a weight zero point, per-channel activation
 scales, a dequantized output consumed as float) keeps TVM's float lowering; the rewrite
@@ -674,7 +678,7 @@ class _FloatSteps:
 
     a_q: Any
     b_q: Any | None
-    table: np.ndarray  # float32 [512]: a's 256 dequantized values by byte, then b's
+    table: np.ndarray  # float32: a's 256 dequantized values by byte, then b's (the add's)
     low: float  # the activation's clamp, +-FLT_MAX where there is none
     high: float
     mean: bool  # over each channel's plane (dimensions 2, 3 of NCHW)
@@ -753,7 +757,7 @@ def _float_steps_of(mutator: Any, value: Any, y: list[np.ndarray], out_dtype: st
         tables.append(np.roll(values, -128 if dtype == "int8" else 0))
     limits = _apply_steps(np.array([-np.inf, np.inf], np.float32), steps)
     low, high = (float(np.clip(v, -_FLT_MAX, _FLT_MAX)) for v in limits)
-    table = np.concatenate([tables[0], tables[-1] if len(tables) > 1 else np.zeros(256, np.float32)])
+    table = np.concatenate(tables)  # 256 values, or 512 with the add's second operand
     return _FloatSteps(dqs[0].args[0], dqs[1].args[0] if len(dqs) > 1 else None,
                        table.astype(np.float32), low, high, mean, float(y[0]), int(y[1]),
                        out_dtype, out_shape)
@@ -779,7 +783,7 @@ def elementwise_kernel(shape: tuple[int, ...], steps: _FloatSteps, in_dtype: str
     source = (
         "@T.prim_func\n"
         f'def main(A: T.Buffer({dims(shape)}, "{in_dtype}"), {b_param}'
-        f'Tab: T.Buffer((T.int64(512),), "float32"), '
+        f'Tab: T.Buffer((T.int64({steps.table.size}),), "float32"), '
         f'Y: T.Buffer({dims(out_shape)}, "{steps.y_dtype}")):\n'
         '    T.func_attr({"tirx.noalias": True})\n'
         f'    T.call_extern("int32", "hwcomp_q8_elementwise_{suffix}", A.data, {b_arg}, '

@@ -140,7 +140,9 @@ def test_int8_shrinks_flash_and_arena(kws_int8):
     assert arena["in_place_buffers"] == 4
     # fp32 DS-CNN weights are 90 KB; int8 weights, int32 biases and float multipliers < 30 KB.
     assert mcu["weights_bytes"] < 30000
-    assert mcu["library"]["flash"] < 45000
+    # The library's objects in full: every kernel of hwcomp_q8.c for the four type pairs
+    # (about 12 KB of code) counts, before the linker drops what the model does not call.
+    assert mcu["library"]["flash"] < 48000
 
 
 def test_mobilenet_vww_int8_fits_cortex_m4_at_the_lower_bound(tmp_path):
@@ -236,7 +238,9 @@ def test_relu6_becomes_a_table_and_mobilenet_runs_on_helium(tmp_path):
     # and depthwise conv) are gone: their convolutions' outputs take the ReLU6's range and
     # their clamp is the activation.
     assert sum(op.startswith("clip") and "256-entry table" in op for op in ops) == 1
-    assert len(ops) == 12
+    # The residual add and the global average pool on the 8-bit maps too.
+    assert sum(op.startswith(("add ", "mean ")) for op in ops) == 2
+    assert len(ops) == 14
     # No float clamp between two quantized layers is left to TVM's code.
     names = re.findall(r"TVM_DLL int32_t (__tvm_ffi_\w+)\(", (bundle / "lib" / "kernels.c").read_text())
     assert names and not [n for n in names if re.search(r"maximum\d*_minimum\d*_quantize", n)]
