@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import onnx_ir as ir
 
 import hwcomp
 from hwcomp import model as model_io
+from hwcomp import profile as latency
 from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.compress import driver
@@ -273,12 +275,13 @@ def build(
         extras = lowering.package(compiled.executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
         kernel_macs = extras.pop("kernel_macs", {})
+        kernel_args = extras.pop("kernel_args", {})
         verification, run = _verify(staging, lowering, target, model, feeds, reference,
                                     tolerance, source)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
         manifest.update(extras)
         if run is not None and run.step_counts:
-            manifest["layer_counts"] = layer_count_record(run, kernel_macs)
+            manifest["layer_counts"] = layer_count_record(run, kernel_macs, kernel_args)
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
         manifest["planned_on"] = _planning_samples(calib, options, precision)
@@ -499,3 +502,42 @@ _BUNDLE_FILES = (
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+
+
+def profile(
+    path: Path,
+    target_name: str | None = None,
+    *,
+    runs: int = 20,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    calib: Path | None = None,
+    precision_options: quantize.PrecisionOptions | None = None,
+) -> tuple[latency.Profile, float]:
+    """Profile a bundle's kernels (``path`` a bundle folder, or a model built here first).
+
+    Returns the profile (recorded in the target's latency table) and the roofline estimate
+    of the same graph for comparison, in seconds.
+    """
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        manifest = json.loads((path / "manifest.json").read_text())
+        built_for = manifest.get("target", {}).get("name", "")
+        if target_name and target_name != built_for:
+            raise OptionError(f"{path} was built for '{built_for}', not '{target_name}': "
+                              "drop --target or pass a bundle built for it")
+        target = load_target(built_for)
+        return _profile_bundle(path, target, manifest, runs)
+    if not target_name:
+        raise OptionError(f"{path}: give --target to build and profile a model")
+    latency.check_profilable(load_target(target_name))
+    with tempfile.TemporaryDirectory(prefix="hwcomp-profile-") as scratch:
+        result = build(path, target_name, Path(scratch), input_shapes=input_shapes, calib=calib,
+                       precision_options=precision_options)
+        return _profile_bundle(result.bundle, result.target, result.manifest, runs)
+
+
+def _profile_bundle(bundle: Path, target: Target, manifest: dict[str, Any],
+                    runs: int) -> tuple[latency.Profile, float]:
+    found = latency.profile_bundle(bundle, target, manifest, runs=runs)
+    graph = model_io.load_model(bundle / "model.optimized.onnx")
+    return found, roofline.estimate(cost.graph_cost(graph), target).total_s

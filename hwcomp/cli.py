@@ -29,6 +29,7 @@ from hwcomp.model import parse_input_shapes
 from hwcomp.native_log import NativeLog
 from hwcomp.package import write_json
 from hwcomp.passes.prune_channels import IMPORTANCE
+from hwcomp.profile import COUNTED
 from hwcomp.targets import PRECISIONS, known_targets, load_target
 from hwcomp.threads import use_physical_cores
 from hwcomp.tune import search as tuning
@@ -367,6 +368,62 @@ def _echo_counted(counted: dict[str, Any]) -> None:
              f"{s['macs']:,}" if s["macs"] else "",
              f"{s['macs_per_instruction']:.3f}" if s["macs_per_instruction"] else "")
             for s in counted["steps"]])
+
+
+@cli.command("profile")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-t", "--target", "target_name",
+              help="Profile name, to build a MODEL first (a bundle names its own).")
+@click.option("--runs", type=int, default=20, show_default=True,
+              help="Inferences to take each kernel's median over (measured targets).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Bind an input's dynamic dimensions (repeatable).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Inputs for the build (and its int8 calibration with --precision int8).")
+@click.option("--precision", type=click.Choice(list(PRECISION_CHOICES)), default="fp32",
+              show_default=True, help="Layer precision of the build.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the profile.")
+def profile_command(path: Path, target_name: str | None, runs: int, input_shapes: tuple[str, ...],
+                    calib: Path | None, precision: str, json_path: Path | None) -> None:
+    r"""Time each kernel of a bundle on the target (or count it, on Cortex-M).
+
+    PATH is a bundle folder, or a MODEL to build for --target first (in a temporary
+    folder). Each kernel's time goes into the target's latency table in hwcomp's cache,
+    keyed by the kernel's ops and argument shapes.
+
+    \b
+    Examples:
+      hwcomp profile out/resnet-host
+      hwcomp profile kws.onnx -t cortex-m7 --precision int8 --calib calib.npz
+    """
+    if runs < 1:
+        raise OptionError("--runs must be at least 1")
+    found, estimate = api.profile(
+        path, target_name, runs=runs, input_shapes=parse_input_shapes(input_shapes),
+        calib=calib, precision_options=PrecisionOptions(precision=precision))
+    click.echo(f"bundle: {found.bundle} ({found.target})")
+    click.echo(found.method)
+    total = found.kernels_s or 1.0
+    counted = found.source == COUNTED
+    rows = []
+    for k in sorted(found.kernels, key=lambda k: -k.seconds):
+        rate = (f"{k.macs / k.instructions:.3f}" if counted and k.macs and k.instructions
+                else f"{k.macs / k.seconds / 1e9:.2f}" if k.macs and k.seconds else "")
+        rows.append((_shorten(k.kernel, 60), str(k.calls), f"{k.seconds * 1e6:,.1f}",
+                     f"{100 * k.seconds / total:.1f}%",
+                     f"{k.instructions:,}" if counted else "", f"{k.macs:,}" if k.macs else "",
+                     rate))
+    _table(("kernel", "calls", "us / inference", "share", "instructions" if counted else "",
+            "MACs", "MACs/instr." if counted else "GMAC/s"), rows)
+    click.echo(f"kernels: {found.kernels_s * 1e3:.3f} ms"
+               + (f", VM overhead {found.overhead_s * 1e3:.3f} ms" if found.overhead_s else "")
+               + (f", whole inference {found.whole_s * 1e3:.3f} ms (no hook)"
+                  if found.whole_s else "")
+               + f"; roofline estimate {estimate * 1e3:.3f} ms (hwcomp analyze)")
+    click.echo(f"latency table: {found.table}")
+    if json_path:
+        json_path.write_text(found.to_json() + "\n")
+        click.echo(f"json: {json_path}")
 
 
 @cli.command("compress")

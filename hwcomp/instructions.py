@@ -21,7 +21,6 @@ device (``hwcomp bench --device rpc://...``) says which one is faster.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import platform
@@ -34,15 +33,14 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hwcomp.errors import ExecutionError, HwcompError, ToolchainError
+from hwcomp.errors import ExecutionError, HwcompError
 from hwcomp.lower import lowering_for
+from hwcomp.lower.library.qemu_plugin import plugin_path
 from hwcomp.lower.library.runner import require_tool
-from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 from hwcomp.threads import thread_env
 
-PLUGIN_SOURCE = ("qemu", "insn_count.c")
 ORT_SCRIPT = ("qemu", "ort_count.py")
 # One counted process: start-up under emulation (an arm64 Python importing onnxruntime
 # executes ~1.9 G instructions, ~7 s) plus the runs.
@@ -139,27 +137,6 @@ def emulation(target: Target) -> Emulation:
                          f"(qemu-x86_64), this is {platform.machine()}")
     program = require_tool("qemu-x86_64", "qemu-user", "to count the bundle's instructions")
     return Emulation(program, ("-cpu", "max"), "max", "x86_64")
-
-
-def plugin_path() -> Path:
-    """Return the counting plugin, compiled with the host's gcc on first use."""
-    compiler = require_tool("gcc", "gcc", "to build the instruction-counting qemu plugin")
-    source = kernels_path(*PLUGIN_SOURCE)
-    key = hashlib.sha256(source.read_bytes() + compiler.encode()).hexdigest()[:16]
-    plugin = cache_dir() / "qemu-plugin" / f"insn_count-{key}.so"
-    if plugin.is_file():
-        return plugin
-    plugin.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="hwcomp-plugin-", dir=plugin.parent) as scratch:
-        partial = Path(scratch) / plugin.name
-        result = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-fvisibility=hidden",
-                                 str(source), "-o", str(partial)],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ToolchainError(f"gcc could not build the qemu counting plugin: {tail}")
-        partial.replace(plugin)
-    return plugin
 
 
 def count_bundle(bundle: Path, target: Target, inputs: list[Path], runs: int = 1,

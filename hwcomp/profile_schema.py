@@ -77,6 +77,9 @@ FIELDS: tuple[Field, ...] = (
     Field("compute", "vector_bits", "int", "bits", 8, 4096, help="SIMD register width"),
     Field("compute", "int8_dot", "bool", help="an int8 dot-product instruction exists"),
     Field("compute", "fp16_arith", "bool", help="fp16 arithmetic runs natively"),
+    Field("compute", "cycles_per_instruction", "float", "cycles", 0.05, 20, required=False,
+          help="average cycles per executed instruction, to read emulated instruction "
+               "counts as time (hwcomp profile; default 1)"),
     Field("compute", "detect_features", "bool", required=False,
           help="read vector width and dot/fp16 support from this CPU"),
     Field("compute", "macs_per_cycle", "table", help="peak MACs per cycle per core"),

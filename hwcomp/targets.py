@@ -55,6 +55,9 @@ class Target:
         int8_dot: Whether an int8 dot-product instruction exists (VNNI, SDOT, DP4A).
         fp16_arith: Whether fp16 arithmetic runs natively (not via conversion).
         macs_per_cycle: Peak multiply-accumulates per cycle per core, by precision.
+        cycles_per_instruction: Average cycles per executed instruction, with which
+            ``hwcomp profile`` reads emulated instruction counts as time (a model: 1 unless
+            the profile gives a sourced figure).
         dram_bandwidth_bytes_s: Sustained main-memory bandwidth.
         l1d_bytes, l2_bytes, l3_bytes: Cache sizes (0 when absent).
         sram_bytes, flash_bytes: On-chip memories of microcontrollers (0 elsewhere).
@@ -90,6 +93,7 @@ class Target:
     flash_bytes: int = 0
     channel_multiple: Mapping[str, int] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
+    cycles_per_instruction: float = 1.0
 
     def peak_macs_per_s(self, precision: str) -> float:
         """Peak MACs per second over all cores for ``precision``."""
@@ -208,6 +212,7 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
         channel_multiple=MappingProxyType(
             {p: int(v) for p, v in data.get("channel_multiple", {}).items()}),
         sources=MappingProxyType(sources),
+        cycles_per_instruction=float(compute.get("cycles_per_instruction", 1.0)),
     )
 
 

@@ -34,12 +34,17 @@ class Lowering(Protocol):
         family: The profiles' ``family`` this lowering serves.
         builds_runner: Whether the bundle carries a prebuilt runner for this machine.
         tunable: Whether ``hwcomp tune`` (MetaSchedule) applies to its functions.
+        kernel_timing: How ``hwcomp profile`` gets each kernel's time: "measured" (timed
+            one by one in a process here: a library for this CPU, loaded by TVM's VM),
+            "counted" (the build counts each kernel call's instructions on the emulated
+            board), or "" (neither here).
 
     """
 
     family: str
     builds_runner: bool
     tunable: bool
+    kernel_timing: str
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Programs (and their Debian packages) needed before any work starts."""

@@ -70,17 +70,19 @@ class RunnerResult:
     counted_by: str = ""
 
 
-def layer_count_record(result: RunnerResult, kernel_macs: dict[str, int]) -> dict[str, Any]:
+def layer_count_record(result: RunnerResult, kernel_macs: dict[str, int],
+                       kernel_args: dict[str, list[str]]) -> dict[str, Any]:
     """Return the manifest's ``layer_counts``: each kernel call's instructions and MACs.
 
     ``kernel_macs`` (from the family's ``package``) holds the multiply-adds of kernels that
-    compute a conv / matmul layer.
+    compute a conv / matmul layer, ``kernel_args`` each kernel's argument types
+    (``uint8[1x64x25x5]``, the latency table's signatures).
     """
     steps = []
     for index, (kernel, instructions) in enumerate(result.step_counts):
         macs = kernel_macs.get(kernel, 0)
-        steps.append({"step": index, "kernel": kernel, "instructions": instructions,
-                      "macs": macs,
+        steps.append({"step": index, "kernel": kernel, "args": kernel_args.get(kernel, []),
+                      "instructions": instructions, "macs": macs,
                       "macs_per_instruction": round(macs / instructions, 4)
                       if macs and instructions else None})
     total = sum(instructions for _, instructions in result.step_counts)

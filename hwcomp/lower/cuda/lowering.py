@@ -24,6 +24,7 @@ class CudaLowering(LibraryLowering):
 
     family = "cuda"
     tunable = False
+    kernel_timing = ""
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Nvcc compiles the generated CUDA kernels."""

@@ -26,6 +26,7 @@ import numpy as np
 
 import hwcomp
 from hwcomp.errors import ExecutionError, ToolchainError
+from hwcomp.lower.library.qemu_plugin import plugin_path
 from hwcomp.lower.library.runner import require_tool
 from hwcomp.lower.mcu.sources import Sources
 from hwcomp.resources import kernels_path
@@ -204,8 +205,6 @@ def count_firmware(elf: Path, target: Target) -> FirmwareCount:
     Raises:
         ToolchainError: the plugin or the symbol table could not be built or read.
     """
-    from hwcomp.instructions import plugin_path
-
     emulator = require_tool(target.emulator, target.emulator_package, "to run the firmware")
     symbols = _function_addresses(elf, target)
     # Kernels are __tvm_ffi_<prefix>_<name>; the model's API is <prefix>_run_with_arena.

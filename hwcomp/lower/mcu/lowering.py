@@ -41,6 +41,7 @@ class McuLowering:
     family = "mcu"
     builds_runner = False
     tunable = False
+    kernel_timing = "counted"  # C for a board: its build counts each call's instructions
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Return the cross compiler (sizes, firmware) and the host compiler (host check)."""
@@ -87,13 +88,15 @@ class McuLowering:
                 "kernels": len(executable.calls),
             }
             kernel_macs = {call.kernel: call.macs for call in executable.calls if call.macs}
+            kernel_args = {call.kernel: [_arg_type(executable.tensors[name]) for name in call.args]
+                           for call in executable.calls}
             _check_budget(info.model_file, target, sizes, plan.arena_bytes)
             machine = firmware.board_for(target)
             if machine is not None:
                 report["firmware"] = _firmware(objects, sources, target, staging, machine, sizes)
         logger.info("flash %d bytes, RAM %d bytes (arena %d) of %d / %d", sizes.flash, sizes.ram,
                     plan.arena_bytes, target.flash_bytes, target.sram_bytes)
-        return {"mcu": report, "kernel_macs": kernel_macs}
+        return {"mcu": report, "kernel_macs": kernel_macs, "kernel_args": kernel_args}
 
     def not_run_reason(self, target: Target) -> str | None:
         """Verification always runs: on this machine, and on the emulated board if known."""
@@ -141,6 +144,11 @@ def _firmware(objects: list[Path], sources: Sources, target: Target, staging: Pa
         return {"board": machine, "skipped": too_small}
     elf = firmware.build_firmware(objects, sources, target, staging, machine)
     return {"board": machine, "elf": str(elf.relative_to(staging))}
+
+
+def _arg_type(tensor: Any) -> str:
+    """``uint8[1x64x25x5]``: a kernel argument's dtype and shape, for latency signatures."""
+    return f"{tensor.dtype}[{'x'.join(str(d) for d in tensor.shape)}]"
 
 
 def _check_weights_fit(legal: onnx.ModelProto, target: Target) -> None:

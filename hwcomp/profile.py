@@ -1,0 +1,295 @@
+"""Latency per kernel on the target: ``hwcomp profile`` and the per-target latency table.
+
+A bundle's time is spent in its kernels: TVM's fused functions on CPUs, hwcomp's executor
+steps on microcontrollers. ``profile`` measures each one where it can:
+
+* **measured** (a target this machine runs natively: ``host``, the x86 profiles its CPU
+  supports): the bundle's Relax executable is loaded in a worker process with the target's
+  thread count, and the VM's instrument hook times every kernel call (``perf_counter`` just
+  before and just after it, so the VM's own dispatch stays out); warm-up runs first, then
+  the median over ``runs`` of each kernel's time per inference. The VM's builtins
+  (allocation, shape checks) are summed as "VM overhead".
+* **counted** (Cortex-M): the instructions each kernel call executed on the emulated board
+  during the build's verification (manifest ``layer_counts``) at the profile's
+  ``cycles_per_instruction`` (1 unless the profile says otherwise) and clock: a model of
+  the time from an exact count, not a measurement; said so everywhere it is shown.
+
+Each kernel goes into the target's latency table in hwcomp's cache
+(``<cache>/latency/<target>.json``, schema ``hwcomp-latency/1``), keyed by its signature: the
+kernel's name without its numbering (the ops TVM fused, or which hwcomp kernel) and the
+shapes and dtypes of its arguments, so the same layer in another model finds it::
+
+    {"schema": "hwcomp-latency/1", "target": str,
+     "entries": {signature: {"seconds": float, "source": "measured" | "counted",
+                             "kernel": str, "macs": int, "calls": int, "model": str,
+                             "when": str (ISO 8601 UTC)}}}
+
+A later profile of the same signature replaces the entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hwcomp.errors import ExecutionError, HwcompError
+from hwcomp.lower import lowering_for
+from hwcomp.lower.library.runtime_libs import cache_dir
+from hwcomp.targets import Target
+from hwcomp.threads import thread_env
+
+SCHEMA = "hwcomp-latency/1"
+MEASURED, COUNTED = "measured", "counted"
+WORKER_TIMEOUT_S = 600
+_VM_BUILTIN = "vm.builtin."
+_DTYPES = {"int8", "uint8", "int16", "int32", "fp16", "fp32", "float16", "float32", "bf16"}
+
+
+class ProfileError(HwcompError):
+    """The bundle cannot be profiled here as asked."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel's time per inference (all its calls), and what identifies it."""
+
+    kernel: str
+    signature: str
+    seconds: float
+    calls: int
+    macs: int = 0
+    instructions: int = 0  # counted targets: the executed instructions behind ``seconds``
+
+
+@dataclass
+class Profile:
+    """What ``hwcomp profile`` found for one bundle."""
+
+    bundle: str
+    target: str
+    source: str  # MEASURED or COUNTED
+    method: str  # how, in words, for the output
+    kernels: list[KernelTime]
+    overhead_s: float  # the VM's builtins (measured), or the executor outside kernel calls
+    whole_s: float | None  # one inference end to end without the hook (measured), if known
+    runs: int
+    table: str = ""  # the latency table written
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kernels_s(self) -> float:
+        """The kernels' time per inference, summed."""
+        return sum(k.seconds for k in self.kernels)
+
+    def to_json(self) -> str:
+        """Return the profile as JSON (``--json``)."""
+        return json.dumps({**asdict(self), "kernels_s": self.kernels_s}, indent=2)
+
+
+def signature(kernel: str, args: list[str]) -> str:
+    """Return a kernel's table key: its name without numbering, its arguments' types."""
+    return f"{_unnumbered(kernel)}({', '.join(args)})"
+
+
+def _unnumbered(kernel: str) -> str:
+    # fused_conv2d1_add3_relu1, hwcomp_kernel_12 and hwcomp_int8_c_conv_3 name the same kinds
+    # of kernel as their first copies: numbers alone, and a number ending an op's name, go
+    # (a dtype such as int8 stays).
+    parts = []
+    for part in kernel.split("_"):
+        if part.isdigit():
+            continue
+        parts.append(part if part in _DTYPES else re.sub(r"(?<=[a-z])\d+$", "", part))
+    return "_".join(parts)
+
+
+def profile_bundle(bundle: Path, target: Target, manifest: dict[str, Any], runs: int = 20,
+                   warmup: int = 3) -> Profile:
+    """Profile ``bundle`` (built for ``target``) and record it in the latency table."""
+    check_profilable(target)
+    counts = manifest.get("layer_counts")
+    if counts:
+        profile = _counted(bundle, target, counts)
+    elif lowering_for(target).kernel_timing == MEASURED:
+        profile = _measured(bundle, target, runs, warmup)
+    else:
+        raise ProfileError(f"{bundle} has no per-kernel counts (manifest layer_counts): its "
+                           "build ran no emulated board; rebuild it with this hwcomp")
+    profile.table = str(record(profile, manifest.get("model", {}).get("file", "")))
+    return profile
+
+
+def check_profilable(target: Target) -> None:
+    """Refuse, before any build, a target whose kernels cannot be timed or counted here."""
+    lowering = lowering_for(target)
+    if lowering.kernel_timing == MEASURED:
+        reason = lowering.not_run_reason(target)
+        if reason:
+            raise ProfileError(f"cannot measure {target.name} kernels here: {reason}")
+    elif lowering.kernel_timing != COUNTED:
+        raise ProfileError(
+            f"hwcomp profile times the kernels of bundles this machine runs natively (x86) "
+            f"and takes the per-kernel counts of Cortex-M builds; {target.name} is neither "
+            "here: time it whole with hwcomp bench (--device rpc://... on a board), or count "
+            "it with hwcomp bench --count-instructions")
+
+
+def _counted(bundle: Path, target: Target, counts: dict[str, Any]) -> Profile:
+    cpi = target.cycles_per_instruction
+    per_instruction = cpi / target.clock_hz
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for step in counts["steps"]:
+        grouped[signature(step["kernel"], step.get("args", []))].append(step)
+    kernels = [KernelTime(kernel=steps[0]["kernel"], signature=key,
+                          seconds=sum(s["instructions"] for s in steps) * per_instruction,
+                          calls=len(steps), macs=sum(s["macs"] for s in steps),
+                          instructions=sum(s["instructions"] for s in steps))
+               for key, steps in grouped.items()]
+    method = (f"COUNTED, NOT MEASURED: instructions executed on the emulated board "
+              f"({counts['counted_by']}) x {cpi:g} cycle(s) per instruction at "
+              f"{target.clock_hz / 1e6:g} MHz (the profile's figures); qemu models no "
+              "pipeline, wait states or memory stalls")
+    return Profile(bundle=str(bundle), target=target.name, source=COUNTED, method=method,
+                   kernels=kernels, overhead_s=0.0, whole_s=None, runs=1)
+
+
+def _measured(bundle: Path, target: Target, runs: int, warmup: int) -> Profile:
+    env = thread_env(target.cores)
+    command = [sys.executable, "-m", "hwcomp.profile", str(bundle), "--runs", str(runs),
+               "--warmup", str(warmup)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=WORKER_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ExecutionError(
+            f"profiling {bundle} did not finish within {WORKER_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ExecutionError(f"profiling {bundle} failed: {(lines or ['no output'])[-1][:300]}")
+    found = json.loads(done.stdout)
+    kernels = [KernelTime(**k) for k in found["kernels"]]
+    threads = env.get("TVM_NUM_THREADS", "default")
+    method = (f"measured on this machine: TVM VM instrument hook around each kernel call, "
+              f"median of {runs} inferences after {warmup} warm-up, {threads} thread(s)")
+    return Profile(bundle=str(bundle), target=target.name, source=MEASURED, method=method,
+                   kernels=kernels, overhead_s=found["overhead_s"], whole_s=found["whole_s"],
+                   runs=runs)
+
+
+def record(profile: Profile, model: str) -> Path:
+    """Merge ``profile``'s kernels into the target's latency table; return its path."""
+    path = table_path(profile.target)
+    table = load_table(profile.target)
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    for k in profile.kernels:
+        table["entries"][k.signature] = {
+            "seconds": k.seconds / k.calls, "source": profile.source, "kernel": k.kernel,
+            "macs": k.macs // max(k.calls, 1), "calls": 1, "model": model, "when": when}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
+        json.dump(table, out, indent=1, sort_keys=True)
+    os.replace(out.name, path)
+    return path
+
+
+def table_path(target: str) -> Path:
+    """Return the path of ``target``'s latency table in hwcomp's cache."""
+    return cache_dir() / "latency" / f"{re.sub(r'[^0-9A-Za-z_.-]', '_', target)}.json"
+
+
+def load_table(target: str) -> dict[str, Any]:
+    """Return ``target``'s latency table (empty if there is none yet, or it is unreadable)."""
+    path = table_path(target)
+    try:
+        table = json.loads(path.read_text())
+        if table.get("schema") == SCHEMA and isinstance(table.get("entries"), dict):
+            return table
+    except (OSError, ValueError):
+        pass
+    return {"schema": SCHEMA, "target": target, "entries": {}}
+
+
+# --- the measuring worker (a process of its own: the target's threads, no other pool) ---
+
+
+def _arg_types(args: tuple[Any, ...]) -> list[str]:
+    types = []
+    for arg in args:
+        shape = getattr(arg, "shape", None)
+        if shape is not None:
+            types.append(f"{arg.dtype}[{'x'.join(str(int(d)) for d in shape)}]")
+    return types
+
+
+def _measure(bundle: Path, runs: int, warmup: int) -> dict[str, Any]:
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(bundle / "lib" / "model.so")), device)
+    inputs = [tvm.runtime.tensor(np.load(p), device)
+              for p in sorted((bundle / "verify").glob("input_*.npy"))]
+    for _ in range(warmup):
+        vm["main"](*inputs)
+    whole = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        vm["main"](*inputs)
+        whole.append(time.perf_counter() - started)
+    per_run: list[dict[str, float]] = []
+    calls: dict[str, int] = defaultdict(int)
+    names: dict[str, str] = {}
+    state: dict[str, Any] = {}
+
+    def instrument(func: Any, name: str, before_run: bool, ret: Any, *args: Any) -> int:
+        if before_run:
+            state["start"] = time.perf_counter()
+            return 0
+        elapsed = time.perf_counter() - state["start"]
+        key = "vm" if name.startswith(_VM_BUILTIN) else signature(name, _arg_types(args))
+        names.setdefault(key, name)
+        state["run"][key] = state["run"].get(key, 0.0) + elapsed
+        if len(per_run) == 0:
+            calls[key] += 1
+        return 0
+
+    vm.set_instrument(instrument)
+    for _ in range(runs):
+        state["run"] = {}
+        vm["main"](*inputs)
+        per_run.append(state["run"])
+    kernels = [{"kernel": names[key], "signature": key, "calls": count,
+                "seconds": statistics.median(run.get(key, 0.0) for run in per_run)}
+               for key, count in calls.items() if key != "vm"]
+    return {"kernels": sorted(kernels, key=lambda k: -k["seconds"]),
+            "overhead_s": statistics.median(run.get("vm", 0.0) for run in per_run),
+            "whole_s": statistics.median(whole)}
+
+
+def main() -> None:
+    """``python -m hwcomp.profile BUNDLE``: the worker ``profile_bundle`` starts."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(_measure(args.bundle, args.runs, args.warmup)))
+
+
+if __name__ == "__main__":
+    main()
