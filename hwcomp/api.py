@@ -94,7 +94,11 @@ def analyze(
                        model_path, len(unknown), unknown[0].name)
         model_io.learn_shapes(model, unknown, seed)
     graph_cost = cost.graph_cost(model)
-    estimate = roofline.estimate(graph_cost, target)
+    # Layers hwcomp profile measured on this target (or predicts from them) take those times,
+    # and the elementwise ops TVM fuses after them none of their own.
+    measured_s, predicted_s = latency.layer_times(graph_cost, target.name)
+    estimate = roofline.estimate(graph_cost, target, measured_s, predicted_s,
+                                 _fused_after(model, {*measured_s, *predicted_s}))
     measured = None
     if calib is not None or calib_random:
         specs = model_io.graph_inputs(model)
@@ -119,6 +123,26 @@ def analyze(
         target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
         counted=counted,
     )
+
+
+# Ops TVM fuses into the kernel of the conv / matmul before them (its epilogue).
+_EPILOGUE_OPS = frozenset({
+    "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid",
+    "HardSwish", "LeakyRelu", "PRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
+    "QuantizeLinear", "DequantizeLinear"})
+
+
+def _fused_after(model: ir.Model, timed: set[str]) -> set[str]:
+    """Names of the elementwise nodes downstream of a timed layer, through elementwise ones."""
+    producer = {value.name: cost.node_name(node) for node in model.graph
+                for value in node.outputs}
+    fused: set[str] = set()
+    for node in model.graph:
+        if node.op_type in _EPILOGUE_OPS and any(
+                value is not None and producer.get(value.name) in timed | fused
+                for value in node.inputs):
+            fused.add(cost.node_name(node))
+    return fused
 
 
 def _bundle_counts(bundle: Path, target: Target, graph_cost: cost.GraphCost) -> report.Counted:
@@ -274,7 +298,7 @@ def build(
             example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance)
         extras = lowering.package(compiled.executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
-        kernel_macs = extras.pop("kernel_macs", {})
+        kernel_macs = prepared.kernels.macs if prepared.kernels else {}
         kernel_args = extras.pop("kernel_args", {})
         verification, run = _verify(staging, lowering, target, model, feeds, reference,
                                     tolerance, source)
@@ -335,6 +359,8 @@ def _kernel_records(kernels: KernelRewrite | None, compiled: Compiled,
             "instruction": kernels.instruction, "ops": kernels.rewritten,
             "kept_float": kernels.kept_float},
         "float_kernels": [] if kernels is None else kernels.float_ops,
+        # A conv / matmul layer kernel's multiply-adds by its name (hwcomp profile's MACs).
+        "kernel_macs": {} if kernels is None else kernels.macs,
         "unscheduled_kernels": compiled.unscheduled_kernels,
         "tuning": None if compiled.tuned_functions is None else {
             "database": str(database), "records": count_records(database) if database else 0,

@@ -315,14 +315,15 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         layers = sorted(layers, key=lambda layer: -layer["estimate"]["time_s"])[:top]
     sens_actions = doc["sensitivity"]["actions"] if doc["sensitivity"] else []
     counted = doc["counted"]
-    header = ("layer", "op", "output", "MACs", "params", "bytes", "FLOP/B", "est us", "bound",
+    header = ("layer", "op", "output", "MACs", "params", "bytes", "FLOP/B", "est us", "source",
+              "bound",
               *(("instr.",) if counted else ()), *(f"{a} dB" for a in sens_actions))
     rows = []
     for layer in layers:
         cells = [layer["name"][:40], layer["op"], "x".join(map(str, layer["output_shape"])),
                  f"{layer['macs']:,}", f"{layer['params']:,}", f"{layer['memory_bytes']:,}",
                  f"{layer['intensity']:.1f}", f"{layer['estimate']['time_s'] * 1e6:.1f}",
-                 layer["estimate"]["bound"]]
+                 layer["estimate"]["source"], layer["estimate"]["bound"]]
         if counted:
             cells.append("" if layer["instructions"] is None else f"{layer['instructions']:,}")
         for action in sens_actions:
@@ -337,6 +338,7 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         f"({totals['weight_bytes'] / 1e6:.2f} MB), peak activations "
         f"{totals['peak_activation_bytes'] / 1e6:.2f} MB, estimated "
         f"{totals['estimated_time_s'] * 1e3:.3f} ms on {result.target.name}"
+        + _sources(doc["layers"])
     )
     if doc["sensitivity"]:
         info = doc["sensitivity"]
@@ -353,6 +355,17 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(report.to_html(result))
         click.echo(f"html: {html_path}")
+
+
+def _sources(layers: list[dict[str, Any]]) -> str:
+    """'' when every estimate is the roofline's; else how many layers were measured, predicted."""
+    found = {source: sum(layer["estimate"]["source"] == source for layer in layers)
+             for source in ("measured", "predicted", "fused")}
+    if not any(found.values()):
+        return ""
+    return (f" ({found['measured']} layer(s) measured, {found['predicted']} predicted from "
+            f"hwcomp profile's latency table, {found['fused']} fused into them, the rest "
+            "roofline)")
 
 
 def _echo_counted(counted: dict[str, Any]) -> None:

@@ -17,14 +17,27 @@ steps on microcontrollers. ``profile`` measures each one where it can:
 Each kernel goes into the target's latency table in hwcomp's cache
 (``<cache>/latency/<target>.json``, schema ``hwcomp-latency/1``), keyed by its signature: the
 kernel's name without its numbering (the ops TVM fused, or which hwcomp kernel) and the
-shapes and dtypes of its arguments, so the same layer in another model finds it::
+shapes and dtypes of its arguments, so the same kernel in another model finds it. Kernels
+that compute a conv / matmul layer (hwcomp's layer kernels know their MACs) are also
+matched to the model's layers with MACs, one to one by MACs where the two sets agree, and
+each such layer's time is kept under its layer signature (op, precision, output shape,
+MACs), which is what ``hwcomp analyze`` looks up::
 
     {"schema": "hwcomp-latency/1", "target": str,
      "entries": {signature: {"seconds": float, "source": "measured" | "counted",
                              "kernel": str, "macs": int, "calls": int, "model": str,
-                             "when": str (ISO 8601 UTC)}}}
+                             "when": str (ISO 8601 UTC)}},
+     "layers": {layer signature: {"seconds": float, "source": ..., "kernel": str,
+                                  "op": str, "precision": str, "macs": int,
+                                  "model": str, "when": str}}}
 
-A later profile of the same signature replaces the entry.
+A later profile of the same signature replaces the entry. A kernel's time includes what
+TVM fused into it (bias, activation, residual add), so a layer's measured time does too.
+
+:func:`layer_times` reads the table for a model: each layer found in it is "measured" (or
+counted); a conv / matmul layer of an op and precision with at least two measured layers
+of other sizes is "predicted" by a least-squares line through them (seconds against
+MACs); the rest keep the roofline.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwcomp.analysis.cost import GraphCost, NodeCost
 from hwcomp.errors import ExecutionError, HwcompError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.library.runtime_libs import cache_dir
@@ -125,11 +139,12 @@ def profile_bundle(bundle: Path, target: Target, manifest: dict[str, Any], runs:
     if counts:
         profile = _counted(bundle, target, counts)
     elif lowering_for(target).kernel_timing == MEASURED:
-        profile = _measured(bundle, target, runs, warmup)
+        profile = _measured(bundle, target, runs, warmup, manifest.get("kernel_macs", {}))
     else:
         raise ProfileError(f"{bundle} has no per-kernel counts (manifest layer_counts): its "
                            "build ran no emulated board; rebuild it with this hwcomp")
-    profile.table = str(record(profile, manifest.get("model", {}).get("file", "")))
+    layers = _match_layers(profile, bundle)
+    profile.table = str(record(profile, manifest.get("model", {}).get("file", ""), layers))
     return profile
 
 
@@ -167,7 +182,8 @@ def _counted(bundle: Path, target: Target, counts: dict[str, Any]) -> Profile:
                    kernels=kernels, overhead_s=0.0, whole_s=None, runs=1)
 
 
-def _measured(bundle: Path, target: Target, runs: int, warmup: int) -> Profile:
+def _measured(bundle: Path, target: Target, runs: int, warmup: int,
+              kernel_macs: dict[str, int]) -> Profile:
     env = thread_env(target.cores)
     command = [sys.executable, "-m", "hwcomp.profile", str(bundle), "--runs", str(runs),
                "--warmup", str(warmup)]
@@ -181,7 +197,8 @@ def _measured(bundle: Path, target: Target, runs: int, warmup: int) -> Profile:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise ExecutionError(f"profiling {bundle} failed: {(lines or ['no output'])[-1][:300]}")
     found = json.loads(done.stdout)
-    kernels = [KernelTime(**k) for k in found["kernels"]]
+    kernels = [KernelTime(**k, macs=k["calls"] * _fused_macs(k["kernel"], kernel_macs))
+               for k in found["kernels"]]
     threads = env.get("TVM_NUM_THREADS", "default")
     method = (f"measured on this machine: TVM VM instrument hook around each kernel call, "
               f"median of {runs} inferences after {warmup} warm-up, {threads} thread(s)")
@@ -190,8 +207,79 @@ def _measured(bundle: Path, target: Target, runs: int, warmup: int) -> Profile:
                    runs=runs)
 
 
-def record(profile: Profile, model: str) -> Path:
-    """Merge ``profile``'s kernels into the target's latency table; return its path."""
+def _fused_macs(kernel: str, kernel_macs: dict[str, int]) -> int:
+    """MACs of a fused function, from the hwcomp layer kernels its name carries."""
+    return sum(kernel_macs.get(name, 0) for name in re.findall(r"hwcomp_kernel_\d+", kernel))
+
+
+def layer_signature(node: NodeCost) -> str:
+    """Return a layer's key in the latency table: op, precision, output shape, MACs."""
+    shape = "x".join(str(d) for d in node.output_shape)
+    return f"{node.op_type}/{node.precision}/{shape}/{node.macs}"
+
+
+def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
+    """Each conv / matmul layer's kernel time, where kernels and layers agree by MACs."""
+    from hwcomp import model as model_io
+    from hwcomp.analysis import cost
+
+    nodes = [n for n in cost.graph_cost(model_io.load_model(bundle / "model.optimized.onnx"))
+             .nodes if n.macs]
+    calls = [(k, k.macs // k.calls) for k in profile.kernels if k.macs for _ in range(k.calls)]
+    if sorted(n.macs for n in nodes) != sorted(macs for _, macs in calls):
+        profile.notes.append(
+            f"{len(calls)} layer kernel call(s) do not match the model's {len(nodes)} layer(s) "
+            "with MACs one to one: kernels recorded, layers not")
+        return {}
+    by_macs: dict[int, list[KernelTime]] = defaultdict(list)
+    for kernel, macs in calls:
+        by_macs[macs].append(kernel)
+    layers = {}
+    for node in nodes:
+        kernel = by_macs[node.macs].pop(0)
+        layers[layer_signature(node)] = {
+            "seconds": kernel.seconds / kernel.calls, "source": profile.source,
+            "kernel": kernel.kernel, "op": node.op_type, "precision": node.precision,
+            "macs": node.macs}
+    return layers
+
+
+def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Return (measured, predicted) seconds by layer name for ``graph`` from the table."""
+    known = load_table(target).get("layers", {})
+    measured = {n.name: known[layer_signature(n)]["seconds"] for n in graph.nodes
+                if layer_signature(n) in known}
+    fits: dict[tuple[str, str], tuple[float, float] | None] = {}
+    predicted = {}
+    for node in graph.nodes:
+        if not node.macs or node.name in measured:
+            continue
+        key = (node.op_type, node.precision)
+        if key not in fits:
+            fits[key] = _fit([(e["macs"], e["seconds"]) for e in known.values()
+                              if (e["op"], e["precision"]) == key])
+        line = fits[key]
+        if line is not None:
+            predicted[node.name] = max(line[0] * node.macs + line[1], 0.0)
+    return measured, predicted
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least-squares seconds = a * MACs + b (b >= 0, else through 0); None below 2 sizes."""
+    if len({macs for macs, _ in points}) < 2:
+        return None
+    import numpy as np
+
+    x = np.array([float(m) for m, _ in points])
+    y = np.array([s for _, s in points])
+    (a, b), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
+    if b < 0 or a <= 0:
+        a, b = float(x @ y / (x @ x)), 0.0
+    return float(a), float(b)
+
+
+def record(profile: Profile, model: str, layers: dict[str, dict[str, Any]]) -> Path:
+    """Merge ``profile``'s kernels and ``layers`` into the target's latency table."""
     path = table_path(profile.target)
     table = load_table(profile.target)
     when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -199,6 +287,8 @@ def record(profile: Profile, model: str) -> Path:
         table["entries"][k.signature] = {
             "seconds": k.seconds / k.calls, "source": profile.source, "kernel": k.kernel,
             "macs": k.macs // max(k.calls, 1), "calls": 1, "model": model, "when": when}
+    table.setdefault("layers", {}).update(
+        {key: {**entry, "model": model, "when": when} for key, entry in layers.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
         json.dump(table, out, indent=1, sort_keys=True)

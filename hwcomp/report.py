@@ -17,7 +17,7 @@ JSON schema ``hwcomp-analysis/1`` (stable; new keys may be added, none removed):
                   "intensity": float,
                   "estimate": {"compute_s": float, "memory_s": float, "time_s": float,
                                "bound": "compute"|"memory"|"none",
-                               "source": "roofline"|"measured"},
+                               "source": "roofline"|"measured"|"predicted"|"fused"},
                   "sensitivity": {action: {"sqnr_db": float|null, "cosine": float,
                                            "top1_agreement": float|null,
                                            "accuracy": float|null, "exact": bool}}
@@ -229,8 +229,8 @@ def _layer_cells(layer: dict[str, Any]) -> list[str]:
     instructions = layer["instructions"]
     return [layer["name"], layer["op"], "x".join(map(str, layer["output_shape"])),
             f"{layer['macs']:,}", f"{layer['params']:,}", f"{layer['memory_bytes']:,}",
-            f"{layer['intensity']:.2f}", f"{estimate['time_s'] * 1e6:.1f}", estimate["bound"],
-            "" if instructions is None else f"{instructions:,}"]
+            f"{layer['intensity']:.2f}", f"{estimate['time_s'] * 1e6:.1f}", estimate["source"],
+            estimate["bound"], "" if instructions is None else f"{instructions:,}"]
 
 
 def _counted_html(counted: dict[str, Any] | None) -> str:

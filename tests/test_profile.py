@@ -47,6 +47,40 @@ def test_profile_times_each_kernel_of_a_host_bundle(tmp_path, cache):
     entry = table["entries"][kernels[0]["signature"]]
     assert entry["source"] == "measured" and entry["model"] == "tiny.onnx"
     assert load_table("host") == table  # round trip
+    # hwcomp's layer kernels know their MACs: each conv / matmul layer is in the table.
+    assert sum(k["macs"] for k in kernels) > 0
+    assert {entry["op"] for entry in table["layers"].values()} >= {"Conv"}
+
+    # analyze reads it: the profiled model's layers measured (their epilogues fused into
+    # them), another model's convolutions predicted from the measured sizes.
+    doc = _analyze(model, tmp_path / "same.json", cache)
+    sources = {layer["name"]: layer["estimate"]["source"] for layer in doc["layers"]}
+    convs = [layer for layer in doc["layers"] if layer["op"] in ("Conv", "Gemm")]
+    assert {sources[layer["name"]] for layer in convs} == {"measured"}
+    assert "fused" in sources.values()
+    # Each layer's time is its kernel call's (two layers of one shape share an entry).
+    recorded = {round(e["seconds"], 12) for e in table["layers"].values()}
+    assert {round(layer["estimate"]["time_s"], 12) for layer in convs} == recorded
+    other = model_zoo.save(model_zoo.resnet_like(size=12, width=6), str(tmp_path / "other.onnx"))
+    doc = _analyze(other, tmp_path / "other.json", cache)
+    assert {layer["estimate"]["source"] for layer in doc["layers"]
+            if layer["op"] == "Conv"} == {"predicted"}
+
+
+def _analyze(model, report, env):
+    done = run_cli("analyze", str(model), "-t", "host", "--json", str(report), env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(report.read_text())
+
+
+def test_prediction_fits_seconds_on_macs_and_needs_two_sizes():
+    from hwcomp.profile import _fit
+
+    assert _fit([(100, 1.0)]) is None and _fit([(100, 1.0), (100, 2.0)]) is None
+    a, b = _fit([(100, 2.0), (300, 4.0), (200, 3.0)])
+    assert a == pytest.approx(0.01) and b == pytest.approx(1.0)
+    a, b = _fit([(100, 1.0), (200, 4.0)])  # the line would cross below 0: through 0 instead
+    assert b == 0.0 and a == pytest.approx(900 / 50000)
 
 
 def test_profile_refuses_what_it_cannot_time_here(tmp_path, cache):

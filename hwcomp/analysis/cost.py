@@ -222,6 +222,11 @@ OP_COSTS: dict[str, Callable[[ir.Node], tuple[int, int]]] = {
 }
 
 
+
+def node_name(node: ir.Node) -> str:
+    """Return the name a node's cost goes by (its first output's when it has none)."""
+    return node.name or (node.outputs[0].name if node.outputs else "") or node.op_type
+
 def node_cost(node: ir.Node) -> NodeCost:
     """Count one node (ops without an entry: one FLOP per output element)."""
     macs, flops = OP_COSTS.get(node.op_type, _per_element(1))(node)
@@ -230,7 +235,7 @@ def node_cost(node: ir.Node) -> NodeCost:
     largest = max(constants, key=_nbytes, default=None)
     weight_dtype = largest.dtype.numpy().name if largest is not None and largest.dtype else ""
     return NodeCost(
-        name=node.name or (node.outputs[0].name if node.outputs else "") or node.op_type,
+        name=node_name(node),
         op_type=node.op_type,
         output_shape=tuple(_out_shape(node)),
         macs=int(macs),

@@ -6,13 +6,14 @@ bandwidth. The larger term names the bound. Ops without MACs count FLOPs / 2 as 
 MAC-equivalent work; pure views (Reshape, Flatten, ...) cost nothing.
 
 Estimates are a model, not a measurement: every layer carries ``source = "roofline"``,
-and :func:`estimate` takes measured per-layer times that replace the estimate layer by
-layer (``source = "measured"``), so tuned kernel timings can flow into the same report.
+and :func:`estimate` takes measured per-layer times (``hwcomp profile``'s latency table,
+``source = "measured"``) and times predicted from them (``"predicted"``) that replace the
+estimate layer by layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from hwcomp.analysis.cost import GraphCost, NodeCost
@@ -20,7 +21,7 @@ from hwcomp.targets import Target
 
 VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape",
                       "Constant", "Size", "Dropout"})
-ROOFLINE, MEASURED = "roofline", "measured"
+ROOFLINE, MEASURED, PREDICTED, FUSED = "roofline", "measured", "predicted", "fused"
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,26 @@ def layer_estimate(cost: NodeCost, target: Target) -> LayerEstimate:
 
 
 def estimate(
-    cost: GraphCost, target: Target, measured: Mapping[str, float] | None = None
+    cost: GraphCost, target: Target, measured: Mapping[str, float] | None = None,
+    predicted: Mapping[str, float] | None = None, fused: Collection[str] = (),
 ) -> RooflineEstimate:
-    """Estimate every layer; layers named in ``measured`` (seconds) take that time instead."""
+    """Estimate every layer; those named in ``measured`` or ``predicted`` take that time.
+
+    ``measured`` (seconds) wins over ``predicted`` (a fit on measured layers); layers in
+    ``fused`` run inside such a layer's kernel (its time includes them): 0 s of their own.
+    The layer's ``source`` says which.
+    """
     measured = measured or {}
+    predicted = predicted or {}
+    gone = {name: 0.0 for name in fused}
     layers = []
     for node in cost.nodes:
         layer = layer_estimate(node, target)
-        if node.name in measured:
-            layer = LayerEstimate(layer.name, layer.compute_s, layer.memory_s,
-                                  float(measured[node.name]), layer.bound, MEASURED)
+        for times, source in ((measured, MEASURED), (predicted, PREDICTED), (gone, FUSED)):
+            if node.name in times:
+                layer = LayerEstimate(layer.name, layer.compute_s, layer.memory_s,
+                                      float(times[node.name]), layer.bound, source)
+                break
         layers.append(layer)
     peak_flops = 2 * target.peak_macs_per_s("fp32")
     return RooflineEstimate(

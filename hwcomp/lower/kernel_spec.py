@@ -7,7 +7,7 @@ rewrite reports; the helpers give a convolution's output size and TIR's int64 sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -44,11 +44,6 @@ class KernelSpec:
     grouped: bool = False
     accumulators: int = 16
     by_element: bool = False
-
-
-# PrimFunc attribute: the multiply-adds of the layer a kernel computes (a conv / matmul
-# layer's kernels set it; the microcontroller manifest reports MACs per instruction with it).
-MACS_ATTR = "hwcomp.macs"
 
 
 def layer_macs(weight_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
@@ -95,3 +90,6 @@ class KernelRewrite:
     rewritten: list[str]
     float_ops: list[str]
     kept_float: list[str]
+    # The multiply-adds of each kernel that computes a conv / matmul layer, by the kernel's
+    # name (the fused function that calls it carries the name: fused_hwcomp_kernel_3_add).
+    macs: dict[str, int] = field(default_factory=dict)

@@ -74,7 +74,7 @@ def layer_count_record(result: RunnerResult, kernel_macs: dict[str, int],
                        kernel_args: dict[str, list[str]]) -> dict[str, Any]:
     """Return the manifest's ``layer_counts``: each kernel call's instructions and MACs.
 
-    ``kernel_macs`` (from the family's ``package``) holds the multiply-adds of kernels that
+    ``kernel_macs`` (the family's kernel rewrite) holds the multiply-adds of kernels that
     compute a conv / matmul layer, ``kernel_args`` each kernel's argument types
     (``uint8[1x64x25x5]``, the latency table's signatures).
     """

@@ -30,7 +30,6 @@ import onnx
 from hwcomp.errors import LoweringError, UnsupportedOpError
 from hwcomp.lower.cpu.pipeline import fusion_passes
 from hwcomp.lower.cpu.rules import default_rules
-from hwcomp.lower.kernel_spec import MACS_ATTR
 from hwcomp.lower.mcu.c_literals import exact_float_literals, float32_constants
 from hwcomp.lower.mcu.memory_plan import ArenaPlan, Buffer, plan_arena
 from hwcomp.lower.relax_match import mutate_functions
@@ -108,7 +107,6 @@ class KernelCall:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     workspace_bytes: int
-    macs: int = 0  # the layer's multiply-adds, where the kernel computes a conv / matmul
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -171,11 +169,8 @@ def build_program(mod: Any, target: Target, prefix: str) -> AotProgram:
     walker.walk()
     kernels = sorted({call.kernel for call in walker.calls})
     source, workspaces = _kernels_to_c(mod, kernels, tvm_target, prefix)
-    macs = {gv.name_hint: int(func.attrs[MACS_ATTR]) for gv, func in mod.functions_items()
-            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and MACS_ATTR in func.attrs}
     calls = [KernelCall(kernel=c.kernel, symbol=f"__tvm_ffi_{prefix}_{c.kernel}", inputs=c.inputs,
-                        outputs=c.outputs, workspace_bytes=workspaces[c.kernel],
-                        macs=macs.get(c.kernel, 0))
+                        outputs=c.outputs, workspace_bytes=workspaces[c.kernel])
              for c in walker.calls]
     buffers = _buffers(walker, calls)
     # Elementwise kernels, and hwcomp's opaque ones that read each element only to write the

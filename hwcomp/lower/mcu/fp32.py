@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernel_spec import MACS_ATTR, conv_output_size, layer_macs
+from hwcomp.lower.kernel_spec import conv_output_size, layer_macs
 from hwcomp.lower.relax_match import (
     dtype_of,
     is_op,
@@ -64,8 +64,11 @@ class _FloatLayer:
         return _clamp_name(self.low, self.high)
 
 
-def rewrite_fp32_layers(mod: Any) -> tuple[Any, list[str]]:
-    """Replace float conv2d / matmul layers by hwcomp's fp32 C kernels; say which."""
+def rewrite_fp32_layers(mod: Any) -> tuple[Any, list[str], dict[str, int]]:
+    """Replace float conv2d / matmul layers by hwcomp's fp32 C kernels.
+
+    Returns the module, what was rewritten, and each kernel's multiply-adds by its name.
+    """
     from tvm import relax
 
     layers: dict[Any, _FloatLayer] = {}
@@ -73,11 +76,11 @@ def rewrite_fp32_layers(mod: Any) -> tuple[Any, list[str]]:
         if isinstance(func, relax.Function):
             layers.update(_plan(func))
     if not layers:
-        return mod, []
+        return mod, [], {}
     rewriter = _make_rewriter(mod, layers)
     new_mod = relax.transform.DeadCodeElimination()(mutate_functions(rewriter, mod))
     logger.info("fp32 C kernels: %d layer(s)", len(rewriter.rewritten))
-    return new_mod, rewriter.rewritten
+    return new_mod, rewriter.rewritten, rewriter.macs
 
 
 def _plan(func: Any) -> dict[Any, _FloatLayer]:
@@ -279,6 +282,7 @@ def _make_rewriter(mod: Any, layers: dict[Any, _FloatLayer]) -> Any:
             super().__init__(mod)
             self.rewritten: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
+            self.macs: dict[str, int] = {}
 
         def visit_call_(self, call: Any) -> Any:
             layer = layers.get(call)
@@ -291,9 +295,9 @@ def _make_rewriter(mod: Any, layers: dict[Any, _FloatLayer]) -> Any:
             if key not in self.kernels:
                 name = f"hwcomp_fp32_{layer.kind}_{len(self.kernels)}"
                 func = _kernel(layer, out_shape).with_attrs(
-                    {"global_symbol": name, "op_pattern": 8,
-                     MACS_ATTR: layer_macs(layer.weight.shape, out_shape)})
+                    {"global_symbol": name, "op_pattern": 8})
                 self.kernels[key] = self.builder_.add_func(func, name)
+                self.macs[name] = layer_macs(layer.weight.shape, out_shape)
             operands = [relax.const(layer.weight), relax.const(layer.bias)]
             extra = f" + {layer.activation}" if layer.activation else ""
             self.rewritten.append(f"{layer.kind} {tuple(out_shape)}{extra}")

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from hwcomp.lower.kernel_spec import (
-    MACS_ATTR,
     KernelRewrite,
     KernelSpec,
     conv_output_size,
@@ -107,7 +106,8 @@ def rewrite_int8_layers(mod: Any, target: Target) -> tuple[Any, KernelRewrite]:
 
     rewriter = _make_rewriter(mod, c_kernel_path(target))
     new_mod = relax.transform.DeadCodeElimination()(mutate_functions(rewriter, mod))
-    summary = KernelRewrite(KERNEL_NAME, rewriter.rewritten, [], rewriter.kept_float)
+    summary = KernelRewrite(KERNEL_NAME, rewriter.rewritten, [], rewriter.kept_float,
+                            rewriter.macs)
     logger.info("int8 kernels for %s: %d layer(s), %d quantized layer(s) left in float",
                 target.name, len(summary.rewritten), len(summary.kept_float))
     return new_mod, summary
@@ -370,6 +370,7 @@ def _make_rewriter(mod: Any, path: str) -> Any:
             self.rewritten: list[str] = []
             self.kept_float: list[str] = []
             self.kernels: dict[tuple[Any, ...], Any] = {}
+            self.macs: dict[str, int] = {}  # a layer kernel's multiply-adds, by its name
 
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
@@ -408,9 +409,10 @@ def _make_rewriter(mod: Any, path: str) -> Any:
                 # Opaque (op pattern 8): FuseOps fuses nothing into it. The kernel already
                 # ends in the layer's requantization, so its output is the quantized tensor
                 # the next layer reads; within it the default schedule inlines the padding.
-                attrs = {"global_symbol": name, "op_pattern": 8}
-                func = make().with_attrs({**attrs, MACS_ATTR: macs} if macs else attrs)
+                func = make().with_attrs({"global_symbol": name, "op_pattern": 8})
                 self.kernels[key] = self.builder_.add_func(func, name)
+                if macs:
+                    self.macs[name] = macs
             return self.kernels[key]
 
         def _lookup(self, call: Any, x_q: Any, table: np.ndarray, name: str) -> Any:

@@ -59,7 +59,8 @@ class McuLowering:
         check_mcu_supported(legal)
         _check_weights_fit(legal, target)
         module, kernels = rewrite_int8_layers(import_checked(legal), target)
-        module, kernels.float_ops = rewrite_fp32_layers(module)
+        module, kernels.float_ops, float_macs = rewrite_fp32_layers(module)
+        kernels.macs.update(float_macs)
         return Prepared(module, kernels)
 
     def compile(self, mod: Any, target: Target, database: Path | None = None,
@@ -87,7 +88,6 @@ class McuLowering:
                 "weights_bytes": sum(int(a.nbytes) for a in executable.constants.values()),
                 "kernels": len(executable.calls),
             }
-            kernel_macs = {call.kernel: call.macs for call in executable.calls if call.macs}
             kernel_args = {call.kernel: [_arg_type(executable.tensors[name]) for name in call.args]
                            for call in executable.calls}
             _check_budget(info.model_file, target, sizes, plan.arena_bytes)
@@ -96,7 +96,7 @@ class McuLowering:
                 report["firmware"] = _firmware(objects, sources, target, staging, machine, sizes)
         logger.info("flash %d bytes, RAM %d bytes (arena %d) of %d / %d", sizes.flash, sizes.ram,
                     plan.arena_bytes, target.flash_bytes, target.sram_bytes)
-        return {"mcu": report, "kernel_macs": kernel_macs, "kernel_args": kernel_args}
+        return {"mcu": report, "kernel_args": kernel_args}
 
     def not_run_reason(self, target: Target) -> str | None:
         """Verification always runs: on this machine, and on the emulated board if known."""

@@ -58,7 +58,7 @@ from hwcomp.lower.cpu.kernels.conv_forms import (
     conv_transpose_form,
 )
 from hwcomp.lower.cpu.kernels.tiling import conv_rows
-from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, round_up
+from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, layer_macs, round_up
 from hwcomp.lower.relax_match import (
     bound,
     dtype_of,
@@ -85,7 +85,7 @@ def rewrite_kernels(mod: Any, instruction: KernelSpec | None,
 
     new_mod = relax.transform.DeadCodeElimination()(new_mod)
     summary = KernelRewrite(instruction.name if instruction else None, rewriter.rewritten,
-                            rewriter.float_ops, rewriter.kept_float)
+                            rewriter.float_ops, rewriter.kept_float, rewriter.emitter.macs)
     logger.info("hwcomp kernels: %d int8 op(s)%s, %d fp32 op(s); %d quantized op(s) in float",
                 len(summary.rewritten), f" on {summary.instruction}" if instruction else "",
                 len(summary.float_ops), len(summary.kept_float))
@@ -183,13 +183,20 @@ class _KernelCalls:
     def __init__(self, mutator: Any) -> None:
         self.mutator = mutator
         self.kernels: dict[tuple[Any, ...], Any] = {}
+        self.macs: dict[str, int] = {}  # a layer kernel's multiply-adds, by its name
 
     @property
     def builder(self) -> Any:
         """The mutator's block builder."""
         return self.mutator.builder_
 
-    def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8) -> Any:
+    def _kernel(self, key: tuple[Any, ...], make: Any, pattern: int = 8, macs: int = 0) -> Any:
+        var = self._new_kernel(key, make, pattern)
+        if macs:
+            self.macs[var.name_hint] = macs
+        return var
+
+    def _new_kernel(self, key: tuple[Any, ...], make: Any, pattern: int) -> Any:
         if key not in self.kernels:
             name = f"hwcomp_kernel_{len(self.kernels)}"
             func = make()
@@ -230,6 +237,7 @@ class _KernelCalls:
 
         g = geometry
         shape, out_shape, out_channels = g.data_shape, g.out_shape, weight.shape[0]
+        macs = layer_macs(weight.shape, out_shape)
         kernel, strides, padding, dilation = g.kernel, g.strides, g.padding, g.dilation
         one_d = len(out_shape) == 3
         if g.groups > 1:
@@ -244,7 +252,7 @@ class _KernelCalls:
                     lambda: depthwise_kernel(shape, kernel, strides, padding, dilation, spec,
                                              len(out_shape)),
                     "depthwise NCHW kernel, fused epilogue", data, pack_weight(matrix, spec),
-                    out_shape)
+                    out_shape, macs)
             merged = merge_groups(weight, g.groups, spec.lanes)
             if merged is None:
                 return (f"generic schedule ({out_channels // g.groups} output channels per "
@@ -260,7 +268,7 @@ class _KernelCalls:
                                          dilation, spec, groups, len(out_shape)),
                 f"grouped NCHW kernel ({groups} groups"
                 + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue",
-                data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape)
+                data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape, macs)
         if not one_d and pointwise_fits(shape, out_channels, kernel, strides, padding, spec):
             return self._pointwise(data, weight, shape, out_shape, spec)
         if conv_nchw_fits(shape, out_shape, out_channels, spec):
@@ -269,14 +277,16 @@ class _KernelCalls:
                  len(out_shape)),
                 lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
                                          dilation, spec, out_rank=len(out_shape)),
-                "NCHW kernel, fused epilogue", data, conv_nchw_weight(weight, spec), out_shape)
+                "NCHW kernel, fused epilogue", data, conv_nchw_weight(weight, spec), out_shape,
+                macs)
         pixels = int(np.prod(out_shape[2:]))
         rows = conv_rows(out_shape[0] * pixels, out_channels, spec)
         cols_pad = round_up(out_channels, spec.lanes)
         key = ("conv", spec.name, shape, kernel, out_channels, strides, padding, dilation,
                zero_point)
         kernel_var = self._kernel(key, lambda: conv_kernel(
-            shape, kernel, out_channels, strides, padding, dilation, zero_point, spec))
+            shape, kernel, out_channels, strides, padding, dilation, zero_point, spec),
+            macs=macs)
         packed = relax.const(pack_weight(conv_weight_matrix(weight, spec), spec))
         emit = self.builder.emit
         acc = emit(relax.op.call_tir(kernel_var, [data, packed],
@@ -299,14 +309,14 @@ class _KernelCalls:
                            lambda: pointwise_kernel(shape, out_channels),
                            "pointwise NCHW kernel, fused epilogue",
                            data, np.ascontiguousarray(weight.reshape(out_channels, -1)),
-                           out_shape)
+                           out_shape, layer_macs(weight.shape, out_shape))
 
     def _fused(self, key: tuple[Any, ...], make: Any, label: str, data: Any,
-               weight: np.ndarray, out_shape: tuple[int, ...]) -> tuple[Any, str]:
+               weight: np.ndarray, out_shape: tuple[int, ...], macs: int) -> tuple[Any, str]:
         """Call an fp32 kernel that writes NCHW and takes the ops after it (op pattern 4)."""
         from tvm import relax
 
-        kernel_var = self._kernel(key, make, pattern=4)
+        kernel_var = self._kernel(key, make, pattern=4, macs=macs)
         # Not emitted: bound to the conv's own variable, it fuses with the ops after it.
         out = relax.op.call_tir(kernel_var, [data, relax.const(weight)],
                                 relax.TensorType(out_shape, "float32"))
@@ -326,7 +336,8 @@ class _KernelCalls:
         if depth_pad != depth:
             flat = emit(relax.op.nn.pad(flat, [0, 0, 0, depth_pad - depth]))
         kernel_var = self._kernel(("matmul", spec.name, rows, depth, cols),
-                                  lambda: matmul_kernel(rows, depth, cols, spec))
+                                  lambda: matmul_kernel(rows, depth, cols, spec),
+                                  macs=rows * depth * cols)
         packed = relax.const(pack_weight(weight, spec))
         acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
                                      relax.TensorType((rows, cols_pad),
