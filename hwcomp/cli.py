@@ -433,6 +433,8 @@ def profile_command(path: Path, target_name: str | None, runs: int, input_shapes
                + (f", whole inference {found.whole_s * 1e3:.3f} ms (no hook)"
                   if found.whole_s else "")
                + f"; roofline estimate {estimate * 1e3:.3f} ms (hwcomp analyze)")
+    for note in found.notes:
+        click.echo(f"note: {note}")
     click.echo(f"latency table: {found.table}")
     if json_path:
         json_path.write_text(found.to_json() + "\n")

@@ -219,29 +219,53 @@ def layer_signature(node: NodeCost) -> str:
 
 
 def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
-    """Each conv / matmul layer's kernel time, where kernels and layers agree by MACs."""
+    """Each conv / matmul layer's kernel time, matched by MACs and output shape.
+
+    A kernel call matches the layer of the same MACs whose output has the shape of the
+    kernel's last argument (its output); failing that, the only layer of those MACs when
+    one call has them. Layers left unmatched (a kernel TVM scheduled alone, without MACs)
+    stay out of the table.
+    """
     from hwcomp import model as model_io
     from hwcomp.analysis import cost
 
     nodes = [n for n in cost.graph_cost(model_io.load_model(bundle / "model.optimized.onnx"))
              .nodes if n.macs]
-    calls = [(k, k.macs // k.calls) for k in profile.kernels if k.macs for _ in range(k.calls)]
-    if sorted(n.macs for n in nodes) != sorted(macs for _, macs in calls):
-        profile.notes.append(
-            f"{len(calls)} layer kernel call(s) do not match the model's {len(nodes)} layer(s) "
-            "with MACs one to one: kernels recorded, layers not")
-        return {}
+    calls = [k for k in profile.kernels if k.macs for _ in range(k.calls)]
+    by_key: dict[tuple[int, str], list[KernelTime]] = defaultdict(list)
     by_macs: dict[int, list[KernelTime]] = defaultdict(list)
-    for kernel, macs in calls:
+    for kernel in calls:
+        macs = kernel.macs // kernel.calls
+        by_key[(macs, _output_dims(kernel.signature))].append(kernel)
         by_macs[macs].append(kernel)
     layers = {}
+    unmatched = 0
+    macs_count: dict[int, int] = defaultdict(int)
     for node in nodes:
-        kernel = by_macs[node.macs].pop(0)
+        macs_count[node.macs] += 1
+    for node in nodes:
+        shape = "x".join(str(d) for d in node.output_shape)
+        candidates = by_key.get((node.macs, shape)) or (
+            by_macs[node.macs] if len(by_macs[node.macs]) == 1 == macs_count[node.macs]
+            else [])
+        if not candidates:
+            unmatched += 1
+            continue
+        kernel = candidates.pop(0)
         layers[layer_signature(node)] = {
             "seconds": kernel.seconds / kernel.calls, "source": profile.source,
             "kernel": kernel.kernel, "op": node.op_type, "precision": node.precision,
             "macs": node.macs}
+    if unmatched:
+        profile.notes.append(f"{unmatched} of {len(nodes)} conv / matmul layer(s) matched no "
+                             "kernel (TVM's own schedule carries no MACs): not recorded")
     return layers
+
+
+def _output_dims(signature: str) -> str:
+    """Return the dims of a signature's last argument (the kernel's output): 1x64x56x56."""
+    dims = re.findall(r"\[([0-9x]*)\]", signature)
+    return dims[-1] if dims else ""
 
 
 def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[str, float]]:
