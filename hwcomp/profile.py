@@ -29,15 +29,16 @@ MACs), which is what ``hwcomp analyze`` looks up::
                              "when": str (ISO 8601 UTC)}},
      "layers": {layer signature: {"seconds": float, "source": ..., "kernel": str,
                                   "op": str, "precision": str, "macs": int,
+                                  "bytes": int (memory traffic), "outputs": int,
                                   "model": str, "when": str}}}
 
 A later profile of the same signature replaces the entry. A kernel's time includes what
 TVM fused into it (bias, activation, residual add), so a layer's measured time does too.
 
 :func:`layer_times` reads the table for a model: each layer found in it is "measured" (or
-counted); a conv / matmul layer of an op and precision with at least two measured layers
-of other sizes is "predicted" by a least-squares line through them (seconds against
-MACs); the rest keep the roofline.
+counted); a conv / matmul layer of an op and precision with measured layers of at least
+three other sizes is "predicted" by :class:`Fit` (seconds against MACs and memory traffic,
+fitted per op, precision and kind to the measured layers); the rest keep the roofline.
 """
 
 from __future__ import annotations
@@ -253,9 +254,10 @@ def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
             continue
         kernel = candidates.pop(0)
         layers[layer_signature(node)] = {
-            "seconds": kernel.seconds / kernel.calls, "source": profile.source,
-            "kernel": kernel.kernel, "op": node.op_type, "precision": node.precision,
-            "macs": node.macs}
+            "seconds": kernel.seconds / kernel.calls,
+            "source": profile.source, "kernel": kernel.kernel, "op": node.op_type,
+            "precision": node.precision, "macs": node.macs, "bytes": node.memory_bytes,
+            "outputs": node.output_elements}
     if unmatched:
         profile.notes.append(f"{unmatched} of {len(nodes)} conv / matmul layer(s) matched no "
                              "kernel (TVM's own schedule carries no MACs): not recorded")
@@ -270,36 +272,82 @@ def _output_dims(signature: str) -> str:
 
 def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[str, float]]:
     """Return (measured, predicted) seconds by layer name for ``graph`` from the table."""
-    known = load_table(target).get("layers", {})
-    measured = {n.name: known[layer_signature(n)]["seconds"] for n in graph.nodes
-                if layer_signature(n) in known}
-    fits: dict[tuple[str, str], tuple[float, float] | None] = {}
+    table = load_table(target).get("layers", {})
+    known = [e for e in table.values() if "bytes" in e]
+    measured = {n.name: table[layer_signature(n)]["seconds"] for n in graph.nodes
+                if layer_signature(n) in table}
+    fits: dict[tuple[str, ...], Fit | None] = {}
     predicted = {}
     for node in graph.nodes:
         if not node.macs or node.name in measured:
             continue
-        key = (node.op_type, node.precision)
-        if key not in fits:
-            fits[key] = _fit([(e["macs"], e["seconds"]) for e in known.values()
-                              if (e["op"], e["precision"]) == key])
-        line = fits[key]
-        if line is not None:
-            predicted[node.name] = max(line[0] * node.macs + line[1], 0.0)
+        fit = None
+        # The layer's own kind first (depthwise-thin or dense), else its op and precision.
+        for key in ((node.op_type, node.precision, _kind(node.macs, node.output_elements)),
+                    (node.op_type, node.precision)):
+            if key not in fits:
+                fits[key] = _fit([e for e in known if _entry_key(e)[:len(key)] == key])
+            fit = fits[key]
+            if fit is not None:
+                break
+        if fit is not None:
+            predicted[node.name] = fit.seconds(node.macs, node.memory_bytes)
     return measured, predicted
 
 
-def _fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
-    """Least-squares seconds = a * MACs + b (b >= 0, else through 0); None below 2 sizes."""
-    if len({macs for macs, _ in points}) < 2:
-        return None
+def _kind(macs: int, outputs: int) -> str:
+    """Return "thin" where an output takes at most 49 MACs (depthwise to 7x7), else "dense"."""
+    return "thin" if macs <= 49 * max(outputs, 1) else "dense"
+
+
+def _entry_key(entry: dict[str, Any]) -> tuple[str, str, str]:
+    return entry["op"], entry["precision"], _kind(entry["macs"], entry["outputs"])
+
+
+@dataclass(frozen=True)
+class Fit:
+    """seconds = a * MACs + b * bytes + c, all three >= 0 (a latency model of one kind)."""
+
+    a: float
+    b: float
+    c: float
+
+    def seconds(self, macs: int, memory_bytes: int) -> float:
+        """Return the predicted time of a layer."""
+        return self.a * macs + self.b * memory_bytes + self.c
+
+
+def _fit(entries: list[dict[str, Any]]) -> Fit | None:
+    """Fit :class:`Fit` to measured layers, minimising relative error; None below 3 sizes.
+
+    Weighted least squares (each row divided by its time, so a 10 us layer counts as much
+    as a 10 ms one) over every subset of the three terms, keeping the best fit whose
+    coefficients are all non-negative.
+    """
+    import itertools
+
     import numpy as np
 
-    x = np.array([float(m) for m, _ in points])
-    y = np.array([s for _, s in points])
-    (a, b), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
-    if b < 0 or a <= 0:
-        a, b = float(x @ y / (x @ x)), 0.0
-    return float(a), float(b)
+    if len({(e["macs"], e["bytes"]) for e in entries}) < 3:
+        return None
+    x = np.array([[e["macs"], e["bytes"], 1.0] for e in entries], dtype=np.float64)
+    y = np.array([e["seconds"] for e in entries])
+    weighted_x, weighted_y = x / y[:, None], np.ones_like(y)
+    best: tuple[float, np.ndarray] | None = None
+    for size in (3, 2, 1):
+        for columns in itertools.combinations(range(3), size):
+            coef, *_ = np.linalg.lstsq(weighted_x[:, columns], weighted_y, rcond=None)
+            if np.any(coef < 0):
+                continue
+            full = np.zeros(3)
+            full[list(columns)] = coef
+            error = float(np.sum((weighted_x @ full - 1.0) ** 2))
+            if best is None or error < best[0]:
+                best = (error, full)
+    if best is None:
+        return None
+    a, b, c = (float(v) for v in best[1])
+    return Fit(a, b, c)
 
 
 def record(profile: Profile, model: str, layers: dict[str, dict[str, Any]]) -> Path:

@@ -73,14 +73,20 @@ def _analyze(model, report, env):
     return json.loads(report.read_text())
 
 
-def test_prediction_fits_seconds_on_macs_and_needs_two_sizes():
+def test_prediction_fits_relative_error_with_non_negative_terms():
     from hwcomp.profile import _fit
 
-    assert _fit([(100, 1.0)]) is None and _fit([(100, 1.0), (100, 2.0)]) is None
-    a, b = _fit([(100, 2.0), (300, 4.0), (200, 3.0)])
-    assert a == pytest.approx(0.01) and b == pytest.approx(1.0)
-    a, b = _fit([(100, 1.0), (200, 4.0)])  # the line would cross below 0: through 0 instead
-    assert b == 0.0 and a == pytest.approx(900 / 50000)
+    def entry(macs, nbytes, seconds):
+        return {"macs": macs, "bytes": nbytes, "seconds": seconds}
+
+    assert _fit([entry(100, 10, 1.0), entry(200, 20, 2.0)]) is None  # two sizes: too few
+    # seconds = 1e-3 * MACs + 2e-4 * bytes + 0.5, recovered exactly from four layers.
+    points = [(100, 1000), (400, 500), (900, 4000), (50, 200)]
+    fit = _fit([entry(m, b, 1e-3 * m + 2e-4 * b + 0.5) for m, b in points])
+    assert (fit.a, fit.b, fit.c) == pytest.approx((1e-3, 2e-4, 0.5))
+    # Times falling with bytes would need a negative term: that term is dropped instead.
+    fit = _fit([entry(100, 900, 1.0), entry(200, 500, 2.0), entry(300, 100, 3.0)])
+    assert min(fit.a, fit.b, fit.c) >= 0 and fit.seconds(200, 500) == pytest.approx(2.0)
 
 
 def test_profile_refuses_what_it_cannot_time_here(tmp_path, cache):

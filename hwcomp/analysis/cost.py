@@ -74,6 +74,14 @@ class NodeCost:
         return self.weight_bytes + self.input_bytes + self.output_bytes
 
     @property
+    def output_elements(self) -> int:
+        """Elements of the first output."""
+        count = 1
+        for dim in self.output_shape:
+            count *= int(dim)
+        return count
+
+    @property
     def intensity(self) -> float:
         """FLOPs per byte of memory traffic."""
         return self.flops / self.memory_bytes if self.memory_bytes else 0.0
