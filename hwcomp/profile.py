@@ -73,9 +73,7 @@ _DTYPES = {"int8", "uint8", "int16", "int32", "fp16", "fp32", "float16", "float3
 
 
 class ProfileError(HwcompError):
-    """The bundle cannot be profiled here as asked."""
-
-    exit_code = 2
+    """The bundle cannot be profiled here as asked (a usage error: exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ class Profile:
     source: str  # MEASURED or COUNTED
     method: str  # how, in words, for the output
     kernels: list[KernelTime]
-    overhead_s: float  # the VM's builtins (measured), or the executor outside kernel calls
+    overhead_s: float  # the VM's builtins (measured targets; 0 where counted)
     whole_s: float | None  # one inference end to end without the hook (measured), if known
     runs: int
     table: str = ""  # the latency table written
