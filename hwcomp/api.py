@@ -295,7 +295,8 @@ def build(
         info = BundleInfo(
             model_file=model_path.name, model_name=model_path.stem,
             inputs=model_io.graph_inputs(legal), outputs=model_io.graph_outputs(model),
-            example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance)
+            example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance,
+            model_sha256=model_io.file_sha256(model_path))
         extras = lowering.package(compiled.executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
         kernel_macs = prepared.kernels.macs if prepared.kernels else {}

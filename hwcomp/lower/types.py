@@ -22,6 +22,7 @@ class BundleInfo:
     example_inputs: list[np.ndarray]
     example_outputs: list[np.ndarray]
     tolerance: float
+    model_sha256: str = ""  # of the input model file, for the bundle's API header
 
 
 @dataclass(frozen=True)

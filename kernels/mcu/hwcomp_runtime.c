@@ -39,7 +39,7 @@ int32_t hwcomp_call(hwcomp_kernel_fn kernel, DLTensor* tensors, int32_t count) {
   TVMFFIAny args[HWCOMP_MAX_KERNEL_ARGS];
   TVMFFIAny result;
   if (count > HWCOMP_MAX_KERNEL_ARGS) {
-    return -2;
+    return -2; /* HWCOMP_ERR_KERNEL_ARGS (the model headers' enum) */
   }
   for (int32_t i = 0; i < count; ++i) {
     args[i].type_index = kTVMFFIDLTensorPtr;

@@ -75,7 +75,8 @@ class McuLowering:
         sources = write_sources(
             staging, executable, target, prefix=prefix, model_file=info.model_file,
             inputs=info.inputs, outputs=info.outputs, example_inputs=info.example_inputs,
-            example_outputs=info.example_outputs, tolerance=info.tolerance)
+            example_outputs=info.example_outputs, tolerance=info.tolerance,
+            model_sha256=info.model_sha256)
         plan = executable.plan
         with firmware.scratch_dir() as scratch:
             objects = firmware.compile_library(sources, target, Path(scratch))

@@ -69,13 +69,14 @@ def write_sources(
     staging: Path, program: AotProgram, target: Target, *, prefix: str, model_file: str,
     inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
     example_inputs: Sequence[np.ndarray], example_outputs: Sequence[np.ndarray], tolerance: float,
+    model_sha256: str = "",
 ) -> Sources:
     """Render every source file of the bundle into ``staging``."""
     lib, example = staging / "lib", staging / "example"
     lib.mkdir(exist_ok=True)
     example.mkdir()
     common = {"prefix": prefix, "model_file": model_file, "target": target.name,
-              "version": hwcomp.__version__, "alignment": ALIGNMENT}
+              "version": hwcomp.__version__, "alignment": ALIGNMENT, "model_sha256": model_sha256}
     api_in = [_api_tensor(program.tensors[n], spec.name) for n, spec in zip(program.inputs, inputs,
                                                                            strict=True)]
     api_out = [_api_tensor(program.tensors[n], spec.name)
@@ -124,9 +125,25 @@ def write_sources(
 
 
 def _api_tensor(info: TensorInfo, onnx_name: str) -> dict[str, Any]:
-    return {"c_name": info.name, "onnx_name": onnx_name, "ctype": info.ctype, "dtype": info.dtype,
-            "shape": info.shape, "count": info.count, "nbytes": info.nbytes,
-            "is_float": info.dtype.startswith("float")}
+    return {"c_name": info.name, "onnx_name": onnx_name, "c_string": c_string(onnx_name),
+            "ctype": info.ctype, "dtype": info.dtype, "shape": info.shape, "count": info.count,
+            "nbytes": info.nbytes, "is_float": info.dtype.startswith("float")}
+
+
+def c_string(text: str) -> str:
+    """Return ``text`` as a C string literal that round-trips any tensor name.
+
+    Printable ASCII stays; every other byte of its UTF-8 (and the double quote, backslash
+    and question mark) becomes a three-digit octal escape.
+    """
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char in '"\\?' or not 32 <= byte < 127:
+            out.append(f"\\{byte:03o}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def _constant(prefix: str, name: str, array: np.ndarray) -> dict[str, Any]:

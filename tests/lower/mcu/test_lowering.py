@@ -68,6 +68,52 @@ def test_arena_plan_and_sizes_are_reported(kws_bundle):
     assert "malloc" not in source and "pthread" not in source and "#pragma omp" not in source
 
 
+_API_PROGRAM = r"""
+#include <stdio.h>
+#include <string.h>
+#include "hwcomp_kws.h"
+static unsigned char arena[HWCOMP_KWS_ARENA_BYTES + HWCOMP_KWS_ARENA_ALIGNMENT]
+    __attribute__((aligned(64)));
+static float in0[HWCOMP_KWS_IN0_COUNT], out0[HWCOMP_KWS_OUT0_COUNT];
+int main(void) {
+  const hwcomp_tensor_info* i = &hwcomp_kws_inputs[0];
+  const hwcomp_tensor_info* o = &hwcomp_kws_outputs[0];
+  printf("%s %s %d %lld %lld %lld %lld %u %u\n", i->name, i->dtype, i->ndim,
+         (long long)i->shape[0], (long long)i->shape[1], (long long)i->shape[2],
+         (long long)i->shape[3], i->count, i->bytes);
+  printf("%s %s %d %u\n", o->name, o->dtype, o->ndim, o->count);
+  printf("%s %s\n", HWCOMP_KWS_HWCOMP_VERSION, HWCOMP_KWS_MODEL_SHA256);
+  printf("%d %d\n", hwcomp_kws_run_with_arena(in0, out0, arena + 1),
+         hwcomp_kws_run_with_arena(in0, out0, arena));
+  return 0;
+}
+"""
+
+
+def test_the_api_header_describes_the_model_and_checks_the_arena(kws_bundle, tmp_path):
+    """The header's run-time descriptors, version and model hash; a misaligned arena is
+    refused with HWCOMP_ERR_ARENA_ALIGNMENT before any kernel runs, an aligned one runs."""
+    import hwcomp
+    from hwcomp.model import file_sha256
+
+    source = tmp_path / "api.c"
+    source.write_text(_API_PROGRAM)
+    program = tmp_path / "api"
+    built = subprocess.run(
+        ["gcc", "-O1", "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", str(kws_bundle / "lib"),
+         "-I", str(kws_bundle / "include"), str(source),
+         *map(str, sorted((kws_bundle / "lib").glob("*.c"))), "-o", str(program), "-lm"],
+        capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    lines = subprocess.run([str(program)], capture_output=True, text=True, check=True,
+                           timeout=60).stdout.splitlines()
+    assert lines[0] == "input float32 4 1 1 49 10 490 1960"
+    assert lines[1] == "logits float32 2 12"
+    model_sha = file_sha256(kws_bundle.parent.parent / "kws.onnx")
+    assert lines[2] == f"{hwcomp.__version__} {model_sha}"
+    assert lines[3] == "-3 0"
+
+
 def test_cmake_firmware_project_consumes_the_bundle(kws_bundle, tmp_path):
     require_tools("cmake", "arm-none-eabi-gcc")
     build = tmp_path / "build"
