@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import statistics
@@ -196,7 +197,8 @@ def _measured(bundle: Path, target: Target, runs: int, warmup: int,
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise ExecutionError(f"profiling {bundle} failed: {(lines or ['no output'])[-1][:300]}")
     found = json.loads(done.stdout)
-    kernels = [KernelTime(**k, macs=k["calls"] * _fused_macs(k["kernel"], kernel_macs))
+    kernels = [KernelTime(**k, macs=k["calls"] * (_fused_macs(k["kernel"], kernel_macs)
+                                                   or _tvm_layer_macs(k["kernel"], k["signature"])))
                for k in found["kernels"]]
     threads = env.get("TVM_NUM_THREADS", "default")
     method = (f"measured on this machine: TVM VM instrument hook around each kernel call, "
@@ -218,10 +220,10 @@ def layer_signature(node: NodeCost) -> str:
 
 
 def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
-    """Each conv / matmul layer's kernel time, matched by MACs and output shape.
+    """Each conv / matmul layer's kernel time, matched by MACs and output size.
 
-    A kernel call matches the layer of the same MACs whose output has the shape of the
-    kernel's last argument (its output); failing that, the only layer of those MACs when
+    A kernel call matches the layer of the same MACs whose output has as many elements as
+    the kernel's last argument (its output, maybe flattened); failing that, the only layer of those MACs when
     one call has them. Layers left unmatched (a kernel TVM scheduled alone, without MACs)
     stay out of the table.
     """
@@ -231,11 +233,11 @@ def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
     nodes = [n for n in cost.graph_cost(model_io.load_model(bundle / "model.optimized.onnx"))
              .nodes if n.macs]
     calls = [k for k in profile.kernels if k.macs for _ in range(k.calls)]
-    by_key: dict[tuple[int, str], list[KernelTime]] = defaultdict(list)
+    by_key: dict[tuple[int, int], list[KernelTime]] = defaultdict(list)
     by_macs: dict[int, list[KernelTime]] = defaultdict(list)
     for kernel in calls:
         macs = kernel.macs // kernel.calls
-        by_key[(macs, _output_dims(kernel.signature))].append(kernel)
+        by_key[(macs, _output_elements(kernel.signature))].append(kernel)
         by_macs[macs].append(kernel)
     layers = {}
     unmatched = 0
@@ -243,8 +245,7 @@ def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
     for node in nodes:
         macs_count[node.macs] += 1
     for node in nodes:
-        shape = "x".join(str(d) for d in node.output_shape)
-        candidates = by_key.get((node.macs, shape)) or (
+        candidates = by_key.get((node.macs, node.output_elements)) or (
             by_macs[node.macs] if len(by_macs[node.macs]) == 1 == macs_count[node.macs]
             else [])
         if not candidates:
@@ -262,10 +263,10 @@ def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
     return layers
 
 
-def _output_dims(signature: str) -> str:
-    """Return the dims of a signature's last argument (the kernel's output): 1x64x56x56."""
+def _output_elements(signature: str) -> int:
+    """Return the elements of a signature's last argument (the kernel's output)."""
     dims = re.findall(r"\[([0-9x]*)\]", signature)
-    return dims[-1] if dims else ""
+    return math.prod(int(d) for d in dims[-1].split("x")) if dims and dims[-1] else 0
 
 
 def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -346,6 +347,24 @@ def _fit(entries: list[dict[str, Any]]) -> Fit | None:
         return None
     a, b, c = (float(v) for v in best[1])
     return Fit(a, b, c)
+
+
+def _tvm_layer_macs(kernel: str, signature: str) -> int:
+    """MACs of a conv2d / matmul kernel TVM scheduled itself, from its argument shapes.
+
+    conv2d: (data, weight OIHW, ..., output): output elements x I*H*W of the weight.
+    matmul: (a [..., K], b, ..., output): output elements x K. 0 for anything else.
+    """
+    shapes = [[int(d) for d in dims.split("x")] if dims else []
+              for dims in re.findall(r"\[([0-9x]*)\]", signature)]
+    if len(shapes) < 3:
+        return 0
+    outputs = math.prod(shapes[-1])
+    if "conv2d" in kernel and len(shapes[0]) == 4 and len(shapes[1]) == 4:
+        return outputs * math.prod(shapes[1][1:])
+    if "matmul" in kernel and shapes[0]:
+        return outputs * shapes[0][-1]
+    return 0
 
 
 def record(profile: Profile, model: str, layers: dict[str, dict[str, Any]]) -> Path:

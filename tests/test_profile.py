@@ -123,3 +123,17 @@ def test_profile_reads_a_cortex_m_bundles_counts(tmp_path, cache):
     entries = load_table("cortex-m7")["entries"]
     assert all(entry["source"] == "counted" for entry in entries.values())
     assert any(key.startswith("hwcomp_int8_c_conv(uint8[") for key in entries)
+
+
+def test_macs_of_kernels_tvm_scheduled_come_from_their_argument_shapes():
+    from hwcomp.profile import _tvm_layer_macs
+
+    depthwise = signature("fused_conv2d_add_maximum_minimum", [
+        "float32[1x144x56x56]", "float32[144x1x3x3]", "float32[1x144x1x1]",
+        "float32[1x144x28x28]"])
+    assert _tvm_layer_macs("fused_conv2d_add_maximum_minimum", depthwise) == 144 * 28 * 28 * 9
+    scores = signature("fused_matmul_multiply", [
+        "float32[1x12x32x64]", "float32[1x12x64x32]", "float32[]", "float32[1x12x32x32]"])
+    assert _tvm_layer_macs("fused_matmul_multiply", scores) == 12 * 32 * 32 * 64
+    assert _tvm_layer_macs("fused_add_relu", signature("fused_add_relu", [
+        "float32[1x8]", "float32[8]", "float32[1x8]"])) == 0
