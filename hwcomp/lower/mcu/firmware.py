@@ -176,6 +176,10 @@ def run_firmware(elf: Path, target: Target) -> str:
                 f"the {target.name} firmware under {target.emulator}")
 
 
+class FirmwareTimeout(ExecutionError):
+    """The firmware did not finish in time (hung, or far too slow under the emulator)."""
+
+
 @dataclass(frozen=True)
 class StepCount:
     """Instructions one kernel call of the firmware's run executed (qemu, not cycles)."""
@@ -203,7 +207,9 @@ def count_firmware(elf: Path, target: Target) -> FirmwareCount:
     instructions) and every function the kernel calls. Deterministic: counts, not cycles.
 
     Raises:
-        ToolchainError: the plugin or the symbol table could not be built or read.
+        ToolchainError: the plugin or the symbol table could not be built, read or loaded
+            (the caller runs the firmware uncounted instead).
+        ExecutionError: the firmware failed or timed out.
     """
     emulator = require_tool(target.emulator, target.emulator_package, "to run the firmware")
     symbols = _function_addresses(elf, target)
@@ -220,8 +226,14 @@ def count_firmware(elf: Path, target: Target) -> FirmwareCount:
     with tempfile.TemporaryDirectory(prefix="hwcomp-count-") as scratch:
         out = Path(scratch) / "counts.txt"
         plugin = ",".join([str(plugin_path()), f"out={out}", *(f"mark={a:x}" for a in marks)])
-        text = _run([emulator, *target.emulator_args, "-plugin", plugin, "-kernel", str(elf)],
-                    f"the {target.name} firmware under {target.emulator} (counted)")
+        try:
+            text = _run([emulator, *target.emulator_args, "-plugin", plugin, "-kernel",
+                         str(elf)], f"the {target.name} firmware under {target.emulator}")
+        except ExecutionError as error:
+            if out.is_file() or isinstance(error, FirmwareTimeout):  # the firmware's own fault
+                raise
+            raise ToolchainError(f"{target.emulator} did not run with the counting plugin "
+                                 f"({error})") from None
         if not out.is_file():
             raise ToolchainError(f"{target.emulator} wrote no counts (does it load TCG plugins? "
                                  "qemu 7.2+ does)")
@@ -311,7 +323,7 @@ def _run(command: list[str], what: str) -> str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
                               check=False)
     except subprocess.TimeoutExpired:
-        raise ExecutionError(f"{what} did not finish within {RUN_TIMEOUT_S} s") from None
+        raise FirmwareTimeout(f"{what} did not finish within {RUN_TIMEOUT_S} s") from None
     if "hwcomp-check" not in done.stdout:
         raise ExecutionError(f"{what} failed (exit {done.returncode}): "
                              f"{_tail(done.stdout + done.stderr)}")

@@ -404,3 +404,20 @@ def test_helium_ds_cnn_matches_onnxruntime_on_32_inputs_on_the_board(tmp_path):
     expected = _onnxruntime_batch(bundle, samples)
     _assert_matches_reference(float(np.abs(got - expected).max()), bundle)
     assert len({tuple(row) for row in got}) > 1
+
+
+def test_a_qemu_that_cannot_load_the_counting_plugin_falls_back(kws_int8, tmp_path,
+                                                                 monkeypatch):
+    """Counting is extra: where qemu cannot load the plugin, count_firmware says so as a
+    toolchain problem (the build then runs the firmware uncounted), not a failed model."""
+    from hwcomp.errors import ToolchainError
+    from hwcomp.lower.mcu import firmware
+    from hwcomp.targets import load_target
+
+    not_a_plugin = tmp_path / "plugin.so"
+    not_a_plugin.write_text("not a shared object")
+    monkeypatch.setattr(firmware, "plugin_path", lambda: not_a_plugin)
+    elf = kws_int8 / "bin" / "firmware.elf"
+    with pytest.raises(ToolchainError, match="counting plugin"):
+        firmware.count_firmware(elf, load_target("cortex-m7"))
+    assert "hwcomp-check" in firmware.run_firmware(elf, load_target("cortex-m7"))
