@@ -70,6 +70,15 @@ def conv_output_size(data_shape: tuple[int, ...], kernel: tuple[int, int],
             (data_shape[3] + left + right - dilation[1] * (kernel[1] - 1) - 1) // strides[1] + 1)
 
 
+# The largest float32: the C kernels' "no clamp" bound (a finite literal in generated C).
+FLT_MAX = 3.4028234663852886e38
+
+
+def tir_shape(dims: Any) -> str:
+    """Return a shape as TVMScript writes a ``T.Buffer``'s: ``(T.int64(1), T.int64(8),)``."""
+    return "(" + ", ".join(f"T.int64({int(d)})" for d in dims) + ",)"
+
+
 def int64_shape(dims: tuple[int, ...]) -> tuple[Any, ...]:
     """Shapes as int64, the index type of the Relax-legalised functions a kernel fuses with."""
     from tvm import tirx

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hwcomp.lower.kernel_spec import conv_output_size, layer_macs
+from hwcomp.lower.kernel_spec import FLT_MAX, conv_output_size, layer_macs, tir_shape
 from hwcomp.lower.relax_match import (
     dtype_of,
     is_op,
@@ -41,8 +41,6 @@ from hwcomp.lower.relax_match import (
 
 logger = logging.getLogger(__name__)
 
-# No clamp: the kernels compare with +-FLT_MAX (a finite literal in the generated C).
-_FLT_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class _FloatLayer:
     weight: np.ndarray  # [OC, K] conv, [C, KH*KW] depthwise, [N, K] dense
     bias: np.ndarray  # float32, per output channel (zeros until an add folds in)
     window: tuple[int, int] = (1, 1)  # the convolution's KH, KW
-    low: float = -_FLT_MAX  # the clamp of the outputs
-    high: float = _FLT_MAX
+    low: float = -FLT_MAX  # the clamp of the outputs
+    high: float = FLT_MAX
 
     @property
     def activation(self) -> str:
@@ -234,11 +232,11 @@ def _clamp(value: Any, var: Any, values: dict[Any, Any]) -> tuple[float, float] 
     from tvm import relax
 
     if is_op(value, "relax.nn.relu") and value.args[0].same_as(var):
-        return 0.0, _FLT_MAX
+        return 0.0, FLT_MAX
     if (is_op(value, "relax.clip") and value.args[0].same_as(var)
             and all(isinstance(a, relax.PrimValue) for a in value.args[1:3])):
         low, high = (float(a.value.value) for a in value.args[1:3])
-        return max(low, -_FLT_MAX), min(high, _FLT_MAX)
+        return max(low, -FLT_MAX), min(high, FLT_MAX)
     kind = min_max_op(value)
     if kind is None:
         return None
@@ -247,18 +245,18 @@ def _clamp(value: Any, var: Any, values: dict[Any, Any]) -> tuple[float, float] 
     if (operand is None or not operand[0].same_as(values.get(var, var))
             or not np.isfinite(operand[1])):
         return None
-    return (float(operand[1]), _FLT_MAX) if kind == "max" else (-_FLT_MAX, float(operand[1]))
+    return (float(operand[1]), FLT_MAX) if kind == "max" else (-FLT_MAX, float(operand[1]))
 
 
 def _clamp_name(low: float, high: float) -> str:
     """How the manifest names a folded clamp: "", "relu", "clip [0, 6]"."""
-    if (low, high) == (-_FLT_MAX, _FLT_MAX):
+    if (low, high) == (-FLT_MAX, FLT_MAX):
         return ""
-    if (low, high) == (0.0, _FLT_MAX):
+    if (low, high) == (0.0, FLT_MAX):
         return "relu"
 
     def text(v: float) -> str:
-        return "inf" if v >= _FLT_MAX else "-inf" if v <= -_FLT_MAX else f"{v:g}"
+        return "inf" if v >= FLT_MAX else "-inf" if v <= -FLT_MAX else f"{v:g}"
 
     return f"clip [{text(low)}, {text(high)}]"
 
@@ -326,9 +324,6 @@ def _kernel(layer: _FloatLayer, out_shape: Any) -> Any:
     """Return the PrimFunc calling the layer's C kernel (scratch from the workspace)."""
     import tvm
 
-    def shape(dims: Any) -> str:
-        return "(" + ", ".join(f"T.int64({int(d)})" for d in dims) + ",)"
-
     channels_out = layer.weight.shape[0]
     clamp = f"T.float32({layer.low!r}), T.float32({layer.high!r})"
     head = "@T.prim_func\ndef main(X: T.Buffer({}, \"float32\"), " \
@@ -336,8 +331,8 @@ def _kernel(layer: _FloatLayer, out_shape: Any) -> Any:
            "Y: T.Buffer({}, \"float32\")):\n    T.func_attr({{\"tirx.noalias\": True}})\n"
     if layer.kind == "dense":
         rows, depth = int(np.prod(shape_of(layer.data)[:-1])), layer.weight.shape[1]
-        source = head.format(shape((rows, depth)), shape(layer.weight.shape),
-                             shape((channels_out,)), shape((rows, channels_out))) + (
+        source = head.format(tir_shape((rows, depth)), tir_shape(layer.weight.shape),
+                             tir_shape((channels_out,)), tir_shape((rows, channels_out))) + (
             f'    T.call_extern("int32", "hwcomp_f32_dense", X.data, W.data, B.data, Y.data, '
             f"{rows}, {depth}, {channels_out}, {clamp})\n")
     else:
@@ -361,8 +356,8 @@ def _kernel(layer: _FloatLayer, out_shape: Any) -> Any:
                     f"Y.data, scratch.data, {channels}, {height}, {width}, {kh}, {kw}, {sh}, "
                     f"{sw}, {dh}, {dw}, {top}, {left}, {bottom}, {right}, {out_h}, {out_w}, "
                     f"{clamp})")
-        source = head.format(shape(data_shape), shape(layer.weight.shape),
-                             shape((channels_out,)), shape(out_shape)) + (
+        source = head.format(tir_shape(data_shape), tir_shape(layer.weight.shape),
+                             tir_shape((channels_out,)), tir_shape(out_shape)) + (
             f'    scratch = T.alloc_buffer(({scratch},), "float32")\n    {call}\n')
     func = tvm.script.from_source(source)
     return func.with_attr("tirx.is_scheduled", True)

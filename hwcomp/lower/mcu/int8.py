@@ -46,11 +46,13 @@ from typing import Any
 import numpy as np
 
 from hwcomp.lower.kernel_spec import (
+    FLT_MAX,
     KernelRewrite,
     KernelSpec,
     conv_output_size,
     int64_shape,
     layer_macs,
+    tir_shape,
 )
 from hwcomp.lower.relax_match import (
     bound,
@@ -202,7 +204,6 @@ def conv_kernel(geometry: ConvGeometry, x: QuantParams, y: QuantParams) -> Any:
 _C_FLAGS = {"int8": (1, 2), "uint8": (0, 0)}
 # hwcomp_q8_elementwise: a second input; the mean per channel; an activation's clamp.
 _ADD_FLAG, _MEAN_FLAG, _CLAMP_FLAG = 4, 8, 16
-_FLT_MAX = float(np.finfo(np.float32).max)
 _C_SUFFIX = {"int8": "s8", "uint8": "u8"}
 
 
@@ -264,9 +265,6 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
     weight = (f"(T.int64({channels}), T.int64({kh_ * kw_}))" if kind == "depthwise"
               else f"(T.int64({out_channels}), T.int64({depth_pad}))")
 
-    def shape(dims: tuple[int, ...]) -> str:
-        return "(" + ", ".join(f"T.int64({d})" for d in dims) + ",)"
-
     # The depthwise kernel also takes the bottom and right padding (it pads its plane).
     pads = (top, left, bottom, right) if kind == "depthwise" else (top, left)
     geometry_args = ", ".join(str(v) for v in (
@@ -299,10 +297,10 @@ def c_conv_kernel(geometry: ConvGeometry, kind: str, x: QuantParams, y: QuantPar
                 f"{geometry_args})")
     source = (
         "@T.prim_func\n"
-        f'def main(X: T.Buffer({shape(geometry.data_shape)}, "{x.dtype}"), '
-        f'W: T.Buffer({weight}, "int8"), B: T.Buffer({shape((out_channels,))}, "int32"), '
-        f'S: T.Buffer({shape((out_channels,))}, "float32"), '
-        f'Y: T.Buffer({shape((1, out_channels, out_h, out_w))}, "{y.dtype}")):\n'
+        f'def main(X: T.Buffer({tir_shape(geometry.data_shape)}, "{x.dtype}"), '
+        f'W: T.Buffer({weight}, "int8"), B: T.Buffer({tir_shape((out_channels,))}, "int32"), '
+        f'S: T.Buffer({tir_shape((out_channels,))}, "float32"), '
+        f'Y: T.Buffer({tir_shape((1, out_channels, out_h, out_w))}, "{y.dtype}")):\n'
         '    T.func_attr({"tirx.noalias": True})\n'
         f"{scratch}    {call}\n")
     func = tvm.script.from_source(source).with_attr("tirx.is_scheduled", True)
@@ -442,9 +440,8 @@ def _make_rewriter(mod: Any, path: str) -> Any:
             out_dtype = str(call.attrs.out_dtype)
             if isinstance(table, _FloatSteps):  # the add first, quantized as the pool's output
                 x_q = self.builder_.emit(self._elementwise(table))
-                table = np.arange(256, dtype=np.uint8).view(np.int8 if out_dtype == "int8"
-                                                             else np.uint8)
-                table = np.roll(table, 128) if out_dtype == "int8" else table
+                start = _LIMITS[out_dtype][0]  # the LUT order: the byte, + 128 for s8
+                table = np.arange(start, start + 256).astype(out_dtype)
             in_shape, out_shape = shape_of(x_q), shape_of(pool)
             in_dtype = dtype_of(x_q)
             attrs = pool.attrs
@@ -646,11 +643,16 @@ def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str
     if params is None or in_dtype not in _LIMITS or out_dtype not in _LIMITS:
         return None
     s_x, z_x, s_y, z_y = params
-    value = _apply_steps(_dequantized(in_dtype, s_x, z_x), steps)
-    scaled = np.rint(value / np.float32(s_y)).astype(np.float32) + np.float32(z_y)
-    q_min, q_max = _LIMITS[out_dtype]
-    table = np.clip(scaled, q_min, q_max).astype(out_dtype)
+    table = _quantized(_apply_steps(_dequantized(in_dtype, s_x, z_x), steps), s_y, z_y,
+                       out_dtype)
     return x_q, table, "relu" if steps == [("max", 0.0)] else "clip"
+
+
+def _quantized(value: np.ndarray, scale: Any, zero_point: Any, dtype: str) -> np.ndarray:
+    """Return float32 ``value`` quantized as onnxruntime does: nearbyint(v / s) + z, saturated."""
+    scaled = np.rint(value / np.float32(scale)).astype(np.float32) + np.float32(zero_point)
+    q_min, q_max = _LIMITS[dtype]
+    return np.clip(scaled, q_min, q_max).astype(dtype)
 
 
 def _scalar_params(mutator: Any, *exprs: Any) -> list[np.ndarray] | None:
@@ -758,7 +760,7 @@ def _float_steps_of(mutator: Any, value: Any, y: list[np.ndarray], out_dtype: st
         # Indexed by the byte: an s8 value's two's complement (0..127, then -128..-1).
         tables.append(np.roll(values, -128 if dtype == "int8" else 0))
     limits = _apply_steps(np.array([-np.inf, np.inf], np.float32), steps)
-    low, high = (float(np.clip(v, -_FLT_MAX, _FLT_MAX)) for v in limits)
+    low, high = (float(np.clip(v, -FLT_MAX, FLT_MAX)) for v in limits)
     table = np.concatenate(tables)  # 256 values, or 512 with the add's second operand
     return _FloatSteps(dqs[0].args[0], dqs[1].args[0] if len(dqs) > 1 else None,
                        table.astype(np.float32), low, high, mean, float(y[0]), int(y[1]),
@@ -771,22 +773,19 @@ def elementwise_kernel(shape: tuple[int, ...], steps: _FloatSteps, in_dtype: str
 
     flags = (_C_FLAGS[in_dtype][0] | _C_FLAGS[steps.y_dtype][1]
              | (_ADD_FLAG if steps.b_q is not None else 0) | (_MEAN_FLAG if steps.mean else 0)
-             | (_CLAMP_FLAG if (steps.low, steps.high) != (-_FLT_MAX, _FLT_MAX) else 0))
+             | (_CLAMP_FLAG if (steps.low, steps.high) != (-FLT_MAX, FLT_MAX) else 0))
     suffix = _C_SUFFIX[in_dtype] + _C_SUFFIX[steps.y_dtype]
     channels = int(np.prod(shape[:2])) if steps.mean else int(np.prod(shape))
     plane = int(np.prod(shape[2:])) if steps.mean else 1
     out_shape = steps.y_shape
 
-    def dims(values: tuple[int, ...]) -> str:
-        return "(" + ", ".join(f"T.int64({d})" for d in values) + ",)"
-
     b_arg = "B.data" if steps.b_q is not None else "A.data"
-    b_param = f'B: T.Buffer({dims(shape)}, "{in_dtype}"), ' if steps.b_q is not None else ""
+    b_param = f'B: T.Buffer({tir_shape(shape)}, "{in_dtype}"), ' if steps.b_q is not None else ""
     source = (
         "@T.prim_func\n"
-        f'def main(A: T.Buffer({dims(shape)}, "{in_dtype}"), {b_param}'
+        f'def main(A: T.Buffer({tir_shape(shape)}, "{in_dtype}"), {b_param}'
         f'Tab: T.Buffer((T.int64({steps.table.size}),), "float32"), '
-        f'Y: T.Buffer({dims(out_shape)}, "{steps.y_dtype}")):\n'
+        f'Y: T.Buffer({tir_shape(out_shape)}, "{steps.y_dtype}")):\n'
         '    T.func_attr({"tirx.noalias": True})\n'
         f'    T.call_extern("int32", "hwcomp_q8_elementwise_{suffix}", A.data, {b_arg}, '
         f"Tab.data, Y.data, {channels}, {plane}, T.float32({float(plane)!r}), "
@@ -828,10 +827,8 @@ def _max_pool(mutator: Any, quantize: Any) -> tuple[Any, Any, np.ndarray | _Floa
     in_dtype = dtype_of(x_q)
     if params is None or in_dtype not in _LIMITS:
         return None
-    value = _apply_steps(_dequantized(in_dtype, *params), steps)
-    scaled = np.rint(value / np.float32(y[0])).astype(np.float32)
-    q_min, q_max = _LIMITS[out_dtype]
-    table = np.clip(scaled + np.float32(y[1]), q_min, q_max).astype(out_dtype)
+    table = _quantized(_apply_steps(_dequantized(in_dtype, *params), steps), y[0], y[1],
+                       out_dtype)
     return dq.args[0], pool, table
 
 
@@ -847,14 +844,11 @@ def maxpool_kernel(in_shape: tuple[int, ...], out_shape: tuple[int, ...], attrs:
     flags = _C_FLAGS[in_dtype][0] | _C_FLAGS[out_dtype][1]
     suffix = _C_SUFFIX[in_dtype] + _C_SUFFIX[out_dtype]
 
-    def dims(values: tuple[int, ...]) -> str:
-        return "(" + ", ".join(f"T.int64({d})" for d in values) + ",)"
-
     source = (
         "@T.prim_func\n"
-        f'def main(X: T.Buffer({dims(in_shape)}, "{in_dtype}"), '
+        f'def main(X: T.Buffer({tir_shape(in_shape)}, "{in_dtype}"), '
         f'Tab: T.Buffer((T.int64(256),), "{out_dtype}"), '
-        f'Y: T.Buffer({dims(out_shape)}, "{out_dtype}")):\n'
+        f'Y: T.Buffer({tir_shape(out_shape)}, "{out_dtype}")):\n'
         f'    T.call_extern("int32", "hwcomp_q8_maxpool_{suffix}", X.data, Tab.data, Y.data, '
         f"{channels}, {height}, {width}, {kh}, {kw}, {sh}, {sw}, {dh}, {dw}, {top}, {left}, "
         f"{out_shape[2]}, {out_shape[3]}, {flags})\n")
