@@ -135,23 +135,15 @@ def test_helium_scratch_sizes_follow_the_compiler():
     assert c_kernel_path(missing) == "any"
 
 
-def test_s8_activations_of_a_users_qdq_model_run_the_s8_kernels(tmp_path):
-    """A QDQ model quantized by onnxruntime's own quantize_static with s8 activations (a
-    user's model, no --precision): the s8 entry points (SXTB16 inputs, SSAT outputs) of the
-    transposed 3x3 depthwise rows and the convolution's channel pairs, on the board and the
-    host, against onnxruntime."""
+def _quantize_s8(float_path, out, samples):
+    """``out``: the model as a user's QDQ model, onnxruntime's quantize_static with s8
+    activations and per-channel s8 weights, calibrated on ``samples`` (one input each)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-
-    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
-    builder = _layer_model((1, 6, 11, 4), 6, 3, 1, 6, None, 1)
-    float_path = model_zoo.save(builder.model("layer", [1, 6, 11, 4], "logits", [1, 3, 11, 4]),
-                                str(tmp_path / "float.onnx"))
-    samples = np.random.default_rng(3).standard_normal((16, 1, 6, 11, 4)).astype(np.float32)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -160,10 +152,24 @@ def test_s8_activations_of_a_users_qdq_model_run_the_s8_kernels(tmp_path):
         def get_next(self):
             return next(self.feeds, None)
 
-    quantized = tmp_path / "layer.onnx"
-    quantize_static(float_path, str(quantized), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(float_path, str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     per_channel=True)
+    return out
+
+
+def test_s8_activations_of_a_users_qdq_model_run_the_s8_kernels(tmp_path):
+    """A QDQ model quantized by onnxruntime's own quantize_static with s8 activations (a
+    user's model, no --precision): the s8 entry points (SXTB16 inputs, SSAT outputs) of the
+    transposed 3x3 depthwise rows and the convolution's channel pairs, on the board and the
+    host, against onnxruntime."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    builder = _layer_model((1, 6, 11, 4), 6, 3, 1, 6, None, 1)
+    float_path = model_zoo.save(builder.model("layer", [1, 6, 11, 4], "logits", [1, 3, 11, 4]),
+                                str(tmp_path / "float.onnx"))
+    samples = np.random.default_rng(3).standard_normal((16, 1, 6, 11, 4)).astype(np.float32)
+
+    quantized = _quantize_s8(float_path, tmp_path / "layer.onnx", samples)
     done = run_cli("build", str(quantized), "--target", "cortex-m7", "-o", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     bundle = tmp_path / "out" / "layer-cortex-m7"
@@ -223,27 +229,11 @@ def test_add_pools_and_mean_run_on_8_bit_values(tmp_path, target):
 def test_add_pools_and_mean_on_s8_activations_of_a_users_qdq_model(tmp_path):
     """The same steps with s8 activations (onnxruntime's quantize_static, QInt8): the tables
     indexed by the byte of an s8 value, the max on s8 order, the s8 saturation."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
     float_path = model_zoo.save(_float_steps_model(), str(tmp_path / "float.onnx"))
     samples = np.random.default_rng(6).standard_normal((16, 1, 3, 9, 11)).astype(np.float32)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{"input": s} for s in samples])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(float_path, str(tmp_path / "steps.onnx"), Reader(),
-                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
+    _quantize_s8(float_path, tmp_path / "steps.onnx", samples)
     done = run_cli("build", str(tmp_path / "steps.onnx"), "--target", "cortex-m7", "-o",
                    str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
