@@ -148,11 +148,11 @@ def _fused_after(model: ir.Model, timed: set[str]) -> set[str]:
 def _bundle_counts(bundle: Path, target: Target, graph_cost: cost.GraphCost) -> report.Counted:
     """Read a bundle's per-kernel instruction counts and match them to the model's layers.
 
-    Kernel calls that compute a conv / matmul layer carry its MACs. Where the model's layers
-    with MACs and those calls have the same MACs as multisets, each layer gets the call of its
-    MACs (layers of equal MACs in order: the executor's order may put a shortcut before the
-    layer beside it). Otherwise (compression or a kernel covering several layers changed
-    them) the counts are reported per kernel call only.
+    Kernel calls that compute a conv / matmul layer carry its MACs and output size; where
+    every layer with MACs pairs with one such call (``hwcomp.profile.match_calls``: the
+    executor's order may put a shortcut before the layer beside it), each layer gets its
+    call's count. Otherwise (compression or a kernel covering several layers changed them)
+    the counts are reported per kernel call only.
     """
     path = bundle / "manifest.json"
     if not path.is_file():
@@ -169,14 +169,11 @@ def _bundle_counts(bundle: Path, target: Target, graph_cost: cost.GraphCost) -> 
             "bundles verified on an emulated board that counts them have them (Cortex-M with "
             "this hwcomp); rebuild it, or analyze without --bundle")
     layers = [node for node in graph_cost.nodes if node.macs]
-    calls = [step for step in counts["steps"] if step["macs"]]
-    matched: dict[str, int] = {}
-    if sorted(n.macs for n in layers) == sorted(c["macs"] for c in calls):
-        by_macs: dict[int, list[int]] = {}
-        for step in calls:
-            by_macs.setdefault(step["macs"], []).append(step["instructions"])
-        matched = {node.name: by_macs[node.macs].pop(0) for node in layers}
-    else:
+    calls = [(step["macs"], latency.output_elements(", ".join(step.get("args", []))),
+              step["instructions"]) for step in counts["steps"] if step["macs"]]
+    matched = latency.match_calls(layers, calls)
+    if len(matched) < len(layers) or len(calls) != len(layers):  # one to one, or not at all
+        matched = {}
         logger.warning("--bundle %s: its %d layer kernel(s) do not match the model's %d layer(s) "
                        "with MACs one to one; counts are shown per kernel call", bundle,
                        len(calls), len(layers))
@@ -565,6 +562,6 @@ def profile(
 
 def _profile_bundle(bundle: Path, target: Target, manifest: dict[str, Any],
                     runs: int) -> tuple[latency.Profile, float]:
-    found = latency.profile_bundle(bundle, target, manifest, runs=runs)
-    graph = model_io.load_model(bundle / "model.optimized.onnx")
-    return found, roofline.estimate(cost.graph_cost(graph), target).total_s
+    graph = cost.graph_cost(model_io.load_model(bundle / "model.optimized.onnx"))
+    found = latency.profile_bundle(bundle, target, manifest, runs=runs, graph=graph)
+    return found, roofline.estimate(graph, target).total_s

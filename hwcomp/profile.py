@@ -54,10 +54,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hwcomp.analysis.cost import GraphCost, NodeCost
 from hwcomp.errors import ExecutionError, HwcompError
@@ -132,8 +132,11 @@ def _unnumbered(kernel: str) -> str:
 
 
 def profile_bundle(bundle: Path, target: Target, manifest: dict[str, Any], runs: int = 20,
-                   warmup: int = 3) -> Profile:
-    """Profile ``bundle`` (built for ``target``) and record it in the latency table."""
+                   warmup: int = 3, graph: GraphCost | None = None) -> Profile:
+    """Profile ``bundle`` (built for ``target``) and record it in the latency table.
+
+    ``graph``: the cost of the bundle's ``model.optimized.onnx``, if the caller has it.
+    """
     check_profilable(target)
     counts = manifest.get("layer_counts")
     if counts:
@@ -143,7 +146,12 @@ def profile_bundle(bundle: Path, target: Target, manifest: dict[str, Any], runs:
     else:
         raise ProfileError(f"{bundle} has no per-kernel counts (manifest layer_counts): its "
                            "build ran no emulated board; rebuild it with this hwcomp")
-    layers = _match_layers(profile, bundle)
+    if graph is None:
+        from hwcomp import model as model_io
+        from hwcomp.analysis import cost
+
+        graph = cost.graph_cost(model_io.load_model(bundle / "model.optimized.onnx"))
+    layers = _match_layers(profile, graph)
     profile.table = str(record(profile, manifest.get("model", {}).get("file", ""), layers))
     return profile
 
@@ -219,54 +227,64 @@ def layer_signature(node: NodeCost) -> str:
     return f"{node.op_type}/{node.precision}/{shape}/{node.macs}"
 
 
-def _match_layers(profile: Profile, bundle: Path) -> dict[str, dict[str, Any]]:
-    """Each conv / matmul layer's kernel time, matched by MACs and output size.
+def _match_layers(profile: Profile, graph: GraphCost) -> dict[str, dict[str, Any]]:
+    """Each conv / matmul layer's kernel time (:func:`match_calls`), by layer signature.
 
-    A kernel call matches the layer of the same MACs whose output has as many elements as
-    the kernel's last argument (its output, maybe flattened); failing that, the only layer of those MACs when
-    one call has them. Layers left unmatched (a kernel TVM scheduled alone, without MACs)
-    stay out of the table.
+    Layers left unmatched (a kernel whose MACs are unknown) stay out of the table.
     """
-    from hwcomp import model as model_io
-    from hwcomp.analysis import cost
-
-    nodes = [n for n in cost.graph_cost(model_io.load_model(bundle / "model.optimized.onnx"))
-             .nodes if n.macs]
-    calls = [k for k in profile.kernels if k.macs for _ in range(k.calls)]
-    by_key: dict[tuple[int, int], list[KernelTime]] = defaultdict(list)
-    by_macs: dict[int, list[KernelTime]] = defaultdict(list)
-    for kernel in calls:
-        macs = kernel.macs // kernel.calls
-        by_key[(macs, _output_elements(kernel.signature))].append(kernel)
-        by_macs[macs].append(kernel)
+    nodes = [n for n in graph.nodes if n.macs]
+    matched = match_calls(nodes, [(k.macs // k.calls, output_elements(k.signature), k)
+                                  for k in profile.kernels if k.macs for _ in range(k.calls)])
     layers = {}
-    unmatched = 0
-    macs_count: dict[int, int] = defaultdict(int)
     for node in nodes:
-        macs_count[node.macs] += 1
-    for node in nodes:
-        candidates = by_key.get((node.macs, node.output_elements)) or (
-            by_macs[node.macs] if len(by_macs[node.macs]) == 1 == macs_count[node.macs]
-            else [])
-        if not candidates:
-            unmatched += 1
-            continue
-        kernel = candidates.pop(0)
-        layers[layer_signature(node)] = {
-            "seconds": kernel.seconds / kernel.calls,
-            "source": profile.source, "kernel": kernel.kernel, "op": node.op_type,
-            "precision": node.precision, "macs": node.macs, "bytes": node.memory_bytes,
-            "outputs": node.output_elements}
-    if unmatched:
-        profile.notes.append(f"{unmatched} of {len(nodes)} conv / matmul layer(s) matched no "
-                             "kernel (TVM's own schedule carries no MACs): not recorded")
+        kernel = matched.get(node.name)
+        if kernel is not None:
+            layers[layer_signature(node)] = {
+                "seconds": kernel.seconds / kernel.calls,
+                "source": profile.source, "kernel": kernel.kernel, "op": node.op_type,
+                "precision": node.precision, "macs": node.macs, "bytes": node.memory_bytes,
+                "outputs": node.output_elements}
+    if len(matched) < len(nodes):
+        profile.notes.append(f"{len(nodes) - len(matched)} of {len(nodes)} conv / matmul "
+                             "layer(s) matched no kernel (MACs unknown): not recorded")
     return layers
 
 
-def _output_elements(signature: str) -> int:
-    """Return the elements of a signature's last argument (the kernel's output)."""
-    dims = re.findall(r"\[([0-9x]*)\]", signature)
-    return math.prod(int(d) for d in dims[-1].split("x")) if dims and dims[-1] else 0
+_Item = TypeVar("_Item")
+
+
+def match_calls(nodes: list[NodeCost], calls: list[tuple[int, int, _Item]]) -> dict[str, _Item]:
+    """Pair layers with MACs and layer-kernel calls, each call (MACs, output elements, item).
+
+    A layer takes the next call of its MACs whose output has as many elements as its own (a
+    matmul kernel may write it flattened); failing that, the only call of its MACs when it
+    is the only layer of them. Returns the items matched by layer name.
+    """
+    by_key: dict[tuple[int, int], list[_Item]] = defaultdict(list)
+    by_macs: dict[int, list[_Item]] = defaultdict(list)
+    for macs, outputs, item in calls:
+        by_key[(macs, outputs)].append(item)
+        by_macs[macs].append(item)
+    layers_of = Counter(node.macs for node in nodes)
+    matched = {}
+    for node in nodes:
+        candidates = by_key.get((node.macs, node.output_elements)) or (
+            by_macs[node.macs] if len(by_macs[node.macs]) == 1 == layers_of[node.macs] else [])
+        if candidates:
+            matched[node.name] = candidates.pop(0)
+    return matched
+
+
+def _arg_shapes(text: str) -> list[list[int]]:
+    """Return the shapes of the argument types in ``text`` (``float32[1x8], int8[]``)."""
+    return [[int(d) for d in dims.split("x")] if dims else []
+            for dims in re.findall(r"\[([0-9x]*)\]", text)]
+
+
+def output_elements(text: str) -> int:
+    """Return the elements of the last argument type in ``text`` (a kernel's output)."""
+    shapes = _arg_shapes(text)
+    return math.prod(shapes[-1]) if shapes and shapes[-1] else 0
 
 
 def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -355,8 +373,7 @@ def _tvm_layer_macs(kernel: str, signature: str) -> int:
     conv2d: (data, weight OIHW, ..., output): output elements x I*H*W of the weight.
     matmul: (a [..., K], b, ..., output): output elements x K. 0 for anything else.
     """
-    shapes = [[int(d) for d in dims.split("x")] if dims else []
-              for dims in re.findall(r"\[([0-9x]*)\]", signature)]
+    shapes = _arg_shapes(signature)
     if len(shapes) < 3:
         return 0
     outputs = math.prod(shapes[-1])
