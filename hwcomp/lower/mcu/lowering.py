@@ -121,20 +121,17 @@ class McuLowering:
         board = " ".join([target.emulator, *target.emulator_args])
         try:
             counted = firmware.count_firmware(elf, target)
+            output = counted.output
+            steps = [(step.kernel, step.instructions) for step in counted.steps]
+            how = (f"qemu TCG plugin (kernels/qemu/insn_count.c) on {board}: each kernel call "
+                   "from hwcomp_call's entry to hwcomp_step_end's")
         except ToolchainError as error:  # no plugin here: run it uncounted
             logger.warning("no per-layer instruction counts: %s", error)
-            return RunnerResult(
-                outputs=firmware.parse_outputs(firmware.run_firmware(elf, target), dtypes, shapes),
-                timing=f"{board} (emulated, not a latency)", also={"host build": host_outputs})
+            output, steps, how = firmware.run_firmware(elf, target), [], ""
         return RunnerResult(
-            outputs=firmware.parse_outputs(counted.output, dtypes, shapes),
-            timing=f"{board} (emulated, not a latency)",
-            also={"host build": host_outputs},
-            step_counts=[(step.kernel, step.instructions) for step in counted.steps],
-            counted_by=f"qemu TCG plugin (kernels/qemu/insn_count.c) on {board}: each kernel "
-                       "call from hwcomp_call's entry to hwcomp_step_end's",
-        )
-
+            outputs=firmware.parse_outputs(output, dtypes, shapes),
+            timing=f"{board} (emulated, not a latency)", also={"host build": host_outputs},
+            step_counts=steps, counted_by=how)
 
 def _firmware(objects: list[Path], sources: Sources, target: Target, staging: Path,
               machine: str, sizes: firmware.LibrarySizes) -> dict[str, str]:
