@@ -7,6 +7,7 @@ the modules it names; this file only sequences them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -25,7 +26,7 @@ from hwcomp import model as model_io
 from hwcomp import profile as latency
 from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
-from hwcomp.compress import driver
+from hwcomp.compress import distill, driver
 from hwcomp.compress import precision as quantize
 from hwcomp.errors import (
     CalibrationDataError,
@@ -188,19 +189,23 @@ def compress(
     *,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     force: bool = False,
+    progress: distill.Progress | None = None,
 ) -> driver.CompressionOutcome:
     """Compress ``model_path`` into ``output`` (ONNX), compared with the original.
 
     Kept channel counts round to the target's fp32 channel alignment; the comparison runs
     onnxruntime on both models with held-out ``options.calib`` samples (or seeded ones).
+    ``options.distill`` fine-tunes the result against the original (``progress`` hears each
+    epoch); an interrupted distillation writes nothing.
     """
     target = load_target(target_name)
     options.validate()
+    options.require_student()
     output = Path(output)
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; pass --force to replace it")
     model = model_io.load_model(Path(model_path), input_shapes)
-    outcome = driver.compress_with_data(model, target, options)
+    outcome = driver.compress_with_data(model, target, options, progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
     try:
@@ -242,6 +247,7 @@ def build(
     precision_options: quantize.PrecisionOptions | None = None,
     tuning_db: Path | None = None,
     use_tuning_db: bool = True,
+    progress: distill.Progress | None = None,
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
 
@@ -265,11 +271,15 @@ def build(
     options.validate()
     precision = precision_options or quantize.PrecisionOptions()
     precision.validate()
+    if options.distill is not None and precision.precision in ("int8", "auto"):
+        calib = calib or options.distill.data  # the distillation samples calibrate too
+    else:
+        options.require_student()
     if tolerance is None:
         tolerance = QUANTIZED_TOLERANCE if precision.requested else DEFAULT_TOLERANCE
 
     model, compressed, plan = _transformed_model(model_path, target, input_shapes, options,
-                                                 precision, calib)
+                                                 precision, calib, progress)
     original = model_io.to_proto(model)
     input_specs = model_io.graph_inputs(model)
     inputs = _verification_inputs(input_specs, calib, seed)
@@ -326,16 +336,28 @@ def build(
 def _transformed_model(
     model_path: Path, target: Target, input_shapes: Mapping[str, tuple[int, ...]] | None,
     options: driver.CompressionOptions, precision: quantize.PrecisionOptions, calib: Path | None,
+    progress: distill.Progress | None = None,
 ) -> tuple[ir.Model, driver.CompressionOutcome | None, quantize.PrecisionPlan | None]:
-    """Load the model, then compress and quantize it as asked; return what each step did."""
+    """Load the model, then compress and quantize it as asked; return what each step did.
+
+    With ``options.distill`` the compressed model is distilled against the original, and
+    int8 layers are fine-tuned quantization-aware against it too.
+    """
     model = model_io.load_model(model_path, input_shapes)
+    original = model
     compressed = None
     if options.requested:
-        compressed = driver.compress_with_data(model, target, options)
+        compressed = driver.compress_with_data(model, target, options, progress)
         model = compressed.result.model
     plan = None
     if precision.requested:
-        model, plan = _quantize(model, target, precision, calib)
+        qat = None
+        if options.distill is not None:
+            same = calib is not None and Path(calib).resolve() == Path(options.distill.data).resolve()
+            qat = quantize.QatRequest(model_io.to_proto(original),
+                                      dataclasses.replace(options.distill, labels=options.labels),
+                                      progress, on_calibration=same)
+        model, plan = _quantize(model, target, precision, calib, qat)
     return model, compressed, plan
 
 
@@ -367,13 +389,14 @@ def _kernel_records(kernels: KernelRewrite | None, compiled: Compiled,
 
 
 def _quantize(model: ir.Model, target: Target, options: quantize.PrecisionOptions,
-              calib: Path | None) -> tuple[ir.Model, quantize.PrecisionPlan]:
+              calib: Path | None, qat: quantize.QatRequest | None = None
+              ) -> tuple[ir.Model, quantize.PrecisionPlan]:
     """Fold batch norms, choose precisions, and return the QDQ model and its plan."""
     FoldBatchNormPass()(model)
     batches, labels = quantize.calibration_for(model, calib, options)
     logger.info("choosing precisions (%s) on %d calibration batches", options.precision,
                 len(batches))
-    proto, plan = quantize.plan_precision(model, target, options, batches, labels)
+    proto, plan = quantize.plan_precision(model, target, options, batches, labels, qat)
     return model_io.infer_shapes(ir.serde.deserialize_model(proto)), plan
 
 

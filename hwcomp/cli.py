@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -16,7 +17,8 @@ import click
 
 from hwcomp import api, bench, instructions, profile_schema, remote, report, stop
 from hwcomp.analysis import sensitivity
-from hwcomp.compress.driver import CompressionOptions
+from hwcomp.compress.distill import DistillOptions, EpochRecord
+from hwcomp.compress.driver import CompressionOptions, CompressionOutcome
 from hwcomp.compress.pipeline import parse_budget
 from hwcomp.compress.precision import (
     CALIBRATION_METHODS,
@@ -170,6 +172,107 @@ def compression_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+_DISTILL_DEFAULTS = DistillOptions(data=Path())
+
+
+def distill_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add ``--distill`` and its companions to ``command``, handed over as one ``distill``."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, distill: Path | None, epochs: int | None,
+                temperature: float | None, alpha: float | None, lr: float | None,
+                batch: int | None, **kwargs: Any) -> None:
+        given = {"--epochs": epochs, "--temperature": temperature, "--alpha": alpha,
+                 "--lr": lr, "--batch": batch}
+        options = None
+        if distill is None:
+            stray = [flag for flag, value in given.items() if value is not None]
+            if stray:
+                raise OptionError(f"{', '.join(stray)} tune(s) distillation: add --distill "
+                                  "DATA.npz, or drop them")
+        else:
+            d = _DISTILL_DEFAULTS
+            options = DistillOptions(
+                data=distill, labels=kwargs.get("labels"),
+                epochs=d.epochs if epochs is None else epochs,
+                temperature=d.temperature if temperature is None else temperature,
+                alpha=alpha, lr=lr,
+                batch=d.batch if batch is None else batch, seed=kwargs.get("seed", 0))
+        command(*args, distill=options, **kwargs)
+
+    d = _DISTILL_DEFAULTS
+    options = [
+        click.option("--distill", type=click.Path(path_type=Path), metavar="DATA.npz",
+                     help="Fine-tune the compressed model against the original on these "
+                          "unlabelled samples (needs PyTorch: pip install 'hwcomp[train]'); "
+                          "with --precision int8 on build, quantization-aware."),
+        click.option("--epochs", type=int, help=f"--distill: most epochs [default: {d.epochs}; "
+                     "stops early on the held-out loss]."),
+        click.option("--temperature", type=float,
+                     help=f"--distill: softening of the logits [default: {d.temperature:g}]."),
+        click.option("--alpha", type=float, help="--distill with --labels: weight of the "
+                     "distillation loss against cross-entropy [default: 0.9; 1 without labels]."),
+        click.option("--lr", type=float, help="--distill: Adam learning rate [default: 1e-3; "
+                     "1e-4 quantization-aware]."),
+        click.option("--batch", type=int, help=f"--distill: samples per step [default: {d.batch}]."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+class _EpochProgress:
+    """Distillation's progress bar on stderr: epoch, training loss, held-out loss and metric."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.text = ""
+
+    def __call__(self, record: EpochRecord, epochs: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=epochs, label="distill (epochs)", file=sys.stderr,
+                                         show_pos=True, show_eta=True,
+                                         item_show_func=lambda _: self.text)
+            self.bar.__enter__()
+        metric = ""
+        if record.accuracy is not None:
+            metric = f", held-out accuracy {record.accuracy:.2%}"
+        elif record.agreement is not None:
+            metric = f", top-1 agreement {record.agreement:.2%}"
+        self.text = (f"loss {record.train_loss:.4g}, held-out loss {record.held_out_loss:.4g}"
+                     f"{metric}")
+        self.bar.update(1, record)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _echo_distillation(outcome: CompressionOutcome) -> None:
+    """Print what distillation did: epochs, held-out figures before and after, cost."""
+    report = outcome.distillation
+    if report is None:
+        return
+    b, a = report.before, report.after
+    parts = [f"held-out loss {b.loss:.4g} -> {a.loss:.4g}"]
+    if a.kl is not None and b.kl is not None:
+        parts.append(f"KL vs teacher {b.kl:.4g} -> {a.kl:.4g}")
+    if a.sqnr_db is not None and b.sqnr_db is not None:
+        parts.append(f"SQNR {b.sqnr_db:.1f} -> {a.sqnr_db:.1f} dB")
+    if a.agreement is not None and b.agreement is not None:
+        parts.append(f"top-1 agreement {b.agreement:.2%} -> {a.agreement:.2%}")
+    if a.accuracy is not None and b.accuracy is not None:
+        parts.append(f"accuracy {b.accuracy:.2%} -> {a.accuracy:.2%} (teacher "
+                     f"{a.teacher_accuracy:.2%})")
+    kept = (f"best epoch {report.best_epoch}" if report.best_epoch else
+            "no epoch beat the starting weights: kept them")
+    click.echo(f"distilled: {report.epochs_run} epoch(s), {kept}; on {report.held_out} held-out "
+               f"of {report.samples} samples: {', '.join(parts)}")
+    click.echo(f"distilled: {report.seconds_per_epoch:.2f} s per epoch, peak memory "
+               f"{report.peak_rss_mb:.0f} MB (process), {report.trained_tensors} weight "
+               f"tensors trained")
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
@@ -197,25 +300,32 @@ def compression_options(command: Callable[..., None]) -> Callable[..., None]:
               help="MetaSchedule database from hwcomp tune [default: <cache>/tuning/<target>].")
 @click.option("--no-tuning-db", is_flag=True, help="Ignore tuning records: default schedules only.")
 @compression_options
+@distill_options
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
           calib: Path | None, tolerance: float | None, seed: int, force: bool,
           precision: str, calib_method: str, min_sqnr: float, tuning_db: Path | None,
           no_tuning_db: bool, prune: str | None,
           lowrank: float | None, importance: str, accuracy_budget: str | None,
-          labels: Path | None, reconstruct: bool, calib_random: int) -> None:
+          labels: Path | None, reconstruct: bool, calib_random: int,
+          distill: DistillOptions | None) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
-                                 labels=labels, calib=calib, seed=seed, calib_random=calib_random)
+                                 labels=labels, calib=calib, seed=seed, calib_random=calib_random,
+                                 distill=distill)
     precision_options = PrecisionOptions(
         precision=precision, calibration=calib_method, min_sqnr_db=min_sqnr, labels=labels,
         accuracy_budget=parse_budget(accuracy_budget), calib_random=calib_random, seed=seed)
-    result = api.build(
-        model, target_name, output, input_shapes=parse_input_shapes(input_shapes), calib=calib,
-        tolerance=tolerance, force=force, seed=seed, compression_options=options,
-        precision_options=precision_options, tuning_db=tuning_db,
-        use_tuning_db=not no_tuning_db,
-    )
+    progress = _EpochProgress()
+    try:
+        result = api.build(
+            model, target_name, output, input_shapes=parse_input_shapes(input_shapes),
+            calib=calib, tolerance=tolerance, force=force, seed=seed,
+            compression_options=options, precision_options=precision_options,
+            tuning_db=tuning_db, use_tuning_db=not no_tuning_db, progress=progress,
+        )
+    finally:
+        progress.close()
     v = result.verification
     detail = v.reason or (
         f"max abs error {max((c.max_abs_error for c in v.outputs), default=0):.3g}, "
@@ -250,6 +360,13 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
                    f"output SQNR vs original "
                    f"{'exact' if sqnr is None else f'{sqnr:.1f} dB'} on "
                    f"{compression['held_out_samples']} held-out samples")
+        distilled = compression.get("distillation")
+        if distilled:
+            before = compression.get("sqnr_without_distillation_db")
+            click.echo(f"distilled: {distilled['epochs_run']} epoch(s), best "
+                       f"{distilled['best_epoch']}; held-out loss "
+                       f"{distilled['before']['loss']:.4g} -> {distilled['after']['loss']:.4g}"
+                       + (f"; SQNR before distillation {before:.1f} dB" if before else ""))
     plan = manifest.get("precision")
     if plan:
         counts = ", ".join(f"{n} {p}" for p, n in plan["counts"].items() if n)
@@ -258,6 +375,9 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
                     if plan["accuracy"] is not None else f"SQNR {sqnr}")
         click.echo(f"precision ({plan['mode']}): {counts}; {accuracy} on "
                    f"{plan['held_out_samples']} held-out samples")
+        qat = plan.get("qat")
+        if qat:
+            click.echo(f"quantization-aware: {qat['decision']}")
     tuned = manifest.get("tuning")
     if tuned:
         click.echo(f"tuning database: {tuned['functions_tuned']} function(s) from "
@@ -453,17 +573,29 @@ def profile_command(path: Path, target_name: str | None, runs: int, input_shapes
 @click.option("--calib", type=click.Path(path_type=Path),
               help="Samples to compare original and compressed outputs on.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of random samples and of --distill (split, order, PyTorch).")
+@distill_options
 def compress_command(model: Path, output: Path, target_name: str, prune: str | None,
                      importance: str, lowrank: float | None, reconstruct: bool,
                      accuracy_budget: str | None, labels: Path | None,
                      input_shapes: tuple[str, ...], calib: Path | None, force: bool,
-                     calib_random: int) -> None:
-    """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out."""
+                     calib_random: int, seed: int, distill: DistillOptions | None) -> None:
+    """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out.
+
+    With --distill, the result is fine-tuned against MODEL on those samples (PyTorch).
+    """
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
-                                 labels=labels, calib=calib, calib_random=calib_random)
-    outcome = api.compress(model, output, target_name, options,
-                           input_shapes=parse_input_shapes(input_shapes), force=force)
+                                 labels=labels, calib=calib, calib_random=calib_random,
+                                 seed=seed, distill=distill)
+    progress = _EpochProgress()
+    try:
+        outcome = api.compress(model, output, target_name, options,
+                               input_shapes=parse_input_shapes(input_shapes), force=force,
+                               progress=progress)
+    finally:
+        progress.close()
     result = outcome.result
     click.echo("steps: " + ", ".join(f"{s.name}{'*' if s.modified else ''}" for s in result.steps)
                + "   (* changed the model)")
@@ -507,9 +639,12 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
     unfitted = ""
     if outcome.sqnr_without_reconstruction_db is not None:
         unfitted = f" (without reconstruction: {outcome.sqnr_without_reconstruction_db:.1f} dB)"
+    if outcome.sqnr_without_distillation_db is not None:
+        unfitted += f" (before distillation: {outcome.sqnr_without_distillation_db:.1f} dB)"
     click.echo(f"vs original on {outcome.samples} held-out samples ({outcome.calibration}): "
                f"SQNR {sqnr}{unfitted}, "
                f"cosine {outcome.cosine:.4f}{agreement}")
+    _echo_distillation(outcome)
     click.echo(f"wrote: {output}")
 
 

@@ -10,7 +10,7 @@ measures the result against the original with onnxruntime on the held-out sample
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,15 @@ import onnx_ir as ir
 from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.analysis.sensitivity import metrics
+from hwcomp.compress.distill import (
+    DistillOptions,
+    DistillReport,
+    Progress,
+    check_data_source,
+    check_sample_count,
+    distill,
+    load_data,
+)
 from hwcomp.compress.pipeline import (
     CompressionError,
     PipelineResult,
@@ -29,6 +38,8 @@ from hwcomp.compress.pipeline import (
     parse_ratios,
 )
 from hwcomp.compress.prune_plan import plan_pruning
+from hwcomp.compress.torch_graph import check_convertible
+from hwcomp.errors import OptionError
 from hwcomp.model import calibration_label, check_calibration_source, warn_random_planning
 from hwcomp.passes.reconstruct import capture
 from hwcomp.targets import Target
@@ -50,6 +61,8 @@ class CompressionOptions:
         seed: Seed of the random samples.
         calib_random: Plan ``prune=auto`` on this many seeded random samples (the user's
             explicit ``--calib-random N``), said in the output and the manifest.
+        distill: Fine-tune the compressed model against the original on these samples
+            (``--distill``); without ``calib`` they are the calibration samples too.
     """
 
     prune: str | float | None = None
@@ -61,6 +74,14 @@ class CompressionOptions:
     calib: Path | None = None
     seed: int = 0
     calib_random: int = 0
+    distill: DistillOptions | None = None
+
+    @property
+    def samples(self) -> Path | None:
+        """Return the calibration samples' file: ``calib``, else the ``--distill`` data."""
+        if self.calib is not None:
+            return self.calib
+        return None if self.distill is None else self.distill.data
 
     @property
     def requested(self) -> bool:
@@ -82,6 +103,23 @@ class CompressionOptions:
                 "--calib-random N to plan on random samples anyway)")
         parse_budget(self.accuracy_budget)
         check_lowrank_and_importance(self.lowrank, self.importance)
+        if self.distill is not None:
+            self.distill.validate()
+            check_data_source(self.distill, self.calib, self.labels)
+            if self.calib_random:
+                raise OptionError(f"--calib-random {self.calib_random} with --distill: the "
+                                  "distillation samples are real; drop --calib-random")
+
+    def require_student(self) -> None:
+        """Refuse ``--distill`` with nothing that makes the student differ from the teacher.
+
+        Raises:
+            OptionError: ``--distill`` without ``--prune`` or ``--lowrank``.
+        """
+        if self.distill is not None and not self.requested:
+            raise OptionError(
+                "--distill fine-tunes a compressed model against the original: give --prune "
+                "or --lowrank too (on build, --precision int8 also makes it quantization-aware)")
 
 
 @dataclass(frozen=True)
@@ -100,6 +138,8 @@ class CompressionOutcome:
     sqnr_without_reconstruction_db: float | None = None
     plan: Any = None
     calibration: str = "seeded random"
+    distillation: DistillReport | None = None
+    sqnr_without_distillation_db: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures for a manifest."""
@@ -110,6 +150,8 @@ class CompressionOutcome:
             "held_out_samples": self.samples, "samples_from": self.calibration,
             "sqnr_db": self.sqnr_db,
             "sqnr_without_reconstruction_db": self.sqnr_without_reconstruction_db,
+            "sqnr_without_distillation_db": self.sqnr_without_distillation_db,
+            "distillation": None if self.distillation is None else self.distillation.to_dict(),
             "cosine": self.cosine, "top1_agreement": self.top1_agreement,
             "plan": None if self.plan is None else {
                 "ratios": self.plan.ratios, "loss": self.plan.loss, "budget": self.plan.budget,
@@ -117,30 +159,39 @@ class CompressionOutcome:
         }
 
 
-def compress_with_data(model: ir.Model, target: Target, options: CompressionOptions) -> CompressionOutcome:
+def compress_with_data(model: ir.Model, target: Target, options: CompressionOptions,
+                       progress: Progress | None = None) -> CompressionOutcome:
     """Compress ``model`` for ``target`` as ``options`` say, measured on held-out samples.
 
     Reconstruction (and ``prune=auto``) fit on the first three quarters of the samples;
-    the comparison with the original uses the rest, samples the fit never saw.
+    the comparison with the original uses the rest, samples the fit never saw. With
+    ``options.distill`` the result is then fine-tuned against ``model`` (``progress`` hears
+    each epoch); where its samples are the calibration samples, the same last quarter is
+    held out there too.
     """
     options.validate()
     ratios = parse_ratios(options.prune)
     specs = model_io.graph_inputs(model)
-    if options.calib is not None:
+    if options.samples is not None:
         batches = model_io.calibration_batches(
-            specs, model_io.load_calibration(Path(options.calib), specs))
+            specs, model_io.load_calibration(Path(options.samples), specs))
     elif options.calib_random:
         warn_random_planning("--prune auto" if options.prune == "auto" else "compression",
                              options.calib_random)
         batches = model_io.random_calibration(specs, options.calib_random, options.seed)
     else:
         batches = model_io.random_calibration(specs, 16, options.seed)
+    if options.distill is not None:
+        # Refused before any work: an op the training cannot run, too few samples.
+        check_convertible(model_io.to_proto(model).graph)
+        if options.samples == options.distill.data:
+            check_sample_count(batches, options.distill.data)
     fit, check = model_io.split_held_out(batches)
-    labels = None
+    labels = all_labels = None
     if options.labels is not None:
         count = model_io.sample_count([*fit, *check])
-        labels = model_io.load_labels(Path(options.labels), count, model_io.class_count(model))
-        labels = labels[model_io.sample_count(fit):]
+        all_labels = model_io.load_labels(Path(options.labels), count, model_io.class_count(model))
+        labels = all_labels[model_io.sample_count(fit):]
     alignment = int(target.channel_multiple.get("fp32", 1))
     chosen = None
     if options.prune == "auto":
@@ -152,6 +203,10 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     result = compress_graph(model, ratios, options.importance, alignment=alignment,
                       activation_means=means, lowrank=options.lowrank, target=target,
                       reconstruct_with=fit if options.reconstruct else None)
+    undistilled = report = None
+    if options.distill is not None:
+        undistilled = result.model
+        result, report = _distill(model, result, options, (fit, check), all_labels, progress)
     before, after = graph_cost(model), graph_cost(result.model)
     reference = first_outputs(model, check)
     sqnr, cosine, top1, _, _ = metrics(reference, first_outputs(result.model, check), None)
@@ -165,8 +220,37 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         cosine=cosine, top1_agreement=top1,
         samples=model_io.sample_count(check),
         sqnr_without_reconstruction_db=unfitted, plan=chosen,
-        calibration=calibration_label(options.calib, options.calib_random, options.seed),
+        calibration=(f"--distill {options.samples}" if options.calib is None and options.distill
+                     else calibration_label(options.calib, options.calib_random, options.seed)),
+        distillation=report,
+        sqnr_without_distillation_db=None if undistilled is None else metrics(
+            reference, first_outputs(undistilled, check), None)[0],
     )
+
+
+def _distill(model: ir.Model, result: PipelineResult, options: CompressionOptions,
+             split: tuple[list[Mapping[str, np.ndarray]], list[Mapping[str, np.ndarray]]],
+             labels: np.ndarray | None, progress: Progress | None
+             ) -> tuple[PipelineResult, DistillReport]:
+    """Fine-tune the pipeline's result against ``model`` as ``options.distill`` asks.
+
+    Where the distillation samples are the calibration samples (``split`` = fit, check),
+    the held-out quarter chooses the epoch, so no figure is measured on trained samples.
+    """
+    assert options.distill is not None
+    fit, check = split
+    batches: Sequence[Mapping[str, np.ndarray]]
+    if options.samples == options.distill.data:
+        batches = [*fit, *check]
+        held_out: list[int] | None = list(range(len(fit), len(batches)))
+    else:
+        batches, labels = load_data(model, options.distill)
+        held_out = None
+    trained, report = distill(model_io.to_proto(result.model), model_io.to_proto(model),
+                              replace(options.distill, labels=options.labels), batches,
+                              labels, held_out=held_out, progress=progress)
+    student = model_io.infer_shapes(ir.serde.deserialize_model(trained))
+    return replace(result, model=student), report
 
 
 def _activation_means(model: ir.Model, batches: Sequence[Mapping[str, np.ndarray]]

@@ -37,6 +37,8 @@ import onnx_ir as ir
 from hwcomp import model as model_io
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.analysis.sensitivity import metrics
+from hwcomp.compress.distill import DistillOptions, Progress, distill, load_data
+from hwcomp.compress.qat import fake_quant_hooks
 from hwcomp.errors import BudgetError, CalibrationDataError, HwcompError, UnsupportedOpError
 from hwcomp.lower import activation_dtype, lowering_for
 from hwcomp.targets import Target
@@ -104,6 +106,7 @@ class PrecisionPlan:
     fp32_accuracy: float | None = None
     accuracy: float | None = None
     sqnr_db: float | None = None
+    qat: dict[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         """Layers per precision."""
@@ -115,8 +118,26 @@ class PrecisionPlan:
                 "activation_dtype": self.activation_dtype, "metric": self.metric,
                 "budget": self.budget, "loss": self.loss, "held_out_samples": self.samples,
                 "fp32_accuracy": self.fp32_accuracy, "accuracy": self.accuracy,
-                "sqnr_db": self.sqnr_db, "counts": self.counts(),
+                "sqnr_db": self.sqnr_db, "counts": self.counts(), "qat": self.qat,
                 "decisions": self.decisions, "layers": [x.to_dict() for x in self.layers]}
+
+
+@dataclass(frozen=True)
+class QatRequest:
+    """Quantization-aware fine-tuning (``--precision int8 --distill``): against whom, how.
+
+    Attributes:
+        teacher: The original model, whose outputs the int8 student learns to match.
+        options: The distillation options (``options.data`` holds the samples).
+        progress: Hears each epoch.
+        on_calibration: ``options.data`` is the calibration file (its held-out quarter then
+            chooses the epoch); else the data are loaded and split on their own.
+    """
+
+    teacher: onnx.ModelProto
+    options: DistillOptions
+    progress: Progress | None = None
+    on_calibration: bool = True
 
 
 @dataclass(frozen=True)
@@ -431,10 +452,16 @@ class _Evaluator:
             return f"-{loss:.2%} top-1 alone"
         return f"{loss:.1f} dB short alone"
 
-    def loss(self, precisions: Mapping[str, str]) -> tuple[float, np.ndarray]:
-        """(loss, outputs): accuracy drop with labels, else SQNR shortfall in dB."""
+    def loss(self, precisions: Mapping[str, str], proto: onnx.ModelProto | None = None
+             ) -> tuple[float, np.ndarray]:
+        """(loss, outputs): accuracy drop with labels, else SQNR shortfall in dB.
+
+        ``proto``: other float weights of the same graph (quantization-aware fine-tuning's),
+        quantized with the same ranges and judged against the same fp32 outputs.
+        """
         self.evaluations += 1
-        got = self._outputs(quantize_model(self.proto, self.ranges, precisions, self.act_dtype))
+        got = self._outputs(quantize_model(self.proto if proto is None else proto, self.ranges,
+                                           precisions, self.act_dtype))
         sqnr, accuracy = self.measure(got)
         if self.use_labels:
             assert self.fp32_accuracy is not None and accuracy is not None
@@ -445,11 +472,13 @@ class _Evaluator:
 def plan_precision(
     model: ir.Model, target: Target, options: PrecisionOptions,
     batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray | None,
+    qat: QatRequest | None = None,
 ) -> tuple[onnx.ModelProto, PrecisionPlan]:
     """Choose each layer's precision and return the QDQ model with the plan.
 
     The first three quarters of ``batches`` calibrate, the rest measure (``labels`` are for
-    all samples, in order).
+    all samples, in order). With ``qat``, the float weights are then fine-tuned with the int8
+    layers fake-quantized (the same ranges), and kept where the held-out loss improves.
 
     Raises:
         PrecisionError: ``--precision int8``/``fp16`` asked of a target or layers that cannot
@@ -500,16 +529,65 @@ def plan_precision(
                 + "; use --precision auto to keep those in a wider precision, or relax the "
                 "budget")
         loss, got = _roll_back(layers, evaluator, loss, decisions)
+    qat_record = None
+    final = {x.name: x.precision for x in layers}
+    if qat is not None and "int8" in final.values():
+        proto, qat_record, loss, got = _fine_tune(
+            model, proto, qat, (ranges, act_dtype), final, (batches, len(fit)), labels,
+            evaluator, (loss, got))
+        decisions.append(qat_record["decision"])
     sqnr, accuracy = evaluator.measure(got)
     plan = PrecisionPlan(
         mode=options.precision, calibration=options.calibration, activation_dtype=act_dtype,
         metric=evaluator.metric, budget=evaluator.budget, loss=loss, layers=layers,
         samples=model_io.sample_count(check), decisions=decisions,
-        fp32_accuracy=evaluator.fp32_accuracy, accuracy=accuracy, sqnr_db=sqnr,
+        fp32_accuracy=evaluator.fp32_accuracy, accuracy=accuracy, sqnr_db=sqnr, qat=qat_record,
     )
     decisions.append(f"{evaluator.evaluations} whole-model evaluations in onnxruntime")
     quantized = quantize_model(proto, ranges, {x.name: x.precision for x in layers}, act_dtype)
     return quantized, plan
+
+
+def _fine_tune(model: ir.Model, proto: onnx.ModelProto, qat: QatRequest,
+               quantization: tuple[Mapping[str, tuple[float, float]], str],
+               precisions: Mapping[str, str],
+               samples: tuple[Sequence[Mapping[str, np.ndarray]], int], labels: np.ndarray | None,
+               evaluator: _Evaluator, without: tuple[float, np.ndarray],
+               ) -> tuple[onnx.ModelProto, dict[str, Any], float, np.ndarray]:
+    """Fine-tune ``proto`` quantization-aware; return the weights to quantize and the record.
+
+    Trained on the calibration samples' first three quarters when ``--distill`` names the
+    calibration file (the last quarter chooses the epoch and judges), else on its own data.
+    The fine-tuned weights are kept only if the quantized model's held-out loss is no worse.
+    """
+    ranges, act_dtype = quantization
+    batches, fitted = samples
+    int8 = {name for name, p in precisions.items() if p == "int8"}
+    hooks = fake_quant_hooks(model, ranges, int8, act_dtype)
+    data: Sequence[Mapping[str, np.ndarray]] = batches
+    held_out: list[int] | None = list(range(fitted, len(batches)))
+    if not qat.on_calibration:
+        data, labels = load_data(model, qat.options)
+        held_out = None
+    trained, report = distill(proto, qat.teacher, qat.options, data, labels, held_out=held_out,
+                              fake_quant=hooks, progress=qat.progress)
+    loss_before, got_before = without
+    loss_after, got_after = evaluator.loss(precisions, trained)
+    kept = loss_after <= loss_before
+    sqnr_before, accuracy_before = evaluator.measure(got_before)
+    sqnr_after, accuracy_after = evaluator.measure(got_after)
+    record = {
+        "kept": kept, "loss_without": loss_before, "loss_with": loss_after,
+        "accuracy_without": accuracy_before, "accuracy_with": accuracy_after,
+        "sqnr_without_db": sqnr_before, "sqnr_with_db": sqnr_after,
+        "fake_quantized": len(hooks), "distillation": report.to_dict(),
+        "decision": (f"quantization-aware fine-tuning ({report.epochs_run} epochs, best "
+                     f"{report.best_epoch}): int8 loss {loss_before:.4g} -> {loss_after:.4g} "
+                     f"on held-out samples; {'kept' if kept else 'not kept (no better)'}"),
+    }
+    if kept:
+        return trained, record, loss_after, got_after
+    return proto, record, loss_before, got_before
 
 
 def _drop_unquantizable(layers: list[LayerChoice], proto: onnx.ModelProto,
