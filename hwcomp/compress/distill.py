@@ -39,7 +39,7 @@ import onnx
 from hwcomp import model as model_io
 from hwcomp.analysis.sensitivity import metrics
 from hwcomp.compress.torch_graph import graph_module, import_torch, write_weights
-from hwcomp.errors import CalibrationDataError, HwcompError, OptionError
+from hwcomp.errors import CalibrationDataError, HwcompError, OptionError, VerificationError
 from hwcomp.verify import run_onnxruntime_batches
 
 logger = logging.getLogger(__name__)
@@ -52,9 +52,13 @@ EXPORT_TOLERANCE = 1e-4
 
 
 class DistillationError(HwcompError):
-    """Distillation cannot run as asked (data, options) or its export disagrees."""
+    """Distillation cannot run on the samples given (too few to hold some out)."""
 
     exit_code = 3
+
+
+class ExportMismatchError(VerificationError):
+    """The distilled graph in onnxruntime disagrees with the trained PyTorch module."""
 
 
 @dataclass(frozen=True)
@@ -215,8 +219,8 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, options: Distill
     Raises:
         TrainingUnavailableError: PyTorch is not installed.
         TorchConversionError: A student op the converter does not cover (named).
-        DistillationError: The student's inputs differ from the teacher's, or the exported
-            student disagrees with the trained module.
+        DistillationError: The student's inputs differ from the teacher's.
+        ExportMismatchError: The exported student disagrees with the trained module.
     """
     torch = import_torch()
     options.validate()
@@ -396,7 +400,7 @@ def _check_export(trained: onnx.ModelProto, module: Any, batches: Sequence[Mappi
             scale = max(1.0, float(np.abs(ref).max()))
             error = max(error, float(np.abs(out - ref).max()) / scale)
     if not error <= EXPORT_TOLERANCE:
-        raise DistillationError(
+        raise ExportMismatchError(
             f"the distilled student in onnxruntime differs from the trained PyTorch module by "
             f"{error:.3g} (relative; tolerance {EXPORT_TOLERANCE:g}): a converter defect, "
             "nothing was written; run without --distill")

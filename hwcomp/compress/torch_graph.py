@@ -29,15 +29,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from hwcomp.errors import HwcompError, UnsupportedOpError
+from hwcomp.errors import ToolchainError, UnsupportedOpError
 
 TRAIN_EXTRA = "pip install 'hwcomp[train]'"
 
 
-class TrainingUnavailableError(HwcompError):
-    """PyTorch (the ``train`` extra) is not installed."""
-
-    exit_code = 4
+class TrainingUnavailableError(ToolchainError):
+    """PyTorch (the ``train`` extra) is not installed (exit 7, as ``tune`` without its extra)."""
 
 
 class TorchConversionError(UnsupportedOpError):

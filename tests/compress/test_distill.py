@@ -270,3 +270,32 @@ def test_quantization_aware_fine_tuning_is_planned_and_reported(tmp_path):
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     x = np.load(data)["image"][:1]
     assert np.isfinite(run_ort(model, {"image": x})[0]).all()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_distillation_writes_nothing(tmp_path):
+    import signal
+    import subprocess
+
+    data, _ = _digits_data(tmp_path, 400)
+    out = tmp_path / "small.onnx"
+    # Background jobs (CI) inherit SIGINT ignored; a user's terminal delivers it.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hwcomp", "-v", "compress", str(DIGITS), "-o", str(out), "-t",
+         "arm-a72", "--input-shape", "image=1x1x8x8", "--prune", "0.6", "--distill", str(data),
+         "--epochs", "500"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # -v logs each epoch
+        seen.append(line)
+        if "distill epoch 2:" in line:
+            break
+    else:
+        pytest.fail("distillation never reached epoch 2: " + "".join(seen[-5:]))
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest
+    assert "interrupted; nothing was written" in rest and "Traceback" not in rest
+    assert not out.exists() and not list(tmp_path.glob(".small*"))
