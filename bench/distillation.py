@@ -108,7 +108,7 @@ def qat(folder: Path, epochs: int) -> None:
     precision = PrecisionOptions(precision="int8")
 
     def int8(source: Path, options: CompressionOptions, name: str) -> tuple[float, dict]:
-        model, _, plan = api._transformed_model(source, target, {"image": (1, 1, 8, 8)},
+        model, _, plan, _ = api._transformed_model(source, target, {"image": (1, 1, 8, 8)},
                                                 options, precision, folder / "train.npz")
         path = folder / f"{name}.onnx"
         onnx.save(to_proto(model), path)

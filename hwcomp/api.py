@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ def analyze(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     bundle: Path | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> report.Analysis:
     """Cost, roofline estimate and (with calibration data) sensitivity of every layer.
 
@@ -87,6 +88,7 @@ def analyze(
     target = load_target(target_name)
     model_path = Path(model_path)
     model = model_io.load_model(model_path, input_shapes)
+    cut = model_io.cut_at_outputs(model, outputs, model_path) if outputs else None
     unknown = model_io.unknown_shapes(model)
     if unknown:
         # Counting MACs on unknown shapes gave 0 for every layer behind them.
@@ -122,7 +124,7 @@ def analyze(
     return report.Analysis(
         model_file=model_path.name, model_sha256=model_io.file_sha256(model_path),
         target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
-        counted=counted,
+        counted=counted, cut=None if cut is None else cut.to_dict(),
     )
 
 
@@ -190,6 +192,7 @@ def compress(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     force: bool = False,
     progress: distill.Progress | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> driver.CompressionOutcome:
     """Compress ``model_path`` into ``output`` (ONNX), compared with the original.
 
@@ -205,6 +208,8 @@ def compress(
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; pass --force to replace it")
     model = model_io.load_model(Path(model_path), input_shapes)
+    if outputs:
+        model_io.cut_at_outputs(model, outputs, model_path)
     outcome = driver.compress_with_data(model, target, options, progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
@@ -248,6 +253,7 @@ def build(
     tuning_db: Path | None = None,
     use_tuning_db: bool = True,
     progress: distill.Progress | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
 
@@ -278,8 +284,8 @@ def build(
     if tolerance is None:
         tolerance = QUANTIZED_TOLERANCE if precision.requested else DEFAULT_TOLERANCE
 
-    model, compressed, plan = _transformed_model(model_path, target, input_shapes, options,
-                                                 precision, calib, progress)
+    model, compressed, plan, cut = _transformed_model(model_path, target, input_shapes, options,
+                                                      precision, calib, progress, outputs)
     original = model_io.to_proto(model)
     input_specs = model_io.graph_inputs(model)
     inputs = _verification_inputs(input_specs, calib, seed)
@@ -314,6 +320,7 @@ def build(
         manifest.update(extras)
         if run is not None and run.step_counts:
             manifest["layer_counts"] = layer_count_record(run, kernel_macs, kernel_args)
+        manifest["cut"] = cut.to_dict() if cut else None
         manifest["compression"] = compressed.summary() if compressed else None
         manifest["precision"] = plan.to_dict() if plan else None
         manifest["planned_on"] = _planning_samples(calib, options, precision)
@@ -336,14 +343,16 @@ def build(
 def _transformed_model(
     model_path: Path, target: Target, input_shapes: Mapping[str, tuple[int, ...]] | None,
     options: driver.CompressionOptions, precision: quantize.PrecisionOptions, calib: Path | None,
-    progress: distill.Progress | None = None,
-) -> tuple[ir.Model, driver.CompressionOutcome | None, quantize.PrecisionPlan | None]:
-    """Load the model, then compress and quantize it as asked; return what each step did.
+    progress: distill.Progress | None = None, outputs: Sequence[str] | None = None,
+) -> tuple[ir.Model, driver.CompressionOutcome | None, quantize.PrecisionPlan | None,
+           model_io.CutReport | None]:
+    """Load the model (cut at ``outputs``), compress and quantize it as asked; say what each did.
 
     With ``options.distill`` the compressed model is distilled against the original, and
     int8 layers are fine-tuned quantization-aware against it too.
     """
     model = model_io.load_model(model_path, input_shapes)
+    cut = model_io.cut_at_outputs(model, outputs, model_path) if outputs else None
     original = model
     compressed = None
     if options.requested:
@@ -358,7 +367,7 @@ def _transformed_model(
                                       dataclasses.replace(options.distill, labels=options.labels),
                                       progress, on_calibration=same)
         model, plan = _quantize(model, target, precision, calib, qat)
-    return model, compressed, plan
+    return model, compressed, plan, cut
 
 
 def _planning_samples(calib: Path | None, options: driver.CompressionOptions,

@@ -27,7 +27,7 @@ from hwcomp.compress.precision import (
     PrecisionOptions,
 )
 from hwcomp.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, HwcompError, OptionError
-from hwcomp.model import parse_input_shapes
+from hwcomp.model import parse_input_shapes, parse_outputs
 from hwcomp.native_log import NativeLog
 from hwcomp.package import write_json
 from hwcomp.passes.prune_channels import IMPORTANCE
@@ -299,6 +299,9 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 @click.option("--db", "tuning_db", type=click.Path(path_type=Path),
               help="MetaSchedule database from hwcomp tune [default: <cache>/tuning/<target>].")
 @click.option("--no-tuning-db", is_flag=True, help="Ignore tuning records: default schedules only.")
+@click.option("--outputs", metavar="NAME,NAME",
+              help="Compile (analyze) only up to these tensors: they become the outputs and "
+                   "what follows them (NMS, decoding) is cut off.")
 @compression_options
 @distill_options
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
@@ -307,7 +310,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           no_tuning_db: bool, prune: str | None,
           lowrank: float | None, importance: str, accuracy_budget: str | None,
           labels: Path | None, reconstruct: bool, calib_random: int,
-          distill: DistillOptions | None) -> None:
+          distill: DistillOptions | None, outputs: str | None) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
@@ -323,6 +326,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
             calib=calib, tolerance=tolerance, force=force, seed=seed,
             compression_options=options, precision_options=precision_options,
             tuning_db=tuning_db, use_tuning_db=not no_tuning_db, progress=progress,
+            outputs=parse_outputs(outputs),
         )
     finally:
         progress.close()
@@ -351,8 +355,17 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
     click.echo(f"time: {result.seconds:.1f} s")
 
 
+def _echo_cut(cut: dict[str, Any] | None) -> None:
+    """Print where ``--outputs`` cut the graph and what it removed."""
+    if cut:
+        removed = ", ".join(f"{n} {op}" for op, n in cut["removed_ops"].items()) or "nothing"
+        click.echo(f"cut at: {', '.join(cut['outputs'])} ({cut['removed_nodes']} node(s) after "
+                   f"them removed: {removed})")
+
+
 def _echo_transforms(manifest: dict[str, Any]) -> None:
     """Print what compression, precision, tuning and the integer kernels did to a build."""
+    _echo_cut(manifest.get("cut"))
     compression = manifest.get("compression")
     if compression:
         sqnr = compression["sqnr_db"]
@@ -409,9 +422,13 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="A bundle of MODEL for the target: add the instructions its build counted "
                    "per kernel call on the emulated board (Cortex-M).")
+@click.option("--outputs", metavar="NAME,NAME",
+              help="Compile (analyze) only up to these tensors: they become the outputs and "
+                   "what follows them (NMS, decoding) is cut off.")
 def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib: Path | None,
             calib_random: int, labels: Path | None, actions: str, jobs: int, top: int,
-            json_path: Path | None, html_path: Path | None, bundle: Path | None) -> None:
+            json_path: Path | None, html_path: Path | None, bundle: Path | None,
+            outputs: str | None) -> None:
     r"""Per-layer cost, roofline estimate and compression sensitivity of MODEL.
 
     \b
@@ -425,11 +442,12 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         result = api.analyze(
             model, target_name, input_shapes=parse_input_shapes(input_shapes), calib=calib,
             calib_random=calib_random, labels=labels, actions=chosen, jobs=jobs,
-            progress=progress, bundle=bundle,
+            progress=progress, bundle=bundle, outputs=parse_outputs(outputs),
         )
     finally:
         progress.close()
     doc = report.to_json(result)
+    _echo_cut(doc["cut"])
     layers = doc["layers"]
     if top:
         layers = sorted(layers, key=lambda layer: -layer["estimate"]["time_s"])[:top]
@@ -575,12 +593,16 @@ def profile_command(path: Path, target_name: str | None, runs: int, input_shapes
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of random samples and of --distill (split, order, PyTorch).")
+@click.option("--outputs", metavar="NAME,NAME",
+              help="Compile (analyze) only up to these tensors: they become the outputs and "
+                   "what follows them (NMS, decoding) is cut off.")
 @distill_options
 def compress_command(model: Path, output: Path, target_name: str, prune: str | None,
                      importance: str, lowrank: float | None, reconstruct: bool,
                      accuracy_budget: str | None, labels: Path | None,
                      input_shapes: tuple[str, ...], calib: Path | None, force: bool,
-                     calib_random: int, seed: int, distill: DistillOptions | None) -> None:
+                     calib_random: int, seed: int, distill: DistillOptions | None,
+                     outputs: str | None) -> None:
     """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out.
 
     With --distill, the result is fine-tuned against MODEL on those samples (PyTorch).
@@ -593,7 +615,7 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
     try:
         outcome = api.compress(model, output, target_name, options,
                                input_shapes=parse_input_shapes(input_shapes), force=force,
-                               progress=progress)
+                               progress=progress, outputs=parse_outputs(outputs))
     finally:
         progress.close()
     result = outcome.result

@@ -8,6 +8,7 @@ Every failure is a :class:`~hwcomp.errors.HwcompError` that names the file or in
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import math
@@ -245,6 +246,73 @@ def load_model(
     inferred = infer_shapes(model, path)
     check_value_sizes(inferred, path)
     return inferred
+
+
+@dataclass(frozen=True)
+class CutReport:
+    """What ``--outputs`` cut off: the new outputs and the nodes no longer needed."""
+
+    outputs: list[str]
+    removed_nodes: int
+    removed_ops: dict[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the manifest's record."""
+        return {"outputs": self.outputs, "removed_nodes": self.removed_nodes,
+                "removed_ops": self.removed_ops}
+
+
+def parse_outputs(text: str | None) -> list[str] | None:
+    """Read ``--outputs NAME,NAME``: tensor names, no empty or repeated one.
+
+    Raises:
+        OptionError: An empty name or a name given twice.
+    """
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise OptionError(f"--outputs '{text}': an empty tensor name; give NAME,NAME")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise OptionError(f"--outputs names {', '.join(repeated)} twice")
+    return names
+
+
+def cut_at_outputs(model: ir.Model, names: Sequence[str], path: Path | str) -> CutReport:
+    """Make the named tensors the graph's outputs and drop every node they do not need.
+
+    The usual way a detector reaches a microcontroller: compile up to the heads and run
+    the post-processing (NMS, decoding) elsewhere.
+
+    Raises:
+        OptionError: A name that is no tensor of the graph (with candidates).
+    """
+    values: dict[str, ir.Value] = {v.name: v for v in model.graph.inputs if v.name}
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name:
+                values[value.name] = value
+    for name in names:
+        if name not in values:
+            close = difflib.get_close_matches(name, list(values), n=6, cutoff=0.5)
+            tail = [v for v in values if v not in close][-6:]
+            raise OptionError(
+                f"--outputs {name}: {path} has no tensor of that name; "
+                + (f"close: {', '.join(close)}; " if close else "")
+                + f"the last node outputs: {', '.join(tail)} ({len(values)} tensors in all; "
+                "Netron or onnx.load(...).graph lists them)")
+    before = [node.op_type for node in model.graph]
+    model.graph.outputs.clear()
+    model.graph.outputs.extend(values[name] for name in names)
+    common.RemoveUnusedNodesPass()(model)
+    after = [node.op_type for node in model.graph]
+    removed = {op: before.count(op) - after.count(op) for op in sorted(set(before))
+               if before.count(op) > after.count(op)}
+    logger.info("--outputs: %d node(s) after the cut removed (%s)", len(before) - len(after),
+                ", ".join(f"{n} {op}" for op, n in removed.items()))
+    return CutReport(outputs=list(names), removed_nodes=len(before) - len(after),
+                     removed_ops=removed)
 
 
 # The most elements one intermediate tensor may have (16 GiB of float32): far above any

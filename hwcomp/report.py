@@ -31,7 +31,8 @@ JSON schema ``hwcomp-analysis/1`` (stable; new keys may be added, none removed):
                          "macs_per_instruction": float|null,
                          "layers_matched": bool,
                          "steps": [{"step": int, "kernel": str, "instructions": int,
-                                    "macs": int, "macs_per_instruction": float|null}]}
+                                    "macs": int, "macs_per_instruction": float|null}]},
+      "cut": null | {"outputs": [str], "removed_nodes": int, "removed_ops": {op: int}}
     }
 
 ``sqnr_db`` is null when the action leaves the output exactly unchanged. ``counted`` (with
@@ -70,6 +71,7 @@ class Analysis:
     roofline: RooflineEstimate
     sensitivity: SensitivityReport | None
     counted: Counted | None = None
+    cut: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
             "bundle": analysis.counted.bundle, **analysis.counted.record,
             "layers_matched": bool(analysis.counted.layer_instructions),
         },
+        "cut": analysis.cut,
     }
 
 

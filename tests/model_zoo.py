@@ -245,3 +245,49 @@ def _seed_tensor(name: str, shape: list[int], rng: np.random.Generator) -> np.nd
         return (0.01 * rng.standard_normal(shape)).astype(np.float32)
     fan_in = int(np.prod(shape[1:])) or 1
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def tiny_detector(seed: int = 0, size: int = 32, classes: int = 3) -> onnx.ModelProto:
+    """An SSD-style detector: conv backbone, box and class heads, and a post-processing tail.
+
+    Outputs ``boxes`` [1, A, 4] and ``scores`` [1, classes, A] come from the heads (A = 2
+    anchors per cell of the last map); ``selected`` [K, 3] is NonMaxSuppression on them
+    (data-dependent K), ``top_scores`` / ``top_index`` a TopK over the best class score:
+    the tail a ``--outputs boxes,scores`` cut leaves to the host.
+    """
+    b = _Builder(seed)
+    x = b.conv_bn("input", 3, 8, 3, 2)
+    x = b.conv_bn(x, 8, 16, 3, 2)
+    x = b.conv_bn(x, 16, 16, 3, 1, group=16)
+    x = b.conv_bn(x, 16, 24, 1)
+    cells = (size // 4) ** 2
+    anchors = 2 * cells
+    box = b.conv(x, 24, 2 * 4, 3)                     # [1, 8, s, s]
+    box = b.node("Transpose", [box], perm=[0, 2, 3, 1])
+    box = b.node("Reshape", [box, b.const(np.array([1, anchors, 4], np.int64), "shape")])
+    cls = b.conv(x, 24, 2 * classes, 3)
+    cls = b.node("Transpose", [cls], perm=[0, 2, 3, 1])
+    cls = b.node("Reshape", [cls, b.const(np.array([1, anchors, classes], np.int64), "shape")])
+    cls = b.node("Transpose", [cls], perm=[0, 2, 1])
+    b.nodes.append(helper.make_node("Sigmoid", [box], ["boxes"], name="boxes_sigmoid"))
+    b.nodes.append(helper.make_node("Sigmoid", [cls], ["scores"], name="scores_sigmoid"))
+    limits = [b.const(np.array([5], np.int64), "max_out"), b.const(np.array([0.5], np.float32), "iou"),
+              b.const(np.array([0.3], np.float32), "thr")]
+    b.nodes.append(helper.make_node("NonMaxSuppression", ["boxes", "scores", *limits], ["selected"],
+                                    name="nms"))
+    best = b.node("ReduceMax", ["scores"], axes=[1], keepdims=0)
+    b.nodes.append(helper.make_node("TopK", [best, b.const(np.array([4], np.int64), "k")],
+                                    ["top_scores", "top_index"], name="topk", axis=-1))
+    graph = helper.make_graph(
+        b.nodes, "tiny_detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, anchors, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, classes, anchors]),
+         helper.make_tensor_value_info("selected", TensorProto.INT64, ["K", 3]),
+         helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("top_index", TensorProto.INT64, [1, 4])],
+        b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=10, producer_name="hwcomp-tests")
+    onnx.checker.check_model(model)
+    return model

@@ -258,7 +258,7 @@ def test_quantization_aware_fine_tuning_is_planned_and_reported(tmp_path):
     data, labels = _digits_data(tmp_path, 240)
     options = CompressionOptions(distill=DistillOptions(data=data, epochs=2), labels=labels)
     precision = PrecisionOptions(precision="int8", labels=labels)
-    model, compressed, plan = api._transformed_model(
+    model, compressed, plan, _ = api._transformed_model(
         DIGITS, load_target("cortex-m7"), {"image": (1, 1, 8, 8)}, options, precision, data)
     assert compressed is None and plan is not None
     qat = plan.qat
