@@ -75,3 +75,9 @@ def test_a_bad_output_name_lists_candidates(detector, tmp_path):
                         "empty tensor name")
     _assert_clean_error(run_cli("analyze", str(detector), "-t", "host", "--outputs",
                                 "boxes,boxes"), "boxes twice")
+
+
+def test_the_whole_detector_is_refused_at_its_nms_with_the_way_around(detector, tmp_path):
+    proc = run_cli("build", str(detector), "-t", "host", "-o", str(tmp_path))
+    _assert_clean_error(proc, "node 'nms' (op NonMaxSuppression)", "--outputs", code=4)
+    assert not list(tmp_path.iterdir())

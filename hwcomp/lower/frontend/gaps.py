@@ -55,7 +55,17 @@ def _split(node: onnx.NodeProto, constants: Constants) -> Gap | None:
     return None
 
 
+def _non_max_suppression(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    # The converter returns the selection padded to its largest size (batch x classes x
+    # max boxes rows) with the count apart, and drops the count: rows past the selected ones
+    # would be read as boxes. Its compiled form also fails in TVM's lowering.
+    return Gap(REJECT, "TVM's NonMaxSuppression returns a fixed number of rows, not the K "
+                       "selected ones ONNX defines; cut the graph before it with --outputs "
+                       "(the box and score tensors) and run NMS where the outputs are read")
+
+
 GAPS: dict[str, Callable[[onnx.NodeProto, Constants], Gap | None]] = {
+    "NonMaxSuppression": _non_max_suppression,
     "LayerNormalization": _layer_norm,
     "MaxPool": _max_pool,
     "Split": _split,
