@@ -4,6 +4,7 @@ Legalisation (before TVM import):
     - :class:`BindInputsPass`: inputs that are parameters become constants.
     - :class:`ExpandFunctionsPass`: ops the backend lacks become their ONNX function bodies.
     - :class:`FoldConstantsPass`: constant subgraphs become initializers.
+    - :class:`FoldIfPass`: an ``If`` whose condition folded to a constant becomes its branch.
     - :class:`ResizeToMatMulPass`: Resize nodes TVM mishandles become interpolation MatMuls.
     - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
     - :class:`SumToAddPass`: variadic Sum becomes a chain of Add (TVM stacks and reduces it).
@@ -25,6 +26,7 @@ from hwcomp.passes.convtranspose_pads import ConvTransposePadsPass
 from hwcomp.passes.expand_functions import ExpandFunctionsPass
 from hwcomp.passes.fold_batchnorm import FoldBatchNormPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
+from hwcomp.passes.fold_if import FoldIfPass
 from hwcomp.passes.lowrank import LowRankPass
 from hwcomp.passes.prune_channels import PruneChannelsPass
 from hwcomp.passes.reconstruct import ReconstructPass
@@ -37,6 +39,7 @@ __all__ = [
     "ExpandFunctionsPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
+    "FoldIfPass",
     "LowRankPass",
     "PruneChannelsPass",
     "ReconstructPass",

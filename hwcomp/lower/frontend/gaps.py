@@ -64,7 +64,20 @@ def _non_max_suppression(node: onnx.NodeProto, constants: Constants) -> Gap | No
                        "(the box and score tensors) and run NMS where the outputs are read")
 
 
+def _control_flow(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    # Reached only when legalisation could not fold it: an If with a constant condition is
+    # inlined (hwcomp.passes.fold_if).
+    what = ("its condition depends on the input data" if node.op_type == "If"
+            else "its trip count or condition depends on the input data")
+    return Gap(REJECT, f"{what}, and data-dependent control flow is not lowered yet (TVM's "
+                       "ONNX frontend has no converter); an If on shapes folds once "
+                       "--input-shape binds them, and --outputs can cut the graph before it")
+
+
 GAPS: dict[str, Callable[[onnx.NodeProto, Constants], Gap | None]] = {
+    "If": _control_flow,
+    "Loop": _control_flow,
+    "Scan": _control_flow,
     "NonMaxSuppression": _non_max_suppression,
     "LayerNormalization": _layer_norm,
     "MaxPool": _max_pool,

@@ -36,6 +36,7 @@ from hwcomp.passes import (
     ExpandFunctionsPass,
     FoldBatchNormPass,
     FoldConstantsPass,
+    FoldIfPass,
     ResizeToMatMulPass,
     SumToAddPass,
 )
@@ -61,6 +62,8 @@ def legalize_for_tvm(
         ("expand-functions", ExpandFunctionsPass(should_expand)),
         ("lift-constants-again", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("fold-constants", FoldConstantsPass()),
+        ("fold-if", FoldIfPass()),
+        ("fold-constants-after-if", FoldConstantsPass()),
         ("fold-batchnorm", FoldBatchNormPass()),
         ("resize-to-matmul", ResizeToMatMulPass()),
         ("convtranspose-pads", ConvTransposePadsPass()),
