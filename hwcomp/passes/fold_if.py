@@ -66,9 +66,9 @@ def _inline(graph: ir.Graph, node: ir.Node, branch: ir.Graph) -> None:
             identity = ir.node("Identity", [result], num_outputs=1)
             graph.insert_before(node, identity)
             result = identity.outputs[0]
-        name = output.name
+        output_name = output.name
         output.name = None
         ir.convenience.replace_all_uses_with(output, result, replace_graph_outputs=True)
-        if name:
-            result.name = name
+        if output_name:
+            result.name = output_name
     graph.remove(node, safe=True)
