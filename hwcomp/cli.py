@@ -26,7 +26,14 @@ from hwcomp.compress.precision import (
     PRECISION_CHOICES,
     PrecisionOptions,
 )
-from hwcomp.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, HwcompError, OptionError
+from hwcomp.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    HwcompError,
+    OptionError,
+    VerificationError,
+)
 from hwcomp.model import parse_input_shapes, parse_outputs
 from hwcomp.native_log import NativeLog
 from hwcomp.package import write_json
@@ -577,6 +584,69 @@ def profile_command(path: Path, target_name: str | None, runs: int, input_shapes
     if json_path:
         json_path.write_text(found.to_json() + "\n")
         click.echo(f"json: {json_path}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--model", "original", type=click.Path(path_type=Path),
+              help="The original ONNX model: also compare the bundle's (compressed, quantized) "
+                   "graph with it, tensor by tensor.")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Inputs to compare on (.npz by input name; the first batch) [default: seeded].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated inputs.")
+@click.option("--tolerance", type=float,
+              help="Compiled vs onnxruntime, relative to max(1, max |tensor|) [default: the "
+                   "bundle's verification tolerance].")
+@click.option("--graph-tolerance", type=float, default=0.05, show_default=True,
+              help="Bundle graph vs original (compression changes values on purpose).")
+@click.option("--all", "show_all", is_flag=True, help="Print every tensor, not only the worst.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report.")
+def validate(bundle: Path, original: Path | None, calib: Path | None, seed: int,
+             tolerance: float | None, graph_tolerance: float, show_all: bool,
+             json_path: Path | None) -> None:
+    r"""Compare a bundle layer by layer and name the first tensor that diverges.
+
+    Compiles the bundle's graph again with every intermediate tensor kept and compares each
+    with onnxruntime; with --model, also the bundle's graph with the original model's
+    tensors. Exit 6 when the compiled graph diverges.
+
+    \b
+    Examples:
+      hwcomp validate out/model-host --calib calib.npz
+      hwcomp validate out/kws-cortex-m7 --model kws.onnx --calib calib.npz --json v.json
+    """
+    from hwcomp import validate as checks
+
+    inputs, label = checks.bundle_inputs(bundle, calib, seed)
+    result = checks.validate(bundle, inputs, label, tolerance, original, graph_tolerance)
+    for comparison in result.comparisons:
+        click.echo(f"{comparison.name} (reference: {comparison.reference}; inputs: "
+                   f"{result.inputs}; tolerance {comparison.tolerance:g})")
+        if comparison.note and not comparison.tensors:
+            click.echo(f"  {comparison.note}")
+            continue
+        first = comparison.first_divergent
+        rows = comparison.tensors if show_all else sorted(
+            comparison.tensors, key=lambda t: -t.rel_l2)[:10]
+        if not show_all:
+            rows = sorted(rows, key=comparison.tensors.index)
+        _table(("tensor", "op", "shape", "max abs", "rel L2", "cosine", "SQNR dB", ""),
+               [(t.tensor[:48], t.op, "x".join(map(str, t.shape)), f"{t.max_abs:.3g}",
+                 f"{t.rel_l2:.3g}", f"{t.cosine:.6f}",
+                 "exact" if t.sqnr_db is None else f"{t.sqnr_db:.1f}",
+                 "" if t.within else "BEYOND") for t in rows])
+        shown = "" if show_all else f" (the {len(rows)} worst of {len(comparison.tensors)}; --all)"
+        click.echo(f"  {len(comparison.tensors)} tensor(s) compared{shown}"
+                   + (f", {comparison.skipped} not" if comparison.skipped else ""))
+        click.echo(f"  first divergent: {first.tensor} ({first.op}), max abs {first.max_abs:.3g}"
+                   if first else "  first divergent: none, every tensor within tolerance")
+    if json_path:
+        write_json(Path(json_path), result.to_dict())
+        click.echo(f"json: {json_path}")
+    if result.comparisons and result.comparisons[0].first_divergent is not None:
+        raise VerificationError(
+            f"{bundle}: the compiled graph diverges from onnxruntime first at tensor "
+            f"'{result.comparisons[0].first_divergent.tensor}'")
 
 
 @cli.command("compress")
