@@ -12,6 +12,9 @@ Cases handled:
     3. ``Shape`` and ``Size`` of a value whose shape is static (every graph input is
        bound by the loader): they become constants even though their input is not, and
        even when they are graph outputs (TVM's Shape converter ignores start/end).
+    4. A reduction over an empty set (a reduced axis of size 0): its result is the
+       reduction's identity (0 for sums, 1 for a product, -inf / +inf for max / min,
+       -inf for log-sums), which TVM computed as garbage.
 
 Not folded, and why:
     - random ops (RandomNormal, Multinomial, ...): folding would freeze one sample;
@@ -63,7 +66,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         for node in list(graph):
             if not self._foldable(node, graph_outputs):
                 continue
-            results = _static_shape_of(node) or self._evaluate(node, opset)
+            results = (_static_shape_of(node) or _empty_reduction(node)
+                       or self._evaluate(node, opset))
             if results is None:
                 continue
             for output, array in zip(node.outputs, results, strict=True):
@@ -84,7 +88,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     def _foldable(self, node: ir.Node, graph_outputs: set[int]) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC | _KEPT:
             return False
-        if _static_shape_of(node) is not None:
+        if _static_shape_of(node) is not None or _empty_reduction(node) is not None:
             return True
         if any(id(out) in graph_outputs for out in node.outputs):
             return False
@@ -134,3 +138,43 @@ def _static_shape_of(node: ir.Node) -> list[np.ndarray] | None:
     end = node.attributes.get_int("end", rank)
     start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
     return [np.array(dims[start:end], dtype=np.int64)]
+
+
+_REDUCTION_IDENTITY = {
+    "ReduceSum": 0.0, "ReduceSumSquare": 0.0, "ReduceL1": 0.0, "ReduceL2": 0.0,
+    "ReduceProd": 1.0, "ReduceMax": -np.inf, "ReduceMin": np.inf, "ReduceLogSum": -np.inf,
+    "ReduceLogSumExp": -np.inf,
+}
+
+
+def _empty_reduction(node: ir.Node) -> list[np.ndarray] | None:
+    """Case 4: the identity-filled result of a reduction over a zero-size axis."""
+    if node.op_type not in _REDUCTION_IDENTITY or node.domain not in ("", "ai.onnx"):
+        return None
+    data = node_input(node, 0)
+    dims = static_shape(data)
+    if dims is None or data is None or data.dtype is None:
+        return None
+    axes_input = node_input(node, 1)
+    if axes_input is not None:
+        array = constant_array(axes_input)
+        if array is None:
+            return None
+        axes = [int(a) for a in np.asarray(array).reshape(-1)]
+    else:
+        axes = list(node.attributes.get_ints("axes", []) or [])
+    if not axes:
+        if node.attributes.get_int("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(len(dims)))
+    axes = [a % len(dims) for a in axes] if dims else []
+    if not any(dims[a] == 0 for a in axes):
+        return None
+    keep = node.attributes.get_int("keepdims", 1)
+    shape = [1 if i in axes else d for i, d in enumerate(dims) if keep or i not in axes]
+    dtype = data.dtype.numpy()
+    value = _REDUCTION_IDENTITY[node.op_type]
+    if not np.issubdtype(dtype, np.floating) and not np.isfinite(value):
+        info = np.iinfo(dtype)
+        value = info.min if value < 0 else info.max
+    return [np.full(shape, value, dtype=dtype)]

@@ -63,3 +63,22 @@ def test_large_results_stay_computed_but_static_shapes_fold():
     shape_output = result.model.graph.outputs[1]
     assert shape_output.name == "x_shape"
     np.testing.assert_array_equal(shape_output.const_value.numpy(), [1000, 1000])
+
+
+def test_a_reduction_over_an_empty_axis_folds_to_its_identity():
+    for op, keep, want in [("ReduceSum", 1, 0.0), ("ReduceProd", 0, 1.0),
+                           ("ReduceMax", 1, -np.inf), ("ReduceMin", 1, np.inf),
+                           ("ReduceL2", 0, 0.0)]:
+        axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+        shape = [2, 1, 4] if keep else [2, 4]
+        model = make_model(
+            [helper.make_node(op, ["x", "axes"], ["y"], keepdims=keep)],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 0, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [axes])
+        folded = FoldConstantsPass()(to_ir(model)).model
+        assert op not in op_types(folded), op
+        expected = run_ort(model, {"x": np.zeros((2, 0, 4), np.float32)})[0]
+        assert expected.shape == tuple(shape) and np.all(expected == want), op
+        value = folded.graph.outputs[0].const_value
+        assert value is not None, op
+        np.testing.assert_array_equal(value.numpy(), expected)

@@ -74,7 +74,29 @@ def _control_flow(node: onnx.NodeProto, constants: Constants) -> Gap | None:
                        "--input-shape binds them, and --outputs can cut the graph before it")
 
 
+def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    found = next((a for a in node.attribute if a.name == name), None)
+    return int(found.i) if found is not None else default
+
+
+def _batch_norm(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    if _attribute(node, "training_mode", 0):
+        return Gap(REJECT, "training_mode=1 (batch statistics, running-mean outputs) is a "
+                           "training computation; export the model in eval mode")
+    return None
+
+
+def _is_inf(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    # The converter ignores both attributes and reports either infinity.
+    if not _attribute(node, "detect_negative", 1) or not _attribute(node, "detect_positive", 1):
+        return Gap(REJECT, "detect_negative=0 / detect_positive=0 are ignored by TVM's IsInf; "
+                           "write IsInf(x) And (x > 0) (or < 0) instead")
+    return None
+
+
 GAPS: dict[str, Callable[[onnx.NodeProto, Constants], Gap | None]] = {
+    "BatchNormalization": _batch_norm,
+    "IsInf": _is_inf,
     "If": _control_flow,
     "Loop": _control_flow,
     "Scan": _control_flow,

@@ -66,3 +66,36 @@ def test_import_failure_names_the_node(capsys):
     # TVM's own chatter about the failure is not shown: the error says it once.
     captured = capsys.readouterr()
     assert "Error converting" not in captured.out + captured.err
+
+
+def test_isinf_with_one_sign_and_training_batchnorm_are_rejected():
+    isinf = make_model(
+        [helper.make_node("IsInf", ["x"], ["y"], detect_negative=0, name="inf_check")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.BOOL, [4])])
+    with pytest.raises(UnsupportedOpError, match="inf_check.*IsInf.*detect_negative"):
+        check_supported(isinf)
+    both = make_model(
+        [helper.make_node("IsInf", ["x"], ["y"], name="inf_any")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.BOOL, [4])])
+    check_supported(both)  # both signs: TVM's IsInf is right
+    stats = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("s", "b", "m", "v")]
+    bn = make_model(
+        [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"],
+                          training_mode=1, name="bn_train")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4])], stats)
+    with pytest.raises(UnsupportedOpError, match="bn_train.*training_mode=1"):
+        check_supported(bn)
+
+
+def test_nms_and_data_dependent_control_flow_are_rejected_by_node():
+    limits = [numpy_helper.from_array(np.array([2], np.int64), "m")]
+    nms = make_model(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "m"], ["sel"], name="nms_1")],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 4])],
+        [helper.make_tensor_value_info("sel", TensorProto.INT64, ["K", 3])], limits)
+    with pytest.raises(UnsupportedOpError, match="nms_1.*K selected.*--outputs"):
+        check_supported(nms)
