@@ -306,6 +306,9 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 @click.option("--db", "tuning_db", type=click.Path(path_type=Path),
               help="MetaSchedule database from hwcomp tune [default: <cache>/tuning/<target>].")
 @click.option("--no-tuning-db", is_flag=True, help="Ignore tuning records: default schedules only.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write a JSON summary (schema hwcomp-build/1: verification, "
+                   "compression, precision, memory, counts; the manifest has the rest).")
 @click.option("--outputs", metavar="NAME,NAME",
               help="Compile (analyze) only up to these tensors: they become the outputs and "
                    "what follows them (NMS, decoding) is cut off.")
@@ -317,7 +320,8 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           no_tuning_db: bool, prune: str | None,
           lowrank: float | None, importance: str, accuracy_budget: str | None,
           labels: Path | None, reconstruct: bool, calib_random: int,
-          distill: DistillOptions | None, outputs: str | None) -> None:
+          distill: DistillOptions | None, outputs: str | None,
+          json_path: Path | None) -> None:
     """Compile MODEL for a target into a bundle verified against onnxruntime."""
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
@@ -360,6 +364,31 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
                    + (f", {ratio:.3f} MACs per instruction" if ratio else "")
                    + "; per layer: manifest.json layer_counts")
     click.echo(f"time: {result.seconds:.1f} s")
+    if json_path:
+        write_json(Path(json_path), _build_summary(result))
+        click.echo(f"json: {json_path}")
+
+
+def _build_summary(result: api.BuildResult) -> dict[str, Any]:
+    """Return ``build --json``'s document: the manifest's figures a script reads."""
+    manifest = result.manifest
+    counts = manifest.get("layer_counts") or {}
+    return {
+        "schema": "hwcomp-build/1",
+        "bundle": str(result.bundle),
+        "target": {"name": result.target.name, "family": result.target.family},
+        "verification": manifest.get("verification"),
+        "cut": manifest.get("cut"),
+        "compression": manifest.get("compression"),
+        "precision": manifest.get("precision"),
+        "memory": (manifest.get("mcu") or {}).get("library"),
+        "instructions": None if not counts else {
+            "kernel_instructions": counts.get("kernel_instructions"),
+            "macs_per_instruction": counts.get("macs_per_instruction"),
+            "unit": "emulated instructions (counts, not cycles)"},
+        "seconds": round(result.seconds, 3),
+        "manifest": str(result.bundle / "manifest.json"),
+    }
 
 
 def _echo_cut(cut: dict[str, Any] | None) -> None:

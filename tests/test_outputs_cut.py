@@ -37,10 +37,14 @@ def _check_cut_bundle(bundle, detector):
 
 def test_build_up_to_the_heads_for_host(detector, tmp_path):
     proc = run_cli("build", str(detector), "-t", "host", "-o", str(tmp_path), "--outputs",
-                   "boxes,scores")
+                   "boxes,scores", "--json", str(tmp_path / "build.json"))
     assert proc.returncode == 0, proc.stderr
     assert "cut at: boxes, scores (3 node(s) after them removed: 1 NonMaxSuppression" in proc.stdout
     _check_cut_bundle(tmp_path / "det-host", detector)
+    summary = json.loads((tmp_path / "build.json").read_text())  # build --json
+    assert summary["schema"] == "hwcomp-build/1" and summary["target"]["name"] == "host"
+    assert summary["verification"]["status"] == "passed"
+    assert summary["cut"]["outputs"] == ["boxes", "scores"] and summary["compression"] is None
 
 
 @pytest.mark.cross
