@@ -138,6 +138,16 @@ def _conv(graph: ChannelGraph, node: ir.Node) -> None:
             for c in range(in_count) for j in range(multiplier)
         )
         return
+    if in_count % groups == 0 and out_count % groups == 0:
+        # Grouped (RegNet, ResNeXt): prune the same slot in every group, so the groups stay
+        # equal. Input channel g*k+j of every group g is one channel (whatever feeds it loses
+        # that slot in every group); so is output g*k'+j, of which this conv is the source.
+        _source_layer(graph, node, "")
+        for value, per_group in ((data, in_count // groups), (out, out_count // groups)):
+            graph.links.add_edges_from(
+                ((_name(value), j), (_name(value), g * per_group + j))
+                for g in range(1, groups) for j in range(per_group))
+        return
     _source_layer(graph, node,
                   f"{node.name}: grouped convolution (group={groups}) needs equal channels per group")
 

@@ -7,6 +7,7 @@ channel alignment), and rewrites every affected node so weights and activations 
 shrink:
 
     1. Conv: filters (axis 0) and input columns (axis 1); depthwise: filters and ``group``;
+       grouped: filters and the same input slots of every group (``group`` kept);
     2. ConvTranspose: input rows (axis 0) and output columns (axis 1);
     3. Gemm / MatMul: weight rows and columns, per-column bias;
     4. BatchNormalization / InstanceNormalization / PRelu: per-channel parameters;
@@ -129,7 +130,10 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
                 ratio: float) -> list[int]:
         """Return the indices (into ``group.components``) of the channels to remove."""
         keep = group.size - int(math.floor(ratio * group.size))
-        keep = min(group.size, max(self.alignment, math.ceil(keep / self.alignment) * self.alignment))
+        # The alignment is in channels; a logical channel of a grouped conv spans one slot of
+        # each of its groups, so fewer logical channels make a multiple of it.
+        unit = self.alignment // math.gcd(self.alignment, _multiplicity(model, group))
+        keep = min(group.size, max(unit, math.ceil(keep / unit) * unit))
         if keep >= group.size:
             return []
         scores = self._scores(model, group)
@@ -143,6 +147,14 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
             if scores is not None:
                 return scores
         return _norm_scores(model, group, 2 if self.importance == "l2" else 1)
+
+
+def _multiplicity(model: ir.Model, group: ChannelGroup) -> int:
+    """Return how many channels of its source's output each logical channel of ``group`` spans."""
+    node = next((n for n in model.graph if n.name == group.sources[0]), None)
+    tensor = node.outputs[0].name if node is not None else None
+    counts = [sum(1 for t, _ in component if t == tensor) for component in group.components]
+    return max(1, min(counts, default=1))
 
 
 def _out_axis(node: ir.Node) -> int:
@@ -223,8 +235,13 @@ def _rewrite(model: ir.Model, removed: set[tuple[str, int]]) -> None:
             groups = node.attributes.get_int("group", 1)
             _take(graph, node, 1, keep_out, 0)
             _take(graph, node, 2, keep_out, 0)
+            weight = constant_array(node_input(node, 1))
             if groups == 1:
                 _take(graph, node, 1, keep_in, 1)
+            elif keep_in is not None and weight is not None and weight.shape[1] > 1:
+                # Grouped: the same slots go in every group (the analysis couples them).
+                per_group = weight.shape[1]
+                _take(graph, node, 1, sorted({c % per_group for c in keep_in}), 1)
             elif keep_in is not None:
                 node.attributes["group"] = ir.AttrInt64("group", len(keep_in))
         elif op == "ConvTranspose":

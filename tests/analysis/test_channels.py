@@ -62,7 +62,10 @@ def test_unprovable_ops_freeze_with_reasons():
         [numpy_helper.from_array(_w(4, 4, 1, 1), "w1"), numpy_helper.from_array(_w(4, 2, 1, 1), "w2"),
          numpy_helper.from_array(_w(2, 4, 1, 1), "w3")]))
     analysis = analyze_channels(model)
-    assert analysis.groups == []
     assert "swap: Transpose moves the channel axis" in analysis.frozen_sources["conv1"]
-    assert "grouped convolution (group=2)" in analysis.frozen_sources["grouped"]
     assert analysis.frozen_sources["conv3"] == "model output 'y' keeps its shape"
+    # The grouped conv's outputs prune by slot: channel j of every group together.
+    (group,) = analysis.groups
+    assert group.sources == ("grouped",)
+    assert sorted(sorted(c) for c in group.components) == [[("c", 0), ("c", 2)],
+                                                           [("c", 1), ("c", 3)]]

@@ -120,8 +120,9 @@ def test_light_models_prune_at_30_percent(name, tmp_path):
              np.random.default_rng(0).standard_normal(list(model.graph.inputs[0].shape)).astype(np.float32)}
     out = run_ort(result.model, feeds)[0]
     assert np.isfinite(out).all()
-    if name == "shufflenet":  # grouped convs and channel shuffles: frozen, with reasons
-        assert report.groups == [] and any("group" in r for r in report.frozen_layers.values())
+    if name == "shufflenet":  # channel shuffles (Reshape-Transpose-Reshape): frozen, with reasons
+        assert report.macs_after == report.macs_before
+        assert any("Reshape that is not a flatten" in r for r in report.frozen_layers.values())
     elif name == "bvlc_alexnet":  # grouped convs freeze most layers; the FC layers prune
         assert report.macs_after < report.macs_before
     else:
@@ -152,3 +153,42 @@ def test_activation_importance_finds_channels_relu_always_zeroes():
     assert -1000 not in kept_bias  # the dead channel went
     norm_bias = [n.inputs[2].const_value.numpy() for n in by_norm.graph if n.name == "conv_a"][0]
     assert -1000 in norm_bias  # L1 kept it for its large weights
+
+
+def test_grouped_conv_prunes_the_same_slot_in_every_group_exactly():
+    """A ResNeXt-style block: pruned == the original with the removed filters zeroed."""
+    rng = np.random.default_rng(5)
+    arrays = {"w1": (16, 8, 1, 1), "b1": (16,), "w2": (16, 4, 3, 3), "b2": (16,), "w3": (8, 16, 1, 1)}
+    weights = {n: (rng.standard_normal(shape) * 0.5).astype(np.float32) for n, shape in arrays.items()}
+    proto = make_model(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="reduce"),
+         helper.make_node("Relu", ["a"], ["ra"]),
+         helper.make_node("Conv", ["ra", "w2", "b2"], ["g"], group=4, pads=[1, 1, 1, 1],
+                          name="grouped"),
+         helper.make_node("Relu", ["g"], ["rg"]),
+         helper.make_node("Conv", ["rg", "w3"], ["y"], name="expand")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+        [numpy_helper.from_array(a, n) for n, a in weights.items()])
+    result = compress_graph(to_ir(proto), 0.5)
+    kept = result.pruning.kept
+    grouped = next(n for n in result.model.graph if n.name == "grouped")
+    assert grouped.attributes.get_int("group") == 4
+    assert list(grouped.inputs[1].const_value.numpy().shape) == [8, 2, 3, 3]  # 2 slots a group
+    for tensor in ("a", "g"):  # the same slots in each of the 4 groups of 4
+        slots = [{c % 4 for c in kept[tensor] if c // 4 == g} for g in range(4)]
+        assert len(kept[tensor]) == 8 and all(s == slots[0] for s in slots), kept[tensor]
+    zeroed = dict(weights)
+    for tensor, weight, bias in (("a", "w1", "b1"), ("g", "w2", "b2")):
+        removed = [c for c in range(16) if c not in kept[tensor]]
+        zeroed[weight] = zeroed[weight].copy()
+        zeroed[bias] = zeroed[bias].copy()
+        zeroed[weight][removed] = 0
+        zeroed[bias][removed] = 0
+    reference = onnx.ModelProto()
+    reference.CopyFrom(proto)
+    del reference.graph.initializer[:]
+    reference.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in zeroed.items())
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(result.model, {"x": x})[0], run_ort(reference, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
