@@ -360,7 +360,10 @@ def build_channel_graph(model: ir.Model) -> ChannelGraph:
     graph = ChannelGraph()
     for value in model.graph.inputs:
         graph.freeze(value, f"model input '{value.name}' keeps its shape")
+    shuffled = _channel_shuffles(graph, model)
     for node in model.graph:
+        if id(node) in shuffled:
+            continue
         rule = RULES.get(node.op_type)
         if rule is None:
             for touched in [*node.inputs, *node.outputs]:
@@ -370,6 +373,64 @@ def build_channel_graph(model: ir.Model) -> ChannelGraph:
     for value in model.graph.outputs:
         graph.freeze(value, f"model output '{value.name}' keeps its shape")
     return graph
+
+
+def shuffle_pattern(node: ir.Node) -> tuple[ir.Node, ir.Node, int, int] | None:
+    """Match a channel shuffle starting at ``node``.
+
+    The pattern: Reshape ``[N, C, ...] -> [N, G, C/G, ...]``, Transpose ``perm [0, 2, 1,
+    ...]``, Reshape back to ``[N, C, ...]``. Returns the Transpose, the second Reshape, G
+    and C/G; None when ``node`` starts none.
+    """
+    if node.op_type != "Reshape" or not node.outputs:
+        return None
+    data, split = node.inputs[0], node.outputs[0]
+    in_shape, mid_shape = static_shape(data), static_shape(split)
+    if in_shape is None or mid_shape is None or len(mid_shape) != len(in_shape) + 1:
+        return None
+    if mid_shape[0] != in_shape[0] or mid_shape[3:] != in_shape[2:] or \
+            mid_shape[1] * mid_shape[2] != in_shape[1]:
+        return None
+    uses = list(split.uses())
+    if len(uses) != 1 or uses[0].node.op_type != "Transpose":
+        return None
+    transpose = uses[0].node
+    perm = list(transpose.attributes.get_ints("perm", []))
+    if perm != [0, 2, 1, *range(3, len(mid_shape))]:
+        return None
+    after = list(transpose.outputs[0].uses())
+    if len(after) != 1 or after[0].node.op_type != "Reshape":
+        return None
+    back = after[0].node
+    if static_shape(back.outputs[0]) != in_shape:
+        return None
+    return transpose, back, mid_shape[1], mid_shape[2]
+
+
+def _channel_shuffles(graph: ChannelGraph, model: ir.Model) -> set[int]:
+    """Couple each channel shuffle's input and output channels; return the nodes it covers.
+
+    Output channel ``i*G + g`` is input channel ``g*k + i`` (k = C/G). Pruning keeps the
+    shuffle a shuffle only if every group loses the same slots, so slot ``i`` of all groups
+    is one logical channel (on both sides).
+    """
+    covered: set[int] = set()
+    for node in model.graph:
+        found = shuffle_pattern(node)
+        if found is None:
+            continue
+        transpose, back, groups, per_group = found
+        data, out = node.inputs[0], back.outputs[0]
+        graph.add_tensor(data)
+        graph.add_tensor(out)
+        graph.links.add_edges_from(
+            ((_name(data), g * per_group + i), (_name(out), i * groups + g))
+            for g in range(groups) for i in range(per_group))
+        graph.links.add_edges_from(
+            ((_name(data), i), (_name(data), g * per_group + i))
+            for g in range(1, groups) for i in range(per_group))
+        covered.update({id(node), id(transpose), id(back)})
+    return covered
 
 
 def analyze_channels(model: ir.Model) -> ChannelAnalysis:

@@ -34,7 +34,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from hwcomp.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels
+from hwcomp.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels, shuffle_pattern
 from hwcomp.analysis.cost import graph_cost
 from hwcomp.errors import HwcompError
 from hwcomp.irutil import constant_array, node_input, set_constant_input, static_shape
@@ -289,6 +289,13 @@ def _rewrite_reshape(graph: ir.Graph, node: ir.Node, keep_in: list[int] | None,
     if target is None or len(target) < 2 or (keep_in is None and keep_out is None):
         return
     new_target = target.copy()
+    shuffle = shuffle_pattern(node)
+    if shuffle is not None and keep_in is not None:
+        # A channel shuffle's split [N, G, C/G, ...]: every group kept the same slots.
+        groups = shuffle[2]
+        new_target[1], new_target[2] = groups, len(keep_in) // groups
+        _replace_constant(graph, node, 1, new_target)
+        return
     if len(target) == 2 and len(static_shape(node.inputs[0]) or []) > 2:
         new_target[1] = -1
     elif keep_out is not None and target[1] > 0:
