@@ -174,7 +174,9 @@ def _empty_reduction(node: ir.Node) -> list[np.ndarray] | None:
     shape = [1 if i in axes else d for i, d in enumerate(dims) if keep or i not in axes]
     dtype = data.dtype.numpy()
     value = _REDUCTION_IDENTITY[node.op_type]
-    if not np.issubdtype(dtype, np.floating) and not np.isfinite(value):
+    if dtype == np.bool_:
+        value = value > 0  # max of nothing: False; min of nothing: True
+    elif not np.issubdtype(dtype, np.floating) and not np.isfinite(value):
         info = np.iinfo(dtype)
         value = info.min if value < 0 else info.max
     return [np.full(shape, value, dtype=dtype)]
