@@ -1,5 +1,7 @@
 """hwcomp compress through the CLI: the report, the file it writes, and bad input."""
 
+import re
+
 import onnx
 
 from tests import model_zoo
@@ -37,8 +39,18 @@ def test_unknown_layer_in_ratio_file(tmp_path):
 
 
 def test_nothing_prunable_is_a_report_line(tmp_path):
+    from tests.passes.test_prune_channels import _single_conv_to_output
+
+    onnx.save(_single_conv_to_output(), tmp_path / "one.onnx")
+    proc = run_cli("compress", str(tmp_path / "one.onnx"), "-o", str(tmp_path / "s.onnx"),
+                   "--target", "host", "--prune", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing prunable" in proc.stdout and "frozen: only" in proc.stdout
+
+
+def test_a_transformer_block_prunes_its_ffn(tmp_path):
     onnx.save(model_zoo.transformer_block(), tmp_path / "block.onnx")
     proc = run_cli("compress", str(tmp_path / "block.onnx"), "-o", str(tmp_path / "s.onnx"),
                    "--target", "host", "--prune", "0.3")
     assert proc.returncode == 0, proc.stderr
-    assert "nothing prunable" in proc.stdout and "frozen:" in proc.stdout
+    assert re.search(r"\(FFN hidden\)\s+128\s+96\s+0.30", proc.stdout), proc.stdout

@@ -36,6 +36,7 @@ from onnx_ir.passes import common
 
 from hwcomp.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels, shuffle_pattern
 from hwcomp.analysis.cost import graph_cost
+from hwcomp.analysis.ffn import Ffn, find_ffns
 from hwcomp.errors import HwcompError
 from hwcomp.irutil import constant_array, node_input, set_constant_input, static_shape
 from hwcomp.model import infer_shapes
@@ -104,19 +105,60 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
             report.groups.append(GroupChange(group.name, group.size, group.size - len(drop), ratio))
             for index in drop:
                 removed.update(group.components[index])
+        ffns = find_ffns(model)
         outputs = [(v.name, static_shape(v)) for v in model.graph.outputs]
         for tensor in {t for t, _ in removed}:
             report.kept[tensor] = [c for c in range(analysis.channels[tensor])
                                    if (tensor, c) not in removed]
         if removed:
             _rewrite(model, removed)
+        pruned_ffn = False
+        for ffn in ffns:
+            pruned_ffn |= self._prune_ffn(model, ffn, report)
+        if pruned_ffn:
+            common.RemoveUnusedNodesPass()(model)  # and the weights the pruned ones replaced
+        if removed or pruned_ffn:
             model = infer_shapes(_clear_shapes(model))
             if [(v.name, static_shape(v)) for v in model.graph.outputs] != outputs:
                 raise HwcompError("pruning changed the model's outputs; this is a bug, please report it")
         after = graph_cost(model)
         report.macs_after, report.params_after = after.total_macs, after.total_params
         self.report = report
-        return ir.passes.PassResult(model, modified=bool(removed))
+        return ir.passes.PassResult(model, modified=bool(removed) or pruned_ffn)
+
+    def _prune_ffn(self, model: ir.Model, ffn: Ffn, report: PruneReport) -> bool:
+        """Remove the weakest hidden units of one transformer FFN; say whether any went.
+
+        Ranked by the L1 (L2) norms of their W1 column and W2 row, each over its mean,
+        whatever ``importance`` says (no BatchNorm, no axis-1 activation there).
+        """
+        ratio = self._ratio_for(ChannelGroup(ffn.name, (ffn.up.name or "",), ()))
+        hidden = ffn.hidden
+        keep_count = hidden - int(math.floor(ratio * hidden))
+        keep_count = min(hidden, max(self.alignment,
+                                     math.ceil(keep_count / self.alignment) * self.alignment))
+        report.groups.append(GroupChange(ffn.name, hidden, keep_count, ratio))
+        if keep_count >= hidden:
+            return False
+        up, down = constant_array(node_input(ffn.up, 1)), constant_array(node_input(ffn.down, 1))
+        assert up is not None and down is not None
+        order = 2 if self.importance == "l2" else 1
+        columns = np.linalg.norm(up, ord=order, axis=0)
+        rows = np.linalg.norm(down, ord=order, axis=1)
+        scores = columns / (columns.mean() or 1.0) + rows / (rows.mean() or 1.0)
+        keep = sorted(np.argsort(scores, kind="stable")[hidden - keep_count:].tolist())
+        graph = model.graph
+        _replace_constant(graph, ffn.up, 1, up[:, keep])
+        for node in ffn.between:
+            for index, value in enumerate(node.inputs):
+                array = constant_array(value)
+                if array is not None and array.size == hidden and array.shape[-1] == hidden:
+                    _replace_constant(graph, node, index, np.take(array, keep, axis=-1))
+        _replace_constant(graph, ffn.down, 1, down[keep, :])
+        report.kept[ffn.up.outputs[0].name or ""] = keep
+        for layer in (ffn.up.name, ffn.down.name):
+            report.frozen_layers.pop(layer or "", None)
+        return True
 
     def _ratio_for(self, group: ChannelGroup) -> float:
         if isinstance(self.ratios, int | float):

@@ -100,8 +100,9 @@ class ReconstructPass(ir.passes.InPlacePass):
             inputs = capture(model, [source.name or "" if source is not None else ""], self.batches)[0]
             outputs = reference.values([node.outputs[0].name or ""], self.batches)[0]
             channels = self.kept.get(node.outputs[0].name or "")
-            if channels is not None:
-                outputs = [o[:, channels] for o in outputs]
+            if channels is not None:  # axis 1 of a conv's output, the last of a MatMul's
+                outputs = [o[:, channels] if node.op_type in ("Conv", "ConvTranspose")
+                           else o[..., channels] for o in outputs]
             fit = _refit(node, model.graph, inputs, outputs)
             if fit.skipped:
                 self.report.skipped[name] = fit.skipped
@@ -292,8 +293,9 @@ def _add_bias(graph: ir.Graph, node: ir.Node, bias: np.ndarray) -> None:
     """MatMul has no bias input: add one after it (or update the Add that follows)."""
     output = node.outputs[0]
     value = add_constant(graph, f"{node.name}_refit_b", bias)
+    uses = list(output.uses())  # before the Add exists: it reads ``output`` too
     add = ir.node("Add", [output, value], name=f"{node.name}_refit_add")
-    uses = list(output.uses())
+    add.outputs[0].name = f"{output.name}_refit_biased"
     graph.insert_after(node, add)
     for use in uses:
         use.node.replace_input_with(use.idx, add.outputs[0])

@@ -101,10 +101,48 @@ def test_bad_ratios_are_clear_errors(tmp_path):
         parse_ratios(str(tmp_path / "missing.json"))
 
 
+def _single_conv_to_output():
+    return make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="only")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")])
+
+
 def test_nothing_prunable_is_reported_not_raised():
-    result = compress_graph(to_ir(model_zoo.transformer_block()), 0.3)
+    result = compress_graph(to_ir(_single_conv_to_output()), 0.3)
     assert result.pruning.groups == [] and result.pruning.frozen_layers
     assert result.pruning.macs_after == result.pruning.macs_before
+
+
+def test_transformer_ffn_hidden_units_prune_exactly_and_refit():
+    """MatMul -> Add -> Gelu -> MatMul: dropping hidden unit j drops row j of W2's input."""
+    proto = model_zoo.transformer_block()
+    model = to_ir(proto)
+    result = compress_graph(model, 0.3)
+    (group,) = result.pruning.groups
+    assert group.group.endswith("(FFN hidden)") and (group.before, group.after) == (128, 90)
+    kept = next(iter(result.pruning.kept.values()))
+    up = next(n for n in result.model.graph if group.group.startswith(n.name or "?"))
+    assert up.inputs[1].const_value.numpy().shape == (64, 90)
+    # The same computation: the original with W2's rows of the removed units zeroed.
+    reference = onnx.ModelProto()
+    reference.CopyFrom(proto)
+    ffn_down = next(n for n in reference.graph.node if n.op_type == "MatMul"
+                    and any(t.name == n.input[1] and t.dims[0] == 128
+                            for t in reference.graph.initializer))
+    weight = next(t for t in reference.graph.initializer if t.name == ffn_down.input[1])
+    array = numpy_helper.to_array(weight).copy()
+    array[[j for j in range(128) if j not in kept]] = 0
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    x = RNG.standard_normal((1, 16, 64)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(result.model, {"input": x})[0],
+                               run_ort(reference, {"input": x})[0], rtol=1e-4, atol=1e-4)
+    # Reconstruction refits both MatMuls (the second gains a bias Add) and stays a valid graph.
+    batches = [{"input": RNG.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(6)]
+    refit = compress_graph(model, 0.3, reconstruct_with=batches)
+    assert {f.layer for f in refit.reconstruction.fitted} >= {up.name}
+    assert np.isfinite(run_ort(refit.model, {"input": x})[0]).all()
 
 
 @pytest.mark.slow
