@@ -211,8 +211,8 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, options: Distill
             progress: Progress | None = None) -> tuple[onnx.ModelProto, DistillReport]:
     """Fine-tune ``student`` to match ``teacher`` on ``batches``; return it and the report.
 
-    ``fake_quant`` maps tensor names to ``(kind, parameters)`` rounding applied in training
-    (see :func:`hwcomp.compress.qat.fake_quant_hooks`); the returned model holds the float
+    ``fake_quant`` maps tensor names to the rounding applied to them in training (the hooks
+    of :func:`hwcomp.compress.qat.fake_quant_hooks`); the returned model holds the float
     weights. ``held_out`` names the batches that choose the epoch (default: a seeded fifth);
     ``labels`` cover every sample of ``batches``.
 
@@ -250,6 +250,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, options: Distill
     variances = [float(t.double().var()) or 1.0 for t in targets]
     runner = torch.func.vmap(lambda *xs: tuple(module(*xs)))
     alpha, temperature = options.kd_weight, options.temperature
+    group = max(1, options.batch // per_batch)  # model batches per step
 
     def loss_of(index: np.ndarray, with_labels: bool) -> tuple[Any, list[Any]]:
         picked = torch.from_numpy(index)
@@ -277,24 +278,29 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, options: Distill
         return total, list(outs)
 
     def evaluate() -> tuple[float, float | None, float | None, list[np.ndarray]]:
+        # A step's worth of batches at a time: the activations of every held-out sample
+        # at once would be the model's largest layer times the held-out count.
+        loss, first = 0.0, []
         with torch.no_grad():
-            loss, outs = loss_of(held_idx, False)
-        first = [o.numpy() for o in outs[0]]
+            for start in range(0, len(held_idx), group):
+                chunk = held_idx[start:start + group]
+                part, outs = loss_of(chunk, False)
+                loss += float(part) * len(chunk)
+                first += [o.numpy() for o in outs[0]]
         agreement = accuracy = None
         if kinds[0] != "values":
-            got = outs[0].reshape(-1, outs[0].shape[-1]).argmax(-1)
-            want = targets[0][torch.from_numpy(held_idx)].reshape(-1, outs[0].shape[-1]).argmax(-1)
-            agreement = float((got == want).double().mean())
+            got = np.concatenate([f.reshape(-1, f.shape[-1]) for f in first]).argmax(-1)
+            want = targets[0][torch.from_numpy(held_idx)].reshape(-1, first[0].shape[-1])
+            agreement = float((got == want.argmax(-1).numpy()).mean())
             if label_t is not None:
-                accuracy = float((got == label_t[torch.from_numpy(held_idx)].reshape(-1))
-                                 .double().mean())
-        return float(loss), agreement, accuracy, first
+                accuracy = float((got == label_t[torch.from_numpy(held_idx)].reshape(-1)
+                                  .numpy()).mean())
+        return loss / len(held_idx), agreement, accuracy, first
 
     parameters = list(module.parameters())
     lr = options.lr if options.lr is not None else (1e-4 if fake_quant else 1e-3)
     optimizer = torch.optim.Adam(parameters, lr=lr)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) * per_batch / options.batch))
-    group = max(1, options.batch // per_batch)
+    steps_per_epoch = math.ceil(len(train_idx) / group)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=options.epochs * steps_per_epoch)
     before_loss, _, _, before_outputs = evaluate()
