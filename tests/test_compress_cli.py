@@ -48,9 +48,10 @@ def test_nothing_prunable_is_a_report_line(tmp_path):
     assert "nothing prunable" in proc.stdout and "frozen: only" in proc.stdout
 
 
-def test_a_transformer_block_prunes_its_ffn(tmp_path):
+def test_a_transformer_block_prunes_its_heads_and_ffn(tmp_path):
     onnx.save(model_zoo.transformer_block(), tmp_path / "block.onnx")
     proc = run_cli("compress", str(tmp_path / "block.onnx"), "-o", str(tmp_path / "s.onnx"),
                    "--target", "host", "--prune", "0.3")
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"\(FFN hidden\)\s+128\s+96\s+0.30", proc.stdout), proc.stdout
+    assert re.search(r"\(attention heads\)\s+4\s+3\s+0.30", proc.stdout), proc.stdout

@@ -36,7 +36,7 @@ from onnx_ir.passes import common
 
 from hwcomp.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels, shuffle_pattern
 from hwcomp.analysis.cost import graph_cost
-from hwcomp.analysis.ffn import Ffn, find_ffns
+from hwcomp.analysis.ffn import Attention, Ffn, find_attention, find_ffns
 from hwcomp.errors import HwcompError
 from hwcomp.irutil import constant_array, node_input, set_constant_input, static_shape
 from hwcomp.model import infer_shapes
@@ -105,7 +105,7 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
             report.groups.append(GroupChange(group.name, group.size, group.size - len(drop), ratio))
             for index in drop:
                 removed.update(group.components[index])
-        ffns = find_ffns(model)
+        ffns, attentions = find_ffns(model), find_attention(model)
         outputs = [(v.name, static_shape(v)) for v in model.graph.outputs]
         for tensor in {t for t, _ in removed}:
             report.kept[tensor] = [c for c in range(analysis.channels[tensor])
@@ -115,6 +115,8 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
         pruned_ffn = False
         for ffn in ffns:
             pruned_ffn |= self._prune_ffn(model, ffn, report)
+        for attention in attentions:
+            pruned_ffn |= self._prune_heads(model, attention, report)
         if pruned_ffn:
             common.RemoveUnusedNodesPass()(model)  # and the weights the pruned ones replaced
         if removed or pruned_ffn:
@@ -158,6 +160,57 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
         report.kept[ffn.up.outputs[0].name or ""] = keep
         for layer in (ffn.up.name, ffn.down.name):
             report.frozen_layers.pop(layer or "", None)
+        return True
+
+    def _prune_heads(self, model: ir.Model, attention: Attention, report: PruneReport) -> bool:
+        """Remove the weakest heads of one multi-head attention; say whether any went.
+
+        A head's score: the norms of its Q, K and V columns and output-projection rows, each
+        over its mean. The channel alignment counts the kept heads' width (heads x d).
+        """
+        ratio = self._ratio_for(ChannelGroup(attention.name, (attention.output.name or "",), ()))
+        heads, width = attention.heads, attention.head_dim
+        keep_count = heads - int(math.floor(ratio * heads))
+        unit = self.alignment // math.gcd(self.alignment, width)
+        keep_count = min(heads, max(unit, math.ceil(keep_count / unit) * unit))
+        report.groups.append(GroupChange(attention.name, heads, keep_count, ratio))
+        if keep_count >= heads:
+            return False
+        order = 2 if self.importance == "l2" else 1
+        weights = [constant_array(node_input(mm, 1)) for mm, _ in attention.projections]
+        out = constant_array(node_input(attention.output, 1))
+        assert out is not None and all(w is not None for w in weights)
+        scores = np.zeros(heads)
+        for norms in [*(np.linalg.norm(w, ord=order, axis=0) for w in weights),  # type: ignore[arg-type]
+                      np.linalg.norm(out, ord=order, axis=1)]:
+            per_head = norms.reshape(heads, width).sum(axis=1)
+            scores += per_head / (per_head.mean() or 1.0)
+        keep = sorted(np.argsort(scores, kind="stable")[heads - keep_count:].tolist())
+        columns = [h * width + i for h in keep for i in range(width)]
+        graph = model.graph
+        for (matmul, add), weight in zip(attention.projections, weights, strict=True):
+            assert weight is not None
+            _replace_constant(graph, matmul, 1, weight[:, columns])
+            if add is not None:
+                for index, value in enumerate(add.inputs):
+                    bias = constant_array(value)
+                    if bias is not None and bias.shape == (heads * width,):
+                        _replace_constant(graph, add, index, bias[columns])
+            report.kept[matmul.outputs[0].name or ""] = columns
+            report.frozen_layers.pop(matmul.name or "", None)
+        for split in attention.splits:
+            target = constant_array(node_input(split, 1))
+            if target is not None and len(target) == 4 and target[2] == heads:
+                new_target = target.copy()
+                new_target[2] = keep_count
+                _replace_constant(graph, split, 1, new_target)
+        target = constant_array(node_input(attention.merge, 1))
+        if target is not None and target[-1] == heads * width:
+            new_target = target.copy()
+            new_target[-1] = keep_count * width
+            _replace_constant(graph, attention.merge, 1, new_target)
+        _replace_constant(graph, attention.output, 1, out[columns, :])
+        report.frozen_layers.pop(attention.output.name or "", None)
         return True
 
     def _ratio_for(self, group: ChannelGroup) -> float:

@@ -115,33 +115,40 @@ def test_nothing_prunable_is_reported_not_raised():
     assert result.pruning.macs_after == result.pruning.macs_before
 
 
-def test_transformer_ffn_hidden_units_prune_exactly_and_refit():
-    """MatMul -> Add -> Gelu -> MatMul: dropping hidden unit j drops row j of W2's input."""
-    proto = model_zoo.transformer_block()
+def test_transformer_heads_and_ffn_units_prune_exactly_and_refit():
+    """Dropping a head (FFN unit) is dropping its rows of the output projection (of W2)."""
+    proto = model_zoo.transformer_block()  # 4 heads of 16, FFN 64 -> 128 -> 64
     model = to_ir(proto)
-    result = compress_graph(model, 0.3)
-    (group,) = result.pruning.groups
-    assert group.group.endswith("(FFN hidden)") and (group.before, group.after) == (128, 90)
-    kept = next(iter(result.pruning.kept.values()))
-    up = next(n for n in result.model.graph if group.group.startswith(n.name or "?"))
-    assert up.inputs[1].const_value.numpy().shape == (64, 90)
-    # The same computation: the original with W2's rows of the removed units zeroed.
+    result = compress_graph(model, 0.5)
+    groups = {g.group.split(" ", 1)[1]: g for g in result.pruning.groups}
+    assert set(groups) == {"(attention heads)", "(FFN hidden)"}
+    assert (groups["(attention heads)"].before, groups["(attention heads)"].after) == (4, 2)
+    assert (groups["(FFN hidden)"].before, groups["(FFN hidden)"].after) == (128, 64)
+    kept = result.pruning.kept
+    ffn_kept = next(v for v in kept.values() if len(v) == 64 and max(v) >= 64)
+    head_columns = next(v for v in kept.values() if len(v) == 32 and max(v) < 64)
+    assert len({c // 16 for c in head_columns}) == 2  # whole heads
+    assert sum(1 for v in kept.values() if v == head_columns) == 3  # Q, K and V alike
+    # The same computation: the original with the dropped rows of Wo and W2 zeroed.
     reference = onnx.ModelProto()
     reference.CopyFrom(proto)
-    ffn_down = next(n for n in reference.graph.node if n.op_type == "MatMul"
-                    and any(t.name == n.input[1] and t.dims[0] == 128
-                            for t in reference.graph.initializer))
-    weight = next(t for t in reference.graph.initializer if t.name == ffn_down.input[1])
-    array = numpy_helper.to_array(weight).copy()
-    array[[j for j in range(128) if j not in kept]] = 0
-    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    inits = {t.name: t for t in reference.graph.initializer}
+    matmuls = [n for n in reference.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    out_proj = next(n for n in matmuls if numpy_helper.to_array(inits[n.input[1]]).shape == (64, 64)
+                    and any(u.op_type == "Reshape" for u in reference.graph.node
+                            if n.input[0] in u.output))
+    down = next(n for n in matmuls if numpy_helper.to_array(inits[n.input[1]]).shape == (128, 64))
+    for node, keep, size in ((out_proj, head_columns, 64), (down, ffn_kept, 128)):
+        array = numpy_helper.to_array(inits[node.input[1]]).copy()
+        array[[j for j in range(size) if j not in keep]] = 0
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(array, node.input[1]))
     x = RNG.standard_normal((1, 16, 64)).astype(np.float32)
     np.testing.assert_allclose(run_ort(result.model, {"input": x})[0],
                                run_ort(reference, {"input": x})[0], rtol=1e-4, atol=1e-4)
-    # Reconstruction refits both MatMuls (the second gains a bias Add) and stays a valid graph.
+    # Reconstruction refits the changed MatMuls (a bias Add after each) into a valid graph.
     batches = [{"input": RNG.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(6)]
-    refit = compress_graph(model, 0.3, reconstruct_with=batches)
-    assert {f.layer for f in refit.reconstruction.fitted} >= {up.name}
+    refit = compress_graph(model, 0.5, reconstruct_with=batches)
+    assert len(refit.reconstruction.fitted) >= 5
     assert np.isfinite(run_ort(refit.model, {"input": x})[0]).all()
 
 
