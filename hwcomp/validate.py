@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from hwcomp import model as model_io
 from hwcomp.errors import HwcompError, ModelLoadError
@@ -168,7 +169,7 @@ def compare_compiled(bundle: Path, target_name: str, inputs: Mapping[str, np.nda
                               tolerance, [], note="not run: the probe bundle (every tensor "
                               f"kept as an output) could not be built: {exc}")
         feeds = [np.asarray(inputs[spec.name])
-                 for spec in model_io.graph_inputs(model_io.load_model(folder / "probe.onnx"))]
+                 for spec in model_io.graph_inputs(ir.serde.deserialize_model(probe))]
         actual = lowering.execute(built.bundle, target, feeds).outputs
     reference = run_onnxruntime(probe, inputs)
     first = len(proto.graph.output)

@@ -44,10 +44,16 @@ class Ffn:
         return f"{self.up.name} (FFN hidden)"
 
 
-def _weight(node: ir.Node) -> tuple[int, int] | None:
+def _weight(node: ir.Node) -> tuple[int, ...] | None:
     """Return the ``[rows, cols]`` of a MatMul's constant 2-D weight (input 1), else None."""
     array = constant_array(node_input(node, 1))
-    return tuple(array.shape) if array is not None and array.ndim == 2 else None  # type: ignore[return-value]
+    return tuple(array.shape) if array is not None and array.ndim == 2 else None
+
+
+def _weight_dim(node: ir.Node, axis: int, size: int) -> bool:
+    """Tell whether ``node`` has a constant 2-D weight whose ``axis`` is ``size`` long."""
+    shape = _weight(node)
+    return shape is not None and shape[axis] == size
 
 
 def find_ffns(model: ir.Model) -> list[Ffn]:
@@ -81,7 +87,7 @@ def _region(up: ir.Node, hidden: int, outputs: set[int]) -> Ffn | None:
         for use in value.uses():
             consumer = use.node
             if consumer.op_type == "MatMul" and use.idx == 0:
-                if _weight(consumer) is None or _weight(consumer)[0] != hidden:  # type: ignore[index]
+                if not _weight_dim(consumer, 0, hidden):
                     return None
                 if down is not None and down is not consumer:
                     return None
@@ -167,7 +173,7 @@ def _projection(split_input: ir.Value | None, width: int) -> tuple[ir.Node, ir.N
             return None
         source = next((v for v in add.inputs if v is not None and v.const_value is None), None)
     matmul = _producer(source, "MatMul")
-    if matmul is None or _weight(matmul) is None or _weight(matmul)[1] != width:  # type: ignore[index]
+    if matmul is None or not _weight_dim(matmul, 1, width):
         return None
     if len(list(source.uses())) != 1:  # type: ignore[union-attr]
         return None
@@ -202,8 +208,8 @@ def find_attention(model: ir.Model) -> list[Attention]:
             continue
         heads, head_dim = shape[1], shape[3]
         output = _only_use(merge.outputs[0])
-        if output is None or output.op_type != "MatMul" or _weight(output) is None \
-                or _weight(output)[0] != heads * head_dim:  # type: ignore[index]
+        if output is None or output.op_type != "MatMul" \
+                or not _weight_dim(output, 0, heads * head_dim):
             continue
         found_v = _split(context.inputs[1], heads, head_dim)
         softmax = _producer(context.inputs[0], "Softmax")

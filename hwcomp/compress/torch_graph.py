@@ -196,16 +196,22 @@ def _ints(value: Any) -> list[int]:
     return [int(v) for v in value.tolist()] if hasattr(value, "tolist") else list(value)
 
 
+def _torch_pads(pads: Sequence[int]) -> list[int]:
+    """Return ONNX's ``[begin..., end...]`` pads in ``F.pad``'s order (last axis first)."""
+    rank = len(pads) // 2
+    flat: list[int] = []
+    for axis in reversed(range(rank)):
+        flat += [pads[axis], pads[rank + axis]]
+    return flat
+
+
 def _pads(torch: Any, x: Any, pads: Sequence[int], value: float = 0.0) -> tuple[Any, list[int]]:
     """Return ``x`` padded where ONNX's begin/end pads differ, and the symmetric remainder."""
     rank = len(pads) // 2
     begin, end = list(pads[:rank]), list(pads[rank:])
     if begin == end:
         return x, begin
-    flat: list[int] = []
-    for b, e in zip(reversed(begin), reversed(end), strict=True):
-        flat += [b, e]
-    return torch.nn.functional.pad(x, flat, value=value), [0] * rank
+    return torch.nn.functional.pad(x, _torch_pads(pads), value=value), [0] * rank
 
 
 def _conv(torch: Any, a: dict[str, Any], args: list[Any], opset: int) -> Any:
@@ -266,9 +272,7 @@ def _pool(torch: Any, a: dict[str, Any], args: list[Any], kind: str) -> Any:
                                                                                  strict=False)):
         # Asymmetric (or more than half a window) padding: sum and count by hand.
         ones = torch.ones_like(x[:1, :1])
-        flat: list[int] = []
-        for b, e in zip(reversed(pads[:rank]), reversed(pads[rank:]), strict=True):
-            flat += [b, e]
+        flat = _torch_pads(pads)
         padded = F.pad(x, flat)
         function = [F.avg_pool1d, F.avg_pool2d, F.avg_pool3d][rank - 1]
         total = function(padded, kernel, strides, 0, ceil_mode=ceil) * math.prod(kernel)
@@ -476,9 +480,7 @@ def _pad(torch: Any, a: dict[str, Any], args: list[Any], opset: int) -> Any:
         for i, axis in enumerate(axes):
             full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
         pads = full
-    flat: list[int] = []
-    for axis in reversed(range(rank)):
-        flat += [pads[axis], pads[rank + axis]]
+    flat = _torch_pads(pads)
     mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[a.get("mode", "constant")]
     if mode == "constant":
         return torch.nn.functional.pad(x, flat, value=value)

@@ -136,9 +136,7 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
         """
         ratio = self._ratio_for(ChannelGroup(ffn.name, (ffn.up.name or "",), ()))
         hidden = ffn.hidden
-        keep_count = hidden - int(math.floor(ratio * hidden))
-        keep_count = min(hidden, max(self.alignment,
-                                     math.ceil(keep_count / self.alignment) * self.alignment))
+        keep_count = _kept_count(hidden, ratio, self.alignment)
         report.groups.append(GroupChange(ffn.name, hidden, keep_count, ratio))
         if keep_count >= hidden:
             return False
@@ -170,9 +168,7 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
         """
         ratio = self._ratio_for(ChannelGroup(attention.name, (attention.output.name or "",), ()))
         heads, width = attention.heads, attention.head_dim
-        keep_count = heads - int(math.floor(ratio * heads))
-        unit = self.alignment // math.gcd(self.alignment, width)
-        keep_count = min(heads, max(unit, math.ceil(keep_count / unit) * unit))
+        keep_count = _kept_count(heads, ratio, self.alignment, width)
         report.groups.append(GroupChange(attention.name, heads, keep_count, ratio))
         if keep_count >= heads:
             return False
@@ -224,11 +220,8 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
     def _choose(self, model: ir.Model, analysis: ChannelAnalysis, group: ChannelGroup,
                 ratio: float) -> list[int]:
         """Return the indices (into ``group.components``) of the channels to remove."""
-        keep = group.size - int(math.floor(ratio * group.size))
-        # The alignment is in channels; a logical channel of a grouped conv spans one slot of
-        # each of its groups, so fewer logical channels make a multiple of it.
-        unit = self.alignment // math.gcd(self.alignment, _multiplicity(model, group))
-        keep = min(group.size, max(unit, math.ceil(keep / unit) * unit))
+        # A logical channel of a grouped conv spans one slot of each of its groups.
+        keep = _kept_count(group.size, ratio, self.alignment, _multiplicity(model, group))
         if keep >= group.size:
             return []
         scores = self._scores(model, group)
@@ -242,6 +235,17 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
             if scores is not None:
                 return scores
         return _norm_scores(model, group, 2 if self.importance == "l2" else 1)
+
+
+def _kept_count(size: int, ratio: float, alignment: int, width: int = 1) -> int:
+    """Return how many of ``size`` units to keep at ``ratio``, rounded up to the alignment.
+
+    The alignment is in channels and each unit spans ``width`` of them (a head's width, a
+    grouped conv's groups), so fewer units may make a multiple of it; at least one step.
+    """
+    unit = alignment // math.gcd(alignment, width)
+    keep = size - int(math.floor(ratio * size))
+    return min(size, max(unit, math.ceil(keep / unit) * unit))
 
 
 def _multiplicity(model: ir.Model, group: ChannelGroup) -> int:
