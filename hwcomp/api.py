@@ -22,9 +22,9 @@ import numpy as np
 import onnx_ir as ir
 
 import hwcomp
+from hwcomp import bench, report
 from hwcomp import model as model_io
 from hwcomp import profile as latency
-from hwcomp import report
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.compress import distill, driver
 from hwcomp.compress import precision as quantize
@@ -97,11 +97,7 @@ def analyze(
                        model_path, len(unknown), unknown[0].name)
         model_io.learn_shapes(model, unknown, seed)
     graph_cost = cost.graph_cost(model)
-    # Layers hwcomp profile measured on this target (or predicts from them) take those times,
-    # and the elementwise ops TVM fuses after them none of their own.
-    measured_s, predicted_s = latency.layer_times(graph_cost, target.name)
-    estimate = roofline.estimate(graph_cost, target, measured_s, predicted_s,
-                                 _fused_after(model, {*measured_s, *predicted_s}))
+    estimate = latency.estimate_model(model, target, graph_cost)
     measured = None
     if calib is not None or calib_random:
         specs = model_io.graph_inputs(model)
@@ -126,26 +122,6 @@ def analyze(
         target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
         counted=counted, cut=None if cut is None else cut.to_dict(),
     )
-
-
-# Ops TVM fuses into the kernel of the conv / matmul before them (its epilogue).
-_EPILOGUE_OPS = frozenset({
-    "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid",
-    "HardSwish", "LeakyRelu", "PRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
-    "QuantizeLinear", "DequantizeLinear"})
-
-
-def _fused_after(model: ir.Model, timed: set[str]) -> set[str]:
-    """Names of the elementwise nodes downstream of a timed layer, through elementwise ones."""
-    producer = {value.name: cost.node_name(node) for node in model.graph
-                for value in node.outputs}
-    fused: set[str] = set()
-    for node in model.graph:
-        if node.op_type in _EPILOGUE_OPS and any(
-                value is not None and producer.get(value.name) in timed | fused
-                for value in node.inputs):
-            fused.add(cost.node_name(node))
-    return fused
 
 
 def _bundle_counts(bundle: Path, target: Target, graph_cost: cost.GraphCost) -> report.Counted:
@@ -277,15 +253,19 @@ def build(
     options.validate()
     precision = precision_options or quantize.PrecisionOptions()
     precision.validate()
-    if options.distill is not None and precision.precision in ("int8", "auto"):
+    if options.optimize is not None and precision.requested:
+        raise OptionError(f"--optimize chooses each layer's precision itself: drop --precision "
+                          f"{precision.precision} (or drop --optimize)")
+    if options.distill is not None and (precision.precision in ("int8", "auto")
+                                        or options.optimize is not None):
         calib = calib or options.distill.data  # the distillation samples calibrate too
     else:
         options.require_student()
-    if tolerance is None:
-        tolerance = QUANTIZED_TOLERANCE if precision.requested else DEFAULT_TOLERANCE
 
     model, compressed, plan, cut = _transformed_model(model_path, target, input_shapes, options,
                                                       precision, calib, progress, outputs)
+    if tolerance is None:
+        tolerance = QUANTIZED_TOLERANCE if plan is not None else DEFAULT_TOLERANCE
     original = model_io.to_proto(model)
     input_specs = model_io.graph_inputs(model)
     inputs = _verification_inputs(input_specs, calib, seed)
@@ -326,6 +306,13 @@ def build(
         manifest["planned_on"] = _planning_samples(calib, options, precision)
         manifest.update(_kernel_records(prepared.kernels, compiled, database))
         write_json(staging / "manifest.json", manifest)
+        if options.optimize is not None and compressed is not None and compressed.plan:
+            compressed.plan.measured = _plan_measurement(staging, target, manifest, lowering)
+            manifest["plan"] = compressed.plan.to_dict()
+            manifest["compression"]["plan"] = "see plan"
+            write_json(staging / "manifest.json", manifest)
+            report.render_plan_report(staging / "plan.html", manifest["plan"], model_path.name,
+                               target.name)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):
             raise VerificationError(
@@ -356,8 +343,13 @@ def _transformed_model(
     original = model
     compressed = None
     if options.requested:
-        compressed = driver.compress_with_data(model, target, options, progress)
+        compressed = driver.compress_with_data(model, target, options, progress,
+                                               plan_precision=True)
         model = compressed.result.model
+        joint = compressed.plan if options.optimize is not None else None
+        if joint is not None and joint.precisions:
+            precision = dataclasses.replace(precision, precision="planned",
+                                            planned=tuple(sorted(joint.precisions.items())))
     plan = None
     if precision.requested:
         qat = None
@@ -368,6 +360,32 @@ def _transformed_model(
                                       progress, on_calibration=same)
         model, plan = _quantize(model, target, precision, calib, qat)
     return model, compressed, plan, cut
+
+
+def _plan_measurement(bundle: Path, target: Target, manifest: dict[str, Any],
+                      lowering: Any) -> dict[str, Any]:
+    """Time the planned bundle where this machine can, to set beside the plan's prediction.
+
+    Cortex-M: the build's emulated instruction count at the profile's cycles per
+    instruction and clock (counted, not measured). A target this machine runs natively: the
+    bundle's runner, median of 20 runs after 3 warm-up runs. Else: not measured here.
+    """
+    counts = manifest.get("layer_counts")
+    if counts:
+        instructions = int(counts["kernel_instructions"])
+        return {"seconds": instructions * target.cycles_per_instruction / target.clock_hz,
+                "source": "counted", "instructions": instructions,
+                "how": (f"instructions executed on the emulated board x "
+                        f"{target.cycles_per_instruction:g} cycle(s) per instruction at "
+                        f"{target.clock_hz / 1e6:g} MHz: COUNTED, NOT MEASURED")}
+    reason = lowering.not_run_reason(target)
+    if target.emulator or reason or not (bundle / "bin" / "hwcomp_runner").is_file():
+        return {"seconds": None, "source": "not measured",
+                "how": reason or "runs under emulation here: time it on the board with "
+                                 "hwcomp bench --device rpc://HOST:PORT"}
+    samples = bench.runner_samples(bundle, warmup=3, repeat=20, number=1, threads=target.cores)
+    return {"seconds": float(np.median(samples)) / 1e3, "source": "measured",
+            "how": "the bundle's runner on this machine: median of 20 runs after 3 warm-up"}
 
 
 def _planning_samples(calib: Path | None, options: driver.CompressionOptions,

@@ -20,6 +20,7 @@ from hwcomp.analysis import sensitivity
 from hwcomp.compress.distill import DistillOptions, EpochRecord
 from hwcomp.compress.driver import CompressionOptions, CompressionOutcome
 from hwcomp.compress.pipeline import parse_budget
+from hwcomp.compress.planner import OBJECTIVES
 from hwcomp.compress.precision import (
     CALIBRATION_METHODS,
     DEFAULT_MIN_SQNR_DB,
@@ -173,6 +174,14 @@ def compression_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--calib-random", type=int, default=0, metavar="N",
                      help="No --calib: plan --prune/--precision auto on N seeded random samples "
                           "anyway (judged on noise; said in the output and manifest)."),
+        click.option("--optimize", type=click.Choice(list(OBJECTIVES)),
+                     help="One planner chooses each group's pruning ratio and (build) each "
+                          "layer's precision for the lowest predicted latency, weight bytes "
+                          "or activation bytes under --accuracy-budget (else --min-sqnr); "
+                          "every candidate in the manifest's plan and plan.html."),
+        click.option("--latency-budget", metavar="5ms",
+                     help="With --optimize: the most accurate plan predicted within this "
+                          "time (ms, or 800us); none within the accuracy budget: exit 5."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -308,7 +317,7 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 @click.option("--no-tuning-db", is_flag=True, help="Ignore tuning records: default schedules only.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write a JSON summary (schema hwcomp-build/1: verification, "
-                   "compression, precision, memory, counts; the manifest has the rest).")
+                   "compression, precision, plan, memory, counts; the manifest has the rest).")
 @click.option("--outputs", metavar="NAME,NAME",
               help="Compile (analyze) only up to these tensors: they become the outputs and "
                    "what follows them (NMS, decoding) is cut off.")
@@ -321,12 +330,21 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           lowrank: float | None, importance: str, accuracy_budget: str | None,
           labels: Path | None, reconstruct: bool, calib_random: int,
           distill: DistillOptions | None, outputs: str | None,
-          json_path: Path | None) -> None:
-    """Compile MODEL for a target into a bundle verified against onnxruntime."""
+          json_path: Path | None, optimize: str | None, latency_budget: str | None) -> None:
+    r"""Compile MODEL for a target into a bundle verified against onnxruntime.
+
+    \b
+    Examples:
+      hwcomp build model.onnx -t arm-a72
+      hwcomp build model.onnx -t cortex-m7 --precision int8 --calib calib.npz
+      hwcomp build model.onnx -t host --optimize latency --calib calib.npz
+          --labels labels.npy --accuracy-budget 1% [--latency-budget 2ms]
+    """
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
                                  labels=labels, calib=calib, seed=seed, calib_random=calib_random,
-                                 distill=distill)
+                                 distill=distill, optimize=optimize,
+                                 latency_budget=latency_budget, min_sqnr_db=min_sqnr)
     precision_options = PrecisionOptions(
         precision=precision, calibration=calib_method, min_sqnr_db=min_sqnr, labels=labels,
         accuracy_budget=parse_budget(accuracy_budget), calib_random=calib_random, seed=seed)
@@ -381,6 +399,9 @@ def _build_summary(result: api.BuildResult) -> dict[str, Any]:
         "cut": manifest.get("cut"),
         "compression": manifest.get("compression"),
         "precision": manifest.get("precision"),
+        "plan": None if not manifest.get("plan") else {
+            k: manifest["plan"][k] for k in ("objective", "metric", "budget", "loss", "ratios",
+                                             "precisions", "predicted", "fp32", "measured")},
         "memory": (manifest.get("mcu") or {}).get("library"),
         "instructions": None if not counts else {
             "kernel_instructions": counts.get("kernel_instructions"),
@@ -399,9 +420,27 @@ def _echo_cut(cut: dict[str, Any] | None) -> None:
                    f"them removed: {removed})")
 
 
+def _echo_plan(plan: dict[str, Any] | None) -> None:
+    """Print the joint plan's choice: its loss, prediction and the bundle's measured time."""
+    if not plan:
+        return
+    fp32, chosen = plan["fp32"], plan["predicted"]
+    click.echo(f"plan ({plan['objective']}): {len(plan['ratios'])} group(s) pruned, "
+               f"{len(plan['precisions'])} layer(s) narrowed; {plan['metric']} "
+               f"{plan['loss']:.4g} (budget {plan['budget']:.4g}); "
+               f"{len(plan['candidates'])} candidate plans, {plan['evaluations']} evaluations")
+    measured = plan.get("measured") or {}
+    beside = (f"; bundle {measured['source']} {measured['seconds'] * 1e3:.4f} ms"
+              if measured.get("seconds") else f"; bundle {measured.get('source', 'not measured')}")
+    click.echo(f"plan latency: predicted {fp32['latency_s'] * 1e3:.4f} ms fp32 -> "
+               f"{chosen['latency_s'] * 1e3:.4f} ms{beside}; weights "
+               f"{fp32['weight_bytes']:,} -> {chosen['weight_bytes']:,} B; report: plan.html")
+
+
 def _echo_transforms(manifest: dict[str, Any]) -> None:
     """Print what compression, precision, tuning and the integer kernels did to a build."""
     _echo_cut(manifest.get("cut"))
+    _echo_plan(manifest.get("plan"))
     compression = manifest.get("compression")
     if compression:
         sqnr = compression["sqnr_db"]
@@ -692,6 +731,8 @@ def validate(bundle: Path, original: Path | None, calib: Path | None, seed: int,
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of random samples and of --distill (split, order, PyTorch).")
+@click.option("--plan-report", type=click.Path(path_type=Path), metavar="FILE.html",
+              help="With --optimize: write the plan's Pareto report (every candidate plan).")
 @click.option("--outputs", metavar="NAME,NAME",
               help="Compile (analyze) only up to these tensors: they become the outputs and "
                    "what follows them (NMS, decoding) is cut off.")
@@ -701,7 +742,8 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
                      accuracy_budget: str | None, labels: Path | None,
                      input_shapes: tuple[str, ...], calib: Path | None, force: bool,
                      calib_random: int, seed: int, distill: DistillOptions | None,
-                     outputs: str | None) -> None:
+                     outputs: str | None, optimize: str | None, latency_budget: str | None,
+                     plan_report: Path | None) -> None:
     """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out.
 
     With --distill, the result is fine-tuned against MODEL on those samples (PyTorch).
@@ -709,7 +751,10 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
                                  labels=labels, calib=calib, calib_random=calib_random,
-                                 seed=seed, distill=distill)
+                                 seed=seed, distill=distill, optimize=optimize,
+                                 latency_budget=latency_budget)
+    if plan_report is not None and optimize is None:
+        raise OptionError("--plan-report writes the --optimize planner's report: add --optimize")
     progress = _EpochProgress()
     try:
         outcome = api.compress(model, output, target_name, options,
@@ -727,6 +772,10 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
             click.echo(f"plan: {decision}")
         click.echo(f"plan: {outcome.plan.metric} {outcome.plan.loss:.4f} "
                    f"(budget {outcome.plan.budget:.4f})")
+        if plan_report is not None:
+            report.render_plan_report(Path(plan_report), outcome.plan.to_dict(), model.name,
+                               target_name)
+            click.echo(f"plan report: {plan_report}")
     pruning = result.pruning
     if pruning is not None:
         rows = [(g.group[:60], str(g.before), str(g.after), f"{g.ratio:.2f}") for g in pruning.groups]

@@ -59,7 +59,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hwcomp.analysis.cost import GraphCost, NodeCost
+import onnx_ir as ir
+
+from hwcomp.analysis import roofline
+from hwcomp.analysis.cost import GraphCost, NodeCost, node_name
 from hwcomp.errors import ExecutionError, HwcompError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.library.runtime_libs import cache_dir
@@ -310,6 +313,37 @@ def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[s
         if fit is not None:
             predicted[node.name] = fit.seconds(node.macs, node.memory_bytes)
     return measured, predicted
+
+
+def estimate_model(model: ir.Model, target: Target, graph: GraphCost) -> roofline.RooflineEstimate:
+    """Estimate ``model``'s layers (costed as ``graph``) on ``target``, best source first.
+
+    Layers ``hwcomp profile`` measured on this target (or predicts from them) take those
+    times, the elementwise ops TVM fuses after them none of their own, the rest the
+    roofline. ``graph`` may restate layers' precisions (the planner's candidates).
+    """
+    measured, predicted = layer_times(graph, target.name)
+    return roofline.estimate(graph, target, measured, predicted,
+                             fused_after(model, {*measured, *predicted}))
+
+
+# Ops TVM fuses into the kernel of the conv / matmul before them (its epilogue).
+_EPILOGUE_OPS = frozenset({
+    "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid",
+    "HardSwish", "LeakyRelu", "PRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
+    "QuantizeLinear", "DequantizeLinear"})
+
+
+def fused_after(model: ir.Model, timed: set[str]) -> set[str]:
+    """Names of the elementwise nodes downstream of a timed layer, through elementwise ones."""
+    producer = {value.name: node_name(node) for node in model.graph for value in node.outputs}
+    fused: set[str] = set()
+    for node in model.graph:
+        if node.op_type in _EPILOGUE_OPS and any(
+                value is not None and producer.get(value.name) in timed | fused
+                for value in node.inputs):
+            fused.add(node_name(node))
+    return fused
 
 
 def _kind(macs: int, outputs: int) -> str:

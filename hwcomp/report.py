@@ -47,6 +47,7 @@ import base64
 import html
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -255,3 +256,65 @@ def _counted_html(counted: dict[str, Any] | None) -> str:
     return (head + "<table>\n<thead><tr><th>step</th><th>kernel</th><th>instructions</th>"
             "<th>MACs</th><th>MACs/instr.</th></tr></thead>\n<tbody>\n" + rows
             + "\n</tbody>\n</table>")
+
+
+def render_plan_report(path: Path, plan: dict[str, Any], model: str, target: str) -> None:
+    """Write the joint plan's Pareto report: every candidate, the chosen one marked.
+
+    ``plan`` is :meth:`hwcomp.compress.planner.JointPlan.to_dict`'s form (the manifest's).
+    """
+    path.write_text(plan_html(plan, model, target))
+
+
+def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
+    """Render the Pareto report's page (the plot embedded as PNG data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    candidates = plan["candidates"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for within, colour, label in ((True, "tab:green", "within the budget"),
+                                  (False, "tab:red", "over the budget")):
+        points = [c for c in candidates if c["within_budget"] == within]
+        ax.scatter([c["predicted_latency_s"] * 1e3 for c in points],
+                   [c["loss"] for c in points], s=22, color=colour, label=label)
+    chosen = next(c for c in candidates if c["chosen"])
+    ax.scatter([chosen["predicted_latency_s"] * 1e3], [chosen["loss"]], s=160,
+               facecolors="none", edgecolors="black", linewidths=2, label="chosen")
+    ax.axhline(plan["budget"], color="gray", linestyle="--", label="accuracy budget")
+    if plan["latency_budget_s"]:
+        ax.axvline(plan["latency_budget_s"] * 1e3, color="gray", linestyle=":",
+                   label="latency budget")
+    ax.set(xlabel=f"predicted latency on {target} (ms)", ylabel=plan["metric"],
+           title="Candidate plans (lower left is better)")
+    ax.legend(fontsize=8)
+    image = _png(fig)
+    plt.close(fig)
+
+    def cells(values: list[object], chosen_row: bool = False) -> str:
+        row = "".join(f"<td>{html.escape(str(v))}</td>" for v in values)
+        return f'<tr class="chosen">{row}</tr>' if chosen_row else f"<tr>{row}</tr>"
+
+    rows = "\n".join(cells([c["label"], f"{c['loss']:.4g}", "yes" if c["within_budget"] else "no",
+                            f"{c['predicted_latency_s'] * 1e3:.4f}", f"{c['weight_bytes']:,}",
+                            f"{c['arena_bytes']:,}", len(c["ratios"]), len(c["precisions"])],
+                           c["chosen"]) for c in candidates)
+    in_plan = {**{k: f"prune {v:.0%}" for k, v in plan["ratios"].items()}, **plan["precisions"]}
+    settings = "\n".join(cells([s["unit"], f"prune {s['value']:.0%}" if s["kind"] == "prune"
+                                else s["value"], f"{s['loss_alone']:.4g}",
+                                f"{s['saving_alone']:.4g}", in_plan.get(s["unit"], "-")])
+                         for s in plan["settings"])
+    measured = plan.get("measured") or {}
+    predicted = plan["predicted"]["latency_s"]
+    summary = (f"objective: {plan['objective']}; {plan['metric']} {plan['loss']:.4g} within "
+               f"{plan['budget']:.4g} on {plan['held_out_samples']} held-out samples; "
+               f"predicted latency {plan['fp32']['latency_s'] * 1e3:.4f} ms (fp32) -> "
+               f"{predicted * 1e3:.4f} ms")
+    if measured.get("seconds"):
+        summary += f"; bundle {measured['source']}: {measured['seconds'] * 1e3:.4f} ms"
+    return render(
+        "report/plan.html.in", title=html.escape(f"hwcomp plan: {model} on {target}"),
+        summary=html.escape(summary), plot=image, candidates=rows, settings=settings,
+        decisions="\n".join(f"<li>{html.escape(d)}</li>" for d in plan["decisions"]))

@@ -37,7 +37,9 @@ from hwcomp.compress.pipeline import (
     parse_budget,
     parse_ratios,
 )
-from hwcomp.compress.prune_plan import plan_pruning
+from hwcomp.compress.planner import OBJECTIVES, JointPlan, parse_latency_budget, plan_jointly
+from hwcomp.compress.precision import DEFAULT_MIN_SQNR_DB
+from hwcomp.compress.prune_plan import PrunePlan, plan_pruning
 from hwcomp.compress.torch_graph import check_convertible
 from hwcomp.errors import OptionError
 from hwcomp.model import calibration_label, check_calibration_source, warn_random_planning
@@ -63,6 +65,12 @@ class CompressionOptions:
             explicit ``--calib-random N``), said in the output and the manifest.
         distill: Fine-tune the compressed model against the original on these samples
             (``--distill``); without ``calib`` they are the calibration samples too.
+        optimize: ``latency``, ``size`` or ``memory``: let the joint planner
+            (:mod:`hwcomp.compress.planner`) choose pruning ratios (and, on build,
+            precisions) under the accuracy budget (``--optimize``).
+        latency_budget: With ``optimize``: ``5ms`` / ``800us`` / milliseconds.
+        min_sqnr_db: With ``optimize`` and no ``accuracy_budget``: the output SQNR floor
+            against the original.
     """
 
     prune: str | float | None = None
@@ -75,6 +83,9 @@ class CompressionOptions:
     seed: int = 0
     calib_random: int = 0
     distill: DistillOptions | None = None
+    optimize: str | None = None
+    latency_budget: str | float | None = None
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
 
     @property
     def samples(self) -> Path | None:
@@ -86,7 +97,7 @@ class CompressionOptions:
     @property
     def requested(self) -> bool:
         """Whether any transformation beyond cleanup was asked for."""
-        return self.prune is not None or self.lowrank is not None
+        return self.prune is not None or self.lowrank is not None or self.optimize is not None
 
     def validate(self) -> None:
         """Check the options before any work: ratios, budget, energy, importance."""
@@ -102,6 +113,7 @@ class CompressionOptions:
                 "budget): on random inputs the budget would be judged on noise (pass "
                 "--calib-random N to plan on random samples anyway)")
         parse_budget(self.accuracy_budget)
+        self._validate_optimize()
         check_lowrank_and_importance(self.lowrank, self.importance)
         if self.distill is not None:
             self.distill.validate()
@@ -109,6 +121,26 @@ class CompressionOptions:
             if self.calib_random:
                 raise OptionError(f"--calib-random {self.calib_random} with --distill: the "
                                   "distillation samples are real; drop --calib-random")
+
+    def _validate_optimize(self) -> None:
+        if self.optimize is None:
+            if self.latency_budget is not None:
+                raise OptionError("--latency-budget constrains the planner: add --optimize "
+                                  "latency (or size / memory)")
+            return
+        if self.optimize not in OBJECTIVES:
+            raise OptionError(f"--optimize {self.optimize!r} is not one of "
+                              f"{', '.join(OBJECTIVES)}")
+        parse_latency_budget(self.latency_budget)
+        if self.prune is not None or self.lowrank is not None:
+            given = "--prune" if self.prune is not None else "--lowrank"
+            raise OptionError(f"--optimize chooses the pruning itself: drop {given} (or drop "
+                              "--optimize to prune as you say)")
+        if self.calib is None and not self.calib_random and self.distill is None:
+            raise CompressionError(
+                f"--optimize {self.optimize} needs --calib with real samples (and --labels for "
+                "an accuracy budget): on random inputs the budget would be judged on noise "
+                "(pass --calib-random N to plan on random samples anyway)")
 
     def require_student(self) -> None:
         """Refuse ``--distill`` with nothing that makes the student differ from the teacher.
@@ -153,21 +185,21 @@ class CompressionOutcome:
             "sqnr_without_distillation_db": self.sqnr_without_distillation_db,
             "distillation": None if self.distillation is None else self.distillation.to_dict(),
             "cosine": self.cosine, "top1_agreement": self.top1_agreement,
-            "plan": None if self.plan is None else {
-                "ratios": self.plan.ratios, "loss": self.plan.loss, "budget": self.plan.budget,
-                "metric": self.plan.metric, "decisions": self.plan.decisions},
+            "plan": None if self.plan is None else self.plan.to_dict(),
         }
 
 
 def compress_with_data(model: ir.Model, target: Target, options: CompressionOptions,
-                       progress: Progress | None = None) -> CompressionOutcome:
+                       progress: Progress | None = None, *,
+                       plan_precision: bool = False) -> CompressionOutcome:
     """Compress ``model`` for ``target`` as ``options`` say, measured on held-out samples.
 
     Reconstruction (and ``prune=auto``) fit on the first three quarters of the samples;
     the comparison with the original uses the rest, samples the fit never saw. With
     ``options.distill`` the result is then fine-tuned against ``model`` (``progress`` hears
     each epoch); where its samples are the calibration samples, the same last quarter is
-    held out there too.
+    held out there too. With ``options.optimize`` the joint planner chooses the ratios (and,
+    with ``plan_precision``, per-layer precisions the caller quantizes: ``outcome.plan``).
     """
     options.validate()
     ratios = parse_ratios(options.prune)
@@ -176,7 +208,8 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         batches = model_io.calibration_batches(
             specs, model_io.load_calibration(Path(options.samples), specs))
     elif options.calib_random:
-        warn_random_planning("--prune auto" if options.prune == "auto" else "compression",
+        warn_random_planning(f"--optimize {options.optimize}" if options.optimize else
+                             "--prune auto" if options.prune == "auto" else "compression",
                              options.calib_random)
         batches = model_io.random_calibration(specs, options.calib_random, options.seed)
     else:
@@ -193,11 +226,19 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
         all_labels = model_io.load_labels(Path(options.labels), count, model_io.class_count(model))
         labels = all_labels[model_io.sample_count(fit):]
     alignment = int(target.channel_multiple.get("fp32", 1))
-    chosen = None
+    chosen: PrunePlan | JointPlan | None = None
     if options.prune == "auto":
         budget = parse_budget(options.accuracy_budget)
         assert budget is not None
         chosen = plan_pruning(model, budget, fit, check, labels, alignment=alignment)
+        ratios = chosen.ratios
+    elif options.optimize is not None:
+        chosen = plan_jointly(
+            model, target, options.optimize, fit, check, labels,
+            accuracy_budget=parse_budget(options.accuracy_budget),
+            min_sqnr_db=options.min_sqnr_db,
+            latency_budget_s=parse_latency_budget(options.latency_budget),
+            with_precision=plan_precision)
         ratios = chosen.ratios
     means = _activation_means(model, fit) if options.importance == "activation" else None
     result = compress_graph(model, ratios, options.importance, alignment=alignment,

@@ -151,6 +151,8 @@ class PrecisionOptions:
     labels: Path | None = None
     calib_random: int = 0  # plan on this many seeded random samples (explicit --calib-random)
     seed: int = 0
+    # precision "planned": each layer's precision as --optimize's joint plan chose it.
+    planned: tuple[tuple[str, str], ...] = ()
 
     @property
     def requested(self) -> bool:
@@ -159,6 +161,8 @@ class PrecisionOptions:
 
     def validate(self) -> None:
         """Check the options before any work."""
+        if self.precision == "planned" and self.planned:
+            return
         if self.precision not in PRECISION_CHOICES:
             raise PrecisionError(
                 f"--precision {self.precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
@@ -501,10 +505,15 @@ def plan_precision(
     if widened:
         decisions.append(f"shared ranges (residual add / concat): {len(widened)} group(s)")
 
-    if options.precision in ("int8", "fp16"):
+    if options.precision == "planned":
+        chosen = dict(options.planned)
+        for layer in layers:
+            layer.precision = chosen.get(layer.name, "fp32")
+            layer.reason = "--optimize: the joint plan's choice"
+    elif options.precision in ("int8", "fp16"):
         _force(layers, options.precision, target)
     else:
-        _drop_unquantizable(layers, proto, ranges, act_dtype, decisions)
+        drop_unquantizable(layers, proto, ranges, act_dtype, decisions)
         for layer in layers:
             best = min(layer.candidates, key=lambda p: (layer.estimated_us[p], _ORDER.index(p)))
             layer.precision = best
@@ -517,7 +526,8 @@ def plan_precision(
     precisions = {layer.name: layer.precision for layer in layers}
     loss, got = evaluator.loss(precisions)
     decisions.append(f"all at chosen precision: loss {loss:.4g} ({evaluator.metric})")
-    if loss > evaluator.budget:
+    if loss > evaluator.budget and options.precision != "planned":
+        # (A joint plan was judged against the original model, not this pruned one.)
         _measure_alone(layers, evaluator)
         if options.precision != "auto":
             blockers = sorted((x for x in layers if x.loss_alone), key=lambda x: -(x.loss_alone or 0))
@@ -590,7 +600,7 @@ def _fine_tune(model: ir.Model, proto: onnx.ModelProto, qat: QatRequest,
     return proto, record, loss_before, got_before
 
 
-def _drop_unquantizable(layers: list[LayerChoice], proto: onnx.ModelProto,
+def drop_unquantizable(layers: list[LayerChoice], proto: onnx.ModelProto,
                         ranges: Mapping[str, tuple[float, float]], act_dtype: str,
                         decisions: list[str]) -> None:
     """``auto``: take int8 off the layers onnxruntime's quantizer would leave in float.

@@ -45,6 +45,11 @@ class PrunePlan:
     metric: str
     decisions: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (the manifest's ``compression.plan``)."""
+        return {"ratios": self.ratios, "loss": self.loss, "budget": self.budget,
+                "metric": self.metric, "decisions": self.decisions}
+
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
 
