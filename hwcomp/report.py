@@ -266,6 +266,14 @@ def render_plan_report(path: Path, plan: dict[str, Any], model: str, target: str
     path.write_text(plan_html(plan, model, target))
 
 
+def pareto_front(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the candidates no other beats on both predicted latency and loss."""
+    return [c for c in candidates if not any(
+        o["predicted_latency_s"] <= c["predicted_latency_s"] and o["loss"] <= c["loss"]
+        and (o["predicted_latency_s"], o["loss"]) != (c["predicted_latency_s"], c["loss"])
+        for o in candidates)]
+
+
 def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
     """Render the Pareto report's page (the plot embedded as PNG data)."""
     import matplotlib
@@ -280,6 +288,9 @@ def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
         points = [c for c in candidates if c["within_budget"] == within]
         ax.scatter([c["predicted_latency_s"] * 1e3 for c in points],
                    [c["loss"] for c in points], s=22, color=colour, label=label)
+    front = sorted(pareto_front(candidates), key=lambda c: c["predicted_latency_s"])
+    ax.step([c["predicted_latency_s"] * 1e3 for c in front], [c["loss"] for c in front],
+            where="post", color="tab:blue", linewidth=1, label="Pareto front")
     chosen = next(c for c in candidates if c["chosen"])
     ax.scatter([chosen["predicted_latency_s"] * 1e3], [chosen["loss"]], s=160,
                facecolors="none", edgecolors="black", linewidths=2, label="chosen")
@@ -287,7 +298,13 @@ def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
     if plan["latency_budget_s"]:
         ax.axvline(plan["latency_budget_s"] * 1e3, color="gray", linestyle=":",
                    label="latency budget")
-    ax.set(xlabel=f"predicted latency on {target} (ms)", ylabel=plan["metric"],
+    times = [c["predicted_latency_s"] for c in candidates if c["predicted_latency_s"] > 0]
+    if times and max(times) > 10 * min(times):
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel=f"predicted latency on {target} (ms)", ylabel=plan["metric"][:60],
            title="Candidate plans (lower left is better)")
     ax.legend(fontsize=8)
     image = _png(fig)
@@ -299,8 +316,8 @@ def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
 
     rows = "\n".join(cells([c["label"], f"{c['loss']:.4g}", "yes" if c["within_budget"] else "no",
                             f"{c['predicted_latency_s'] * 1e3:.4f}", f"{c['weight_bytes']:,}",
-                            f"{c['arena_bytes']:,}", len(c["ratios"]), len(c["precisions"])],
-                           c["chosen"]) for c in candidates)
+                            f"{c['arena_bytes']:,}", len(c["ratios"]), len(c["precisions"]),
+                            "yes" if c in front else ""], c["chosen"]) for c in candidates)
     in_plan = {**{k: f"prune {v:.0%}" for k, v in plan["ratios"].items()}, **plan["precisions"]}
     settings = "\n".join(cells([s["unit"], f"prune {s['value']:.0%}" if s["kind"] == "prune"
                                 else s["value"], f"{s['loss_alone']:.4g}",

@@ -47,8 +47,8 @@ from hwcomp import model as model_io
 from hwcomp import profile as latency
 from hwcomp.analysis.channels import analyze_channels
 from hwcomp.analysis.cost import NodeCost, graph_cost
-from hwcomp.analysis.sensitivity import metrics
 from hwcomp.compress import precision as quantize
+from hwcomp.compress.judge import Judge
 from hwcomp.compress.pipeline import compress_graph
 from hwcomp.errors import BudgetError, OptionError
 from hwcomp.irutil import static_shape
@@ -193,81 +193,10 @@ def parse_latency_budget(text: str | float | None) -> float | None:
     return value
 
 
-class _Judge:
-    """Loss of a compressed / quantized model against the original on held-out samples.
-
-    Class outputs are judged by the larger of two drops: top-1 (counted) and the mean
-    probability given to the right class (the softmax of logits; probabilities as they
-    are). Counting alone resolves one sample in N, and a search that keeps the fastest plan
-    within the budget picks plans that happen to miss few of *these* samples: on the digits
-    CNN, plans within a 1 % top-1 budget on 128 held-out samples lost 2.5 % on 360 unseen
-    ones. The probability drop moves with every sample's margin, not only the flipped ones,
-    and both must hold two standard errors (over the samples) below the budget: with that,
-    the same plans lost 0.83 % there (``bench/planner.py``).
-    """
-
-    def __init__(self, model: ir.Model, check: Feeds, labels: np.ndarray | None,
-                 accuracy_budget: float | None, min_sqnr_db: float) -> None:
-        self.check, self.labels = check, labels
-        self.reference = first_outputs(model, check)
-        flat = np.concatenate([r.reshape(r.shape[0], -1) for r in self.reference])
-        classes = flat.shape[1] > 1
-        self.flat = flat
-        if accuracy_budget is None:
-            self.mode, self.budget = "sqnr", 0.0
-            self.min_sqnr = min_sqnr_db
-            self.metric = f"output SQNR vs the original below {min_sqnr_db:g} dB (dB short)"
-            return
-        self.budget = accuracy_budget
-        if labels is not None and classes:
-            self.mode, self.truth = "accuracy", labels[: len(flat)]
-            self.metric = ("top-1 accuracy drop (counted or by probability, the larger, plus two "
-                           "standard errors)")
-        elif classes:
-            self.mode, self.truth = "agreement", flat.argmax(1)
-            self.metric = ("top-1 disagreement with the original (counted or by probability, "
-                           "the larger, plus two standard errors)")
-        else:
-            self.mode = "error"
-            self.metric = "relative output error"
-            return
-        self.hits = (flat.argmax(1) == self.truth).astype(np.float64)
-        self.confidence = _true_class_probability(flat, self.truth)
-
-    def loss(self, outputs: list[np.ndarray]) -> float:
-        """Return the loss of ``outputs`` (one array per held-out batch)."""
-        got = np.concatenate([o.reshape(o.shape[0], -1) for o in outputs])
-        if self.mode in ("accuracy", "agreement"):
-            counted = self.hits - (got.argmax(1) == self.truth)
-            soft = self.confidence - _true_class_probability(got, self.truth)
-            return max(_upper(counted), _upper(soft))
-        if self.mode == "error":
-            return float(np.linalg.norm(got - self.flat)) / max(float(np.linalg.norm(self.flat)),
-                                                                 1e-30)
-        sqnr = metrics(self.reference, outputs, None)[0]
-        return max(0.0, self.min_sqnr - (math.inf if sqnr is None else sqnr))
-
-
-def _true_class_probability(rows: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Probability each row gives ``truth``: rows that are distributions as they are, else softmax."""
-    rows = rows.astype(np.float64)
-    if not (np.all(rows >= 0) and np.allclose(rows.sum(1), 1.0, atol=1e-3)):
-        shifted = np.exp(rows - rows.max(1, keepdims=True))
-        rows = shifted / shifted.sum(1, keepdims=True)
-    return np.asarray(rows[np.arange(len(rows)), truth])
-
-
-def _upper(drops: np.ndarray) -> float:
-    """Mean per-sample drop plus two standard errors: the budget must hold beyond the noise."""
-    if len(drops) < 2:
-        return float(drops.mean()) if len(drops) else 0.0
-    return float(drops.mean() + 2 * drops.std(ddof=1) / math.sqrt(len(drops)))
-
-
 class _Planner:
     """Measures plans: structure and reconstruction per ratio set, ranges, losses, costs."""
 
-    def __init__(self, model: ir.Model, target: Target, objective: str, judge: _Judge,
+    def __init__(self, model: ir.Model, target: Target, objective: str, judge: Judge,
                  fit: Feeds, alignment: int, calibration: str) -> None:
         self.model, self.target, self.objective, self.judge = model, target, objective, judge
         self.fit, self.alignment, self.calibration = fit, alignment, calibration
@@ -358,7 +287,7 @@ def plan_jointly(
         raise OptionError(f"--optimize {objective!r} is not one of {', '.join(OBJECTIVES)}")
     say = progress or (lambda _text: None)
     base = compress_graph(model).model
-    judge = _Judge(base, check, labels, accuracy_budget, min_sqnr_db)
+    judge = Judge(base, check, labels, accuracy_budget, min_sqnr_db)
     alignment = int(target.channel_multiple.get("fp32", 1))
     planner = _Planner(base, target, objective, judge, fit, alignment, calibration)
     fp32: dict[str, str] = {}
@@ -477,7 +406,7 @@ def _search(planner: _Planner, pool: list[Setting], name: str) -> list[Candidate
 
 
 def _choose(candidates: list[Candidate], objective: str, latency_budget_s: float | None,
-            judge: _Judge, decisions: list[str]) -> Candidate:
+            judge: Judge, decisions: list[str]) -> Candidate:
     """Pick the plan (step 4); raise when the latency budget cannot be met."""
     within = [c for c in candidates if c.within]  # fp32 (loss 0) always is
     if latency_budget_s is None:

@@ -2,7 +2,9 @@
 
 The budget is a loss of top-1 accuracy (with labels), of top-1 agreement with the
 original model (classifier-shaped outputs, no labels), or of relative output error
-(other outputs), measured with onnxruntime on calibration samples.
+(other outputs), measured with onnxruntime on held-out calibration samples by
+:class:`hwcomp.compress.judge.Judge` (as ``--optimize`` measures it: counted or by
+probability, plus two standard errors).
 
 Greedy search, chosen over an integer program because each evaluation is an
 onnxruntime run and the search must stay linear in the number of groups:
@@ -20,13 +22,14 @@ Every choice and rollback is recorded in :class:`PrunePlan` with why.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
 from hwcomp.analysis.channels import analyze_channels
+from hwcomp.compress.judge import Judge
 from hwcomp.compress.pipeline import compress_graph
 from hwcomp.verify import first_outputs
 
@@ -54,32 +57,6 @@ class PrunePlan:
 Feeds = Sequence[Mapping[str, np.ndarray]]
 
 
-def _loss_function(model: ir.Model, batches: Feeds, labels: np.ndarray | None
-                   ) -> tuple[Callable[[ir.Model], float], str]:
-    """Return a function giving a compressed model's loss against ``model`` on ``batches``."""
-    reference = first_outputs(model, batches)
-    flat = np.concatenate([r.reshape(r.shape[0], -1) for r in reference])
-    classes = flat.shape[1] > 1
-    if labels is not None and classes:
-        base = float((flat.argmax(1) == labels[: len(flat)]).mean())
-        metric = "top-1 accuracy drop"
-    elif classes:
-        base, metric = 1.0, "top-1 disagreement with the original"
-    else:
-        base, metric = 0.0, "relative output error"
-
-    def loss(candidate: ir.Model) -> float:
-        outputs = np.concatenate([out.reshape(len(b[next(iter(b))]), -1) for out, b
-                                  in zip(first_outputs(candidate, batches), batches, strict=True)])
-        if labels is not None and classes:
-            return base - float((outputs.argmax(1) == labels[: len(outputs)]).mean())
-        if classes:
-            return 1.0 - float((outputs.argmax(1) == flat.argmax(1)).mean())
-        return float(np.linalg.norm(outputs - flat)) / max(float(np.linalg.norm(flat)), 1e-30)
-
-    return loss, metric
-
-
 def plan_pruning(
     model: ir.Model,
     budget: float,
@@ -94,7 +71,12 @@ def plan_pruning(
     ``labels`` align with ``check_batches``' samples.
     """
     model = compress_graph(model).model  # cleanup + BN folding, as pruning sees it
-    loss_of, metric = _loss_function(model, check_batches, labels)
+    judge = Judge(model, check_batches, labels, budget, min_sqnr_db=0.0)
+    metric = judge.metric
+
+    def loss_of(candidate: ir.Model) -> float:
+        return judge.loss(first_outputs(candidate, check_batches))
+
     groups = analyze_channels(model).groups
     plan = PrunePlan(ratios={}, loss=0.0, budget=budget, metric=metric)
     if not groups:

@@ -33,7 +33,7 @@ def test_auto_plan_meets_the_budget_and_cuts_macs(calibration, tmp_path):
     outcome = api.compress(DIGITS, tmp_path / "auto.onnx", "arm-a72", options,
                            input_shapes={"image": (1, 1, 8, 8)})
     plan = outcome.plan
-    assert plan is not None and plan.metric == "top-1 accuracy drop"
+    assert plan is not None and plan.metric.startswith("top-1 accuracy drop")
     assert plan.loss <= 0.01 and plan.ratios
     assert outcome.macs_after < 0.7 * outcome.macs_before
     assert any("alone costs" in d for d in plan.decisions)
@@ -44,7 +44,7 @@ def test_zero_budget_without_labels_uses_agreement():
     rng = np.random.default_rng(0)
     batches = [{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(6)]
     plan = plan_pruning(model, 0.0, batches[:4], batches[4:])
-    assert plan.metric == "top-1 disagreement with the original"
+    assert plan.metric.startswith("top-1 disagreement with the original")
     assert plan.loss == 0.0
 
 
@@ -54,7 +54,7 @@ def test_nothing_prunable_is_a_decision_line():
     batches = [{"input": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(2)]
     plan = plan_pruning(model, 0.01, batches[:1], batches[1:])
     assert plan.ratios == {} and plan.decisions == ["nothing prunable: every group is frozen"]
-    assert plan.metric == "top-1 disagreement with the original"
+    assert plan.metric.startswith("top-1 disagreement with the original")
 
 
 def test_budget_parsing():
