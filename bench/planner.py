@@ -10,17 +10,24 @@ Part 2, the MLPerf Tiny-shaped CNNs of ``tests/model_zoo`` (seeded weights, Batc
 statistics from data): budget output SQNR >= 30 dB against the original (``--min-sqnr 30``),
 planned on 64 seeded random samples (``--calib-random 64``: there are no real samples).
 
+With ``--profile``, each fp32 and ``--precision auto`` bundle is profiled (``hwcomp
+profile``) before ``--optimize`` plans, so the plan predicts from the target's latency table
+(measured / counted layers and a fit on them) instead of the roofline: the workflow issue 22
+describes. The table lives in a scratch cache (``HWCOMP_CACHE_DIR``; the rest of the user's
+cache linked in), so earlier tables do not leak into the figures.
+
 Times: ``x86-avx2`` bundles MEASURED here (the bundle's runner, its own process, median of
 ``--repeat`` runs); ``cortex-m7`` bundles COUNTED (instructions the emulated board executed
 per inference during the build's verification: counts, not cycles). Predicted = the plan's
 estimate (``hwcomp analyze``'s: the target's latency table where profiled, else roofline).
 
-    .venv/bin/python bench/planner.py [--part 1|2|all] [--repeat 50]
+    .venv/bin/python bench/planner.py [--part 1|2|all] [--repeat 50] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -90,7 +97,7 @@ def _row(label: str, target: str, variant: str, result: api.BuildResult, base: f
             f"{narrow} | {value} {unit} | **{base / measured:.2f}x** | {predicted} | {extra} |")
 
 
-def part1(root: Path, repeat: int) -> None:
+def part1(root: Path, repeat: int, profile: bool) -> None:
     (x_train, y_train), (x_test, y_test) = digits_split()
     np.savez(root / "calib.npz", image=x_train[:512])
     np.save(root / "labels.npy", y_train[:512])
@@ -118,12 +125,14 @@ def part1(root: Path, repeat: int) -> None:
                                compression_options=compression, precision_options=precision)
             measured, unit = _time(result, repeat)
             base = base or measured
+            if profile and variant != "--optimize latency":
+                api.profile(result.bundle, runs=20)
             top1 = _top1(result.bundle / "model.optimized.onnx", x_test, y_test)
             print(_row("digits CNN", target, variant, result, base, unit, measured,
                        f"{top1:.2%} ({reference - top1:+.2%})"), flush=True)
 
 
-def part2(root: Path, repeat: int) -> None:
+def part2(root: Path, repeat: int, profile: bool) -> None:
     print("\nMLPerf Tiny-shaped CNNs, seeded weights, budget output SQNR >= 30 dB vs the "
           "original (64 seeded random samples)\n")
     print("| model | target | build | MACs | precision | time (median or count) | vs fp32 "
@@ -147,6 +156,8 @@ def part2(root: Path, repeat: int) -> None:
                                    precision_options=precision)
                 measured, unit = _time(result, repeat)
                 base = base or measured
+                if profile and variant != "--optimize latency":
+                    api.profile(result.bundle, runs=20)
                 sqnr = _sqnr(path, result.bundle / "model.optimized.onnx")
                 print(_row(name, target, variant, result, base, unit, measured,
                            "exact" if sqnr is None else f"{sqnr:.1f}"), flush=True)
@@ -156,12 +167,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=["1", "2", "all"], default="all")
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the fp32 / precision-auto bundles first (latency table)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hwcomp-planner-") as scratch:
+        if args.profile:
+            _scratch_table(Path(scratch) / "cache")
         if args.part in ("1", "all"):
-            part1(Path(scratch), args.repeat)
+            part1(Path(scratch), args.repeat, args.profile)
         if args.part in ("2", "all"):
-            part2(Path(scratch), args.repeat)
+            part2(Path(scratch), args.repeat, args.profile)
+
+
+def _scratch_table(cache: Path) -> None:
+    """Point hwcomp's cache at ``cache``: the user's entries linked in, the latency table new."""
+    from hwcomp.lower.library.runtime_libs import cache_dir
+
+    real = cache_dir()
+    cache.mkdir(parents=True)
+    if real.is_dir():
+        for entry in real.iterdir():
+            if entry.name != "latency":
+                (cache / entry.name).symlink_to(entry)
+    os.environ["HWCOMP_CACHE_DIR"] = str(cache)
 
 
 if __name__ == "__main__":

@@ -289,10 +289,12 @@ def build(
             model_file=model_path.name, model_name=model_path.stem,
             inputs=model_io.graph_inputs(legal), outputs=model_io.graph_outputs(model),
             example_inputs=list(feeds.values()), example_outputs=reference, tolerance=tolerance,
-            model_sha256=model_io.file_sha256(model_path))
+            model_sha256=model_io.file_sha256(model_path),
+            macs=cost.graph_cost(legal).total_macs,
+            kernel_macs=prepared.kernels.macs if prepared.kernels else {})
         extras = lowering.package(compiled.executable, target, staging, info)
         source = f"--calib {calib}" if calib else f"seeded (seed {seed})"
-        kernel_macs = prepared.kernels.macs if prepared.kernels else {}
+        kernel_macs = dict(info.kernel_macs)
         kernel_args = extras.pop("kernel_args", {})
         verification, run = _verify(staging, lowering, target, model, feeds, reference,
                                     tolerance, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ class BundleInfo:
     example_outputs: list[np.ndarray]
     tolerance: float
     model_sha256: str = ""  # of the input model file, for the bundle's API header
+    macs: int = 0  # the compiled model's multiply-adds per inference (the report struct's)
+    # Multiply-adds of the kernels that compute a conv / matmul layer, by kernel name.
+    kernel_macs: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

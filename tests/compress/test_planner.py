@@ -191,3 +191,21 @@ def test_option_errors(tmp_path, extra, message):
                    "-o", str(tmp_path / "out"), *extra)
     _assert_clean_error(proc, message)
     assert not (tmp_path / "out").exists()
+
+
+def test_plan_predicts_from_the_targets_measured_latency_table(digits_split_batches, tmp_path,
+                                                               monkeypatch):
+    """After hwcomp profile, the plan's costs come from measured layers and a fit on them."""
+    import os
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HWCOMP_CACHE_DIR", str(cache))
+    done = run_cli("profile", str(DIGITS), "-t", "x86-avx2", "--runs", "5", "--input-shape",
+                   "image=1x1x8x8", env={**os.environ, "HWCOMP_CACHE_DIR": str(cache)})
+    assert done.returncode == 0, done.stderr
+    model, fit, check, labels = digits_split_batches
+    plan = plan_jointly(model, load_target("x86-avx2"), "latency", fit, check, labels,
+                        accuracy_budget=0.01, with_precision=False)
+    assert plan.baseline.sources.get("measured", 0) >= 4  # the four convolutions at least
+    pruned = [c for c in plan.candidates if c.ratios]
+    assert pruned and all(c.costs.sources.get("predicted", 0) > 0 for c in pruned)

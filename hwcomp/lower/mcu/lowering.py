@@ -76,7 +76,7 @@ class McuLowering:
             staging, executable, target, prefix=prefix, model_file=info.model_file,
             inputs=info.inputs, outputs=info.outputs, example_inputs=info.example_inputs,
             example_outputs=info.example_outputs, tolerance=info.tolerance,
-            model_sha256=info.model_sha256)
+            model_sha256=info.model_sha256, macs=info.macs, kernel_macs=info.kernel_macs)
         plan = executable.plan
         with firmware.scratch_dir() as scratch:
             objects = firmware.compile_library(sources, target, Path(scratch))

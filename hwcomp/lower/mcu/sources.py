@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,13 @@ def write_sources(
     staging: Path, program: AotProgram, target: Target, *, prefix: str, model_file: str,
     inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
     example_inputs: Sequence[np.ndarray], example_outputs: Sequence[np.ndarray], tolerance: float,
-    model_sha256: str = "",
+    model_sha256: str = "", macs: int = 0, kernel_macs: Mapping[str, int] | None = None,
 ) -> Sources:
-    """Render every source file of the bundle into ``staging``."""
+    """Render every source file of the bundle into ``staging``.
+
+    ``macs`` (the model's) and ``kernel_macs`` (each layer kernel's) go into the report
+    struct ``<prefix>_report``.
+    """
     lib, example = staging / "lib", staging / "example"
     lib.mkdir(exist_ok=True)
     example.mkdir()
@@ -90,14 +94,19 @@ def write_sources(
     (lib / "model.h").write_text(
         f"/* {prefix}: the API is in {prefix}.h (by name, for firmware with several models). */\n"
         f'#include "{prefix}.h"\n')
+    weight_bytes = sum(a.nbytes for a in program.constants.values())
+    report = {"macs": macs, "weight_bytes": weight_bytes, "model_file": c_string(model_file),
+              "steps": [{"kernel": c_string(c.kernel), "macs": (kernel_macs or {}).get(c.kernel, 0)}
+                        for c in program.calls]}
     (lib / "model.c").write_text(render_source(
         "mcu/model.c.j2", inputs=api_in, outputs=api_out, plan=program.plan.to_dict(),
+        report=report,
         kernels=sorted({c.symbol for c in program.calls}), constants=constants,
         shapes=_shapes(program), calls=_calls(program, prefix), copies=_copies(program, prefix),
         **common))
     (lib / "weights.c").write_text(render_source(
         "mcu/weights.c.j2", constants=constants,
-        constant_bytes=sum(a.nbytes for a in program.constants.values()), **common))
+        constant_bytes=weight_bytes, **common))
     (lib / "kernels.c").write_text(program.kernels_source)
     for name in ("hwcomp_runtime.h", "hwcomp_runtime.c", "hwcomp_q8.h", "hwcomp_q8.c",
                  "hwcomp_f32.h", "hwcomp_f32.c"):

@@ -85,6 +85,12 @@ int main(void) {
   printf("%s %s\n", HWCOMP_KWS_HWCOMP_VERSION, HWCOMP_KWS_MODEL_SHA256);
   printf("%d %d\n", hwcomp_kws_run_with_arena(in0, out0, arena + 1),
          hwcomp_kws_run_with_arena(in0, out0, arena));
+  const hwcomp_report* r = &hwcomp_kws_report;
+  unsigned long long step_macs = 0;
+  for (uint32_t s = 0; s < r->step_count; ++s) step_macs += r->steps[s].macs;
+  printf("%s %s %s %llu %u %u %u %s %llu\n", r->model_file, r->target, r->hwcomp_version,
+         (unsigned long long)r->macs, r->arena_bytes, r->weight_bytes, r->step_count,
+         r->steps[0].kernel, step_macs);
   return 0;
 }
 """
@@ -112,6 +118,15 @@ def test_the_api_header_describes_the_model_and_checks_the_arena(kws_bundle, tmp
     model_sha = file_sha256(kws_bundle.parent.parent / "kws.onnx")
     assert lines[2] == f"{hwcomp.__version__} {model_sha}"
     assert lines[3] == "-3 0"
+    # The report struct: what was built, as the manifest says it.
+    manifest = json.loads((kws_bundle / "manifest.json").read_text())
+    model_file, target, version, macs, arena, weights, steps, first, step_macs = lines[4].split()
+    assert (model_file, target, version) == ("kws.onnx", "cortex-m7", hwcomp.__version__)
+    assert int(arena) == manifest["mcu"]["arena"]["arena_bytes"]
+    assert int(steps) == len(manifest["layer_counts"]["steps"])
+    assert first == manifest["layer_counts"]["steps"][0]["kernel"]
+    assert int(step_macs) == manifest["layer_counts"]["macs"] > 0
+    assert int(macs) >= int(step_macs) and int(weights) > 0
 
 
 def test_cmake_firmware_project_consumes_the_bundle(kws_bundle, tmp_path):
