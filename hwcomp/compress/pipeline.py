@@ -32,7 +32,12 @@ from hwcomp.passes import BindInputsPass, FoldBatchNormPass, FoldConstantsPass
 from hwcomp.passes.fold_batchnorm import FoldReport
 from hwcomp.passes.infra import PassRunner, StepRecord
 from hwcomp.passes.lowrank import LowRankPass, LowRankReport
-from hwcomp.passes.prune_channels import IMPORTANCE, PruneChannelsPass, PruneReport
+from hwcomp.passes.prune_channels import (
+    IMPORTANCE,
+    PruneChannelsPass,
+    PruneReport,
+    prunable_units,
+)
 from hwcomp.passes.reconstruct import ReconstructPass, ReconstructReport
 from hwcomp.targets import Target
 
@@ -184,7 +189,7 @@ def compress_graph(
 
 def _check_names(model: ir.Model, ratios: Mapping[str, float]) -> None:
     analysis = analyze_channels(model)
-    known = {g.name for g in analysis.groups} | {s for g in analysis.groups for s in g.sources}
+    known = {*prunable_units(model), *(s for g in analysis.groups for s in g.sources)}
     frozen = analysis.frozen_sources
     unknown = sorted(name for name in ratios if name not in known and name not in frozen)
     if unknown:

@@ -1,6 +1,7 @@
 """One planner for pruning and precision (``--optimize latency|size|memory``).
 
-Each layer (precision) and each coupled channel group (pruning ratio) is a *unit*; each
+Each layer (precision) and each coupled channel group, transformer FFN or attention block
+(pruning ratio) is a *unit*; each
 unit has settings (fp32 / fp16 / int8 where the target runs them faster; ratios 25 / 50 /
 75 % aligned to the target's channel multiple). The objective is the model's predicted
 latency on the target (:func:`hwcomp.profile.estimate_model`: the target's measured latency
@@ -45,7 +46,6 @@ import onnx_ir as ir
 
 from hwcomp import model as model_io
 from hwcomp import profile as latency
-from hwcomp.analysis.channels import analyze_channels
 from hwcomp.analysis.cost import NodeCost, graph_cost
 from hwcomp.compress import precision as quantize
 from hwcomp.compress.judge import Judge
@@ -53,6 +53,7 @@ from hwcomp.compress.pipeline import compress_graph
 from hwcomp.errors import BudgetError, OptionError
 from hwcomp.irutil import static_shape
 from hwcomp.lower import activation_dtype
+from hwcomp.passes.prune_channels import prunable_units
 from hwcomp.targets import Target
 from hwcomp.verify import first_outputs
 
@@ -328,20 +329,20 @@ def _settings_alone(planner: _Planner, base: ir.Model, with_precision: bool,
     objective, budget = planner.objective, planner.judge.budget
     reference = planner.costs({}, {}).value(objective)
     settings: list[Setting] = []
-    groups = analyze_channels(base).groups
-    for index, group in enumerate(groups):
-        say(f"pruning alone: group {index + 1} of {len(groups)}")
+    units = prunable_units(base)
+    for index, unit in enumerate(units):
+        say(f"pruning alone: unit {index + 1} of {len(units)}")
         for ratio in RATIOS:
-            saving = reference - planner.costs({group.name: ratio}, {}).value(objective)
+            saving = reference - planner.costs({unit: ratio}, {}).value(objective)
             if saving <= 0:
-                decisions.append(f"{group.name}: {ratio:.0%} saves nothing by the prediction")
+                decisions.append(f"{unit}: {ratio:.0%} saves nothing by the prediction")
                 continue
-            loss = planner.loss({group.name: ratio}, {})
+            loss = planner.loss({unit: ratio}, {})
             if loss > budget:
-                decisions.append(f"{group.name}: {ratio:.0%} alone costs {loss:.4g}, over "
+                decisions.append(f"{unit}: {ratio:.0%} alone costs {loss:.4g}, over "
                                  "the budget")
                 break
-            settings.append(Setting(group.name, "prune", ratio, max(loss, 0.0), saving))
+            settings.append(Setting(unit, "prune", ratio, max(loss, 0.0), saving))
     if not with_precision:
         return settings
     layers = quantize.layer_candidates(base, planner.target)

@@ -6,10 +6,12 @@ original model (classifier-shaped outputs, no labels), or of relative output err
 :class:`hwcomp.compress.judge.Judge` (as ``--optimize`` measures it: counted or by
 probability, plus two standard errors).
 
-Greedy search, chosen over an integer program because each evaluation is an
-onnxruntime run and the search must stay linear in the number of groups:
+Units are the coupled channel groups, transformer FFNs' hidden units and attention heads
+(:func:`hwcomp.passes.prune_channels.prunable_units`). Greedy search, chosen over an integer
+program because each evaluation is an onnxruntime run and the search must stay linear in
+the number of groups:
 
-    1. For every channel group alone, find the largest candidate ratio whose loss (after
+    1. For every unit alone, find the largest candidate ratio whose loss (after
        reconstruction) stays within the budget (the group's sensitivity).
     2. Apply all of them together, with reconstruction, and measure the whole model on
        held-out samples.
@@ -28,9 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from hwcomp.analysis.channels import analyze_channels
 from hwcomp.compress.judge import Judge
 from hwcomp.compress.pipeline import compress_graph
+from hwcomp.passes.prune_channels import prunable_units
 from hwcomp.verify import first_outputs
 
 logger = logging.getLogger(__name__)
@@ -77,24 +79,24 @@ def plan_pruning(
     def loss_of(candidate: ir.Model) -> float:
         return judge.loss(first_outputs(candidate, check_batches))
 
-    groups = analyze_channels(model).groups
+    units = prunable_units(model)
     plan = PrunePlan(ratios={}, loss=0.0, budget=budget, metric=metric)
-    if not groups:
+    if not units:
         plan.decisions.append("nothing prunable: every group is frozen")
         return plan
     alone: dict[str, float] = {}
-    for group in groups:
+    for unit in units:
         for ratio in CANDIDATES:
-            pruned = compress_graph(model, {group.name: ratio}, alignment=alignment,
+            pruned = compress_graph(model, {unit: ratio}, alignment=alignment,
                                           reconstruct_with=fit_batches).model
             loss = loss_of(pruned)
             if loss <= budget:
-                plan.ratios[group.name] = ratio
-                alone[group.name] = loss
-                plan.decisions.append(f"{group.name}: {ratio:.0%} alone costs {loss:.4f}")
+                plan.ratios[unit] = ratio
+                alone[unit] = loss
+                plan.decisions.append(f"{unit}: {ratio:.0%} alone costs {loss:.4f}")
                 break
         else:
-            plan.decisions.append(f"{group.name}: even {CANDIDATES[-1]:.0%} exceeds the budget")
+            plan.decisions.append(f"{unit}: even {CANDIDATES[-1]:.0%} exceeds the budget")
     while plan.ratios:
         combined = compress_graph(model, dict(plan.ratios), alignment=alignment,
                                         reconstruct_with=fit_batches).model

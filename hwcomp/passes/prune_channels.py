@@ -237,6 +237,16 @@ class PruneChannelsPass(ir.passes.FunctionalPass):
         return _norm_scores(model, group, 2 if self.importance == "l2" else 1)
 
 
+def prunable_units(model: ir.Model) -> list[str]:
+    """Return the names a ratio applies to: channel groups, FFN hidden units, attention heads.
+
+    What ``--prune auto`` and ``--optimize`` choose ratios for (the names of a ratio file).
+    """
+    return ([group.name for group in analyze_channels(model).groups]
+            + [ffn.name for ffn in find_ffns(model)]
+            + [attention.name for attention in find_attention(model)])
+
+
 def _kept_count(size: int, ratio: float, alignment: int, width: int = 1) -> int:
     """Return how many of ``size`` units to keep at ``ratio``, rounded up to the alignment.
 

@@ -49,12 +49,30 @@ def test_zero_budget_without_labels_uses_agreement():
 
 
 def test_nothing_prunable_is_a_decision_line():
-    model = to_ir(model_zoo.transformer_block())
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["out"], name="only")], "one",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])], [weight])
+    model = to_ir(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                        ir_version=10))
     rng = np.random.default_rng(0)
-    batches = [{"input": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(2)]
+    batches = [{"input": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(2)]
     plan = plan_pruning(model, 0.01, batches[:1], batches[1:])
     assert plan.ratios == {} and plan.decisions == ["nothing prunable: every group is frozen"]
-    assert plan.metric.startswith("top-1 disagreement with the original")
+
+
+def test_transformer_ffn_and_heads_are_planned():
+    """--prune auto weighs a transformer's FFN hidden units and attention heads too."""
+    model = to_ir(model_zoo.transformer_block())
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(8)]
+    plan = plan_pruning(model, 0.2, batches[:6], batches[6:])
+    assert any(name.endswith("(FFN hidden)") for name in plan.ratios)
+    assert any(name.endswith("(attention heads)") for name in plan.ratios)
+    assert plan.loss <= 0.2
 
 
 def test_budget_parsing():
