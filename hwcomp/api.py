@@ -7,13 +7,14 @@ the modules it names; this file only sequences them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,8 +263,13 @@ def build(
     else:
         options.require_student()
 
+    measure = None
+    if options.optimize is not None and options.measure_top > 0:
+        measure = _plan_measurer(model_path, target, input_shapes, calib, options, precision,
+                                 outputs)
     model, compressed, plan, cut = _transformed_model(model_path, target, input_shapes, options,
-                                                      precision, calib, progress, outputs)
+                                                      precision, calib, progress, outputs,
+                                                      measure)
     if tolerance is None:
         tolerance = QUANTIZED_TOLERANCE if plan is not None else DEFAULT_TOLERANCE
     original = model_io.to_proto(model)
@@ -333,6 +339,7 @@ def _transformed_model(
     model_path: Path, target: Target, input_shapes: Mapping[str, tuple[int, ...]] | None,
     options: driver.CompressionOptions, precision: quantize.PrecisionOptions, calib: Path | None,
     progress: distill.Progress | None = None, outputs: Sequence[str] | None = None,
+    measure: Any = None,
 ) -> tuple[ir.Model, driver.CompressionOutcome | None, quantize.PrecisionPlan | None,
            model_io.CutReport | None]:
     """Load the model (cut at ``outputs``), compress and quantize it as asked; say what each did.
@@ -346,7 +353,7 @@ def _transformed_model(
     compressed = None
     if options.requested:
         compressed = driver.compress_with_data(model, target, options, progress,
-                                               plan_precision=True)
+                                               plan_precision=True, measure=measure)
         model = compressed.result.model
         joint = compressed.plan if options.optimize is not None else None
         if joint is not None and joint.precisions:
@@ -362,6 +369,55 @@ def _transformed_model(
                                       progress, on_calibration=same)
         model, plan = _quantize(model, target, precision, calib, qat)
     return model, compressed, plan, cut
+
+
+def _plan_measurer(model_path: Path, target: Target,
+                   input_shapes: Mapping[str, tuple[int, ...]] | None, calib: Path | None,
+                   options: driver.CompressionOptions, precision: quantize.PrecisionOptions,
+                   outputs: Sequence[str] | None) -> Callable[..., float | None]:
+    """Return what builds one candidate plan's bundle in scratch and times it (or None).
+
+    Each bundle is built as the final one would be (pruned with reconstruction on the same
+    samples, quantized at the planned precisions, verified) and timed by
+    :func:`_plan_measurement`: measured here, or counted on the emulated board.
+    """
+    lowering = lowering_for(target)
+    if (not target.emulator and lowering.not_run_reason(target)) or (
+            target.emulator and target.family != "mcu"):
+        return lambda ratios, precisions: None  # neither runs here nor is counted
+
+    def measure(ratios: Mapping[str, float], precisions: Mapping[str, str]) -> float | None:
+        with tempfile.TemporaryDirectory(prefix="hwcomp-plan-") as scratch:
+            ratio_file = None
+            if ratios:
+                ratio_file = Path(scratch) / "ratios.json"
+                ratio_file.write_text(json.dumps(dict(ratios)))
+            fixed = dataclasses.replace(options, optimize=None, latency_budget=None,
+                                        prune=None if ratio_file is None else str(ratio_file),
+                                        distill=None)
+            planned = dataclasses.replace(precision, precision="planned",
+                                          planned=tuple(sorted(precisions.items()))) \
+                if precisions else precision
+            with _quiet():
+                result = build(model_path, target.name, Path(scratch) / "out",
+                               input_shapes=input_shapes, calib=calib, compression_options=fixed,
+                               precision_options=planned, outputs=outputs)
+            return _plan_measurement(result.bundle, target, result.manifest,
+                                     lowering).get("seconds")
+
+    return measure
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence hwcomp's warnings while candidate bundles build (the final build says them)."""
+    root = logging.getLogger("hwcomp")
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def _plan_measurement(bundle: Path, target: Target, manifest: dict[str, Any],

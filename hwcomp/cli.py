@@ -321,6 +321,9 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 @click.option("--outputs", metavar="NAME,NAME",
               help="Compile (analyze) only up to these tensors: they become the outputs and "
                    "what follows them (NMS, decoding) is cut off.")
+@click.option("--measure-top", type=int, default=3, show_default=True, metavar="K",
+              help="With --optimize: build and time (or count, on Cortex-M) the K best "
+                   "predicted plans and keep the fastest measured; 0 trusts the prediction.")
 @compression_options
 @distill_options
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
@@ -330,7 +333,8 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           lowrank: float | None, importance: str, accuracy_budget: str | None,
           labels: Path | None, reconstruct: bool, calib_random: int,
           distill: DistillOptions | None, outputs: str | None,
-          json_path: Path | None, optimize: str | None, latency_budget: str | None) -> None:
+          json_path: Path | None, optimize: str | None, latency_budget: str | None,
+          measure_top: int) -> None:
     r"""Compile MODEL for a target into a bundle verified against onnxruntime.
 
     \b
@@ -344,7 +348,8 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
                                  labels=labels, calib=calib, seed=seed, calib_random=calib_random,
                                  distill=distill, optimize=optimize,
-                                 latency_budget=latency_budget, min_sqnr_db=min_sqnr)
+                                 latency_budget=latency_budget, min_sqnr_db=min_sqnr,
+                                 measure_top=measure_top)
     precision_options = PrecisionOptions(
         precision=precision, calibration=calib_method, min_sqnr_db=min_sqnr, labels=labels,
         accuracy_budget=parse_budget(accuracy_budget), calib_random=calib_random, seed=seed)

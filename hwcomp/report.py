@@ -317,7 +317,9 @@ def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
     rows = "\n".join(cells([c["label"], f"{c['loss']:.4g}", "yes" if c["within_budget"] else "no",
                             f"{c['predicted_latency_s'] * 1e3:.4f}", f"{c['weight_bytes']:,}",
                             f"{c['arena_bytes']:,}", len(c["ratios"]), len(c["precisions"]),
-                            "yes" if c in front else ""], c["chosen"]) for c in candidates)
+                            "yes" if c in front else "",
+                            "" if c.get("measured_s") is None else f"{c['measured_s'] * 1e3:.4f}"],
+                           c["chosen"]) for c in candidates)
     in_plan = {**{k: f"prune {v:.0%}" for k, v in plan["ratios"].items()}, **plan["precisions"]}
     settings = "\n".join(cells([s["unit"], f"prune {s['value']:.0%}" if s["kind"] == "prune"
                                 else s["value"], f"{s['loss_alone']:.4g}",

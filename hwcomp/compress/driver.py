@@ -37,7 +37,13 @@ from hwcomp.compress.pipeline import (
     parse_budget,
     parse_ratios,
 )
-from hwcomp.compress.planner import OBJECTIVES, JointPlan, parse_latency_budget, plan_jointly
+from hwcomp.compress.planner import (
+    OBJECTIVES,
+    JointPlan,
+    Measure,
+    parse_latency_budget,
+    plan_jointly,
+)
 from hwcomp.compress.precision import DEFAULT_MIN_SQNR_DB
 from hwcomp.compress.prune_plan import PrunePlan, plan_pruning
 from hwcomp.compress.torch_graph import check_convertible
@@ -71,6 +77,8 @@ class CompressionOptions:
         latency_budget: With ``optimize``: ``5ms`` / ``800us`` / milliseconds.
         min_sqnr_db: With ``optimize`` and no ``accuracy_budget``: the output SQNR floor
             against the original.
+        measure_top: With ``optimize`` on build: build and time this many of the best
+            predicted plans and keep the fastest measured (0: trust the prediction).
     """
 
     prune: str | float | None = None
@@ -86,6 +94,7 @@ class CompressionOptions:
     optimize: str | None = None
     latency_budget: str | float | None = None
     min_sqnr_db: float = DEFAULT_MIN_SQNR_DB
+    measure_top: int = 3
 
     @property
     def samples(self) -> Path | None:
@@ -132,6 +141,9 @@ class CompressionOptions:
             raise OptionError(f"--optimize {self.optimize!r} is not one of "
                               f"{', '.join(OBJECTIVES)}")
         parse_latency_budget(self.latency_budget)
+        if self.measure_top < 0:
+            raise OptionError(f"--measure-top {self.measure_top}: give 0 (trust the "
+                              "prediction) or more plans to build and time")
         if self.prune is not None or self.lowrank is not None:
             given = "--prune" if self.prune is not None else "--lowrank"
             raise OptionError(f"--optimize chooses the pruning itself: drop {given} (or drop "
@@ -191,7 +203,8 @@ class CompressionOutcome:
 
 def compress_with_data(model: ir.Model, target: Target, options: CompressionOptions,
                        progress: Progress | None = None, *,
-                       plan_precision: bool = False) -> CompressionOutcome:
+                       plan_precision: bool = False,
+                       measure: Measure | None = None) -> CompressionOutcome:
     """Compress ``model`` for ``target`` as ``options`` say, measured on held-out samples.
 
     Reconstruction (and ``prune=auto``) fit on the first three quarters of the samples;
@@ -199,7 +212,8 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     ``options.distill`` the result is then fine-tuned against ``model`` (``progress`` hears
     each epoch); where its samples are the calibration samples, the same last quarter is
     held out there too. With ``options.optimize`` the joint planner chooses the ratios (and,
-    with ``plan_precision``, per-layer precisions the caller quantizes: ``outcome.plan``).
+    with ``plan_precision``, per-layer precisions the caller quantizes: ``outcome.plan``;
+    ``measure`` builds and times candidate plans).
     """
     options.validate()
     ratios = parse_ratios(options.prune)
@@ -238,7 +252,7 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
             accuracy_budget=parse_budget(options.accuracy_budget),
             min_sqnr_db=options.min_sqnr_db,
             latency_budget_s=parse_latency_budget(options.latency_budget),
-            with_precision=plan_precision)
+            with_precision=plan_precision, measure=measure, measure_top=options.measure_top)
         ratios = chosen.ratios
     means = _activation_means(model, fit) if options.importance == "activation" else None
     result = compress_graph(model, ratios, options.importance, alignment=alignment,

@@ -29,6 +29,10 @@ still need whole-model checks, and each check is an onnxruntime run):
    candidates within the budget, so it is never worse by the prediction than either
    transformation alone. With ``--latency-budget`` the most accurate candidate meeting it
    is chosen instead; none meeting it fails with the best latency reached, writing nothing.
+5. Where the caller can build and time bundles (a target this machine runs, or Cortex-M's
+   emulated counts), the best few predicted plans are built and timed, and the fastest
+   *measured* is chosen: the prediction's error (2-17 % on Cortex-M with a profiled table)
+   exceeded the gap between close plans (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ _PASS_THROUGH = frozenset({"Relu", "Clip", "MaxPool", "Add", "Flatten", "Reshape
                            "AveragePool"})
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
+# Builds a plan's bundle (ratios, precisions) and returns its measured or counted seconds.
+Measure = Callable[[Mapping[str, float], Mapping[str, str]], "float | None"]
 
 
 class PlanBudgetError(BudgetError):
@@ -117,12 +123,14 @@ class Candidate:
     costs: Costs
     within: bool = False
     chosen: bool = False
+    measured_s: float | None = None  # the candidate's bundle, built and timed (step 5)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"label": self.label, "ratios": self.ratios,
                 "precisions": {k: v for k, v in self.precisions.items() if v != "fp32"},
                 "loss": self.loss, "within_budget": self.within, "chosen": self.chosen,
+                "measured_s": self.measured_s,
                 "predicted_latency_s": self.costs.latency_s,
                 "weight_bytes": self.costs.weight_bytes, "arena_bytes": self.costs.arena_bytes,
                 "latency_sources": self.costs.sources}
@@ -273,13 +281,17 @@ def plan_jointly(
     min_sqnr_db: float = quantize.DEFAULT_MIN_SQNR_DB, latency_budget_s: float | None = None,
     with_precision: bool = True, calibration: str = "minmax",
     progress: Callable[[str], None] | None = None,
+    measure: Measure | None = None, measure_top: int = 3,
 ) -> JointPlan:
     """Choose per-group pruning ratios and per-layer precisions for ``objective``.
 
     ``model`` is the original (cleaned and BN-folded here, as compression sees it);
     ``labels`` align with ``check``'s samples. Without ``accuracy_budget`` the budget is an
     output SQNR floor of ``min_sqnr_db`` against the original. ``with_precision`` False
-    plans pruning only (``hwcomp compress`` writes a float model).
+    plans pruning only (``hwcomp compress`` writes a float model). ``measure`` (build a plan's
+    bundle and return its measured or counted seconds, None where it cannot) times the
+    ``measure_top`` fastest predicted plans within the budget, and the best of pruning alone
+    and of precision alone, and the fastest measured is chosen (step 5).
 
     Raises:
         PlanBudgetError: ``latency_budget_s`` cannot be met within the accuracy budget.
@@ -307,6 +319,9 @@ def plan_jointly(
     for candidate in candidates:
         candidate.within = candidate.loss <= judge.budget
     chosen = _choose(candidates, objective, latency_budget_s, judge, decisions)
+    if measure is not None and objective == "latency" and measure_top > 0:
+        chosen = _measure_best(candidates, chosen, measure, measure_top, latency_budget_s,
+                               decisions, say)
     chosen.chosen = True
     decisions.append(
         f"chosen: {chosen.label}: {judge.metric} {chosen.loss:.4g}; predicted latency "
@@ -404,6 +419,53 @@ def _search(planner: _Planner, pool: list[Setting], name: str) -> list[Candidate
     if kept:
         plan(kept).label = f"{name}: {len(kept)} of {len(order)} settings (the search's answer)"
     return list(measured.values())
+
+
+def _measure_best(candidates: list[Candidate], predicted: Candidate, measure: Measure, top: int,
+                  latency_budget_s: float | None, decisions: list[str],
+                  say: Callable[[str], None]) -> Candidate:
+    """Build and time the best predicted plans; return the fastest measured (step 5).
+
+    The prediction ranks plans within its error (2-17 % on Cortex-M, more by the roofline);
+    a build and a count or a timing settles the order where they are close.
+    """
+    within = sorted((c for c in candidates if c.within and c.label != "fp32"),
+                    key=lambda c: (c.costs.latency_s, c.loss))
+    if latency_budget_s is not None:
+        within = [c for c in within if c.costs.latency_s <= latency_budget_s]
+    pool = within[:top]
+    for kind in ("pruning only", "precision only"):
+        best = next((c for c in within if c.label.startswith(kind)), None)
+        if best is not None and best not in pool:
+            pool.append(best)
+    if predicted not in pool:
+        pool.insert(0, predicted)
+    for index, candidate in enumerate(pool):
+        say(f"measuring plan {index + 1} of {len(pool)}")
+        candidate.measured_s = measure(candidate.ratios, candidate.precisions)
+    timed = [c for c in pool if c.measured_s is not None]
+    if not timed:
+        decisions.append("plans not timed here (the target does not run on this machine): "
+                         "chosen by the prediction")
+        return predicted
+    if latency_budget_s is not None:
+        meeting = [c for c in timed if c.measured_s is not None
+                   and c.measured_s <= latency_budget_s]
+        if not meeting:
+            fastest = min(timed, key=lambda c: c.measured_s or math.inf)
+            raise PlanBudgetError(
+                f"--latency-budget {latency_budget_s * 1e3:g} ms is met by the prediction but "
+                f"not by the built bundles: the fastest ({fastest.label}) takes "
+                f"{(fastest.measured_s or 0) * 1e3:.3f} ms; relax a budget; nothing was written")
+        best = min(meeting, key=lambda c: (c.loss, c.measured_s or math.inf))
+    else:
+        best = min(timed, key=lambda c: (c.measured_s or math.inf, c.loss))
+    decisions.append(
+        f"built and timed {len(timed)} plan(s): " + ", ".join(
+            f"{c.label} {(c.measured_s or 0) * 1e3:.4f} ms (predicted "
+            f"{c.costs.latency_s * 1e3:.4f})" for c in timed)
+        + f"; chosen by measurement: {best.label}")
+    return best
 
 
 def _choose(candidates: list[Candidate], objective: str, latency_budget_s: float | None,

@@ -138,6 +138,12 @@ def test_build_optimize_latency_on_cortex_m7(calibration, tmp_path):
     plan = manifest["plan"]
     assert plan["loss"] <= plan["budget"] and plan["ratios"] and plan["precisions"]
     assert plan["measured"]["source"] == "counted" and plan["measured"]["seconds"] > 0
+    # The best predicted plans were built and counted; the fastest counted one was kept.
+    timed = [c for c in plan["candidates"] if c["measured_s"] is not None]
+    chosen = next(c for c in plan["candidates"] if c["chosen"])
+    assert len(timed) >= 2 and chosen["measured_s"] == min(c["measured_s"] for c in timed)
+    assert chosen["measured_s"] == pytest.approx(plan["measured"]["seconds"])
+    assert any(d.startswith("built and timed") for d in plan["decisions"])
     assert manifest["precision"]["mode"] == "planned"
     assert {x["name"]: x["precision"] for x in manifest["precision"]["layers"]
             if x["precision"] != "fp32"} == plan["precisions"]
