@@ -384,9 +384,10 @@ def _plan_measurer(model_path: Path, target: Target,
     lowering = lowering_for(target)
     if (not target.emulator and lowering.not_run_reason(target)) or (
             target.emulator and target.family != "mcu"):
-        return lambda ratios, precisions: None  # neither runs here nor is counted
+        return lambda ratios, precisions, ranks: None  # neither runs here nor is counted
 
-    def measure(ratios: Mapping[str, float], precisions: Mapping[str, str]) -> float | None:
+    def measure(ratios: Mapping[str, float], precisions: Mapping[str, str],
+                ranks: Mapping[str, float]) -> float | None:
         with tempfile.TemporaryDirectory(prefix="hwcomp-plan-") as scratch:
             ratio_file = None
             if ratios:
@@ -394,7 +395,7 @@ def _plan_measurer(model_path: Path, target: Target,
                 ratio_file.write_text(json.dumps(dict(ratios)))
             fixed = dataclasses.replace(options, optimize=None, latency_budget=None,
                                         prune=None if ratio_file is None else str(ratio_file),
-                                        distill=None)
+                                        lowrank=dict(ranks) or None, distill=None)
             planned = dataclasses.replace(precision, precision="planned",
                                           planned=tuple(sorted(precisions.items()))) \
                 if precisions else precision

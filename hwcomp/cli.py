@@ -406,7 +406,8 @@ def _build_summary(result: api.BuildResult) -> dict[str, Any]:
         "precision": manifest.get("precision"),
         "plan": None if not manifest.get("plan") else {
             k: manifest["plan"][k] for k in ("objective", "metric", "budget", "loss", "ratios",
-                                             "precisions", "predicted", "fp32", "measured")},
+                                             "ranks", "precisions", "predicted", "fp32",
+                                             "measured")},
         "memory": (manifest.get("mcu") or {}).get("library"),
         "instructions": None if not counts else {
             "kernel_instructions": counts.get("kernel_instructions"),
@@ -430,7 +431,8 @@ def _echo_plan(plan: dict[str, Any] | None) -> None:
     if not plan:
         return
     fp32, chosen = plan["fp32"], plan["predicted"]
-    click.echo(f"plan ({plan['objective']}): {len(plan['ratios'])} group(s) pruned, "
+    click.echo(f"plan ({plan['objective']}): {len(plan['ratios'])} unit(s) pruned, "
+               f"{len(plan['ranks'])} layer(s) split, "
                f"{len(plan['precisions'])} layer(s) narrowed; {plan['metric']} "
                f"{plan['loss']:.4g} (budget {plan['budget']:.4g}); "
                f"{len(plan['candidates'])} candidate plans, {plan['evaluations']} evaluations")

@@ -316,14 +316,18 @@ def plan_html(plan: dict[str, Any], model: str, target: str) -> str:
 
     rows = "\n".join(cells([c["label"], f"{c['loss']:.4g}", "yes" if c["within_budget"] else "no",
                             f"{c['predicted_latency_s'] * 1e3:.4f}", f"{c['weight_bytes']:,}",
-                            f"{c['arena_bytes']:,}", len(c["ratios"]), len(c["precisions"]),
+                            f"{c['arena_bytes']:,}", len(c["ratios"]),
+                            len(c.get("ranks", {})), len(c["precisions"]),
                             "yes" if c in front else "",
                             "" if c.get("measured_s") is None else f"{c['measured_s'] * 1e3:.4f}"],
                            c["chosen"]) for c in candidates)
-    in_plan = {**{k: f"prune {v:.0%}" for k, v in plan["ratios"].items()}, **plan["precisions"]}
-    settings = "\n".join(cells([s["unit"], f"prune {s['value']:.0%}" if s["kind"] == "prune"
-                                else s["value"], f"{s['loss_alone']:.4g}",
-                                f"{s['saving_alone']:.4g}", in_plan.get(s["unit"], "-")])
+    in_plan = {**{k: f"prune {v:.0%}" for k, v in plan["ratios"].items()},
+               **{k: f"low-rank {v:.0%}" for k, v in plan.get("ranks", {}).items()},
+               **plan["precisions"]}
+    action = {"prune": "prune {:.0%}", "rank": "low-rank {:.0%} energy", "precision": "{}"}
+    settings = "\n".join(cells([s["unit"], action[s["kind"]].format(s["value"]),
+                                f"{s['loss_alone']:.4g}", f"{s['saving_alone']:.4g}",
+                                in_plan.get(s["unit"], "-")])
                          for s in plan["settings"])
     measured = plan.get("measured") or {}
     predicted = plan["predicted"]["latency_s"]

@@ -61,7 +61,8 @@ class CompressionOptions:
     Attributes:
         prune: A ratio, a ratio-file path, ``auto``, or None.
         importance: Channel ranking, one of :data:`IMPORTANCE`.
-        lowrank: Singular-value energy kept by low-rank splitting, or None.
+        lowrank: Singular-value energy kept by low-rank splitting (every layer, or
+            ``{layer: energy}``), or None.
         reconstruct: Refit changed layers by least squares.
         accuracy_budget: For ``prune=auto``: ``1%`` or ``0.01``.
         labels: Class labels of the calibration samples.
@@ -83,7 +84,7 @@ class CompressionOptions:
 
     prune: str | float | None = None
     importance: str = "l1"
-    lowrank: float | None = None
+    lowrank: float | Mapping[str, float] | None = None
     reconstruct: bool = True
     accuracy_budget: str | float | None = None
     labels: Path | None = None
@@ -217,6 +218,7 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
     """
     options.validate()
     ratios = parse_ratios(options.prune)
+    lowrank = options.lowrank
     specs = model_io.graph_inputs(model)
     if options.samples is not None:
         batches = model_io.calibration_batches(
@@ -254,9 +256,10 @@ def compress_with_data(model: ir.Model, target: Target, options: CompressionOpti
             latency_budget_s=parse_latency_budget(options.latency_budget),
             with_precision=plan_precision, measure=measure, measure_top=options.measure_top)
         ratios = chosen.ratios
+        lowrank = chosen.ranks or None
     means = _activation_means(model, fit) if options.importance == "activation" else None
     result = compress_graph(model, ratios, options.importance, alignment=alignment,
-                      activation_means=means, lowrank=options.lowrank, target=target,
+                      activation_means=means, lowrank=lowrank, target=target,
                       reconstruct_with=fit if options.reconstruct else None)
     undistilled = report = None
     if options.distill is not None:

@@ -113,10 +113,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def check_lowrank_and_importance(lowrank: float | None, importance: str) -> None:
+def check_lowrank_and_importance(lowrank: float | Mapping[str, float] | None,
+                                 importance: str) -> None:
     """Raise :class:`CompressionError` for an energy outside (0, 1] or an unknown ranking."""
-    if lowrank is not None and not 0.0 < lowrank <= 1.0:
-        raise CompressionError(f"--lowrank: energy {lowrank} is outside (0, 1]; 0.9 keeps 90 %")
+    energies = [] if lowrank is None else (
+        list(lowrank.values()) if isinstance(lowrank, Mapping) else [lowrank])
+    for energy in energies:
+        if not 0.0 < energy <= 1.0:
+            raise CompressionError(f"--lowrank: energy {energy} is outside (0, 1]; 0.9 keeps "
+                                   "90 %")
     if importance not in IMPORTANCE:
         raise CompressionError(f"importance '{importance}' is not one of {', '.join(IMPORTANCE)}")
 
@@ -132,13 +137,14 @@ def compress_graph(
     importance: str = "l1",
     alignment: int = 1,
     activation_means: Mapping[str, np.ndarray] | None = None,
-    lowrank: float | None = None,
+    lowrank: float | Mapping[str, float] | None = None,
     target: Target | None = None,
     reconstruct_with: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> PipelineResult:
     """Run the pipeline on ``model`` and return the compressed copy.
 
-    ``lowrank`` is the fraction of singular-value energy kept, in (0, 1]; it needs the
+    ``lowrank`` is the fraction of singular-value energy kept, in (0, 1], for every layer or
+    per layer name (``{layer: energy}``, the planner's; other layers stay whole); it needs the
     ``target`` whose roofline decides which splits pay. ``reconstruct_with`` (calibration
     feeds) refits the changed layers by least squares after pruning and splitting.
     """
@@ -172,9 +178,20 @@ def compress_graph(
     if lowrank is not None:
         if target is None:
             raise CompressionError("low-rank splitting needs a target profile (--target)")
-        splitter = LowRankPass(lowrank, target, alignment)
-        run("lowrank", splitter)
-        split_report = splitter.report
+        split_report = LowRankReport()
+        passes: list[tuple[float, set[str] | None]]
+        if isinstance(lowrank, Mapping):
+            by_energy: dict[float, set[str]] = {}
+            for layer, energy in lowrank.items():
+                by_energy.setdefault(float(energy), set()).add(layer)
+            passes = [(energy, layers) for energy, layers in sorted(by_energy.items())]
+        else:
+            passes = [(float(lowrank), None)]
+        for energy, layers in passes:
+            splitter = LowRankPass(energy, target, alignment, layers)
+            run("lowrank", splitter)
+            split_report.split.extend(splitter.report.split)
+            split_report.skipped.update(splitter.report.skipped)
         model = infer_shapes(model)
     refit = before = None
     if reconstruct_with is not None and (prune is not None or lowrank is not None):

@@ -40,9 +40,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import onnx
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("latency", "size", "memory")
 RATIOS = (0.25, 0.5, 0.75)
+ENERGIES = (0.98, 0.95, 0.9)  # singular-value energy a split layer keeps, mildest first
 MAX_FILL = 12  # joint checks after the bisection (step 3)
 _BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 # Ops whose output keeps the element type of their (first) input in a quantized pipeline.
@@ -73,8 +75,9 @@ _PASS_THROUGH = frozenset({"Relu", "Clip", "MaxPool", "Add", "Flatten", "Reshape
                            "AveragePool"})
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
-# Builds a plan's bundle (ratios, precisions) and returns its measured or counted seconds.
-Measure = Callable[[Mapping[str, float], Mapping[str, str]], "float | None"]
+# Builds a plan's bundle (ratios, precisions, ranks) and returns its measured or counted
+# seconds (None where it cannot).
+Measure = Callable[[Mapping[str, float], Mapping[str, str], Mapping[str, float]], "float | None"]
 
 
 class PlanBudgetError(BudgetError):
@@ -96,12 +99,33 @@ class Costs:
                 "memory": float(self.arena_bytes)}[objective]
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One plan's settings: ratio per pruning unit, energy per split layer, narrow precisions."""
+
+    ratios: tuple[tuple[str, float], ...] = ()
+    ranks: tuple[tuple[str, float], ...] = ()
+    precisions: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, ratios: Mapping[str, float] | None = None, ranks: Mapping[str, float] | None = None,
+           precisions: Mapping[str, str] | None = None) -> Choice:
+        """Build from mappings (fp32 precisions dropped: they are the default)."""
+        return cls(tuple(sorted((ratios or {}).items())), tuple(sorted((ranks or {}).items())),
+                   tuple(sorted((k, v) for k, v in (precisions or {}).items() if v != "fp32")))
+
+    @property
+    def structure_key(self) -> tuple[Any, ...]:
+        """Return what decides the graph's structure (pruning and splitting, not precision)."""
+        return (self.ratios, self.ranks)
+
+
 @dataclass
 class Setting:
     """One unit at one setting, measured alone."""
 
     unit: str
-    kind: str  # "prune" or "precision"
+    kind: str  # "prune", "rank" (energy kept) or "precision"
     value: float | str
     loss: float
     saving: float
@@ -117,18 +141,32 @@ class Candidate:
     """One plan the search measured: its settings, loss and predicted costs."""
 
     label: str
-    ratios: dict[str, float]
-    precisions: dict[str, str]
+    choice: Choice
     loss: float
     costs: Costs
     within: bool = False
     chosen: bool = False
     measured_s: float | None = None  # the candidate's bundle, built and timed (step 5)
 
+    @property
+    def ratios(self) -> dict[str, float]:
+        """Return the pruning ratio per unit."""
+        return dict(self.choice.ratios)
+
+    @property
+    def ranks(self) -> dict[str, float]:
+        """Return the singular-value energy kept per split layer."""
+        return dict(self.choice.ranks)
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """Return the narrow precision per layer (the rest fp32)."""
+        return dict(self.choice.precisions)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"label": self.label, "ratios": self.ratios,
-                "precisions": {k: v for k, v in self.precisions.items() if v != "fp32"},
+        return {"label": self.label, "ratios": self.ratios, "ranks": self.ranks,
+                "precisions": self.precisions,
                 "loss": self.loss, "within_budget": self.within, "chosen": self.chosen,
                 "measured_s": self.measured_s,
                 "predicted_latency_s": self.costs.latency_s,
@@ -145,6 +183,7 @@ class JointPlan:
     budget: float
     latency_budget_s: float | None
     ratios: dict[str, float]
+    ranks: dict[str, float]
     precisions: dict[str, str]
     loss: float
     costs: Costs
@@ -168,7 +207,7 @@ class JointPlan:
             "objective": self.objective, "metric": self.metric, "budget": self.budget,
             "latency_budget_s": self.latency_budget_s, "loss": self.loss,
             "held_out_samples": self.samples,
-            "ratios": self.ratios,
+            "ratios": self.ratios, "ranks": self.ranks,
             "precisions": {k: v for k, v in self.precisions.items() if v != "fp32"},
             "predicted": dataclasses.asdict(self.costs),
             "fp32": dataclasses.asdict(self.baseline),
@@ -202,6 +241,31 @@ def parse_latency_budget(text: str | float | None) -> float | None:
     return value
 
 
+_T = TypeVar("_T")
+
+
+class _Recent(Generic[_T]):
+    """The ``size`` most recently stored values by key (a bounded cache)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[tuple[Any, ...], _T] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...]) -> _T | None:
+        """Return the value stored under ``key`` (now the most recent), else None."""
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key: tuple[Any, ...], value: _T) -> None:
+        """Store ``value``, forgetting the least recent beyond ``size``."""
+        self.items[key] = value
+        self.items.move_to_end(key)
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+
 class _Planner:
     """Measures plans: structure and reconstruction per ratio set, ranges, losses, costs."""
 
@@ -210,57 +274,65 @@ class _Planner:
         self.model, self.target, self.objective, self.judge = model, target, objective, judge
         self.fit, self.alignment, self.calibration = fit, alignment, calibration
         self.act_dtype = activation_dtype(target)
+        self.names = {node.name for node in model.graph}
         self.evaluations = 0
-        self._structures: dict[tuple[Any, ...], ir.Model] = {}
-        self._fitted: dict[tuple[Any, ...], onnx.ModelProto] = {}
+        # Models are held for the last few ratio sets only (the search moves through them in
+        # order): memory stays a few copies of the model whatever the number of candidates.
+        self._structures: _Recent[ir.Model] = _Recent(4)
+        self._fitted: _Recent[onnx.ModelProto] = _Recent(2)
         self._ranges: dict[tuple[Any, ...], dict[str, tuple[float, float]]] = {}
-        self._losses: dict[tuple[Any, ...], float] = {}
+        self._losses: dict[Choice, float] = {}
 
-    def structure(self, ratios: Mapping[str, float]) -> ir.Model:
-        """Return the pruned model without reconstruction (its shapes are what costs read)."""
-        key = _key(ratios)
-        if key not in self._structures:
-            self._structures[key] = (compress_graph(self.model, dict(ratios),
-                                                    alignment=self.alignment).model
-                                     if ratios else self.model)
-        return self._structures[key]
+    def structure(self, choice: Choice) -> ir.Model:
+        """Return the pruned / split model without reconstruction (what costs read)."""
+        key = choice.structure_key
+        found = self._structures.get(key)
+        if found is None:
+            found = self._compress(choice, None)
+            self._structures.put(key, found)
+        return found
 
-    def fitted(self, ratios: Mapping[str, float]) -> onnx.ModelProto:
-        """Return the pruned model with its layers reconstructed on the fitting samples."""
-        key = _key(ratios)
-        if key not in self._fitted:
-            pruned = (compress_graph(self.model, dict(ratios), alignment=self.alignment,
-                                     reconstruct_with=self.fit).model
-                      if ratios else self.model)
-            self._fitted[key] = model_io.to_proto(pruned)
-        return self._fitted[key]
+    def fitted(self, choice: Choice) -> onnx.ModelProto:
+        """Return the pruned / split model with its layers reconstructed on the fit samples."""
+        key = choice.structure_key
+        found = self._fitted.get(key)
+        if found is None:
+            found = model_io.to_proto(self._compress(choice, self.fit))
+            self._fitted.put(key, found)
+        return found
 
-    def ranges(self, ratios: Mapping[str, float]) -> dict[str, tuple[float, float]]:
-        """Return activation ranges of the reconstructed pruned model (shared as the build does)."""
-        key = _key(ratios)
+    def _compress(self, choice: Choice, fit: Feeds | None) -> ir.Model:
+        if not choice.ratios and not choice.ranks:
+            return self.model
+        return compress_graph(self.model, dict(choice.ratios), alignment=self.alignment,
+                              lowrank=dict(choice.ranks) or None, target=self.target,
+                              reconstruct_with=fit).model
+
+    def ranges(self, choice: Choice) -> dict[str, tuple[float, float]]:
+        """Return activation ranges of the reconstructed model (shared as the build does)."""
+        key = choice.structure_key
         if key not in self._ranges:
-            proto = self.fitted(ratios)
+            proto = self.fitted(choice)
             ranges = quantize.calibrate(proto, self.fit, self.calibration)
             quantize.share_ranges(proto, ranges)
             self._ranges[key] = ranges
         return self._ranges[key]
 
-    def loss(self, ratios: Mapping[str, float], precisions: Mapping[str, str]) -> float:
+    def loss(self, choice: Choice) -> float:
         """Return the held-out loss of the plan against the original (measured once)."""
-        narrow = {k: v for k, v in precisions.items() if v != "fp32"}
-        key = (_key(ratios), tuple(sorted(narrow.items())))
-        if key not in self._losses:
+        if choice not in self._losses:
             self.evaluations += 1
-            proto = self.fitted(ratios)
-            if narrow:
-                proto = quantize.quantize_model(proto, self.ranges(ratios), narrow,
-                                                self.act_dtype)
-            self._losses[key] = self.judge.loss(first_outputs(proto, self.judge.check))
-        return self._losses[key]
+            proto = self.fitted(choice)
+            if choice.precisions:
+                proto = quantize.quantize_model(proto, self.ranges(choice),
+                                                dict(choice.precisions), self.act_dtype)
+            self._losses[choice] = self.judge.loss(first_outputs(proto, self.judge.check))
+        return self._losses[choice]
 
-    def costs(self, ratios: Mapping[str, float], precisions: Mapping[str, str]) -> Costs:
+    def costs(self, choice: Choice) -> Costs:
         """Return the predicted latency, weight bytes and peak activation bytes of a plan."""
-        structure = self.structure(ratios)
+        structure = self.structure(choice)
+        precisions = dict(choice.precisions)
         graph = graph_cost(structure)
         nodes = [_at_precision(n, precisions.get(n.name, "fp32")) for n in graph.nodes]
         saved = sum(old.weight_bytes - new.weight_bytes
@@ -303,14 +375,17 @@ def plan_jointly(
     judge = Judge(base, check, labels, accuracy_budget, min_sqnr_db)
     alignment = int(target.channel_multiple.get("fp32", 1))
     planner = _Planner(base, target, objective, judge, fit, alignment, calibration)
-    fp32: dict[str, str] = {}
-    baseline = planner.costs({}, fp32)
+    baseline = planner.costs(Choice())
     decisions = [f"objective: predicted {objective} on {target.name}; budget: {judge.metric} "
                  f"<= {judge.budget:g} on {model_io.sample_count(check)} held-out samples"]
     settings = _settings_alone(planner, base, with_precision, decisions, say)
-    candidates = [Candidate("fp32", {}, {}, 0.0, baseline)]
+    if not settings:
+        decisions.append("no setting saves anything within the budget: the plan is fp32, "
+                         "unpruned")
+    candidates = [Candidate("fp32", Choice(), 0.0, baseline)]
     searches = {"joint": settings,
                 "pruning only": [s for s in settings if s.kind == "prune"],
+                "low-rank only": [s for s in settings if s.kind == "rank"],
                 "precision only": [s for s in settings if s.kind == "precision"]}
     for name, pool in searches.items():
         if pool and (name == "joint" or len(pool) < len(settings)):
@@ -331,8 +406,8 @@ def plan_jointly(
     decisions.append(f"{planner.evaluations} whole-model evaluations in onnxruntime")
     return JointPlan(
         objective=objective, metric=judge.metric, budget=judge.budget,
-        latency_budget_s=latency_budget_s, ratios=dict(chosen.ratios),
-        precisions=dict(chosen.precisions), loss=chosen.loss, costs=chosen.costs,
+        latency_budget_s=latency_budget_s, ratios=chosen.ratios, ranks=chosen.ranks,
+        precisions=chosen.precisions, loss=chosen.loss, costs=chosen.costs,
         baseline=baseline, candidates=candidates, settings=settings,
         samples=model_io.sample_count(check), evaluations=planner.evaluations,
         decisions=decisions)
@@ -342,37 +417,57 @@ def _settings_alone(planner: _Planner, base: ir.Model, with_precision: bool,
                     decisions: list[str], say: Callable[[str], None]) -> list[Setting]:
     """Measure each unit's settings alone (step 1): loss and predicted saving."""
     objective, budget = planner.objective, planner.judge.budget
-    reference = planner.costs({}, {}).value(objective)
+    reference = planner.costs(Choice()).value(objective)
     settings: list[Setting] = []
     units = prunable_units(base)
     for index, unit in enumerate(units):
         say(f"pruning alone: unit {index + 1} of {len(units)}")
         for ratio in RATIOS:
-            saving = reference - planner.costs({unit: ratio}, {}).value(objective)
+            choice = Choice.of(ratios={unit: ratio})
+            saving = reference - planner.costs(choice).value(objective)
             if saving <= 0:
                 decisions.append(f"{unit}: {ratio:.0%} saves nothing by the prediction")
                 continue
-            loss = planner.loss({unit: ratio}, {})
+            loss = planner.loss(choice)
             if loss > budget:
                 decisions.append(f"{unit}: {ratio:.0%} alone costs {loss:.4g}, over "
                                  "the budget")
                 break
             settings.append(Setting(unit, "prune", ratio, max(loss, 0.0), saving))
+    layers = quantize.layer_candidates(base, planner.target)
+    for index, layer in enumerate(layers):
+        say(f"low-rank alone: layer {index + 1} of {len(layers)}")
+        for energy in ENERGIES:
+            choice = Choice.of(ranks={layer.name: energy})
+            if not _splits(planner, choice):
+                continue  # not split: full rank needed, or not faster on this target
+            saving = reference - planner.costs(choice).value(objective)
+            if saving <= 0:
+                decisions.append(f"{layer.name}: low-rank {energy:.0%} saves nothing by the "
+                                 "prediction")
+                continue
+            loss = planner.loss(choice)
+            if loss > budget:
+                decisions.append(f"{layer.name}: low-rank {energy:.0%} alone costs {loss:.4g}, "
+                                 "over the budget")
+                break
+            settings.append(Setting(layer.name, "rank", energy, max(loss, 0.0), saving))
     if not with_precision:
         return settings
-    layers = quantize.layer_candidates(base, planner.target)
     proto = model_io.to_proto(base)
-    quantize.drop_unquantizable(layers, proto, planner.ranges({}), planner.act_dtype, decisions)
+    quantize.drop_unquantizable(layers, proto, planner.ranges(Choice()), planner.act_dtype,
+                                decisions)
     for index, layer in enumerate(layers):
         say(f"precision alone: layer {index + 1} of {len(layers)}")
         for precision in ("int8", "fp16"):
             if precision not in layer.candidates:
                 continue
-            saving = reference - planner.costs({}, {layer.name: precision}).value(objective)
+            choice = Choice.of(precisions={layer.name: precision})
+            saving = reference - planner.costs(choice).value(objective)
             if saving <= 0:
                 decisions.append(f"{layer.name}: {precision} saves nothing by the prediction")
                 continue
-            loss = planner.loss({}, {layer.name: precision})
+            loss = planner.loss(choice)
             if loss > budget:
                 decisions.append(f"{layer.name}: {precision} alone costs {loss:.4g}, over "
                                  "the budget")
@@ -386,22 +481,26 @@ def _search(planner: _Planner, pool: list[Setting], name: str) -> list[Candidate
     budget = planner.judge.budget
     floor = max(budget, 1e-3) / (10 * max(len(pool), 1))
     order = sorted(pool, key=lambda s: -s.saving / (s.loss + floor))
-    measured: dict[tuple[Any, ...], Candidate] = {}
+    measured: dict[Choice, Candidate] = {}
 
     def plan(chosen: Sequence[Setting]) -> Candidate:
         ratios: dict[str, float] = {}
+        ranks: dict[str, float] = {}
         precisions: dict[str, str] = {}
         for s in chosen:  # a unit takes its strongest setting among those chosen
             if s.kind == "prune":
                 ratios[s.unit] = max(ratios.get(s.unit, 0.0), float(s.value))
-            elif _BYTES[str(s.value)] < _BYTES[precisions.get(s.unit, "fp32")]:
+            elif s.kind == "rank":
+                if s.unit not in precisions:  # a layer is split or narrowed, not both
+                    ranks[s.unit] = min(ranks.get(s.unit, 1.0), float(s.value))
+            elif s.unit not in ranks and \
+                    _BYTES[str(s.value)] < _BYTES[precisions.get(s.unit, "fp32")]:
                 precisions[s.unit] = str(s.value)
-        key = (_key(ratios), tuple(sorted(precisions.items())))
-        if key not in measured:
-            measured[key] = Candidate(
-                f"{name}: {len(chosen)} of {len(order)} settings", ratios, precisions,
-                planner.loss(ratios, precisions), planner.costs(ratios, precisions))
-        return measured[key]
+        choice = Choice.of(ratios, ranks, precisions)
+        if choice not in measured:
+            measured[choice] = Candidate(f"{name}: {len(chosen)} of {len(order)} settings",
+                                         choice, planner.loss(choice), planner.costs(choice))
+        return measured[choice]
 
     low, high = 0, len(order)  # the prefix of length `low` is within the budget (0: fp32)
     if plan(order).loss <= budget:
@@ -434,7 +533,7 @@ def _measure_best(candidates: list[Candidate], predicted: Candidate, measure: Me
     if latency_budget_s is not None:
         within = [c for c in within if c.costs.latency_s <= latency_budget_s]
     pool = within[:top]
-    for kind in ("pruning only", "precision only"):
+    for kind in ("pruning only", "low-rank only", "precision only"):
         best = next((c for c in within if c.label.startswith(kind)), None)
         if best is not None and best not in pool:
             pool.append(best)
@@ -442,7 +541,7 @@ def _measure_best(candidates: list[Candidate], predicted: Candidate, measure: Me
         pool.insert(0, predicted)
     for index, candidate in enumerate(pool):
         say(f"measuring plan {index + 1} of {len(pool)}")
-        candidate.measured_s = measure(candidate.ratios, candidate.precisions)
+        candidate.measured_s = measure(candidate.ratios, candidate.precisions, candidate.ranks)
     timed = [c for c in pool if c.measured_s is not None]
     if not timed:
         decisions.append("plans not timed here (the target does not run on this machine): "
@@ -488,8 +587,9 @@ def _choose(candidates: list[Candidate], objective: str, latency_budget_s: float
     return min(meeting, key=lambda c: (c.loss, c.costs.value(objective)))
 
 
-def _key(ratios: Mapping[str, float]) -> tuple[Any, ...]:
-    return tuple(sorted(ratios.items()))
+def _splits(planner: _Planner, choice: Choice) -> bool:
+    """Say whether the choice's low-rank layers were split (the pass splits only what pays)."""
+    return any(node.name not in planner.names for node in planner.structure(choice).graph)
 
 
 def _at_precision(node: NodeCost, precision: str) -> NodeCost:

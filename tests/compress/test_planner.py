@@ -63,7 +63,7 @@ def test_plan_meets_the_budget_and_beats_each_transformation_alone(m7_plan):
     assert plan.costs.arena_bytes < plan.baseline.arena_bytes
     # Every setting measured alone is recorded with its loss and predicted saving.
     assert all(s.saving > 0 and s.loss <= plan.budget for s in plan.settings)
-    assert {s.kind for s in plan.settings} == {"prune", "precision"}
+    assert {s.kind for s in plan.settings} >= {"prune", "precision"}
     json.dumps(plan.to_dict())
 
 
@@ -215,3 +215,20 @@ def test_plan_predicts_from_the_targets_measured_latency_table(digits_split_batc
     assert plan.baseline.sources.get("measured", 0) >= 4  # the four convolutions at least
     pruned = [c for c in plan.candidates if c.ratios]
     assert pruned and all(c.costs.sources.get("predicted", 0) > 0 for c in pruned)
+
+
+def test_low_rank_is_a_setting_and_compresses_as_planned(digits_split_batches):
+    """Split layers are planned like pruned groups; the compressed model has the factors."""
+    from hwcomp.compress.pipeline import compress_graph
+
+    model, fit, check, labels = digits_split_batches
+    plan = plan_jointly(model, load_target("x86-avx2"), "latency", fit, check, labels,
+                        accuracy_budget=0.01, with_precision=False)
+    ranks = [s for s in plan.settings if s.kind == "rank"]
+    assert ranks and all(0 < float(s.value) < 1 and s.loss <= 0.01 for s in ranks)
+    split = next(c for c in plan.candidates if c.label.startswith("low-rank only"))
+    assert split.ranks and not split.ratios and split.costs.latency_s < plan.baseline.latency_s
+    result = compress_graph(model, lowrank=split.ranks, target=load_target("x86-avx2"),
+                            alignment=8)
+    assert result.lowrank is not None
+    assert {change.layer for change in result.lowrank.split} == set(split.ranks)
