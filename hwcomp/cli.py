@@ -175,10 +175,10 @@ def compression_options(command: Callable[..., None]) -> Callable[..., None]:
                      help="No --calib: plan --prune/--precision auto on N seeded random samples "
                           "anyway (judged on noise; said in the output and manifest)."),
         click.option("--optimize", type=click.Choice(list(OBJECTIVES)),
-                     help="One planner chooses each group's pruning ratio and (build) each "
-                          "layer's precision for the lowest predicted latency, weight bytes "
-                          "or activation bytes under --accuracy-budget (else --min-sqnr); "
-                          "every candidate in the manifest's plan and plan.html."),
+                     help="One planner chooses pruning ratios, low-rank splits and (build) "
+                          "each layer's precision for the lowest predicted latency, weight "
+                          "bytes or activation bytes under --accuracy-budget (else "
+                          "--min-sqnr); every candidate in the manifest's plan and plan.html."),
         click.option("--latency-budget", metavar="5ms",
                      help="With --optimize: the most accurate plan predicted within this "
                           "time (ms, or 800us); none within the accuracy budget: exit 5."),

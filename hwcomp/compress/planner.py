@@ -1,9 +1,10 @@
-"""One planner for pruning and precision (``--optimize latency|size|memory``).
+"""One planner for pruning, low-rank splitting and precision (``--optimize``).
 
-Each layer (precision) and each coupled channel group, transformer FFN or attention block
-(pruning ratio) is a *unit*; each
-unit has settings (fp32 / fp16 / int8 where the target runs them faster; ratios 25 / 50 /
-75 % aligned to the target's channel multiple). The objective is the model's predicted
+Each layer (precision, low-rank split) and each pruning unit (coupled channel group,
+transformer FFN, attention block) is a *unit*; each unit has settings (fp32 / fp16 / int8
+where the target runs them faster; ratios 25 / 50 / 75 % aligned to the target's channel
+multiple; splits keeping 98 / 95 / 90 % of the singular-value energy where the split pays
+on the target). The objective is the model's predicted
 latency on the target (:func:`hwcomp.profile.estimate_model`: the target's measured latency
 table, a fit on it, else the roofline; each layer's source is recorded), or its weight
 bytes (``size``), or its peak activation bytes (``memory``). The constraint is an accuracy
