@@ -371,7 +371,7 @@ def plan_jointly(
     """
     if objective not in OBJECTIVES:
         raise OptionError(f"--optimize {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    say = progress or (lambda _text: None)
+    say = progress or (lambda text: logger.info("plan: %s", text))
     base = compress_graph(model).model
     judge = Judge(base, check, labels, accuracy_budget, min_sqnr_db)
     alignment = int(target.channel_multiple.get("fp32", 1))
