@@ -356,15 +356,15 @@ def plan_jointly(
     progress: Callable[[str], None] | None = None,
     measure: Measure | None = None, measure_top: int = 3,
 ) -> JointPlan:
-    """Choose per-group pruning ratios and per-layer precisions for ``objective``.
+    """Choose pruning ratios, low-rank splits and per-layer precisions for ``objective``.
 
     ``model`` is the original (cleaned and BN-folded here, as compression sees it);
     ``labels`` align with ``check``'s samples. Without ``accuracy_budget`` the budget is an
     output SQNR floor of ``min_sqnr_db`` against the original. ``with_precision`` False
     plans pruning only (``hwcomp compress`` writes a float model). ``measure`` (build a plan's
     bundle and return its measured or counted seconds, None where it cannot) times the
-    ``measure_top`` fastest predicted plans within the budget, and the best of pruning alone
-    and of precision alone, and the fastest measured is chosen (step 5).
+    ``measure_top`` fastest predicted plans within the budget, and the best of pruning,
+    low-rank and precision alone, and the fastest measured is chosen (step 5).
 
     Raises:
         PlanBudgetError: ``latency_budget_s`` cannot be met within the accuracy budget.
@@ -424,16 +424,13 @@ def _settings_alone(planner: _Planner, base: ir.Model, with_precision: bool,
     for index, unit in enumerate(units):
         say(f"pruning alone: unit {index + 1} of {len(units)}")
         for ratio in RATIOS:
-            choice = Choice.of(ratios={unit: ratio})
-            saving = reference - planner.costs(choice).value(objective)
-            if saving <= 0:
-                decisions.append(f"{unit}: {ratio:.0%} saves nothing by the prediction")
+            found = _alone(planner, reference, Choice.of(ratios={unit: ratio}),
+                           f"{unit}: {ratio:.0%}", decisions)
+            if found is None:
                 continue
-            loss = planner.loss(choice)
+            saving, loss = found
             if loss > budget:
-                decisions.append(f"{unit}: {ratio:.0%} alone costs {loss:.4g}, over "
-                                 "the budget")
-                break
+                break  # a larger ratio costs more
             settings.append(Setting(unit, "prune", ratio, max(loss, 0.0), saving))
     layers = quantize.layer_candidates(base, planner.target)
     for index, layer in enumerate(layers):
@@ -442,16 +439,13 @@ def _settings_alone(planner: _Planner, base: ir.Model, with_precision: bool,
             choice = Choice.of(ranks={layer.name: energy})
             if not _splits(planner, choice):
                 continue  # not split: full rank needed, or not faster on this target
-            saving = reference - planner.costs(choice).value(objective)
-            if saving <= 0:
-                decisions.append(f"{layer.name}: low-rank {energy:.0%} saves nothing by the "
-                                 "prediction")
+            found = _alone(planner, reference, choice, f"{layer.name}: low-rank {energy:.0%}",
+                           decisions)
+            if found is None:
                 continue
-            loss = planner.loss(choice)
+            saving, loss = found
             if loss > budget:
-                decisions.append(f"{layer.name}: low-rank {energy:.0%} alone costs {loss:.4g}, "
-                                 "over the budget")
-                break
+                break  # less energy costs more
             settings.append(Setting(layer.name, "rank", energy, max(loss, 0.0), saving))
     if not with_precision:
         return settings
@@ -463,18 +457,28 @@ def _settings_alone(planner: _Planner, base: ir.Model, with_precision: bool,
         for precision in ("int8", "fp16"):
             if precision not in layer.candidates:
                 continue
-            choice = Choice.of(precisions={layer.name: precision})
-            saving = reference - planner.costs(choice).value(objective)
-            if saving <= 0:
-                decisions.append(f"{layer.name}: {precision} saves nothing by the prediction")
-                continue
-            loss = planner.loss(choice)
-            if loss > budget:
-                decisions.append(f"{layer.name}: {precision} alone costs {loss:.4g}, over "
-                                 "the budget")
-                continue
-            settings.append(Setting(layer.name, "precision", precision, max(loss, 0.0), saving))
+            found = _alone(planner, reference, Choice.of(precisions={layer.name: precision}),
+                           f"{layer.name}: {precision}", decisions)
+            if found is not None and found[1] <= budget:
+                settings.append(Setting(layer.name, "precision", precision, max(found[1], 0.0),
+                                        found[0]))
     return settings
+
+
+def _alone(planner: _Planner, reference: float, choice: Choice, what: str,
+           decisions: list[str]) -> tuple[float, float] | None:
+    """Return one setting's (saving, loss) alone; None when the prediction says it saves nothing.
+
+    Both refusals are decisions; the caller keeps the setting only within the budget.
+    """
+    saving = reference - planner.costs(choice).value(planner.objective)
+    if saving <= 0:
+        decisions.append(f"{what} saves nothing by the prediction")
+        return None
+    loss = planner.loss(choice)
+    if loss > planner.judge.budget:
+        decisions.append(f"{what} alone costs {loss:.4g}, over the budget")
+    return saving, loss
 
 
 def _search(planner: _Planner, pool: list[Setting], name: str) -> list[Candidate]:
