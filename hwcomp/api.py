@@ -623,6 +623,9 @@ _BUNDLE_FILES = (
     ("include/", "TVM FFI and DLPack headers for code that loads the model"),
     ("example/", "example main.c running the verification input and checking it"),
     ("hwcomp.mk", "Makefile fragment: sources, include flags, target flags"),
+    ("zephyr/", "Zephyr module (module.yml, Kconfig, CMakeLists.txt): add the bundle to "
+                "ZEPHYR_EXTRA_MODULES"),
+    ("library.json", "PlatformIO library manifest: put the bundle under lib/ of a project"),
     ("cmake/", "CMake toolchain file for arm-none-eabi-gcc with this target's flags"),
     ("board/", "startup code and linker script of the emulated board the firmware ran on"),
     ("bin/firmware.elf", "the example firmware for the emulated board (qemu-system-arm)"),

@@ -12,12 +12,14 @@ Layout written into the bundle:
     include/                     the DLPack and TVM FFI headers the kernels include
     example/main.c, example/example_data.h   runs the verification input, checks it
     CMakeLists.txt, hwcomp.mk    static library target / Makefile fragment
+    zephyr/, library.json        a Zephyr module / a PlatformIO library manifest
     cmake/arm-none-eabi-<target>.cmake       toolchain file with the profile's flags
     board/                       startup code and linker script for the emulated board
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -123,6 +125,7 @@ def write_sources(
     (staging / "CMakeLists.txt").write_text(render_source("mcu/CMakeLists.txt.j2", **common))
     (staging / "hwcomp.mk").write_text(render_source(
         "mcu/hwcomp.mk.j2", cflags=target.cflags, arena_bytes=program.plan.arena_bytes, **common))
+    _write_integrations(staging, common)
     toolchain = staging / "cmake" / f"arm-none-eabi-{target.name}.cmake"
     toolchain.parent.mkdir()
     toolchain.write_text(render_source(
@@ -221,6 +224,33 @@ def _calls(program: AotProgram, prefix: str) -> list[dict[str, Any]]:
             "workspace": "NULL" if offset is None else f"arena + {offset}",
         })
     return calls
+
+
+def _write_integrations(staging: Path, common: dict[str, Any]) -> None:
+    """Write the Zephyr module (``zephyr/``) and the PlatformIO manifest (``library.json``).
+
+    Both build the same sources with the same flags as the bundle's CMakeLists.txt: -O2 (what
+    flash was measured at) and -ffp-contract=off (what was verified).
+    """
+    zephyr = staging / "zephyr"
+    zephyr.mkdir()
+    for name in ("module.yml", "Kconfig", "CMakeLists.txt"):
+        (zephyr / name).write_text(render_source(f"mcu/zephyr/{name}.j2", **common))
+    prefix = common["prefix"]
+    manifest = {
+        "name": prefix, "version": common["version"],
+        "description": (f"{common['model_file']} compiled by hwcomp {common['version']} for "
+                        f"{common['target']}: #include \"{prefix}.h\" and call {prefix}_run"),
+        "keywords": ["hwcomp", "onnx", "inference", common["target"]],
+        "frameworks": "*", "platforms": "*",
+        # lib/ holds the model, hwcomp's runtime and the API header; include/ the DLPack
+        # and TVM headers the kernels include. Archived, so two models' copies of the
+        # runtime resolve to one.
+        "build": {"srcDir": "lib", "includeDir": "lib", "srcFilter": ["+<*.c>"],
+                  "flags": ["-I include", "-O2", "-ffp-contract=off", "-std=c99"],
+                  "libArchive": True},
+    }
+    (staging / "library.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _copies(program: AotProgram, prefix: str) -> list[dict[str, Any]]:

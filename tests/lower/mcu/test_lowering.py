@@ -206,3 +206,51 @@ def test_op_the_mcu_path_cannot_lower_names_the_node(tmp_path):
     assert "pick_top3" in done.stderr and "TopK" in done.stderr and "microcontroller" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_zephyr_module_builds_and_runs_the_model(kws_bundle, tmp_path):
+    """The bundle's Zephyr module, consumed as Zephyr would (without its SDK, out of reach
+    here: tests/mcu_zephyr/ stands in for Zephyr's library API), builds and its example
+    matches onnxruntime on the host."""
+    require_tools("cmake", "gcc")
+    module = kws_bundle / "zephyr"
+    assert "cmake: zephyr" in (module / "module.yml").read_text()
+    kconfig = (module / "Kconfig").read_text()
+    assert "config HWCOMP_KWS\n" in kconfig and "select HWCOMP_RUNTIME" in kconfig
+    build = tmp_path / "build"
+    configure = subprocess.run(
+        ["cmake", "-S", str(REPO / "tests" / "mcu_zephyr"), "-B", str(build),
+         f"-DMODULE={kws_bundle}", "-DCONFIG=CONFIG_HWCOMP_KWS"], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout + configure.stderr
+    done = subprocess.run(["cmake", "--build", str(build), "--verbose"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "-ffp-contract=off" in done.stdout and "-O2" in done.stdout
+    ran = subprocess.run([str(build / "app")], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stdout[-2000:]
+
+
+def test_platformio_manifest_builds_the_model(kws_bundle, tmp_path):
+    """library.json, read as PlatformIO's library builder reads it (PlatformIO's platforms
+    cannot be fetched here): its sources, include paths and flags build the library, and the
+    example linked against it matches onnxruntime on the host."""
+    import shlex
+
+    require_tools("gcc")
+    manifest = json.loads((kws_bundle / "library.json").read_text())
+    assert manifest["name"] == "hwcomp_kws" and manifest["version"]
+    build = manifest["build"]
+    assert build["srcFilter"] == ["+<*.c>"]
+    sources = sorted((kws_bundle / build["srcDir"]).glob("*.c"))
+    flags = [part for flag in build["flags"] for part in shlex.split(flag)]
+    # PlatformIO resolves a library's relative -I paths against the library's root.
+    flags = [str(kws_bundle / f) if prev == "-I" else f
+             for prev, f in zip(["", *flags[:-1]], flags, strict=True)]
+    program = tmp_path / "app"
+    done = subprocess.run(
+        ["gcc", *flags, "-I", str(kws_bundle / build["includeDir"]), "-I",
+         str(kws_bundle / "example"), str(kws_bundle / "example" / "main.c"),
+         *map(str, sources), "-o", str(program), "-lm"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ran = subprocess.run([str(program)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stdout[-2000:]
