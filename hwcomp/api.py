@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 import hwcomp
-from hwcomp import bench, report
+from hwcomp import bench, remote, report
 from hwcomp import model as model_io
 from hwcomp import profile as latency
 from hwcomp.analysis import cost, roofline, sensitivity
@@ -231,12 +231,15 @@ def build(
     use_tuning_db: bool = True,
     progress: distill.Progress | None = None,
     outputs: Sequence[str] | None = None,
+    verify: str = "auto",
+    device: str | None = None,
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
 
     With ``compression_options`` asking for pruning or low-rank splitting, the model is
     compressed first (measured against the original on held-out samples, recorded in the
-    manifest) and the compressed model is what gets compiled and verified.
+    manifest) and the compressed model is what gets compiled and verified. ``verify`` says
+    where the bundle runs for that (:data:`VERIFY_WAYS`; ``device`` with ``"device"``).
 
     Raises:
         HwcompError: Any user-caused failure; nothing is left at the output path.
@@ -248,6 +251,7 @@ def build(
     for program, package in lowering.required_tools(target):
         require_tool(program, package, f"for target '{target.name}'")
     model_path = Path(model_path)
+    address = _check_verify(verify, device, lowering, target)
     destination = bundle_path(model_path, target, Path(output_dir))
     check_output(destination, force)
     options = compression_options or driver.CompressionOptions()
@@ -303,7 +307,7 @@ def build(
         kernel_macs = dict(info.kernel_macs)
         kernel_args = extras.pop("kernel_args", {})
         verification, run = _verify(staging, lowering, target, model, feeds, reference,
-                                    tolerance, source)
+                                    tolerance, source, verify, address)
         manifest = _manifest(model_path, target, model, legal, steps, verification, staging)
         manifest.update(extras)
         if run is not None and run.step_counts:
@@ -382,8 +386,9 @@ def _plan_measurer(model_path: Path, target: Target,
     :func:`_plan_measurement`: measured here, or counted on the emulated board.
     """
     lowering = lowering_for(target)
-    if (not target.emulator and lowering.not_run_reason(target)) or (
-            target.emulator and target.family != "mcu"):
+    timed = lowering.kernel_timing == latency.COUNTED or (
+        lowering.kernel_timing == latency.MEASURED and not lowering.not_run_reason(target))
+    if not timed:
         return lambda ratios, precisions, ranks: None  # neither runs here nor is counted
 
     def measure(ratios: Mapping[str, float], precisions: Mapping[str, str],
@@ -507,6 +512,37 @@ def _write_verify_data(
         np.save(folder / f"expected_output_{index:02d}.npy", array)
 
 
+VERIFY_WAYS = ("auto", "host", "emulator", "device", "skip")
+
+
+def _check_verify(way: str, device: str | None, lowering: Any,
+                  target: Target) -> remote.DeviceAddress | None:
+    """Refuse a ``--verify`` way this target's bundle cannot take here, before any work.
+
+    Returns the device's address for ``device``.
+
+    Raises:
+        OptionError: An unknown way, a way that cannot run here (saying why), ``--device``
+            without ``--verify device`` or the reverse.
+    """
+    if way not in VERIFY_WAYS:
+        raise OptionError(f"--verify {way!r} is not one of {', '.join(VERIFY_WAYS)}")
+    if (device is not None) != (way == "device"):
+        raise OptionError("--verify device runs the bundle on --device rpc://HOST:PORT (or "
+                          "tracker://HOST:PORT/KEY): give both, or neither")
+    if way == "device":
+        if not lowering.rpc_device:
+            raise OptionError(f"--verify device: {target.name} bundles are C sources for a "
+                              "firmware, not a library a device server loads: flash the "
+                              "bundle's example on the board, or --verify host / emulator")
+        return remote.parse_device(str(device))
+    if way in ("host", "emulator"):
+        reason = lowering.verify_ways(target)[way]
+        if reason:
+            raise OptionError(f"--verify {way} is not possible here for {target.name}: {reason}")
+    return None
+
+
 def _verify(
     staging: Path,
     lowering: Any,
@@ -516,16 +552,34 @@ def _verify(
     reference: list[np.ndarray],
     tolerance: float,
     source: str,
+    way: str = "auto",
+    address: remote.DeviceAddress | None = None,
 ) -> tuple[Verification, RunnerResult | None]:
-    """Run the bundle and compare; also return the run (None where it was not run)."""
-    reason = lowering.not_run_reason(target)
-    if reason:
-        logger.warning("verification not run: %s", reason)
+    """Run the bundle as ``way`` says and compare; also return the run (None: not run).
+
+    ``auto`` runs it the family's preferred way among those this machine has (the same
+    rule for every family); with none, verification is "not run" and the warning says why.
+    """
+    if way == "skip":
         return Verification(status=NOT_RUN, tolerance=tolerance, inputs=source,
-                            reason=reason), None
-    result = lowering.execute(staging, target, list(feeds.values()))
+                            reason="skipped (--verify skip)"), None
+    if address is not None:
+        outputs = bench.run_on_device(staging, address, list(feeds.values()),
+                                      lowering.rpc_device)
+        result = RunnerResult(outputs=outputs, timing=f"on the device at {address}")
+    else:
+        if way == "auto":
+            reasons = lowering.verify_ways(target)
+            if all(reasons.values()):
+                reason = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+                logger.warning("verification not run: %s", reason)
+                return Verification(status=NOT_RUN, tolerance=tolerance, inputs=source,
+                                    reason=reason), None
+        result = lowering.execute(staging, target, list(feeds.values()), way)
     names = [spec.name for spec in model_io.graph_outputs(model)]
-    verification = compare_outputs(names, reference, result.outputs, tolerance, source)
+    verification = dataclasses.replace(
+        compare_outputs(names, reference, result.outputs, tolerance, source),
+        ran_on=result.timing.splitlines()[0][:200] if result.timing else way)
     for label, outputs in result.also.items():
         verification = verification.with_run(
             label, compare_outputs(names, reference, outputs, tolerance, source))

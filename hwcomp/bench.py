@@ -34,6 +34,7 @@ from hwcomp import instructions, remote
 from hwcomp.errors import ExecutionError, HwcompError, ModelLoadError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.library.runner import emulated as emulated_command
+from hwcomp.lower.types import flatten_outputs
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import thread_env
 
@@ -266,18 +267,53 @@ def time_onnxruntime(model: Path, feeds: dict[str, np.ndarray], warmup: int, rep
     return LatencyStats.of(OnnxruntimeTimer(model, feeds, threads, warmup).samples(repeat, number))
 
 
+def _remote_vm(session: Any, bundle: Path, kind: str) -> tuple[Any, Any]:
+    """Upload the bundle's library over ``session``; return its VM and the device (``kind``)."""
+    from tvm import relax
+
+    session.upload(str(bundle / "lib" / "model.so"), "hwcomp_model.so")
+    library = session.load_module("hwcomp_model.so")
+    device = session.cuda() if kind == "cuda" else session.cpu()
+    return relax.VirtualMachine(library, device), device
+
+
+def run_on_device(bundle: Path, address: remote.DeviceAddress, inputs: Sequence[np.ndarray],
+                  kind: str = "cpu") -> list[np.ndarray]:
+    """Run ``bundle``'s library once on the device at ``address``; return its outputs.
+
+    Bounded like the benchmark: the connection, and the whole run, each by their timeout.
+
+    Raises:
+        DeviceError: The device cannot be reached or stops answering.
+        ExecutionError: The run fails on the device.
+    """
+    import tvm
+
+    session = remote.connect(address)
+
+    def run() -> list[np.ndarray]:
+        vm, device = _remote_vm(session, bundle, kind)
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x), device)
+                              for x in inputs])
+        return flatten_outputs(result)
+
+    try:
+        return remote.bounded(run, remote.SESSION_TIMEOUT_S, f"{address}: the verification run")
+    except remote.DeviceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - errors raised on the device come back as TVM errors
+        raise ExecutionError(f"{address}: running the bundle failed: "
+                             f"{str(exc).splitlines()[-1][:300]}") from None
+
+
 def _bench_remote(bundle: Path, target: Target, address: remote.DeviceAddress, warmup: int,
                   repeat: int, number: int) -> BenchResult:
     import tvm
-    from tvm import relax
 
     session = remote.connect(address)
 
     def measure() -> Any:
-        session.upload(str(bundle / "lib" / "model.so"), "hwcomp_model.so")
-        library = session.load_module("hwcomp_model.so")
-        device = session.cpu()
-        vm = relax.VirtualMachine(library, device)
+        vm, device = _remote_vm(session, bundle, "cpu")
         inputs = [tvm.runtime.tensor(np.load(p), device) for p in input_files(bundle)]
         vm.set_input("main", *inputs)
         for _ in range(warmup):

@@ -321,6 +321,13 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 @click.option("--outputs", metavar="NAME,NAME",
               help="Compile (analyze) only up to these tensors: they become the outputs and "
                    "what follows them (NMS, decoding) is cut off.")
+@click.option("--verify", "verify", type=click.Choice(list(api.VERIFY_WAYS)), default="auto",
+              show_default=True,
+              help="Where verification runs: host (this machine: natively, or the C of a "
+                   "Cortex-M bundle), emulator (qemu), device (--device), skip; auto: the "
+                   "family's usual way if this machine has it, else not run (said).")
+@click.option("--device", "device", metavar="rpc://HOST:PORT",
+              help="With --verify device: the device server (or tracker://HOST:PORT/KEY).")
 @click.option("--measure-top", type=int, default=3, show_default=True, metavar="K",
               help="With --optimize: build and time (or count, on Cortex-M) the K best "
                    "predicted plans and keep the fastest measured; 0 trusts the prediction.")
@@ -334,7 +341,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           labels: Path | None, reconstruct: bool, calib_random: int,
           distill: DistillOptions | None, outputs: str | None,
           json_path: Path | None, optimize: str | None, latency_budget: str | None,
-          measure_top: int) -> None:
+          measure_top: int, verify: str, device: str | None) -> None:
     r"""Compile MODEL for a target into a bundle verified against onnxruntime.
 
     \b
@@ -360,7 +367,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
             calib=calib, tolerance=tolerance, force=force, seed=seed,
             compression_options=options, precision_options=precision_options,
             tuning_db=tuning_db, use_tuning_db=not no_tuning_db, progress=progress,
-            outputs=parse_outputs(outputs),
+            outputs=parse_outputs(outputs), verify=verify, device=device,
         )
     finally:
         progress.close()

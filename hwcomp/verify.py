@@ -50,6 +50,7 @@ class Verification:
     outputs: list[OutputCheck] = field(default_factory=list)
     # Other runs of the same inputs (e.g. "host build"), each compared the same way.
     runs: dict[str, list[OutputCheck]] = field(default_factory=dict)
+    ran_on: str = ""  # where ``outputs`` came from (runner's line, board, device, host build)
 
     def with_run(self, label: str, other: Verification) -> Verification:
         """Return the verdict with ``other`` (another run of the same inputs) folded in."""
@@ -58,7 +59,7 @@ class Verification:
         return Verification(
             status=FAILED if failed else self.status, tolerance=self.tolerance,
             inputs=self.inputs, reason="; ".join(reasons), outputs=self.outputs,
-            runs={**self.runs, label: other.outputs},
+            runs={**self.runs, label: other.outputs}, ran_on=self.ran_on,
         )
 
     def to_dict(self) -> dict:

@@ -166,3 +166,19 @@ def test_device_server_ports_default_to_a_range_from_the_first_port():
         last_port(9311, 9199)
     done = run_cli("device-server", "--port", "9311", "--port-end", "9199")
     _assert_clean_error(done, "--port-end 9199")
+
+
+def test_build_verifies_on_a_device(devices, tmp_path):
+    """--verify device: the bundle's library runs on the device server, compared there."""
+    proc = run_cli("build", str(EXAMPLE), "-t", "host", "-o", str(tmp_path), "--verify",
+                   "device", "--device", f"rpc://127.0.0.1:{devices['direct']}")
+    assert proc.returncode == 0, proc.stderr
+    assert "verification: passed" in proc.stdout
+    import json
+
+    manifest = json.loads((tmp_path / "example_cnn-host" / "manifest.json").read_text())
+    assert manifest["verification"]["status"] == "passed"
+    unreachable = run_cli("build", str(EXAMPLE), "-t", "host", "-o", str(tmp_path / "x"),
+                          "--verify", "device", "--device", f"rpc://127.0.0.1:{_free_port()}")
+    assert unreachable.returncode == 8 and "unreachable" in unreachable.stderr
+    assert not (tmp_path / "x").exists()

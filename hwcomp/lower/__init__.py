@@ -38,6 +38,8 @@ class Lowering(Protocol):
             one by one in a process here: a library for this CPU, loaded by TVM's VM),
             "counted" (the build counts each kernel call's instructions on the emulated
             board), or "" (neither here).
+        rpc_device: The TVM RPC device a bundle's library runs on for ``--verify device``
+            ("cpu", "cuda"), or "" where the bundle is not a library a device server loads.
 
     """
 
@@ -45,6 +47,7 @@ class Lowering(Protocol):
     builds_runner: bool
     tunable: bool
     kernel_timing: str
+    rpc_device: str
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Programs (and their Debian packages) needed before any work starts."""
@@ -72,8 +75,16 @@ class Lowering(Protocol):
         """Why the artifact cannot run on this machine, or None."""
         ...
 
-    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray]) -> RunnerResult:
-        """Run the bundle on ``inputs`` (natively, emulated or on a device here)."""
+    def verify_ways(self, target: Target) -> dict[str, str | None]:
+        """For ``host`` and ``emulator``: None where the bundle can run that way here, else why.
+
+        ``auto`` is the family's preferred way among those available.
+        """
+        ...
+
+    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray],
+                way: str = "auto") -> RunnerResult:
+        """Run the bundle on ``inputs`` here: ``host``, ``emulator`` or ``auto`` (the default)."""
         ...
 
 

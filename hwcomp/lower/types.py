@@ -95,3 +95,10 @@ def layer_count_record(result: RunnerResult, kernel_macs: dict[str, int],
     return {"counted_by": result.counted_by, "unit": "instructions executed (not cycles)",
             "kernel_instructions": total, "macs": macs,
             "macs_per_instruction": round(macs / total, 4) if total else None, "steps": steps}
+
+
+def flatten_outputs(result: Any) -> list[np.ndarray]:
+    """Return a Relax VM's result (a tensor, or nested tuples of them) as numpy arrays."""
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    return [array for item in result for array in flatten_outputs(item)]

@@ -10,6 +10,8 @@ runs for verification: the host's g++ and a native run, or ``aarch64-linux-gnu-g
 
 from __future__ import annotations
 
+import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ class CpuLowering(LibraryLowering):
     builds_runner = True
     tunable = True
     kernel_timing = "measured"
+    rpc_device = "cpu"
     # The int8 dot product of the family, used where the profile says ``int8_dot``.
     dot_instruction: KernelSpec = VNNI
 
@@ -71,7 +74,13 @@ class CpuLowering(LibraryLowering):
             return f"target '{target.name}' needs VNNI, which this CPU lacks"
         return None
 
-    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray]) -> RunnerResult:
+    def verify_ways(self, target: Target) -> dict[str, str | None]:
+        """Natively where this CPU has the target's ISA; x86 code is not emulated here."""
+        return {"host": self.not_run_reason(target),
+                "emulator": "x86 bundles run natively, not under an emulator (--verify host)"}
+
+    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray],
+                way: str = "auto") -> RunnerResult:
         """Run the bundle's own runner on ``inputs``."""
         return run_bundle(bundle, target, inputs)
 
@@ -101,3 +110,20 @@ class ArmLowering(CpuLowering):
     def not_run_reason(self, target: Target) -> str | None:
         """Arm bundles always run here, under the emulator."""
         return None
+
+    def verify_ways(self, target: Target) -> dict[str, str | None]:
+        """Under qemu where it is installed; natively only on an aarch64 machine."""
+        machine = platform.machine()
+        return {
+            "host": None if machine in ("aarch64", "arm64") else (
+                f"this machine is {machine}: aarch64 code runs here only under "
+                f"{target.emulator} (--verify emulator)"),
+            "emulator": None if shutil.which(target.emulator) else (
+                f"{target.emulator} is missing (apt-get install {target.emulator_package})"),
+        }
+
+    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray],
+                way: str = "auto") -> RunnerResult:
+        """Run the bundle's runner under qemu, or natively (``host``, on aarch64)."""
+        native = way == "host" or (way == "auto" and self.verify_ways(target)["host"] is None)
+        return run_bundle(bundle, target, inputs, native=native)

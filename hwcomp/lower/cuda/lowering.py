@@ -15,7 +15,7 @@ import onnx
 from hwcomp.lower.frontend.relax_import import import_checked
 from hwcomp.lower.kernel_spec import KernelSpec
 from hwcomp.lower.library.base import LibraryLowering, compile_relax
-from hwcomp.lower.types import Compiled, Prepared, RunnerResult
+from hwcomp.lower.types import Compiled, Prepared, RunnerResult, flatten_outputs
 from hwcomp.targets import Target
 
 
@@ -25,6 +25,7 @@ class CudaLowering(LibraryLowering):
     family = "cuda"
     tunable = False
     kernel_timing = ""
+    rpc_device = "cuda"
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Nvcc compiles the generated CUDA kernels."""
@@ -54,7 +55,14 @@ class CudaLowering(LibraryLowering):
             return None
         return "no CUDA device on this machine"
 
-    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray]) -> RunnerResult:
+    def verify_ways(self, target: Target) -> dict[str, str | None]:
+        """On this machine's GPU where there is one; nothing emulates CUDA here."""
+        return {"host": self.not_run_reason(target),
+                "emulator": "no emulator runs CUDA code (--verify host on a GPU machine, or "
+                            "--verify device)"}
+
+    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray],
+                way: str = "auto") -> RunnerResult:
         """Run the library on GPU 0 with TVM's Python runtime."""
         import tvm
         from tvm import relax
@@ -62,10 +70,5 @@ class CudaLowering(LibraryLowering):
         device = tvm.cuda(0)
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(bundle / "lib" / "model.so")), device)
         result = vm["main"](*[tvm.runtime.tensor(a, device) for a in inputs])
-        return RunnerResult(outputs=_flatten(result), timing="")
+        return RunnerResult(outputs=flatten_outputs(result), timing="")
 
-
-def _flatten(result: Any) -> list[np.ndarray]:
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    return [array for item in result for array in _flatten(item)]

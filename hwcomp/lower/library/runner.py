@@ -77,8 +77,9 @@ def compile_runner(target: Target, runtime_dir: Path) -> Path:
     return binary
 
 
-def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: int = 1) -> RunnerResult:
-    """Run ``bundle``'s runner on ``inputs`` (natively or under the target's emulator)."""
+def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: int = 1,
+               native: bool = False) -> RunnerResult:
+    """Run ``bundle``'s runner on ``inputs`` (under the target's emulator unless ``native``)."""
     with tempfile.TemporaryDirectory(prefix="hwcomp-run-") as scratch:
         work = Path(scratch)
         paths = []
@@ -92,7 +93,8 @@ def run_bundle(bundle: Path, target: Target, inputs: list[np.ndarray], repeat: i
             str(bundle / "bin" / "hwcomp_runner"), str(bundle / "lib" / "model.so"),
             "--warmup", "0", "--repeat", str(repeat), "--out", str(out_dir), "--inputs", *paths,
         ]
-        command = emulated(command, target, "to verify the bundle")
+        if not native:
+            command = emulated(command, target, "to verify the bundle")
         logger.debug("running %s", " ".join(command))
         try:
             result = subprocess.run(

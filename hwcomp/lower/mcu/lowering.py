@@ -15,6 +15,7 @@ read); the ``c`` kernels need only two runtime symbols, which the shim provides.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class McuLowering:
     builds_runner = False
     tunable = False
     kernel_timing = "counted"  # C for a board: its build counts each call's instructions
+    rpc_device = ""  # C sources for a firmware: flash the example on a board instead
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Return the cross compiler (sizes, firmware) and the host compiler (host check)."""
@@ -103,20 +105,41 @@ class McuLowering:
         """Verification always runs: on this machine, and on the emulated board if known."""
         return None
 
-    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray]) -> RunnerResult:
+    def verify_ways(self, target: Target) -> dict[str, str | None]:
+        """Say which ways run: the C built here (``host``), the firmware on qemu (``emulator``)."""
+        emulator = None
+        if not target.emulator:
+            emulator = f"target '{target.name}' names no emulated board"
+        elif not shutil.which(target.emulator):
+            emulator = f"{target.emulator} is missing (apt-get install {target.emulator_package})"
+        return {"host": None, "emulator": emulator}
+
+    def execute(self, bundle: Path, target: Target, inputs: list[np.ndarray],
+                way: str = "auto") -> RunnerResult:
         """Run the example (it embeds the verification inputs) under qemu and on the host.
 
-        The outputs compared first are the emulated board's when the profile names one; the
-        host build's go in ``also``.
+        ``auto``: both where qemu is here (the emulated board's outputs compared first, the
+        host build's in ``also``); ``host`` / ``emulator``: that one only.
         """
         del inputs  # compiled into example/example_data.h by package()
         shapes, dtypes = _output_layout(bundle)
         sources = sources_in(bundle)
-        with firmware.scratch_dir() as scratch:
-            host = firmware.run_on_host(sources, Path(scratch))
-        host_outputs = firmware.parse_outputs(host, dtypes, shapes)
         elf = bundle / "bin" / "firmware.elf"
-        if not elf.is_file():
+        board_reason = self.verify_ways(target)["emulator"]
+        if way == "emulator" and not elf.is_file():
+            raise ToolchainError("--verify emulator: no firmware for the emulated board (the "
+                                 "model does not fit it, or the profile names none: see the "
+                                 "warning above); use --verify host")
+        host_outputs = None
+        if way != "emulator":
+            with firmware.scratch_dir() as scratch:
+                host = firmware.run_on_host(sources, Path(scratch))
+            host_outputs = firmware.parse_outputs(host, dtypes, shapes)
+        if way == "host" or not elf.is_file() or (way == "auto" and board_reason):
+            if way == "auto" and board_reason and elf.is_file():
+                logger.warning("the emulated board does not run here (%s): verified on the "
+                               "host build of the C only", board_reason)
+            assert host_outputs is not None
             return RunnerResult(outputs=host_outputs, timing="host build of the C (no board)")
         board = " ".join([target.emulator, *target.emulator_args])
         try:
@@ -130,7 +153,8 @@ class McuLowering:
             output, steps, how = firmware.run_firmware(elf, target), [], ""
         return RunnerResult(
             outputs=firmware.parse_outputs(output, dtypes, shapes),
-            timing=f"{board} (emulated, not a latency)", also={"host build": host_outputs},
+            timing=f"{board} (emulated, not a latency)",
+            also={} if host_outputs is None else {"host build": host_outputs},
             step_counts=steps, counted_by=how)
 
 def _firmware(objects: list[Path], sources: Sources, target: Target, staging: Path,
