@@ -563,7 +563,8 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
     click.echo(
         f"\ntotal: {totals['macs'] / 1e9:.3f} GMACs, {totals['params'] / 1e6:.2f} M params "
         f"({totals['weight_bytes'] / 1e6:.2f} MB), peak activations "
-        f"{totals['peak_activation_bytes'] / 1e6:.2f} MB, estimated "
+        f"{totals['peak_activation_bytes'] / 1e6:.2f} MB{report.memory_fit(result.target, totals)}, "
+        "estimated "
         f"{totals['estimated_time_s'] * 1e3:.3f} ms on {result.target.name}"
         + _sources(doc["layers"])
     )

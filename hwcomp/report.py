@@ -159,12 +159,23 @@ def _figures(analysis: Analysis) -> dict[str, str]:
     points = [(n.intensity, n.flops / e.time_s, n.op_type)
               for n, e in zip(cost.nodes, roof.layers, strict=True) if e.time_s > 0 and n.flops]
     span = np.logspace(-2, 4, 200)
+    memory = memory_kind(analysis.target)
     ax.plot(span, np.minimum(roof.peak_flops_s, span * roof.bandwidth_bytes_s), "k-",
-            label="roof (fp32 peak, DRAM bandwidth)")
+            label=f"roof (fp32 peak, {memory} bandwidth)")
+    int8_peak = 2 * analysis.target.peak_macs_per_s("int8")
+    if int8_peak > roof.peak_flops_s:
+        ax.plot(span, np.minimum(int8_peak, span * roof.bandwidth_bytes_s), "k--",
+                label="int8 roof (int8 ops/s)")
     for op in sorted({p[2] for p in points}):
         xs = [p[0] for p in points if p[2] == op]
         ys = [p[1] for p in points if p[2] == op]
         ax.scatter(xs, ys, s=14, label=op)
+    # Name the costliest layers on the plot (the table below has every one).
+    named = sorted(((n, e) for n, e in zip(cost.nodes, roof.layers, strict=True)
+                    if e.time_s > 0 and n.flops), key=lambda p: -p[1].time_s)[:6]
+    for node, layer in named:
+        ax.annotate(node.name, (node.intensity, node.flops / layer.time_s), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)",
            ylabel="attainable FLOP/s", title=f"Roofline on {analysis.target.name}")
     ax.legend(fontsize=7, ncol=2)
@@ -174,7 +185,7 @@ def _figures(analysis: Analysis) -> dict[str, str]:
     ranked = sorted(zip(cost.nodes, roof.layers, strict=True), key=lambda p: -p[1].time_s)[:30]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, max(3, 0.25 * len(ranked) + 1)),
                                       sharey=True)
-    labels = [f"{n.name} ({n.op_type})"[:40] for n, _ in ranked]
+    labels = [f"{n.name} ({n.op_type})" for n, _ in ranked]
     left.barh(labels, [e.time_s * 1e3 for _, e in ranked],
               color=["tab:red" if e.bound == "memory" else "tab:blue" for _, e in ranked])
     left.set(xlabel="estimated time (ms); red = memory bound", title="Costliest layers")
@@ -189,10 +200,15 @@ def _figures(analysis: Analysis) -> dict[str, str]:
         grid = np.array([[_sqnr_for_plot(table[layer][action].sqnr_db) for action in sens.actions]
                          for layer in sens.layers])
         fig, ax = plt.subplots(figsize=(1.2 * len(sens.actions) + 3, 0.22 * len(sens.layers) + 1.5))
-        image = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=60)
+        # cividis: readable with every common colour-vision deficiency; dark is sensitive.
+        image = ax.imshow(grid, aspect="auto", cmap="cividis", vmin=0, vmax=60)
+        for row, values in enumerate(grid):
+            for column, value in enumerate(values):
+                ax.text(column, row, "60+" if value >= 60 else f"{value:.0f}", ha="center",
+                        va="center", fontsize=6, color="black" if value > 30 else "white")
         ax.set_xticks(range(len(sens.actions)), sens.actions)
-        ax.set_yticks(range(len(sens.layers)), [name[:30] for name in sens.layers], fontsize=7)
-        ax.set_title("Output SQNR (dB) per layer and action: red is sensitive")
+        ax.set_yticks(range(len(sens.layers)), list(sens.layers), fontsize=7)
+        ax.set_title("Output SQNR (dB) per layer and action: dark is sensitive")
         fig.colorbar(image, ax=ax, label="SQNR dB (exact shown as 60+)")
         images["sensitivity"] = _png(fig)
         plt.close(fig)
@@ -211,21 +227,60 @@ def to_html(analysis: Analysis) -> str:
         f'<figure id="plot-{name}"><img alt="{name}" src="data:image/png;base64,{data}"></figure>'
         for name, data in images.items()
     )
+    actions = doc["sensitivity"]["actions"] if doc["sensitivity"] else []
     rows = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in _layer_cells(layer)) + "</tr>"
-        for layer in doc["layers"]
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>"
+                         for cell in _layer_cells(layer) + _sensitivity_cells(layer, actions))
+        + "</tr>" for layer in doc["layers"]
     )
     totals = doc["totals"]
     summary = (
         f"{totals['macs'] / 1e9:.3f} GMACs, {totals['params'] / 1e6:.2f} M parameters, "
-        f"peak activations {totals['peak_activation_bytes'] / 1e6:.2f} MB, "
-        f"estimated {totals['estimated_time_s'] * 1e3:.3f} ms on {doc['target']['name']}"
+        f"peak activations {totals['peak_activation_bytes'] / 1e6:.2f} MB"
+        + memory_fit(analysis.target, totals)
+        + f", estimated {totals['estimated_time_s'] * 1e3:.3f} ms on {doc['target']['name']}"
     )
+    warning = ""
+    if doc["sensitivity"] and doc["sensitivity"]["random_calibration"]:
+        warning = ('<p class="warning">Sensitivity was measured on seeded RANDOM samples '
+                   "(--calib-random): it says how layers react to noise, not to your data. "
+                   "Pass --calib with real samples before deciding anything.</p>")
     return render(
         "report/analysis.html.in", title=html.escape(f"hwcomp analysis: {doc['model']['file']}"),
-        summary=html.escape(summary), figures=figures, rows=rows,
+        summary=html.escape(summary), figures=figures, rows=rows, warning=warning,
+        sensitivity_headers="".join(f"<th>{html.escape(a)} dB</th>" for a in actions),
         counted=_counted_html(doc["counted"]),
     )
+
+
+def memory_kind(target: Target) -> str:
+    """Name the memory the profile's bandwidth is of: on-chip SRAM where the profile has it."""
+    return "SRAM" if target.sram_bytes else "DRAM"
+
+
+def memory_fit(target: Target, totals: dict[str, Any]) -> str:
+    """Say how the peak activations and the weights compare with the board's SRAM and flash."""
+    if not target.sram_bytes:
+        return ""
+    text = (f" ({totals['peak_activation_bytes'] / target.sram_bytes:.0%} of the "
+            f"{target.sram_bytes / 1024:.0f} KiB SRAM")
+    if target.flash_bytes:
+        text += (f"; weights {totals['weight_bytes'] / target.flash_bytes:.0%} of the "
+                 f"{target.flash_bytes / 1024:.0f} KiB flash")
+    return text + ")"
+
+
+def _sensitivity_cells(layer: dict[str, Any], actions: list[str]) -> list[str]:
+    measured = layer["sensitivity"] or {}
+    cells = []
+    for action in actions:
+        result = measured.get(action)
+        if result is None:
+            cells.append("")
+        else:
+            cells.append("exact" if result["exact"] or result["sqnr_db"] is None
+                         else f"{result['sqnr_db']:.1f}")
+    return cells
 
 
 def _layer_cells(layer: dict[str, Any]) -> list[str]:

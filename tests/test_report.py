@@ -37,7 +37,7 @@ def test_analyze_table_json_and_html(tmp_path):
     image = r'id="plot-(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]{1000,})"'
     plots = re.findall(image, page)
     assert [name for name, _ in plots] == ["roofline", "layers", "sensitivity"]
-    assert "<table>" in page and "Conv16" in page
+    assert "<table id=\"layers\">" in page and "Conv16" in page
 
 
 def test_cost_only_without_calibration(tmp_path):
@@ -50,10 +50,27 @@ def test_cost_only_without_calibration(tmp_path):
 
 def test_random_calibration_warns(tmp_path):
     proc = run_cli("analyze", EXAMPLE, "--target", "host", "--calib-random", "2",
-                   "--actions", "int8,prune30")
+                   "--actions", "int8,prune30", "--html", str(tmp_path / "a.html"))
     assert proc.returncode == 0, proc.stderr
     assert "unreliable" in proc.stderr and "RANDOM" in proc.stdout
     assert "prune30 dB" in proc.stdout
+    page = (tmp_path / "a.html").read_text()
+    assert '<p class="warning">Sensitivity was measured on seeded RANDOM samples' in page
+
+
+def test_html_table_sorts_and_carries_sensitivity_and_the_boards_memory(tmp_path):
+    """The layer table has each action's SQNR and sorts by any column; a microcontroller's
+    page compares peak activations with its SRAM and weights with its flash."""
+    proc = run_cli("analyze", EXAMPLE, "--target", "cortex-m7", "--calib-random", "2",
+                   "--actions", "int8,prune50", "--html", str(tmp_path / "a.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert "of the 512 KiB SRAM; weights" in proc.stdout
+    page = (tmp_path / "a.html").read_text()
+    assert "<th>int8 dB</th><th>prune50 dB</th>" in page
+    assert 'id="layers"' in page and "addEventListener(\"click\"" in page
+    assert "of the 512 KiB SRAM" in page and "class=\"warning\"" in page
+    row = next(line for line in page.splitlines() if line.startswith("<tr><td>Conv4<"))
+    assert row.count("<td>") == 11 + 2  # the layer's columns, then one per action
 
 
 @pytest.mark.parametrize(("make", "fragments"), [
