@@ -49,6 +49,9 @@ def package_library(lowering: LibraryExport, executable: Any, target: Target,
     (staging / "runner").mkdir()
     for name in ("runner.cc", "task_pool.h", "CMakeLists.txt"):
         shutil.copy2(kernels_path("runner", name), staging / "runner" / name)
+    (staging / "host_api").mkdir()
+    shutil.copy2(kernels_path("host_api", "hwcomp_model.cc"), staging / "host_api")
+    shutil.copy2(kernels_path("host_api", "hwcomp_model.h"), staging / "include")
     render_to(
         "bundle/CMakeLists.txt.in", staging / "CMakeLists.txt",
         hwcomp_version=hwcomp.__version__, target=target.name, family=target.family,
