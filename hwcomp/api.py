@@ -674,7 +674,10 @@ _BUNDLE_FILES = (
     ("lib/hwcomp_f32.c", "hwcomp's fp32 kernels (convolution, depthwise, dense; register-blocked C)"),
     ("runtime/", "TVM runtime libraries for this architecture (libtvm_runtime.so, "
                  "libtvm_runtime_extra.so, libtvm_ffi.so)"),
-    ("include/", "TVM FFI and DLPack headers for code that loads the model"),
+    ("include/", "TVM FFI and DLPack headers for code that loads the model (and "
+                 "hwcomp_model.h, the C API, on CPU bundles)"),
+    ("host_api/", "hwcomp_model.cc: the C API over the TVM FFI (CMake target "
+                  "hwcomp::<target>_c)"),
     ("example/", "example main.c running the verification input and checking it"),
     ("hwcomp.mk", "Makefile fragment: sources, include flags, target flags"),
     ("zephyr/", "Zephyr module (module.yml, Kconfig, CMakeLists.txt): add the bundle to "
