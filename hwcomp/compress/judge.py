@@ -37,7 +37,9 @@ class Judge:
         self.check, self.labels = check, labels
         self.reference = first_outputs(model, check)
         flat = np.concatenate([r.reshape(r.shape[0], -1) for r in self.reference])
-        classes = flat.shape[1] > 1
+        # Class scores are [batch, classes]; a [batch, tokens, features] hidden state or a
+        # feature map flattened is not a choice among classes (top-1 of it means nothing).
+        classes = self.reference[0].ndim == 2 and flat.shape[1] > 1
         self.flat = flat
         if accuracy_budget is None:
             self.mode, self.budget = "sqnr", 0.0

@@ -70,7 +70,8 @@ def test_transformer_ffn_and_heads_are_planned():
     rng = np.random.default_rng(0)
     batches = [{"input": rng.standard_normal((1, 16, 64)).astype(np.float32)} for _ in range(8)]
     plan = plan_pruning(model, 0.2, batches[:6], batches[6:])
-    assert any(name.endswith("(FFN hidden)") for name in plan.ratios)
+    assert plan.metric == "relative output error"  # a hidden state, not class scores
+    assert any(d.startswith("MatMul68 (FFN hidden):") for d in plan.decisions)  # weighed
     assert any(name.endswith("(attention heads)") for name in plan.ratios)
     assert plan.loss <= 0.2
 
