@@ -649,7 +649,8 @@ def _write_readme(
                      ram=mcu["library"]["ram"], flash_budget=target.flash_bytes,
                      ram_budget=target.sram_bytes)
     elif (staging / "bin" / "hwcomp_runner").exists():
-        run = render("bundle/run_runner.md.in", runner_inputs=runner_inputs)
+        run = render("bundle/run_runner.md.in", runner_inputs=runner_inputs,
+                     target_id=target.name.replace("-", "_"))
     else:
         run = render("bundle/run_python.md.in")
     render_to(
