@@ -135,6 +135,10 @@ def emulation(target: Target) -> Emulation:
     if platform.machine() != "x86_64":
         raise CountError(f"counting instructions of {target.name} bundles needs an x86-64 host "
                          f"(qemu-x86_64), this is {platform.machine()}")
+    if target.vector_bits > 256:
+        raise CountError(f"cannot count {target.name} bundles: they use {target.vector_bits}-bit "
+                         "vectors (AVX-512), which qemu-x86_64 does not emulate; build for "
+                         "x86-avx2 to count instructions")
     program = require_tool("qemu-x86_64", "qemu-user", "to count the bundle's instructions")
     return Emulation(program, ("-cpu", "max"), "max", "x86_64")
 

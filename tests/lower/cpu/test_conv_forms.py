@@ -1,7 +1,9 @@
 """1-D, grouped and transposed convolutions on hwcomp's fp32 CPU kernels, against onnxruntime.
 
 Each case is a one-conv ONNX model (bias, then ReLU: the epilogue the kernel's store carries)
-compiled as ``hwcomp build --target host`` compiles it and run in this process; the manifest
+compiled as ``hwcomp build --target x86-avx2`` compiles it (8 fp32 lanes, which the kernel
+labels below assume; ``host`` follows this machine's vector width) and run in this process;
+the manifest
 label the rewrite records is checked too, so a case that silently fell back to TVM's generic
 schedule fails. Shapes are awkward on purpose: channels that are not whole vectors, odd 1-D
 lengths, stride 2, dilation, asymmetric padding, groups 2 to 64, batch 2.
@@ -19,6 +21,8 @@ from hwcomp.lower.cpu.kernels import spec as specs
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.targets import load_target
 from tests.helpers import run_ort
+
+TARGET = "x86-avx2"  # any x86-64 with AVX2 runs it; the labels assume its 8 lanes
 
 
 def _model(op, x_shape, w_shape, **attrs):
@@ -40,7 +44,7 @@ def _compile_and_compare(model, label):
     import tvm
     from tvm import relax
 
-    target = load_target("host")
+    target = load_target(TARGET)
     legal, _ = legalize_for_tvm(ir.from_proto(model))
     lowering = lowering_for(target)
     prepared = lowering.prepare(ir.to_proto(legal), target)
@@ -188,7 +192,7 @@ def test_a_kernel_its_rule_cannot_tile_is_reported(monkeypatch, x_shape, w_shape
 
     monkeypatch.setattr(fused_kernel, "schedule_fused_kernel", refuse)
     model = _model("Conv", x_shape, w_shape, **attrs)
-    target = load_target("host")
+    target = load_target(TARGET)
     legal, _ = legalize_for_tvm(ir.from_proto(model))
     lowering = lowering_for(target)
     compiled = lowering.compile(lowering.prepare(ir.to_proto(legal), target).module, target)
