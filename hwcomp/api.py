@@ -29,6 +29,7 @@ from hwcomp import profile as latency
 from hwcomp.analysis import cost, roofline, sensitivity
 from hwcomp.compress import distill, driver
 from hwcomp.compress import precision as quantize
+from hwcomp.compress.planner import Measure
 from hwcomp.errors import (
     CalibrationDataError,
     OptionError,
@@ -321,10 +322,10 @@ def build(
         if options.optimize is not None and compressed is not None and compressed.plan:
             compressed.plan.measured = _plan_measurement(staging, target, manifest, lowering)
             manifest["plan"] = compressed.plan.to_dict()
-            manifest["compression"]["plan"] = "see plan"
+            manifest["compression"]["plan"] = None  # the joint plan is the manifest's "plan"
             write_json(staging / "manifest.json", manifest)
             report.render_plan_report(staging / "plan.html", manifest["plan"], model_path.name,
-                               target.name)
+                                      target.name)
         _write_readme(staging, model_path, target, manifest, verification)
         if verification.status not in (PASSED, NOT_RUN):
             raise VerificationError(
@@ -343,7 +344,7 @@ def _transformed_model(
     model_path: Path, target: Target, input_shapes: Mapping[str, tuple[int, ...]] | None,
     options: driver.CompressionOptions, precision: quantize.PrecisionOptions, calib: Path | None,
     progress: distill.Progress | None = None, outputs: Sequence[str] | None = None,
-    measure: Any = None,
+    measure: Measure | None = None,
 ) -> tuple[ir.Model, driver.CompressionOutcome | None, quantize.PrecisionPlan | None,
            model_io.CutReport | None]:
     """Load the model (cut at ``outputs``), compress and quantize it as asked; say what each did.
@@ -378,7 +379,7 @@ def _transformed_model(
 def _plan_measurer(model_path: Path, target: Target,
                    input_shapes: Mapping[str, tuple[int, ...]] | None, calib: Path | None,
                    options: driver.CompressionOptions, precision: quantize.PrecisionOptions,
-                   outputs: Sequence[str] | None) -> Callable[..., float | None]:
+                   outputs: Sequence[str] | None) -> Measure:
     """Return what builds one candidate plan's bundle in scratch and times it (or None).
 
     Each bundle is built as the final one would be (pruned with reconstruction on the same

@@ -147,7 +147,7 @@ class CompressionOptions:
                               "prediction) or more plans to build and time")
         if self.prune is not None or self.lowrank is not None:
             given = "--prune" if self.prune is not None else "--lowrank"
-            raise OptionError(f"--optimize chooses the pruning itself: drop {given} (or drop "
+            raise OptionError(f"--optimize chooses pruning and low-rank itself: drop {given} (or drop "
                               "--optimize to prune as you say)")
         if self.calib is None and not self.calib_random and self.distill is None:
             raise CompressionError(

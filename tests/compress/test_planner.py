@@ -184,7 +184,7 @@ def test_compress_optimize_writes_the_plan_report(calibration, tmp_path):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--optimize", "latency", "--prune", "0.5"], "--optimize chooses the pruning itself"),
+    (["--optimize", "latency", "--prune", "0.5"], "--optimize chooses pruning and low-rank itself"),
     (["--latency-budget", "5ms"], "--latency-budget constrains the planner"),
     (["--optimize", "latency"], "--optimize latency needs --calib"),
     (["--optimize", "latency", "--calib-random", "8", "--precision", "int8"],
