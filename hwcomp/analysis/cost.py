@@ -303,13 +303,16 @@ def graph_cost(model: ir.Model) -> GraphCost:
     )
 
 
-def activation_memory(model: ir.Model) -> tuple[int, int]:
+def activation_memory(model: ir.Model,
+                      nbytes: Callable[[ir.Value], int] | None = None) -> tuple[int, int]:
     """Peak bytes of live activations over the execution order, and the sum of all.
 
     A tensor is live from the node that produces it (graph inputs: from the start) until
     its last consumer has run; graph outputs stay live to the end. Constants are not
-    activations.
+    activations. ``nbytes`` sizes a tensor (default: its shape and dtype; the planner's
+    gives quantized tensors their narrower element).
     """
+    size = nbytes or _nbytes
     nodes = list(model.graph)
     last_use: dict[int, int] = {}
     for step, node in enumerate(nodes):
@@ -319,13 +322,13 @@ def activation_memory(model: ir.Model) -> tuple[int, int]:
     end = len(nodes)
     for value in model.graph.outputs:
         last_use[id(value)] = end
-    live = {id(v): _nbytes(v) for v in model.graph.inputs if v.const_value is None}
+    live = {id(v): size(v) for v in model.graph.inputs if v.const_value is None}
     total = sum(live.values())
     peak = sum(live.values())
     for step, node in enumerate(nodes):
         for value in node.outputs:
-            live[id(value)] = _nbytes(value)
-            total += _nbytes(value)
+            live[id(value)] = size(value)
+            total += size(value)
         peak = max(peak, sum(live.values()))
         for key in [k for k in live if last_use.get(k, -1) <= step]:
             del live[key]

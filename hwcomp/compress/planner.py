@@ -52,7 +52,7 @@ import onnx_ir as ir
 
 from hwcomp import model as model_io
 from hwcomp import profile as latency
-from hwcomp.analysis.cost import NodeCost, graph_cost
+from hwcomp.analysis.cost import NodeCost, activation_memory, graph_cost
 from hwcomp.compress import precision as quantize
 from hwcomp.compress.judge import Judge
 from hwcomp.compress.pipeline import compress_graph
@@ -627,25 +627,9 @@ def _arena_bytes(model: ir.Model, precisions: Mapping[str, str]) -> int:
             element = 4
         for value in node.outputs:
             size[id(value)] = element
-    nodes = list(model.graph)
-    last_use: dict[int, int] = {}
-    for step, node in enumerate(nodes):
-        for used in node.inputs:
-            if used is not None and used.const_value is None:
-                last_use[id(used)] = step
-    for output in model.graph.outputs:
-        last_use[id(output)] = len(nodes)
 
     def nbytes(value: ir.Value) -> int:
         shape = static_shape(value)
         return 0 if shape is None else math.prod(shape) * size.get(id(value), 4)
 
-    live = {id(v): nbytes(v) for v in model.graph.inputs if v.const_value is None}
-    peak = sum(live.values())
-    for step, node in enumerate(nodes):
-        for value in node.outputs:
-            live[id(value)] = nbytes(value)
-        peak = max(peak, sum(live.values()))
-        for key in [k for k in live if last_use.get(k, -1) <= step]:
-            del live[key]
-    return peak
+    return activation_memory(model, nbytes)[0]
