@@ -16,3 +16,12 @@ def digits_split(seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np
     cut = int(0.8 * len(labels))
     train, test = order[:cut], order[cut:]
     return (images[train], labels[train]), (images[test], labels[test])
+
+
+def write_calibration(folder, count: int):
+    """Write the first ``count`` training images and their labels as ``calib.npz`` (input
+    ``image``) and ``labels.npy`` in ``folder``; return ``folder``."""
+    (x_train, y_train), _ = digits_split()
+    np.savez(folder / "calib.npz", image=x_train[:count])
+    np.save(folder / "labels.npy", y_train[:count])
+    return folder

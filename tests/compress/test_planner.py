@@ -16,7 +16,7 @@ from hwcomp.compress.planner import (
 from hwcomp.errors import EXIT_BUDGET, OptionError
 from hwcomp.targets import load_target
 from tests.conftest import REPO, run_cli
-from tests.digits import digits_split
+from tests.digits import digits_split, write_calibration
 from tests.test_cli import _assert_clean_error
 
 DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
@@ -24,11 +24,7 @@ DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    (x_train, y_train), _ = digits_split()
-    folder = tmp_path_factory.mktemp("optimize")
-    np.savez(folder / "calib.npz", image=x_train[:256])
-    np.save(folder / "labels.npy", y_train[:256])
-    return folder
+    return write_calibration(tmp_path_factory.mktemp("optimize"), 256)
 
 
 @pytest.fixture(scope="module")

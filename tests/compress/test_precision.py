@@ -23,7 +23,7 @@ from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.targets import cpu_flags, load_target
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
-from tests.digits import digits_split
+from tests.digits import digits_split, write_calibration
 from tests.helpers import to_ir
 
 DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
@@ -110,11 +110,8 @@ def test_matmul_kernel_is_bit_exact_with_matmulinteger():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    (x_train, y_train), (x_test, y_test) = digits_split()
-    folder = tmp_path_factory.mktemp("digits-int8")
-    np.savez(folder / "calib.npz", image=x_train[:256])
-    np.save(folder / "labels.npy", y_train[:256])
-    return folder, x_test, y_test
+    _, (x_test, y_test) = digits_split()
+    return write_calibration(tmp_path_factory.mktemp("digits-int8"), 256), x_test, y_test
 
 
 def _top1(path, images, labels) -> float:

@@ -11,7 +11,7 @@ from hwcomp.compress.pipeline import CompressionError, parse_budget
 from hwcomp.compress.prune_plan import plan_pruning
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
-from tests.digits import digits_split
+from tests.digits import write_calibration
 from tests.helpers import to_ir
 from tests.test_cli import _assert_clean_error
 
@@ -20,11 +20,7 @@ DIGITS = REPO / "tests" / "data" / "digits_cnn.onnx"
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    (x_train, y_train), _ = digits_split()
-    folder = tmp_path_factory.mktemp("auto")
-    np.savez(folder / "calib.npz", image=x_train[:192])
-    np.save(folder / "labels.npy", y_train[:192])
-    return folder
+    return write_calibration(tmp_path_factory.mktemp("auto"), 192)
 
 
 def test_auto_plan_meets_the_budget_and_cuts_macs(calibration, tmp_path):
