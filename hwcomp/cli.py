@@ -1014,24 +1014,29 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    # Remembered: a KeyboardInterrupt raised inside a TVM callback comes back as TVM's
-    # RuntimeError (then a LoweringError, or a rule's fallback); the run still ends stopped.
-    stop.request(signum)
-    raise stop.cause()
-
-
 _NATIVE_LOG = NativeLog()
+
+
+def _ignore_signals() -> None:
+    """Leave later signals unanswered: the command is ending and says how already.
+
+    A second Ctrl-C while the one line is printed, or during interpreter teardown, must
+    not turn a reported end into a traceback or a process killed by SIGINT (exit -2).
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def _fail(message: str, code: int) -> NoReturn:
     """Print one ``hwcomp: ...`` line (naming the library log, if any) and exit ``code``."""
+    _ignore_signals()
     click.echo(f"hwcomp: {message}{_NATIVE_LOG.finish(failed=True)}", err=True)
     sys.exit(code)
 
 
 def _exit_stopped(cause: BaseException | None) -> NoReturn:
     """Exit 130 (Ctrl-C) or 143 (SIGTERM); an EOFError click took for an abort is a bug."""
+    _ignore_signals()
     if isinstance(cause, EOFError):
         _fail(f"internal error: EOFError: {cause} (set HWCOMP_DEBUG=1 for the traceback and "
               "please report it)", 1)
@@ -1060,10 +1065,14 @@ def main() -> None:
     # A terminated build cleans up like an interrupted one: nothing half-written stays.
     for number in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(number) is not signal.SIG_IGN:  # nohup / background jobs: kept
-            signal.signal(number, _interrupt)
-    if not _verbose(sys.argv[1:]):
-        _NATIVE_LOG.start()
+            # Remembered: a KeyboardInterrupt raised inside a TVM callback comes back as
+            # TVM's RuntimeError (then a LoweringError, or a rule's fallback); the run
+            # still ends stopped.
+            signal.signal(number, stop.handle)
     try:
+        if not _verbose(sys.argv[1:]):
+            with stop.deferred():  # descriptor 2 and sys.stderr are swapped together
+                _NATIVE_LOG.start()
         cli.main(standalone_mode=False)
     except HwcompError as exc:
         if stop.requested():  # e.g. Ctrl-C inside TVM, reported as a compile failure
@@ -1085,11 +1094,8 @@ def main() -> None:
         _fail(f"internal error: {type(exc).__name__}: {exc} "
               "(set HWCOMP_DEBUG=1 for the traceback and please report it)", 1)
     finally:
+        _ignore_signals()  # the work is done (or reported)
         _NATIVE_LOG.finish(failed=False)
-        # The work is done (or reported): a signal from here on must not turn a finished
-        # command into a process killed by SIGINT (exit -2) during interpreter teardown.
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

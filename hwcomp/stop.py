@@ -14,7 +14,10 @@ import ctypes
 import os
 import signal
 import sys
-from contextlib import suppress
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType
 from typing import NoReturn
 
 import psutil
@@ -29,7 +32,53 @@ class Terminated(KeyboardInterrupt):
 
 def request(signum: int) -> None:
     """Remember that ``signum`` asked this process to stop."""
-    _REQUESTED.append(signum)
+    if signum not in _REQUESTED:
+        _REQUESTED.append(signum)
+
+
+_DEFERRED = [0]  # depth of deferred() blocks
+REDELIVER_S = 0.05  # a stop that arrived inside an import is sent again after this long
+
+
+def handle(signum: int, frame: FrameType | None) -> None:
+    """Remember the stop and unwind with it (the CLI's SIGINT / SIGTERM handler), where safe.
+
+    Not safe inside an import: a module's top level can run inside a native extension's
+    call (tvm_ffi imports torch, whose pybind11 initialisation calls back into Python), and
+    a ``KeyboardInterrupt`` raised there ends in ``std::terminate``: exit -6, no message.
+    There the stop is remembered and the signal sent again every :data:`REDELIVER_S`
+    until it lands outside every import. Inside a :func:`deferred` block it is remembered
+    and raised when the block ends.
+    """
+    request(signum)
+    if _DEFERRED[0]:
+        return
+    if _importing(frame):
+        timer = threading.Timer(REDELIVER_S, os.kill, args=(os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    raise cause()
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a stop until the block ends (a step that must not be left half done)."""
+    _DEFERRED[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED[0] -= 1
+    if not _DEFERRED[0]:
+        raise_if_requested()
+
+
+def _importing(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def requested() -> bool:

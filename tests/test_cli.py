@@ -294,6 +294,40 @@ def test_a_signal_while_hwcomp_starts_is_one_line_and_its_exit_code(tmp_path, si
     assert not (tmp_path / "out").exists()
 
 
+def test_a_signal_inside_an_import_waits_for_the_import_to_end(tmp_path):
+    """tvm_ffi imports torch, whose pybind11 start-up calls back into Python: a
+    KeyboardInterrupt raised there ended in std::terminate (exit -6, no message; CI saw it
+    once in a fuzz case). The handler leaves imports whole and stops right after."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "total = sum(i * i for i in range(3_000_000))  # bytecode: the handler runs here\n"
+        "finished = True\n")
+    script = (
+        "import signal, sys, time\n"
+        "from hwcomp import stop\n"
+        "signal.signal(signal.SIGINT, stop.handle)\n"
+        "import slow_module\n"
+        "print('imported', slow_module.finished, stop.requested(), flush=True)\n"
+        "try:\n"
+        "    time.sleep(10)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped after the import', flush=True)\n"
+        "stop._REQUESTED.clear()\n"
+        "with stop.deferred():\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "    print('deferred block ran to its end', flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.stdout.splitlines() == ["imported True True", "stopped after the import",
+                                        "deferred block ran to its end"], done.stderr
+    # ... and the deferred block's stop is raised as it ends
+    assert done.returncode == -2, done.stderr
+    assert "in raise_if_requested" in done.stderr
+    assert done.stderr.rstrip().endswith("KeyboardInterrupt"), done.stderr
+
+
 def test_a_stop_a_library_swallowed_still_stops_the_bundle(tmp_path):
     """TVM turns a KeyboardInterrupt in a callback into its own error; a fallback ate it."""
     import signal

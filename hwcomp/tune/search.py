@@ -299,7 +299,8 @@ class _StopSignal:
         self.received = True
         stop.request(number)
         if not self.deferred:
-            raise KeyboardInterrupt
+            stop.handle(number, frame)  # raises, unless inside an import
+            return
         if first:
             timer = threading.Timer(STOP_GRACE_S, self._end_now, args=(number,))
             timer.daemon = True
