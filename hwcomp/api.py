@@ -12,6 +12,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,11 +41,11 @@ from hwcomp.lower import lowering_for
 from hwcomp.lower.cpu.database import count_records
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.kernel_spec import KernelRewrite
-from hwcomp.lower.library.runner import require_tool
+from hwcomp.lower.library.runner import check_cross_prefix, require_tool
 from hwcomp.lower.types import BundleInfo, Compiled, RunnerResult, layer_count_record
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.passes import FoldBatchNormPass
-from hwcomp.targets import Target, load_target
+from hwcomp.targets import CROSS_PREFIX_ENV, Target, load_target
 from hwcomp.templates import render, render_to
 from hwcomp.tune import search as tuning
 from hwcomp.verify import NOT_RUN, PASSED, Verification, compare_outputs, run_onnxruntime
@@ -249,6 +250,10 @@ def build(
     started = time.perf_counter()
     target = load_target(target_name)
     lowering = lowering_for(target)
+    check_cross_prefix(target)
+    if os.environ.get(CROSS_PREFIX_ENV) and not target.is_cross:
+        logger.warning("%s / --cross-prefix is not used: '%s' is compiled by this machine's "
+                       "compiler", CROSS_PREFIX_ENV, target.name)
     for program, package in lowering.required_tools(target):
         require_tool(program, package, f"for target '{target.name}'")
     model_path = Path(model_path)
@@ -610,6 +615,7 @@ def _manifest(
             "family": target.family,
             "tvm_target": dict(target.tvm_target),
             "runtime": target.runtime,
+            **({"cross_compiler": target.cross_compiler} if target.is_cross else {}),
         },
         "inputs": [_spec_dict(s) for s in model_io.graph_inputs(legal)],
         "outputs": [_spec_dict(s) for s in model_io.graph_outputs(model)],

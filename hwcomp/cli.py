@@ -40,7 +40,7 @@ from hwcomp.native_log import NativeLog
 from hwcomp.package import write_json
 from hwcomp.passes.prune_channels import IMPORTANCE
 from hwcomp.profile import COUNTED
-from hwcomp.targets import PRECISIONS, known_targets, load_target
+from hwcomp.targets import CROSS_PREFIX_ENV, PRECISIONS, known_targets, load_target
 from hwcomp.threads import use_physical_cores
 from hwcomp.tune import search as tuning
 
@@ -152,6 +152,22 @@ def targets_show(name: str) -> None:
     ]
     _table(("field", "value", "source"),
            [(label, str(value), t.sources.get(key, "")) for label, value, key in fields])
+
+
+def _complete_target(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return [name for name in known_targets() if name.startswith(incomplete)]
+
+
+def _set_cross_prefix(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:  # an environment variable: tuning's worker processes see it too
+        os.environ[CROSS_PREFIX_ENV] = value
+
+
+cross_prefix_option = click.option(
+    "--cross-prefix", metavar="PREFIX", expose_value=False, is_eager=True,
+    callback=_set_cross_prefix,
+    help=f"Another toolchain for arm-* / cortex-m* targets: its programs' prefix, e.g. "
+    f"/opt/gcc/bin/aarch64-none-linux-gnu- (the same as {CROSS_PREFIX_ENV}).")
 
 
 def compression_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -290,8 +306,10 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 
 
 @cli.command()
+@cross_prefix_option
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
+@click.option("-t", "--target", "target_name", shell_complete=_complete_target, required=True,
+              help="Profile name (hwcomp targets).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out"),
               show_default=True, help="Folder that receives <model>-<target>/.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
@@ -493,7 +511,8 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
+@click.option("-t", "--target", "target_name", shell_complete=_complete_target, required=True,
+              help="Profile name (hwcomp targets).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
               help="Bind an input's dynamic dimensions (repeatable).")
 @click.option("--calib", type=click.Path(path_type=Path),
@@ -612,8 +631,9 @@ def _echo_counted(counted: dict[str, Any]) -> None:
 
 
 @cli.command("profile")
+@cross_prefix_option
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("-t", "--target", "target_name",
+@click.option("-t", "--target", "target_name", shell_complete=_complete_target,
               help="Profile name, to build a MODEL first (a bundle names its own).")
 @click.option("--runs", type=int, default=20, show_default=True,
               help="Inferences to take each kernel's median over (measured targets).")
@@ -736,7 +756,7 @@ def validate(bundle: Path, original: Path | None, calib: Path | None, seed: int,
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The compressed ONNX file to write.")
-@click.option("-t", "--target", "target_name", required=True,
+@click.option("-t", "--target", "target_name", shell_complete=_complete_target, required=True,
               help="Profile whose channel alignment kept counts round to.")
 @compression_options
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",
@@ -834,8 +854,10 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
 
 
 @cli.command()
+@cross_prefix_option
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-t", "--target", "target_name", required=True, help="Profile name (hwcomp targets).")
+@click.option("-t", "--target", "target_name", shell_complete=_complete_target, required=True,
+              help="Profile name (hwcomp targets).")
 @click.option("--trials", type=int, default=200, show_default=True, help="Trials in all.")
 @click.option("--per-task", type=int, help="Most trials for one task [default: --trials].")
 @click.option("--db", "database", type=click.Path(path_type=Path),
@@ -883,6 +905,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
 
 
 @cli.command("bench")
+@cross_prefix_option
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--device", default="local", show_default=True,
               help="local (ARM bundles run under qemu, labelled emulated), rpc://HOST:PORT "
@@ -1073,7 +1096,7 @@ def main() -> None:
         if not _verbose(sys.argv[1:]):
             with stop.deferred():  # descriptor 2 and sys.stderr are swapped together
                 _NATIVE_LOG.start()
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, prog_name="hwcomp")
     except HwcompError as exc:
         if stop.requested():  # e.g. Ctrl-C inside TVM, reported as a compile failure
             _exit_stopped(stop.cause())

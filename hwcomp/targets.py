@@ -12,6 +12,7 @@ Every number in a profile carries its source as a trailing ``# comment``;
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -26,6 +27,9 @@ from hwcomp.resources import data_dir
 from hwcomp.threads import physical_cores
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# Another toolchain for the cross-compiled targets: its programs' common prefix, as in
+# Linux's CROSS_COMPILE ("/opt/arm-gnu/bin/aarch64-none-linux-gnu-"); `--cross-prefix` sets it.
+CROSS_PREFIX_ENV = "HWCOMP_CROSS_PREFIX"
 
 _KEY_WITH_COMMENT = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=\s*[^#]*#\s*(.+?)\s*$")
 _SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
@@ -63,6 +67,10 @@ class Target:
         sram_bytes, flash_bytes: On-chip memories of microcontrollers (0 elsewhere).
         channel_multiple: Channel counts that keep kernels dense, by precision.
         sources: Source of each number, keyed ``section.field``.
+        cross_prefix: The :data:`CROSS_PREFIX_ENV` prefix ``cross_compiler`` was made from
+            (empty: the profile's own compiler).
+        cross_arch: The architecture the profile's compiler builds for (``aarch64``,
+            ``arm``), which a prefixed toolchain must build for too.
 
     """
 
@@ -94,6 +102,8 @@ class Target:
     channel_multiple: Mapping[str, int] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     cycles_per_instruction: float = 1.0
+    cross_prefix: str = ""
+    cross_arch: str = ""
 
     def peak_macs_per_s(self, precision: str) -> float:
         """Peak MACs per second over all cores for ``precision``."""
@@ -184,6 +194,8 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
         tvm_target["num-cores"] = cores
     macs = {p: float(v) for p, v in compute["macs_per_cycle"].items()}
     detected = _detect_host_features() if compute.get("detect_features") else {}
+    compiler = str(data.get("cross_compiler", ""))
+    prefix = os.environ.get(CROSS_PREFIX_ENV, "") if compiler else ""
     return Target(
         name=path.stem,
         description=str(data.get("description", "")),
@@ -191,7 +203,8 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
         runtime=str(data.get("runtime", "so")),
         tvm_target=MappingProxyType(tvm_target),
         tvm_host=MappingProxyType(dict(data.get("tvm_host", {}))),
-        cross_compiler=str(data.get("cross_compiler", "")),
+        # "aarch64-linux-gnu-g++" with a prefix: PREFIX + "g++"
+        cross_compiler=prefix + compiler.rsplit("-", 1)[-1] if prefix else compiler,
         cross_package=str(data.get("cross_package", "")),
         emulator=str(data.get("emulator", "")),
         emulator_package=str(data.get("emulator_package", "")),
@@ -213,6 +226,8 @@ def _target_from_dict(data: Mapping[str, Any], sources: dict[str, str], path: Pa
             {p: int(v) for p, v in data.get("channel_multiple", {}).items()}),
         sources=MappingProxyType(sources),
         cycles_per_instruction=float(compute.get("cycles_per_instruction", 1.0)),
+        cross_prefix=prefix,
+        cross_arch=compiler.split("-", 1)[0] if prefix else "",
     )
 
 

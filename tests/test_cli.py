@@ -383,3 +383,57 @@ def test_log_flags_work_after_the_command():
     quiet = run_cli("targets", "--json", "-q")
     assert quiet.returncode == 0 and json.loads(quiet.stdout)["targets"]
     assert "-q, --quiet" in run_cli("--help").stdout
+
+
+@pytest.mark.cross
+def test_another_toolchain_by_prefix_builds_and_a_wrong_one_is_refused(tmp_path):
+    """--cross-prefix: the bundle is compiled by the named toolchain (here the system's
+    aarch64 gcc behind a wrapper that logs each call, as ccache or a vendor's wrapper would
+    sit), verified under qemu; a toolchain for another machine or a missing one: exit 7."""
+    from tests.conftest import require_tools
+
+    require_tools("aarch64-linux-gnu-g++", "qemu-aarch64")
+    tools = tmp_path / "toolchain" / "bin"
+    tools.mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    for tool in ("g++", "gcc"):
+        wrapper = tools / f"acme-aarch64-{tool}"
+        wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
+                           f'exec aarch64-linux-gnu-{tool} "$@"\n')
+        wrapper.chmod(0o755)
+    model = REPO / "tests" / "data" / "example_cnn.onnx"
+    built = run_cli("build", str(model), "-t", "arm-a72", "-o", str(tmp_path / "out"),
+                    "--cross-prefix", f"{tools}/acme-aarch64-")
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((tmp_path / "out" / "example_cnn-arm-a72" / "manifest.json").read_text())
+    assert manifest["target"]["cross_compiler"] == f"{tools}/acme-aarch64-g++"
+    assert manifest["verification"]["status"] == "passed"
+    logged = calls.read_text()
+    # the library and the runner (its cache key holds the compiler: built afresh)
+    assert "model.so" in logged and "runner.cc" in logged
+
+    wrong = run_cli("build", str(model), "-t", "arm-a72", "-o", str(tmp_path / "out2"),
+                    "--cross-prefix", "x86_64-linux-gnu-")
+    _assert_clean_error(wrong, "builds for x86_64", "not aarch64 (arm-a72)", code=7)
+    missing = run_cli("build", str(model), "-t", "arm-a72", "-o", str(tmp_path / "out2"),
+                      env={**os.environ, "HWCOMP_CROSS_PREFIX": str(tmp_path / "nothing-")})
+    _assert_clean_error(missing, "nothing-g++", "does not exist", code=7)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_shell_completion_offers_commands_options_and_target_names():
+    """The README's completion line: click's protocol, with profile names for --target."""
+    def complete(words: str) -> list[str]:
+        env = {**os.environ, "_HWCOMP_COMPLETE": "bash_complete", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        done = subprocess.run([sys.executable, "-m", "hwcomp"], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    assert complete("hwcomp bu") == ["build"]
+    assert "--cross-prefix" in complete("hwcomp build m.onnx --cro")
+    assert complete("hwcomp build m.onnx -t arm-a7") == ["arm-a72", "arm-a76"]
+    script = subprocess.run([sys.executable, "-m", "hwcomp"], capture_output=True, text=True,
+                            env={**os.environ, "_HWCOMP_COMPLETE": "bash_source"}, timeout=120)
+    assert "complete -o nosort -F _hwcomp_completion hwcomp" in script.stdout

@@ -44,6 +44,7 @@ from hwcomp.lower.cpu.database import RECORDS, WORKLOADS, count_records, repair_
 from hwcomp.lower.cpu.kernels.intrinsics import light_tensor_intrin
 from hwcomp.lower.cpu.pipeline import fusion_passes
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
+from hwcomp.lower.library.runner import check_cross_prefix
 from hwcomp.lower.library.runtime_libs import cache_dir
 from hwcomp.targets import Target, load_target
 from hwcomp.threads import use_physical_cores
@@ -153,6 +154,7 @@ def tune(
     started = time.perf_counter()
     require_tune_extra()
     target = load_target(target_name)
+    check_cross_prefix(target)
     _check_request(target, trials, device)
     folder = Path(database) if database else default_database(target)
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from hwcomp.errors import ExecutionError, ToolchainError
 from hwcomp.lower.library.runtime_libs import RUNTIME_LIBS, cache_dir, ffi_include_dir
 from hwcomp.lower.types import RunnerResult
 from hwcomp.resources import kernels_path
-from hwcomp.targets import Target
+from hwcomp.targets import CROSS_PREFIX_ENV, Target
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,35 @@ def require_tool(program: str, package: str, purpose: str) -> str:
             f"install it with: apt-get install {package}"
         )
     return path
+
+
+def check_cross_prefix(target: Target) -> None:
+    """Check a toolchain given by prefix: its compiler exists and builds for the target's arch.
+
+    Raises:
+        ToolchainError: The prefixed compiler is missing, or builds for another machine.
+
+    """
+    if not target.cross_prefix:
+        return
+    given = f"(--cross-prefix / {CROSS_PREFIX_ENV} {target.cross_prefix!r})"
+    path = shutil.which(target.cross_compiler)
+    if path is None:
+        raise ToolchainError(
+            f"{target.cross_compiler} {given} does not exist or is not executable; give the "
+            "common prefix of the toolchain's programs, e.g. "
+            f"/opt/toolchain/bin/{target.cross_arch}-none-linux-gnu-")
+    try:
+        machine = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ToolchainError(f"{path} {given} does not answer -dumpmachine as gcc does: "
+                             f"{_tail(str(exc))}") from None
+    if machine.split("-", 1)[0] != target.cross_arch:
+        raise ToolchainError(
+            f"{path} {given} builds for {machine or 'an unknown machine'}, not "
+            f"{target.cross_arch} ({target.name}); give the prefix of a toolchain for "
+            f"{target.cross_arch}")
 
 
 def compile_runner(target: Target, runtime_dir: Path) -> Path:
