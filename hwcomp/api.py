@@ -44,7 +44,7 @@ from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.lower.library.runner import check_cross_prefix, require_tool
 from hwcomp.lower.types import BundleInfo, Compiled, RunnerResult, layer_count_record
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
-from hwcomp.passes import FoldBatchNormPass
+from hwcomp.passes import FoldBatchNormPass, quantized_io
 from hwcomp.targets import CROSS_PREFIX_ENV, Target, load_target
 from hwcomp.templates import render, render_to
 from hwcomp.tune import search as tuning
@@ -235,6 +235,7 @@ def build(
     outputs: Sequence[str] | None = None,
     verify: str = "auto",
     device: str | None = None,
+    io: str = "float",
 ) -> BuildResult:
     """Compile ``model_path`` for ``target_name`` into a verified bundle.
 
@@ -242,6 +243,8 @@ def build(
     compressed first (measured against the original on held-out samples, recorded in the
     manifest) and the compressed model is what gets compiled and verified. ``verify`` says
     where the bundle runs for that (:data:`VERIFY_WAYS`; ``device`` with ``"device"``).
+    ``io="quantized"`` makes an int8 model's inputs and outputs its 8-bit tensors
+    (:mod:`hwcomp.passes.quantized_io`).
 
     Raises:
         HwcompError: Any user-caused failure; nothing is left at the output path.
@@ -258,6 +261,8 @@ def build(
         require_tool(program, package, f"for target '{target.name}'")
     model_path = Path(model_path)
     address = _check_verify(verify, device, lowering, target)
+    if io not in IO_KINDS:
+        raise OptionError(f"--io {io!r} is not one of {', '.join(IO_KINDS)}")
     destination = bundle_path(model_path, target, Path(output_dir))
     check_output(destination, force)
     options = compression_options or driver.CompressionOptions()
@@ -280,6 +285,10 @@ def build(
     model, compressed, plan, cut = _transformed_model(model_path, target, input_shapes, options,
                                                       precision, calib, progress, outputs,
                                                       measure)
+    if io == "quantized":
+        proto = model_io.to_proto(model)
+        quantized_io.quantize_io(proto)
+        model = ir.serde.deserialize_model(proto)
     if tolerance is None:
         tolerance = QUANTIZED_TOLERANCE if plan is not None else DEFAULT_TOLERANCE
     original = model_io.to_proto(model)
@@ -519,6 +528,7 @@ def _write_verify_data(
 
 
 VERIFY_WAYS = ("auto", "host", "emulator", "device", "skip")
+IO_KINDS = ("float", "quantized")
 
 
 def _check_verify(way: str, device: str | None, lowering: Any,
@@ -630,7 +640,8 @@ def _manifest(
 
 
 def _spec_dict(spec: model_io.TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype}
+    quantized = {} if spec.scale is None else {"scale": spec.scale, "zero_point": spec.zero_point}
+    return {"name": spec.name, "shape": list(spec.shape), "dtype": spec.dtype, **quantized}
 
 
 def _write_readme(

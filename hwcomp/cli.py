@@ -349,6 +349,10 @@ def _echo_distillation(outcome: CompressionOutcome) -> None:
 @click.option("--measure-top", type=int, default=3, show_default=True, metavar="K",
               help="With --optimize: build and time (or count, on Cortex-M) the K best "
                    "predicted plans and keep the fastest measured; 0 trusts the prediction.")
+@click.option("--io", "io", type=click.Choice(list(api.IO_KINDS)), default="float",
+              show_default=True,
+              help="quantized: an int8 build's inputs and outputs are its int8/uint8 tensors "
+                   "(scale and zero point in the manifest and the Cortex-M header), not float.")
 @compression_options
 @distill_options
 def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, ...],
@@ -359,13 +363,14 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           labels: Path | None, reconstruct: bool, calib_random: int,
           distill: DistillOptions | None, outputs: str | None,
           json_path: Path | None, optimize: str | None, latency_budget: str | None,
-          measure_top: int, verify: str, device: str | None) -> None:
+          measure_top: int, verify: str, device: str | None, io: str) -> None:
     r"""Compile MODEL for a target into a bundle verified against onnxruntime.
 
     \b
     Examples:
       hwcomp build model.onnx -t arm-a72
       hwcomp build model.onnx -t cortex-m7 --precision int8 --calib calib.npz
+          [--io quantized]
       hwcomp build model.onnx -t host --optimize latency --calib calib.npz
           --labels labels.npy --accuracy-budget 1% [--latency-budget 2ms]
     """
@@ -385,7 +390,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
             calib=calib, tolerance=tolerance, force=force, seed=seed,
             compression_options=options, precision_options=precision_options,
             tuning_db=tuning_db, use_tuning_db=not no_tuning_db, progress=progress,
-            outputs=parse_outputs(outputs), verify=verify, device=device,
+            outputs=parse_outputs(outputs), verify=verify, device=device, io=io,
         )
     finally:
         progress.close()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import logging
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,17 @@ MAX_IR_VERSION = 10
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, static shape and numpy dtype of a graph input or output."""
+    """Name, static shape and numpy dtype of a graph input or output.
+
+    ``scale`` and ``zero_point`` are set on a tensor ``--io quantized`` made 8-bit
+    (``real = scale * (q - zero_point)``), else None.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
 
 
 # The most elements one bound input may have: 4 GiB of float32, far above any edge model's
@@ -494,30 +501,57 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
+IO_QUANTIZATION_KEY = "hwcomp.io_quantization"  # model metadata: {name: [scale, zero_point]}
+
+
+def read_io_quantization(metadata: Iterable[tuple[str, str]]) -> dict[str, tuple[float, int]]:
+    """Return ``{name: (scale, zero_point)}`` that ``--io quantized`` recorded (else empty)."""
+    for key, value in metadata:
+        if key == IO_QUANTIZATION_KEY:
+            try:
+                return {str(name): (float(pair[0]), int(pair[1]))
+                        for name, pair in json.loads(value).items()}
+            except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+                return {}  # another tool's entry of that name: no quantization claimed
+    return {}
+
+
 def graph_inputs(model: ir.Model) -> list[TensorSpec]:
     """Return the graph inputs that are not initializers, with static shapes."""
     initializer_names = set(model.graph.initializers)
-    return [_spec(v) for v in model.graph.inputs if v.name not in initializer_names]
+    quantized = read_io_quantization(model.metadata_props.items())
+    return [_spec(v, quantized) for v in model.graph.inputs if v.name not in initializer_names]
 
 
 def graph_outputs(model: ir.Model) -> list[TensorSpec]:
     """Return the graph outputs (shapes as inferred; -1 where still unknown)."""
-    return [_spec(v) for v in model.graph.outputs]
+    quantized = read_io_quantization(model.metadata_props.items())
+    return [_spec(v, quantized) for v in model.graph.outputs]
 
 
-def _spec(value: ir.Value) -> TensorSpec:
+def _spec(value: ir.Value, quantized: Mapping[str, tuple[float, int]]) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in (value.shape or ()))
-    dtype = value.dtype.numpy().name if value.dtype is not None else "float32"
-    return TensorSpec(name=value.name or "", shape=shape, dtype=str(np.dtype(dtype)))
+    dtype = str(np.dtype(value.dtype.numpy().name if value.dtype is not None else "float32"))
+    scale, zero_point = quantized.get(value.name or "", (None, None))
+    if np.dtype(dtype).kind not in "iu":
+        scale = zero_point = None
+    return TensorSpec(name=value.name or "", shape=shape, dtype=dtype, scale=scale,
+                      zero_point=zero_point)
 
 
 def seeded_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs: N(0,1) floats, small non-negative integers, random bools."""
+    """Deterministic inputs: N(0,1) floats, small non-negative integers, random bools.
+
+    A quantized input (``--io quantized``) takes N(0,1) floats quantized with its scale.
+    """
     rng = np.random.default_rng(seed)
     inputs: dict[str, np.ndarray] = {}
     for spec in specs:
         dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
+        if spec.scale is not None and spec.zero_point is not None:
+            inputs[spec.name] = quantize_like_onnx(rng.standard_normal(spec.shape), spec.scale,
+                                                   spec.zero_point, spec.dtype)
+        elif dtype.kind == "f":
             inputs[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
         elif dtype.kind in "iu":
             inputs[spec.name] = rng.integers(0, 4, size=spec.shape).astype(dtype)
@@ -528,6 +562,13 @@ def seeded_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarra
                 f"input '{spec.name}' has dtype {spec.dtype}; pass data for it with --calib"
             )
     return inputs
+
+
+def quantize_like_onnx(values: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
+    """``saturate(round_half_even(values / scale) + zero_point)``, as QuantizeLinear does."""
+    info = np.iinfo(np.dtype(dtype))
+    q = np.rint(np.asarray(values, np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
@@ -575,6 +616,12 @@ def load_calibration(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarra
                 f"{path}: '{spec.name}' has shape {list(array.shape)}, expected "
                 f"{list(spec.shape)} (the first axis may hold more samples)"
             )
+        if spec.scale is not None and spec.zero_point is not None and array.dtype.kind == "f":
+            # float samples for a quantized input (--io quantized): quantized as the model's
+            # removed QuantizeLinear did; integer samples are taken as already quantized
+            arrays[spec.name] = quantize_like_onnx(_finite(array, path, spec.name), spec.scale,
+                                                   spec.zero_point, spec.dtype)
+            continue
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
             converted = array.astype(spec.dtype, copy=False)
         arrays[spec.name] = _finite(converted, path, spec.name)

@@ -83,9 +83,9 @@ def write_sources(
     example.mkdir()
     common = {"prefix": prefix, "model_file": model_file, "target": target.name,
               "version": hwcomp.__version__, "alignment": ALIGNMENT, "model_sha256": model_sha256}
-    api_in = [_api_tensor(program.tensors[n], spec.name) for n, spec in zip(program.inputs, inputs,
-                                                                           strict=True)]
-    api_out = [_api_tensor(program.tensors[n], spec.name)
+    api_in = [_api_tensor(program.tensors[n], spec)
+              for n, spec in zip(program.inputs, inputs, strict=True)]
+    api_out = [_api_tensor(program.tensors[n], spec)
                for n, spec in zip(program.outputs, outputs, strict=True)]
     constants = [_constant(prefix, name, array) for name, array in program.constants.items()]
     # The API header named by the model, so two bundles of one firmware are included by
@@ -136,10 +136,18 @@ def write_sources(
                    include_dirs=(lib, include_dirs))
 
 
-def _api_tensor(info: TensorInfo, onnx_name: str) -> dict[str, Any]:
-    return {"c_name": info.name, "onnx_name": onnx_name, "c_string": c_string(onnx_name),
+def _api_tensor(info: TensorInfo, spec: TensorSpec) -> dict[str, Any]:
+    # scale 0: not quantized (a float tensor, or an integer one without a scale)
+    return {"c_name": info.name, "onnx_name": spec.name, "c_string": c_string(spec.name),
             "ctype": info.ctype, "dtype": info.dtype, "shape": info.shape, "count": info.count,
-            "nbytes": info.nbytes, "is_float": info.dtype.startswith("float")}
+            "nbytes": info.nbytes, "is_float": info.dtype.startswith("float"),
+            "scale": _c_float(float(spec.scale or 0.0)), "zero_point": int(spec.zero_point or 0)}
+
+
+def _c_float(value: float) -> str:
+    """A float literal of C: ``0.0f``, ``0.0311505254f``, ``1e-05f`` (9 significant digits)."""
+    text = f"{value:.9g}"
+    return f"{text}f" if any(c in text for c in ".en") else f"{text}.0f"
 
 
 def c_string(text: str) -> str:
