@@ -75,8 +75,13 @@ def analyze(
     progress: Callable[[int, int], None] | None = None,
     bundle: Path | None = None,
     outputs: Sequence[str] | None = None,
+    layers: str = "compiled",
 ) -> report.Analysis:
     """Cost, roofline estimate and (with calibration data) sensitivity of every layer.
+
+    ``layers="compiled"``: the layers as the build compiles them, BatchNormalization folded
+    into its conv / matmul and the elementwise ops after one fused into its kernel;
+    ``"onnx"``: every node of the file as it is.
 
     Sensitivity runs when ``calib`` or ``calib_random`` is given; ``labels`` adds task
     accuracy. ``bundle``: a bundle of this model for this target whose build counted each
@@ -99,8 +104,19 @@ def analyze(
                        "shapes are learned from one onnxruntime run on a seeded sample",
                        model_path, len(unknown), unknown[0].name)
         model_io.learn_shapes(model, unknown, seed)
+    folded = 0
+    if layers == "compiled":  # as the build compiles it: BatchNorm folded, epilogues fused
+        before = sum(node.op_type == "BatchNormalization" for node in model.graph)
+        FoldBatchNormPass()(model)
+        folded = before - sum(node.op_type == "BatchNormalization" for node in model.graph)
+    elif layers != "onnx":
+        raise OptionError(f"--layers {layers!r} is not one of compiled, onnx")
     graph_cost = cost.graph_cost(model)
-    estimate = latency.estimate_model(model, target, graph_cost)
+    estimate = latency.estimate_model(model, target, graph_cost,
+                                      fuse_epilogues=layers == "compiled")
+    fused = (latency.fused_into(model, {n.name for n in graph_cost.nodes if n.macs},
+                                lowering_for(target).epilogue_ops)
+             if layers == "compiled" else {})
     measured = None
     if calib is not None or calib_random:
         specs = model_io.graph_inputs(model)
@@ -123,7 +139,8 @@ def analyze(
     return report.Analysis(
         model_file=model_path.name, model_sha256=model_io.file_sha256(model_path),
         target=target, cost=graph_cost, roofline=estimate, sensitivity=measured,
-        counted=counted, cut=None if cut is None else cut.to_dict(),
+        counted=counted, cut=None if cut is None else cut.to_dict(), layers_view=layers,
+        fused_into=fused, folded_batchnorms=folded,
     )
 
 
@@ -159,7 +176,10 @@ def _bundle_counts(bundle: Path, target: Target, graph_cost: cost.GraphCost) -> 
         logger.warning("--bundle %s: its %d layer kernel(s) do not match the model's %d layer(s) "
                        "with MACs one to one; counts are shown per kernel call", bundle,
                        len(calls), len(layers))
-    return report.Counted(bundle=str(bundle), record=counts, layer_instructions=matched)
+    arena = manifest.get("mcu", {}).get("arena", {})
+    record = {**counts, "arena_bytes": arena.get("arena_bytes"),
+              "arena_live_bytes_by_step": arena.get("live_bytes_by_step")}
+    return report.Counted(bundle=str(bundle), record=record, layer_instructions=matched)
 
 
 def compress(

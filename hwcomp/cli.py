@@ -538,10 +538,15 @@ def _echo_transforms(manifest: dict[str, Any]) -> None:
 @click.option("--outputs", metavar="NAME,NAME",
               help="Compile (analyze) only up to these tensors: they become the outputs and "
                    "what follows them (NMS, decoding) is cut off.")
+@click.option("--layers", "layers_view", type=click.Choice(["compiled", "onnx"]),
+              default="compiled", show_default=True,
+              help="compiled: as the build compiles them (BatchNorm folded into its conv, "
+                   "activations and other elementwise ops fused into the layer before); onnx: "
+                   "every node of the file.")
 def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib: Path | None,
             calib_random: int, labels: Path | None, actions: str, jobs: int, top: int,
             json_path: Path | None, html_path: Path | None, bundle: Path | None,
-            outputs: str | None) -> None:
+            outputs: str | None, layers_view: str) -> None:
     r"""Per-layer cost, roofline estimate and compression sensitivity of MODEL.
 
     \b
@@ -556,12 +561,13 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
             model, target_name, input_shapes=parse_input_shapes(input_shapes), calib=calib,
             calib_random=calib_random, labels=labels, actions=chosen, jobs=jobs,
             progress=progress, bundle=bundle, outputs=parse_outputs(outputs),
+            layers=layers_view,
         )
     finally:
         progress.close()
     doc = report.to_json(result)
     _echo_cut(doc["cut"])
-    layers = doc["layers"]
+    layers = report.compiled_layers(doc["layers"])  # fused ops named in their layer's row
     if top:
         layers = sorted(layers, key=lambda layer: -layer["estimate"]["time_s"])[:top]
     sens_actions = doc["sensitivity"]["actions"] if doc["sensitivity"] else []
@@ -592,6 +598,11 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
         f"{totals['estimated_time_s'] * 1e3:.3f} ms on {result.target.name}"
         + _sources(doc["layers"])
     )
+    view = doc["layers_view"]
+    if view["kind"] == "compiled" and (view["folded_batchnorms"] or view["fused_ops"]):
+        click.echo(f"layers as compiled: {view['folded_batchnorms']} BatchNormalization folded "
+                   f"into their conv / matmul, {view['fused_ops']} elementwise op(s) run in the "
+                   "kernel of the layer before (--layers onnx lists every node)")
     if doc["sensitivity"]:
         info = doc["sensitivity"]
         click.echo(f"sensitivity: {info['samples']} samples, {info['seconds']:.1f} s"
@@ -613,8 +624,8 @@ def _sources(layers: list[dict[str, Any]]) -> str:
     """'' when every estimate is the roofline's; else how many layers were measured, predicted."""
     found = {source: sum(layer["estimate"]["source"] == source for layer in layers)
              for source in ("measured", "predicted", "fused")}
-    if not any(found.values()):
-        return ""
+    if not found["measured"] and not found["predicted"]:
+        return ""  # fused alone: the layers as compiled, said on their own line
     return (f" ({found['measured']} layer(s) measured, {found['predicted']} predicted from "
             f"hwcomp profile's latency table, {found['fused']} fused into them, the rest "
             "roofline)")
@@ -628,11 +639,17 @@ def _echo_counted(counted: dict[str, Any]) -> None:
                + (f", {ratio:.3f} MACs per instruction" if ratio else "")
                + ("" if counted["layers_matched"] else
                   "; the layer kernels do not match the model's layers one to one"))
-    _table(("step", "kernel", "instructions", "MACs", "MACs/instr."),
+    live = counted.get("arena_live_bytes_by_step") or []
+    _table(("step", "kernel", "instructions", "MACs", "MACs/instr.",
+            *(("arena live",) if live else ())),
            [(str(s["step"]), _shorten(s["kernel"], 60), f"{s['instructions']:,}",
              f"{s['macs']:,}" if s["macs"] else "",
-             f"{s['macs_per_instruction']:.3f}" if s["macs_per_instruction"] else "")
+             f"{s['macs_per_instruction']:.3f}" if s["macs_per_instruction"] else "",
+             *((f"{live[s['step']]:,}" if s["step"] < len(live) else "",) if live else ()))
             for s in counted["steps"]])
+    if live and counted.get("arena_bytes"):
+        click.echo(f"arena: {counted['arena_bytes']:,} bytes; most live at one kernel call "
+                   f"{max(live):,} (step {live.index(max(live))})")
 
 
 @cli.command("profile")

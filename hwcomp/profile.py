@@ -66,6 +66,7 @@ from hwcomp.analysis.cost import GraphCost, NodeCost, node_name
 from hwcomp.errors import ExecutionError, HwcompError
 from hwcomp.lower import lowering_for
 from hwcomp.lower.library.runtime_libs import cache_dir
+from hwcomp.lower.types import TVM_EPILOGUE_OPS
 from hwcomp.targets import Target
 from hwcomp.threads import thread_env
 
@@ -315,34 +316,49 @@ def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[s
     return measured, predicted
 
 
-def estimate_model(model: ir.Model, target: Target, graph: GraphCost) -> roofline.RooflineEstimate:
+def estimate_model(model: ir.Model, target: Target, graph: GraphCost,
+                   fuse_epilogues: bool = False) -> roofline.RooflineEstimate:
     """Estimate ``model``'s layers (costed as ``graph``) on ``target``, best source first.
 
     Layers ``hwcomp profile`` measured on this target (or predicts from them) take those
     times, the elementwise ops TVM fuses after them none of their own, the rest the
     roofline. ``graph`` may restate layers' precisions (the planner's candidates).
+    ``fuse_epilogues``: the elementwise ops the target's kernels run after every conv /
+    matmul (its lowering's ``epilogue_ops``) take none of their own either (the layers as
+    compiled).
     """
     measured, predicted = layer_times(graph, target.name)
-    return roofline.estimate(graph, target, measured, predicted,
-                             fused_after(model, {*measured, *predicted}))
-
-
-# Ops TVM fuses into the kernel of the conv / matmul before them (its epilogue).
-_EPILOGUE_OPS = frozenset({
-    "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid",
-    "HardSwish", "LeakyRelu", "PRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
-    "QuantizeLinear", "DequantizeLinear"})
+    fused = fused_after(model, {*measured, *predicted})
+    if fuse_epilogues:
+        fused |= set(fused_into(model, {node.name for node in graph.nodes if node.macs},
+                                lowering_for(target).epilogue_ops))
+    return roofline.estimate(graph, target, measured, predicted, fused)
 
 
 def fused_after(model: ir.Model, timed: set[str]) -> set[str]:
     """Names of the elementwise nodes downstream of a timed layer, through elementwise ones."""
+    return set(fused_into(model, timed))
+
+
+def fused_into(model: ir.Model, timed: set[str],
+               ops: frozenset[str] = TVM_EPILOGUE_OPS) -> dict[str, str]:
+    """``{elementwise node: the timed layer whose kernel runs it}``, as :func:`fused_after`.
+
+    ``ops``: the ops a kernel runs after its layer (the lowering's ``epilogue_ops``).
+    """
     producer = {value.name: node_name(node) for node in model.graph for value in node.outputs}
-    fused: set[str] = set()
+    fused: dict[str, str] = {}
     for node in model.graph:
-        if node.op_type in _EPILOGUE_OPS and any(
-                value is not None and producer.get(value.name) in timed | fused
-                for value in node.inputs):
-            fused.add(node_name(node))
+        if node.op_type not in ops:
+            continue
+        for value in node.inputs:
+            source = producer.get(value.name) if value is not None else None
+            if source in timed:
+                fused[node_name(node)] = source
+                break
+            if source in fused:
+                fused[node_name(node)] = fused[source]
+                break
     return fused
 
 

@@ -22,7 +22,8 @@ JSON schema ``hwcomp-analysis/1`` (stable; new keys may be added, none removed):
                                            "top1_agreement": float|null,
                                            "accuracy": float|null, "exact": bool}}
                                  | null,
-                  "instructions": int|null}],
+                  "instructions": int|null,
+                  "fused_into": str|null, "live_bytes": int}],
       "sensitivity": null | {"actions": [str], "samples": int, "random_calibration": bool,
                              "baseline_accuracy": float|null, "seconds": float,
                              "notes": [str]},
@@ -31,14 +32,22 @@ JSON schema ``hwcomp-analysis/1`` (stable; new keys may be added, none removed):
                          "macs_per_instruction": float|null,
                          "layers_matched": bool,
                          "steps": [{"step": int, "kernel": str, "instructions": int,
-                                    "macs": int, "macs_per_instruction": float|null}]},
-      "cut": null | {"outputs": [str], "removed_nodes": int, "removed_ops": {op: int}}
+                                    "macs": int, "macs_per_instruction": float|null}],
+                         "arena_bytes": int|null,
+                         "arena_live_bytes_by_step": [int]|null},
+      "cut": null | {"outputs": [str], "removed_nodes": int, "removed_ops": {op: int}},
+      "layers_view": {"kind": "compiled"|"onnx", "folded_batchnorms": int, "fused_ops": int}
     }
 
 ``sqnr_db`` is null when the action leaves the output exactly unchanged. ``counted`` (with
 ``analyze --bundle``): the instructions each kernel call of the bundle executed on the
 emulated board when it was verified (counts, not cycles); a layer's ``instructions`` is
 its kernel call's where the bundle's layer kernels match the model's layers one to one.
+``layers_view`` ``compiled`` (the default of ``analyze``): BatchNormalization folded into
+the conv / matmul before it as the build does, and each elementwise op after a conv /
+matmul runs in that layer's kernel (``fused_into`` names it; its own estimate is 0 s,
+source ``fused``). ``live_bytes``: the activations live while the node runs (inputs,
+outputs and everything still needed later), whose maximum is ``peak_activation_bytes``.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +82,9 @@ class Analysis:
     sensitivity: SensitivityReport | None
     counted: Counted | None = None
     cut: dict[str, Any] | None = None
+    layers_view: str = "onnx"  # "compiled": BatchNorm folded, epilogues fused (fused_into)
+    fused_into: dict[str, str] = field(default_factory=dict)
+    folded_batchnorms: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,8 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
     estimates = analysis.roofline.by_name()
     table = analysis.sensitivity.table() if analysis.sensitivity else {}
     layers = []
-    for node in analysis.cost.nodes:
+    live = analysis.cost.live_bytes or (0,) * len(analysis.cost.nodes)
+    for node, live_bytes in zip(analysis.cost.nodes, live, strict=True):
         estimate = estimates[node.name]
         row = table.get(node.name)
         layers.append({
@@ -109,6 +122,8 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
             },
             "instructions": (analysis.counted.layer_instructions.get(node.name)
                              if analysis.counted else None),
+            "fused_into": analysis.fused_into.get(node.name),
+            "live_bytes": live_bytes,
         })
     cost, roof, sens = analysis.cost, analysis.roofline, analysis.sensitivity
     return {
@@ -137,6 +152,9 @@ def to_json(analysis: Analysis) -> dict[str, Any]:
             "layers_matched": bool(analysis.counted.layer_instructions),
         },
         "cut": analysis.cut,
+        "layers_view": {"kind": analysis.layers_view,
+                        "folded_batchnorms": analysis.folded_batchnorms,
+                        "fused_ops": len(analysis.fused_into)},
     }
 
 
@@ -194,6 +212,7 @@ def _figures(analysis: Analysis) -> dict[str, str]:
     right.set(xlabel="MACs (millions)")
     images["layers"] = _png(fig)
     plt.close(fig)
+    images["memory"] = _memory_figure(analysis, plt)
     sens = analysis.sensitivity
     if sens is not None and sens.layers:
         table = sens.table()
@@ -215,6 +234,47 @@ def _figures(analysis: Analysis) -> dict[str, str]:
     return images
 
 
+def _memory_figure(analysis: Analysis, plt: Any) -> str:
+    """Activations live at each step against SRAM (or RAM), weights by layer against flash."""
+    cost, target = analysis.cost, analysis.target
+    steps = range(len(cost.nodes))
+    fig, (ram, flash) = plt.subplots(1, 2, figsize=(11, 3.6))
+    record = analysis.counted.record if analysis.counted else {}
+    if record.get("arena_live_bytes_by_step"):  # the bundle's own plan, per kernel call
+        kib = [b / 1024 for b in record["arena_live_bytes_by_step"]]
+        names = [step["kernel"] for step in record.get("steps", [])]
+        ram.step(range(len(kib)), kib, where="mid", color="tab:blue",
+                 label="buffers live (the bundle's arena plan)")
+        ram.axhline(record["arena_bytes"] / 1024, color="tab:blue", linestyle=":",
+                    label=f"arena {record['arena_bytes'] / 1024:.1f} KiB")
+        xlabel, title = "kernel call", "Arena over the run (the bundle)"
+    else:
+        kib = [b / 1024 for b in cost.live_bytes]
+        names = [node.name for node in cost.nodes]
+        ram.step(steps, kib, where="mid", color="tab:blue", label="activations live")
+        xlabel, title = "step (node in execution order)", "Activation memory over the run"
+    if target.sram_bytes:
+        ram.axhline(target.sram_bytes / 1024, color="k", linestyle="--",
+                    label=f"{memory_kind(target)} {target.sram_bytes / 1024:.0f} KiB")
+    peak = max(range(len(kib)), key=kib.__getitem__) if kib else None
+    if peak is not None and peak < len(names):
+        ram.annotate(f"peak {kib[peak]:.1f} KiB at {names[peak][:40]}", (peak, kib[peak]),
+                     fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ram.set(xlabel=xlabel, ylabel="KiB", title=title)
+    ram.legend(fontsize=7)
+    weights = np.cumsum([n.weight_bytes / 1024 for n in cost.nodes] or [0.0])
+    flash.step(steps, weights, where="post", color="tab:gray", label="weights so far")
+    if target.flash_bytes:
+        flash.axhline(target.flash_bytes / 1024, color="k", linestyle="--",
+                      label=f"flash {target.flash_bytes / 1024:.0f} KiB")
+    flash.set(xlabel="step (node in execution order)", ylabel="KiB",
+              title="Weights, cumulative by layer")
+    flash.legend(fontsize=7)
+    image = _png(fig)
+    plt.close(fig)
+    return image
+
+
 def _sqnr_for_plot(value: float | None) -> float:
     return 60.0 if value is None else min(value, 60.0)
 
@@ -231,7 +291,7 @@ def to_html(analysis: Analysis) -> str:
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>"
                          for cell in _layer_cells(layer) + _sensitivity_cells(layer, actions))
-        + "</tr>" for layer in doc["layers"]
+        + "</tr>" for layer in compiled_layers(doc["layers"])
     )
     totals = doc["totals"]
     summary = (
@@ -281,6 +341,20 @@ def _sensitivity_cells(layer: dict[str, Any], actions: list[str]) -> list[str]:
             cells.append("exact" if result["exact"] or result["sqnr_db"] is None
                          else f"{result['sqnr_db']:.1f}")
     return cells
+
+
+def compiled_layers(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return a table's rows: one per kernel's layer, ``op`` naming the ops fused into it.
+
+    A layer an op is ``fused_into`` reads ``Conv+Add+Relu``; the fused ops have no row of
+    their own. Layers of the ``onnx`` view come back as they are.
+    """
+    fused: dict[str, list[str]] = {}
+    for layer in layers:
+        if layer.get("fused_into"):
+            fused.setdefault(layer["fused_into"], []).append(layer["op"])
+    return [{**layer, "op": "+".join(dict.fromkeys([layer["op"], *fused.get(layer["name"], [])]))}
+            for layer in layers if not layer.get("fused_into")]
 
 
 def _layer_cells(layer: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from hwcomp import api
+from hwcomp import api, report
 from tests import model_zoo
 from tests.conftest import REPO, run_cli
 from tests.test_cli import _assert_clean_error
@@ -36,7 +36,7 @@ def test_analyze_table_json_and_html(tmp_path):
     page = (tmp_path / "a.html").read_text()
     image = r'id="plot-(\w+)"><img alt="\w+" src="data:image/png;base64,([A-Za-z0-9+/=]{1000,})"'
     plots = re.findall(image, page)
-    assert [name for name, _ in plots] == ["roofline", "layers", "sensitivity"]
+    assert [name for name, _ in plots] == ["roofline", "layers", "memory", "sensitivity"]
     assert "<table id=\"layers\">" in page and "Conv16" in page
 
 
@@ -142,3 +142,55 @@ def test_analyze_learns_shapes_inference_cannot_reach(tmp_path):
     conv = next(n for n in result.cost.nodes if n.name == "conv")
     assert conv.output_shape == (1, 8, 16, 16)
     assert conv.macs == 8 * 16 * 16 * 3 * 9
+
+
+def test_layers_as_compiled_fold_batchnorm_and_fuse_what_the_targets_kernels_fuse(tmp_path):
+    """--layers compiled (the default): BatchNorm folded into its conv, and the elementwise
+    ops the target's kernels run after a layer are in its row (TVM on the host fuses the
+    residual Add, hwcomp's Cortex-M kernels only the clamp); --layers onnx: every node."""
+    model = tmp_path / "resnet.onnx"
+    onnx.save(model_zoo.resnet_like(size=16, width=8), model)
+    host = report.to_json(api.analyze(model, "host"))
+    m7 = report.to_json(api.analyze(model, "cortex-m7"))
+    written = report.to_json(api.analyze(model, "cortex-m7", layers="onnx"))
+    assert sum(layer["op"] == "BatchNormalization" for layer in written["layers"]) == 6
+    for doc in (host, m7):
+        assert not any(layer["op"] == "BatchNormalization" for layer in doc["layers"])
+        assert doc["layers_view"]["folded_batchnorms"] == 6
+        assert doc["totals"]["macs"] == written["totals"]["macs"]
+        # the activations live at each step: their maximum is the peak
+        assert max(layer["live_bytes"] for layer in doc["layers"]) == \
+            doc["totals"]["peak_activation_bytes"]
+    host_ops = {row["name"]: row["op"] for row in report.compiled_layers(host["layers"])}
+    m7_ops = {row["name"]: row["op"] for row in report.compiled_layers(m7["layers"])}
+    assert host_ops["Conv4"] == m7_ops["Conv4"] == "Conv+Relu"
+    assert host_ops["Conv28"] == "Conv+Add+Relu" and "Add36" not in host_ops
+    assert m7_ops["Conv28"] == "Conv" and m7_ops["Add36"] == "Add"
+    fused = next(layer for layer in host["layers"] if layer["name"] == "Add36")
+    assert fused["fused_into"] == "Conv28" and fused["estimate"]["source"] == "fused"
+    assert fused["estimate"]["time_s"] == 0
+    assert host["totals"]["estimated_time_s"] < report.to_json(
+        api.analyze(model, "host", layers="onnx"))["totals"]["estimated_time_s"]
+
+
+@pytest.mark.cross
+def test_a_bundles_arena_over_its_kernel_calls_is_reported(tmp_path):
+    """analyze --bundle on a Cortex-M bundle: the live arena bytes at each kernel call (the
+    bundle's own plan), whose maximum is the plan's lower bound, in JSON, table and page."""
+    from tests.conftest import require_tools
+
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    model = tmp_path / "resnet.onnx"
+    onnx.save(model_zoo.resnet_like(size=16, width=8), model)
+    bundle = api.build(model, "cortex-m7", tmp_path / "out").bundle
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    proc = run_cli("analyze", str(model), "-t", "cortex-m7", "--bundle", str(bundle),
+                   "--json", str(tmp_path / "a.json"), "--html", str(tmp_path / "a.html"))
+    assert proc.returncode == 0, proc.stderr
+    counted = json.loads((tmp_path / "a.json").read_text())["counted"]
+    live = counted["arena_live_bytes_by_step"]
+    assert len(live) == len(counted["steps"]) == len(manifest["layer_counts"]["steps"])
+    assert max(live) == manifest["mcu"]["arena"]["lower_bound_bytes"] <= counted["arena_bytes"]
+    assert "arena live" in proc.stdout and f"most live at one kernel call {max(live):,}" in \
+        proc.stdout
+    assert 'id="plot-memory"' in (tmp_path / "a.html").read_text()

@@ -99,6 +99,7 @@ class GraphCost:
     peak_activation_bytes: int
     activation_bytes: int
     params_by_dtype: dict[str, int] = field(default_factory=dict)
+    live_bytes: tuple[int, ...] = ()  # activations live while each node runs
 
     @property
     def total_memory_bytes(self) -> int:
@@ -290,7 +291,8 @@ def graph_cost(model: ir.Model) -> GraphCost:
             total_weight_bytes += _nbytes(value)
             dtype = value.dtype.numpy().name if value.dtype is not None else "?"
             by_dtype[dtype] = by_dtype.get(dtype, 0) + count
-    peak, total = activation_memory(model)
+    timeline, at_start, total = _activation_walk(model, _nbytes)
+    peak = max([at_start, *timeline])
     return GraphCost(
         nodes=costs,
         total_macs=sum(c.macs for c in costs),
@@ -300,6 +302,7 @@ def graph_cost(model: ir.Model) -> GraphCost:
         peak_activation_bytes=peak,
         activation_bytes=total,
         params_by_dtype=by_dtype,
+        live_bytes=tuple(timeline),
     )
 
 
@@ -312,7 +315,13 @@ def activation_memory(model: ir.Model,
     activations. ``nbytes`` sizes a tensor (default: its shape and dtype; the planner's
     gives quantized tensors their narrower element).
     """
-    size = nbytes or _nbytes
+    timeline, at_start, total = _activation_walk(model, nbytes or _nbytes)
+    return max([at_start, *timeline]), total
+
+
+def _activation_walk(model: ir.Model,
+                     size: Callable[[ir.Value], int]) -> tuple[list[int], int, int]:
+    """Live bytes per step, live bytes before the first step, and the sum of all tensors."""
     nodes = list(model.graph)
     last_use: dict[int, int] = {}
     for step, node in enumerate(nodes):
@@ -323,13 +332,13 @@ def activation_memory(model: ir.Model,
     for value in model.graph.outputs:
         last_use[id(value)] = end
     live = {id(v): size(v) for v in model.graph.inputs if v.const_value is None}
-    total = sum(live.values())
-    peak = sum(live.values())
+    total = at_start = sum(live.values())
+    timeline = []
     for step, node in enumerate(nodes):
         for value in node.outputs:
             live[id(value)] = size(value)
             total += size(value)
-        peak = max(peak, sum(live.values()))
+        timeline.append(sum(live.values()))
         for key in [k for k in live if last_use.get(k, -1) <= step]:
             del live[key]
-    return peak, total
+    return timeline, at_start, total

@@ -40,6 +40,8 @@ class Lowering(Protocol):
             board), or "" (neither here).
         rpc_device: The TVM RPC device a bundle's library runs on for ``--verify device``
             ("cpu", "cuda"), or "" where the bundle is not a library a device server loads.
+        epilogue_ops: Elementwise ops its kernels run in the kernel of the conv / matmul
+            before them (``analyze``'s layers as compiled).
 
     """
 
@@ -48,6 +50,7 @@ class Lowering(Protocol):
     tunable: bool
     kernel_timing: str
     rpc_device: str
+    epilogue_ops: frozenset[str]
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:
         """Programs (and their Debian packages) needed before any work starts."""

@@ -11,6 +11,12 @@ import numpy as np
 from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.model import TensorSpec
 
+# Elementwise ops TVM's FuseOps runs in the kernel of the conv / matmul before them.
+TVM_EPILOGUE_OPS = frozenset({
+    "BatchNormalization", "Relu", "Clip", "Add", "Sub", "Mul", "Div", "Sigmoid", "HardSigmoid",
+    "HardSwish", "LeakyRelu", "PRelu", "Tanh", "Elu", "Selu", "Softplus", "Gelu", "Erf",
+    "QuantizeLinear", "DequantizeLinear"})
+
 
 @dataclass(frozen=True)
 class BundleInfo:

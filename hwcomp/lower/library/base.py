@@ -12,7 +12,7 @@ from typing import Any
 
 from hwcomp.errors import LoweringError, reason_line
 from hwcomp.lower.library.bundle import package_library
-from hwcomp.lower.types import BundleInfo
+from hwcomp.lower.types import TVM_EPILOGUE_OPS, BundleInfo
 from hwcomp.targets import Target
 
 
@@ -20,6 +20,7 @@ class LibraryLowering:
     """The shared half of a library family's lowering (see :class:`hwcomp.lower.Lowering`)."""
 
     builds_runner = False
+    epilogue_ops = TVM_EPILOGUE_OPS  # TVM fuses them into the layer's kernel
 
     def package(self, executable: Any, target: Target, staging: Path,
                 info: BundleInfo) -> dict[str, Any]:

@@ -43,6 +43,10 @@ class McuLowering:
     builds_runner = False
     tunable = False
     kernel_timing = "counted"  # C for a board: its build counts each call's instructions
+    # hwcomp's C kernels fold BatchNorm, clamp (ReLU, ReLU6, Clip) and requantize as they
+    # store; a residual add or another activation is a kernel call of its own.
+    epilogue_ops = frozenset({"BatchNormalization", "Relu", "Clip", "QuantizeLinear",
+                              "DequantizeLinear"})
     rpc_device = ""  # C sources for a firmware: flash the example on a board instead
 
     def required_tools(self, target: Target) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 ALIGNMENT = 16  # bytes: Helium and the DSP extension's 64-bit loads want 8; 16 covers both
 
@@ -52,8 +53,9 @@ class ArenaPlan:
     largest_step_bytes: int
     largest_pair_bytes: int
     in_place: int = 0
+    live_by_step: tuple[int, ...] = ()  # bytes of buffers live at each step (kernel call)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (offsets are in the generated C, not repeated here)."""
         return {
             "arena_bytes": self.arena_bytes,
@@ -61,6 +63,7 @@ class ArenaPlan:
             "lower_bound_bytes": self.largest_step_bytes,
             "largest_two_live_bytes": self.largest_pair_bytes,
             "in_place_buffers": self.in_place,
+            "live_bytes_by_step": list(self.live_by_step),
         }
 
 
@@ -119,6 +122,7 @@ def plan_arena(buffers: Sequence[Buffer], step_pairs: Sequence[tuple[str, ...]] 
         largest_step_bytes=max(live, default=0),
         largest_pair_bytes=max(pairs, default=0),
         in_place=sum(1 for name, root in owner.items() if name != root),
+        live_by_step=tuple(live),
     )
 
 

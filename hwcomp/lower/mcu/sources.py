@@ -144,12 +144,6 @@ def _api_tensor(info: TensorInfo, spec: TensorSpec) -> dict[str, Any]:
             "scale": _c_float(float(spec.scale or 0.0)), "zero_point": int(spec.zero_point or 0)}
 
 
-def _c_float(value: float) -> str:
-    """A float literal of C: ``0.0f``, ``0.0311505254f``, ``1e-05f`` (9 significant digits)."""
-    text = f"{value:.9g}"
-    return f"{text}f" if any(c in text for c in ".en") else f"{text}.0f"
-
-
 def c_string(text: str) -> str:
     """Return ``text`` as a C string literal that round-trips any tensor name.
 
