@@ -364,7 +364,7 @@ def build(model: Path, target_name: str, output: Path, input_shapes: tuple[str, 
           distill: DistillOptions | None, outputs: str | None,
           json_path: Path | None, optimize: str | None, latency_budget: str | None,
           measure_top: int, verify: str, device: str | None, io: str) -> None:
-    r"""Compile MODEL for a target into a bundle verified against onnxruntime.
+    """Compile MODEL for a target into a bundle verified against onnxruntime.
 
     \b
     Examples:
@@ -547,7 +547,7 @@ def analyze(model: Path, target_name: str, input_shapes: tuple[str, ...], calib:
             calib_random: int, labels: Path | None, actions: str, jobs: int, top: int,
             json_path: Path | None, html_path: Path | None, bundle: Path | None,
             outputs: str | None, layers_view: str) -> None:
-    r"""Per-layer cost, roofline estimate and compression sensitivity of MODEL.
+    """Per-layer cost, roofline estimate and compression sensitivity of MODEL.
 
     \b
     Examples:
@@ -668,7 +668,7 @@ def _echo_counted(counted: dict[str, Any]) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the profile.")
 def profile_command(path: Path, target_name: str | None, runs: int, input_shapes: tuple[str, ...],
                     calib: Path | None, precision: str, json_path: Path | None) -> None:
-    r"""Time each kernel of a bundle on the target (or count it, on Cortex-M).
+    """Time each kernel of a bundle on the target (or count it, on Cortex-M).
 
     PATH is a bundle folder, or a MODEL to build for --target first (in a temporary
     folder). Each kernel's time goes into the target's latency table in hwcomp's cache,
@@ -729,7 +729,7 @@ def profile_command(path: Path, target_name: str | None, runs: int, input_shapes
 def validate(bundle: Path, original: Path | None, calib: Path | None, seed: int,
              tolerance: float | None, graph_tolerance: float, show_all: bool,
              json_path: Path | None) -> None:
-    r"""Compare a bundle layer by layer and name the first tensor that diverges.
+    """Compare a bundle layer by layer and name the first tensor that diverges.
 
     Compiles the bundle's graph again with every intermediate tensor kept and compares each
     with onnxruntime; with --model, also the bundle's graph with the original model's
@@ -804,6 +804,13 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
     """Fold BatchNorm, prune coupled channel groups, split low-rank: smaller ONNX out.
 
     With --distill, the result is fine-tuned against MODEL on those samples (PyTorch).
+
+    \b
+    Examples:
+      hwcomp compress model.onnx -o small.onnx -t arm-a72 --prune 0.5 --calib calib.npz
+      hwcomp compress model.onnx -o small.onnx -t host --prune auto --accuracy-budget 1%
+          --calib calib.npz --labels labels.npy
+      hwcomp compress model.onnx -o small.onnx -t host --optimize latency --calib calib.npz
     """
     options = CompressionOptions(prune=prune, importance=importance, lowrank=lowrank,
                                  reconstruct=reconstruct, accuracy_budget=accuracy_budget,
@@ -896,7 +903,13 @@ def compress_command(model: Path, output: Path, target_name: str, prune: str | N
 def tune(model: Path, target_name: str, trials: int, per_task: int | None,
          database: Path | None, device: str, rpc_server: str | None, tracker: str | None,
          key: str, input_shapes: tuple[str, ...]) -> None:
-    """Tune MODEL's kernels for a target with MetaSchedule; hwcomp build reuses the records."""
+    """Tune MODEL's kernels for a target with MetaSchedule; hwcomp build reuses the records.
+
+    \b
+    Examples:
+      hwcomp tune model.onnx -t host --trials 64
+      hwcomp tune model.onnx -t arm-a72 --trials 64 --rpc-server pi.local:9190
+    """
     if sum(bool(x) for x in (device != "local", rpc_server, tracker)) > 1:
         raise click.UsageError("give one of --device, --rpc and --tracker")
     if tracker and not key:
@@ -953,7 +966,14 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
 def bench_command(bundle: Path, device: str, warmup: int | None, repeat: int | None, number: int,
                   threads: int, compare_ort: bool, count_instructions: bool,
                   json_path: Path | None) -> None:
-    """Measure a bundle's latency (min, mean, median, p90, p99, std), or count its instructions."""
+    """Measure a bundle's latency (min, mean, median, p90, p99, std), or count its instructions.
+
+    \b
+    Examples:
+      hwcomp bench out/model-host --compare-ort
+      hwcomp bench out/model-arm-a72 --device rpc://pi.local:9190
+      hwcomp bench out/model-arm-a72 --count-instructions --compare-ort
+    """
     if count_instructions:
         if device != "local":
             raise OptionError("--count-instructions runs the bundle under qemu here; "
@@ -1026,7 +1046,13 @@ def _shorten(text: str, width: int) -> str:
 @click.option("--key", default="", help="Device key to register under (with --tracker).")
 def device_server(host: str, port: int, port_end: int | None, tracker: str | None,
                   key: str) -> None:
-    """Serve this machine to hwcomp bench/tune over TVM RPC (runs uploaded code)."""
+    """Serve this machine to hwcomp bench/tune over TVM RPC (runs uploaded code).
+
+    \b
+    Examples (on the board):
+      hwcomp device-server --host 0.0.0.0 --port 9190
+      hwcomp device-server --tracker tracker.local:9191 --key pi4
+    """
     if tracker and not key:
         raise click.UsageError("--tracker needs --key (the device type, e.g. pi4)")
     command = remote.server_command(host, port, remote.last_port(port, port_end), tracker, key)

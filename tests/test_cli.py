@@ -437,3 +437,16 @@ def test_shell_completion_offers_commands_options_and_target_names():
     script = subprocess.run([sys.executable, "-m", "hwcomp"], capture_output=True, text=True,
                             env={**os.environ, "_HWCOMP_COMPLETE": "bash_source"}, timeout=120)
     assert "complete -o nosort -F _hwcomp_completion hwcomp" in script.stdout
+
+
+@pytest.mark.parametrize("command", ["build", "analyze", "profile", "validate", "compress",
+                                     "tune", "bench", "device-server"])
+def test_every_commands_help_shows_its_examples_as_written(command):
+    """click keeps an "Examples:" block's lines only after a backspace line; a raw docstring
+    printed "\\b Examples: hwcomp build ..." as one run-on paragraph."""
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("Examples"))
+    assert "\\b" not in proc.stdout
+    assert lines[at + 1].strip().startswith(f"hwcomp {command} ")
