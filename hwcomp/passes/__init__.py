@@ -8,6 +8,8 @@ Legalisation (before TVM import):
     - :class:`ResizeToMatMulPass`: Resize nodes TVM mishandles become interpolation MatMuls.
     - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
     - :class:`SumToAddPass`: variadic Sum becomes a chain of Add (TVM stacks and reduces it).
+    - :class:`ReduceInfinityPass`: float ReduceMax / ReduceMin return -inf / +inf over only
+      that value (TVM starts them at the lowest / highest finite float).
 
 Compression (ONNX to ONNX, in this order in :mod:`hwcomp.compress.pipeline`):
     - :class:`FoldBatchNormPass`: BatchNormalization merges into the Conv/Gemm/MatMul before it
@@ -30,6 +32,7 @@ from hwcomp.passes.fold_if import FoldIfPass
 from hwcomp.passes.lowrank import LowRankPass
 from hwcomp.passes.prune_channels import PruneChannelsPass
 from hwcomp.passes.reconstruct import ReconstructPass
+from hwcomp.passes.reduce_infinity import ReduceInfinityPass
 from hwcomp.passes.resize_to_matmul import ResizeToMatMulPass
 from hwcomp.passes.sum_to_add import SumToAddPass
 
@@ -44,5 +47,6 @@ __all__ = [
     "PruneChannelsPass",
     "ReconstructPass",
     "ResizeToMatMulPass",
+    "ReduceInfinityPass",
     "SumToAddPass",
 ]

@@ -27,3 +27,23 @@ def test_common_ops_pass_or_fail_clearly():
         assert result["hwcomp"] == "hwcomp-error", result
         assert result["op"] in result["detail"], result
     assert summary["hwcomp_pass_where_ort_passes"] >= MIN_COMMON_PASSES, summary
+
+
+# The standard Attention op (opset 23/24) through its function body: 70 of the 73 cases
+# onnxruntime passes (session 19; 0 before: TVM's converter of that name is
+# com.microsoft's). The three left are fp16: TVM computes the body in fp16 throughout and
+# lands ~1e-3 from the float32-accumulated reference, beyond the cases' tolerance.
+MIN_ATTENTION_PASSES = 70
+ATTENTION_FP16 = {"test_attention_4d_fp16", "test_attention_4d_gqa_causal_nonpad_decode_fp16",
+                  "test_attention_4d_gqa_with_past_and_present_fp16"}
+
+
+@pytest.mark.slow
+def test_standard_attention_passes_through_its_body():
+    cases = conformance.load_cases()
+    names = sorted(n for n in cases
+                   if n.startswith("test_attention") and not n.endswith("_expanded"))
+    results = conformance.run_suite(names, workers=2)
+    passing = [r for r in results if r["ort"] == "pass"]
+    assert sum(r["hwcomp"] == "pass" for r in passing) >= MIN_ATTENTION_PASSES
+    assert {r["name"] for r in passing if r["hwcomp"] != "pass"} <= ATTENTION_FP16

@@ -74,6 +74,13 @@ def _control_flow(node: onnx.NodeProto, constants: Constants) -> Gap | None:
                        "--input-shape binds them, and --outputs can cut the graph before it")
 
 
+def _attention(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    # TVM's converter named Attention is onnxruntime's com.microsoft one (one packed QKV
+    # weight, a num_heads attribute); the standard op (opset 23: Q, K, V, mask, past state)
+    # has its own semantics, which its function body gives.
+    return Gap(EXPAND, "TVM's Attention converter is com.microsoft's, not the standard op's")
+
+
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     found = next((a for a in node.attribute if a.name == name), None)
     return int(found.i) if found is not None else default
@@ -95,6 +102,7 @@ def _is_inf(node: onnx.NodeProto, constants: Constants) -> Gap | None:
 
 
 GAPS: dict[str, Callable[[onnx.NodeProto, Constants], Gap | None]] = {
+    "Attention": _attention,
     "BatchNormalization": _batch_norm,
     "IsInf": _is_inf,
     "If": _control_flow,

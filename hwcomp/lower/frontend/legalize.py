@@ -37,6 +37,7 @@ from hwcomp.passes import (
     FoldBatchNormPass,
     FoldConstantsPass,
     FoldIfPass,
+    ReduceInfinityPass,
     ResizeToMatMulPass,
     SumToAddPass,
 )
@@ -60,6 +61,8 @@ def legalize_for_tvm(
         ("inline-local-functions", common.InlinePass()),
         ("lift-constants", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("expand-functions", ExpandFunctionsPass(should_expand)),
+        # the bodies' values have no shapes yet: Shape / Size of them fold only once known
+        ("infer-shapes-after-expansion", common.ShapeInferencePass()),
         ("lift-constants-again", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("fold-constants", FoldConstantsPass()),
         ("fold-if", FoldIfPass()),
@@ -68,6 +71,7 @@ def legalize_for_tvm(
         ("resize-to-matmul", ResizeToMatMulPass()),
         ("convtranspose-pads", ConvTransposePadsPass()),
         ("sum-to-add", SumToAddPass()),
+        ("reduce-infinity", ReduceInfinityPass()),
         ("drop-identities", common.IdentityEliminationPass()),
         ("remove-unused", common.RemoveUnusedNodesPass()),
         ("toposort", common.TopologicalSortPass()),

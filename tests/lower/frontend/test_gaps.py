@@ -99,3 +99,37 @@ def test_nms_and_data_dependent_control_flow_are_rejected_by_node():
         [helper.make_tensor_value_info("sel", TensorProto.INT64, ["K", 3])], limits)
     with pytest.raises(UnsupportedOpError, match="nms_1.*K selected.*--outputs"):
         check_supported(nms)
+
+
+def test_the_standard_attention_op_builds_through_its_function_body(tmp_path):
+    """Opset 23's Attention (Q, K, V, a boolean mask): TVM's converter of that name is
+    com.microsoft's (num_heads, one packed weight) and failed; the op is expanded into the
+    standard's body. A fully masked row is 0 there (the body finds it with ReduceMax ==
+    -inf, which TVM answered with -3.4e38: NaN came out before ReduceInfinityPass)."""
+    import onnx
+
+    from hwcomp import api
+
+    model = make_model(
+        [helper.make_node("Attention", ["q", "k", "v", "mask"], ["y"], q_num_heads=2,
+                          kv_num_heads=2, name="attention_0")],
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 4, 16]),
+         helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 6, 16]),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 6, 16]),
+         helper.make_tensor_value_info("mask", TensorProto.BOOL, [4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], opset=23)
+    feeds = {name: np.random.default_rng(i).standard_normal(shape).astype(np.float32)
+             for i, (name, shape) in enumerate([("q", (1, 4, 16)), ("k", (1, 6, 16)),
+                                                ("v", (1, 6, 16))])}
+    feeds["mask"] = np.random.default_rng(3).random((4, 6)) < 0.7
+    feeds["mask"][2, :] = False  # query 2 may attend to nothing
+    expected = run_ort(model, feeds)[0]
+    assert np.all(expected[0, 2] == 0) and np.isfinite(expected).all()
+    legal, _ = legalize_for_tvm(to_ir(model))
+    assert "Attention" not in op_types(legal) and "ReduceMax" in op_types(legal)
+    onnx.save(model, tmp_path / "attention.onnx")
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    result = api.build(tmp_path / "attention.onnx", "x86-avx2", tmp_path / "out",
+                       calib=tmp_path / "feeds.npz")
+    assert result.verification.status == "passed"
+    assert result.verification.outputs[0].max_abs_error < 1e-5
