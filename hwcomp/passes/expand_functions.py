@@ -61,8 +61,23 @@ class ExpandFunctionsPass(ir.passes.FunctionalPass):
             _drop_local_domain(proto)
         if expanded:
             logger.info("expanded %d node(s) into function bodies: %s", len(expanded), expanded)
-            return ir.passes.PassResult(ir.serde.deserialize_model(proto), modified=True)
+            return ir.passes.PassResult(ir.serde.deserialize_model(_with_shapes(proto)),
+                                        modified=True)
         return ir.passes.PassResult(ir.serde.deserialize_model(proto), modified=False)
+
+
+def _with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Give the bodies' values their shapes, so that ``Shape`` / ``Size`` of them fold.
+
+    A body's shape arithmetic (Attention's head count from Q's shape) otherwise reaches TVM
+    as shape expressions its converters cannot divide. Where inference fails the model is
+    returned as it is (later steps report what they cannot take).
+    """
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError, ValueError) as exc:
+        logger.debug("shape inference after expansion failed: %s", exc)
+        return proto
 
 
 def _opset(proto: onnx.ModelProto) -> int:

@@ -61,8 +61,6 @@ def legalize_for_tvm(
         ("inline-local-functions", common.InlinePass()),
         ("lift-constants", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("expand-functions", ExpandFunctionsPass(should_expand)),
-        # the bodies' values have no shapes yet: Shape / Size of them fold only once known
-        ("infer-shapes-after-expansion", common.ShapeInferencePass()),
         ("lift-constants-again", common.LiftConstantsToInitializersPass(size_limit=0)),
         ("fold-constants", FoldConstantsPass()),
         ("fold-if", FoldIfPass()),
