@@ -42,7 +42,7 @@ from hwcomp.lower.cpu.database import count_records
 from hwcomp.lower.frontend.legalize import legalize_for_tvm
 from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.lower.library.runner import check_cross_prefix, require_tool
-from hwcomp.lower.types import BundleInfo, Compiled, RunnerResult, layer_count_record
+from hwcomp.lower.types import BundleInfo, Compiled, RunnerResult, layer_count_record, model_id
 from hwcomp.package import check_output, file_hashes, staged_output, write_json
 from hwcomp.passes import FoldBatchNormPass, quantized_io
 from hwcomp.targets import CROSS_PREFIX_ENV, Target, load_target
@@ -688,7 +688,7 @@ def _write_readme(
                      ram_budget=target.sram_bytes)
     elif (staging / "bin" / "hwcomp_runner").exists():
         run = render("bundle/run_runner.md.in", runner_inputs=runner_inputs,
-                     target_id=target.name.replace("-", "_"))
+                     bundle_id=model_id(model_path.stem))
     else:
         run = render("bundle/run_python.md.in")
     render_to(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,13 @@ import numpy as np
 
 from hwcomp.lower.kernel_spec import KernelRewrite
 from hwcomp.model import TensorSpec
+
+
+def model_id(model_name: str) -> str:
+    """``model_name`` as a C / CMake identifier: a bundle's targets and symbols carry it."""
+    safe = re.sub(r"[^0-9a-zA-Z_]", "_", model_name).strip("_").lower() or "model"
+    return f"m{safe}" if safe[0].isdigit() else safe
+
 
 # Elementwise ops TVM's FuseOps runs in the kernel of the conv / matmul before them.
 TVM_EPILOGUE_OPS = frozenset({

@@ -25,7 +25,7 @@ class LibraryLowering:
     def package(self, executable: Any, target: Target, staging: Path,
                 info: BundleInfo) -> dict[str, Any]:
         """Library, runtime, headers and runner; nothing to add to the manifest."""
-        package_library(self, executable, target, staging)
+        package_library(self, executable, target, staging, info.model_name)
         return {}
 
     def export(self, executable: Any, target: Target, path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import hwcomp
 from hwcomp.lower.library.runner import compile_runner
 from hwcomp.lower.library.runtime_libs import ffi_include_dir
+from hwcomp.lower.types import model_id
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
 from hwcomp.templates import render_to
@@ -33,8 +34,12 @@ class LibraryExport(Protocol):
 
 
 def package_library(lowering: LibraryExport, executable: Any, target: Target,
-                    staging: Path) -> None:
-    """Write the library, runtime, headers, runner and CMake file into ``staging``."""
+                    staging: Path, model_name: str) -> None:
+    """Write the library, runtime, headers, runner and CMake file into ``staging``.
+
+    The CMake targets are named by the model (``hwcomp::<model>``, ``hwcomp::<model>_c``):
+    two bundles add_subdirectory()'d into one project do not collide.
+    """
     (staging / "lib").mkdir()
     lowering.export(executable, target, staging / "lib" / "model.so")
     libs = lowering.runtime_libs(target)
@@ -55,7 +60,7 @@ def package_library(lowering: LibraryExport, executable: Any, target: Target,
     render_to(
         "bundle/CMakeLists.txt.in", staging / "CMakeLists.txt",
         hwcomp_version=hwcomp.__version__, target=target.name, family=target.family,
-        target_id=target.name.replace("-", "_"),
+        bundle_id=model_id(model_name),
     )
     if lowering.builds_runner:
         (staging / "bin").mkdir()

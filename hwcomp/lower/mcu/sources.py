@@ -20,7 +20,6 @@ Layout written into the bundle:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import hwcomp
 from hwcomp.lower.library.runtime_libs import ffi_include_dir, tvm_include_dir
 from hwcomp.lower.mcu.aot import ARENA, CONSTANT, INPUT, OUTPUT, AotProgram, TensorInfo
 from hwcomp.lower.mcu.memory_plan import ALIGNMENT
+from hwcomp.lower.types import model_id
 from hwcomp.model import TensorSpec
 from hwcomp.resources import kernels_path
 from hwcomp.targets import Target
@@ -63,8 +63,7 @@ def sources_in(bundle: Path) -> Sources:
 
 def c_prefix(model_name: str) -> str:
     """``hwcomp_<model>`` as a C identifier (the API's and the kernels' prefix)."""
-    safe = re.sub(r"[^0-9a-zA-Z_]", "_", model_name).strip("_").lower() or "model"
-    return f"hwcomp_{'m' + safe if safe[0].isdigit() else safe}"
+    return f"hwcomp_{model_id(model_name)}"
 
 
 def write_sources(
