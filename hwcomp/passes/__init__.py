@@ -8,6 +8,8 @@ Legalisation (before TVM import):
     - :class:`ResizeToMatMulPass`: Resize nodes TVM mishandles become interpolation MatMuls.
     - :class:`ConvTransposePadsPass`: ConvTranspose ``output_shape`` becomes explicit pads.
     - :class:`SumToAddPass`: variadic Sum becomes a chain of Add (TVM stacks and reduces it).
+    - :class:`EmptyTensorsPass`: empty Split parts become constants, empty Concat inputs go
+      (TVM cannot compile a split with an empty output).
     - :class:`ReduceInfinityPass`: float ReduceMax / ReduceMin return -inf / +inf over only
       that value (TVM starts them at the lowest / highest finite float).
 
@@ -25,6 +27,7 @@ list of passes and records each step, for legalisation and compression alike.
 
 from hwcomp.passes.bind_inputs import BindInputsPass
 from hwcomp.passes.convtranspose_pads import ConvTransposePadsPass
+from hwcomp.passes.empty_tensors import EmptyTensorsPass
 from hwcomp.passes.expand_functions import ExpandFunctionsPass
 from hwcomp.passes.fold_batchnorm import FoldBatchNormPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
@@ -39,6 +42,7 @@ from hwcomp.passes.sum_to_add import SumToAddPass
 __all__ = [
     "BindInputsPass",
     "ConvTransposePadsPass",
+    "EmptyTensorsPass",
     "ExpandFunctionsPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",

@@ -33,6 +33,7 @@ from hwcomp.lower.frontend.relax_import import supported_ops
 from hwcomp.passes import (
     BindInputsPass,
     ConvTransposePadsPass,
+    EmptyTensorsPass,
     ExpandFunctionsPass,
     FoldBatchNormPass,
     FoldConstantsPass,
@@ -65,6 +66,7 @@ def legalize_for_tvm(
         ("fold-constants", FoldConstantsPass()),
         ("fold-if", FoldIfPass()),
         ("fold-constants-after-if", FoldConstantsPass()),
+        ("empty-tensors", EmptyTensorsPass()),
         ("fold-batchnorm", FoldBatchNormPass()),
         ("resize-to-matmul", ResizeToMatMulPass()),
         ("convtranspose-pads", ConvTransposePadsPass()),
