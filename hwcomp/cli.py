@@ -908,7 +908,7 @@ def tune(model: Path, target_name: str, trials: int, per_task: int | None,
     \b
     Examples:
       hwcomp tune model.onnx -t host --trials 64
-      hwcomp tune model.onnx -t arm-a72 --trials 64 --rpc-server pi.local:9190
+      hwcomp tune model.onnx -t arm-a72 --trials 64 --rpc pi.local:9190
     """
     if sum(bool(x) for x in (device != "local", rpc_server, tracker)) > 1:
         raise click.UsageError("give one of --device, --rpc and --tracker")

@@ -450,3 +450,11 @@ def test_every_commands_help_shows_its_examples_as_written(command):
     at = next(i for i, line in enumerate(lines) if line.strip().startswith("Examples"))
     assert "\\b" not in proc.stdout
     assert lines[at + 1].strip().startswith(f"hwcomp {command} ")
+    # every flag an example shows is one the command takes
+    from hwcomp.cli import cli
+
+    known = {opt for param in cli.commands[command].params for opt in param.opts}
+    block = lines[at + 1:lines.index("", at)]  # the example lines, up to the blank one
+    shown = {word.strip("[]") for line in block for word in line.split()
+             if word.strip("[]").startswith("--")}
+    assert shown and shown <= known, shown - known
