@@ -10,6 +10,8 @@ Legalisation (before TVM import):
     - :class:`SumToAddPass`: variadic Sum becomes a chain of Add (TVM stacks and reduces it).
     - :class:`EmptyTensorsPass`: empty Split parts become constants, empty Concat inputs go
       (TVM cannot compile a split with an empty output).
+    - :class:`PowTypesPass`: Pow's operands cast to one float type (TVM takes no mixed or
+      integer Pow).
     - :class:`ReduceInfinityPass`: float ReduceMax / ReduceMin return -inf / +inf over only
       that value (TVM starts them at the lowest / highest finite float).
 
@@ -33,6 +35,7 @@ from hwcomp.passes.fold_batchnorm import FoldBatchNormPass
 from hwcomp.passes.fold_constants import FoldConstantsPass
 from hwcomp.passes.fold_if import FoldIfPass
 from hwcomp.passes.lowrank import LowRankPass
+from hwcomp.passes.pow_types import PowTypesPass
 from hwcomp.passes.prune_channels import PruneChannelsPass
 from hwcomp.passes.reconstruct import ReconstructPass
 from hwcomp.passes.reduce_infinity import ReduceInfinityPass
@@ -48,6 +51,7 @@ __all__ = [
     "FoldConstantsPass",
     "FoldIfPass",
     "LowRankPass",
+    "PowTypesPass",
     "PruneChannelsPass",
     "ReconstructPass",
     "ResizeToMatMulPass",

@@ -81,6 +81,12 @@ def _attention(node: onnx.NodeProto, constants: Constants) -> Gap | None:
     return Gap(EXPAND, "TVM's Attention converter is com.microsoft's, not the standard op's")
 
 
+def _rms_normalization(node: onnx.NodeProto, constants: Constants) -> Gap | None:
+    # TVM's converter fails to compile ("Tensor dimension mismatch") on the node tests'
+    # axes; the standard's body (ReduceMean of squares, Sqrt, Div, Mul) compiles.
+    return Gap(EXPAND, "TVM's RMSNormalization converter does not compile")
+
+
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     found = next((a for a in node.attribute if a.name == name), None)
     return int(found.i) if found is not None else default
@@ -103,6 +109,7 @@ def _is_inf(node: onnx.NodeProto, constants: Constants) -> Gap | None:
 
 GAPS: dict[str, Callable[[onnx.NodeProto, Constants], Gap | None]] = {
     "Attention": _attention,
+    "RMSNormalization": _rms_normalization,
     "BatchNormalization": _batch_norm,
     "IsInf": _is_inf,
     "If": _control_flow,

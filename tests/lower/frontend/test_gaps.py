@@ -133,3 +133,24 @@ def test_the_standard_attention_op_builds_through_its_function_body(tmp_path):
                        calib=tmp_path / "feeds.npz")
     assert result.verification.status == "passed"
     assert result.verification.outputs[0].max_abs_error < 1e-5
+
+
+def test_rms_normalization_builds_through_its_function_body(tmp_path):
+    """TVM's RMSNormalization converter failed to compile (dimension mismatch); the
+    standard's body compiles and matches onnxruntime."""
+    import onnx
+
+    from hwcomp import api
+
+    scale = numpy_helper.from_array(
+        np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32), "scale")
+    model = make_model(
+        [helper.make_node("RMSNormalization", ["x", "scale"], ["y"], axis=-2, epsilon=1e-5,
+                          name="rms_0")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 8, 16])], [scale], opset=23)
+    legal, _ = legalize_for_tvm(to_ir(model))
+    assert "RMSNormalization" not in op_types(legal)
+    onnx.save(model, tmp_path / "rms.onnx")
+    result = api.build(tmp_path / "rms.onnx", "x86-avx2", tmp_path / "out")
+    assert result.verification.status == "passed"
