@@ -112,11 +112,10 @@ def analyze(
     elif layers != "onnx":
         raise OptionError(f"--layers {layers!r} is not one of compiled, onnx")
     graph_cost = cost.graph_cost(model)
-    estimate = latency.estimate_model(model, target, graph_cost,
-                                      fuse_epilogues=layers == "compiled")
     fused = (latency.fused_into(model, {n.name for n in graph_cost.nodes if n.macs},
                                 lowering_for(target).epilogue_ops)
              if layers == "compiled" else {})
+    estimate = latency.estimate_model(model, target, graph_cost, also_fused=fused)
     measured = None
     if calib is not None or calib_random:
         specs = model_io.graph_inputs(model)

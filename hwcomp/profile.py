@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -317,21 +318,17 @@ def layer_times(graph: GraphCost, target: str) -> tuple[dict[str, float], dict[s
 
 
 def estimate_model(model: ir.Model, target: Target, graph: GraphCost,
-                   fuse_epilogues: bool = False) -> roofline.RooflineEstimate:
+                   also_fused: Collection[str] = ()) -> roofline.RooflineEstimate:
     """Estimate ``model``'s layers (costed as ``graph``) on ``target``, best source first.
 
     Layers ``hwcomp profile`` measured on this target (or predicts from them) take those
     times, the elementwise ops TVM fuses after them none of their own, the rest the
     roofline. ``graph`` may restate layers' precisions (the planner's candidates).
-    ``fuse_epilogues``: the elementwise ops the target's kernels run after every conv /
-    matmul (its lowering's ``epilogue_ops``) take none of their own either (the layers as
-    compiled).
+    ``also_fused``: more nodes that run in another layer's kernel and take no time of their
+    own (``analyze``'s layers as compiled: :func:`fused_into` with the lowering's ops).
     """
     measured, predicted = layer_times(graph, target.name)
-    fused = fused_after(model, {*measured, *predicted})
-    if fuse_epilogues:
-        fused |= set(fused_into(model, {node.name for node in graph.nodes if node.macs},
-                                lowering_for(target).epilogue_ops))
+    fused = fused_after(model, {*measured, *predicted}) | set(also_fused)
     return roofline.estimate(graph, target, measured, predicted, fused)
 
 

@@ -19,6 +19,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from hwcomp.passes.infra import take_over
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,11 +68,11 @@ def _split(graph: ir.Graph, node: ir.Node) -> int:
         empty = ir.node("Constant", [], {"value": ir.tensor(np.zeros(shape, dtype))},
                         name=f"{node.name or 'split'}_empty{index}")
         graph.insert_before(node, empty)
-        _take_over(graph, output, empty.outputs[0])
+        take_over(output, empty.outputs[0])
     if len(keep) == 1:
         only = ir.node("Identity", [x], name=f"{node.name or 'split'}_whole")
         graph.insert_before(node, only)
-        _take_over(graph, node.outputs[keep[0]], only.outputs[0])
+        take_over(node.outputs[keep[0]], only.outputs[0])
     elif keep:
         sizes_kept = ir.node("Constant", [], {"value": ir.tensor(sizes[keep])},
                              name=f"{node.name or 'split'}_sizes")
@@ -78,7 +80,7 @@ def _split(graph: ir.Graph, node: ir.Node) -> int:
                         num_outputs=len(keep), name=f"{node.name or 'split'}_nonempty")
         graph.insert_before(node, [sizes_kept, parts])
         for new, index in zip(parts.outputs, keep, strict=True):
-            _take_over(graph, node.outputs[index], new)
+            take_over(node.outputs[index], new)
     graph.remove(node, safe=True)
     return 1
 
@@ -98,16 +100,6 @@ def _concat(graph: ir.Graph, node: ir.Node) -> int:
     else:
         new = ir.node("Concat", kept, {"axis": axis}, name=f"{node.name or 'concat'}_nonempty")
     graph.insert_before(node, new)
-    _take_over(graph, node.outputs[0], new.outputs[0])
+    take_over(node.outputs[0], new.outputs[0])
     graph.remove(node, safe=True)
     return 1
-
-
-def _take_over(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Make ``new`` stand for ``old`` everywhere, a graph output's name included."""
-    new.shape, new.type = old.shape, old.type
-    name, is_output = old.name, old.is_graph_output()
-    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-    if is_output:
-        old.name = None
-        new.name = name

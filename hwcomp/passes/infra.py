@@ -50,3 +50,16 @@ class PassRunner:
         for name, step in steps:
             model = self.run(model, name, step)
         return model
+
+
+def take_over(old: ir.Value, new: ir.Value) -> None:
+    """Make ``new`` stand for ``old`` everywhere, a graph output's name included.
+
+    ``new`` takes ``old``'s uses, shape and type; the model's outputs keep their names.
+    """
+    new.shape, new.type = old.shape, old.type
+    name, is_output = old.name, old.is_graph_output()
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    if is_output:
+        old.name = None
+        new.name = name

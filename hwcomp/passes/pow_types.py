@@ -18,6 +18,8 @@ import logging
 
 import onnx_ir as ir
 
+from hwcomp.passes.infra import take_over
+
 logger = logging.getLogger(__name__)
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
@@ -62,13 +64,6 @@ def _integer_pow(graph: ir.Graph, node: ir.Node, name: str) -> None:
     if exponent.dtype not in _FLOATS:
         steps.append(ir.node("Round", [power.outputs[0]], name=f"{name}_round"))
     back = ir.node("Cast", [steps[-1].outputs[0]], {"to": base.dtype}, name=f"{name}_back")
-    output = node.outputs[0]
-    result = back.outputs[0]
-    result.shape, result.type = output.shape, output.type
     graph.insert_before(node, [*steps, back])
-    name_of_output, is_output = output.name, output.is_graph_output()
-    ir.convenience.replace_all_uses_with(output, result, replace_graph_outputs=True)
+    take_over(node.outputs[0], back.outputs[0])
     graph.remove(node, safe=True)
-    if is_output:
-        output.name = None
-        result.name = name_of_output

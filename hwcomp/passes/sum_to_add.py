@@ -17,6 +17,8 @@ import logging
 
 import onnx_ir as ir
 
+from hwcomp.passes.infra import take_over
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,13 +50,6 @@ def _replace(graph: ir.Graph, node: ir.Node) -> None:
             add = ir.node("Add", [current, operand], name=f"{name}_add{index}")
             new_nodes.append(add)
             current = add.outputs[0]
-    result = new_nodes[-1].outputs[0]
-    output = node.outputs[0]
-    result.shape, result.type = output.shape, output.type
-    graph_output, name_of_output = output.is_graph_output(), output.name
     graph.insert_before(node, new_nodes)
-    ir.convenience.replace_all_uses_with(output, result, replace_graph_outputs=True)
+    take_over(node.outputs[0], new_nodes[-1].outputs[0])
     graph.remove(node, safe=True)
-    if graph_output:  # the model's output keeps its name
-        output.name = None
-        result.name = name_of_output
