@@ -564,10 +564,14 @@ def seeded_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarra
     return inputs
 
 
-def quantize_like_onnx(values: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
-    """``saturate(round_half_even(values / scale) + zero_point)``, as QuantizeLinear does."""
+def quantize_like_onnx(values: np.ndarray, scale: float | np.ndarray,
+                       zero_point: int | np.ndarray, dtype: str) -> np.ndarray:
+    """Quantize as QuantizeLinear and onnxruntime's requantization do, in float32.
+
+    ``saturate(round_half_even(values / scale) + zero_point)``.
+    """
     info = np.iinfo(np.dtype(dtype))
-    q = np.rint(np.asarray(values, np.float32) / np.float32(scale)) + zero_point
+    q = np.rint(np.asarray(values, np.float32) / np.float32(scale)) + np.float32(zero_point)
     return np.clip(q, info.min, info.max).astype(dtype)
 
 

@@ -44,9 +44,7 @@ class EmptyTensorsPass(ir.passes.InPlacePass):
 
 
 def _axis(node: ir.Node, rank: int) -> int:
-    attribute = node.attributes.get("axis")
-    axis = attribute.as_int() if attribute is not None else 0
-    return axis + rank if axis < 0 else axis
+    return node.attributes.get_int("axis", 0) % max(rank, 1)
 
 
 def _split(graph: ir.Graph, node: ir.Node) -> int:

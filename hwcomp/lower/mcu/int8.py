@@ -65,6 +65,7 @@ from hwcomp.lower.relax_match import (
     scalar_operand,
     shape_of,
 )
+from hwcomp.model import quantize_like_onnx
 from hwcomp.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -643,16 +644,9 @@ def _activation_table(mutator: Any, quantize: Any) -> tuple[Any, np.ndarray, str
     if params is None or in_dtype not in _LIMITS or out_dtype not in _LIMITS:
         return None
     s_x, z_x, s_y, z_y = params
-    table = _quantized(_apply_steps(_dequantized(in_dtype, s_x, z_x), steps), s_y, z_y,
+    table = quantize_like_onnx(_apply_steps(_dequantized(in_dtype, s_x, z_x), steps), s_y, z_y,
                        out_dtype)
     return x_q, table, "relu" if steps == [("max", 0.0)] else "clip"
-
-
-def _quantized(value: np.ndarray, scale: Any, zero_point: Any, dtype: str) -> np.ndarray:
-    """Return float32 ``value`` quantized as onnxruntime does: nearbyint(v / s) + z, saturated."""
-    scaled = np.rint(value / np.float32(scale)).astype(np.float32) + np.float32(zero_point)
-    q_min, q_max = _LIMITS[dtype]
-    return np.clip(scaled, q_min, q_max).astype(dtype)
 
 
 def _scalar_params(mutator: Any, *exprs: Any) -> list[np.ndarray] | None:
@@ -827,7 +821,7 @@ def _max_pool(mutator: Any, quantize: Any) -> tuple[Any, Any, np.ndarray | _Floa
     in_dtype = dtype_of(x_q)
     if params is None or in_dtype not in _LIMITS:
         return None
-    table = _quantized(_apply_steps(_dequantized(in_dtype, *params), steps), y[0], y[1],
+    table = quantize_like_onnx(_apply_steps(_dequantized(in_dtype, *params), steps), y[0], y[1],
                        out_dtype)
     return dq.args[0], pool, table
 

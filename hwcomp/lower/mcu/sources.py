@@ -140,6 +140,7 @@ def _api_tensor(info: TensorInfo, spec: TensorSpec) -> dict[str, Any]:
     return {"c_name": info.name, "onnx_name": spec.name, "c_string": c_string(spec.name),
             "ctype": info.ctype, "dtype": info.dtype, "shape": info.shape, "count": info.count,
             "nbytes": info.nbytes, "is_float": info.dtype.startswith("float"),
+            "quantized": spec.scale is not None,
             "scale": _c_float(float(spec.scale or 0.0)), "zero_point": int(spec.zero_point or 0)}
 
 
