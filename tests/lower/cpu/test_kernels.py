@@ -346,17 +346,23 @@ def test_depthwise_rows_match_numpy(width, stride):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("lanes", "accumulators"), [(8, 12), (16, 16), (4, 16)])
+@pytest.mark.parametrize(("lanes", "accumulators"), [(8, 12), (16, 24), (4, 16)])
 def test_register_tiles_fit_the_isa_registers(lanes, accumulators):
     """AVX2 has 16 vector registers: the AVX-512-shaped 16-accumulator tile spilled (a 1x3
-    conv ran 4.7x onnxruntime's time; 0.93x with 12 accumulators)."""
+    conv ran 4.7x onnxruntime's time; 0.93x with 12 accumulators). AVX-512 has 32: a 6 x 4
+    tile, its 4 weight vectors and the broadcast take 29."""
     spec = specs.fma_spec(lanes)
     assert spec.accumulators == accumulators
+    registers = 16 if lanes == 8 else 32
+    # Beside the accumulators: a weight vector per lane block, and the broadcast A value
+    # (NEON's FMA by element: 4 A vectors).
+    a_vectors = 4 if spec.by_element else 1
     for lane_blocks in (1, 2, 3, 4, 8, 48):
         block = tiling._block_tile(lane_blocks, spec.accumulators)
         rows = tiling._widest_row_tile(block, spec.accumulators)
         assert lane_blocks % block == 0 and block * rows <= accumulators
-    # The AVX-512 and NEON tiles are the ones the earlier bundles were built with.
+        assert block * rows + block + a_vectors <= registers
+    # The NEON tiles are the ones the earlier bundles were built with.
     if accumulators == 16:
         assert tiling.conv_rows(49, 64, spec) == tiling.round_up(49, 16 // tiling._block_tile(
             64 // lanes))

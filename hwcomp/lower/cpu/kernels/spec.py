@@ -22,11 +22,15 @@ def fma_spec(lanes: int) -> KernelSpec:
     """Return the fp32 kernel spec for ``lanes`` fp32 vector lanes (one vector FMA).
 
     8 lanes is AVX2, whose 16 vector registers hold a 12-accumulator tile; the others
-    (NEON's 4, AVX-512's 16) have 32 registers. NEON multiplies by one lane of a register
-    (FMLA by element), so its kernels take the reduction 4 steps per A load.
+    (NEON's 4, AVX-512's 16) have 32 registers. AVX-512 takes a 6 x 4 tile (24 accumulators,
+    4 weight vectors and the broadcast: 29 registers): 1.5x the FMAs per weight load of 4 x 4,
+    whose 8 loads per 16 FMAs came near the load ports' limit (single layers, one thread:
+    256->256 3x3 on 32x32 0.82-0.88x the time, ResNet-50's 3x3 layers 0.93-0.97x). NEON
+    multiplies by one lane of a register (FMLA by element), so its kernels take the reduction
+    4 steps per A load and keep 16 accumulators (4 A and 4 weight vectors live beside them).
     """
     return KernelSpec("fma", "", lanes, "float32", "float32", "float32", 1,
-                      accumulators=12 if lanes == 8 else 16, by_element=lanes == 4)
+                      accumulators={8: 12, 16: 24}.get(lanes, 16), by_element=lanes == 4)
 
 
 def float_spec(target: Target) -> KernelSpec:

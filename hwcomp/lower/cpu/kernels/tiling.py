@@ -283,6 +283,12 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     # block's weight panel and rows stream past it: the weights are read from memory once,
     # not once per row group. Within a task, the panel is reused over `tiles` row tiles.
     rows_in_cache = rows * row_bytes >= weight_bytes
+    if im2col is not None:
+        # A convolution's rows are windows of its padded input, not rows of their own: the
+        # bytes that stay in cache are the input's (a 256->256 3x3 conv on 32x32 has 9 MiB of
+        # im2col rows but 1.2 MiB of input against 2.3 MiB of weights: rows kept, its weights
+        # streamed from L3 once per row group, it ran 0.8x the time with the weights kept).
+        rows_in_cache = _input_bytes(sch, instruction) >= weight_bytes
     rows_only = im2col is not None and rows_in_cache
     column_tasks = 1 if rows_only else lane_blocks // block_tile
     tiles = _row_tiles_per_task(rows // row_tile, row_tile * row_bytes, column_tasks * groups)
@@ -327,7 +333,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         # A panel that fits L1 needs no blocking, and blocks of a few channels (a 3-channel
         # stem) would store the accumulators every few FMAs.
         inner_k = k_channel
-        if k_steps >= _MIN_K_BLOCK and taps * steps * step_bytes > _L1_BYTES:
+        if k_steps >= _min_k_block(instruction) and taps * steps * step_bytes > _L1_BYTES:
             k_block, k_step = sch.split(k_channel, [None, k_steps])
             sch.reorder(k_tap, k_block, m_tile, k_step)
             store_at = fused
@@ -456,6 +462,24 @@ _L1_BYTES = 32 << 10
 
 
 _MIN_K_BLOCK = 16
+
+
+def _min_k_block(instruction: KernelSpec) -> int:
+    """Return the fewest reduction steps a K block may take for ``instruction``'s tile.
+
+    Each block loads and stores the whole register tile: a 24-accumulator tile (AVX-512)
+    takes blocks of 32 steps (SqueezeNet's 16 -> 64 3x3 on 55x55, 16 channels a tap: blocks
+    of one tap ran 1.19x the time of unblocked taps).
+    """
+    if instruction.accumulators > ROW_TILE * LANE_BLOCKS:
+        return 2 * _MIN_K_BLOCK
+    return _MIN_K_BLOCK
+
+
+def _input_bytes(sch: Any, instruction: KernelSpec) -> int:
+    """Return the bytes of a convolution's padded NHWC input copy (block ``nhwc``)."""
+    shape = sch.get(sch.get_sblock("nhwc")).writes[0].source.shape
+    return int(np.prod([int(v) for v in shape])) * np.dtype(instruction.activation_dtype).itemsize
 
 
 # Multiply-accumulates below which a kernel stays on one thread (~2 us of one core's FMAs;
