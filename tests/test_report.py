@@ -144,10 +144,15 @@ def test_analyze_learns_shapes_inference_cannot_reach(tmp_path):
     assert conv.macs == 8 * 16 * 16 * 3 * 9
 
 
-def test_layers_as_compiled_fold_batchnorm_and_fuse_what_the_targets_kernels_fuse(tmp_path):
+def test_layers_as_compiled_fold_batchnorm_and_fuse_what_the_targets_kernels_fuse(
+        tmp_path, monkeypatch):
     """--layers compiled (the default): BatchNorm folded into its conv, and the elementwise
     ops the target's kernels run after a layer are in its row (TVM on the host fuses the
-    residual Add, hwcomp's Cortex-M kernels only the clamp); --layers onnx: every node."""
+    residual Add, hwcomp's Cortex-M kernels only the clamp); --layers onnx: every node.
+
+    An empty cache: a latency table of this machine's (``hwcomp profile``) would give the
+    estimates a fit of its own."""
+    monkeypatch.setenv("HWCOMP_CACHE_DIR", str(tmp_path / "cache"))
     model = tmp_path / "resnet.onnx"
     onnx.save(model_zoo.resnet_like(size=16, width=8), model)
     host = report.to_json(api.analyze(model, "host"))

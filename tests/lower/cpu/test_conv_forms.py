@@ -111,8 +111,9 @@ def test_grouped_conv_runs_as_batched_gemms(x_shape, w_shape, attrs, label):
     ((1, 64, 1, 50), (64, 1, 1, 7), dict(pads=[0, 3, 0, 3])),             # one row
 ])
 def test_depthwise_conv_runs_with_channels_in_vector_lanes(x_shape, w_shape, attrs):
+    """x86 builds keep activations NHWC: the depthwise kernel reads and writes them so."""
     _compile_and_compare(_model("Conv", x_shape, w_shape, group=x_shape[1], **attrs),
-                         "depthwise NCHW kernel, fused epilogue")
+                         "depthwise NHWC kernel (8 lanes), fused epilogue")
 
 
 @pytest.mark.parametrize("channels,size,kernel,stride,lanes_kernel", [
@@ -180,7 +181,7 @@ def test_merge_groups_builds_the_block_diagonal_weight():
 @pytest.mark.parametrize("x_shape,w_shape,attrs,block", [
     ((1, 16, 12), (8, 16, 3), dict(pads=[1, 1]), "hwcomp_conv (1, 8, 12)"),
     ((1, 24, 7, 7), (24, 1, 5, 5), dict(pads=[2] * 4, group=24),
-     "hwcomp_depthwise (1, 24, 7, 7)"),
+     "hwcomp_depthwise (1, 7, 7, 24)"),  # NHWC on x86
 ])
 def test_a_kernel_its_rule_cannot_tile_is_reported(monkeypatch, x_shape, w_shape, attrs, block):
     """Where hwcomp's rule fails on a kernel (TVM rejects a schedule step), the function runs

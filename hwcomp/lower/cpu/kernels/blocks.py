@@ -42,3 +42,13 @@ LAYOUT_BLOCK = "hwcomp_to_nchw"
 # The annotation of a grouped conv's block: output channels per group (the schedule runs the
 # groups as a batch of GEMMs).
 GROUP_ATTR = "hwcomp_group_out"
+
+
+# The annotation of a kernel block (groups-1 conv: its store block) that writes NHWC: the
+# schedule stores each tile's channels contiguously (its output roles are (h, w, o)).
+CHANNELS_LAST_ATTR = "hwcomp_channels_last"
+
+
+# The annotation of a kernel block built for fewer fp32 lanes than the target's vector (a
+# depthwise conv of 72 channels runs 8 lanes on AVX-512): the schedule tiles it with as many.
+LANES_ATTR = "hwcomp_lanes"

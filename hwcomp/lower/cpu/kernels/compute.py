@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from hwcomp.lower.cpu.kernels.blocks import (
+    CHANNELS_LAST_ATTR,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
     GROUP_ATTR,
+    LANES_ATTR,
     LAYOUT_BLOCK,
     POINTWISE_BLOCK,
     STORE_BLOCK,
@@ -109,11 +111,12 @@ def conv_kernel(
 
 
 def _padded_nhwc(x: Any, data_shape: tuple[int, ...], padding: tuple[int, int, int, int],
-                 c_pad: int, zero_point: int, dims: Any) -> Any:
-    """Return the NCHW input ``x`` as a padded NHWC tensor (``dims`` types its shape).
+                 c_pad: int, zero_point: int, dims: Any, channels_last: bool = False) -> Any:
+    """Return the NCHW (``channels_last``: NHWC) input ``x`` as a padded NHWC tensor.
 
-    Spatial padding takes the zero point (it stands for 0.0); padded channels take 0 (their
-    weights are 0 too, and the zero-point correction sums real channels only).
+    ``dims`` types its shape; ``data_shape`` is NCHW either way. Spatial padding takes the
+    zero point (it stands for 0.0); padded channels take 0 (their weights are 0 too, and the
+    zero-point correction sums real channels only).
     """
     from tvm import te, tirx
 
@@ -123,13 +126,24 @@ def _padded_nhwc(x: Any, data_shape: tuple[int, ...], padding: tuple[int, int, i
 
     def to_nhwc(n: Any, h: Any, w_: Any, ch: Any) -> Any:
         inside = tirx.all(h >= top, h < top + height, w_ >= left, w_ < left + width)
-        value = x[n, tirx.min(ch, channels - 1), tirx.max(tirx.min(h - top, height - 1), 0),
-                  tirx.max(tirx.min(w_ - left, width - 1), 0)]
+        c_, y, x_ = (tirx.min(ch, channels - 1), tirx.max(tirx.min(h - top, height - 1), 0),
+                     tirx.max(tirx.min(w_ - left, width - 1), 0))
+        value = x[n, y, x_, c_] if channels_last else x[n, c_, y, x_]
         padded = tirx.if_then_else(inside, value, tirx.const(zero_point, dtype))
+        if c_pad == channels:  # no padding channels: no test per lane
+            return padded
         return tirx.if_then_else(ch < channels, padded, tirx.const(0, dtype))
 
     shape = (batch, height + top + bottom, width + left + right, c_pad)
     return te.compute(dims(shape), to_nhwc, name="nhwc")
+
+
+def _layout(shape: tuple[int, ...], channels_last: bool) -> tuple[int, ...]:
+    """Return an NCHW shape in the kernel's data layout (NHWC when ``channels_last``)."""
+    if not channels_last:
+        return shape
+    n, c, h, w = shape
+    return (n, h, w, c)
 
 
 def _im2col_element(nhwc: Any, n: Any, oh: Any, ow: Any, k: Any, c_pad: int,
@@ -170,9 +184,9 @@ def pointwise_kernel(data_shape: tuple[int, ...], out_channels: int) -> Any:
 def conv_nchw_kernel(
     data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
     strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
-    spec: KernelSpec, groups: int = 1, out_rank: int = 4,
+    spec: KernelSpec, groups: int = 1, out_rank: int = 4, channels_last: bool = False,
 ) -> Any:
-    """fp32 convolution (batch 1) writing NCHW, its epilogue fusable.
+    """fp32 convolution (batch 1) writing NCHW (``channels_last``: NHWC in and out), fusable.
 
     The computation of :func:`conv_kernel` (a padded NHWC copy read as an implicit im2col
     matrix, weights packed ``[OC/L, K, L, 1]``) with the output in the op's own layout:
@@ -195,19 +209,19 @@ def conv_nchw_kernel(
     """
     if groups == 1:
         return _padded_conv(data_shape, kernel, out_channels, strides, padding, dilation,
-                            spec, out_rank)
+                            spec, out_rank, channels_last)
     # The schedule reads the group size from the block's annotation.
     attrs = {GROUP_ATTR: out_channels // groups}
     return _nchw_conv(data_shape, kernel, out_channels, strides, padding, dilation, spec,
-                      groups, out_rank, CONV_BLOCK, attrs)
+                      groups, out_rank, CONV_BLOCK, attrs, channels_last)
 
 
 def _padded_conv(
     data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
     strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
-    spec: KernelSpec, out_rank: int,
+    spec: KernelSpec, out_rank: int, channels_last: bool = False,
 ) -> Any:
-    """Return the groups-1 compute of :func:`conv_nchw_kernel`: a padded GEMM, an NCHW store."""
+    """Return the groups-1 compute of :func:`conv_nchw_kernel`: a padded GEMM, an NCHW (NHWC) store."""
     from tvm import te, tirx
 
     channels = data_shape[1]
@@ -216,9 +230,9 @@ def _padded_conv(
     cols = conv_columns(out_channels, spec)
     rows = conv_rows(pixels, cols, spec)
     depth = kernel[0] * kernel[1] * channels
-    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    x = te.placeholder(int64_shape(_layout(data_shape, channels_last)), "float32", name="X")
     w = te.placeholder(int64_shape((cols // lanes, depth, lanes, 1)), "float32", name="W")
-    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
+    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape, channels_last)
     k = te.reduce_axis((0, te.const(depth, "int64")), "k")
 
     def conv(m: Any, o: Any) -> Any:
@@ -228,8 +242,13 @@ def _padded_conv(
                                 dilation)
         return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
 
-    acc = te.compute(int64_shape((rows, cols)), conv, name=CONV_BLOCK)
-    if out_rank == 3:
+    acc = te.compute(int64_shape((rows, cols)), conv, name=CONV_BLOCK,
+                     attrs={CHANNELS_LAST_ATTR: 1} if channels_last else None)
+    if channels_last:
+        out = te.compute(int64_shape((1, out_h, out_w, out_channels)),
+                         lambda n, oh, ow, o: acc[oh * out_w + ow, o], name=STORE_BLOCK,
+                         attrs={CHANNELS_LAST_ATTR: 1})
+    elif out_rank == 3:
         out = te.compute(int64_shape((1, out_channels, out_w)),
                          lambda n, o, ow: acc[ow, o], name=STORE_BLOCK)
     else:
@@ -242,6 +261,7 @@ def _nchw_conv(
     data_shape: tuple[int, ...], kernel: tuple[int, int], out_channels: int,
     strides: tuple[int, int], padding: tuple[int, int, int, int], dilation: tuple[int, int],
     spec: KernelSpec, groups: int, out_rank: int, name: str, attrs: dict[str, Any] | None,
+    channels_last: bool = False,
 ) -> Any:
     """Return the compute of :func:`conv_nchw_kernel` and :func:`depthwise_kernel` (block ``name``)."""
     from tvm import te
@@ -250,10 +270,10 @@ def _nchw_conv(
     group_in, group_out = channels // groups, out_channels // groups
     out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
     depth, lanes = kernel[0] * kernel[1] * group_in, spec.lanes
-    x = te.placeholder(int64_shape(data_shape), "float32", name="X")
+    x = te.placeholder(int64_shape(_layout(data_shape, channels_last)), "float32", name="X")
     w = te.placeholder(int64_shape((out_channels // lanes, depth, lanes, 1)), "float32",
                        name="W")
-    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape)
+    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape, channels_last)
     k = te.reduce_axis((0, te.const(depth, "int64")), "k")
 
     def conv(n: Any, o: Any, oh: Any, ow: Any) -> Any:
@@ -261,7 +281,11 @@ def _nchw_conv(
         value = _im2col_element(nhwc, n, oh, ow, k, group_in, kernel, strides, dilation, base)
         return te.sum(value * w[o // lanes, k, o % lanes, 0], axis=k)
 
-    if out_rank == 3:
+    if channels_last:
+        c = te.compute(int64_shape((1, out_h, out_w, out_channels)),
+                       lambda n, oh, ow, o: conv(n, o, oh, ow), name=name,
+                       attrs={**(attrs or {}), CHANNELS_LAST_ATTR: 1, LANES_ATTR: lanes})
+    elif out_rank == 3:
         c = te.compute(int64_shape((1, out_channels, out_w)),
                        lambda n, o, ow: conv(n, o, 0, ow), name=name, attrs=attrs)
     else:
@@ -273,9 +297,9 @@ def _nchw_conv(
 def depthwise_kernel(
     data_shape: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
     padding: tuple[int, int, int, int], dilation: tuple[int, int], spec: KernelSpec,
-    out_rank: int = 4,
+    out_rank: int = 4, channels_last: bool = False,
 ) -> Any:
-    """fp32 depthwise convolution (batch 1, one output per channel) writing NCHW, fusable.
+    """fp32 depthwise convolution (batch 1, one output per channel) writing NCHW (or NHWC), fusable.
 
     The input's padded NHWC copy puts channels in vector lanes: each window tap of a tile of
     pixels is one vector load of the input and one FMA with the tap's weight vector (weights
@@ -288,7 +312,7 @@ def depthwise_kernel(
     # A grouped conv of one input and one output channel per group, as its own block (the
     # schedule iterates it as a plain conv, channels in lanes, not as a batch of GEMMs).
     return _nchw_conv(data_shape, kernel, channels, strides, padding, dilation, spec,
-                      channels, out_rank, DEPTHWISE_BLOCK, None)
+                      channels, out_rank, DEPTHWISE_BLOCK, None, channels_last)
 
 
 def depthwise_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...],

@@ -42,6 +42,8 @@ class ConvGeometry:
         padding: Padding (top, left, bottom, right).
         dilation: Dilation (height, width).
         groups: Groups (input and output channels split evenly).
+        channels_last: The op's data and output are NHWC (``data_shape`` and ``out_shape``
+            still say NCHW: the kernels read and write NHWC, the geometry is the same).
 
     """
 
@@ -52,6 +54,7 @@ class ConvGeometry:
     padding: tuple[int, int, int, int]
     dilation: tuple[int, int]
     groups: int = 1
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,14 +96,30 @@ class ConvForm:
 
 
 def conv2d_geometry(call: Any) -> ConvGeometry:
-    """Return the geometry of a Relax ``conv2d`` call (NCHW)."""
+    """Return the geometry of a Relax ``conv2d`` call (NCHW, or NHWC data with OIHW weights)."""
     attrs = call.attrs
     weight_shape = shape_of(call.args[1])
+    data, out = shape_of(call.args[0]), shape_of(call)
+    channels_last = attrs.data_layout == "NHWC"
+    if channels_last:
+        data, out = _nchw(data), _nchw(out)
     return ConvGeometry(
-        shape_of(call.args[0]), shape_of(call), (weight_shape[2], weight_shape[3]),
+        data, out, (weight_shape[2], weight_shape[3]),
         (int(attrs.strides[0]), int(attrs.strides[1])),
         tuple(int(v) for v in attrs.padding),  # type: ignore[arg-type]
-        (int(attrs.dilation[0]), int(attrs.dilation[1])), int(attrs.groups))
+        (int(attrs.dilation[0]), int(attrs.dilation[1])), int(attrs.groups), channels_last)
+
+
+def _nchw(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Return an NHWC shape's NCHW order."""
+    n, h, w, c = shape
+    return (n, c, h, w)
+
+
+def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Return an NCHW shape's NHWC order."""
+    n, c, h, w = shape
+    return (n, h, w, c)
 
 
 def conv1d_form(call: Any, weight: np.ndarray) -> ConvForm | str:

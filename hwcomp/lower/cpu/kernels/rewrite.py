@@ -56,8 +56,10 @@ from hwcomp.lower.cpu.kernels.conv_forms import (
     conv1d_form,
     conv2d_geometry,
     conv_transpose_form,
+    nhwc,
 )
-from hwcomp.lower.cpu.kernels.tiling import conv_rows
+from hwcomp.lower.cpu.kernels.spec import fma_spec
+from hwcomp.lower.cpu.kernels.tiling import conv_rows, pow2_tile
 from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, layer_macs, round_up
 from hwcomp.lower.relax_match import (
     bound,
@@ -90,6 +92,91 @@ def rewrite_kernels(mod: Any, instruction: KernelSpec | None,
                 len(summary.rewritten), f" on {summary.instruction}" if instruction else "",
                 len(summary.float_ops), len(summary.kept_float))
     return new_mod, summary
+
+
+def channels_last(mod: Any) -> Any:
+    """Return ``mod`` with its fp32 2-D convolutions in NHWC and the ops between them too.
+
+    onnxruntime keeps activations channels-blocked between its convolutions (NCHWc); hwcomp's
+    kernels kept NCHW, so every convolution copied its input to padded NHWC and stored its
+    register tiles (channels in lanes) transposed, and depthwise convolutions ran on rows of
+    pixels. TVM's ConvertLayout turns each conv2d's data to NHWC (weights stay OIHW: the
+    kernels pack them) and carries the layout through the elementwise ops, pools, reductions
+    and concatenations after it, transposing back only where an op cannot follow (the model's
+    input and output, a reshape). Models with int8 tensors keep NCHW (the int8 kernels read
+    NCHW).
+    """
+    from tvm import relax
+
+    if _has_integer_tensors(mod) or not _batch_one(mod):
+        return mod
+    # A transposed convolution keeps NCHW: its sub-pixel form (conv_forms) is written for it.
+    converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OIHW"],
+                                               CONV_TRANSPOSE: ["NCHW", "IOHW"]})(
+        _clip_as_min_max(mod))
+    return relax.transform.FoldConstant()(converted)
+
+
+def _clip_as_min_max(mod: Any) -> Any:
+    """Return ``mod`` with each ``clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)``.
+
+    ConvertLayout has no layout rule for clip (ReLU6, hard sigmoid, hard swish) and wrapped
+    every one in a transpose to NCHW and back; the binary ops follow any layout, and TVM fuses
+    them into the kernel's store as it fused the clip.
+    """
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class ClipMutator(relax.PyExprMutator):  # type: ignore[misc, name-defined]
+        def visit_call_(self, call: Any) -> Any:
+            call = super().visit_call_(call)
+            if getattr(call.op, "name", "") != "relax.clip":
+                return call
+            dtype = dtype_of(call)
+            if not dtype.startswith("float"):
+                return call
+            low, high = (float(arg.value) for arg in call.args[1:3])
+            floor = relax.op.maximum(call.args[0], relax.const(low, dtype))
+            return relax.op.minimum(self.builder_.emit(floor), relax.const(high, dtype))
+
+    return mutate_functions(ClipMutator(mod), mod)
+
+
+def _batch_one(mod: Any) -> bool:
+    """Whether every conv2d of ``mod`` has a static input of batch 1 (the NHWC kernels' case)."""
+    from tvm import relax
+
+    convs: list[Any] = []
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            convs.append(expr)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    try:
+        return all(shape_of(call.args[0])[0] == 1 for call in convs)
+    except (TypeError, ValueError, AttributeError):  # a symbolic dimension
+        return False
+
+
+def _has_integer_tensors(mod: Any) -> bool:
+    """Whether any function of ``mod`` binds an 8-bit integer tensor (a quantized model)."""
+    from tvm import relax
+
+    found = False
+
+    def visit(expr: Any) -> None:
+        nonlocal found
+        info = getattr(expr, "ty", None)
+        if isinstance(info, relax.TensorType) and str(info.dtype) in ("int8", "uint8"):
+            found = True
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
 
 
 def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec) -> Any:
@@ -240,6 +327,8 @@ class _KernelCalls:
         macs = layer_macs(weight.shape, out_shape)
         kernel, strides, padding, dilation = g.kernel, g.strides, g.padding, g.dilation
         one_d = len(out_shape) == 3
+        if g.channels_last:
+            return self._channels_last(data, weight, g, spec, macs)
         if g.groups > 1:
             if spec.intrin:
                 return "generic schedule (grouped int8 conv: no dot-product kernel)"
@@ -301,6 +390,61 @@ class _KernelCalls:
         acc = relax.op.call_tir(layout, [acc], relax.TensorType(
             out_shape, spec.accumulator_dtype))
         return acc, "pixel-row kernel, return to NCHW fused with the epilogue"
+
+    def _channels_last(self, data: Any, weight: np.ndarray, g: ConvGeometry, spec: KernelSpec,
+                       macs: int) -> tuple[Any, str] | str:
+        """Emit the kernel call of an NHWC convolution (OIHW weights); or say why none.
+
+        A 1x1 convolution of stride 1 without padding is a matmul of the pixels' channel rows
+        (the input as it is: no copy); a depthwise one with channels in whole vectors, a
+        grouped one and any other of batch 1 run the conv kernels reading and writing NHWC
+        (the padded copy is a contiguous one; each tile's channels are stored contiguously).
+        """
+        shape, out_shape, out_channels = g.data_shape, g.out_shape, weight.shape[0]
+        kernel, strides, padding, dilation = g.kernel, g.strides, g.padding, g.dilation
+        out_nhwc = nhwc(out_shape)
+        if g.groups == 1 and kernel == (1, 1) and strides == (1, 1) and not any(padding):
+            out, _, _ = self._matmul(data, weight.reshape(out_channels, -1), spec)
+            return out, "NHWC matmul over pixels"
+        if shape[0] != 1 or spec.intrin:
+            return "generic schedule (NHWC conv with batch > 1)"
+        if g.groups > 1 and weight.shape[1] == 1 and out_channels == g.groups:
+            # Channels in vector lanes: the widest vector that divides them (72 channels run
+            # 8 lanes on AVX-512; TVM's window schedule on them ran 8 GMAC/s, a sixth of this).
+            lanes = pow2_tile(shape[1], spec.lanes)
+            if lanes < min(4, spec.lanes):
+                return "depthwise window schedule (NHWC, channels not in whole vectors)"
+            narrow = spec if lanes == spec.lanes else fma_spec(lanes)
+            return self._fused(
+                ("depthwise_nhwc", shape, kernel, strides, padding, dilation, lanes),
+                lambda: depthwise_kernel(shape, kernel, strides, padding, dilation, narrow,
+                                         channels_last=True),
+                f"depthwise NHWC kernel ({lanes} lanes), fused epilogue", data,
+                pack_weight(weight.reshape(out_channels, -1), narrow), out_nhwc, macs)
+        if g.groups > 1:
+            merged = merge_groups(weight, g.groups, spec.lanes)
+            if merged is None:
+                return (f"generic schedule ({out_channels // g.groups} output channels per "
+                        f"group: no whole vectors of {spec.lanes} within 4 merged groups)")
+            weight, groups = merged
+            if not conv_nchw_fits(shape, out_shape, out_channels, spec, groups):
+                return "generic schedule (grouped NHWC conv)"
+            merge = g.groups // groups
+            return self._fused(
+                ("conv_grouped_nhwc", shape, kernel, out_channels, strides, padding, dilation,
+                 groups),
+                lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
+                                         dilation, spec, groups, channels_last=True),
+                f"grouped NHWC kernel ({groups} groups"
+                + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue", data,
+                pack_weight(conv_weight_matrix(weight, spec), spec), out_nhwc, macs)
+        if not conv_nchw_fits(shape, out_shape, out_channels, spec):
+            return "generic schedule (NHWC conv of one output pixel)"
+        return self._fused(
+            ("conv_nhwc", shape, kernel, out_channels, strides, padding, dilation),
+            lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding, dilation,
+                                     spec, channels_last=True),
+            "NHWC kernel, fused epilogue", data, conv_nchw_weight(weight, spec), out_nhwc, macs)
 
     def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
                    out_shape: tuple[int, ...], spec: KernelSpec) -> tuple[Any, str]:
@@ -370,7 +514,9 @@ def _float_weight(mutator: Any, call: Any) -> np.ndarray | None:
     array = relax_array(weight)
     if call.op.name == "relax.nn.conv2d":
         attrs = call.attrs
-        if (transposed or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW"
+        if (transposed or attrs.data_layout not in ("NCHW", "NHWC")
+                or attrs.out_layout not in ("", None, attrs.data_layout)
+                or attrs.kernel_layout != "OIHW"
                 or array.ndim != 4 or attrs.out_dtype not in ("", "float32", None)):
             return None
         return array

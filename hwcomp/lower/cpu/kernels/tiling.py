@@ -15,14 +15,17 @@ from typing import Any
 import numpy as np
 
 from hwcomp.lower.cpu.kernels.blocks import (
+    CHANNELS_LAST_ATTR,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
     FUSED_KERNEL_BLOCKS,
     GROUP_ATTR,
+    LANES_ATTR,
     POINTWISE_BLOCK,
     STORE_BLOCK,
 )
 from hwcomp.lower.cpu.kernels.intrinsics import by_element_intrinsic, register_intrinsic
+from hwcomp.lower.cpu.kernels.spec import fma_spec
 from hwcomp.lower.kernel_spec import KernelSpec, round_up
 
 logger = logging.getLogger(__name__)
@@ -63,19 +66,24 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     first = 0 if kernel == POINTWISE_BLOCK else 1  # the conv's NHWC copy comes first
     # The groups-1 conv: a GEMM over padded rows and columns, then its NCHW store.
     padded = first + 1 < len(names) and names[first + 1] == STORE_BLOCK
-    roles = None if padded else _output_roles(sch.get(block))
+    roles = None if padded else _output_roles(sch.get(block),
+                                                  CHANNELS_LAST_ATTR in sch.get(block).annotations)
     if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
             or (roles is None and not padded)):
         logger.warning("%s kernel left to the generic schedule: blocks %s", kernel, names)
         return False
     epilogue = [info.block_rv for info in infos[first + 1:]]
+    channels_last = CHANNELS_LAST_ATTR in sch.get(block).annotations
+    lanes = sch.get(block).annotations.get(LANES_ATTR)
+    if lanes is not None and int(lanes) != instruction.lanes:
+        instruction = fma_spec(int(lanes))
     for tail in epilogue[:-1]:
         sch.compute_inline(tail)
     if padded:
-        return _schedule_padded_conv(sch, block, epilogue[-1], instruction)
+        return _schedule_padded_conv(sch, block, epilogue[-1], instruction, channels_last)
     assert roles is not None
     out_shape = [int(v) for v in sch.get(block).writes[0].source.shape]
-    width = out_shape[-1]
+    width = out_shape[-2] if channels_last else out_shape[-1]
     group_out = sch.get(block).annotations.get(GROUP_ATTR)
     group_out = int(group_out) if group_out is not None else None
     # Iterate over (o, p = h * W + w): a register tile is then one rectangle of a 2-D scratch
@@ -84,6 +92,8 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     # are output channels (each weight broadcast over a vector of pixels); the conv's rows are
     # pixels (each input value broadcast over a vector of output channels). A grouped conv
     # iterates (group, p, o within the group): a batch of GEMMs.
+    h_role = roles[1]
+
     def layout(*iters: Any) -> tuple[Any, ...]:
         o, h, w, k = (0 if role is None else iters[role] for role in roles)
         pixel = h * width + w
@@ -91,6 +101,11 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
             return (o, pixel, k)
         if group_out is not None:
             return (o // group_out, pixel, o % group_out, k)
+        if kernel == DEPTHWISE_BLOCK and channels_last and h_role is not None:
+            # Rows of the map as the batch loop, tiles within a row: the taps' input
+            # addresses are affine in (h, w); a tile of pixels crossing rows took a division
+            # and a remainder by the width for every load (NHWC 144 channels 56x56: ...).
+            return (h, w, o, k)
         return (pixel, o, k)
 
     from tvm.tirx import IndexMap
@@ -101,15 +116,23 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     copy = sch.get_consumers(block)[0]
     im2col = None
     if kernel == CONV_BLOCK:
-        im2col = _im2col_split(sch, block, out_shape[1] // group_out if group_out else 1)
+        out_channels = out_shape[-1] if channels_last else out_shape[1]
+        im2col = _im2col_split(sch, block, out_channels // group_out if group_out else 1)
+    # An NHWC depthwise conv reads its input where it lies, the padding as a test per tap:
+    # its padded copy was a pass over the whole map as long as the conv's own (144 channels
+    # on 56x56: 270 us with the copy, 211 us without; stride 2 on 112x112: 279 / 102 us).
+    inline_copy = kernel == DEPTHWISE_BLOCK and channels_last
+    if inline_copy:
+        sch.compute_inline(sch.get_sblock("nhwc"))
     tail = sch.get(epilogue[-1]) if epilogue else None
     # The pointwise kernel's rows are output channels and its vectors pixels of the NCHW
     # input: 4 reduction steps of a pixel vector are 4 rows apart (TVM's tensorize fails on
     # some of those regions), and the depthwise kernel's reduction is the taps.
     tile_matmul(sch, block, instruction, im2col,
-                pixels_inner=kernel != POINTWISE_BLOCK and _pixels_inner(tail),
+                pixels_inner=(kernel != POINTWISE_BLOCK and not channels_last
+                              and _pixels_inner(tail)),
                 by_element=kernel == CONV_BLOCK)
-    if kernel == DEPTHWISE_BLOCK:
+    if kernel == DEPTHWISE_BLOCK and not inline_copy:
         copy_elements = int(np.prod([int(v) for v in
                                      sch.get(sch.get_sblock("nhwc")).writes[0].source.shape]))
         _schedule_nhwc(sch, copy_elements >= _MIN_PARALLEL_COPY)
@@ -144,20 +167,27 @@ def _im2col_split(sch: Any, block: Any, groups: int) -> tuple[int, int]:
     return int(sch.get(block).iter_vars[-1].dom.extent) // channels, channels
 
 
-def _schedule_padded_conv(sch: Any, block: Any, store: Any, instruction: KernelSpec) -> bool:
-    """Tile the groups-1 conv's GEMM (rows x columns, both padded); store tiles in NCHW.
+def _schedule_padded_conv(sch: Any, block: Any, store: Any, instruction: KernelSpec,
+                          channels_last: bool = False) -> bool:
+    """Tile the groups-1 conv's GEMM (rows x columns, both padded); store tiles in NCHW (NHWC).
 
     ``store`` is the one block after the GEMM: its NCHW store with the epilogue inlined.
     Iterated over (p = h * W + w, o), it goes into each task's loop after the task's tiles,
     reading their accumulators; only the real pixels and channels are written (a predicate
-    the last task's padding rows and the padding columns fail).
+    the last task's padding rows and the padding columns fail). An NHWC store runs the
+    channels innermost: each accumulator vector is one contiguous store.
     """
     from tvm import tirx
     from tvm.tirx import IndexMap
 
     dims = _written_iterators(sch.get(store))
-    width = int(sch.get(store).writes[0].source.shape[-1])
-    o_dim, *plane = dims[1:]
+    shape = sch.get(store).writes[0].source.shape
+    if channels_last:
+        width = int(shape[-2])
+        o_dim, plane = dims[-1], dims[1:-1]
+    else:
+        width = int(shape[-1])
+        o_dim, *plane = dims[1:]
     h_dim, w_dim = (None, plane[0]) if len(plane) == 1 else plane
 
     def layout(*iters: Any) -> tuple[Any, ...]:
@@ -167,11 +197,11 @@ def _schedule_padded_conv(sch: Any, block: Any, store: Any, instruction: KernelS
 
     sch.transform_block_layout(store, IndexMap.from_func(layout, ndim=len(sch.get(store).iter_vars)))
     tile_matmul(sch, block, instruction, _im2col_split(sch, block, 1),
-                pixels_inner=_pixels_inner(sch.get(store)), store=store)
+                pixels_inner=not channels_last and _pixels_inner(sch.get(store)), store=store)
     return True
 
 
-def _output_roles(block: Any) -> tuple[int | None, ...] | None:
+def _output_roles(block: Any, channels_last: bool = False) -> tuple[int | None, ...] | None:
     """Which of a kernel block's iterators is (o, h, w, k): their index, None where absent.
 
     TVM drops iterators of extent 1 (the batch, a 1-row map's h) from fused functions, and a
@@ -184,7 +214,10 @@ def _output_roles(block: Any) -> tuple[int | None, ...] | None:
     spatial = [d for d in dims if d is not None]
     if len(reductions) != 1 or len(spatial) + 1 != len(iters) or len(dims) not in (3, 4):
         return None
-    o, *plane = dims[1:]
+    if channels_last:
+        o, plane = dims[-1], dims[1:-1]
+    else:
+        o, *plane = dims[1:]
     h, w = (None, plane[0]) if len(plane) == 1 else plane
     return o, h, w, reductions[0]
 

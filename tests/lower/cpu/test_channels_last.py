@@ -1,0 +1,116 @@
+"""Activations kept channels-last (NHWC) between hwcomp's fp32 kernels on x86, against onnxruntime.
+
+A MobileNetV3/EfficientNet-shaped block chain built in code: a 3x3 conv, depthwise convs of
+16-lane and 8-lane channel counts (stride 1 and 2, 3x3 and 5x5), 1x1 convs of channel counts
+that are not whole vectors, a squeeze-excite gate (global pool, two 1x1 convs on a 1x1 map,
+hard sigmoid, channel multiply), a residual add and a transposed convolution (which keeps
+NCHW: its sub-pixel form is written for it). The build verifies the bundle against
+onnxruntime on seeded inputs (1e-4); these tests also check which kernel each conv got and
+that the only transposes of activations left are the model's input and output.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hwcomp.lower import lowering_for
+from hwcomp.lower.frontend.legalize import legalize_for_tvm
+from hwcomp.targets import load_target
+
+
+def _chain() -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    nodes, inits = [], []
+
+    def conv(x, cin, cout, k, stride=1, group=1, act="Relu"):
+        name = f"c{len(nodes)}"
+        w = rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))
+        inits.extend([numpy_helper.from_array(w.astype(np.float32), name + "w"),
+                      numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32) * 0.1,
+                                              name + "b")])
+        nodes.append(helper.make_node("Conv", [x, name + "w", name + "b"], [name],
+                                      kernel_shape=[k, k], strides=[stride] * 2,
+                                      pads=[k // 2] * 4, group=group))
+        if act is None:
+            return name
+        nodes.append(helper.make_node(act, [name], [name + act]))
+        return name + act
+
+    x = conv("x", 16, 32, 3)                          # 3x3, 32 channels
+    x = conv(x, 32, 32, 3, stride=2, group=32)        # depthwise, 16 lanes, stride 2
+    x = conv(x, 32, 24, 1, act=None)                  # 1x1 to 24 (not whole vectors)
+    y = conv(x, 24, 24, 5, group=24)                  # depthwise 5x5 on 24: 8 lanes
+    pooled = "pool"
+    nodes.append(helper.make_node("GlobalAveragePool", [y], [pooled]))
+    gate = conv(conv(pooled, 24, 8, 1), 8, 24, 1, act="HardSigmoid")
+    nodes.append(helper.make_node("Mul", [y, gate], ["excited"]))
+    z = conv("excited", 24, 24, 1, act=None)
+    nodes.append(helper.make_node("Add", [z, x], ["res"]))   # residual
+    w = rng.standard_normal((24, 8, 2, 2)).astype(np.float32) * 0.3
+    inits.append(numpy_helper.from_array(w, "tw"))
+    nodes.append(helper.make_node("ConvTranspose", ["res", "tw"], ["up"], strides=[2, 2]))
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 18, 18])],
+        [helper.make_tensor_value_info("up", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def test_convs_run_channels_last_and_match_onnxruntime(tmp_path):
+    from hwcomp import api
+
+    path = tmp_path / "chain.onnx"
+    onnx.save(_chain(), path)
+    result = api.build(path, "x86-avx512", tmp_path / "out", use_tuning_db=False,
+                       verify="skip")
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    labels = [k.split(": ", 1)[1] for k in manifest["float_kernels"] if k.startswith("conv2d")]
+    assert labels[0] == "NHWC kernel, fused epilogue", labels
+    assert labels[1] == "depthwise NHWC kernel (16 lanes), fused epilogue", labels
+    assert labels[2] == "NHWC matmul over pixels", labels
+    assert labels[3] == "depthwise NHWC kernel (8 lanes), fused epilogue", labels
+    assert labels[4:7] == ["NHWC matmul over pixels"] * 3, labels
+    transposed = [k for k in manifest["float_kernels"] if k.startswith("conv2d_transpose")]
+    assert transposed and "NCHW" in transposed[0], transposed
+
+
+def test_channels_last_bundle_matches_onnxruntime(tmp_path):
+    """The same chain built for ``host`` and verified against onnxruntime (1e-4)."""
+    from hwcomp import api
+
+    path = tmp_path / "chain.onnx"
+    onnx.save(_chain(), path)
+    result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    assert manifest["verification"]["status"] == "passed", manifest["verification"]
+    assert any("NHWC" in k for k in manifest["float_kernels"]), manifest["float_kernels"]
+
+
+def _activation_transposes(target_name: str, model: onnx.ModelProto) -> list[str]:
+    target = load_target(target_name)
+    legal, _ = legalize_for_tvm(ir.from_proto(model))
+    script = lowering_for(target).prepare(ir.to_proto(legal), target).module.script()
+    return [line for line in script.splitlines() if "R.permute_dims(" in line]
+
+
+def test_only_the_input_and_the_transposed_conv_are_transposed():
+    """The layout follows the activations through ReLU, the pool, the gate's hard sigmoid (a
+    clip: rewritten as max/min, which follow any layout) and multiply and the residual add:
+    one transpose in (the model's NCHW input), one back before the transposed conv (NCHW),
+    and that conv's own sub-pixel shuffle."""
+    lines = _activation_transposes("x86-avx2", _chain())
+    assert len(lines) == 3, lines
+    assert "R.permute_dims(x, axes=[0, 2, 3, 1])" in lines[0]
+    assert "axes=[0, 3, 1, 2]" in lines[1] and "axes=[0, 1, 4, 2, 5, 3]" in lines[2], lines
+
+
+@pytest.mark.parametrize("target", ["arm-a72"])
+def test_arm_keeps_nchw(target):
+    """Cortex-A bundles keep NCHW (their kernels' instruction counts were measured so): the
+    one transpose is the transposed conv's sub-pixel shuffle."""
+    lines = _activation_transposes(target, _chain())
+    assert len(lines) == 1 and "axes=[0, 1, 4, 2, 5, 3]" in lines[0], lines
