@@ -71,9 +71,10 @@ def test_convs_run_channels_last_and_match_onnxruntime(tmp_path):
     labels = [k.split(": ", 1)[1] for k in manifest["float_kernels"] if k.startswith("conv2d")]
     assert labels[0] == "NHWC kernel, fused epilogue", labels
     assert labels[1] == "depthwise NHWC kernel (16 lanes), fused epilogue", labels
-    assert labels[2] == "NHWC matmul over pixels", labels
+    assert labels[2] == "NHWC kernel, fused epilogue", labels      # 1x1, input in place
     assert labels[3] == "depthwise NHWC kernel (8 lanes), fused epilogue", labels
-    assert labels[4:7] == ["NHWC matmul over pixels"] * 3, labels
+    assert labels[4:6] == ["NHWC matmul over pixels"] * 2, labels  # the gate, on 1x1 maps
+    assert labels[6] == "NHWC kernel, fused epilogue", labels
     transposed = [k for k in manifest["float_kernels"] if k.startswith("conv2d_transpose")]
     assert transposed and "NCHW" in transposed[0], transposed
 

@@ -190,8 +190,8 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
 def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     """Every 1x1 conv of a MobileNetV2-style model in NCHW (Cortex-A keeps NCHW) takes the
     NCHW kernel, TVM fuses its bias, ReLU6 or residual add into it, and each tile's store
-    applies them (no second pass). On x86 the activations stay NHWC and the same convs are
-    matmuls over the pixels; the bundle matches onnxruntime (build verification, 1e-4)."""
+    applies them (no second pass). On x86 the activations stay NHWC and the same convs read
+    their input in place; the bundle matches onnxruntime (build verification, 1e-4)."""
     import json
 
     import onnx
@@ -229,7 +229,10 @@ def test_pointwise_convs_carry_their_epilogue_and_match_onnxruntime(tmp_path):
     onnx.save(model, path)
     result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
     manifest = json.loads((result.bundle / "manifest.json").read_text())
-    assert sum(k.endswith("NHWC matmul over pixels") for k in manifest["float_kernels"]) == 6
+    convs = [k for k in manifest["float_kernels"] if k.startswith("conv2d")]
+    # the stem, 6 pointwise convs (input in place), 3 depthwise
+    assert sum(k.endswith(": NHWC kernel, fused epilogue") for k in convs) == 7, convs
+    assert sum(": depthwise NHWC kernel (16 lanes)" in k for k in convs) == 3, convs
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 

@@ -232,7 +232,10 @@ def _padded_conv(
     depth = kernel[0] * kernel[1] * channels
     x = te.placeholder(int64_shape(_layout(data_shape, channels_last)), "float32", name="X")
     w = te.placeholder(int64_shape((cols // lanes, depth, lanes, 1)), "float32", name="W")
-    nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape, channels_last)
+    # An NHWC input a 1x1 stride-1 conv reads as it lies: its pixels are the GEMM's rows.
+    in_place = channels_last and kernel == (1, 1) and strides == (1, 1) and not any(padding)
+    nhwc = x if in_place else _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape,
+                                           channels_last)
     k = te.reduce_axis((0, te.const(depth, "int64")), "k")
 
     def conv(m: Any, o: Any) -> Any:

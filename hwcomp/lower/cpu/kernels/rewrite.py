@@ -395,15 +395,21 @@ class _KernelCalls:
                        macs: int) -> tuple[Any, str] | str:
         """Emit the kernel call of an NHWC convolution (OIHW weights); or say why none.
 
-        A 1x1 convolution of stride 1 without padding is a matmul of the pixels' channel rows
-        (the input as it is: no copy); a depthwise one with channels in whole vectors, a
-        grouped one and any other of batch 1 run the conv kernels reading and writing NHWC
-        (the padded copy is a contiguous one; each tile's channels are stored contiguously).
+        A 1x1 convolution on a 1x1 map (squeeze-excite) is a matmul; a depthwise one runs
+        channels in the widest vector that divides them; a grouped one and any other of batch
+        1 run the conv kernels reading and writing NHWC (each tile's channels are stored
+        contiguously). A 1x1 stride-1 conv without padding reads its input in place (its
+        pixels are the GEMM's rows), the others through a padded copy, a contiguous one.
+        Against matmuls over the pixel rows with the bias and activation as a pass of their
+        own (and a slice where the channels are not whole vectors), the 1x1 kernel with its
+        epilogue in the store measured MnasNet 0.94x the time, SqueezeNet 0.92x, RegNet
+        0.96x, EfficientNet 1.00x, MobileNetV2 1.04x (one thread, A/B).
         """
         shape, out_shape, out_channels = g.data_shape, g.out_shape, weight.shape[0]
         kernel, strides, padding, dilation = g.kernel, g.strides, g.padding, g.dilation
         out_nhwc = nhwc(out_shape)
-        if g.groups == 1 and kernel == (1, 1) and strides == (1, 1) and not any(padding):
+        if (g.groups == 1 and kernel == (1, 1) and strides == (1, 1) and not any(padding)
+                and int(np.prod(out_shape[2:])) == 1):
             out, _, _ = self._matmul(data, weight.reshape(out_channels, -1), spec)
             return out, "NHWC matmul over pixels"
         if shape[0] != 1 or spec.intrin:

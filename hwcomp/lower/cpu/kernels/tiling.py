@@ -63,7 +63,8 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     if kernel is None:
         return False
     block = sch.get_sblock(kernel)
-    first = 0 if kernel == POINTWISE_BLOCK else 1  # the conv's NHWC copy comes first
+    # The conv's NHWC copy comes first (none: the pointwise kernel, an NHWC input in place).
+    first = 0 if kernel == POINTWISE_BLOCK or _nhwc_block(sch) is None else 1
     # The groups-1 conv: a GEMM over padded rows and columns, then its NCHW store.
     padded = first + 1 < len(names) and names[first + 1] == STORE_BLOCK
     roles = None if padded else _output_roles(sch.get(block),
@@ -162,9 +163,25 @@ def _costly(block: Any) -> bool:
 
 
 def _im2col_split(sch: Any, block: Any, groups: int) -> tuple[int, int]:
-    """Return a conv block's K as (taps, channels per group), from its NHWC copy's channels."""
-    channels = int(sch.get(sch.get_sblock("nhwc")).writes[0].source.shape[-1]) // groups
+    """Return a conv block's K as (taps, channels per group), from its NHWC input's channels."""
+    channels = int(_conv_input_shape(sch, block)[-1]) // groups
     return int(sch.get(block).iter_vars[-1].dom.extent) // channels, channels
+
+
+def _nhwc_block(sch: Any) -> Any:
+    """Return a conv kernel's padded NHWC copy block, or None (an NHWC input read in place)."""
+    try:
+        return sch.get_sblock("nhwc")
+    except Exception:  # noqa: BLE001 - TVM raises its own error for a missing block
+        return None
+
+
+def _conv_input_shape(sch: Any, block: Any) -> list[int]:
+    """Return the shape of what a conv block reads its rows from: its NHWC copy, or input."""
+    copy = _nhwc_block(sch)
+    if copy is not None:
+        return [int(v) for v in sch.get(copy).writes[0].source.shape]
+    return [int(v) for v in sch.get(block).reads[0].source.shape]
 
 
 def _schedule_padded_conv(sch: Any, block: Any, store: Any, instruction: KernelSpec,
@@ -321,7 +338,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         # bytes that stay in cache are the input's (a 256->256 3x3 conv on 32x32 has 9 MiB of
         # im2col rows but 1.2 MiB of input against 2.3 MiB of weights: rows kept, its weights
         # streamed from L3 once per row group, it ran 0.8x the time with the weights kept).
-        rows_in_cache = _input_bytes(sch, instruction) >= weight_bytes
+        rows_in_cache = _input_bytes(sch, block, instruction) >= weight_bytes
     rows_only = im2col is not None and rows_in_cache
     column_tasks = 1 if rows_only else lane_blocks // block_tile
     tiles = _row_tiles_per_task(rows // row_tile, row_tile * row_bytes, column_tasks * groups)
@@ -411,7 +428,7 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
         sch.tensorize(by_lane, by_element_intrinsic(instruction))
     elif instruction.intrin:
         sch.tensorize(n_lane, instruction.intrin)
-    if im2col is not None:
+    if im2col is not None and _nhwc_block(sch) is not None:
         _schedule_nhwc(sch, parallel)
     return local
 
@@ -509,10 +526,10 @@ def _min_k_block(instruction: KernelSpec) -> int:
     return _MIN_K_BLOCK
 
 
-def _input_bytes(sch: Any, instruction: KernelSpec) -> int:
-    """Return the bytes of a convolution's padded NHWC input copy (block ``nhwc``)."""
-    shape = sch.get(sch.get_sblock("nhwc")).writes[0].source.shape
-    return int(np.prod([int(v) for v in shape])) * np.dtype(instruction.activation_dtype).itemsize
+def _input_bytes(sch: Any, block: Any, instruction: KernelSpec) -> int:
+    """Return the bytes of a convolution's padded NHWC input copy (or its NHWC input)."""
+    shape = _conv_input_shape(sch, block)
+    return int(np.prod(shape)) * np.dtype(instruction.activation_dtype).itemsize
 
 
 # Multiply-accumulates below which a kernel stays on one thread (~2 us of one core's FMAs;
