@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hwcomp.lower.cpu.kernels.rewrite import channels_last, rewrite_kernels
+from hwcomp.lower.cpu.kernels.rewrite import rewrite_kernels, to_channels_last
 from hwcomp.lower.cpu.kernels.spec import SDOT, VNNI, float_spec
 from hwcomp.lower.cpu.pipeline import cpu_pipeline
 from hwcomp.lower.frontend.relax_import import import_checked
@@ -49,14 +49,14 @@ class CpuLowering(LibraryLowering):
         """Return the dot-product instruction where the profile has one (None: int8 in float)."""
         return self.dot_instruction if target.int8_dot else None
 
-    # Activations between layers kept channels-last (NHWC): see :func:`channels_last`.
+    # Activations between layers kept channels-last (NHWC): see :func:`to_channels_last`.
     channels_last = True
 
     def prepare(self, legal: onnx.ModelProto, target: Target) -> Prepared:
         """Import, then put conv2d / matmul with constant weights on hwcomp's kernels."""
         module = import_checked(legal)
         if self.channels_last:
-            module = channels_last(module)
+            module = to_channels_last(module)
         module, kernels = rewrite_kernels(module, self.int8_kernel(target), float_spec(target))
         return Prepared(module, kernels)
 

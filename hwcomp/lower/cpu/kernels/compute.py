@@ -25,6 +25,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     POINTWISE_BLOCK,
     STORE_BLOCK,
 )
+from hwcomp.lower.cpu.kernels.conv_forms import nhwc as nhwc_shape
 from hwcomp.lower.cpu.kernels.tiling import (
     LANE_BLOCKS,
     conv_columns,
@@ -138,14 +139,6 @@ def _padded_nhwc(x: Any, data_shape: tuple[int, ...], padding: tuple[int, int, i
     return te.compute(dims(shape), to_nhwc, name="nhwc")
 
 
-def _layout(shape: tuple[int, ...], channels_last: bool) -> tuple[int, ...]:
-    """Return an NCHW shape in the kernel's data layout (NHWC when ``channels_last``)."""
-    if not channels_last:
-        return shape
-    n, c, h, w = shape
-    return (n, h, w, c)
-
-
 def _im2col_element(nhwc: Any, n: Any, oh: Any, ow: Any, k: Any, c_pad: int,
                     kernel: tuple[int, int], strides: tuple[int, int],
                     dilation: tuple[int, int], channel_base: Any = 0) -> Any:
@@ -230,7 +223,8 @@ def _padded_conv(
     cols = conv_columns(out_channels, spec)
     rows = conv_rows(pixels, cols, spec)
     depth = kernel[0] * kernel[1] * channels
-    x = te.placeholder(int64_shape(_layout(data_shape, channels_last)), "float32", name="X")
+    x = te.placeholder(int64_shape(nhwc_shape(data_shape) if channels_last else data_shape),
+                       "float32", name="X")
     w = te.placeholder(int64_shape((cols // lanes, depth, lanes, 1)), "float32", name="W")
     # An NHWC input a 1x1 stride-1 conv reads as it lies: its pixels are the GEMM's rows.
     in_place = channels_last and kernel == (1, 1) and strides == (1, 1) and not any(padding)
@@ -273,7 +267,8 @@ def _nchw_conv(
     group_in, group_out = channels // groups, out_channels // groups
     out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
     depth, lanes = kernel[0] * kernel[1] * group_in, spec.lanes
-    x = te.placeholder(int64_shape(_layout(data_shape, channels_last)), "float32", name="X")
+    x = te.placeholder(int64_shape(nhwc_shape(data_shape) if channels_last else data_shape),
+                       "float32", name="X")
     w = te.placeholder(int64_shape((out_channels // lanes, depth, lanes, 1)), "float32",
                        name="W")
     nhwc = _padded_nhwc(x, data_shape, padding, channels, 0, int64_shape, channels_last)

@@ -94,7 +94,7 @@ def rewrite_kernels(mod: Any, instruction: KernelSpec | None,
     return new_mod, summary
 
 
-def channels_last(mod: Any) -> Any:
+def to_channels_last(mod: Any) -> Any:
     """Return ``mod`` with its fp32 2-D convolutions in NHWC and the ops between them too.
 
     onnxruntime keeps activations channels-blocked between its convolutions (NCHWc); hwcomp's
@@ -108,7 +108,7 @@ def channels_last(mod: Any) -> Any:
     """
     from tvm import relax
 
-    if _has_integer_tensors(mod) or not _batch_one(mod):
+    if _keeps_nchw(mod):
         return mod
     # A transposed convolution keeps NCHW: its sub-pixel form (conv_forms) is written for it.
     converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OIHW"],
@@ -142,41 +142,34 @@ def _clip_as_min_max(mod: Any) -> Any:
     return mutate_functions(ClipMutator(mod), mod)
 
 
-def _batch_one(mod: Any) -> bool:
-    """Whether every conv2d of ``mod`` has a static input of batch 1 (the NHWC kernels' case)."""
-    from tvm import relax
+def _keeps_nchw(mod: Any) -> bool:
+    """Whether ``mod`` stays NCHW.
 
-    convs: list[Any] = []
-
-    def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
-            convs.append(expr)
-
-    for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    try:
-        return all(shape_of(call.args[0])[0] == 1 for call in convs)
-    except (TypeError, ValueError, AttributeError):  # a symbolic dimension
-        return False
-
-
-def _has_integer_tensors(mod: Any) -> bool:
-    """Whether any function of ``mod`` binds an 8-bit integer tensor (a quantized model)."""
+    It does where it holds an 8-bit integer tensor (a quantized model: the int8 kernels read
+    NCHW) or a conv2d whose input is not a static batch of 1.
+    """
     from tvm import relax
 
     found = False
+    convs: list[Any] = []
 
     def visit(expr: Any) -> None:
         nonlocal found
         info = getattr(expr, "ty", None)
         if isinstance(info, relax.TensorType) and str(info.dtype) in ("int8", "uint8"):
             found = True
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            convs.append(expr)
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    return found
+    if found:
+        return True
+    try:
+        return any(shape_of(call.args[0])[0] != 1 for call in convs)
+    except (TypeError, ValueError, AttributeError):  # a symbolic dimension
+        return True
 
 
 def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec) -> Any:
@@ -342,22 +335,7 @@ class _KernelCalls:
                                              len(out_shape)),
                     "depthwise NCHW kernel, fused epilogue", data, pack_weight(matrix, spec),
                     out_shape, macs)
-            merged = merge_groups(weight, g.groups, spec.lanes)
-            if merged is None:
-                return (f"generic schedule ({out_channels // g.groups} output channels per "
-                        f"group: no whole vectors of {spec.lanes} within 4 merged groups)")
-            weight, groups = merged
-            if not conv_nchw_fits(shape, out_shape, out_channels, spec, groups):
-                return "generic schedule (grouped conv with batch > 1)"
-            merge = g.groups // groups
-            return self._fused(
-                ("conv_grouped", shape, kernel, out_channels, strides, padding, dilation,
-                 groups, len(out_shape)),
-                lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
-                                         dilation, spec, groups, len(out_shape)),
-                f"grouped NCHW kernel ({groups} groups"
-                + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue",
-                data, pack_weight(conv_weight_matrix(weight, spec), spec), out_shape, macs)
+            return self._grouped(data, weight, g, spec, macs)
         if not one_d and pointwise_fits(shape, out_channels, kernel, strides, padding, spec):
             return self._pointwise(data, weight, shape, out_shape, spec)
         if conv_nchw_fits(shape, out_shape, out_channels, spec):
@@ -428,22 +406,7 @@ class _KernelCalls:
                 f"depthwise NHWC kernel ({lanes} lanes), fused epilogue", data,
                 pack_weight(weight.reshape(out_channels, -1), narrow), out_nhwc, macs)
         if g.groups > 1:
-            merged = merge_groups(weight, g.groups, spec.lanes)
-            if merged is None:
-                return (f"generic schedule ({out_channels // g.groups} output channels per "
-                        f"group: no whole vectors of {spec.lanes} within 4 merged groups)")
-            weight, groups = merged
-            if not conv_nchw_fits(shape, out_shape, out_channels, spec, groups):
-                return "generic schedule (grouped NHWC conv)"
-            merge = g.groups // groups
-            return self._fused(
-                ("conv_grouped_nhwc", shape, kernel, out_channels, strides, padding, dilation,
-                 groups),
-                lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding,
-                                         dilation, spec, groups, channels_last=True),
-                f"grouped NHWC kernel ({groups} groups"
-                + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue", data,
-                pack_weight(conv_weight_matrix(weight, spec), spec), out_nhwc, macs)
+            return self._grouped(data, weight, g, spec, macs)
         if not conv_nchw_fits(shape, out_shape, out_channels, spec):
             return "generic schedule (NHWC conv of one output pixel)"
         return self._fused(
@@ -451,6 +414,30 @@ class _KernelCalls:
             lambda: conv_nchw_kernel(shape, kernel, out_channels, strides, padding, dilation,
                                      spec, channels_last=True),
             "NHWC kernel, fused epilogue", data, conv_nchw_weight(weight, spec), out_nhwc, macs)
+
+    def _grouped(self, data: Any, weight: np.ndarray, g: ConvGeometry, spec: KernelSpec,
+                 macs: int) -> tuple[Any, str] | str:
+        """Emit a grouped convolution's call (NCHW or NHWC); or say why it has no kernel."""
+        shape, out_shape, out_channels = g.data_shape, g.out_shape, weight.shape[0]
+        merged = merge_groups(weight, g.groups, spec.lanes)
+        if merged is None:
+            return (f"generic schedule ({out_channels // g.groups} output channels per "
+                    f"group: no whole vectors of {spec.lanes} within 4 merged groups)")
+        weight, groups = merged
+        if not conv_nchw_fits(shape, out_shape, out_channels, spec, groups):
+            return "generic schedule (grouped conv with batch > 1)"
+        merge = g.groups // groups
+        layout = "NHWC" if g.channels_last else "NCHW"
+        return self._fused(
+            ("conv_grouped", layout, shape, g.kernel, out_channels, g.strides, g.padding,
+             g.dilation, groups, len(out_shape)),
+            lambda: conv_nchw_kernel(shape, g.kernel, out_channels, g.strides, g.padding,
+                                     g.dilation, spec, groups, len(out_shape),
+                                     g.channels_last),
+            f"grouped {layout} kernel ({groups} groups"
+            + (f", {merge} merged" if merge > 1 else "") + "), fused epilogue",
+            data, pack_weight(conv_weight_matrix(weight, spec), spec),
+            nhwc(out_shape) if g.channels_last else out_shape, macs)
 
     def _pointwise(self, data: Any, weight: np.ndarray, shape: tuple[int, ...],
                    out_shape: tuple[int, ...], spec: KernelSpec) -> tuple[Any, str]:

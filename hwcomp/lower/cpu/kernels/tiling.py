@@ -67,14 +67,13 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     first = 0 if kernel == POINTWISE_BLOCK or _nhwc_block(sch) is None else 1
     # The groups-1 conv: a GEMM over padded rows and columns, then its NCHW store.
     padded = first + 1 < len(names) and names[first + 1] == STORE_BLOCK
-    roles = None if padded else _output_roles(sch.get(block),
-                                                  CHANNELS_LAST_ATTR in sch.get(block).annotations)
+    channels_last = CHANNELS_LAST_ATTR in sch.get(block).annotations
+    roles = None if padded else _output_roles(sch.get(block), channels_last)
     if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
             or (roles is None and not padded)):
         logger.warning("%s kernel left to the generic schedule: blocks %s", kernel, names)
         return False
     epilogue = [info.block_rv for info in infos[first + 1:]]
-    channels_last = CHANNELS_LAST_ATTR in sch.get(block).annotations
     lanes = sch.get(block).annotations.get(LANES_ATTR)
     if lanes is not None and int(lanes) != instruction.lanes:
         instruction = fma_spec(int(lanes))
