@@ -58,7 +58,27 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         self.max_elements = max_elements
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        """Fold every foldable node of the main graph, in order."""
+        """Fold every foldable node of the main graph, in order, until none is left.
+
+        A ``Shape`` whose input's shape was unknown when the model was loaded (it came out
+        of a Reshape to a computed shape: Swin's window partition and patch merging) can be
+        folded once the shapes are inferred again over the folded graph: up to
+        :data:`_ROUNDS` sweeps, each after shape inference.
+        """
+        folded = self._sweep(model)
+        rounds = 1
+        while folded and rounds < _ROUNDS and _unknown_shapes(model.graph):
+            model = _infer_shapes(model)
+            more = self._sweep(model)
+            folded += more
+            rounds += 1
+            if not more:
+                break
+        if folded:
+            logger.info("folded %d constant node(s) in %d sweep(s)", folded, rounds)
+        return ir.passes.PassResult(model, modified=folded > 0)
+
+    def _sweep(self, model: ir.Model) -> int:
         graph = model.graph
         opset = model.opset_imports.get("", 1)
         graph_outputs = set(map(id, graph.outputs))
@@ -81,9 +101,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
                 graph.register_initializer(constant)
             graph.remove(node, safe=True)
             folded += 1
-        if folded:
-            logger.info("folded %d constant node(s)", folded)
-        return ir.passes.PassResult(model, modified=folded > 0)
+        return folded
 
     def _foldable(self, node: ir.Node, graph_outputs: set[int]) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC | _KEPT:
@@ -122,6 +140,26 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         if any(a.size > self.max_elements for a in arrays):
             return None
         return arrays
+
+
+_ROUNDS = 40  # sweeps of folding and shape inference, at most (Swin-T: 16)
+
+
+def _unknown_shapes(graph: ir.Graph) -> bool:
+    """Whether a ``Shape``/``Size`` node is left whose input's shape is not known."""
+    return any(node.op_type in ("Shape", "Size") and static_shape(node_input(node, 0)) is None
+               for node in graph)
+
+
+def _infer_shapes(model: ir.Model) -> ir.Model:
+    """Infer ``model``'s value shapes again, in place (left as they were where inference fails)."""
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    try:
+        return ShapeInferencePass(strict_mode=False)(model).model
+    except Exception as exc:  # noqa: BLE001 - onnx raises many types; keep the shapes known
+        logger.debug("shape inference after folding failed: %s", exc)
+        return model
 
 
 def _static_shape_of(node: ir.Node) -> list[np.ndarray] | None:

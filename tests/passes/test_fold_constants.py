@@ -82,3 +82,38 @@ def test_a_reduction_over_an_empty_axis_folds_to_its_identity():
         value = folded.graph.outputs[0].const_value
         assert value is not None, op
         np.testing.assert_array_equal(value.numpy(), expected)
+
+
+def test_shapes_known_only_after_folding_fold_in_a_later_sweep():
+    """Swin's window padding: pads computed from the Shape of a Reshape whose target shape is
+    itself computed from a Shape. The Reshape's output shape is known only once its target
+    is folded and shapes are inferred again; the pads then fold in a second sweep (TVM
+    rejects a Pad with computed pads)."""
+    ints = {name: numpy_helper.from_array(np.array(v, np.int64), name)
+            for name, v in (("one", 1), ("four", 4), ("lead", [1]), ("rest", [-1, 4]),
+                            ("zeros", [0, 0, 0, 0, 0, 0]), ("axes", [0]))}
+    model = make_model(
+        [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Gather", ["s", "one"], ["h"], axis=0),
+         helper.make_node("Unsqueeze", ["h", "axes"], ["h1"]),
+         helper.make_node("Concat", ["lead", "h1", "rest"], ["target"], axis=0),
+         helper.make_node("Reshape", ["x", "target"], ["r"]),
+         helper.make_node("Shape", ["r"], ["rs"]),
+         helper.make_node("Gather", ["rs", "one"], ["rh"], axis=0),
+         helper.make_node("Mod", ["rh", "four"], ["m"]),
+         helper.make_node("Sub", ["four", "m"], ["p"]),
+         helper.make_node("Unsqueeze", ["p", "axes"], ["p1"]),
+         helper.make_node("Concat", ["zeros", "p1", "lead"], ["pads8"], axis=0),
+         helper.make_node("Pad", ["r", "pads8"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 6, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 9, 5])],
+        list(ints.values()),
+    )
+    model = to_ir(model)
+    x = np.arange(120, dtype=np.float32).reshape(1, 5, 6, 4)
+    expected = run_ort(model, {"x": x})
+    result = FoldConstantsPass()(model)
+    assert op_types(result.model) == ["Reshape", "Pad"]
+    pad = next(node for node in result.model.graph if node.op_type == "Pad")
+    np.testing.assert_array_equal(pad.inputs[1].const_value.numpy(), [0, 0, 0, 0, 0, 0, 3, 1])
+    np.testing.assert_array_equal(run_ort(result.model, {"x": x})[0], expected[0])
