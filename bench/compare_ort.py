@@ -17,7 +17,8 @@ capture or networking beside the model).
     .venv/bin/python bench/compare_ort.py --suite public [--models resnet18,...] [--load]
 
 ``--suite public`` times the 16 architectures of ``bench/public_suite.py`` instead of the
-original four-model suite.
+original four-model suite; ``--onnx a.onnx b.onnx`` times your own models (named by their
+file stems), e.g. architectures outside both suites.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--tune-trials", type=int, default=0,
                         help="MetaSchedule trials per model (0: untuned only)")
     parser.add_argument("--suite", choices=("original", "public"), default="original")
+    parser.add_argument("--onnx", nargs="+", type=Path, default=None, metavar="MODEL",
+                        help="time these ONNX files instead of a suite")
     parser.add_argument("--models", default=None,
                         help="comma-separated names (default: the whole suite; the original "
                              "suite's default leaves out resnet50)")
@@ -121,7 +124,10 @@ def main() -> None:
     if args.suite == "public":
         suite = {name: (label, lambda name=name: public_suite.build(name))
                  for name, (label, _) in public_suite.SUITE.items()}
-    names = (args.models.split(",") if args.models else list(suite) if args.suite == "public"
+    if args.onnx:
+        suite = {path.stem: (path.stem, lambda path=path: onnx.load(path)) for path in args.onnx}
+    names = (args.models.split(",") if args.models
+             else list(suite) if args.suite == "public" or args.onnx
              else ["resnet_like", "mobilenet_like", "transformer_block"])
     target = api.load_target("host")
     cores = target.cores
