@@ -32,6 +32,7 @@ from hwcomp.lower.cpu.kernels.tiling import (
     conv_rows,
     pow2_tile,
     schedule_matmul,
+    tile_matmul,
 )
 from hwcomp.lower.kernel_spec import KernelSpec, conv_output_size, int64_shape, round_up
 
@@ -56,6 +57,43 @@ def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> 
     a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
     c = _matmul_compute(a, rows, depth_pad, cols, instruction)
     return schedule_matmul(te.create_prim_func([a, c.op.input_tensors[1], c]), "C", instruction)
+
+
+def batch_matmul_kernel(batch: int, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
+    """fp32 ``C[g] = A[g] x B[g]`` of two activations (attention's scores and its context).
+
+    ``A`` is ``[batch, rows, depth]``, ``B`` ``[batch, depth, cols]``, both as they lie: B's
+    rows are read as vectors of output columns where ``cols`` is whole vectors, else through a
+    copy padded to whole vectors (a pass over B: 1/rows of the multiplies). Rows are padded
+    to whole register tiles (a padding row repeats the last), and a store block writes the
+    real rows and columns from the accumulators. Scheduled: :func:`tile_matmul` per batch.
+    """
+    from tvm import s_tir, te, tirx
+
+    lanes = spec.lanes
+    cols_pad = round_up(cols, lanes)
+    rows_pad = conv_rows(rows, cols_pad, spec)
+    a = te.placeholder((batch, rows, depth), "float32", name="A")
+    b = te.placeholder((batch, depth, cols), "float32", name="B")
+    w = b
+    if cols_pad != cols:
+        w = te.compute((batch, depth, cols_pad),
+                       lambda g, k, n: tirx.if_then_else(n < cols, b[g, k, tirx.min(n, cols - 1)],
+                                                         tirx.const(0, "float32")),
+                       name="pack")
+    k = te.reduce_axis((0, depth), "k")
+    acc = te.compute((batch, rows_pad, cols_pad),
+                     lambda g, m, n: te.sum(a[g, tirx.min(m, rows - 1), k] * w[g, k, n], axis=k),
+                     name="C")
+    out = te.compute((batch, rows, cols), lambda g, m, n: acc[g, m, n], name=STORE_BLOCK)
+    sch = s_tir.Schedule(te.create_prim_func([a, b, out]))
+    if cols_pad != cols:
+        pack = sch.get_sblock("pack")
+        g_loop, k_loop, n_loop = sch.get_loops(pack)
+        sch.parallel(sch.fuse(g_loop, k_loop))
+        sch.vectorize(sch.split(n_loop, [None, lanes])[1])
+    tile_matmul(sch, sch.get_sblock("C"), spec, store=sch.get_sblock(STORE_BLOCK))
+    return sch.mod["main"]
 
 
 def _matmul_compute(a: Any, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
@@ -285,10 +323,11 @@ def _nchw_conv(
                        attrs={**(attrs or {}), CHANNELS_LAST_ATTR: 1, LANES_ATTR: lanes})
     elif out_rank == 3:
         c = te.compute(int64_shape((1, out_channels, out_w)),
-                       lambda n, o, ow: conv(n, o, 0, ow), name=name, attrs=attrs)
+                       lambda n, o, ow: conv(n, o, 0, ow), name=name,
+                       attrs={**(attrs or {}), LANES_ATTR: lanes})
     else:
         c = te.compute(int64_shape((1, out_channels, out_h, out_w)), conv, name=name,
-                       attrs=attrs)
+                       attrs={**(attrs or {}), LANES_ATTR: lanes})
     return te.create_prim_func([x, w, c])
 
 
