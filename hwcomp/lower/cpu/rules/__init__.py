@@ -7,7 +7,9 @@ TVM's DLight style: each rule returns a schedule for a function it recognises an
    with their epilogue stored from the register tiles;
 2. :class:`~hwcomp.lower.cpu.rules.window.WindowReduction`: depthwise convolution, pooling;
 3. :class:`~hwcomp.lower.cpu.rules.layout.TiledLayout`: a conv kernel's return to NCHW;
-4. :class:`~hwcomp.lower.cpu.rules.generic.ParallelVector`: anything else.
+4. :class:`~hwcomp.lower.cpu.rules.row_reduction.RowReduction`: softmax, layer and RMS norm
+   (reductions along each row's innermost axis), row by row;
+5. :class:`~hwcomp.lower.cpu.rules.generic.ParallelVector`: anything else.
 
 With one lane and one core (microcontrollers) only
 :class:`~hwcomp.lower.cpu.rules.epilogue.FoldIntoEpilogue` runs: no vector types, no threads.
@@ -21,6 +23,7 @@ from hwcomp.lower.cpu.rules.epilogue import FoldIntoEpilogue
 from hwcomp.lower.cpu.rules.fused_kernel import FusedKernel
 from hwcomp.lower.cpu.rules.generic import ParallelVector
 from hwcomp.lower.cpu.rules.layout import TiledLayout
+from hwcomp.lower.cpu.rules.row_reduction import RowReduction
 from hwcomp.lower.cpu.rules.window import WindowReduction
 
 
@@ -32,7 +35,7 @@ def default_rules(lanes: int, cores: int, failures: list[str] | None = None) -> 
     if lanes == 1 and cores == 1:
         return [FoldIntoEpilogue()]
     vector_rules = [FusedKernel(lanes, failures), WindowReduction(lanes, cores),
-                    TiledLayout(lanes)]
+                    TiledLayout(lanes), RowReduction(lanes, cores)]
     return [*(vector_rules if lanes > 1 else []), ParallelVector(lanes, cores)]
 
 
