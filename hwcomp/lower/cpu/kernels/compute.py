@@ -62,7 +62,7 @@ def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> 
 def batch_matmul_kernel(batch: int, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
     """fp32 ``C[g] = A[g] x B[g]`` of two activations (attention's scores and its context).
 
-    ``A`` is ``[batch, rows, depth]``, ``B`` ``[batch, depth, cols]``, both as they lie: B's
+    ``A`` is ``[batch, rows, depth]``, ``B`` ``[batch, depth, cols, 1]``, both as they lie: B's
     rows are read as vectors of output columns where ``cols`` is whole vectors, else through a
     copy padded to whole vectors (a pass over B: 1/rows of the multiplies). Rows are padded
     to whole register tiles (a padding row repeats the last), and a store block writes the
@@ -74,22 +74,25 @@ def batch_matmul_kernel(batch: int, rows: int, depth: int, cols: int, spec: Kern
     cols_pad = round_up(cols, lanes)
     rows_pad = conv_rows(rows, cols_pad, spec)
     a = te.placeholder((batch, rows, depth), "float32", name="A")
-    b = te.placeholder((batch, depth, cols), "float32", name="B")
+    # B with a unit axis last: the layout of packed weights, which NEON's FMA-by-element
+    # tensor intrinsic matches.
+    b = te.placeholder((batch, depth, cols, 1), "float32", name="B")
     w = b
     if cols_pad != cols:
-        w = te.compute((batch, depth, cols_pad),
-                       lambda g, k, n: tirx.if_then_else(n < cols, b[g, k, tirx.min(n, cols - 1)],
-                                                         tirx.const(0, "float32")),
+        w = te.compute((batch, depth, cols_pad, 1),
+                       lambda g, k, n, u: tirx.if_then_else(
+                           n < cols, b[g, k, tirx.min(n, cols - 1), u], tirx.const(0, "float32")),
                        name="pack")
     k = te.reduce_axis((0, depth), "k")
     acc = te.compute((batch, rows_pad, cols_pad),
-                     lambda g, m, n: te.sum(a[g, tirx.min(m, rows - 1), k] * w[g, k, n], axis=k),
+                     lambda g, m, n: te.sum(a[g, tirx.min(m, rows - 1), k] * w[g, k, n, 0],
+                                            axis=k),
                      name="C")
     out = te.compute((batch, rows, cols), lambda g, m, n: acc[g, m, n], name=STORE_BLOCK)
     sch = s_tir.Schedule(te.create_prim_func([a, b, out]))
     if cols_pad != cols:
         pack = sch.get_sblock("pack")
-        g_loop, k_loop, n_loop = sch.get_loops(pack)
+        g_loop, k_loop, n_loop, _ = sch.get_loops(pack)
         sch.parallel(sch.fuse(g_loop, k_loop))
         sch.vectorize(sch.split(n_loop, [None, lanes])[1])
     tile_matmul(sch, sch.get_sblock("C"), spec, store=sch.get_sblock(STORE_BLOCK))

@@ -475,7 +475,7 @@ class _KernelCalls:
                                   lambda: batch_matmul_kernel(batch, rows, depth, cols, spec),
                                   macs=batch * rows * depth * cols)
         a3 = emit(relax.op.reshape(a, (batch, rows, depth)))
-        b3 = emit(relax.op.reshape(b, (batch, depth, cols)))
+        b3 = emit(relax.op.reshape(b, (batch, depth, cols, 1)))
         out = emit(relax.op.call_tir(kernel_var, [a3, b3],
                                      relax.TensorType((batch, rows, cols), "float32")))
         return relax.op.reshape(out, out_shape)
