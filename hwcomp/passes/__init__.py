@@ -14,6 +14,8 @@ Legalisation (before TVM import):
       integer Pow).
     - :class:`ReduceInfinityPass`: float ReduceMax / ReduceMin return -inf / +inf over only
       that value (TVM starts them at the lowest / highest finite float).
+    - :class:`UnrollRecurrentPass`: LSTM, GRU and RNN unrolled over their static sequence
+      (TVM's frontend has no converter for them).
 
 Compression (ONNX to ONNX, in this order in :mod:`hwcomp.compress.pipeline`):
     - :class:`FoldBatchNormPass`: BatchNormalization merges into the Conv/Gemm/MatMul before it
@@ -41,6 +43,7 @@ from hwcomp.passes.reconstruct import ReconstructPass
 from hwcomp.passes.reduce_infinity import ReduceInfinityPass
 from hwcomp.passes.resize_to_matmul import ResizeToMatMulPass
 from hwcomp.passes.sum_to_add import SumToAddPass
+from hwcomp.passes.unroll_recurrent import UnrollRecurrentPass
 
 __all__ = [
     "BindInputsPass",
@@ -57,4 +60,5 @@ __all__ = [
     "ResizeToMatMulPass",
     "ReduceInfinityPass",
     "SumToAddPass",
+    "UnrollRecurrentPass",
 ]

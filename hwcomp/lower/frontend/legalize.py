@@ -42,6 +42,7 @@ from hwcomp.passes import (
     ReduceInfinityPass,
     ResizeToMatMulPass,
     SumToAddPass,
+    UnrollRecurrentPass,
 )
 from hwcomp.passes.infra import PassRunner, StepRecord
 
@@ -67,6 +68,7 @@ def legalize_for_tvm(
         ("fold-constants", FoldConstantsPass()),
         ("fold-if", FoldIfPass()),
         ("fold-constants-after-if", FoldConstantsPass()),
+        ("unroll-recurrent", UnrollRecurrentPass()),
         ("empty-tensors", EmptyTensorsPass()),
         ("fold-batchnorm", FoldBatchNormPass()),
         ("resize-to-matmul", ResizeToMatMulPass()),
