@@ -21,7 +21,7 @@ unknown sequence length or batch, an activation the standard does not list.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,13 +75,14 @@ class _Unroller:
             f"node '{self.node.name}' ({self.op}): {why}; hwcomp unrolls {self.op} over a static "
             "sequence only. Export it without this, or open an issue")
 
-    def emit(self, op: str, inputs: list[ir.Value | None], **attrs: Any) -> ir.Value:
+    def emit(self, op: str, inputs: Sequence[ir.Value | None], **attrs: Any) -> ir.Value:
         self.count += 1
         node = ir.node(op, inputs, attributes=attrs, name=f"{self.name}_{op.lower()}{self.count}")
         self.new.append(node)
         return node.outputs[0]
 
-    def const(self, array: np.ndarray) -> ir.Value:
+    def const(self, array: np.ndarray | np.generic) -> ir.Value:
+        array = np.asarray(array)
         self.count += 1
         value = ir.Value(name=f"{self.name}_const{self.count}", shape=ir.Shape(array.shape),
                          type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
@@ -211,7 +212,8 @@ class _Unroller:
             return lambda v: self.emit("Mul", [self.emit("Tanh", [self.emit(
                 "Mul", [v, self.const(np.float32(b))])]), self.const(np.float32(a))])
         keys = _ACTIVATION_OPS[canonical]
-        kwargs = {key: float(value) for key, value in zip(keys, (a, b), strict=False)}
+        kwargs = {key: float(value) for key, value in zip(keys, (a, b), strict=False)
+                  if value is not None}
         return lambda v: self.emit(canonical, [v], **kwargs)
 
     # -- one direction ----------------------------------------------------------------------
@@ -223,7 +225,8 @@ class _Unroller:
         gates = _GATES[self.op]
         w_bias, r_bias = b[:gates * hidden], b[gates * hidden:]
         bias = w_bias + r_bias
-        split_reset = self.op == "GRU" and self.node.attributes.get_int("linear_before_reset", 0)
+        split_reset = self.op == "GRU" and bool(
+            self.node.attributes.get_int("linear_before_reset", 0))
         if self.op == "GRU":
             # The candidate's recurrent bias sits inside the reset product (linear before
             # reset) or after its own MatMul: never in the input projection.
