@@ -99,6 +99,50 @@ def batch_matmul_kernel(batch: int, rows: int, depth: int, cols: int, spec: Kern
     return sch.mod["main"]
 
 
+def concat_kernel(rows: int, widths: tuple[int, ...], dtype: str, lanes: int,
+                  parallel: bool) -> Any:
+    """``Y[r, :] = concat(X_0[r, :], X_1[r, :], ...)``: one copy loop per input, scheduled.
+
+    TOPI's concatenate is one loop over the output whose every element walks an
+    if-then-else chain over the inputs: along a channels-last map's innermost axis (DenseNet's
+    dense blocks concatenate up to 32 inputs, Inception's four branches) it cost 1.5 ns an
+    element where a copy costs 0.1-0.3. Here each input is copied into its columns, rows in
+    parallel and columns in vectors where they are whole vectors.
+    """
+    from tvm import s_tir
+    from tvm.script import tirx as T
+
+    total = sum(widths)
+    params = ", ".join(f"x{i}: T.Buffer(({rows}, {w}), \"{dtype}\")"
+                       for i, w in enumerate(widths))
+    lines = ["@T.prim_func(s_tir=True)",
+             f"def main({params}, y: T.Buffer(({rows}, {total}), \"{dtype}\")):",
+             "    T.func_attr({\"tirx.noalias\": True})"]
+    offset = 0
+    for i, width in enumerate(widths):
+        lines += [f"    for r, c in T.grid({rows}, {width}):",
+                  f"        with T.sblock(\"copy{i}\"):",
+                  "            vr, vc = T.axis.remap(\"SS\", [r, c])",
+                  f"            y[vr, vc + {offset}] = x{i}[vr, vc]"]
+        offset += width
+    func = tvm_script("\n".join(lines) + "\n", T)
+    sch = s_tir.Schedule(func)
+    for i, width in enumerate(widths):
+        row, col = sch.get_loops(sch.get_sblock(f"copy{i}"))
+        if parallel:
+            sch.parallel(row)
+        if width % lanes == 0 and lanes > 1:
+            sch.vectorize(sch.split(col, [None, lanes])[1])
+    return sch.mod["main"]
+
+
+def tvm_script(source: str, module: Any) -> Any:
+    """Parse generated TVMScript ``source`` (``T`` bound to ``module``)."""
+    import tvm
+
+    return tvm.script.from_source(source, extra_vars={"T": module})
+
+
 def _matmul_compute(a: Any, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
     from tvm import te
 

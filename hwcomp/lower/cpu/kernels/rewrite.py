@@ -36,6 +36,7 @@ import numpy as np
 
 from hwcomp.lower.cpu.kernels.compute import (
     batch_matmul_kernel,
+    concat_kernel,
     conv_kernel,
     conv_nchw_fits,
     conv_nchw_kernel,
@@ -190,6 +191,8 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             name = getattr(call.op, "name", "")
             if name in (CONV1D, CONV_TRANSPOSE) and dtype_of(call) == "float32":
                 return self.conv_form(call, name)
+            if name == "relax.concat":
+                return self.concat(call)
             if name not in ("relax.nn.conv2d", "relax.matmul"):
                 return call
             operands = _quantized_operands(self, call, instruction)
@@ -218,6 +221,40 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
                 self.float_ops.append(f"matmul {shape}")
                 return out
             return self.float_conv(call, call.args[0], weight, conv2d_geometry(call), "conv2d")
+
+        def concat(self, call: Any) -> Any:
+            """Put a concatenation of 3 or more inputs along the innermost axis on copy loops.
+
+            TVM's is an if-then-else chain per element (see :func:`concat_kernel`); along
+            another axis the chain is per row, and two inputs cost one select: those stay.
+            """
+            fields = call.args[0]
+            if not isinstance(fields, relax.Tuple) or len(fields.fields) < 3:
+                return call
+            try:
+                shapes = [shape_of(field) for field in fields.fields]
+                out_shape = shape_of(call)
+            except (TypeError, ValueError, AttributeError):  # symbolic or not a tensor
+                return call
+            rank = len(out_shape)
+            if rank < 2 or int(call.attrs.axis) % rank != rank - 1:
+                return call
+            dtype = dtype_of(call)
+            rows = int(np.prod(out_shape[:-1], dtype=np.int64))
+            widths = tuple(shape[-1] for shape in shapes)
+            if any(width == 0 for width in widths):
+                return call
+            lanes = max(1, floats.lanes * 4 // np.dtype(dtype).itemsize)
+            parallel = rows * out_shape[-1] >= _MIN_PARALLEL_COPY
+            kernel = self.emitter.kernel(
+                ("concat", rows, widths, dtype, lanes, parallel),
+                lambda: concat_kernel(rows, widths, dtype, lanes, parallel))
+            emit = self.builder_.emit
+            flat = [emit(relax.op.reshape(field, (rows, width)))
+                    for field, width in zip(fields.fields, widths, strict=True)]
+            out = emit(relax.op.call_tir(kernel, flat, relax.TensorType((rows, sum(widths)),
+                                                                         dtype)))
+            return relax.op.reshape(out, out_shape)
 
         def activation_matmul(self, call: Any) -> Any:
             """Put a matmul of two fp32 activations (attention) on the batched kernel, if it fits.
@@ -463,6 +500,10 @@ class _KernelCalls:
             data, pack_weight(conv_weight_matrix(weight, narrow), narrow),
             nhwc(out_shape) if g.channels_last else out_shape, macs)
 
+    def kernel(self, key: tuple[Any, ...], make: Any) -> Any:
+        """Add a scheduled (opaque) kernel once per ``key``; return its global variable."""
+        return self._kernel(key, make)
+
     def batch_matmul(self, a: Any, b: Any, sizes: tuple[int, int, int, int],
                      spec: KernelSpec) -> Any:
         """Emit :func:`batch_matmul_kernel` on ``a`` and ``b`` viewed as 3-D; the op's shape out."""
@@ -527,6 +568,8 @@ class _KernelCalls:
         return acc, sums, (*shape[:-1], cols)
 
 
+# A copy of fewer elements than this runs on one thread (waking the pool costs more).
+_MIN_PARALLEL_COPY = 1 << 15
 # Fewer multiply-adds than this stay on the generic schedule (a decoder's one-token step).
 _MIN_BATCH_MATMUL_MACS = 1 << 16
 
