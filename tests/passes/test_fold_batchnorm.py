@@ -98,3 +98,24 @@ def test_shared_output_is_not_folded():
     result = fold(to_ir(model))
     assert not result.modified
     assert fold.report.skipped == {"bn": "conv's output has other consumers"}
+
+
+def test_standalone_bn_becomes_a_precomputed_multiply_add():
+    """DenseNet's BN after a concat folds into no layer: for legalisation it becomes
+    ``x * s + t`` with [1, C, 1, 1] constants (the compression pipeline leaves it a BN)."""
+    names, params = _bn_params(6)
+    model = make_model(
+        [helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+         helper.make_node("BatchNormalization", ["c", *names], ["n"], name="bn", epsilon=1e-3),
+         helper.make_node("Relu", ["n"], ["y"])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 4, 5]) for name in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4, 5])], params)
+    feeds = {name: RNG.standard_normal((1, 3, 4, 5)).astype(np.float32) for name in "ab"}
+    ir_model = to_ir(model)
+    before = run_ort(ir_model, feeds)
+    assert not FoldBatchNormPass()(to_ir(model)).modified
+    result = FoldBatchNormPass(standalone=True)(ir_model)
+    assert result.modified and op_types(result.model) == ["Concat", "Mul", "Add", "Relu"]
+    scale = next(n for n in result.model.graph if n.op_type == "Mul").inputs[1]
+    assert scale.const_value.numpy().shape == (1, 6, 1, 1)
+    np.testing.assert_allclose(run_ort(result.model, feeds)[0], before[0], rtol=1e-5, atol=1e-5)

@@ -70,7 +70,7 @@ def legalize_for_tvm(
         ("fold-constants-after-if", FoldConstantsPass()),
         ("unroll-recurrent", UnrollRecurrentPass()),
         ("empty-tensors", EmptyTensorsPass()),
-        ("fold-batchnorm", FoldBatchNormPass()),
+        ("fold-batchnorm", FoldBatchNormPass(standalone=True)),
         ("resize-to-matmul", ResizeToMatMulPass()),
         ("convtranspose-pads", ConvTransposePadsPass()),
         ("sum-to-add", SumToAddPass()),
