@@ -48,6 +48,8 @@ PARAMETER_INPUTS: dict[str, tuple[int, ...]] = {
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "ReduceSumSquare": (1,), "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
     "NonMaxSuppression": (2, 3, 4), "Compress": (1,),
+    # Recurrent weights, biases, sequence lengths and peepholes (hwcomp unrolls these ops).
+    "LSTM": (1, 2, 3, 4, 7), "GRU": (1, 2, 3, 4), "RNN": (1, 2, 3, 4),
 }
 
 CASE_TIMEOUT_S = 120
@@ -303,6 +305,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", nargs="*")
     parser.add_argument("--common", action="store_true", help="only the common inference ops")
+    parser.add_argument("--ops", default=None,
+                        help="only the cases of these ops (comma-separated, e.g. LSTM,GRU)")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frontend-only", action="store_true",
@@ -318,6 +322,9 @@ def main() -> None:
     names = sorted(cases)
     if args.common:
         names = [n for n in names if op_of(n, ops) in COMMON_OPS]
+    if args.ops:
+        wanted = set(args.ops.split(","))
+        names = [n for n in names if op_of(n, ops) in wanted]
     results = run_suite(names, workers=args.workers, progress=True)
     summary = summarize(results)
     print(json.dumps(summary, indent=2))
