@@ -134,3 +134,25 @@ def test_row_reductions_are_scheduled_row_by_row_and_stay_exact(case):
         module["main"](*[tvm.runtime.tensor(a) for a in inputs], out)
         outputs.append(out.numpy())
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,padded", [(197, True), (13, True), (128, False), (49, False)])
+def test_matmul_rows_no_tile_divides_are_padded_and_exact(rows, padded):
+    """ViT's 197 tokens (a prime) made one-row register tiles (ViT-B/16 2.1x onnxruntime's
+    time): such rows run padded to whole tiles; 128 (4-row tiles) and 49 (7-row tiles) not."""
+    import tvm
+
+    from hwcomp.lower.cpu.kernels.compute import matmul_kernel, pack_weight
+    from hwcomp.lower.cpu.kernels.tiling import matmul_rows
+
+    spec = fma_spec(16)
+    depth, cols = 40, 64
+    assert (matmul_rows(rows, cols, spec) != rows) == padded
+    func = matmul_kernel(rows, depth, cols, spec)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target={"kind": "llvm", "mcpu": "haswell"})
+    rng = np.random.default_rng(rows)
+    a = rng.standard_normal((rows, depth)).astype(np.float32)
+    w = rng.standard_normal((cols, depth)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((rows, cols), np.float32))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(pack_weight(w, spec)), out)
+    np.testing.assert_allclose(out.numpy()[:, :cols], a @ w.T, rtol=1e-5, atol=1e-4)

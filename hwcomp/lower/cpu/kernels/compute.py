@@ -30,6 +30,7 @@ from hwcomp.lower.cpu.kernels.tiling import (
     LANE_BLOCKS,
     conv_columns,
     conv_rows,
+    matmul_rows,
     pow2_tile,
     schedule_matmul,
     tile_matmul,
@@ -50,13 +51,28 @@ def pack_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
 
 
 def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> Any:
-    """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), register-tiled, parallel."""
-    from tvm import te
+    """``C[rows, cols_pad] = A[rows, depth_pad] x W`` (W packed), register-tiled, parallel.
+
+    Rows no good tile divides (:func:`matmul_rows`: ViT's 197 tokens) run padded to whole
+    tiles, a padding row repeating the last, and a store block writes the real rows.
+    """
+    from tvm import s_tir, te, tirx
 
     depth_pad = round_up(depth, instruction.group)
     a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
-    c = _matmul_compute(a, rows, depth_pad, cols, instruction)
-    return schedule_matmul(te.create_prim_func([a, c.op.input_tensors[1], c]), "C", instruction)
+    rows_pad = matmul_rows(rows, cols, instruction)
+    if rows_pad == rows:
+        c = _matmul_compute(a, rows, depth_pad, cols, instruction)
+        return schedule_matmul(te.create_prim_func([a, c.op.input_tensors[1], c]), "C",
+                               instruction)
+    padded = te.compute((rows_pad, depth_pad), lambda m, k: a[tirx.min(m, rows - 1), k],
+                        name="rows")
+    acc = _matmul_compute(padded, rows_pad, depth_pad, cols, instruction)
+    out = te.compute((rows, acc.shape[1]), lambda m, n: acc[m, n], name=STORE_BLOCK)
+    sch = s_tir.Schedule(te.create_prim_func([a, acc.op.input_tensors[1], out]))
+    sch.compute_inline(sch.get_sblock("rows"))
+    tile_matmul(sch, sch.get_sblock("C"), instruction, store=sch.get_sblock(STORE_BLOCK))
+    return sch.mod["main"]
 
 
 def batch_matmul_kernel(batch: int, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
