@@ -208,3 +208,37 @@ def test_a_silu_conv_of_24_channels_matches_onnxruntime(tmp_path):
     result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
+
+
+@pytest.mark.parametrize("stride,ceil", [(1, 0), (2, 1)])
+def test_nhwc_pools_read_their_input_in_place(tmp_path, stride, ceil):
+    """A max pool between NHWC convs runs vectors over channels with the padding tested per
+    tap (GoogLeNet's pools spent a copy of their padded input); verified by the build."""
+    import tvm
+
+    from hwcomp import api
+    from hwcomp.lower.cpu.pipeline import cpu_pipeline
+
+    rng = np.random.default_rng(stride)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 8, 3, 3)) * 0.3)
+                                     .astype(np.float32), "w")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+             helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1] * 4,
+                              strides=[stride] * 2, ceil_mode=ceil)]
+    graph = helper.make_graph(
+        nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 13, 13])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    target = load_target("host")
+    legal, _ = legalize_for_tvm(ir.from_proto(model))
+    pipeline, _ = cpu_pipeline(target, None)
+    scheduled = pipeline(lowering_for(target).prepare(ir.to_proto(legal), target).module)
+    pools = [f.script() for gv, f in scheduled.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and "pool" in gv.name_hint]
+    assert pools and not any("pad_temp" in script for script in pools), pools
+    path = tmp_path / "pool.onnx"
+    onnx.save(model, path)
+    result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    assert manifest["verification"]["status"] == "passed", manifest["verification"]

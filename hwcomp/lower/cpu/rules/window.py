@@ -80,6 +80,14 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     # The epilogue (bias, activation) collapses into its last block.
     for block in epilogue[:-1]:
         sch.compute_inline(block)
+    producers = [info.block_rv for info in infos[:position]]
+    if producers and _channels_inner(sch, reduction.block_rv):
+        # Channels-last (NHWC) windows: the vector runs over channels and the padding test
+        # depends on the pixel only, once per tap and vector; the padded copy was a pass over
+        # the whole input (GoogLeNet's max pools: 1.6 ms against onnxruntime's 0.65).
+        for block in reversed(producers):
+            sch.compute_inline(block)
+        producers = []
     row, pixels = spatial[:-1], spatial[-1]
     # A strided window (stride-2 depthwise, pooling) reads every other pixel: vector lanes
     # would be gathers, slower than scalar code here (64x48x48 -> 24x24: 0.096 vs 0.083 ms).
@@ -109,8 +117,8 @@ def schedule_window_reduction(sch: Any, lanes: int, cores: int) -> bool:
     store_head, store_lane = sch.split(sch.get_loops(store)[-1], [None, vector])
     _vectorize_row(sch, store_head, store_lane, vector)
     # The padding (and any other producer) stays a separate pass, parallel over its rows.
-    for info in infos[:position]:
-        producer_loops = sch.get_loops(info.block_rv)
+    for producer in producers:
+        producer_loops = sch.get_loops(producer)
         if cores > 1 and len(producer_loops) > 1:
             sch.parallel(sch.fuse(*producer_loops[:-1]))
     return True
@@ -127,6 +135,26 @@ def _strided(sch: Any, block: Any) -> bool:
         if coefficients and abs(int(coefficients[0])) > 1:
             return True
     return False
+
+
+def _channels_inner(sch: Any, block: Any) -> bool:
+    """Whether ``block``'s innermost output axis is read as it is (channels, not pixels).
+
+    True for an NHWC window: every read's last index is the innermost output iterator
+    itself, no window iterator in it.
+    """
+    from tvm.tirx.analysis import undefined_vars
+
+    iters = sch.get(block).iter_vars
+    inner = iters[-1 - _reduction_axes(sch, block)].var
+    window = {iv.var for iv in iters if int(iv.iter_type) == 2}
+    for region in sch.get(block).reads:
+        if len(region.region) < 3:  # a weight or a bias: not the windowed input
+            continue
+        index = region.region[-1].min
+        if not index.same_as(inner) or any(v in window for v in undefined_vars(index)):
+            return False
+    return True
 
 
 def _reduction_axes(sch: Any, block: Any) -> int:
