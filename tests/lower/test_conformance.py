@@ -58,3 +58,16 @@ def test_rotary_embedding_passes_through_its_body():
     results = conformance.run_suite(names, workers=2)
     assert len(results) == 16
     assert all(r["hwcomp"] == "pass" for r in results if r["ort"] == "pass"), results
+
+
+@pytest.mark.slow
+def test_recurrent_ops_pass_through_their_unrolling():
+    """LSTM, GRU and RNN (no TVM converter): all 13 node tests pass, the 11 onnxruntime
+    passes among them (0 before session 21; hwcomp.passes.unroll_recurrent)."""
+    cases = conformance.load_cases()
+    ops = conformance.all_op_names()
+    names = sorted(n for n in cases if conformance.op_of(n, ops) in {"LSTM", "GRU", "RNN"})
+    results = conformance.run_suite(names, workers=2)
+    assert len(results) == 13
+    assert all(r["hwcomp"] == "pass" for r in results), [r for r in results
+                                                          if r["hwcomp"] != "pass"]
