@@ -136,10 +136,12 @@ def test_row_reductions_are_scheduled_row_by_row_and_stay_exact(case):
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows,padded", [(197, True), (13, True), (128, False), (49, False)])
+@pytest.mark.parametrize("rows,padded", [(197, True), (13, True), (128, False), (49, False),
+                                         (1, False), (2, False)])
 def test_matmul_rows_no_tile_divides_are_padded_and_exact(rows, padded):
     """ViT's 197 tokens (a prime) made one-row register tiles (ViT-B/16 2.1x onnxruntime's
-    time): such rows run padded to whole tiles; 128 (4-row tiles) and 49 (7-row tiles) not."""
+    time): such rows run padded to whole tiles; 128 (4-row tiles) and 49 (7-row tiles) not,
+    nor a GEMV's one or two rows (a classifier, a recurrent step: padding multiplied them)."""
     import tvm
 
     from hwcomp.lower.cpu.kernels.compute import matmul_kernel, pack_weight

@@ -623,7 +623,10 @@ def matmul_rows(rows: int, cols: int, spec: KernelSpec) -> int:
     block_tile = _block_tile(round_up(cols, spec.lanes) // spec.lanes, spec.accumulators)
     widest = _widest_row_tile(block_tile, spec.accumulators)
     best = max(t for t in range(1, widest + 1) if rows % t == 0)
-    if spec.intrin or 2 * best >= widest or (rows % ODD_ROW_TILE == 0 and widest >= 4):
+    # Fewer rows than a tile (a classifier's or a recurrent step's one row) are one tile as
+    # they are: padding them would multiply a weight-bound GEMV's work.
+    if (spec.intrin or rows <= widest or 2 * best >= widest
+            or (rows % ODD_ROW_TILE == 0 and widest >= 4)):
         return rows
     return round_up(rows, widest)
 
