@@ -69,6 +69,7 @@ def test_attention_matmuls_run_on_the_batched_kernel(tmp_path, tokens, target):
     (6, 128, 64, 128),   # whole vectors and tiles
     (4, 50, 16, 50),     # 50 columns: padded to 64 through the packed copy; 50 rows
     (3, 7, 33, 24),      # odd depth, 24 columns on 16 lanes
+    (12, 1, 64, 197),    # a decoder step: one row (not padded), 197 cached keys
 ])
 def test_batch_matmul_kernel_matches_numpy(batch, rows, depth, cols):
     import tvm

@@ -80,15 +80,16 @@ def batch_matmul_kernel(batch: int, rows: int, depth: int, cols: int, spec: Kern
 
     ``A`` is ``[batch, rows, depth]``, ``B`` ``[batch, depth, cols, 1]``, both as they lie: B's
     rows are read as vectors of output columns where ``cols`` is whole vectors, else through a
-    copy padded to whole vectors (a pass over B: 1/rows of the multiplies). Rows are padded
-    to whole register tiles (a padding row repeats the last), and a store block writes the
-    real rows and columns from the accumulators. Scheduled: :func:`tile_matmul` per batch.
+    copy padded to whole vectors (a pass over B: 1/rows of the multiplies). Rows no good tile
+    divides are padded to whole register tiles (:func:`matmul_rows`; a padding row repeats the
+    last), and a store block writes the real rows and columns from the accumulators.
+    Scheduled: :func:`tile_matmul` per batch.
     """
     from tvm import s_tir, te, tirx
 
     lanes = spec.lanes
     cols_pad = round_up(cols, lanes)
-    rows_pad = conv_rows(rows, cols_pad, spec)
+    rows_pad = matmul_rows(rows, cols_pad, spec)  # a decoder step's one row stays one
     a = te.placeholder((batch, rows, depth), "float32", name="A")
     # B with a unit axis last: the layout of packed weights, which NEON's FMA-by-element
     # tensor intrinsic matches.
@@ -123,7 +124,7 @@ def concat_kernel(rows: int, widths: tuple[int, ...], dtype: str, lanes: int,
     if-then-else chain over the inputs: along a channels-last map's innermost axis (DenseNet's
     dense blocks concatenate up to 32 inputs, Inception's four branches) it cost 1.5 ns an
     element where a copy costs 0.1-0.3. Here each input is copied into its columns, rows in
-    parallel and columns in vectors where they are whole vectors.
+    parallel, columns in vectors of the widest power of two dividing them.
     """
     from tvm import s_tir
     from tvm.script import tirx as T
@@ -147,8 +148,9 @@ def concat_kernel(rows: int, widths: tuple[int, ...], dtype: str, lanes: int,
         row, col = sch.get_loops(sch.get_sblock(f"copy{i}"))
         if parallel:
             sch.parallel(row)
-        if width % lanes == 0 and lanes > 1:
-            sch.vectorize(sch.split(col, [None, lanes])[1])
+        vector = pow2_tile(width, lanes)
+        if vector > 1:
+            sch.vectorize(sch.split(col, [None, vector])[1])
     return sch.mod["main"]
 
 

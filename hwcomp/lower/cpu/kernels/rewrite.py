@@ -245,7 +245,7 @@ def _make_rewriter(mod: Any, instruction: KernelSpec | None, floats: KernelSpec)
             if any(width == 0 for width in widths):
                 return call
             lanes = max(1, floats.lanes * 4 // np.dtype(dtype).itemsize)
-            parallel = rows * out_shape[-1] >= _MIN_PARALLEL_COPY
+            parallel = rows * out_shape[-1] >= _MIN_PARALLEL_CONCAT
             kernel = self.emitter.kernel(
                 ("concat", rows, widths, dtype, lanes, parallel),
                 lambda: concat_kernel(rows, widths, dtype, lanes, parallel))
@@ -569,7 +569,7 @@ class _KernelCalls:
 
 
 # A copy of fewer elements than this runs on one thread (waking the pool costs more).
-_MIN_PARALLEL_COPY = 1 << 15
+_MIN_PARALLEL_CONCAT = 1 << 15
 # Fewer multiply-adds than this stay on the generic schedule (a decoder's one-token step).
 _MIN_BATCH_MATMUL_MACS = 1 << 16
 
