@@ -82,6 +82,8 @@ class _Unroller:
         return node.outputs[0]
 
     def const(self, array: np.ndarray | np.generic) -> ir.Value:
+        # Not irutil.add_constant: its np.ascontiguousarray makes a 0-d index (Gather's step
+        # t, a scalar alpha) 1-d, which changes the gathered shapes.
         array = np.asarray(array)
         self.count += 1
         value = ir.Value(name=f"{self.name}_const{self.count}", shape=ir.Shape(array.shape),

@@ -91,10 +91,27 @@ def test_channels_last_bundle_matches_onnxruntime(tmp_path):
     assert any("NHWC" in k for k in manifest["float_kernels"]), manifest["float_kernels"]
 
 
-def _activation_transposes(target_name: str, model: onnx.ModelProto) -> list[str]:
+def _prepared(target_name: str, model: onnx.ModelProto):
+    """The Relax module the target's lowering prepares from ``model`` (kernels rewritten)."""
     target = load_target(target_name)
     legal, _ = legalize_for_tvm(ir.from_proto(model))
-    script = lowering_for(target).prepare(ir.to_proto(legal), target).module.script()
+    return lowering_for(target).prepare(ir.to_proto(legal), target).module
+
+
+def _scheduled_scripts(target_name: str, model: onnx.ModelProto) -> dict[str, str]:
+    """Each PrimFunc of ``model`` after the target's CPU pipeline (schedules applied), by name."""
+    import tvm
+
+    from hwcomp.lower.cpu.pipeline import cpu_pipeline
+
+    pipeline, _ = cpu_pipeline(load_target(target_name), None)
+    scheduled = pipeline(_prepared(target_name, model))
+    return {gv.name_hint: f.script() for gv, f in scheduled.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _activation_transposes(target_name: str, model: onnx.ModelProto) -> list[str]:
+    script = _prepared(target_name, model).script()
     return [line for line in script.splitlines() if "R.permute_dims(" in line]
 
 
@@ -147,9 +164,7 @@ def test_channel_concats_of_three_or_more_run_as_copy_loops(tmp_path, branches, 
     from hwcomp import api
 
     model = _inception(branches)
-    target = load_target("host")
-    legal, _ = legalize_for_tvm(ir.from_proto(model))
-    script = lowering_for(target).prepare(ir.to_proto(legal), target).module.script()
+    script = _prepared("host", model).script()
     assert ("R.concat(" not in script) == copy_loops, script
     path = tmp_path / "inception.onnx"
     onnx.save(model, path)
@@ -158,53 +173,39 @@ def test_channel_concats_of_three_or_more_run_as_copy_loops(tmp_path, branches, 
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
 
 
-def test_a_store_of_channels_not_whole_vectors_runs_power_of_two_vectors():
-    """A 24-channel conv with SiLU (EfficientNetV2's stem and first blocks) stored each pixel's
-    24 channels as one <24 x float> vector, whose exponential LLVM split into a libm floor
-    call per lane (4x the conv's time): the store runs 3 vectors of 8 (x86-avx512, 16 lanes).
-    The build of the same layer verifies against onnxruntime."""
-    import tvm
-
-    from hwcomp.lower.cpu.pipeline import cpu_pipeline
-
+def _silu_conv(channels: int, size: int, stride: int, scale: float) -> onnx.ModelProto:
+    """A 3x3 conv to 24 channels with bias and SiLU (EfficientNetV2's stem and first blocks)."""
     rng = np.random.default_rng(3)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4),
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4,
+                              strides=[stride] * 2),
              helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
-    inits = [numpy_helper.from_array((rng.standard_normal((24, 16, 3, 3)) * 0.2)
+    inits = [numpy_helper.from_array((rng.standard_normal((24, channels, 3, 3)) * scale)
                                      .astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b")]
     graph = helper.make_graph(
-        nodes, "silu24", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
+        nodes, "silu24",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = onnx.shape_inference.infer_shapes(helper.make_model(
+    return onnx.shape_inference.infer_shapes(helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
-    target = load_target("x86-avx512")
-    legal, _ = legalize_for_tvm(ir.from_proto(model))
-    prepared = lowering_for(target).prepare(ir.to_proto(legal), target)
-    pipeline, _ = cpu_pipeline(target, None)
-    scheduled = pipeline(prepared.module)
-    scripts = [f.script() for _, f in scheduled.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def test_a_store_of_channels_not_whole_vectors_runs_power_of_two_vectors():
+    """A 24-channel conv with SiLU stored each pixel's 24 channels as one <24 x float> vector,
+    whose exponential LLVM split into a libm floor call per lane (4x the conv's time): the
+    store runs 3 vectors of 8 (x86-avx512, 16 lanes). The next test builds and verifies the
+    same kind of layer against onnxruntime."""
+    scripts = _scheduled_scripts("x86-avx512", _silu_conv(16, 12, 1, 0.2)).values()
     assert not any("T.vectorized(T.int64(24))" in s for s in scripts)
     assert any("T.vectorized(T.int64(8))" in s for s in scripts)
 
 
 def test_a_silu_conv_of_24_channels_matches_onnxruntime(tmp_path):
-    """The same layer built for ``host`` and verified by the build (1e-4)."""
+    """A 3 -> 24 SiLU stem of stride 2 built for ``host`` and verified by the build (1e-4)."""
     from hwcomp import api
 
-    rng = np.random.default_rng(3)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1] * 4, strides=[2, 2]),
-             helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
-    inits = [numpy_helper.from_array((rng.standard_normal((24, 3, 3, 3)) * 0.3)
-                                     .astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b")]
-    graph = helper.make_graph(
-        nodes, "stem24", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 30, 30])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     path = tmp_path / "stem24.onnx"
-    onnx.save(onnx.shape_inference.infer_shapes(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)), path)
+    onnx.save(_silu_conv(3, 30, 2, 0.3), path)
     result = api.build(path, "host", tmp_path / "out", use_tuning_db=False)
     manifest = json.loads((result.bundle / "manifest.json").read_text())
     assert manifest["verification"]["status"] == "passed", manifest["verification"]
@@ -214,10 +215,7 @@ def test_a_silu_conv_of_24_channels_matches_onnxruntime(tmp_path):
 def test_nhwc_pools_read_their_input_in_place(tmp_path, stride, ceil):
     """A max pool between NHWC convs runs vectors over channels with the padding tested per
     tap (GoogLeNet's pools spent a copy of their padded input); verified by the build."""
-    import tvm
-
     from hwcomp import api
-    from hwcomp.lower.cpu.pipeline import cpu_pipeline
 
     rng = np.random.default_rng(stride)
     inits = [numpy_helper.from_array((rng.standard_normal((32, 8, 3, 3)) * 0.3)
@@ -230,12 +228,8 @@ def test_nhwc_pools_read_their_input_in_place(tmp_path, stride, ceil):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = onnx.shape_inference.infer_shapes(helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
-    target = load_target("host")
-    legal, _ = legalize_for_tvm(ir.from_proto(model))
-    pipeline, _ = cpu_pipeline(target, None)
-    scheduled = pipeline(lowering_for(target).prepare(ir.to_proto(legal), target).module)
-    pools = [f.script() for gv, f in scheduled.functions_items()
-             if isinstance(f, tvm.tirx.PrimFunc) and "pool" in gv.name_hint]
+    pools = [script for name, script in _scheduled_scripts("host", model).items()
+             if "pool" in name]
     assert pools and not any("pad_temp" in script for script in pools), pools
     path = tmp_path / "pool.onnx"
     onnx.save(model, path)

@@ -26,7 +26,8 @@ def _model() -> onnx.ModelProto:
                       opset=20)
 
 
-def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
+def _fused(model: onnx.ModelProto):
+    """``model`` prepared for ``host`` and through the fusion passes: (module, its TIR text)."""
     import onnx_ir as ir
     import tvm
 
@@ -35,7 +36,6 @@ def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
     from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.targets import load_target
 
-    model = _model()
     target = load_target("host")
     legal, _ = legalize_for_tvm(ir.from_proto(model))
     mod = lowering_for(target).prepare(ir.to_proto(legal), target).module
@@ -43,6 +43,12 @@ def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
         mod = tvm.transform.Sequential(fusion_passes(target.tvm()))(mod)
     tir = "\n".join(func.script() for _, func in mod.functions_items()
                     if isinstance(func, tvm.tirx.PrimFunc))
+    return mod, tir
+
+
+def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
+    model = _model()
+    _, tir = _fused(model)
     # Each would be one libm call per element; the polynomial forms are plain arithmetic.
     for call in ("T.exp(", "T.erf(", "T.tanh(", "T.sigmoid("):
         assert call not in tir
@@ -74,12 +80,9 @@ def test_no_libm_transcendentals_are_left_and_the_build_verifies(tmp_path):
 def test_division_by_a_constant_becomes_a_multiply():
     """Hard swish's ``/ 6`` (and any float division by a constant) runs as a multiply by the
     reciprocal; a division by a computed value stays one."""
-    import onnx_ir as ir
     import tvm
+    from tvm import relax
 
-    from hwcomp.lower import lowering_for
-    from hwcomp.lower.cpu.pipeline import fusion_passes
-    from hwcomp.lower.frontend.legalize import legalize_for_tvm
     from hwcomp.targets import load_target
 
     shape = [1, 8, 5, 5]
@@ -88,18 +91,10 @@ def test_division_by_a_constant_becomes_a_multiply():
          helper.make_node("Div", ["h", "x"], ["y"])],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], opset=20)
-    target = load_target("host")
-    legal, _ = legalize_for_tvm(ir.from_proto(model))
-    mod = lowering_for(target).prepare(ir.to_proto(legal), target).module
-    with target.tvm():
-        mod = tvm.transform.Sequential(fusion_passes(target.tvm()))(mod)
-    tir = "\n".join(func.script() for _, func in mod.functions_items()
-                    if isinstance(func, tvm.tirx.PrimFunc))
+    mod, tir = _fused(model)
     assert tir.count(" / ") == 1, tir  # h / x only
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) + 4
     want = run_ort(model, {"x": x})[0]
-    from tvm import relax
-
-    exe = tvm.compile(mod, target=target.tvm())
+    exe = tvm.compile(mod, target=load_target("host").tvm())
     got = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
