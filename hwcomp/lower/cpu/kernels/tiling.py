@@ -608,8 +608,13 @@ def conv_rows(pixels: int, out_channels: int, spec: KernelSpec) -> int:
     Without the padding a 7x7 map (49 rows) would run one row per tile, streaming every
     weight from memory once per output pixel.
     """
-    block_tile = _block_tile(round_up(out_channels, spec.lanes) // spec.lanes, spec.accumulators)
-    return round_up(pixels, _widest_row_tile(block_tile, spec.accumulators))
+    return round_up(pixels, _widest_rows(out_channels, spec))
+
+
+def _widest_rows(columns: int, spec: KernelSpec) -> int:
+    """Return the widest register tile's rows for a GEMM of ``columns`` outputs."""
+    block_tile = _block_tile(round_up(columns, spec.lanes) // spec.lanes, spec.accumulators)
+    return _widest_row_tile(block_tile, spec.accumulators)
 
 
 def matmul_rows(rows: int, cols: int, spec: KernelSpec) -> int:
@@ -620,8 +625,7 @@ def matmul_rows(rows: int, cols: int, spec: KernelSpec) -> int:
     onnxruntime's time). Where the best divisor is under half the widest tile, the rows are
     padded to whole widest tiles (a padding row repeats the last) instead.
     """
-    block_tile = _block_tile(round_up(cols, spec.lanes) // spec.lanes, spec.accumulators)
-    widest = _widest_row_tile(block_tile, spec.accumulators)
+    widest = _widest_rows(cols, spec)
     best = max(t for t in range(1, widest + 1) if rows % t == 0)
     # Fewer rows than a tile (a classifier's or a recurrent step's one row) are one tile as
     # they are: padding them would multiply a weight-bound GEMV's work.
