@@ -37,13 +37,18 @@ def _chain() -> onnx.ModelProto:
                                       pads=[k // 2] * 4, group=group))
         if act is None:
             return name
-        nodes.append(helper.make_node(act, [name], [name + act]))
+        # ReLU6 as opset 11+ exporters write it: Clip with its bounds as initializers (the
+        # frontend imports it as maximum / minimum PrimFuncs, not a Relax op).
+        bounds = ["lo", "hi"] if act == "Clip" else []
+        nodes.append(helper.make_node(act, [name, *bounds], [name + act]))
         return name + act
 
     x = conv("x", 16, 32, 3)                          # 3x3, 32 channels
     x = conv(x, 32, 32, 3, stride=2, group=32)        # depthwise, 16 lanes, stride 2
     x = conv(x, 32, 24, 1, act=None)                  # 1x1 to 24 (not whole vectors)
-    y = conv(x, 24, 24, 5, group=24)                  # depthwise 5x5 on 24: 8 lanes
+    inits.extend([numpy_helper.from_array(np.float32(0.0), "lo"),
+                  numpy_helper.from_array(np.float32(6.0), "hi")])
+    y = conv(x, 24, 24, 5, group=24, act="Clip")      # depthwise 5x5 on 24: 8 lanes, ReLU6
     pooled = "pool"
     nodes.append(helper.make_node("GlobalAveragePool", [y], [pooled]))
     gate = conv(conv(pooled, 24, 8, 1), 8, 24, 1, act="HardSigmoid")
@@ -116,8 +121,9 @@ def _activation_transposes(target_name: str, model: onnx.ModelProto) -> list[str
 
 
 def test_only_the_input_and_the_transposed_conv_are_transposed():
-    """The layout follows the activations through ReLU, the pool, the gate's hard sigmoid (a
-    clip: rewritten as max/min, which follow any layout) and multiply and the residual add:
+    """The layout follows the activations through ReLU, a ReLU6 whose bounds are inputs and the
+    gate's hard sigmoid (clips: rewritten as max/min, which follow any layout; the ReLU6 had a
+    transpose to NCHW and back), the pool, the multiply and the residual add:
     one transpose in (the model's NCHW input), one back before the transposed conv (NCHW),
     and that conv's own sub-pixel shuffle."""
     lines = _activation_transposes("x86-avx2", _chain())

@@ -68,8 +68,10 @@ from hwcomp.lower.relax_match import (
     dtype_of,
     is_op,
     layer_operands,
+    min_max_op,
     mutate_functions,
     relax_array,
+    scalar_value,
     shape_of,
 )
 
@@ -124,14 +126,21 @@ def _clip_as_min_max(mod: Any) -> Any:
 
     ConvertLayout has no layout rule for clip (ReLU6, hard sigmoid, hard swish) and wrapped
     every one in a transpose to NCHW and back; the binary ops follow any layout, and TVM fuses
-    them into the kernel's store as it fused the clip.
+    them into the kernel's store as it fused the clip. The same holds for the ``call_tir`` of
+    a maximum / minimum PrimFunc the ONNX frontend emits for a Clip whose bounds are inputs
+    (opset 11 on): each becomes the Relax op with its scalar bound (MobileNetV2's 35 ReLU6s
+    ran as separate transpose-clamp-transpose passes, a fifth of its time).
     """
     from tvm import relax
+    from tvm_ffi import structural_equal
 
     @relax.expr_functor.mutator
     class ClipMutator(relax.PyExprMutator):  # type: ignore[misc, name-defined]
         def visit_call_(self, call: Any) -> Any:
             call = super().visit_call_(call)
+            which = min_max_op(call) if is_op(call, "relax.call_tir") else None
+            if which is not None:
+                return self._bound_op(call, which)
             if getattr(call.op, "name", "") != "relax.clip":
                 return call
             dtype = dtype_of(call)
@@ -140,6 +149,19 @@ def _clip_as_min_max(mod: Any) -> Any:
             low, high = (float(arg.value) for arg in call.args[1:3])
             floor = relax.op.maximum(call.args[0], relax.const(low, dtype))
             return relax.op.minimum(self.builder_.emit(floor), relax.const(high, dtype))
+
+        def _bound_op(self, call: Any, which: str) -> Any:
+            dtype = dtype_of(call)
+            first, second = call.args[1].fields
+            for other, const in ((first, second), (second, first)):
+                value = scalar_value(self, const)
+                # The other operand must be the result's whole tensor (no broadcast to undo).
+                if (value is not None and dtype.startswith("float")
+                        and dtype_of(other) == dtype
+                        and structural_equal(other.ty.shape, call.ty.shape)):
+                    op = relax.op.maximum if which == "max" else relax.op.minimum
+                    return op(other, relax.const(value, dtype))
+            return call
 
     return mutate_functions(ClipMutator(mod), mod)
 
