@@ -351,6 +351,77 @@ def test_depthwise_rows_match_numpy(width, stride):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels,size,kernel,stride,dilation,pads,lanes,tile", [
+    (32, (17, 17), (5, 5), 1, 1, (2, 2, 2, 2), 16, 9),   # prime width: tiles of 9, last ragged
+    (24, (14, 14), (3, 3), 2, 1, (1, 1, 1, 1), 8, 7),    # stride 2, 8 lanes, a 7-pixel row
+    (16, (1, 30), (1, 3), 1, 1, (0, 1, 0, 1), 16, 10),   # one row, a 1x3 window: h, kh dropped
+    (48, (12, 16), (3, 3), 1, 2, (2, 2, 2, 2), 16, 8),   # dilation 2, not square
+    (16, (9, 11), (3, 3), 2, 1, (0, 0, 1, 1), 16, 5),    # asymmetric ("same") padding
+])
+def test_depthwise_nhwc_kernel_fuses_its_epilogue_and_matches_numpy(
+        channels, size, kernel, stride, dilation, pads, lanes, tile):
+    """The NHWC depthwise kernel with bias, residual add and ReLU after it, fused by TVM and
+    scheduled by hwcomp's default rule: row tiles of the expected width, the window unrolled,
+    the epilogue in the store; against numpy on maps whose rows no tile divides, a one-row map
+    whose window is one row (TVM drops those iterators), stride, dilation and padding on one
+    side only."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight
+
+    from hwcomp.lower.cpu.pipeline import fusion_passes
+    from hwcomp.lower.cpu.rules import default_rules
+
+    target = load_target("host")
+    spec = specs.fma_spec(lanes)
+    shape = (1, channels, *size)
+    out_h, out_w = kernel_spec.conv_output_size(shape, kernel, (stride,) * 2, pads,
+                                                (dilation,) * 2)
+    out_shape = (1, out_h, out_w, channels)
+    rng = np.random.default_rng(channels + sum(size))
+    x = rng.standard_normal((1, *size, channels)).astype(np.float32)
+    w = rng.standard_normal((channels, 1, *kernel)).astype(np.float32)
+    bias = rng.standard_normal((1, 1, 1, channels)).astype(np.float32)
+    residual = rng.standard_normal(out_shape).astype(np.float32)
+    func = compute.depthwise_nhwc_kernel(shape, kernel, (stride,) * 2, pads, (dilation,) * 2,
+                                         spec, tiling.depthwise_pixels(specs.fma_spec(16)))
+    bb = relax.BlockBuilder()
+    data = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [data]):
+        with bb.dataflow():
+            conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
+                               "hwcomp_kernel_0")
+            packed = compute.pack_weight(w.reshape(channels, -1), spec)
+            y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
+                                          relax.TensorType(out_shape, "float32")))
+            y = bb.emit(relax.op.add(y, relax.const(bias)))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(residual))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with target.tvm():
+        mod = relax.transform.LegalizeOps()(bb.get())
+        mod = tvm.transform.Sequential([
+            *fusion_passes(target.tvm()),
+            dlight.ApplyDefaultSchedule(*default_rules(lanes=16, cores=2))])(mod)
+    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # One function: init, update (the window and the tile's pixels unrolled) and the store
+    # carrying the epilogue.
+    assert len(scripts) == 1 and _blocks(scripts[0]) == 3, scripts
+    assert f"T.unroll(T.int64({tile}))" in scripts[0], scripts[0]
+    assert "T.parallel(" in scripts[0] and "T.max(" in scripts[0], scripts[0]
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm()), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    top, left, bottom, right = pads
+    padded = np.pad(x[0], ((top, bottom), (left, right), (0, 0)))
+    want = np.zeros(out_shape[1:], np.float32)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows = padded[i * dilation:, j * dilation:][::stride, ::stride][:out_h, :out_w]
+            want += rows * w[:, 0, i, j]
+    np.testing.assert_allclose(got, np.maximum(want[None] + bias + residual, 0),
+                               rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(("lanes", "accumulators"), [(8, 12), (16, 24), (4, 16)])
 def test_register_tiles_fit_the_isa_registers(lanes, accumulators):
     """AVX2 has 16 vector registers: the AVX-512-shaped 16-accumulator tile spilled (a 1x3

@@ -52,3 +52,8 @@ CHANNELS_LAST_ATTR = "hwcomp_channels_last"
 # The annotation of a kernel block built for fewer fp32 lanes than the target's vector (a
 # depthwise conv of 72 channels runs 8 lanes on AVX-512): the schedule tiles it with as many.
 LANES_ATTR = "hwcomp_lanes"
+
+
+# The annotation of an NHWC depthwise conv's block: the most output pixels a register tile
+# holds (one accumulator vector each), from the target's vector registers.
+PIXELS_ATTR = "hwcomp_tile_pixels"

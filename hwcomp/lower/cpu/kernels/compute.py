@@ -22,6 +22,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     GROUP_ATTR,
     LANES_ATTR,
     LAYOUT_BLOCK,
+    PIXELS_ATTR,
     POINTWISE_BLOCK,
     STORE_BLOCK,
 )
@@ -399,9 +400,9 @@ def _nchw_conv(
 def depthwise_kernel(
     data_shape: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
     padding: tuple[int, int, int, int], dilation: tuple[int, int], spec: KernelSpec,
-    out_rank: int = 4, channels_last: bool = False,
+    out_rank: int = 4,
 ) -> Any:
-    """fp32 depthwise convolution (batch 1, one output per channel) writing NCHW (or NHWC), fusable.
+    """fp32 depthwise convolution (batch 1, one output per channel) writing NCHW, fusable.
 
     The input's padded NHWC copy puts channels in vector lanes: each window tap of a tile of
     pixels is one vector load of the input and one FMA with the tap's weight vector (weights
@@ -414,7 +415,49 @@ def depthwise_kernel(
     # A grouped conv of one input and one output channel per group, as its own block (the
     # schedule iterates it as a plain conv, channels in lanes, not as a batch of GEMMs).
     return _nchw_conv(data_shape, kernel, channels, strides, padding, dilation, spec,
-                      channels, out_rank, DEPTHWISE_BLOCK, None, channels_last)
+                      channels, out_rank, DEPTHWISE_BLOCK, None)
+
+
+def depthwise_nhwc_kernel(
+    data_shape: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int],
+    padding: tuple[int, int, int, int], dilation: tuple[int, int], spec: KernelSpec,
+    tile_pixels: int,
+) -> Any:
+    """fp32 depthwise convolution (batch 1) reading and writing NHWC, fusable.
+
+    Each tap reads the input where it lies (the padding a test per tap and pixel; a padded
+    copy was a pass over the whole map as long as the conv's own) and is one vector FMA of the
+    tap's weight vector (weights packed ``[C/L, taps, L, 1]``) over L channels. The window is
+    two reduction axes (rows, columns), which the schedule unrolls: the bounds tests are then
+    affine in the output pixel, not a division of a tap index by the kernel width. Scheduled
+    by :func:`schedule_fused_kernel`, its bias and activation in the store, in tiles of up to
+    ``tile_pixels`` output pixels.
+    """
+    from tvm import te, tirx
+
+    channels, height, width = data_shape[1:]
+    out_h, out_w = conv_output_size(data_shape, kernel, strides, padding, dilation)
+    lanes = spec.lanes
+    x = te.placeholder(int64_shape(nhwc_shape(data_shape)), "float32", name="X")
+    w = te.placeholder(int64_shape((channels // lanes, kernel[0] * kernel[1], lanes, 1)),
+                       "float32", name="W")
+    kh = te.reduce_axis((0, te.const(kernel[0], "int64")), "kh")
+    kw = te.reduce_axis((0, te.const(kernel[1], "int64")), "kw")
+
+    def conv(n: Any, oh: Any, ow: Any, c: Any) -> Any:
+        ih = oh * strides[0] + kh * dilation[0] - padding[0]
+        iw = ow * strides[1] + kw * dilation[1] - padding[1]
+        inside = tirx.all(ih >= 0, ih < height, iw >= 0, iw < width)
+        # Clamped, the load is safe either way: LLVM selects rather than branches.
+        clamped = x[n, tirx.max(tirx.min(ih, height - 1), 0),
+                    tirx.max(tirx.min(iw, width - 1), 0), c]
+        value = tirx.if_then_else(inside, clamped, tirx.const(0.0, "float32"))
+        return te.sum(value * w[c // lanes, kh * kernel[1] + kw, c % lanes, 0], axis=[kh, kw])
+
+    out = te.compute(int64_shape((1, out_h, out_w, channels)), conv, name=DEPTHWISE_BLOCK,
+                     attrs={CHANNELS_LAST_ATTR: 1, LANES_ATTR: lanes,
+                            PIXELS_ATTR: tile_pixels})
+    return te.create_prim_func([x, w, out])
 
 
 def depthwise_fits(data_shape: tuple[int, ...], out_shape: tuple[int, ...],

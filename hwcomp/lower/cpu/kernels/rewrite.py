@@ -44,6 +44,7 @@ from hwcomp.lower.cpu.kernels.compute import (
     conv_weight_matrix,
     depthwise_fits,
     depthwise_kernel,
+    depthwise_nhwc_kernel,
     matmul_kernel,
     merge_groups,
     pack_weight,
@@ -61,7 +62,7 @@ from hwcomp.lower.cpu.kernels.conv_forms import (
     nhwc,
 )
 from hwcomp.lower.cpu.kernels.spec import fma_spec
-from hwcomp.lower.cpu.kernels.tiling import conv_rows, pow2_tile
+from hwcomp.lower.cpu.kernels.tiling import conv_rows, depthwise_pixels, pow2_tile
 from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, layer_macs, round_up
 from hwcomp.lower.relax_match import (
     bound,
@@ -476,8 +477,8 @@ class _KernelCalls:
             narrow = spec if lanes == spec.lanes else fma_spec(lanes)
             return self._fused(
                 ("depthwise_nhwc", shape, kernel, strides, padding, dilation, lanes),
-                lambda: depthwise_kernel(shape, kernel, strides, padding, dilation, narrow,
-                                         channels_last=True),
+                lambda: depthwise_nhwc_kernel(shape, kernel, strides, padding, dilation,
+                                              narrow, depthwise_pixels(spec)),
                 f"depthwise NHWC kernel ({lanes} lanes), fused epilogue", data,
                 pack_weight(weight.reshape(out_channels, -1), narrow), out_nhwc, macs)
         if g.groups > 1:

@@ -21,6 +21,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     FUSED_KERNEL_BLOCKS,
     GROUP_ATTR,
     LANES_ATTR,
+    PIXELS_ATTR,
     POINTWISE_BLOCK,
     STORE_BLOCK,
 )
@@ -51,7 +52,8 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     The kernel is :data:`POINTWISE_BLOCK`, :data:`DEPTHWISE_BLOCK` or :data:`CONV_BLOCK`
     (after its padded NHWC copy; for groups 1, followed by its NCHW :data:`STORE_BLOCK`).
     The ops after it collapse into one block, which is inlined into the store of each
-    register tile: bias, activation and residual add cost no pass of their own. Returns False
+    register tile: bias, activation and residual add cost no pass of their own (an NHWC
+    depthwise block: :func:`_schedule_depthwise_nhwc`). Returns False
     (nothing done) for a function without either block, or (with a warning) one whose other
     blocks are not the elementwise tail FuseOps gives an output-fusable op.
     """
@@ -68,6 +70,8 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     # The groups-1 conv: a GEMM over padded rows and columns, then its NCHW store.
     padded = first + 1 < len(names) and names[first + 1] == STORE_BLOCK
     channels_last = CHANNELS_LAST_ATTR in sch.get(block).annotations
+    if kernel == DEPTHWISE_BLOCK and channels_last and names.index(kernel) == 0:
+        return _schedule_depthwise_nhwc(sch, block, infos[1:])
     roles = None if padded else _output_roles(sch.get(block), channels_last)
     if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
             or (roles is None and not padded)):
@@ -92,7 +96,6 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     # are output channels (each weight broadcast over a vector of pixels); the conv's rows are
     # pixels (each input value broadcast over a vector of output channels). A grouped conv
     # iterates (group, p, o within the group): a batch of GEMMs.
-    h_role = roles[1]
 
     def layout(*iters: Any) -> tuple[Any, ...]:
         o, h, w, k = (0 if role is None else iters[role] for role in roles)
@@ -101,11 +104,6 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
             return (o, pixel, k)
         if group_out is not None:
             return (o // group_out, pixel, o % group_out, k)
-        if kernel == DEPTHWISE_BLOCK and channels_last and h_role is not None:
-            # Rows of the map as the batch loop, tiles within a row: the taps' input
-            # addresses are affine in (h, w); a tile of pixels crossing rows took a division
-            # and a remainder by the width for every load (NHWC 144 channels 56x56: ...).
-            return (h, w, o, k)
         return (pixel, o, k)
 
     from tvm.tirx import IndexMap
@@ -118,12 +116,6 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     if kernel == CONV_BLOCK:
         out_channels = out_shape[-1] if channels_last else out_shape[1]
         im2col = _im2col_split(sch, block, out_channels // group_out if group_out else 1)
-    # An NHWC depthwise conv reads its input where it lies, the padding as a test per tap:
-    # its padded copy was a pass over the whole map as long as the conv's own (144 channels
-    # on 56x56: 270 us with the copy, 211 us without; stride 2 on 112x112: 279 / 102 us).
-    inline_copy = kernel == DEPTHWISE_BLOCK and channels_last
-    if inline_copy:
-        sch.compute_inline(sch.get_sblock("nhwc"))
     tail = sch.get(epilogue[-1]) if epilogue else None
     # The pointwise kernel's rows are output channels and its vectors pixels of the NCHW
     # input: 4 reduction steps of a pixel vector are 4 rows apart (TVM's tensorize fails on
@@ -132,7 +124,7 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
                 pixels_inner=(kernel != POINTWISE_BLOCK and not channels_last
                               and _pixels_inner(tail)),
                 by_element=kernel == CONV_BLOCK)
-    if kernel == DEPTHWISE_BLOCK and not inline_copy:
+    if kernel == DEPTHWISE_BLOCK:
         copy_elements = int(np.prod([int(v) for v in
                                      sch.get(sch.get_sblock("nhwc")).writes[0].source.shape]))
         _schedule_nhwc(sch, copy_elements >= _MIN_PARALLEL_COPY)
@@ -140,6 +132,112 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     if epilogue:
         sch.reverse_compute_inline(epilogue[-1])
     return True
+
+
+def _schedule_depthwise_nhwc(sch: Any, block: Any, epilogue: list[Any]) -> bool:
+    """Tile an NHWC depthwise conv: per task a run of a row's pixels, all channels.
+
+    Each tile is ``pixels x lanes`` accumulators (a run of one row's output pixels,
+    :func:`_depthwise_tile`, by one vector of channels) over the unrolled window: each tap is
+    one weight vector and one FMA per pixel, its bounds test affine in the pixel. The channel
+    blocks run inside the task, so a task reads a few whole input rows. The store applies the
+    last ``epilogue`` block (bias, activation, residual; the blocks before it inlined into it).
+    Against the GEMM schedule it had (the taps one K loop, a division and remainder by the
+    kernel width per load, a row tile and one channel block per task), single layers with
+    bias and ReLU, one thread (``hwcomp profile``): 72 channels 3x3 on 56x56 (8 lanes)
+    158 -> 85 us, 120 5x5 on 28x28 139 -> 61, 480 5x5 on 14x14 78 -> 39, 1152 5x5 on 7x7
+    59 -> 26; maps bigger than L2 gain less (their reads stream from L3): 144 on 56x56
+    241 -> 182, 32 on 112x112 193 -> 176, 96 on 112x112 stride 2 280 -> 262.
+    """
+    roles = _output_roles_nhwc(sch.get(block))
+    if roles is None or any(info.is_reduction() for info in epilogue):
+        logger.warning("%s kernel left to the generic schedule", DEPTHWISE_BLOCK)
+        return False
+    lanes = int(sch.get(block).annotations[LANES_ATTR])
+    for info in epilogue[:-1]:
+        sch.compute_inline(info.block_rv)
+    tail = epilogue[-1].block_rv if epilogue else None
+    loops = sch.get_loops(block)
+    h, w, c = (None if r is None else loops[r] for r in roles[:3])
+    window = [loops[r] for r in roles[3]]
+    width = 1 if w is None else int(sch.get(w).extent)
+    tile = _depthwise_tile(width, int(sch.get(block).annotations[PIXELS_ATTR]))
+    c_outer, c_inner = sch.split(c, [None, lanes])
+    pixel_loops = []
+    if w is not None:
+        w_outer, w_inner = sch.split(w, [None, tile])
+        pixel_loops = [w_inner]
+        outer = [loop for loop in (h, w_outer) if loop is not None]
+    else:
+        outer = [h] if h is not None else []
+    sch.reorder(*outer, c_outer, *window, *pixel_loops, c_inner)
+    # Channel blocks as tasks of their own where the row tiles are few (7 on a 7x7 map, split
+    # 4 / 3 over two threads) measured slower: MnasNet 1.03-1.05x the time.
+    if outer:
+        sch.parallel(_fuse(sch, outer))
+    acc = sch.cache_write(block, 0, "local")
+    if tail is not None:
+        sch.reverse_compute_inline(tail)
+    sch.reverse_compute_at(acc, c_outer)
+    sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, lanes])[-1])
+    for loop in (*window, *pixel_loops):
+        sch.unroll(loop)
+    sch.vectorize(c_inner)
+    if window:
+        init = sch.decompose_reduction(block, window[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    return True
+
+
+def _depthwise_tile(width: int, most: int) -> int:
+    """Return the output pixels of a depthwise tile of a row ``width`` pixels wide.
+
+    8 where that divides the row, else its largest divisor up to ``most`` (a tile that does
+    not divide the row costs a test per pixel: 120 channels 5x5 on 28x28 ran at 20 GMAC/s in
+    tiles of 8, 48 in tiles of 14). Whole networks against tiles of up to 14 on every map
+    (one thread, A/B; their 56- and 112-pixel rows in 8s rather than 14s): MnasNet 0.99x the
+    time, MobileNetV2 0.96x, EfficientNet-B0 0.96x. Where the best divisor is under 4
+    (a prime width: EfficientNet at 260 pixels has 17x17 maps), even tiles cover the row, the
+    last with a test per pixel: 720 channels 5x5 on 17x17 took 277 us in 1-pixel tiles, 140
+    in tiles of 9.
+    """
+    if width % _DEPTHWISE_PREFERRED == 0:
+        return _DEPTHWISE_PREFERRED
+    best = max(d for d in range(1, most + 1) if width % d == 0)
+    if best >= 4:
+        return best
+    return -(-width // -(-width // most))
+
+
+def depthwise_pixels(spec: KernelSpec) -> int:
+    """Return the most output pixels an NHWC depthwise tile holds on ``spec``'s registers.
+
+    One accumulator vector per pixel, the tap's weight vector beside them (the input is an
+    FMA's memory operand): 14 with AVX-512's 32 registers, 12 with AVX2's 16.
+    """
+    return min(_DEPTHWISE_PIXELS, spec.accumulators)
+
+
+# The most output pixels of a depthwise tile where registers allow (14 divides the 28-, 14-
+# and 7-pixel rows of 224-pixel networks), and the tile taken where it divides the row.
+_DEPTHWISE_PIXELS = 14
+
+
+_DEPTHWISE_PREFERRED = 8
+
+
+def _output_roles_nhwc(block: Any) -> tuple[Any, ...] | None:
+    """Return an NHWC depthwise block's iterators (h, w, c, [window]) as indices (None: absent).
+
+    TVM drops iterators of extent 1 (the batch, a 1-row map's h, a 1-wide window axis).
+    """
+    iters = list(block.iter_vars)
+    dims = _written_iterators(block)
+    window = [i for i, it in enumerate(iters) if int(it.iter_type) == _REDUCE]
+    if len(dims) != 4 or dims[-1] is None or len(window) + sum(
+            d is not None for d in dims) != len(iters):
+        return None
+    return dims[1], dims[2], dims[3], window
 
 
 def _pixels_inner(epilogue: Any) -> bool:
