@@ -78,6 +78,23 @@ def test_matmul_kernel_matches_numpy(isa):
     np.testing.assert_allclose(got, a @ w.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("cols,padded", [(1000, 1024), (40, 48), (24, 32), (1008, 1024)])
+def test_matmul_columns_pad_to_whole_tiles_where_that_is_cheap(cols, padded):
+    """A classifier's 1000 outputs (63 vectors of 16: one-vector tiles, one FMA chain per task
+    of a GEMV) pad to 64 vectors; 40 or 24 columns would more than double, and keep whole
+    vectors. The padded GEMV matches numpy, its tiles 4 vectors wide."""
+    spec = specs.fma_spec(16)
+    assert tiling.matmul_columns(cols, spec) == padded
+    rng = np.random.default_rng(cols)
+    a = rng.standard_normal((1, 96)).astype(np.float32)
+    w = rng.standard_normal((cols, 96)).astype(np.float32)
+    func = compute.matmul_kernel(1, 96, cols, spec)
+    assert f"T.Buffer((1, {padded})" in func.script()
+    assert ("T.unroll(4)" in func.script()) == (padded % 64 == 0), func.script()
+    got = _run(func, a, compute.pack_weight(w, spec, padded), out_shape=(1, padded))[:, :cols]
+    np.testing.assert_allclose(got, a @ w.T, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape,out_channels", [
     ((1, 64, 8, 8), 16),     # few output channels: 16-row register tiles
     ((1, 24, 16, 12), 10),   # 10 output channels: 2-row tiles; 64-pixel tiles straddle rows

@@ -31,6 +31,7 @@ from hwcomp.lower.cpu.kernels.tiling import (
     LANE_BLOCKS,
     conv_columns,
     conv_rows,
+    matmul_columns,
     matmul_rows,
     pow2_tile,
     schedule_matmul,
@@ -39,11 +40,11 @@ from hwcomp.lower.cpu.kernels.tiling import (
 from hwcomp.lower.kernel_spec import KernelSpec, conv_output_size, int64_shape, round_up
 
 
-def pack_weight(weight: np.ndarray, spec: KernelSpec) -> np.ndarray:
-    """Pack an ``[N, K]`` matrix as ``[N/L, K/G, L, G]``, zero-padding N and K."""
+def pack_weight(weight: np.ndarray, spec: KernelSpec, n_pad: int | None = None) -> np.ndarray:
+    """Pack an ``[N, K]`` matrix as ``[N/L, K/G, L, G]``, zero-padding N (to ``n_pad``) and K."""
     lanes, group = spec.lanes, spec.group
     n, k = weight.shape
-    n_pad, k_pad = round_up(n, lanes), round_up(k, group)
+    n_pad, k_pad = n_pad or round_up(n, lanes), round_up(k, group)
     padded = np.zeros((n_pad, k_pad), spec.weight_dtype)
     padded[:n, :k] = weight
     return np.ascontiguousarray(
@@ -62,13 +63,14 @@ def matmul_kernel(rows: int, depth: int, cols: int, instruction: KernelSpec) -> 
     depth_pad = round_up(depth, instruction.group)
     a = te.placeholder((rows, depth_pad), instruction.activation_dtype, name="A")
     rows_pad = matmul_rows(rows, cols, instruction)
+    cols_pad = matmul_columns(cols, instruction)
     if rows_pad == rows:
-        c = _matmul_compute(a, rows, depth_pad, cols, instruction)
+        c = _matmul_compute(a, rows, depth_pad, cols, instruction, cols_pad)
         return schedule_matmul(te.create_prim_func([a, c.op.input_tensors[1], c]), "C",
                                instruction)
     padded = te.compute((rows_pad, depth_pad), lambda m, k: a[tirx.min(m, rows - 1), k],
                         name="rows")
-    acc = _matmul_compute(padded, rows_pad, depth_pad, cols, instruction)
+    acc = _matmul_compute(padded, rows_pad, depth_pad, cols, instruction, cols_pad)
     out = te.compute((rows, acc.shape[1]), lambda m, n: acc[m, n], name=STORE_BLOCK)
     sch = s_tir.Schedule(te.create_prim_func([a, acc.op.input_tensors[1], out]))
     sch.compute_inline(sch.get_sblock("rows"))
@@ -162,11 +164,12 @@ def tvm_script(source: str, module: Any) -> Any:
     return tvm.script.from_source(source, extra_vars={"T": module})
 
 
-def _matmul_compute(a: Any, rows: int, depth: int, cols: int, spec: KernelSpec) -> Any:
+def _matmul_compute(a: Any, rows: int, depth: int, cols: int, spec: KernelSpec,
+                    cols_pad: int | None = None) -> Any:
     from tvm import te
 
     lanes, group, acc = spec.lanes, spec.group, spec.accumulator_dtype
-    cols_pad = round_up(cols, lanes)
+    cols_pad = cols_pad or round_up(cols, lanes)
     w = te.placeholder((cols_pad // lanes, depth // group, lanes, group), spec.weight_dtype,
                        name="W")
     k = te.reduce_axis((0, depth), "k")

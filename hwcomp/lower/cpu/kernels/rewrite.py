@@ -62,7 +62,12 @@ from hwcomp.lower.cpu.kernels.conv_forms import (
     nhwc,
 )
 from hwcomp.lower.cpu.kernels.spec import fma_spec
-from hwcomp.lower.cpu.kernels.tiling import conv_rows, depthwise_pixels, pow2_tile
+from hwcomp.lower.cpu.kernels.tiling import (
+    conv_rows,
+    depthwise_pixels,
+    matmul_columns,
+    pow2_tile,
+)
 from hwcomp.lower.kernel_spec import KernelRewrite, KernelSpec, layer_macs, round_up
 from hwcomp.lower.relax_match import (
     bound,
@@ -572,7 +577,7 @@ class _KernelCalls:
         shape = shape_of(data)
         depth, cols = shape[-1], weight.shape[0]
         rows = int(np.prod(shape[:-1]))
-        depth_pad, cols_pad = round_up(depth, spec.group), round_up(cols, spec.lanes)
+        depth_pad, cols_pad = round_up(depth, spec.group), matmul_columns(cols, spec)
         emit = self.builder.emit
         flat = emit(relax.op.reshape(data, (rows, depth)))
         if depth_pad != depth:
@@ -580,7 +585,7 @@ class _KernelCalls:
         kernel_var = self._kernel(("matmul", spec.name, rows, depth, cols),
                                   lambda: matmul_kernel(rows, depth, cols, spec),
                                   macs=rows * depth * cols)
-        packed = relax.const(pack_weight(weight, spec))
+        packed = relax.const(pack_weight(weight, spec, cols_pad))
         acc = emit(relax.op.call_tir(kernel_var, [flat, packed],
                                      relax.TensorType((rows, cols_pad),
                                                       spec.accumulator_dtype)))
