@@ -439,6 +439,26 @@ def test_depthwise_nhwc_kernel_fuses_its_epilogue_and_matches_numpy(
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,out_channels,kernel,stride,tasks", [
+    ((1, 512, 7, 7), 512, 3, 1, 8),       # 166 KiB of input: all 9 row tiles in each task
+    ((1, 1024, 14, 14), 2048, 1, 2, 32),  # stride 2: the im2col rows are the smaller count
+])
+def test_conv_tasks_keep_row_tiles_by_the_input_they_read(shape, out_channels, kernel, stride,
+                                                          tasks):
+    """A conv's row tiles per task are counted by the input they read, not by their im2col
+    rows (9x the input for a 3x3 window): ResNet-50's 512-channel 3x3 on 7x7 keeps its 9
+    row tiles in one task per column block (8 tasks), so each 16 KiB weight slice serves
+    them all from L1; its 9 tasks per column block streamed the 1.2 MiB panel 9 times."""
+    from hwcomp.lower.cpu.rules import default_rules, first_schedule
+
+    func = compute.conv_nchw_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
+                                    (kernel // 2,) * 4, (1, 1), specs.fma_spec(16),
+                                    channels_last=True)
+    sch = first_schedule(default_rules(lanes=16, cores=2), func, load_target("host").tvm())
+    extents = re.findall(r"T.parallel\(T.int64\((\d+)\)\)", sch.mod["main"].script())
+    assert int(extents[-1]) == tasks, extents
+
+
 @pytest.mark.parametrize(("lanes", "accumulators"), [(8, 12), (16, 24), (4, 16)])
 def test_register_tiles_fit_the_isa_registers(lanes, accumulators):
     """AVX2 has 16 vector registers: the AVX-512-shaped 16-accumulator tile spilled (a 1x3
