@@ -32,6 +32,43 @@ def _spec(isa):
     return specs.float_spec(load_target("host")) if isa == "host" else specs.fma_spec(4)
 
 
+def _fused_with_epilogue(func, x, packed, out_shape, bias, residual, lanes):
+    """Run kernel ``func`` with bias, residual add and ReLU after it, as TVM fuses them.
+
+    Built as hwcomp's rewrite emits it (a ``call_tir`` of the kernel, op pattern 4, then the
+    Relax ops), fused and scheduled by hwcomp's default rule (2 cores). Returns (the scripts
+    of the scheduled PrimFuncs, the result on ``x``).
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight
+
+    from hwcomp.lower.cpu.pipeline import fusion_passes
+    from hwcomp.lower.cpu.rules import default_rules
+
+    target = load_target("host")
+    bb = relax.BlockBuilder()
+    data = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [data]):
+        with bb.dataflow():
+            conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
+                               "hwcomp_kernel_0")
+            y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
+                                          relax.TensorType(out_shape, "float32")))
+            y = bb.emit(relax.op.add(y, relax.const(bias)))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(residual))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    with target.tvm():
+        mod = relax.transform.LegalizeOps()(bb.get())
+        mod = tvm.transform.Sequential([
+            *fusion_passes(target.tvm()),
+            dlight.ApplyDefaultSchedule(*default_rules(lanes=lanes, cores=2))])(mod)
+    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm()), tvm.cpu())
+    return scripts, vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
 @pytest.mark.parametrize("isa", ["host", "neon"])
 @pytest.mark.parametrize("shape,out_channels,kernel", [
     ((1, 8, 20, 20), 32, 3),     # im2col rows outweigh weights: parallel over row groups
@@ -150,12 +187,7 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
                                                                stride):
     """The fp32 conv kernel writing NCHW, with bias, residual add and ReLU after it, fused by
     TVM and scheduled by hwcomp's default rule: one function whose tile stores apply them."""
-    import tvm
-    from tvm import relax
-    from tvm.s_tir import dlight
 
-    from hwcomp.lower.cpu.pipeline import fusion_passes
-    from hwcomp.lower.cpu.rules import default_rules
 
     target = load_target("host")
     spec = specs.float_spec(target)
@@ -170,33 +202,14 @@ def test_conv_nchw_kernel_fuses_its_epilogue_and_matches_numpy(shape, out_channe
     residual = rng.standard_normal(out_shape).astype(np.float32)
     func = compute.conv_nchw_kernel(shape, (kernel, kernel), out_channels, (stride, stride),
                                     (pad,) * 4, (1, 1), spec)
-    bb = relax.BlockBuilder()
-    data = relax.Var("x", relax.TensorType(shape, "float32"))
-    with bb.function("main", [data]):
-        with bb.dataflow():
-            conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
-                               "hwcomp_kernel_0")
-            packed = compute.conv_nchw_weight(w, spec)
-            y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
-                                          relax.TensorType(out_shape, "float32")))
-            y = bb.emit(relax.op.add(y, relax.const(bias)))
-            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(residual))))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    with target.tvm():
-        mod = relax.transform.LegalizeOps()(bb.get())
-        mod = tvm.transform.Sequential([
-            *fusion_passes(target.tvm()),
-            dlight.ApplyDefaultSchedule(*default_rules(lanes=spec.lanes, cores=2))])(mod)
-    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    scripts, got = _fused_with_epilogue(func, x, compute.conv_nchw_weight(w, spec), out_shape,
+                                        bias, residual, spec.lanes)
     # One function: the NHWC copy, init, update, and the store carrying the epilogue.
     assert len(scripts) == 1 and _blocks(scripts[0]) == 4, scripts
     # The copy and the GEMM run in parallel, except a kernel of a few microseconds.
     macs = out_hw * out_hw * out_channels * shape[1] * kernel * kernel
     parallel = 2 if macs >= tiling._MIN_PARALLEL_MACS else 0
     assert "T.max(" in scripts[0] and scripts[0].count("T.parallel(") == parallel
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm()), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x)).numpy()
     padded = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (kernel, kernel), axis=(1, 2))
     conv_out = np.einsum("chwij,ocij->ohw", windows[:, ::stride, ::stride], w)[None]
@@ -382,14 +395,8 @@ def test_depthwise_nhwc_kernel_fuses_its_epilogue_and_matches_numpy(
     the epilogue in the store; against numpy on maps whose rows no tile divides, a one-row map
     whose window is one row (TVM drops those iterators), stride, dilation and padding on one
     side only."""
-    import tvm
-    from tvm import relax
-    from tvm.s_tir import dlight
 
-    from hwcomp.lower.cpu.pipeline import fusion_passes
-    from hwcomp.lower.cpu.rules import default_rules
 
-    target = load_target("host")
     spec = specs.fma_spec(lanes)
     shape = (1, channels, *size)
     out_h, out_w = kernel_spec.conv_output_size(shape, kernel, (stride,) * 2, pads,
@@ -402,32 +409,13 @@ def test_depthwise_nhwc_kernel_fuses_its_epilogue_and_matches_numpy(
     residual = rng.standard_normal(out_shape).astype(np.float32)
     func = compute.depthwise_nhwc_kernel(shape, kernel, (stride,) * 2, pads, (dilation,) * 2,
                                          spec, tiling.depthwise_pixels(specs.fma_spec(16)))
-    bb = relax.BlockBuilder()
-    data = relax.Var("x", relax.TensorType(x.shape, "float32"))
-    with bb.function("main", [data]):
-        with bb.dataflow():
-            conv = bb.add_func(func.without_attr("global_symbol").with_attr("op_pattern", 4),
-                               "hwcomp_kernel_0")
-            packed = compute.pack_weight(w.reshape(channels, -1), spec)
-            y = bb.emit(relax.op.call_tir(conv, [data, relax.const(packed)],
-                                          relax.TensorType(out_shape, "float32")))
-            y = bb.emit(relax.op.add(y, relax.const(bias)))
-            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(residual))))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    with target.tvm():
-        mod = relax.transform.LegalizeOps()(bb.get())
-        mod = tvm.transform.Sequential([
-            *fusion_passes(target.tvm()),
-            dlight.ApplyDefaultSchedule(*default_rules(lanes=16, cores=2))])(mod)
-    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    packed = compute.pack_weight(w.reshape(channels, -1), spec)
+    scripts, got = _fused_with_epilogue(func, x, packed, out_shape, bias, residual, 16)
     # One function: init, update (the window and the tile's pixels unrolled) and the store
     # carrying the epilogue.
     assert len(scripts) == 1 and _blocks(scripts[0]) == 3, scripts
     assert f"T.unroll(T.int64({tile}))" in scripts[0], scripts[0]
     assert "T.parallel(" in scripts[0] and "T.max(" in scripts[0], scripts[0]
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target.tvm()), tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x)).numpy()
     top, left, bottom, right = pads
     padded = np.pad(x[0], ((top, bottom), (left, right), (0, 0)))
     want = np.zeros(out_shape[1:], np.float32)
