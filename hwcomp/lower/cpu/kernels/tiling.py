@@ -164,12 +164,11 @@ def _schedule_depthwise_nhwc(sch: Any, block: Any, epilogue: list[Any]) -> bool:
     tile = _depthwise_tile(width, int(sch.get(block).annotations[PIXELS_ATTR]))
     c_outer, c_inner = sch.split(c, [None, lanes])
     pixel_loops = []
+    w_outer = None
     if w is not None:
         w_outer, w_inner = sch.split(w, [None, tile])
         pixel_loops = [w_inner]
-        outer = [loop for loop in (h, w_outer) if loop is not None]
-    else:
-        outer = [h] if h is not None else []
+    outer = [loop for loop in (h, w_outer) if loop is not None]
     tasks = int(np.prod([int(sch.get(loop).extent) for loop in outer]))
     blocks = int(sch.get(c_outer).extent)
     chunks = next((d for d in range(1, blocks + 1)
@@ -243,13 +242,24 @@ def _output_roles_nhwc(block: Any) -> tuple[Any, ...] | None:
 
     TVM drops iterators of extent 1 (the batch, a 1-row map's h, a 1-wide window axis).
     """
+    roles = _written_and_reduced(block)
+    if roles is None or len(roles[0]) != 4 or roles[0][-1] is None:
+        return None
+    (_, h, w, c), window = roles
+    return h, w, c, window
+
+
+def _written_and_reduced(block: Any) -> tuple[list[int | None], list[int]] | None:
+    """Return a kernel block's written iterators (:func:`_written_iterators`) and reductions.
+
+    None unless every iterator either indexes one written dimension or is a reduction.
+    """
     iters = list(block.iter_vars)
     dims = _written_iterators(block)
-    window = [i for i, it in enumerate(iters) if int(it.iter_type) == _REDUCE]
-    if len(dims) != 4 or dims[-1] is None or len(window) + sum(
-            d is not None for d in dims) != len(iters):
+    reductions = [i for i, it in enumerate(iters) if int(it.iter_type) == _REDUCE]
+    if sum(d is not None for d in dims) + len(reductions) != len(iters):
         return None
-    return dims[1], dims[2], dims[3], window
+    return dims, reductions
 
 
 def _pixels_inner(epilogue: Any) -> bool:
@@ -334,11 +344,11 @@ def _output_roles(block: Any, channels_last: bool = False) -> tuple[int | None, 
     1-D conv has no h; the write region says which iterator indexes which output dimension.
     None when the block is not a spatial write over its iterators plus one reduction.
     """
-    iters = list(block.iter_vars)
-    dims = _written_iterators(block)
-    reductions = [i for i, it in enumerate(iters) if int(it.iter_type) == _REDUCE]
-    spatial = [d for d in dims if d is not None]
-    if len(reductions) != 1 or len(spatial) + 1 != len(iters) or len(dims) not in (3, 4):
+    roles = _written_and_reduced(block)
+    if roles is None:
+        return None
+    dims, reductions = roles
+    if len(reductions) != 1 or len(dims) not in (3, 4):
         return None
     if channels_last:
         o, plane = dims[-1], dims[1:-1]
@@ -442,24 +452,23 @@ def tile_matmul(sch: Any, block: Any, instruction: KernelSpec,
     # block's weight panel and rows stream past it: the weights are read from memory once,
     # not once per row group. Within a task, the panel is reused over `tiles` row tiles.
     rows_in_cache = rows * row_bytes >= weight_bytes
+    tile_bytes = row_tile * row_bytes
     if im2col is not None:
         # A convolution's rows are windows of its padded input, not rows of their own: the
         # bytes that stay in cache are the input's (a 256->256 3x3 conv on 32x32 has 9 MiB of
         # im2col rows but 1.2 MiB of input against 2.3 MiB of weights: rows kept, its weights
         # streamed from L3 once per row group, it ran 0.8x the time with the weights kept).
-        rows_in_cache = _input_bytes(sch, block, instruction) >= weight_bytes
-    rows_only = im2col is not None and rows_in_cache
-    column_tasks = 1 if rows_only else lane_blocks // block_tile
-    tile_bytes = row_tile * row_bytes
-    if im2col is not None:
-        # A conv's row tile reads its im2col rows, or its share of the input where that is
+        input_bytes = _input_bytes(sch, block, instruction)
+        rows_in_cache = input_bytes >= weight_bytes
+        # Likewise a row tile reads its im2col rows, or its share of the input where that is
         # less (a window's taps read the same pixels): ResNet-50's 512-channel 3x3 on 7x7
         # has 110 KiB of im2col rows per 6-row tile but 18 KiB of input. Counted as im2col
         # rows, a task held one row tile and streamed the whole weight panel (1.2 MiB) past
         # it; now the panel's slices stay in L1 across the map's 9 row tiles: 2343 -> 1949 us
         # (onnxruntime 2037), ResNet-50 0.97x the time at one thread.
-        share = -(-_input_bytes(sch, block, instruction) * row_tile // rows)
-        tile_bytes = min(tile_bytes, share)
+        tile_bytes = min(tile_bytes, -(-input_bytes * row_tile // rows))
+    rows_only = im2col is not None and rows_in_cache
+    column_tasks = 1 if rows_only else lane_blocks // block_tile
     tiles = _row_tiles_per_task(rows // row_tile, tile_bytes, column_tasks * groups)
     m_outer, m_tile, m_inner = sch.split(m, [None, tiles, row_tile])
     n_outer, n_block, n_lane = sch.split(n, [None, block_tile, instruction.lanes])
