@@ -1116,7 +1116,10 @@ def _exit_stopped(cause: BaseException | None) -> NoReturn:
     written = stop.written()
     outcome = (f"after writing {', '.join(written)} (complete and verified)" if written
                else "nothing was written")
-    click.echo(f"hwcomp: {word}; {outcome}{_NATIVE_LOG.finish(failed=True)}", err=True)
+    # What the libraries wrote as the stop unwound them (a BlockBuilder left mid-function) is
+    # the stop's own echo, not a diagnosis: the log goes and the line stays the one line.
+    _NATIVE_LOG.finish(failed=False)
+    click.echo(f"hwcomp: {word}; {outcome}", err=True)
     stop.end_process(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
