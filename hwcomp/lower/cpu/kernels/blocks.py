@@ -28,8 +28,22 @@ STORE_BLOCK = "hwcomp_conv_store"
 DEPTHWISE_BLOCK = "hwcomp_depthwise"
 
 
+# The transforms of a Winograd convolution (:mod:`hwcomp.lower.cpu.kernels.winograd`): the
+# input's (a scheduled kernel of its own) and the output's, which TVM fuses with the epilogue
+# and :func:`schedule_fused_kernel` stores through it.
+WINOGRAD_INPUT_BLOCK = "hwcomp_winograd_input"
+
+
+WINOGRAD_OUTPUT_BLOCK = "hwcomp_winograd_output"
+
+
+# The annotation of a Winograd output block: the conv's dilation (height, width), by which
+# its schedule splits the rows and columns into tiles.
+DILATION_ATTR = "hwcomp_dilation"
+
+
 # The kernels :func:`schedule_fused_kernel` tiles with their fused epilogue.
-FUSED_KERNEL_BLOCKS = (POINTWISE_BLOCK, CONV_BLOCK, DEPTHWISE_BLOCK)
+FUSED_KERNEL_BLOCKS = (POINTWISE_BLOCK, CONV_BLOCK, DEPTHWISE_BLOCK, WINOGRAD_OUTPUT_BLOCK)
 
 
 # The return to NCHW is the one kernel TVM may fuse with its neighbours: the bias, residual

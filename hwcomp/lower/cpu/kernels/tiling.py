@@ -24,6 +24,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     PIXELS_ATTR,
     POINTWISE_BLOCK,
     STORE_BLOCK,
+    WINOGRAD_OUTPUT_BLOCK,
 )
 from hwcomp.lower.cpu.kernels.intrinsics import by_element_intrinsic, register_intrinsic
 from hwcomp.lower.cpu.kernels.spec import fma_spec
@@ -72,6 +73,11 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     channels_last = CHANNELS_LAST_ATTR in sch.get(block).annotations
     if kernel == DEPTHWISE_BLOCK and channels_last and names.index(kernel) == 0:
         return _schedule_depthwise_nhwc(sch, block, infos[1:])
+    if kernel == WINOGRAD_OUTPUT_BLOCK:
+        from hwcomp.lower.cpu.kernels.winograd import schedule_winograd_output
+
+        return (names.index(kernel) == 0 and not any(info.is_reduction() for info in infos)
+                and schedule_winograd_output(sch, block, infos[1:], instruction.lanes))
     roles = None if padded else _output_roles(sch.get(block), channels_last)
     if (names.index(kernel) != first or any(info.is_reduction() for info in infos[first + 1:])
             or (roles is None and not padded)):
