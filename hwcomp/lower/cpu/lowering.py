@@ -93,8 +93,6 @@ class CpuLowering(LibraryLowering):
 class ArmLowering(CpuLowering):
     """Arm Cortex-A (``family = "arm-a"``): cross-compiled, verified under qemu-aarch64."""
 
-    channels_last = False
-
     kernel_timing = ""  # an aarch64 library: emulated here, so not timed
     family = "arm-a"
     dot_instruction = SDOT
