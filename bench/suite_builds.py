@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,9 @@ from bench import public_suite  # noqa: E402
 
 def kernel_kinds(float_kernels: list[str]) -> str:
     """Count the manifest's ``float_kernels`` entries by the kernel named after the colon."""
-    kinds = Counter(entry.split(": ", 1)[1].split(" (")[0].split(",")[0]
+    # The kernel's name ends at its first comma outside parentheses ("Winograd F(2x2, 3x3)
+    # NHWC kernels, fused epilogue") and before its details ("grouped NHWC kernel (4 groups)").
+    kinds = Counter(re.split(r",(?![^(]*\))", entry.split(": ", 1)[1])[0].split(" (")[0]
                     for entry in float_kernels if ": " in entry)
     return ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
 
