@@ -18,6 +18,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     CHANNELS_LAST_ATTR,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
+    DILATION_ATTR,
     FUSED_KERNEL_BLOCKS,
     GROUP_ATTR,
     LANES_ATTR,
@@ -74,8 +75,6 @@ def schedule_fused_kernel(sch: Any, instruction: KernelSpec) -> bool:
     if kernel == DEPTHWISE_BLOCK and channels_last and names.index(kernel) == 0:
         return _schedule_depthwise_nhwc(sch, block, infos[1:])
     if kernel == WINOGRAD_OUTPUT_BLOCK:
-        from hwcomp.lower.cpu.kernels.winograd import schedule_winograd_output
-
         return (names.index(kernel) == 0 and not any(info.is_reduction() for info in infos)
                 and schedule_winograd_output(sch, block, infos[1:], instruction.lanes))
     roles = None if padded else _output_roles(sch.get(block), channels_last)
@@ -196,6 +195,39 @@ def _schedule_depthwise_nhwc(sch: Any, block: Any, epilogue: list[Any]) -> bool:
     if window:
         init = sch.decompose_reduction(block, window[0])
         sch.vectorize(sch.get_loops(init)[-1])
+    return True
+
+
+def schedule_winograd_output(sch: Any, block: Any, epilogue: list[Any], lanes: int) -> bool:
+    """Schedule the output transform with the ``epilogue`` blocks applied in its store.
+
+    Per parallel task a row of tiles; per tile and vector of output channels the four pixels
+    are unrolled (``y % 2`` and ``x % 2`` constants: the selects fold), each reading the
+    tile's 16 vectors of ``M``.
+    """
+    for info in epilogue[:-1]:
+        sch.compute_inline(info.block_rv)
+    if epilogue:
+        sch.reverse_compute_inline(epilogue[-1].block_rv)
+    dims = _written_iterators(sch.get(block))
+    if len(dims) != 4 or None in dims[1:] or len(sch.get(block).iter_vars) != sum(
+            d is not None for d in dims):
+        return False
+    d_h, d_w = (int(v) for v in sch.get(block).annotations[DILATION_ATTR])
+    loops = sch.get_loops(block)
+    y, x, o = (loops[d] for d in dims[1:])
+    # y = (block * 2 + parity) * d + phase: the parity unrolled, the selects fold.
+    b_h, p_h, r_h = sch.split(y, [None, 2, d_h])
+    b_w, p_w, r_w = sch.split(x, [None, 2, d_w])
+    channels = int(sch.get(o).extent)
+    vector = max(d for d in range(1, lanes + 1) if channels % d == 0 and d & (d - 1) == 0)
+    o_outer, o_inner = sch.split(o, [None, vector])
+    sch.reorder(b_h, r_h, b_w, r_w, o_outer, p_h, p_w, o_inner)
+    sch.parallel(sch.fuse(b_h, r_h))
+    sch.unroll(p_h)
+    sch.unroll(p_w)
+    if vector > 1:
+        sch.vectorize(o_inner)
     return True
 
 

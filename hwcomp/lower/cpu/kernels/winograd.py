@@ -17,7 +17,7 @@ Summed over input channels, the elementwise product is 16 independent GEMMs, one
    ``U = G g G^T`` are transformed when the model is built (:func:`winograd_weight`);
 3. :func:`winograd_output_kernel`: ``Y = A^T M A`` per tile, output-elementwise-fusable: the
    bias, activation and residual add after the conv are applied in its store
-   (:func:`schedule_winograd_output`).
+   (:func:`~hwcomp.lower.cpu.kernels.tiling.schedule_winograd_output`).
 
 A 3x3 conv's 9 multiplies per output pixel and channel pair become 4 (16 per 2x2 tile); the
 transforms are additions over memory (the transformed input and the GEMM's output are 4x the
@@ -185,7 +185,8 @@ def winograd_output_kernel(data_shape: tuple[int, ...], padding: tuple[int, int,
     ``Y[., y, x, o] = (A^T M A)[y % 2, x % 2]`` of tile ``(y // 2, x // 2)`` (dilated: of
     the tile holding the pixel, :func:`winograd_tiles`): unscheduled and
     output-elementwise-fusable (op pattern 4), so TVM fuses the epilogue after it;
-    :func:`schedule_winograd_output` stores each tile's four pixels through it.
+    :func:`~hwcomp.lower.cpu.kernels.tiling.schedule_winograd_output` stores each tile's
+    four pixels through it.
     """
     from tvm import te
 
@@ -208,41 +209,6 @@ def winograd_output_kernel(data_shape: tuple[int, ...], padding: tuple[int, int,
                      name=WINOGRAD_OUTPUT_BLOCK,
                      attrs={CHANNELS_LAST_ATTR: 1, DILATION_ATTR: [d_h, d_w]})
     return te.create_prim_func([m, out])
-
-
-def schedule_winograd_output(sch: Any, block: Any, epilogue: list[Any], lanes: int) -> bool:
-    """Schedule the output transform with the ``epilogue`` blocks applied in its store.
-
-    Per parallel task a row of tiles; per tile and vector of output channels the four pixels
-    are unrolled (``y % 2`` and ``x % 2`` constants: the selects fold), each reading the
-    tile's 16 vectors of ``M``.
-    """
-    from hwcomp.lower.cpu.kernels.tiling import _written_iterators
-
-    for info in epilogue[:-1]:
-        sch.compute_inline(info.block_rv)
-    if epilogue:
-        sch.reverse_compute_inline(epilogue[-1].block_rv)
-    dims = _written_iterators(sch.get(block))
-    if len(dims) != 4 or None in dims[1:] or len(sch.get(block).iter_vars) != sum(
-            d is not None for d in dims):
-        return False
-    d_h, d_w = (int(v) for v in sch.get(block).annotations[DILATION_ATTR])
-    loops = sch.get_loops(block)
-    y, x, o = (loops[d] for d in dims[1:])
-    # y = (block * 2 + parity) * d + phase: the parity unrolled, the selects fold.
-    b_h, p_h, r_h = sch.split(y, [None, 2, d_h])
-    b_w, p_w, r_w = sch.split(x, [None, 2, d_w])
-    channels = int(sch.get(o).extent)
-    vector = max(d for d in range(1, lanes + 1) if channels % d == 0 and d & (d - 1) == 0)
-    o_outer, o_inner = sch.split(o, [None, vector])
-    sch.reorder(b_h, r_h, b_w, r_w, o_outer, p_h, p_w, o_inner)
-    sch.parallel(sch.fuse(b_h, r_h))
-    sch.unroll(p_h)
-    sch.unroll(p_w)
-    if vector > 1:
-        sch.vectorize(o_inner)
-    return True
 
 
 def winograd_fits(geometry: Any, out_channels: int, spec: KernelSpec) -> bool:
