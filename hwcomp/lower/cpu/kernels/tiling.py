@@ -220,7 +220,7 @@ def schedule_winograd_output(sch: Any, block: Any, epilogue: list[Any], lanes: i
     b_h, p_h, r_h = sch.split(y, [None, 2, d_h])
     b_w, p_w, r_w = sch.split(x, [None, 2, d_w])
     channels = int(sch.get(o).extent)
-    vector = max(d for d in range(1, lanes + 1) if channels % d == 0 and d & (d - 1) == 0)
+    vector = pow2_tile(channels, lanes)
     o_outer, o_inner = sch.split(o, [None, vector])
     sch.reorder(b_h, r_h, b_w, r_w, o_outer, p_h, p_w, o_inner)
     sch.parallel(sch.fuse(b_h, r_h))

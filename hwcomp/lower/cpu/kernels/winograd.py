@@ -41,6 +41,7 @@ from hwcomp.lower.cpu.kernels.blocks import (
     WINOGRAD_INPUT_BLOCK,
     WINOGRAD_OUTPUT_BLOCK,
 )
+from hwcomp.lower.cpu.kernels.tiling import pow2_tile
 from hwcomp.lower.kernel_spec import KernelSpec, int64_shape
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
@@ -140,7 +141,7 @@ def winograd_input_kernel(data_shape: tuple[int, ...], padding: tuple[int, int, 
     block = sch.get_sblock(WINOGRAD_INPUT_BLOCK)
     n, t_h, t_w, q = sch.get_loops(block)
     e, c = sch.split(q, [POSITIONS, channels])
-    vector = max(d for d in range(1, lanes + 1) if channels % d == 0 and d & (d - 1) == 0)
+    vector = pow2_tile(channels, lanes)
     c_outer, c_inner = sch.split(c, [None, vector])
     sch.reorder(n, t_h, t_w, c_outer, e, c_inner)
     sch.parallel(sch.fuse(n, t_h))
